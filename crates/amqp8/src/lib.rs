@@ -1,0 +1,14 @@
+//! `amqp8`: RabbitMQ access for CPTM8 services.
+//!
+//! A connection pool over amqprs with a shared topology registry (re-declared after
+//! every reconnect), confirmed publishing, supervised consumers with manual ack and
+//! per-consumer health, and the [`Broker`] trait the layers above program against.
+//!
+//! Architecture invariant: depends only on `model8` and `config8` among our crates;
+//! knows nothing of the database or HTTP. No global state: every handle is passed.
+
+mod broker;
+mod error;
+
+pub use broker::*;
+pub use error::AmqpError;

@@ -1,0 +1,1 @@
+//! controller8 (under construction).

@@ -1,0 +1,45 @@
+//! The error type of every db8 operation.
+
+/// What went wrong talking to the data store.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached (connection refused, timed out, pool exhausted).
+    /// Retrying later is right.
+    #[error("database {host} unavailable: {reason}")]
+    Unavailable {
+        /// `host:port/database`, never with credentials.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// A unique constraint would be violated (e.g. a duplicate domain name).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The row does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The requested transition is not allowed from the row's current state.
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+    /// The input was refused before reaching the database.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// A migration failed.
+    #[error("migration {version} failed: {reason}")]
+    Migration {
+        /// Migration version.
+        version: i64,
+        /// Why.
+        reason: String,
+    },
+    /// Any other database error (the server's message, without credentials).
+    #[error("database error: {0}")]
+    Query(String),
+}
+
+impl DbError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Unavailable { .. })
+    }
+}

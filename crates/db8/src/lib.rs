@@ -1,0 +1,15 @@
+//! `db8`: the CPTM8 data layer.
+//!
+//! Repository traits ([`DomainRepository`], [`WorkflowRepository`], [`LeaderLock`],
+//! [`ChangeFeed`], [`DbHealth`]), a PostgreSQL implementation on bb8-postgres, an
+//! in-memory implementation with the same behaviour (proven by one conformance suite),
+//! and embedded migrations.
+//!
+//! Architecture invariant: depends only on `model8` and `config8` among our crates;
+//! knows nothing of AMQP or HTTP.
+
+mod error;
+mod traits;
+
+pub use error::DbError;
+pub use traits::*;

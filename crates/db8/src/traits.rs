@@ -1,0 +1,261 @@
+//! The repository traits: the boundary the orchestrator and sibling services program
+//! against. All are object-safe and used as `Arc<dyn Trait>`.
+//!
+//! Times are passed in by the caller (never read from the database clock), so the
+//! in-memory and PostgreSQL implementations behave identically under a test clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use model8::{Domain8, DomainRef, PostDomain8, WorkflowId, WorkflowStatus, WorkflowView};
+use uuid::Uuid;
+
+use crate::error::DbError;
+
+/// Access to the `cptm8domain` table.
+#[async_trait]
+pub trait DomainRepository: Send + Sync {
+    /// Every domain, enabled or not, ordered by name.
+    async fn list(&self) -> Result<Vec<Domain8>, DbError>;
+    /// The enabled domains as a stream (constant memory however many there are).
+    async fn stream_enabled(&self)
+    -> Result<BoxStream<'static, Result<Domain8, DbError>>, DbError>;
+    /// Whether at least one domain is enabled.
+    async fn exists_enabled(&self) -> Result<bool, DbError>;
+    /// One domain; [`DbError::NotFound`] when absent.
+    async fn get(&self, id: Uuid) -> Result<Domain8, DbError>;
+    /// Inserts a domain (validated by the caller with `PostDomain8::validated`).
+    /// A name that already exists is [`DbError::Conflict`].
+    async fn insert(&self, domain: &PostDomain8) -> Result<Domain8, DbError>;
+    /// Replaces name, company and enabled flag; [`DbError::NotFound`] when absent,
+    /// [`DbError::Conflict`] when the new name is taken.
+    async fn update(&self, id: Uuid, domain: &PostDomain8) -> Result<Domain8, DbError>;
+    /// Enables or disables a domain; [`DbError::NotFound`] when absent.
+    async fn set_enabled(&self, id: Uuid, enabled: bool) -> Result<Domain8, DbError>;
+    /// Deletes a domain; [`DbError::NotFound`] when absent.
+    async fn delete(&self, id: Uuid) -> Result<(), DbError>;
+}
+
+/// Identifies one attempt of one stage of one workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StageKey {
+    /// Workflow.
+    pub workflow_id: WorkflowId,
+    /// Stage name.
+    pub stage: String,
+    /// Attempt number (1 for the first).
+    pub attempt: u32,
+}
+
+/// The static shape of one stage as a new workflow records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagePlan {
+    /// Stage name.
+    pub name: String,
+    /// Stages that must complete first.
+    pub depends_on: Vec<String>,
+}
+
+/// A workflow to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWorkflow {
+    /// Its id (chosen by the caller).
+    pub id: WorkflowId,
+    /// Its domains (one for `per_domain`, all enabled ones for `per_cycle`).
+    pub domains: Vec<DomainRef>,
+    /// Its stages in pipeline order. Those without dependencies start `pending` (due
+    /// now), the others `waiting`.
+    pub stages: Vec<StagePlan>,
+}
+
+/// A stage attempt claimed for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedStage {
+    /// The attempt to publish (previous attempt + 1).
+    pub key: StageKey,
+    /// The workflow's domains.
+    pub domains: Vec<DomainRef>,
+}
+
+/// What applying a stage result or a timeout did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Duplicate or stale (stage not running, attempt mismatch, workflow terminal):
+    /// nothing changed.
+    Stale,
+    /// The stage completed; dependents whose dependencies are all complete became
+    /// pending. `workflow_completed` when it was the last stage.
+    StageCompleted {
+        /// Whether the whole workflow is now completed.
+        workflow_completed: bool,
+    },
+    /// The attempt failed and the stage is pending again, due at the given time.
+    Retrying {
+        /// When the next attempt is due.
+        at: DateTime<Utc>,
+    },
+    /// The attempt failed with no retry left: stage failed, the workflow failed, its
+    /// other unfinished stages cancelled.
+    WorkflowFailed,
+}
+
+/// Filter for [`WorkflowRepository::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkflowFilter {
+    /// Only workflows in this status.
+    pub status: Option<WorkflowStatus>,
+    /// At most this many, newest first (`None`: the implementation's default, 100).
+    pub limit: Option<usize>,
+}
+
+/// Managed-mode workflow state. Every transition is guarded so that a duplicate or
+/// stale caller (a redelivered result, a leader that lost its lock) changes nothing.
+#[async_trait]
+pub trait WorkflowRepository: Send + Sync {
+    /// Creates workflows and their stage runs, in one transaction per call. A
+    /// `per_domain` workflow whose single domain already has an active (non-terminal)
+    /// workflow is skipped. Returns the ids actually created.
+    async fn create_workflows(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<WorkflowId>, DbError>;
+
+    /// Enabled domains with no active workflow whose last workflow (if any) ended at
+    /// or before `ended_before`; keyset-paginated by id after `after`, at most `limit`.
+    async fn idle_domains(
+        &self,
+        ended_before: DateTime<Utc>,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DomainRef>, DbError>;
+
+    /// Whether any workflow is active (non-terminal); used by `per_cycle`.
+    async fn any_active(&self) -> Result<bool, DbError>;
+
+    /// When the most recent workflow ended, if any; used for the `per_cycle` cool-down.
+    async fn last_ended_at(&self) -> Result<Option<DateTime<Utc>>, DbError>;
+
+    /// Per stage name, the attempts claimed or running now (for `max_in_flight`).
+    async fn in_flight_counts(&self, now: DateTime<Utc>) -> Result<HashMap<String, u64>, DbError>;
+
+    /// Atomically claims up to `limit` due attempts of `stage`: stage `pending`,
+    /// `not_before <= now`, workflow `pending`/`running` (not paused), and no live claim.
+    /// A claim expires after `lease` so that a crashed publisher's work is claimed again.
+    async fn claim_due(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStage>, DbError>;
+
+    /// After a confirmed publish: the claimed attempts become `running` with the given
+    /// deadline, their workflows `running`. Only attempts still claimed by `owner`
+    /// change; returns how many did.
+    async fn mark_running(
+        &self,
+        keys: &[StageKey],
+        owner: Uuid,
+        now: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) -> Result<u64, DbError>;
+
+    /// After a nacked or unroutable publish: the claim is dropped and the stage stays
+    /// pending, due again at `not_before`. Returns how many changed.
+    async fn release(
+        &self,
+        keys: &[StageKey],
+        owner: Uuid,
+        not_before: DateTime<Utc>,
+    ) -> Result<u64, DbError>;
+
+    /// A `completed` report: applies only when the stage is `running` at that attempt.
+    async fn complete_stage(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError>;
+
+    /// A `failed` report or a timeout: applies only when the stage is `running` at that
+    /// attempt. `retry_at: Some(t)` makes it pending again at `t`; `None` fails the
+    /// workflow.
+    async fn fail_stage(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError>;
+
+    /// Running attempts whose deadline is before `now`, at most `limit`.
+    async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError>;
+
+    /// Workflows for the API, newest first.
+    async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError>;
+
+    /// One workflow; [`DbError::NotFound`] when absent.
+    async fn get(&self, id: WorkflowId) -> Result<WorkflowView, DbError>;
+
+    /// Cancels a non-terminal workflow (its unfinished stages become `cancelled`);
+    /// [`DbError::InvalidState`] when terminal, [`DbError::NotFound`] when absent.
+    async fn cancel(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError>;
+
+    /// Pauses a `pending`/`running` workflow; [`DbError::InvalidState`] otherwise.
+    async fn pause(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError>;
+
+    /// Resumes a `paused` workflow; [`DbError::InvalidState`] otherwise.
+    async fn resume(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError>;
+}
+
+/// A session-level leadership lock. Only one holder at a time across processes.
+#[async_trait]
+pub trait LeaderLock: Send + Sync {
+    /// Tries to take the lock without waiting; `true` when held afterwards.
+    async fn try_acquire(&self) -> Result<bool, DbError>;
+    /// Verifies with the server that the lock is still held (false after the session
+    /// was lost, e.g. a database restart).
+    async fn is_held(&self) -> Result<bool, DbError>;
+    /// Gives the lock up.
+    async fn release(&self) -> Result<(), DbError>;
+}
+
+/// A change seen on the domain table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainChange {
+    /// Rows were inserted, updated or deleted (one event per statement, not per row).
+    Changed,
+    /// The feed reconnected and may have missed changes: re-read everything.
+    Resync,
+}
+
+/// A feed of domain changes (LISTEN/NOTIFY on PostgreSQL).
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// Subscribes; the stream reconnects by itself and then yields
+    /// [`DomainChange::Resync`]. It ends only when the feed is dropped.
+    async fn subscribe(&self) -> Result<BoxStream<'static, DomainChange>, DbError>;
+}
+
+/// Pool statistics for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open.
+    pub connections: u32,
+    /// Of which idle.
+    pub idle: u32,
+}
+
+/// Liveness of the data store, for `/ready` and `/metrics`.
+#[async_trait]
+pub trait DbHealth: Send + Sync {
+    /// A cheap round trip (`SELECT 1`).
+    async fn ping(&self) -> Result<(), DbError>;
+    /// Pool statistics.
+    fn pool_stats(&self) -> PoolStats;
+}

@@ -1,0 +1,1 @@
+//! log8 (under construction).

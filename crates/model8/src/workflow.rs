@@ -1,0 +1,303 @@
+//! Managed-mode workflow types: stage jobs, stage results and the API's views
+//! (CONTRACT section 3 and 5).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::time::GoTime;
+
+/// Identifies a workflow.
+pub type WorkflowId = Uuid;
+
+/// The durable queue orchestratorm8 consumes stage results from.
+pub const RESULT_QUEUE: &str = "qorchestratorm8";
+
+/// Lifecycle of a workflow. `completed`, `failed` and `cancelled` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkflowStatus {
+    /// Created, no stage published yet.
+    Pending,
+    /// At least one stage published.
+    Running,
+    /// Paused by an operator: no new stage jobs are published.
+    Paused,
+    /// Every stage completed.
+    Completed,
+    /// A stage failed `max_attempts` times.
+    Failed,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+/// Lifecycle of one stage of a workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    /// Waiting for the stages it depends on.
+    Waiting,
+    /// Ready to be published (possibly not before a retry time).
+    Pending,
+    /// Published and confirmed; a result is awaited until the stage's deadline.
+    Running,
+    /// Reported completed.
+    Completed,
+    /// Failed for good (attempts exhausted).
+    Failed,
+    /// Not run because the workflow was cancelled or failed.
+    Cancelled,
+}
+
+macro_rules! str_enum {
+    ($t:ty, $err:literal, $($v:ident => $s:literal),+ $(,)?) => {
+        impl $t {
+            /// The lower-case name used in JSON, SQL and URLs.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    other => Err(format!(concat!("unknown ", $err, " {:?} (expected one of: {})"),
+                        other, [$($s),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+str_enum!(WorkflowStatus, "workflow status",
+    Pending => "pending", Running => "running", Paused => "paused",
+    Completed => "completed", Failed => "failed", Cancelled => "cancelled");
+str_enum!(StageStatus, "stage status",
+    Waiting => "waiting", Pending => "pending", Running => "running",
+    Completed => "completed", Failed => "failed", Cancelled => "cancelled");
+str_enum!(StageOutcome, "stage outcome", Completed => "completed", Failed => "failed");
+
+impl WorkflowStatus {
+    /// Whether no further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl StageStatus {
+    /// Whether no further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A domain as carried in a stage job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DomainRef {
+    /// `cptm8domain.id`.
+    pub id: Uuid,
+    /// Domain name.
+    pub name: String,
+    /// Owner.
+    pub companyname: String,
+}
+
+impl From<crate::Domain8> for DomainRef {
+    fn from(d: crate::Domain8) -> Self {
+        DomainRef {
+            id: d.id,
+            name: d.name,
+            companyname: d.companyname,
+        }
+    }
+}
+
+/// The payload of a stage job published to a stage's exchange and routing key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageJob {
+    /// The workflow the job belongs to.
+    pub workflow_id: WorkflowId,
+    /// Stage name.
+    pub stage: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The domains to scan.
+    pub domains: Vec<DomainRef>,
+}
+
+/// How a stage attempt ended, as reported by a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageOutcome {
+    /// The stage's work is done.
+    Completed,
+    /// The attempt failed; the orchestrator may retry.
+    Failed,
+}
+
+/// Why a result routing key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("routing key {0:?} is not of the form cptm8.orchestratorm8.<stage>.<completed|failed>")]
+pub struct RoutingKeyError(pub String);
+
+impl StageOutcome {
+    /// The routing key a worker reports this outcome of `stage` with:
+    /// `cptm8.orchestratorm8.<stage>.<completed|failed>`.
+    pub fn routing_key(self, stage: &str) -> String {
+        format!("cptm8.orchestratorm8.{stage}.{}", self.as_str())
+    }
+
+    /// Splits a result routing key into stage name and outcome.
+    pub fn parse_routing_key(key: &str) -> Result<(String, StageOutcome), RoutingKeyError> {
+        let err = || RoutingKeyError(key.to_owned());
+        let rest = key.strip_prefix("cptm8.orchestratorm8.").ok_or_else(err)?;
+        let (stage, outcome) = rest.rsplit_once('.').ok_or_else(err)?;
+        if stage.is_empty() {
+            return Err(err());
+        }
+        Ok((stage.to_owned(), outcome.parse().map_err(|_| err())?))
+    }
+}
+
+/// The payload of a stage result a worker reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageResult {
+    /// The workflow the job belonged to.
+    pub workflow_id: WorkflowId,
+    /// Stage name.
+    pub stage: String,
+    /// The attempt being reported.
+    pub attempt: u32,
+    /// Free-form detail (an error message, counts...), kept for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// One stage of a workflow as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageView {
+    /// Stage name.
+    pub name: String,
+    /// Current status.
+    pub status: StageStatus,
+    /// Attempts made so far (0 before the first publish).
+    pub attempt: u32,
+}
+
+/// A workflow as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowView {
+    /// Workflow id.
+    pub id: WorkflowId,
+    /// Current status.
+    pub status: WorkflowStatus,
+    /// Creation time.
+    pub created_at: GoTime,
+    /// Last change.
+    pub updated_at: GoTime,
+    /// Names of the workflow's domains.
+    pub domains: Vec<String>,
+    /// Its stages in pipeline order.
+    pub stages: Vec<StageView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_round_trip() {
+        let k = StageOutcome::Completed.routing_key("asmm8");
+        assert_eq!(k, "cptm8.orchestratorm8.asmm8.completed");
+        assert_eq!(
+            StageOutcome::parse_routing_key(&k).unwrap(),
+            ("asmm8".into(), StageOutcome::Completed)
+        );
+        assert_eq!(
+            StageOutcome::parse_routing_key("cptm8.orchestratorm8.a.b.failed").unwrap(),
+            ("a.b".into(), StageOutcome::Failed)
+        );
+        for bad in [
+            "",
+            "cptm8.orchestratorm8.asmm8",
+            "cptm8.orchestratorm8..failed",
+            "cptm8.asmm8.get.scan",
+            "cptm8.orchestratorm8.x.done",
+        ] {
+            assert!(StageOutcome::parse_routing_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn golden_stage_job_and_result() {
+        let id = Uuid::parse_str("6f1c1d0e-8a4b-4c1e-9f7a-2b3c4d5e6f70").unwrap();
+        let job = StageJob {
+            workflow_id: id,
+            stage: "asmm8".into(),
+            attempt: 1,
+            domains: vec![DomainRef {
+                id,
+                name: "example.com".into(),
+                companyname: "ACME".into(),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&job).unwrap(),
+            r#"{"workflow_id":"6f1c1d0e-8a4b-4c1e-9f7a-2b3c4d5e6f70","stage":"asmm8","attempt":1,"domains":[{"id":"6f1c1d0e-8a4b-4c1e-9f7a-2b3c4d5e6f70","name":"example.com","companyname":"ACME"}]}"#
+        );
+        let r: StageResult = serde_json::from_str(
+            r#"{"workflow_id":"6f1c1d0e-8a4b-4c1e-9f7a-2b3c4d5e6f70","stage":"asmm8","attempt":2,"detail":"timeout talking to target"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.attempt, 2);
+        assert_eq!(
+            r.detail,
+            Some(serde_json::json!("timeout talking to target"))
+        );
+        assert!(
+            serde_json::from_str::<StageResult>(
+                r#"{"workflow_id":"nope","stage":"a","attempt":1}"#
+            )
+            .is_err()
+        );
+        assert!(
+            serde_json::from_str::<StageResult>(
+                r#"{"workflow_id":"6f1c1d0e-8a4b-4c1e-9f7a-2b3c4d5e6f70","stage":"a","attempt":-1}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn statuses_parse_and_print() {
+        for s in [
+            "pending",
+            "running",
+            "paused",
+            "completed",
+            "failed",
+            "cancelled",
+        ] {
+            assert_eq!(s.parse::<WorkflowStatus>().unwrap().as_str(), s);
+        }
+        assert!(
+            "done"
+                .parse::<WorkflowStatus>()
+                .unwrap_err()
+                .contains("expected one of")
+        );
+        assert!(WorkflowStatus::Cancelled.is_terminal() && !WorkflowStatus::Paused.is_terminal());
+        assert_eq!(
+            serde_json::to_string(&StageStatus::Waiting).unwrap(),
+            "\"waiting\""
+        );
+    }
+}
