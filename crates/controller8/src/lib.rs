@@ -9,9 +9,11 @@
 //! controllable [`Clock`].
 
 mod clock;
+mod metrics;
 mod role;
 mod scan_now;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::{Metrics, ScrapeSnapshot};
 pub use role::{Role, RoleWatch};
 pub use scan_now::{ScanNow, ScanNowError};
