@@ -6,6 +6,7 @@
 //! Architecture invariant: depends only on `model8` among our crates; performs file I/O
 //! only (no network). Secrets are held in [`Secret`] and never rendered.
 
+pub mod duration;
 mod secret;
 mod settings;
 
