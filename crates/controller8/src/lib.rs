@@ -9,6 +9,7 @@
 //! controllable [`Clock`].
 
 mod clock;
+pub mod http;
 mod metrics;
 mod role;
 mod scan_now;

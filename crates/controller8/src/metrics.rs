@@ -43,6 +43,12 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConsumerLabels {
     consumer: String,
     queue: String,
@@ -78,6 +84,7 @@ pub struct Metrics {
     config_reloads: Family<OutcomeLabel, Counter>,
     tick_duration: Histogram,
     leader: Gauge,
+    http_requests: Family<HttpLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,6 +119,7 @@ impl Metrics {
             // 1 ms .. ~33 s
             tick_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             leader: Gauge::default(),
+            http_requests: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -195,6 +203,11 @@ impl Metrics {
             "leader",
             "1 when this replica is the leader, 0 when standby",
             m.leader.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by route and status code",
+            m.http_requests.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -309,6 +322,14 @@ impl Metrics {
     /// The replica's role is now `role`.
     pub fn set_role(&self, role: Role) {
         self.leader.set(i64::from(role == Role::Leader));
+    }
+
+    /// An HTTP request on `route` (a fixed route name such as `workflows.list`, never
+    /// the raw path) was answered with `status`.
+    pub fn http_request(&self, route: &'static str, status: u16) {
+        self.http_requests
+            .get_or_create(&HttpLabels { route, status })
+            .inc();
     }
 
     /// The whole exposition: the registry plus the scrape-time gauges of `snapshot`,
@@ -470,6 +491,7 @@ mod tests {
         m.config_reload(false);
         m.tick_finished(Duration::from_millis(3));
         m.set_role(Role::Leader);
+        m.http_request("health", 200);
         let text = m.encode(&ScrapeSnapshot::default()).unwrap();
         for (series, value) in [
             ("orchestratorm8_workflows_started_total", "3"),
@@ -504,6 +526,10 @@ mod tests {
             ),
             ("orchestratorm8_tick_duration_seconds_count", "1"),
             ("orchestratorm8_leader", "1"),
+            (
+                "orchestratorm8_http_requests_total{route=\"health\",status=\"200\"}",
+                "1",
+            ),
         ] {
             assert_eq!(
                 line_value(&text, series).as_deref(),

@@ -1,0 +1,162 @@
+//! What the HTTP handlers work with: plain data and trait objects, built by the binary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use amqp8::Broker;
+use config8::HttpSettings;
+use db8::{DbHealth, WorkflowRepository};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::role::RoleWatch;
+use crate::scan_now::ScanNow;
+
+/// Time limits of the HTTP surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// Upper bound of one request's handling, body reading included (10 s). A request
+    /// that takes longer gets 503 `timeout`.
+    pub request: Duration,
+    /// Upper bound of each `/ready` check (database ping, queue checks) (2 s), so that
+    /// `/ready` answers quickly when a dependency hangs.
+    pub check: Duration,
+    /// After the shutdown signal, how long open connections may finish (5 s) before
+    /// the server future returns anyway.
+    pub drain: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts {
+            request: Duration::from_secs(10),
+            check: Duration::from_secs(2),
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything the HTTP handlers need. Cheap to share: it is wrapped in an `Arc` by
+/// [`routes`](super::routes) and [`serve`](super::serve).
+#[derive(Clone)]
+pub struct HttpState {
+    /// Workflow state for the API.
+    pub workflows: Arc<dyn WorkflowRepository>,
+    /// "Scan now" (`POST /api/orchestratorm8/workflows`).
+    pub scan: Arc<dyn ScanNow>,
+    /// Database liveness (`/ready`) and pool statistics (`/metrics`).
+    pub db: Arc<dyn DbHealth>,
+    /// Broker health (`/ready`, `/metrics`) and downstream queue counts (`/ready`).
+    pub broker: Arc<dyn Broker>,
+    /// Current leadership role.
+    pub role: RoleWatch,
+    /// The metrics registry served on `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Live HTTP settings (API token, body limit), read at every request so that a
+    /// configuration change applies without restart. See [`follow_settings`].
+    pub settings: watch::Receiver<HttpSettings>,
+    /// Clock for the `now` of cancel, pause and resume.
+    pub clock: Arc<dyn Clock>,
+    /// Queues of the downstream services whose consumer counts `/ready` reports
+    /// (informational: they never make the service unready).
+    pub downstream_queues: Vec<String>,
+    /// Managed mode: `/ready` then also checks the stage-result consumer.
+    pub managed: bool,
+    /// Time limits.
+    pub timeouts: HttpTimeouts,
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("role", &*self.role.borrow())
+            .field("downstream_queues", &self.downstream_queues)
+            .field("managed", &self.managed)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `settings` leave the workflow API open (no token, or an empty one). The
+/// binary warns about it at start.
+pub fn api_is_open(settings: &HttpSettings) -> bool {
+    settings.api_token.as_ref().is_none_or(|t| t.is_empty())
+}
+
+/// A watch of the HTTP part of a larger settings watch: `project` is applied to the
+/// current value now and to every new value; the result changes only when the
+/// projection does. The forwarding task (spawned on the current Tokio runtime) ends
+/// when `source`'s sender is dropped; the last value stays readable.
+///
+/// ```ignore
+/// let http = follow_settings(settings_rx, |s: &Arc<Settings>| s.http.clone());
+/// ```
+pub fn follow_settings<T, F>(
+    mut source: watch::Receiver<T>,
+    project: F,
+) -> watch::Receiver<HttpSettings>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> HttpSettings + Send + 'static,
+{
+    let first = project(&source.borrow_and_update());
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        while source.changed().await.is_ok() {
+            let next = project(&source.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                if *cur == next {
+                    false
+                } else {
+                    *cur = next;
+                    true
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config8::Secret;
+
+    fn http(token: Option<&str>) -> HttpSettings {
+        HttpSettings {
+            api_token: token.map(Secret::new),
+            body_limit: 1024,
+        }
+    }
+
+    #[test]
+    fn open_when_token_absent_or_empty() {
+        assert!(api_is_open(&http(None)));
+        assert!(api_is_open(&http(Some(""))));
+        assert!(!api_is_open(&http(Some("t"))));
+    }
+
+    #[tokio::test]
+    async fn follow_settings_forwards_changes() {
+        let (tx, rx) = watch::channel((1u32, http(Some("a"))));
+        let mut out = follow_settings(rx, |(_, h)| h.clone());
+        assert_eq!(out.borrow().api_token, Some(Secret::new("a")));
+        tx.send((2, http(Some("b")))).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), out.changed())
+            .await
+            .expect("change forwarded within 5 s")
+            .unwrap();
+        assert_eq!(out.borrow().api_token, Some(Secret::new("b")));
+        drop(tx);
+        // The forwarder ends with its source; the last value stays.
+        tokio::time::timeout(Duration::from_secs(5), out.changed())
+            .await
+            .expect("forwarder ends within 5 s")
+            .unwrap_err();
+        assert_eq!(out.borrow().api_token, Some(Secret::new("b")));
+    }
+}
