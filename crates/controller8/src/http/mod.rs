@@ -13,6 +13,8 @@ mod error;
 mod probes;
 mod server;
 mod state;
+#[cfg(test)]
+mod tests;
 mod workflows;
 
 use std::convert::Infallible;

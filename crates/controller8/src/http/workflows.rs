@@ -122,9 +122,10 @@ pub(crate) async fn get(state: &HttpState, id: &str) -> Result<Response, ApiErro
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScanRequest {
-    /// The domains to scan; absent or `null`: every enabled domain.
+    /// The domains to scan; absent or `null`: every enabled domain. Strings, parsed
+    /// afterwards so that an error names the bad value.
     #[serde(default)]
-    domain_ids: Option<Vec<Uuid>>,
+    domain_ids: Option<Vec<String>>,
 }
 
 /// `POST /api/orchestratorm8/workflows` (`{"domain_ids": [...]}` or `{}`): 202 and the
@@ -142,9 +143,17 @@ pub(crate) async fn create(
                 "domain_ids is empty; omit it (send {}) to scan every enabled domain",
             ));
         }
-        Some(mut ids) => {
-            let mut seen = std::collections::HashSet::new();
-            ids.retain(|id| seen.insert(*id));
+        Some(raw) => {
+            let mut ids = Vec::with_capacity(raw.len());
+            let mut seen = std::collections::HashSet::with_capacity(raw.len());
+            for r in &raw {
+                let id = Uuid::parse_str(r).map_err(|_| {
+                    ApiError::bad_request(format!("invalid domain id {r:?}: not a UUID"))
+                })?;
+                if seen.insert(id) {
+                    ids.push(id);
+                }
+            }
             Some(ids)
         }
         None => None,

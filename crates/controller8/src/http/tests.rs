@@ -1,0 +1,1011 @@
+//! Request-level tests of every route and error status, on the in-memory store
+//! (`db8::MemoryStore`), a broker double with controllable health, and a "scan now"
+//! double that creates real workflows in the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amqp8::{
+    AmqpError, Broker, BrokerHealth, ConsumeOptions, ConsumerHandle, ConsumerHealth, Handler,
+    OutgoingMessage, PoolStats, PublishOutcome, QueueInfo, Topology,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use config8::{HttpSettings, Secret};
+use db8::{DbError, DbHealth, MemoryStore, NewWorkflow, StagePlan, WorkflowRepository};
+use model8::{DomainRef, GoTime, RESULT_QUEUE, WorkflowStatus, WorkflowView};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::test::request;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::metrics::Metrics;
+use crate::role::Role;
+use crate::scan_now::{ScanNow, ScanNowError};
+
+const API: &str = "/api/orchestratorm8/workflows";
+const TOKEN: &str = "0123456789abcdef";
+
+// ----- doubles ---------------------------------------------------------------------
+
+/// A broker whose health and queue counts the test sets.
+#[derive(Default)]
+struct TestBroker {
+    health: Mutex<Option<BrokerHealth>>,
+    queues: Mutex<HashMap<String, u32>>,
+    hang_queue_info: AtomicBool,
+}
+
+impl TestBroker {
+    fn healthy() -> Self {
+        let b = TestBroker::default();
+        b.set(|h| h.connected = true);
+        b
+    }
+
+    fn set(&self, f: impl FnOnce(&mut BrokerHealth)) {
+        let mut g = self.health.lock().unwrap();
+        let h = g.get_or_insert_with(|| BrokerHealth {
+            connected: false,
+            blocked: false,
+            consumers: vec![],
+            pool: PoolStats::default(),
+        });
+        f(h);
+    }
+
+    fn set_result_consumer(&self, active: bool) {
+        self.set(|h| {
+            h.consumers = vec![ConsumerHealth {
+                name: "corchestratorm8".into(),
+                queue: RESULT_QUEUE.into(),
+                autoack: false,
+                active,
+                last_seen: None,
+                messages: 0,
+                errors: 0,
+                restarts: 0,
+                created_at: Utc::now(),
+            }]
+        });
+    }
+}
+
+#[async_trait]
+impl Broker for TestBroker {
+    async fn declare(&self, _: &Topology) -> Result<(), AmqpError> {
+        Err(AmqpError::Closed)
+    }
+    async fn publish(&self, _: OutgoingMessage) -> Result<PublishOutcome, AmqpError> {
+        Err(AmqpError::Closed)
+    }
+    async fn publish_many(
+        &self,
+        _: Vec<OutgoingMessage>,
+    ) -> Result<Vec<PublishOutcome>, AmqpError> {
+        Err(AmqpError::Closed)
+    }
+    async fn consume(
+        &self,
+        _: ConsumeOptions,
+        _: Arc<dyn Handler>,
+    ) -> Result<ConsumerHandle, AmqpError> {
+        Err(AmqpError::Closed)
+    }
+    async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
+        if self.hang_queue_info.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let consumers = self.queues.lock().unwrap().get(queue).copied();
+        consumers
+            .map(|consumers| QueueInfo {
+                messages: 0,
+                consumers,
+            })
+            .ok_or_else(|| AmqpError::NoSuchQueue(queue.into()))
+    }
+    fn health(&self) -> BrokerHealth {
+        self.health.lock().unwrap().clone().unwrap()
+    }
+}
+
+/// A database whose ping never answers.
+struct HangingDb;
+
+#[async_trait]
+impl DbHealth for HangingDb {
+    async fn ping(&self) -> Result<(), DbError> {
+        std::future::pending().await
+    }
+    fn pool_stats(&self) -> db8::PoolStats {
+        db8::PoolStats::default()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum ScanMode {
+    Create,
+    NotLeader,
+    Invalid(&'static str),
+    Unavailable,
+    Hang,
+}
+
+/// "Scan now" that records its calls and creates one workflow per requested domain
+/// (two new domains when asked for all) in the store.
+struct TestScan {
+    store: MemoryStore,
+    calls: Mutex<Vec<Option<Vec<Uuid>>>>,
+    mode: Mutex<ScanMode>,
+}
+
+#[async_trait]
+impl ScanNow for TestScan {
+    async fn scan_now(
+        &self,
+        domain_ids: Option<Vec<Uuid>>,
+    ) -> Result<Vec<WorkflowView>, ScanNowError> {
+        self.calls.lock().unwrap().push(domain_ids.clone());
+        let mode = self.mode.lock().unwrap().clone();
+        match mode {
+            ScanMode::Create => {}
+            ScanMode::NotLeader => return Err(ScanNowError::NotLeader),
+            ScanMode::Invalid(m) => return Err(ScanNowError::Invalid(m.into())),
+            ScanMode::Unavailable => {
+                return Err(ScanNowError::Db(DbError::Unavailable {
+                    host: "db.internal:5432/cptm8".into(),
+                    reason: "connection refused".into(),
+                }));
+            }
+            ScanMode::Hang => std::future::pending().await,
+        }
+        let ids = domain_ids.unwrap_or_else(|| vec![Uuid::new_v4(), Uuid::new_v4()]);
+        let mut out = Vec::new();
+        for d in ids {
+            let id = new_workflow(&self.store, d, &format!("d{}.example.com", d.as_u128())).await;
+            out.push(self.store.get(id).await?);
+        }
+        Ok(out)
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    "2025-11-19T10:00:00Z".parse().unwrap()
+}
+
+async fn new_workflow(store: &MemoryStore, domain: Uuid, name: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    let created = store
+        .create_workflows(
+            &[NewWorkflow {
+                id,
+                domains: vec![DomainRef {
+                    id: domain,
+                    name: name.into(),
+                    companyname: "ACME".into(),
+                }],
+                stages: vec![
+                    StagePlan {
+                        name: "asmm8".into(),
+                        depends_on: vec![],
+                    },
+                    StagePlan {
+                        name: "naabum8".into(),
+                        depends_on: vec!["asmm8".into()],
+                    },
+                ],
+            }],
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created, vec![id]);
+    id
+}
+
+// ----- fixture ---------------------------------------------------------------------
+
+struct Fx {
+    store: MemoryStore,
+    broker: Arc<TestBroker>,
+    scan: Arc<TestScan>,
+    metrics: Arc<Metrics>,
+    role: watch::Sender<Role>,
+    settings: watch::Sender<HttpSettings>,
+    state: HttpState,
+}
+
+impl Fx {
+    fn new() -> Self {
+        let store = MemoryStore::new();
+        let broker = Arc::new(TestBroker::healthy());
+        broker
+            .queues
+            .lock()
+            .unwrap()
+            .extend([("qasmm8".to_owned(), 1), ("qnaabum8".to_owned(), 0)]);
+        let scan = Arc::new(TestScan {
+            store: store.clone(),
+            calls: Mutex::new(vec![]),
+            mode: Mutex::new(ScanMode::Create),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let (role, role_rx) = watch::channel(Role::Leader);
+        let (settings, settings_rx) = watch::channel(HttpSettings {
+            api_token: None,
+            body_limit: 1024,
+        });
+        let state = HttpState {
+            workflows: Arc::new(store.clone()),
+            scan: scan.clone(),
+            db: Arc::new(store.clone()),
+            broker: broker.clone(),
+            role: role_rx,
+            metrics: metrics.clone(),
+            settings: settings_rx,
+            clock: Arc::new(ManualClock::new(t0() + chrono::Duration::minutes(5))),
+            downstream_queues: vec!["qasmm8".into(), "qnaabum8".into(), "qmissing".into()],
+            managed: false,
+            timeouts: HttpTimeouts {
+                request: Duration::from_secs(10),
+                check: Duration::from_millis(500),
+                drain: Duration::from_secs(5),
+            },
+        };
+        Fx {
+            store,
+            broker,
+            scan,
+            metrics,
+            role,
+            settings,
+            state,
+        }
+    }
+
+    fn routes(&self) -> BoxedFilter<(Response,)> {
+        routes(self.state.clone())
+    }
+
+    fn set_token(&self, token: Option<&str>) {
+        self.settings
+            .send_modify(|s| s.api_token = token.map(Secret::new));
+    }
+
+    fn calls(&self) -> Vec<Option<Vec<Uuid>>> {
+        self.scan.calls.lock().unwrap().clone()
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: warp::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text))
+    }
+
+    /// Asserts an error reply of this status and code, with the JSON error shape.
+    fn assert_error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(
+            self.headers.get("content-type").unwrap(),
+            "application/json",
+            "{}",
+            self.text
+        );
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}");
+        assert_eq!(v["status"], status.as_u16(), "{v}");
+        v["error"].as_str().expect("error message").to_owned()
+    }
+}
+
+async fn send(
+    routes: &BoxedFilter<(Response,)>,
+    method: &str,
+    path: &str,
+    build: impl FnOnce(warp::test::RequestBuilder) -> warp::test::RequestBuilder,
+) -> Reply {
+    let res = build(request().method(method).path(path))
+        .reply(routes)
+        .await;
+    Reply {
+        status: res.status(),
+        headers: res.headers().clone(),
+        text: String::from_utf8(res.body().to_vec()).unwrap(),
+    }
+}
+
+async fn get(routes: &BoxedFilter<(Response,)>, path: &str) -> Reply {
+    send(routes, "GET", path, |r| r).await
+}
+
+async fn post_json(routes: &BoxedFilter<(Response,)>, path: &str, body: &str) -> Reply {
+    send(routes, "POST", path, |r| {
+        r.header("content-type", "application/json").body(body)
+    })
+    .await
+}
+
+fn bearer(token: &str) -> impl FnOnce(warp::test::RequestBuilder) -> warp::test::RequestBuilder {
+    let value = format!("Bearer {token}");
+    move |r| r.header("authorization", value)
+}
+
+// ----- probes ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn health_is_200_with_service_and_rfc3339_timestamp() {
+    let fx = Fx::new();
+    let r = get(&fx.routes(), "/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["status"], "healthy");
+    assert_eq!(v["service"], "orchestratorm8");
+    v["timestamp"].as_str().unwrap().parse::<GoTime>().unwrap();
+    // Liveness does not depend on the database.
+    fx.store.set_available(false);
+    assert_eq!(get(&fx.routes(), "/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ready_reports_checks_role_and_downstream_consumers() {
+    let fx = Fx::new();
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["service"], "orchestratorm8");
+    assert_eq!(v["role"], "leader");
+    assert_eq!(
+        v["checks"],
+        json!({"database": "healthy", "rabbitmq": "healthy"})
+    );
+    // A missing downstream queue is null and does not make it unready.
+    assert_eq!(
+        v["consumers"],
+        json!({"qasmm8": 1, "qnaabum8": 0, "qmissing": null})
+    );
+    assert!(v.get("warnings").is_none(), "{v}");
+    v["timestamp"].as_str().unwrap().parse::<GoTime>().unwrap();
+}
+
+#[tokio::test]
+async fn ready_is_503_when_the_database_is_down() {
+    let fx = Fx::new();
+    fx.store.set_available(false);
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["status"], "not ready");
+    assert_eq!(v["checks"]["database"], "unhealthy");
+    assert_eq!(v["checks"]["rabbitmq"], "healthy");
+    fx.store.set_available(true);
+    assert_eq!(get(&fx.routes(), "/ready").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ready_is_503_when_the_broker_is_disconnected() {
+    let fx = Fx::new();
+    fx.broker.set(|h| h.connected = false);
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["status"], "not ready");
+    assert_eq!(v["checks"]["rabbitmq"], "unhealthy");
+    assert_eq!(v["checks"]["database"], "healthy");
+}
+
+#[tokio::test]
+async fn blocked_broker_is_a_warning_not_unready() {
+    let fx = Fx::new();
+    fx.broker.set(|h| h.blocked = true);
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let w = r.json()["warnings"].to_string();
+    assert!(w.contains("blocking publishers"), "{w}");
+}
+
+#[tokio::test]
+async fn standby_with_healthy_connections_is_ready() {
+    let mut fx = Fx::new();
+    fx.state.managed = true;
+    fx.role.send(Role::Standby).unwrap();
+    // Not consuming results: fine for a standby.
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["role"], "standby");
+    assert_eq!(v["checks"]["result_consumer"], "unhealthy");
+    // The same replica as leader must consume results to be ready.
+    fx.role.send(Role::Leader).unwrap();
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.json()["role"], "leader");
+    fx.broker.set_result_consumer(true);
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["checks"]["result_consumer"], "healthy");
+    fx.broker.set_result_consumer(false);
+    assert_eq!(
+        get(&fx.routes(), "/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // A standby with a dead database is not ready.
+    fx.role.send(Role::Standby).unwrap();
+    fx.store.set_available(false);
+    assert_eq!(
+        get(&fx.routes(), "/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_answers_within_the_check_timeout_when_dependencies_hang() {
+    let mut fx = Fx::new();
+    fx.state.db = Arc::new(HangingDb);
+    fx.broker.hang_queue_info.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let r = get(&fx.routes(), "/ready").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["checks"]["database"], "unhealthy");
+    assert_eq!(
+        v["consumers"],
+        json!({"qasmm8": null, "qnaabum8": null, "qmissing": null})
+    );
+    // Checks run concurrently: one check timeout in all (virtual time).
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+}
+
+#[tokio::test]
+async fn metrics_expose_counters_and_scrape_time_gauges() {
+    let fx = Fx::new();
+    fx.metrics.stage_published("asmm8");
+    fx.metrics.stage_publish_nacked("asmm8");
+    fx.metrics.workflows_started(2);
+    fx.broker.set_result_consumer(true);
+    fx.set_token(Some(TOKEN)); // /metrics stays open
+    let routes = fx.routes();
+    let _ = get(&routes, "/health").await;
+    let r = get(&routes, "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        Metrics::CONTENT_TYPE
+    );
+    for needle in [
+        "orchestratorm8_stage_publishes_total{stage=\"asmm8\"} 1",
+        "orchestratorm8_stage_publish_nacks_total{stage=\"asmm8\"} 1",
+        "orchestratorm8_workflows_started_total 2",
+        "orchestratorm8_leader 1",
+        "orchestratorm8_amqp_connected 1",
+        "orchestratorm8_db_pool_connections 0",
+        "orchestratorm8_http_requests_total{route=\"health\",status=\"200\"} 1",
+        "# EOF",
+    ] {
+        assert!(r.text.contains(needle), "missing {needle:?} in\n{}", r.text);
+    }
+    assert!(
+        r.text.contains(
+            "orchestratorm8_consumer_active{consumer=\"corchestratorm8\",queue=\"qorchestratorm8\"} 1"
+        ),
+        "{}",
+        r.text
+    );
+    // The role gauge follows the role watch at scrape time.
+    fx.role.send(Role::Standby).unwrap();
+    let r = get(&routes, "/metrics").await;
+    assert!(r.text.contains("orchestratorm8_leader 0"), "{}", r.text);
+    assert!(!r.text.contains(TOKEN));
+}
+
+// ----- routing errors --------------------------------------------------------------
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    for (method, path) in [
+        ("GET", "/nope"),
+        ("POST", "/nope"),
+        ("GET", "/api/orchestratorm8"),
+        ("POST", &format!("{API}/{}/restart", Uuid::new_v4())),
+        ("GET", &format!("{API}/{}/cancel/x", Uuid::new_v4())),
+    ] {
+        send(&routes, method, path, |r| r)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "not_found");
+    }
+    for (method, path) in [
+        ("POST", "/health".to_owned()),
+        ("DELETE", "/ready".to_owned()),
+        ("PUT", "/metrics".to_owned()),
+        ("DELETE", API.to_owned()),
+        ("POST", format!("{API}/{}", Uuid::new_v4())),
+        ("GET", format!("{API}/{}/cancel", Uuid::new_v4())),
+    ] {
+        send(&routes, method, &path, |r| r)
+            .await
+            .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    }
+}
+
+// ----- workflow API ----------------------------------------------------------------
+
+#[tokio::test]
+async fn list_returns_workflows_and_filters_by_status() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    assert_eq!(get(&routes, API).await.json(), json!([]));
+    let a = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+    let b = new_workflow(&fx.store, Uuid::new_v4(), "b.example.com").await;
+    fx.store.pause(b, t0()).await.unwrap();
+
+    let r = get(&routes, API).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let all: Vec<WorkflowView> = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(all.len(), 2);
+    let v = r.json();
+    let first = &v[0];
+    for key in [
+        "id",
+        "status",
+        "created_at",
+        "updated_at",
+        "domains",
+        "stages",
+    ] {
+        assert!(first.get(key).is_some(), "{key} missing in {first}");
+    }
+    assert_eq!(first["stages"][0]["name"], "asmm8");
+    assert_eq!(first["stages"][0]["attempt"], 0);
+
+    let paused: Vec<WorkflowView> =
+        serde_json::from_str(&get(&routes, &format!("{API}?status=paused")).await.text).unwrap();
+    assert_eq!(paused.iter().map(|w| w.id).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(paused[0].status, WorkflowStatus::Paused);
+    assert_eq!(paused[0].domains, vec!["b.example.com".to_owned()]);
+    let pending: Vec<WorkflowView> =
+        serde_json::from_str(&get(&routes, &format!("{API}?status=pending")).await.text).unwrap();
+    assert_eq!(pending.iter().map(|w| w.id).collect::<Vec<_>>(), vec![a]);
+    let one: Vec<WorkflowView> =
+        serde_json::from_str(&get(&routes, &format!("{API}?limit=1")).await.text).unwrap();
+    assert_eq!(one.len(), 1);
+}
+
+#[tokio::test]
+async fn list_rejects_bad_query_parameters() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    let msg = get(&routes, &format!("{API}?status=done"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        msg.contains("\"done\"")
+            && msg.contains("pending, running, paused, completed, failed, cancelled"),
+        "{msg}"
+    );
+    for q in [
+        "status=",
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "stauts=running",
+        "status=running&status=paused",
+    ] {
+        get(&routes, &format!("{API}?{q}"))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+}
+
+#[tokio::test]
+async fn get_one_workflow_or_404_or_400() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+    let r = get(&routes, &format!("{API}/{id}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v: WorkflowView = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(v.id, id);
+    assert_eq!(v.status, WorkflowStatus::Pending);
+
+    let unknown = Uuid::new_v4();
+    get(&routes, &format!("{API}/{unknown}"))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let msg = get(&routes, &format!("{API}/not-a-uuid"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(msg.contains("not-a-uuid"), "{msg}");
+}
+
+#[tokio::test]
+async fn scan_now_creates_workflows() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+
+    let r = post_json(&routes, API, "{}").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let created: Vec<WorkflowView> = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(created.len(), 2);
+    for w in &created {
+        assert_eq!(fx.store.get(w.id).await.unwrap(), *w);
+    }
+
+    let body = json!({"domain_ids": [a, b, a]}).to_string();
+    let r = post_json(&routes, API, &body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+
+    // An empty body and a null list mean "every enabled domain", like {}.
+    let r = send(&routes, "POST", API, |r| r).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let r = post_json(&routes, API, r#"{"domain_ids": null}"#).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    // Content type with parameters is fine.
+    let r = send(&routes, "POST", API, |r| {
+        r.header("content-type", "application/json; charset=utf-8")
+            .body(json!({"domain_ids": [Uuid::new_v4()]}).to_string())
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+
+    let calls = fx.calls();
+    assert_eq!(calls[0], None);
+    assert_eq!(calls[1], Some(vec![a, b]), "duplicates dropped, order kept");
+    assert_eq!(calls[2], None);
+    assert_eq!(calls[3], None);
+    assert_eq!(calls.len(), 5);
+}
+
+#[tokio::test]
+async fn scan_now_rejects_bad_bodies_without_calling_the_engine() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    for (body, needle) in [
+        (r#"{"domain_ids": []}"#, "empty"),
+        (r#"{"domain_id": []}"#, "domain_id"),
+        (r#"{"domain_ids": ["nope"]}"#, "invalid domain id \"nope\""),
+        (r#"{"domain_ids": [42]}"#, "invalid JSON"),
+        (r#"{"domain_ids": "#, "invalid JSON"),
+        (r#"[1,2]"#, "invalid JSON"),
+    ] {
+        let msg = post_json(&routes, API, body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    let msg = send(&routes, "POST", API, |r| {
+        r.header("content-type", "text/plain").body("{}")
+    })
+    .await
+    .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert!(msg.contains("text/plain"), "{msg}");
+
+    // Over the live body limit (1024 bytes): 413, before the engine is asked.
+    let big = json!({"domain_ids": vec![Uuid::nil(); 40]}).to_string();
+    assert!(big.len() > 1024);
+    let msg = post_json(&routes, API, &big)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert!(msg.contains("1024"), "{msg}");
+    // The limit is live.
+    fx.settings.send_modify(|s| s.body_limit = 4096);
+    let r = post_json(&routes, API, &big).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(fx.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn scan_now_engine_errors_map_to_statuses() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    *fx.scan.mode.lock().unwrap() = ScanMode::NotLeader;
+    let r = post_json(&routes, API, "{}").await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "not_leader");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "5");
+
+    *fx.scan.mode.lock().unwrap() = ScanMode::Invalid("unknown domain ids: 42");
+    let msg = post_json(&routes, API, "{}")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(msg, "unknown domain ids: 42");
+
+    *fx.scan.mode.lock().unwrap() = ScanMode::Unavailable;
+    let r = post_json(&routes, API, "{}").await;
+    let msg = r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(!msg.contains("db.internal"), "host leaked: {msg}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_hangs_gets_503_timeout() {
+    let fx = Fx::new();
+    *fx.scan.mode.lock().unwrap() = ScanMode::Hang;
+    let msg = post_json(&fx.routes(), API, "{}")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "timeout");
+    assert!(msg.contains("10s"), "{msg}");
+}
+
+#[tokio::test]
+async fn pause_resume_cancel_follow_the_state_machine() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+    let act = |action: &str| format!("{API}/{id}/{action}");
+
+    let r = send(&routes, "POST", &act("pause"), |r| r).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["status"], "paused");
+    assert_eq!(r.json()["id"], id.to_string());
+    send(&routes, "POST", &act("pause"), |r| r)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+
+    let r = send(&routes, "POST", &act("resume"), |r| r).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_ne!(r.json()["status"], "paused");
+    send(&routes, "POST", &act("resume"), |r| r)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+
+    let r = send(&routes, "POST", &act("cancel"), |r| r).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["status"], "cancelled");
+    assert_eq!(
+        fx.store.get(id).await.unwrap().status,
+        WorkflowStatus::Cancelled
+    );
+    for action in ["cancel", "pause", "resume"] {
+        send(&routes, "POST", &act(action), |r| r)
+            .await
+            .assert_error(StatusCode::CONFLICT, "conflict");
+    }
+    let text = fx.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_workflows_cancelled_total 1"),
+        "{text}"
+    );
+
+    let unknown = Uuid::new_v4();
+    for action in ["cancel", "pause", "resume"] {
+        send(&routes, "POST", &format!("{API}/{unknown}/{action}"), |r| r)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "not_found");
+        send(&routes, "POST", &format!("{API}/123/{action}"), |r| r)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+}
+
+#[tokio::test]
+async fn database_outage_is_503_on_the_api() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+    fx.store.set_available(false);
+    for r in [
+        get(&routes, API).await,
+        get(&routes, &format!("{API}/{id}")).await,
+        send(&routes, "POST", &format!("{API}/{id}/pause"), |r| r).await,
+    ] {
+        r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+        assert_eq!(r.headers.get("retry-after").unwrap(), "5");
+    }
+}
+
+// ----- authentication --------------------------------------------------------------
+
+#[tokio::test]
+async fn token_protects_the_api_but_not_the_probes() {
+    let fx = Fx::new();
+    fx.set_token(Some(TOKEN));
+    let routes = fx.routes();
+    let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+
+    let r = get(&routes, API).await;
+    let msg = r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(msg.contains("missing"), "{msg}");
+    assert_eq!(
+        r.headers.get("www-authenticate").unwrap(),
+        r#"Bearer realm="orchestratorm8""#
+    );
+
+    // Wrong token of the same length, and other malformed credentials.
+    let wrong = "0123456789abcdeF";
+    assert_eq!(wrong.len(), TOKEN.len());
+    let r = send(&routes, "GET", API, bearer(wrong)).await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(
+        r.headers.get("www-authenticate").unwrap(),
+        r#"Bearer realm="orchestratorm8", error="invalid_token""#
+    );
+    assert!(!r.text.contains(TOKEN) && !r.text.contains(wrong));
+    for value in [TOKEN.to_owned(), format!("Basic {TOKEN}"), "Bearer ".into()] {
+        send(&routes, "GET", API, |r| r.header("authorization", value))
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+
+    // Every API route is protected; an unauthenticated body is never read.
+    for r in [
+        send(&routes, "GET", &format!("{API}/{id}"), |r| r).await,
+        send(&routes, "POST", &format!("{API}/{id}/cancel"), |r| r).await,
+        post_json(&routes, API, &"x".repeat(5000)).await,
+    ] {
+        r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    assert!(fx.calls().is_empty());
+    assert_eq!(
+        fx.store.get(id).await.unwrap().status,
+        WorkflowStatus::Pending
+    );
+
+    // The right token works on every route.
+    assert_eq!(
+        send(&routes, "GET", API, bearer(TOKEN)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&routes, "GET", &format!("{API}/{id}"), bearer(TOKEN))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = send(&routes, "POST", API, |r| {
+        bearer(TOKEN)(r)
+            .header("content-type", "application/json")
+            .body("{}")
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(
+        send(
+            &routes,
+            "POST",
+            &format!("{API}/{id}/cancel"),
+            bearer(TOKEN)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+
+    // Probes stay open.
+    for path in ["/health", "/ready", "/metrics"] {
+        assert_eq!(get(&routes, path).await.status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn token_changes_apply_to_the_next_request() {
+    let fx = Fx::new();
+    let routes = fx.routes();
+    // Open at first.
+    assert_eq!(get(&routes, API).await.status, StatusCode::OK);
+
+    fx.set_token(Some("first-token"));
+    assert_eq!(get(&routes, API).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(&routes, "GET", API, bearer("first-token"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    fx.set_token(Some("second-token"));
+    assert_eq!(
+        send(&routes, "GET", API, bearer("first-token"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&routes, "GET", API, bearer("second-token"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // An emptied token opens the API again.
+    fx.set_token(Some(""));
+    assert_eq!(get(&routes, API).await.status, StatusCode::OK);
+}
+
+// ----- real socket -----------------------------------------------------------------
+
+async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .expect("connect within 10 s")
+    .unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("response within 10 s")
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn serves_on_a_real_socket_and_shuts_down() {
+    let fx = Fx::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), fx.state.clone(), async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert_ne!(addr.port(), 0);
+    let server = tokio::spawn(server);
+
+    let res = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    assert!(
+        res.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{res}"
+    );
+    let body = res.split("\r\n\r\n").nth(1).unwrap();
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["status"], "healthy");
+
+    // A chunked body (no Content-Length) over the limit is cut off with 413.
+    let mut req = b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
+Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        .to_vec();
+    for _ in 0..2 {
+        req.extend_from_slice(format!("{:x}\r\n{}\r\n", 1000, " ".repeat(1000)).as_bytes());
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let res = raw_http(addr, &req).await;
+    assert!(res.starts_with("HTTP/1.1 413 "), "{res}");
+    assert!(res.contains("payload_too_large"), "{res}");
+    assert!(fx.calls().is_empty());
+
+    // Another server on the same address: a clear error naming it.
+    let err = serve(addr, fx.state.clone(), std::future::pending())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, HttpError::AddrInUse { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("address {addr} already in use")),
+        "{err}"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops within 10 s of the signal")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed after shutdown"
+    );
+}
