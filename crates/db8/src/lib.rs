@@ -9,7 +9,11 @@
 //! knows nothing of AMQP or HTTP.
 
 mod error;
+mod memory;
+mod plan;
+mod time;
 mod traits;
 
 pub use error::DbError;
+pub use memory::MemoryStore;
 pub use traits::*;

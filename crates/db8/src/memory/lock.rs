@@ -1,0 +1,35 @@
+//! [`LeaderLock`] in memory: one lock per data set, contended by the handles of
+//! [`MemoryStore::handle`].
+
+use async_trait::async_trait;
+
+use super::{MemoryStore, lock};
+use crate::error::DbError;
+use crate::traits::LeaderLock;
+
+#[async_trait]
+impl LeaderLock for MemoryStore {
+    async fn try_acquire(&self) -> Result<bool, DbError> {
+        self.check_available()?;
+        let mut holder = lock(&self.shared.leader);
+        match *holder {
+            Some(h) => Ok(h == self.identity),
+            None => {
+                *holder = Some(self.identity);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn is_held(&self) -> Result<bool, DbError> {
+        Ok(*lock(&self.shared.leader) == Some(self.identity))
+    }
+
+    async fn release(&self) -> Result<(), DbError> {
+        let mut holder = lock(&self.shared.leader);
+        if *holder == Some(self.identity) {
+            *holder = None;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! The in-memory twin of the PostgreSQL implementation, for unit tests of the layers
+//! above. It behaves like [`crate::PgStore`] (the conformance suite runs against both),
+//! and adds failure injection the real database cannot offer on demand.
+
+mod domains;
+mod feed;
+mod lock;
+mod workflows;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use model8::Domain8;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::error::DbError;
+use crate::traits::{DbHealth, DomainChange, PoolStats};
+
+/// Every repository trait in memory: [`crate::DomainRepository`],
+/// [`crate::WorkflowRepository`], [`crate::LeaderLock`], [`crate::ChangeFeed`] and
+/// [`DbHealth`].
+///
+/// Clones share the data and the leader identity (one process). [`MemoryStore::handle`]
+/// gives a handle on the same data with its own leader identity (another replica), so
+/// two handles contend for the one leader lock of the data set.
+#[derive(Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+    identity: Uuid,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changes: broadcast::Sender<DomainChange>,
+    available: AtomicBool,
+    leader: Mutex<Option<Uuid>>,
+}
+
+#[derive(Default)]
+struct State {
+    domains: BTreeMap<Uuid, Domain8>,
+    workflows: workflows::Workflows,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// How many domain changes a slow subscriber may fall behind before it is told to
+    /// [`DomainChange::Resync`].
+    const FEED_CAPACITY: usize = 1024;
+
+    /// An empty store.
+    pub fn new() -> Self {
+        let (changes, _) = broadcast::channel(Self::FEED_CAPACITY);
+        MemoryStore {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changes,
+                available: AtomicBool::new(true),
+                leader: Mutex::new(None),
+            }),
+            identity: Uuid::new_v4(),
+        }
+    }
+
+    /// Another handle on the same data with its own leader identity, as a second
+    /// replica connected to the same database.
+    pub fn handle(&self) -> MemoryStore {
+        MemoryStore {
+            shared: Arc::clone(&self.shared),
+            identity: Uuid::new_v4(),
+        }
+    }
+
+    /// Simulates the database going down (`false`) or coming back (`true`). While down,
+    /// every operation fails with [`DbError::Unavailable`], the leader lock is lost (as
+    /// a server restart ends the lock's session) and [`crate::LeaderLock::is_held`]
+    /// answers `false`. Coming back sends [`DomainChange::Resync`] to subscribers, as
+    /// the PostgreSQL feed does after reconnecting.
+    pub fn set_available(&self, available: bool) {
+        let was = self.shared.available.swap(available, Ordering::SeqCst);
+        if !available {
+            self.revoke_leadership();
+        } else if !was {
+            let _ = self.shared.changes.send(DomainChange::Resync);
+        }
+    }
+
+    /// Simulates the server ending the leader's session (e.g. `pg_terminate_backend`):
+    /// whoever holds the leader lock loses it.
+    pub fn revoke_leadership(&self) {
+        *lock(&self.shared.leader) = None;
+    }
+
+    /// Sends [`DomainChange::Resync`] to every subscriber, as the PostgreSQL feed does
+    /// after a reconnect.
+    pub fn emit_resync(&self) {
+        let _ = self.shared.changes.send(DomainChange::Resync);
+    }
+
+    fn check_available(&self) -> Result<(), DbError> {
+        if self.shared.available.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(DbError::Unavailable {
+                host: "memory".into(),
+                reason: "simulated outage".into(),
+            })
+        }
+    }
+
+    /// The state, after checking availability.
+    fn state(&self) -> Result<MutexGuard<'_, State>, DbError> {
+        self.check_available()?;
+        Ok(lock(&self.shared.state))
+    }
+
+    fn notify_changed(&self) {
+        let _ = self.shared.changes.send(DomainChange::Changed);
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (a panicking test thread must not cascade).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl DbHealth for MemoryStore {
+    async fn ping(&self) -> Result<(), DbError> {
+        self.check_available()
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats::default()
+    }
+}

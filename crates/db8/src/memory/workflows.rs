@@ -1,0 +1,549 @@
+//! [`WorkflowRepository`] in memory: the same state machine as the SQL of
+//! `crate::pg::workflows`, written in Rust.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use model8::{DomainRef, GoTime, StageStatus, StageView, WorkflowId, WorkflowStatus, WorkflowView};
+use uuid::Uuid;
+
+use super::MemoryStore;
+use crate::error::DbError;
+use crate::plan::{active_domain, validate_batch};
+use crate::time::{db_precision, plus};
+use crate::traits::{
+    ClaimedStage, NewWorkflow, StageKey, Transition, WorkflowFilter, WorkflowRepository,
+};
+
+/// Default and largest page of [`WorkflowRepository::list`].
+pub(crate) const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// Every workflow, with the indexes the queries need.
+#[derive(Default)]
+pub(super) struct Workflows {
+    by_id: HashMap<WorkflowId, Wf>,
+    /// Every workflow (active or not) holding a domain.
+    by_domain: HashMap<Uuid, Vec<WorkflowId>>,
+    /// The active single-domain workflow of a domain.
+    active_single: HashMap<Uuid, WorkflowId>,
+}
+
+struct Wf {
+    id: WorkflowId,
+    status: WorkflowStatus,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    active_domain: Option<Uuid>,
+    domains: Vec<DomainRef>,
+    stages: Vec<Stage>,
+}
+
+struct Stage {
+    name: String,
+    depends_on: Vec<String>,
+    status: StageStatus,
+    attempt: u32,
+    not_before: Option<DateTime<Utc>>,
+    deadline: Option<DateTime<Utc>>,
+    claim_owner: Option<Uuid>,
+    claim_until: Option<DateTime<Utc>>,
+    detail: Option<serde_json::Value>,
+}
+
+impl Stage {
+    fn clear_claim(&mut self) {
+        self.claim_owner = None;
+        self.claim_until = None;
+    }
+
+    /// Whether `key` is the attempt this stage is running.
+    fn runs(&self, key: &StageKey) -> bool {
+        self.status == StageStatus::Running && self.attempt == key.attempt
+    }
+
+    /// Whether `key` is the attempt `owner` claimed.
+    fn claimed(&self, key: &StageKey, owner: Uuid) -> bool {
+        self.status == StageStatus::Pending
+            && self.claim_owner == Some(owner)
+            && self.attempt.checked_add(1) == Some(key.attempt)
+    }
+}
+
+impl Wf {
+    fn view(&self) -> WorkflowView {
+        WorkflowView {
+            id: self.id,
+            status: self.status,
+            created_at: GoTime::from_utc(self.created_at),
+            updated_at: GoTime::from_utc(self.updated_at),
+            domains: self.domains.iter().map(|d| d.name.clone()).collect(),
+            stages: self
+                .stages
+                .iter()
+                .map(|s| StageView {
+                    name: s.name.clone(),
+                    status: s.status,
+                    attempt: s.attempt,
+                })
+                .collect(),
+        }
+    }
+
+    fn stage_mut(&mut self, name: &str) -> Option<&mut Stage> {
+        self.stages.iter_mut().find(|s| s.name == name)
+    }
+
+    /// The running stage `key` names, when the workflow is not terminal.
+    fn running_stage(&mut self, key: &StageKey) -> Option<&mut Stage> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        self.stage_mut(&key.stage).filter(|s| s.runs(key))
+    }
+}
+
+impl Workflows {
+    /// Ends a workflow: terminal status, unfinished stages cancelled, domain freed.
+    fn finish(&mut self, id: WorkflowId, status: WorkflowStatus, now: DateTime<Utc>) {
+        let Some(wf) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        wf.status = status;
+        wf.updated_at = now;
+        wf.ended_at = Some(now);
+        for s in &mut wf.stages {
+            if !s.status.is_terminal() {
+                s.status = StageStatus::Cancelled;
+                s.deadline = None;
+                s.clear_claim();
+            }
+        }
+        if let Some(d) = wf.active_domain.take() {
+            self.active_single.remove(&d);
+        }
+    }
+
+    fn get(&self, id: WorkflowId) -> Result<&Wf, DbError> {
+        self.by_id.get(&id).ok_or_else(|| not_found(id))
+    }
+
+    fn get_mut(&mut self, id: WorkflowId) -> Result<&mut Wf, DbError> {
+        self.by_id.get_mut(&id).ok_or_else(|| not_found(id))
+    }
+}
+
+/// The error for an absent workflow (same text as PostgreSQL's).
+pub(crate) fn not_found(id: WorkflowId) -> DbError {
+    DbError::NotFound(format!("workflow {id}"))
+}
+
+/// The error for a transition the workflow's status refuses (same text as PostgreSQL's).
+pub(crate) fn invalid_state(id: WorkflowId, action: &str, status: WorkflowStatus) -> DbError {
+    DbError::InvalidState(format!("cannot {action} workflow {id}: it is {status}"))
+}
+
+#[async_trait]
+impl WorkflowRepository for MemoryStore {
+    async fn create_workflows(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<WorkflowId>, DbError> {
+        validate_batch(batch)?;
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut created = Vec::new();
+        for new in batch {
+            if wfs.by_id.contains_key(&new.id) {
+                continue;
+            }
+            let single = active_domain(new);
+            if let Some(d) = single {
+                if wfs.active_single.contains_key(&d) {
+                    continue;
+                }
+                wfs.active_single.insert(d, new.id);
+            }
+            for d in &new.domains {
+                wfs.by_domain.entry(d.id).or_default().push(new.id);
+            }
+            let stages = new
+                .stages
+                .iter()
+                .map(|p| {
+                    let ready = p.depends_on.is_empty();
+                    Stage {
+                        name: p.name.clone(),
+                        depends_on: p.depends_on.clone(),
+                        status: if ready {
+                            StageStatus::Pending
+                        } else {
+                            StageStatus::Waiting
+                        },
+                        attempt: 0,
+                        not_before: ready.then_some(now),
+                        deadline: None,
+                        claim_owner: None,
+                        claim_until: None,
+                        detail: None,
+                    }
+                })
+                .collect();
+            wfs.by_id.insert(
+                new.id,
+                Wf {
+                    id: new.id,
+                    status: WorkflowStatus::Pending,
+                    created_at: now,
+                    updated_at: now,
+                    ended_at: None,
+                    active_domain: single,
+                    domains: new.domains.clone(),
+                    stages,
+                },
+            );
+            created.push(new.id);
+        }
+        Ok(created)
+    }
+
+    async fn idle_domains(
+        &self,
+        ended_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DomainRef>, DbError> {
+        let ended_before = db_precision(ended_before);
+        let state = self.state()?;
+        let wfs = &state.workflows;
+        let busy = |id: &Uuid| {
+            wfs.by_domain.get(id).is_some_and(|ids| {
+                ids.iter().any(|w| {
+                    wfs.by_id[w]
+                        .ended_at
+                        .is_none_or(|ended| ended > ended_before)
+                })
+            })
+        };
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(state
+            .domains
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, d)| d)
+            .filter(|d| d.enabled && !busy(&d.id))
+            .take(limit)
+            .map(|d| DomainRef::from(d.clone()))
+            .collect())
+    }
+
+    async fn any_active(&self) -> Result<bool, DbError> {
+        Ok(self
+            .state()?
+            .workflows
+            .by_id
+            .values()
+            .any(|w| !w.status.is_terminal()))
+    }
+
+    async fn last_ended_at(&self) -> Result<Option<DateTime<Utc>>, DbError> {
+        Ok(self
+            .state()?
+            .workflows
+            .by_id
+            .values()
+            .filter_map(|w| w.ended_at)
+            .max())
+    }
+
+    async fn in_flight_counts(&self, now: DateTime<Utc>) -> Result<HashMap<String, u64>, DbError> {
+        let now = db_precision(now);
+        let state = self.state()?;
+        let mut counts = HashMap::new();
+        for s in state.workflows.by_id.values().flat_map(|w| &w.stages) {
+            let claimed =
+                s.status == StageStatus::Pending && s.claim_until.is_some_and(|u| u > now);
+            if s.status == StageStatus::Running || claimed {
+                *counts.entry(s.name.clone()).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn claim_due(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        let now = db_precision(now);
+        let until = db_precision(plus(now, lease));
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut due: Vec<(DateTime<Utc>, WorkflowId)> = wfs
+            .by_id
+            .values()
+            .filter(|w| matches!(w.status, WorkflowStatus::Pending | WorkflowStatus::Running))
+            .filter_map(|w| {
+                let s = w.stages.iter().find(|s| s.name == stage)?;
+                let nb = s.not_before?;
+                (s.status == StageStatus::Pending
+                    && nb <= now
+                    && s.claim_until.is_none_or(|u| u <= now))
+                .then_some((nb, w.id))
+            })
+            .collect();
+        due.sort();
+        due.truncate(limit);
+        let mut claimed = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let wf = wfs.by_id.get_mut(&id).expect("listed above");
+            let s = wf.stage_mut(stage).expect("listed above");
+            s.claim_owner = Some(owner);
+            s.claim_until = Some(until);
+            claimed.push(ClaimedStage {
+                key: StageKey {
+                    workflow_id: id,
+                    stage: stage.to_owned(),
+                    attempt: s.attempt + 1,
+                },
+                domains: wf.domains.clone(),
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn mark_running(
+        &self,
+        keys: &[StageKey],
+        owner: Uuid,
+        now: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let now = db_precision(now);
+        let deadline = db_precision(deadline);
+        let mut state = self.state()?;
+        let mut changed = 0;
+        for key in keys {
+            let Some(wf) = state.workflows.by_id.get_mut(&key.workflow_id) else {
+                continue;
+            };
+            let Some(s) = wf.stage_mut(&key.stage).filter(|s| s.claimed(key, owner)) else {
+                continue;
+            };
+            s.status = StageStatus::Running;
+            s.attempt = key.attempt;
+            s.deadline = Some(deadline);
+            s.clear_claim();
+            if wf.status == WorkflowStatus::Pending {
+                wf.status = WorkflowStatus::Running;
+            }
+            wf.updated_at = now;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    async fn release(
+        &self,
+        keys: &[StageKey],
+        owner: Uuid,
+        not_before: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        let not_before = db_precision(not_before);
+        let mut state = self.state()?;
+        let mut changed = 0;
+        for key in keys {
+            let Some(wf) = state.workflows.by_id.get_mut(&key.workflow_id) else {
+                continue;
+            };
+            let Some(s) = wf.stage_mut(&key.stage).filter(|s| s.claimed(key, owner)) else {
+                continue;
+            };
+            s.clear_claim();
+            s.not_before = Some(not_before);
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    async fn complete_stage(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let Some(wf) = wfs.by_id.get_mut(&key.workflow_id) else {
+            return Ok(Transition::Stale);
+        };
+        let Some(s) = wf.running_stage(key) else {
+            return Ok(Transition::Stale);
+        };
+        s.status = StageStatus::Completed;
+        s.deadline = None;
+        if detail.is_some() {
+            s.detail = detail;
+        }
+        let completed: Vec<String> = wf
+            .stages
+            .iter()
+            .filter(|s| s.status == StageStatus::Completed)
+            .map(|s| s.name.clone())
+            .collect();
+        for s in &mut wf.stages {
+            if s.status == StageStatus::Waiting
+                && s.depends_on.iter().all(|d| completed.contains(d))
+            {
+                s.status = StageStatus::Pending;
+                s.not_before = Some(now);
+            }
+        }
+        wf.updated_at = now;
+        let done = completed.len() == wf.stages.len();
+        if done {
+            wfs.finish(key.workflow_id, WorkflowStatus::Completed, now);
+        }
+        Ok(Transition::StageCompleted {
+            workflow_completed: done,
+        })
+    }
+
+    async fn fail_stage(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let Some(wf) = wfs.by_id.get_mut(&key.workflow_id) else {
+            return Ok(Transition::Stale);
+        };
+        let Some(s) = wf.running_stage(key) else {
+            return Ok(Transition::Stale);
+        };
+        if detail.is_some() {
+            s.detail = detail;
+        }
+        s.deadline = None;
+        match retry_at {
+            Some(at) => {
+                let at = db_precision(at);
+                s.status = StageStatus::Pending;
+                s.not_before = Some(at);
+                wf.updated_at = now;
+                Ok(Transition::Retrying { at })
+            }
+            None => {
+                s.status = StageStatus::Failed;
+                wfs.finish(key.workflow_id, WorkflowStatus::Failed, now);
+                Ok(Transition::WorkflowFailed)
+            }
+        }
+    }
+
+    async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError> {
+        let now = db_precision(now);
+        let state = self.state()?;
+        let mut late: Vec<(DateTime<Utc>, StageKey)> = state
+            .workflows
+            .by_id
+            .values()
+            .filter(|w| !w.status.is_terminal())
+            .flat_map(|w| {
+                w.stages.iter().filter_map(move |s| {
+                    let d = s.deadline?;
+                    (s.status == StageStatus::Running && d < now).then(|| {
+                        (
+                            d,
+                            StageKey {
+                                workflow_id: w.id,
+                                stage: s.name.clone(),
+                                attempt: s.attempt,
+                            },
+                        )
+                    })
+                })
+            })
+            .collect();
+        late.sort_by(|(da, a), (db, b)| {
+            da.cmp(db)
+                .then(a.workflow_id.cmp(&b.workflow_id))
+                .then(a.stage.as_bytes().cmp(b.stage.as_bytes()))
+        });
+        Ok(late.into_iter().take(limit).map(|(_, k)| k).collect())
+    }
+
+    async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError> {
+        let state = self.state()?;
+        let mut all: Vec<&Wf> = state
+            .workflows
+            .by_id
+            .values()
+            .filter(|w| filter.status.is_none_or(|s| w.status == s))
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(all
+            .into_iter()
+            .take(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT))
+            .map(Wf::view)
+            .collect())
+    }
+
+    async fn get(&self, id: WorkflowId) -> Result<WorkflowView, DbError> {
+        Ok(self.state()?.workflows.get(id)?.view())
+    }
+
+    async fn cancel(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let status = wfs.get(id)?.status;
+        if status.is_terminal() {
+            return Err(invalid_state(id, "cancel", status));
+        }
+        wfs.finish(id, WorkflowStatus::Cancelled, now);
+        Ok(wfs.get(id)?.view())
+    }
+
+    async fn pause(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wf = state.workflows.get_mut(id)?;
+        if !matches!(wf.status, WorkflowStatus::Pending | WorkflowStatus::Running) {
+            return Err(invalid_state(id, "pause", wf.status));
+        }
+        wf.status = WorkflowStatus::Paused;
+        wf.updated_at = now;
+        Ok(wf.view())
+    }
+
+    async fn resume(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wf = state.workflows.get_mut(id)?;
+        if wf.status != WorkflowStatus::Paused {
+            return Err(invalid_state(id, "resume", wf.status));
+        }
+        wf.status = if wf.stages.iter().any(|s| s.attempt > 0) {
+            WorkflowStatus::Running
+        } else {
+            WorkflowStatus::Pending
+        };
+        wf.updated_at = now;
+        Ok(wf.view())
+    }
+}

@@ -1,0 +1,67 @@
+//! Checks on a batch of new workflows shared by every implementation, so that both
+//! refuse the same input the same way.
+
+use std::collections::HashSet;
+
+use crate::error::DbError;
+use crate::traits::NewWorkflow;
+
+/// Refuses a batch holding a workflow without domains or stages, a stage named twice,
+/// a dependency on an unknown stage, or the same workflow id twice.
+pub(crate) fn validate_batch(batch: &[NewWorkflow]) -> Result<(), DbError> {
+    let mut ids = HashSet::with_capacity(batch.len());
+    for wf in batch {
+        if !ids.insert(wf.id) {
+            return Err(DbError::Invalid(format!(
+                "workflow {} appears twice in one batch",
+                wf.id
+            )));
+        }
+        if wf.domains.is_empty() {
+            return Err(DbError::Invalid(format!(
+                "workflow {} has no domain",
+                wf.id
+            )));
+        }
+        if wf.stages.is_empty() {
+            return Err(DbError::Invalid(format!("workflow {} has no stage", wf.id)));
+        }
+        let mut names = HashSet::with_capacity(wf.stages.len());
+        for stage in &wf.stages {
+            if stage.name.is_empty() {
+                return Err(DbError::Invalid(format!(
+                    "workflow {} has a stage without a name",
+                    wf.id
+                )));
+            }
+            if !names.insert(stage.name.as_str()) {
+                return Err(DbError::Invalid(format!(
+                    "workflow {}: stage {:?} appears twice",
+                    wf.id, stage.name
+                )));
+            }
+        }
+        for stage in &wf.stages {
+            if let Some(dep) = stage
+                .depends_on
+                .iter()
+                .find(|d| !names.contains(d.as_str()) || **d == stage.name)
+            {
+                return Err(DbError::Invalid(format!(
+                    "workflow {}: stage {:?} depends on {:?}, which is not another stage of the workflow",
+                    wf.id, stage.name, dep
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The domain a workflow keeps busy while active, when it has exactly one: at most one
+/// active workflow may exist per such domain (the `per_domain` rule).
+pub(crate) fn active_domain(wf: &NewWorkflow) -> Option<uuid::Uuid> {
+    match wf.domains.as_slice() {
+        [only] => Some(only.id),
+        _ => None,
+    }
+}

@@ -1,0 +1,1111 @@
+//! One behaviour suite for every implementation of the db8 traits.
+//!
+//! A test binary provides `async fn stores() -> Stores` and invokes
+//! `conformance_suite!(stores)`, which expands to one `#[tokio::test]` per case.
+
+#![allow(dead_code)]
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use db8::{
+    ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, LeaderLock, NewWorkflow,
+    StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
+};
+use futures::StreamExt;
+use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowStatus};
+use uuid::Uuid;
+
+/// The implementation under test, as the layers above see it.
+pub struct Stores {
+    pub domains: Arc<dyn DomainRepository>,
+    pub workflows: Arc<dyn WorkflowRepository>,
+    pub feed: Arc<dyn ChangeFeed>,
+    pub health: Arc<dyn DbHealth>,
+    /// Two contenders for the same leader lock.
+    pub leader_a: Arc<dyn LeaderLock>,
+    pub leader_b: Arc<dyn LeaderLock>,
+    /// Dropped last: releases whatever the fixture holds (a test database...).
+    pub guard: Box<dyn Any + Send>,
+}
+
+/// Expands to one test per conformance case, each on fresh stores from `$make`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:path) => {
+        $crate::conformance_cases!(
+            $make;
+            domain_crud,
+            domain_insert_validates_and_normalises,
+            domain_name_conflicts,
+            domain_concurrent_inserts_of_one_name,
+            domain_stream_and_exists_enabled,
+            change_feed_reports_domain_writes,
+            workflow_create_and_view,
+            workflow_create_skips_busy_domains_and_known_ids,
+            workflow_create_rejects_invalid_batches,
+            workflow_pipeline_to_completion,
+            workflow_claim_filters,
+            workflow_claim_lease_and_owner,
+            workflow_release,
+            workflow_retry_then_fail,
+            workflow_timed_out,
+            workflow_cancel_pause_resume,
+            workflow_list_filter_and_limit,
+            workflow_idle_domains,
+            workflow_active_and_last_ended,
+            workflow_in_flight_counts,
+            leader_lock_contention,
+            health_ping,
+        );
+    };
+}
+
+/// Helper of [`conformance_suite`].
+#[macro_export]
+macro_rules! conformance_cases {
+    ($make:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let stores = $make().await;
+                conformance::$case(&stores).await;
+            }
+        )+
+    };
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// A fixed test clock with sub-microsecond digits (which stores truncate).
+pub fn t0() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(1_900_000_000, 123_456_789).unwrap()
+}
+
+/// `t0` truncated as the stores keep it.
+pub fn t0_stored() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(1_900_000_000, 123_456_000).unwrap()
+}
+
+pub fn secs(n: i64) -> TimeDelta {
+    TimeDelta::seconds(n)
+}
+
+pub fn post(name: &str, company: &str) -> PostDomain8 {
+    PostDomain8 {
+        name: name.into(),
+        companyname: company.into(),
+        enabled: true,
+    }
+}
+
+pub fn dref(name: &str) -> DomainRef {
+    DomainRef {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        companyname: "ACME".into(),
+    }
+}
+
+pub fn stage(name: &str, deps: &[&str]) -> StagePlan {
+    StagePlan {
+        name: name.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// Stages `a`, then `b` and `c` both after `a`.
+pub fn diamond() -> Vec<StagePlan> {
+    vec![stage("a", &[]), stage("b", &["a"]), stage("c", &["a"])]
+}
+
+pub fn wf(domains: Vec<DomainRef>, stages: Vec<StagePlan>) -> NewWorkflow {
+    NewWorkflow {
+        id: Uuid::new_v4(),
+        domains,
+        stages,
+    }
+}
+
+pub fn key(id: Uuid, stage: &str, attempt: u32) -> StageKey {
+    StageKey {
+        workflow_id: id,
+        stage: stage.into(),
+        attempt,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn stage_status(s: &Stores, id: Uuid) -> Vec<(String, StageStatus, u32)> {
+    s.workflows
+        .get(id)
+        .await
+        .unwrap()
+        .stages
+        .into_iter()
+        .map(|v| (v.name, v.status, v.attempt))
+        .collect()
+}
+
+async fn wf_status(s: &Stores, id: Uuid) -> WorkflowStatus {
+    s.workflows.get(id).await.unwrap().status
+}
+
+/// Claims and marks running the first attempt of `stage` for workflow `id`.
+async fn start(s: &Stores, id: Uuid, stage: &str, now: DateTime<Utc>) -> StageKey {
+    let owner = Uuid::new_v4();
+    let claimed = s
+        .workflows
+        .claim_due(stage, owner, now, LEASE, 10_000)
+        .await
+        .unwrap();
+    let c = claimed
+        .into_iter()
+        .find(|c| c.key.workflow_id == id)
+        .unwrap_or_else(|| panic!("stage {stage} of {id} not due at {now}"));
+    let n = s
+        .workflows
+        .mark_running(std::slice::from_ref(&c.key), owner, now, now + secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    c.key
+}
+
+// ---------------------------------------------------------------- domains
+
+pub async fn domain_crud(s: &Stores) {
+    let d = &s.domains;
+    assert!(d.list().await.unwrap().is_empty());
+    let b = d.insert(&post("b.example", "B")).await.unwrap();
+    let a = d.insert(&post("a.example", "A")).await.unwrap();
+    let mut disabled = post("c.example", "C");
+    disabled.enabled = false;
+    let c = d.insert(&disabled).await.unwrap();
+    assert!(!c.enabled && a.enabled);
+    assert_eq!(d.get(a.id).await.unwrap(), a);
+    let names: Vec<_> = d
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+    assert_eq!(names, ["a.example", "b.example", "c.example"]);
+
+    let b2 = d.update(b.id, &post("bb.example", "B2")).await.unwrap();
+    assert_eq!(
+        (b2.id, b2.name.as_str(), b2.companyname.as_str()),
+        (b.id, "bb.example", "B2")
+    );
+    assert_eq!(d.get(b.id).await.unwrap(), b2);
+
+    assert!(!d.set_enabled(a.id, false).await.unwrap().enabled);
+    assert!(!d.get(a.id).await.unwrap().enabled);
+    assert!(d.set_enabled(a.id, true).await.unwrap().enabled);
+
+    d.delete(c.id).await.unwrap();
+    assert_eq!(d.list().await.unwrap().len(), 2);
+
+    let missing = Uuid::new_v4();
+    assert!(matches!(d.get(missing).await, Err(DbError::NotFound(_))));
+    assert!(matches!(d.get(c.id).await, Err(DbError::NotFound(_))));
+    assert!(matches!(
+        d.update(missing, &post("x.example", "X")).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        d.set_enabled(missing, true).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(d.delete(missing).await, Err(DbError::NotFound(_))));
+    assert!(matches!(d.delete(c.id).await, Err(DbError::NotFound(_))));
+}
+
+pub async fn domain_insert_validates_and_normalises(s: &Stores) {
+    let d = &s.domains;
+    let x = d.insert(&post(" Example.COM. ", " ACME ")).await.unwrap();
+    assert_eq!(
+        (x.name.as_str(), x.companyname.as_str()),
+        ("example.com", "ACME")
+    );
+    let idn = d.insert(&post("bücher.example", "B")).await.unwrap();
+    assert_eq!(idn.name, "xn--bcher-kva.example");
+    for bad in [
+        post("exa_mple.com", "A"),
+        post("10.0.0.1", "A"),
+        post("ok.example", ""),
+    ] {
+        assert!(
+            matches!(d.insert(&bad).await, Err(DbError::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        d.update(x.id, &post("-x.com", "A")).await,
+        Err(DbError::Invalid(_))
+    ));
+    assert_eq!(d.list().await.unwrap().len(), 2);
+    assert_eq!(d.get(x.id).await.unwrap().name, "example.com");
+}
+
+pub async fn domain_name_conflicts(s: &Stores) {
+    let d = &s.domains;
+    let a = d.insert(&post("a.example", "A")).await.unwrap();
+    let b = d.insert(&post("b.example", "B")).await.unwrap();
+    // The same name, whatever its spelling.
+    assert!(matches!(
+        d.insert(&post("A.Example.", "Z")).await,
+        Err(DbError::Conflict(_))
+    ));
+    assert!(matches!(
+        d.update(b.id, &post("a.example", "B")).await,
+        Err(DbError::Conflict(_))
+    ));
+    assert_eq!(d.get(b.id).await.unwrap(), b);
+    // Keeping one's own name is no conflict.
+    let a2 = d.update(a.id, &post("a.example", "A2")).await.unwrap();
+    assert_eq!(a2.companyname, "A2");
+    assert_eq!(d.list().await.unwrap().len(), 2);
+}
+
+pub async fn domain_concurrent_inserts_of_one_name(s: &Stores) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let d = Arc::clone(&s.domains);
+        tasks.push(tokio::spawn(async move {
+            d.insert(&post("race.example", &format!("C{i}"))).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(DbError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(s.domains.list().await.unwrap().len(), 1);
+}
+
+pub async fn domain_stream_and_exists_enabled(s: &Stores) {
+    let d = &s.domains;
+    assert!(!d.exists_enabled().await.unwrap());
+    assert_eq!(d.stream_enabled().await.unwrap().count().await, 0);
+    let mut want = HashSet::new();
+    for i in 0..250 {
+        let mut p = post(&format!("d{i}.example"), "ACME");
+        p.enabled = i % 5 != 0;
+        let row = d.insert(&p).await.unwrap();
+        if row.enabled {
+            want.insert(row);
+        }
+    }
+    let got: Vec<_> = d.stream_enabled().await.unwrap().collect().await;
+    let got: HashSet<_> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got.len(), 200);
+    assert_eq!(got, want);
+    assert!(d.exists_enabled().await.unwrap());
+    for row in want {
+        d.set_enabled(row.id, false).await.unwrap();
+    }
+    assert!(!d.exists_enabled().await.unwrap());
+}
+
+/// Waits (bounded) for the next event of `feed`.
+pub async fn next_event(
+    feed: &mut futures::stream::BoxStream<'static, DomainChange>,
+    within: Duration,
+) -> Option<DomainChange> {
+    tokio::time::timeout(within, feed.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+pub async fn change_feed_reports_domain_writes(s: &Stores) {
+    let mut feed = s.feed.subscribe().await.unwrap();
+    let a = s.domains.insert(&post("feed.example", "A")).await.unwrap();
+    assert_eq!(
+        next_event(&mut feed, Duration::from_secs(20)).await,
+        Some(DomainChange::Changed)
+    );
+    s.domains.set_enabled(a.id, false).await.unwrap();
+    // Coalescing may merge events, but a later write is always reported after it.
+    assert_eq!(
+        next_event(&mut feed, Duration::from_secs(20)).await,
+        Some(DomainChange::Changed)
+    );
+    s.domains.delete(a.id).await.unwrap();
+    assert_eq!(
+        next_event(&mut feed, Duration::from_secs(20)).await,
+        Some(DomainChange::Changed)
+    );
+}
+
+// ---------------------------------------------------------------- workflows
+
+pub async fn workflow_create_and_view(s: &Stores) {
+    let w = &s.workflows;
+    let one = wf(vec![dref("a.example")], diamond());
+    let two = wf(
+        vec![dref("b.example"), dref("c.example")],
+        vec![stage("x", &[])],
+    );
+    let created = w
+        .create_workflows(std::slice::from_ref(&one), t0())
+        .await
+        .unwrap();
+    assert_eq!(created, [one.id]);
+    let created = w
+        .create_workflows(std::slice::from_ref(&two), t0() + secs(1))
+        .await
+        .unwrap();
+    assert_eq!(created, [two.id]);
+
+    let v = w.get(one.id).await.unwrap();
+    assert_eq!(v.id, one.id);
+    assert_eq!(v.status, WorkflowStatus::Pending);
+    assert_eq!(v.created_at, GoTime::from_utc(t0_stored()));
+    assert_eq!(v.updated_at, GoTime::from_utc(t0_stored()));
+    assert_eq!(v.domains, ["a.example"]);
+    assert_eq!(
+        stage_status(s, one.id).await,
+        [
+            ("a".into(), StageStatus::Pending, 0),
+            ("b".into(), StageStatus::Waiting, 0),
+            ("c".into(), StageStatus::Waiting, 0)
+        ]
+    );
+    assert_eq!(
+        w.get(two.id).await.unwrap().domains,
+        ["b.example", "c.example"]
+    );
+    let all = w.list(&WorkflowFilter::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|v| v.id).collect::<Vec<_>>(),
+        [two.id, one.id]
+    );
+    assert_eq!(all[1], v);
+    assert!(matches!(
+        w.get(Uuid::new_v4()).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(w.create_workflows(&[], t0()).await.unwrap().is_empty());
+}
+
+pub async fn workflow_create_skips_busy_domains_and_known_ids(s: &Stores) {
+    let w = &s.workflows;
+    let d = dref("a.example");
+    let first = wf(vec![d.clone()], diamond());
+    let same_domain = wf(vec![d.clone()], diamond());
+    let other = wf(vec![dref("b.example")], diamond());
+    // Within one batch the first workflow of a domain wins.
+    let created = w
+        .create_workflows(&[first.clone(), same_domain.clone(), other.clone()], t0())
+        .await
+        .unwrap();
+    assert_eq!(created, [first.id, other.id]);
+    // Across batches too, and a known id is skipped.
+    let again = wf(vec![d.clone()], diamond());
+    let created = w
+        .create_workflows(&[again.clone(), first.clone()], t0())
+        .await
+        .unwrap();
+    assert!(created.is_empty());
+    // A multi-domain workflow does not block nor is blocked.
+    let cycle = wf(vec![d.clone(), dref("c.example")], diamond());
+    assert_eq!(
+        w.create_workflows(std::slice::from_ref(&cycle), t0())
+            .await
+            .unwrap(),
+        [cycle.id]
+    );
+    assert!(matches!(
+        w.get(same_domain.id).await,
+        Err(DbError::NotFound(_))
+    ));
+    // Once the domain's workflow is over, a new one may start.
+    w.cancel(first.id, t0() + secs(1)).await.unwrap();
+    assert_eq!(
+        w.create_workflows(std::slice::from_ref(&again), t0() + secs(2))
+            .await
+            .unwrap(),
+        [again.id]
+    );
+    assert_eq!(w.list(&WorkflowFilter::default()).await.unwrap().len(), 4);
+}
+
+pub async fn workflow_create_rejects_invalid_batches(s: &Stores) {
+    let w = &s.workflows;
+    let good = wf(vec![dref("a.example")], diamond());
+    let dup = good.clone();
+    let no_stage = wf(vec![dref("b.example")], vec![]);
+    let no_domain = wf(vec![], diamond());
+    let unknown_dep = wf(vec![dref("c.example")], vec![stage("a", &["zz"])]);
+    let twice = wf(
+        vec![dref("d.example")],
+        vec![stage("a", &[]), stage("a", &[])],
+    );
+    for bad in [
+        vec![good.clone(), dup],
+        vec![good.clone(), no_stage],
+        vec![good.clone(), no_domain],
+        vec![good.clone(), unknown_dep],
+        vec![good.clone(), twice],
+    ] {
+        assert!(matches!(
+            w.create_workflows(&bad, t0()).await,
+            Err(DbError::Invalid(_))
+        ));
+    }
+    assert!(w.list(&WorkflowFilter::default()).await.unwrap().is_empty());
+}
+
+pub async fn workflow_pipeline_to_completion(s: &Stores) {
+    let w = &s.workflows;
+    let d = dref("a.example");
+    let x = wf(vec![d.clone()], diamond());
+    w.create_workflows(std::slice::from_ref(&x), t0())
+        .await
+        .unwrap();
+    assert!(
+        w.claim_due("b", Uuid::new_v4(), t0(), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let owner = Uuid::new_v4();
+    let claimed = w.claim_due("a", owner, t0(), LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].key, key(x.id, "a", 1));
+    assert_eq!(claimed[0].domains, vec![d.clone()]);
+    assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Pending);
+
+    let now = t0() + secs(1);
+    let n = w
+        .mark_running(&[key(x.id, "a", 1)], owner, now, now + secs(60))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let v = w.get(x.id).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Running);
+    assert_eq!(v.updated_at.to_utc(), t0_stored() + secs(1));
+    assert_eq!(v.stages[0].status, StageStatus::Running);
+    assert_eq!(v.stages[0].attempt, 1);
+    // Marking again (a duplicate confirm) changes nothing.
+    assert_eq!(
+        w.mark_running(&[key(x.id, "a", 1)], owner, now, now)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // A result for the wrong attempt or stage is stale.
+    let stale = [
+        key(x.id, "a", 2),
+        key(x.id, "b", 1),
+        key(Uuid::new_v4(), "a", 1),
+    ];
+    for k in &stale {
+        assert_eq!(
+            w.complete_stage(k, None, now).await.unwrap(),
+            Transition::Stale
+        );
+        assert_eq!(
+            w.fail_stage(k, None, None, now).await.unwrap(),
+            Transition::Stale
+        );
+    }
+    let done = w
+        .complete_stage(
+            &key(x.id, "a", 1),
+            Some(serde_json::json!({"found": 3})),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Transition::StageCompleted {
+            workflow_completed: false
+        }
+    );
+    // The duplicate report is a no-op.
+    assert_eq!(
+        w.complete_stage(&key(x.id, "a", 1), None, now)
+            .await
+            .unwrap(),
+        Transition::Stale
+    );
+    assert_eq!(
+        stage_status(s, x.id).await,
+        [
+            ("a".into(), StageStatus::Completed, 1),
+            ("b".into(), StageStatus::Pending, 0),
+            ("c".into(), StageStatus::Pending, 0)
+        ]
+    );
+    let kb = start(s, x.id, "b", now).await;
+    let kc = start(s, x.id, "c", now).await;
+    assert_eq!(
+        w.complete_stage(&kb, None, now).await.unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: false
+        }
+    );
+    assert!(w.any_active().await.unwrap());
+    let end = now + secs(5);
+    assert_eq!(
+        w.complete_stage(&kc, None, end).await.unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: true
+        }
+    );
+    let v = w.get(x.id).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Completed);
+    assert_eq!(v.updated_at.to_utc(), t0_stored() + secs(6));
+    assert!(
+        v.stages
+            .iter()
+            .all(|s| s.status == StageStatus::Completed && s.attempt == 1)
+    );
+    assert!(!w.any_active().await.unwrap());
+    assert_eq!(
+        w.last_ended_at().await.unwrap(),
+        Some(t0_stored() + secs(6))
+    );
+    assert_eq!(
+        w.complete_stage(&kc, None, end).await.unwrap(),
+        Transition::Stale
+    );
+    // The domain is free again.
+    let next = wf(vec![d], diamond());
+    assert_eq!(
+        w.create_workflows(std::slice::from_ref(&next), end)
+            .await
+            .unwrap(),
+        [next.id]
+    );
+}
+
+pub async fn workflow_claim_filters(s: &Stores) {
+    let w = &s.workflows;
+    let xs: Vec<_> = (0..5)
+        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
+        .collect();
+    // Created one second apart: due in that order.
+    for (i, x) in xs.iter().enumerate() {
+        w.create_workflows(std::slice::from_ref(x), t0() + secs(i as i64))
+            .await
+            .unwrap();
+    }
+    let owner = Uuid::new_v4();
+    // Not due yet for the later ones.
+    let c = w
+        .claim_due("a", owner, t0() + secs(1), LEASE, 100)
+        .await
+        .unwrap();
+    let ids: Vec<_> = c.iter().map(|c| c.key.workflow_id).collect();
+    assert_eq!(ids, [xs[0].id, xs[1].id]);
+    // The limit applies, oldest due first; live claims are not claimed again.
+    let c = w
+        .claim_due("a", owner, t0() + secs(10), LEASE, 2)
+        .await
+        .unwrap();
+    let ids: Vec<_> = c.iter().map(|c| c.key.workflow_id).collect();
+    assert_eq!(ids, [xs[2].id, xs[3].id]);
+    // A paused workflow is not claimed; a cancelled one neither.
+    w.pause(xs[4].id, t0() + secs(10)).await.unwrap();
+    assert!(
+        w.claim_due("a", owner, t0() + secs(10), LEASE, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    w.resume(xs[4].id, t0() + secs(10)).await.unwrap();
+    w.cancel(xs[0].id, t0() + secs(10)).await.unwrap();
+    let c = w
+        .claim_due("a", owner, t0() + secs(10), LEASE, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.iter().map(|c| c.key.workflow_id).collect::<Vec<_>>(),
+        [xs[4].id]
+    );
+    assert!(
+        w.claim_due("a", owner, t0() + secs(10), LEASE, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        w.claim_due("nope", owner, t0() + secs(10), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn workflow_claim_lease_and_owner(s: &Stores) {
+    let w = &s.workflows;
+    let x = wf(vec![dref("a.example")], diamond());
+    w.create_workflows(std::slice::from_ref(&x), t0())
+        .await
+        .unwrap();
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        w.claim_due("a", first, t0(), LEASE, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let before_expiry = t0() + secs(59);
+    assert!(
+        w.claim_due("a", second, before_expiry, LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The lease expired: the attempt is claimed again, with the same number.
+    let expired = t0() + secs(60);
+    let c = w.claim_due("a", second, expired, LEASE, 10).await.unwrap();
+    assert_eq!(c[0].key, key(x.id, "a", 1));
+    // Only the current owner may mark it running, and only for the claimed attempt.
+    let k = key(x.id, "a", 1);
+    assert_eq!(
+        w.mark_running(std::slice::from_ref(&k), first, expired, expired)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        w.mark_running(&[key(x.id, "a", 2)], second, expired, expired)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        w.release(std::slice::from_ref(&k), first, expired)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        w.mark_running(&[k.clone(), k.clone()], second, expired, expired)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        stage_status(s, x.id).await[0],
+        ("a".into(), StageStatus::Running, 1)
+    );
+}
+
+pub async fn workflow_release(s: &Stores) {
+    let w = &s.workflows;
+    let x = wf(vec![dref("a.example")], diamond());
+    w.create_workflows(std::slice::from_ref(&x), t0())
+        .await
+        .unwrap();
+    let owner = Uuid::new_v4();
+    w.claim_due("a", owner, t0(), LEASE, 10).await.unwrap();
+    let later = t0() + secs(30);
+    assert_eq!(
+        w.release(&[key(x.id, "a", 1)], owner, later).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        w.release(&[key(x.id, "a", 1)], owner, later).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        stage_status(s, x.id).await[0],
+        ("a".into(), StageStatus::Pending, 0)
+    );
+    // Not due before the new time, although the lease would not have expired yet.
+    assert!(
+        w.claim_due("a", owner, later - secs(1), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let c = w.claim_due("a", owner, later, LEASE, 10).await.unwrap();
+    assert_eq!(c[0].key, key(x.id, "a", 1));
+    assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Pending);
+}
+
+pub async fn workflow_retry_then_fail(s: &Stores) {
+    let w = &s.workflows;
+    let x = wf(vec![dref("a.example")], diamond());
+    w.create_workflows(std::slice::from_ref(&x), t0())
+        .await
+        .unwrap();
+    let k1 = start(s, x.id, "a", t0()).await;
+    let retry_at = t0() + secs(30);
+    let t = w
+        .fail_stage(
+            &k1,
+            Some(serde_json::json!("boom")),
+            Some(retry_at),
+            t0() + secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        t,
+        Transition::Retrying {
+            at: t0_stored() + secs(30)
+        }
+    );
+    assert_eq!(
+        w.fail_stage(&k1, None, Some(retry_at), t0()).await.unwrap(),
+        Transition::Stale
+    );
+    assert_eq!(
+        stage_status(s, x.id).await[0],
+        ("a".into(), StageStatus::Pending, 1)
+    );
+    assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Running);
+    assert!(
+        w.claim_due("a", Uuid::new_v4(), retry_at - secs(1), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let k2 = start(s, x.id, "a", retry_at).await;
+    assert_eq!(k2, key(x.id, "a", 2));
+    // The late report of attempt 1 changes nothing.
+    assert_eq!(
+        w.complete_stage(&k1, None, retry_at).await.unwrap(),
+        Transition::Stale
+    );
+    let end = retry_at + secs(1);
+    assert_eq!(
+        w.fail_stage(&k2, None, None, end).await.unwrap(),
+        Transition::WorkflowFailed
+    );
+    let v = w.get(x.id).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Failed);
+    assert_eq!(
+        stage_status(s, x.id).await,
+        [
+            ("a".into(), StageStatus::Failed, 2),
+            ("b".into(), StageStatus::Cancelled, 0),
+            ("c".into(), StageStatus::Cancelled, 0)
+        ]
+    );
+    assert_eq!(
+        w.last_ended_at().await.unwrap(),
+        Some(t0_stored() + secs(31))
+    );
+    assert_eq!(
+        w.fail_stage(&k2, None, None, end).await.unwrap(),
+        Transition::Stale
+    );
+    assert!(!w.any_active().await.unwrap());
+}
+
+pub async fn workflow_timed_out(s: &Stores) {
+    let w = &s.workflows;
+    let xs: Vec<_> = (0..3)
+        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
+        .collect();
+    w.create_workflows(&xs, t0()).await.unwrap();
+    let owner = Uuid::new_v4();
+    w.claim_due("a", owner, t0(), LEASE, 10).await.unwrap();
+    // Deadlines 30 s, 20 s and 10 s away.
+    for (i, x) in xs.iter().enumerate() {
+        let dl = t0() + secs(30 - 10 * i as i64);
+        assert_eq!(
+            w.mark_running(&[key(x.id, "a", 1)], owner, t0(), dl)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    assert!(w.timed_out(t0() + secs(10), 10).await.unwrap().is_empty());
+    let late = w.timed_out(t0() + secs(25), 10).await.unwrap();
+    assert_eq!(late, [key(xs[2].id, "a", 1), key(xs[1].id, "a", 1)]);
+    assert_eq!(
+        w.timed_out(t0() + secs(25), 1).await.unwrap(),
+        [key(xs[2].id, "a", 1)]
+    );
+    // Handled as a failure, it is no longer running.
+    w.fail_stage(&late[0], None, Some(t0() + secs(100)), t0() + secs(25))
+        .await
+        .unwrap();
+    w.cancel(xs[1].id, t0() + secs(25)).await.unwrap();
+    assert_eq!(
+        w.timed_out(t0() + secs(3600), 10).await.unwrap(),
+        [key(xs[0].id, "a", 1)]
+    );
+}
+
+pub async fn workflow_cancel_pause_resume(s: &Stores) {
+    let w = &s.workflows;
+    let x = wf(vec![dref("a.example")], diamond());
+    w.create_workflows(std::slice::from_ref(&x), t0())
+        .await
+        .unwrap();
+    let p = w.pause(x.id, t0() + secs(1)).await.unwrap();
+    assert_eq!(p.status, WorkflowStatus::Paused);
+    assert_eq!(p.updated_at.to_utc(), t0_stored() + secs(1));
+    assert!(matches!(
+        w.pause(x.id, t0()).await,
+        Err(DbError::InvalidState(_))
+    ));
+    assert_eq!(
+        w.resume(x.id, t0()).await.unwrap().status,
+        WorkflowStatus::Pending
+    );
+    assert!(matches!(
+        w.resume(x.id, t0()).await,
+        Err(DbError::InvalidState(_))
+    ));
+    let k = start(s, x.id, "a", t0()).await;
+    assert_eq!(
+        w.pause(x.id, t0()).await.unwrap().status,
+        WorkflowStatus::Paused
+    );
+    // A running stage of a paused workflow may still report.
+    assert_eq!(
+        w.complete_stage(&k, None, t0()).await.unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: false
+        }
+    );
+    assert_eq!(
+        w.resume(x.id, t0()).await.unwrap().status,
+        WorkflowStatus::Running
+    );
+    let kb = start(s, x.id, "b", t0()).await;
+    let c = w.cancel(x.id, t0() + secs(2)).await.unwrap();
+    assert_eq!(c.status, WorkflowStatus::Cancelled);
+    let st: Vec<_> = c.stages.iter().map(|s| s.status).collect();
+    assert_eq!(
+        st,
+        [
+            StageStatus::Completed,
+            StageStatus::Cancelled,
+            StageStatus::Cancelled
+        ]
+    );
+    assert_eq!(
+        w.complete_stage(&kb, None, t0()).await.unwrap(),
+        Transition::Stale
+    );
+    for r in [
+        w.cancel(x.id, t0()).await,
+        w.pause(x.id, t0()).await,
+        w.resume(x.id, t0()).await,
+    ] {
+        assert!(matches!(r, Err(DbError::InvalidState(_))), "{r:?}");
+    }
+    let missing = Uuid::new_v4();
+    assert!(matches!(
+        w.cancel(missing, t0()).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        w.pause(missing, t0()).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(matches!(
+        w.resume(missing, t0()).await,
+        Err(DbError::NotFound(_))
+    ));
+    assert!(
+        w.timed_out(t0() + secs(100_000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(w.in_flight_counts(t0()).await.unwrap().is_empty());
+}
+
+pub async fn workflow_list_filter_and_limit(s: &Stores) {
+    let w = &s.workflows;
+    let xs: Vec<_> = (0..5)
+        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
+        .collect();
+    for (i, x) in xs.iter().enumerate() {
+        w.create_workflows(std::slice::from_ref(x), t0() + secs(i as i64))
+            .await
+            .unwrap();
+    }
+    w.cancel(xs[1].id, t0()).await.unwrap();
+    w.cancel(xs[3].id, t0()).await.unwrap();
+    let ids = |v: Vec<model8::WorkflowView>| v.into_iter().map(|v| v.id).collect::<Vec<_>>();
+    let all = w.list(&WorkflowFilter::default()).await.unwrap();
+    assert_eq!(ids(all), [xs[4].id, xs[3].id, xs[2].id, xs[1].id, xs[0].id]);
+    let cancelled = WorkflowFilter {
+        status: Some(WorkflowStatus::Cancelled),
+        limit: None,
+    };
+    assert_eq!(ids(w.list(&cancelled).await.unwrap()), [xs[3].id, xs[1].id]);
+    let two = WorkflowFilter {
+        status: None,
+        limit: Some(2),
+    };
+    assert_eq!(ids(w.list(&two).await.unwrap()), [xs[4].id, xs[3].id]);
+    let none = WorkflowFilter {
+        status: Some(WorkflowStatus::Failed),
+        limit: None,
+    };
+    assert!(w.list(&none).await.unwrap().is_empty());
+    // The default page is 100.
+    let many: Vec<_> = (0..120)
+        .map(|i| wf(vec![dref(&format!("m{i}.example"))], diamond()))
+        .collect();
+    assert_eq!(w.create_workflows(&many, t0()).await.unwrap().len(), 120);
+    assert_eq!(w.list(&WorkflowFilter::default()).await.unwrap().len(), 100);
+}
+
+pub async fn workflow_idle_domains(s: &Stores) {
+    let (d, w) = (&s.domains, &s.workflows);
+    let mut rows = Vec::new();
+    for i in 0..6 {
+        let mut p = post(&format!("d{i}.example"), "ACME");
+        p.enabled = i != 5;
+        rows.push(d.insert(&p).await.unwrap());
+    }
+    let r: Vec<DomainRef> = rows.iter().cloned().map(DomainRef::from).collect();
+    // d0: active workflow. d1: workflow ended at t0+10. d2: inside an active cycle.
+    // d3, d4: never scanned. d5: disabled.
+    let active = wf(vec![r[0].clone()], diamond());
+    let ended = wf(vec![r[1].clone()], diamond());
+    w.create_workflows(&[active, ended.clone()], t0())
+        .await
+        .unwrap();
+    w.cancel(ended.id, t0() + secs(10)).await.unwrap();
+    let cycle = wf(vec![r[2].clone(), r[4].clone()], diamond());
+    w.create_workflows(std::slice::from_ref(&cycle), t0())
+        .await
+        .unwrap();
+    w.cancel(cycle.id, t0() + secs(20)).await.unwrap();
+    let cycle2 = wf(vec![r[2].clone(), r[5].clone()], diamond());
+    w.create_workflows(&[cycle2], t0()).await.unwrap();
+
+    let sorted = |ids: &[usize]| {
+        let mut v: Vec<DomainRef> = ids.iter().map(|i| r[*i].clone()).collect();
+        v.sort_by_key(|d| d.id);
+        v
+    };
+    let early = w.idle_domains(t0() + secs(9), None, 100).await.unwrap();
+    // d4's cycle ended at t0+20.
+    assert_eq!(early, sorted(&[3]));
+    let after_d1 = w.idle_domains(t0() + secs(10), None, 100).await.unwrap();
+    assert_eq!(after_d1, sorted(&[1, 3]));
+    let all = w.idle_domains(t0() + secs(20), None, 100).await.unwrap();
+    assert_eq!(all, sorted(&[1, 3, 4]));
+    // Keyset pagination.
+    let p1 = w.idle_domains(t0() + secs(20), None, 2).await.unwrap();
+    let p2 = w
+        .idle_domains(t0() + secs(20), Some(p1[1].id), 2)
+        .await
+        .unwrap();
+    assert_eq!(p1.iter().chain(&p2).cloned().collect::<Vec<_>>(), all);
+    assert_eq!(p2.len(), 1);
+    assert!(
+        w.idle_domains(t0() + secs(20), Some(p2[0].id), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(all.iter().all(|d| d.companyname == "ACME"));
+}
+
+pub async fn workflow_active_and_last_ended(s: &Stores) {
+    let w = &s.workflows;
+    assert!(!w.any_active().await.unwrap());
+    assert_eq!(w.last_ended_at().await.unwrap(), None);
+    let x = wf(vec![dref("a.example")], diamond());
+    let y = wf(vec![dref("b.example")], diamond());
+    w.create_workflows(&[x.clone(), y.clone()], t0())
+        .await
+        .unwrap();
+    assert!(w.any_active().await.unwrap());
+    w.cancel(y.id, t0() + secs(20)).await.unwrap();
+    w.cancel(x.id, t0() + secs(10)).await.unwrap();
+    assert!(!w.any_active().await.unwrap());
+    assert_eq!(
+        w.last_ended_at().await.unwrap(),
+        Some(t0_stored() + secs(20))
+    );
+}
+
+pub async fn workflow_in_flight_counts(s: &Stores) {
+    let w = &s.workflows;
+    let xs: Vec<_> = (0..4)
+        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
+        .collect();
+    w.create_workflows(&xs, t0()).await.unwrap();
+    assert!(w.in_flight_counts(t0()).await.unwrap().is_empty());
+    let owner = Uuid::new_v4();
+    let claimed = w.claim_due("a", owner, t0(), LEASE, 3).await.unwrap();
+    let running = &claimed[0].key;
+    w.mark_running(
+        std::slice::from_ref(running),
+        owner,
+        t0(),
+        t0() + secs(3600),
+    )
+    .await
+    .unwrap();
+    w.complete_stage(running, None, t0()).await.unwrap();
+    let kb = start(s, running.workflow_id, "b", t0()).await;
+    let counts = w.in_flight_counts(t0()).await.unwrap();
+    assert_eq!(
+        counts,
+        HashMap::from([("a".to_string(), 2), ("b".to_string(), 1)])
+    );
+    // Expired claims are not in flight.
+    let counts = w.in_flight_counts(t0() + secs(60)).await.unwrap();
+    assert_eq!(counts, HashMap::from([("b".to_string(), 1)]));
+    w.fail_stage(&kb, None, None, t0()).await.unwrap();
+    let counts = w.in_flight_counts(t0() + secs(60)).await.unwrap();
+    assert!(counts.is_empty(), "{counts:?}");
+}
+
+// ---------------------------------------------------------------- lock and health
+
+pub async fn leader_lock_contention(s: &Stores) {
+    let (a, b) = (&s.leader_a, &s.leader_b);
+    assert!(!a.is_held().await.unwrap());
+    assert!(a.try_acquire().await.unwrap());
+    assert!(
+        a.try_acquire().await.unwrap(),
+        "re-acquiring a held lock keeps it"
+    );
+    assert!(a.is_held().await.unwrap());
+    assert!(!b.try_acquire().await.unwrap());
+    assert!(!b.is_held().await.unwrap());
+    b.release().await.unwrap(); // not held: a no-op
+    assert!(a.is_held().await.unwrap());
+    a.release().await.unwrap();
+    assert!(!a.is_held().await.unwrap());
+    assert!(b.try_acquire().await.unwrap());
+    assert!(!a.try_acquire().await.unwrap());
+    b.release().await.unwrap();
+    // Released once after acquiring twice: free (never counted twice).
+    assert!(a.try_acquire().await.unwrap());
+    assert!(a.try_acquire().await.unwrap());
+    a.release().await.unwrap();
+    assert!(b.try_acquire().await.unwrap());
+    b.release().await.unwrap();
+}
+
+pub async fn health_ping(s: &Stores) {
+    s.health.ping().await.unwrap();
+    let stats = s.health.pool_stats();
+    assert!(stats.idle <= stats.connections);
+}
