@@ -47,7 +47,9 @@ where
             ApiError::timeout(state.timeouts.request).into_response()
         }
     };
-    state.metrics.http_request(route, res.status().as_u16());
+    let status = res.status().as_u16();
+    tracing::debug!(route, status, "HTTP request answered");
+    state.metrics.http_request(route, status);
     res
 }
 

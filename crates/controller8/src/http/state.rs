@@ -92,6 +92,10 @@ pub fn api_is_open(settings: &HttpSettings) -> bool {
 /// ```ignore
 /// let http = follow_settings(settings_rx, |s: &Arc<Settings>| s.http.clone());
 /// ```
+///
+/// # Panics
+///
+/// Outside a Tokio runtime (it spawns the forwarding task).
 pub fn follow_settings<T, F>(
     mut source: watch::Receiver<T>,
     project: F,

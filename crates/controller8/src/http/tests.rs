@@ -1009,3 +1009,44 @@ Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: clos
         "listener closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_forever_for_a_hung_request() {
+    let mut fx = Fx::new();
+    fx.state.timeouts.request = Duration::from_secs(600);
+    fx.state.timeouts.drain = Duration::from_millis(200);
+    *fx.scan.mode.lock().unwrap() = ScanMode::Hang;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), fx.state.clone(), async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let server = tokio::spawn(server);
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
+Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+    // Wait until the request is inside the (hanging) engine call.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.calls().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never reached the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(()).unwrap();
+    // Without the drain bound the server would wait for the request (600 s).
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops after the drain time despite the hung request")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    drop(client);
+}
