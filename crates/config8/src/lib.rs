@@ -1,14 +1,38 @@
 //! `config8`: loads, validates and watches the orchestratorm8 configuration.
 //!
-//! It reads the Go original's `configs/configuration.yaml` unchanged (CONTRACT section
-//! 1) into the plain-data [`Settings`], with Go-compatible defaults.
+//! It reads the Go original's `configs/configuration.yaml` unchanged (CONTRACT, section 1)
+//! into the plain-data [`Settings`], with Go-compatible defaults: `${VAR}` expansion,
+//! `ORCHESTRATORM8__...` environment overrides, Go durations, null meaning "default",
+//! every invalid value reported with its key path, unknown keys as warnings. [`watch`]
+//! publishes each new valid configuration of an edited file; [`diff`] tells what of a
+//! change applies live and what needs a restart. The rules are documented in
+//! `docs/CONFIGURATION.md`.
 //!
 //! Architecture invariant: depends only on `model8` among our crates; performs file I/O
-//! only (no network). Secrets are held in [`Secret`] and never rendered.
+//! only (no network). Secrets are held in [`Secret`] and never rendered, neither in
+//! errors nor in [`render_redacted`].
 
+mod diff;
 pub mod duration;
+mod env;
+mod error;
+mod expand;
+mod extract;
+mod load;
+mod render;
 mod secret;
 mod settings;
+mod tree;
+mod validate;
+mod watch;
 
+pub use diff::{ChangeReport, diff};
+pub use env::{
+    CONFIG_PATH_VAR, DEFAULT_CONFIG_PATH, Env, OVERRIDE_PREFIX, resolve_path, resolve_path_with,
+};
+pub use error::{ConfigError, Problem, Warning};
+pub use load::{Loaded, from_yaml_str, load, load_with};
+pub use render::render_redacted;
 pub use secret::Secret;
 pub use settings::*;
+pub use watch::{WatchHandle, WatchOptions, WatchStatus, watch, watch_with};

@@ -1,0 +1,734 @@
+//! Reading the (overridden, expanded) YAML tree into [`Settings`], value by value.
+//!
+//! Each reader takes its keys out of its section; whatever is left is an unknown key.
+//! Absent and null values give the default. Invalid values are recorded as problems and
+//! reading goes on, so that every problem of a file is reported at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_yaml::Value;
+
+use crate::secret::Secret;
+use crate::settings::*;
+use crate::tree::{
+    Ctx, KeyPath, Section, boolean, duration_at_least, float, go_duration, int, key_text,
+    mapping_entries, non_empty, one_of, string, structured, uint,
+};
+
+const PORT_MAX: i64 = 65535;
+/// Largest count accepted for pool sizes, attempts and the like.
+const COUNT_MAX: i64 = 1_000_000;
+const ONE_MS: Duration = Duration::from_millis(1);
+
+/// Reads the whole tree. Stage names are matched with their indexes for later checks.
+pub(crate) fn settings(ctx: &mut Ctx, root: Value) -> Settings {
+    let mut top = Section::new(ctx, KeyPath::default(), Some(root));
+    let d = Settings::default();
+
+    let app_env = top.get(
+        ctx,
+        "APP_ENV",
+        d.app_env,
+        one_of(&[
+            ("DEV", AppEnv::Dev),
+            ("TEST", AppEnv::Test),
+            ("PROD", AppEnv::Prod),
+        ]),
+    );
+    let log_level = top.get(ctx, "LOG_LEVEL", d.log_level, |v| {
+        int(0, 3)(v)
+            .map(|n| LogLevel::from_number(n).expect("in range"))
+            .map_err(|_| "0 (debug), 1 (info), 2 (warn) or 3 (error)".to_owned())
+    });
+
+    let mut orch_section = top.section(ctx, "ORCHESTRATORM8");
+    if !orch_section.present {
+        ctx.warn(
+            &orch_section.path,
+            "section absent: no service queues; exchanges cptm8, scheduler and notification (topic)",
+        );
+    }
+    let orchestrator = orchestrator(ctx, &mut orch_section);
+
+    let mut db_section = top.section(ctx, "Database");
+    if !db_section.present {
+        ctx.warn(
+            &db_section.path,
+            "section absent: using postgres@127.0.0.1:5432/cptm8 without password",
+        );
+    }
+    let database = database(ctx, &mut db_section);
+    db_section.finish(ctx);
+
+    let mut mq_section = top.section(ctx, "RabbitMQ");
+    if !mq_section.present {
+        ctx.warn(
+            &mq_section.path,
+            "section absent: using guest@127.0.0.1:5672",
+        );
+    }
+    let rabbitmq = rabbitmq(ctx, &mut mq_section);
+    mq_section.finish(ctx);
+
+    let mut sched = top.section(ctx, "Scheduler");
+    let scheduler = SchedulerSettings {
+        mode: sched.get(
+            ctx,
+            "mode",
+            d.scheduler.mode,
+            one_of(&[
+                ("bootstrap", SchedulerMode::Bootstrap),
+                ("managed", SchedulerMode::Managed),
+            ]),
+        ),
+        interval: sched.get(
+            ctx,
+            "interval",
+            d.scheduler.interval,
+            duration_at_least(Duration::from_secs(1)),
+        ),
+    };
+    sched.finish(ctx);
+
+    let mut wf = top.section(ctx, "Workflow");
+    let workflow = workflow(ctx, &mut wf, &orchestrator);
+    wf.finish(ctx);
+
+    let mut http_section = top.section(ctx, "HTTP");
+    let http = HttpSettings {
+        api_token: optional_secret(ctx, &mut http_section, "api_token"),
+        body_limit: http_section.get(ctx, "body_limit", d.http.body_limit, uint(1, 64 << 20)),
+    };
+    http_section.finish(ctx);
+
+    let mut le = top.section(ctx, "LeaderElection");
+    let leader_election = LeaderElectionSettings {
+        enabled: le.get(ctx, "enabled", d.leader_election.enabled, boolean),
+        lock_key: le.get(
+            ctx,
+            "lock_key",
+            d.leader_election.lock_key,
+            int(i64::MIN, i64::MAX),
+        ),
+        check_interval: le.get(
+            ctx,
+            "check_interval",
+            d.leader_election.check_interval,
+            duration_at_least(Duration::from_millis(10)),
+        ),
+    };
+    le.finish(ctx);
+
+    let mut log_section = top.section(ctx, "Log");
+    let log = log(ctx, &mut log_section);
+    log_section.finish(ctx);
+
+    top.finish(ctx);
+    Settings {
+        app_env,
+        log_level,
+        orchestrator,
+        database,
+        rabbitmq,
+        scheduler,
+        workflow,
+        http,
+        leader_election,
+        log,
+    }
+}
+
+fn orchestrator(ctx: &mut Ctx, s: &mut Section) -> OrchestratorSettings {
+    let d = OrchestratorSettings::default();
+
+    let services = match s.take(ctx, "Services") {
+        None => BTreeMap::new(),
+        Some((path, value)) => string_map(ctx, &path, value, "a URL string", string),
+    };
+    let exchanges = match s.take(ctx, "Exchanges") {
+        None | Some((_, Value::Null)) => d.exchanges,
+        Some((path, value)) => string_map(
+            ctx,
+            &path,
+            value,
+            "an exchange kind",
+            one_of(&[
+                ("topic", ExchangeKind::Topic),
+                ("direct", ExchangeKind::Direct),
+                ("fanout", ExchangeKind::Fanout),
+                ("headers", ExchangeKind::Headers),
+            ]),
+        ),
+    };
+
+    let mut queues = BTreeMap::new();
+    for (name, path, value) in s.rest() {
+        let mut section = Section::new(ctx, path.clone(), Some(value));
+        if !section.present {
+            ctx.problem(
+                &path,
+                "a service section needs at least Queue: [exchange, queue, prefetch]",
+            );
+            continue;
+        }
+        if let Some(q) = service_queue(ctx, &mut section) {
+            if !exchanges.contains_key(&q.exchange) {
+                ctx.warn(
+                    &path.key("Queue").index(0),
+                    format!(
+                        "exchange {:?} is not declared in ORCHESTRATORM8.Exchanges",
+                        q.exchange
+                    ),
+                );
+            }
+            queues.insert(name, q);
+        }
+        section.finish(ctx);
+    }
+    OrchestratorSettings {
+        services,
+        exchanges,
+        queues,
+    }
+}
+
+/// A mapping of names to values read with `read`.
+fn string_map<T>(
+    ctx: &mut Ctx,
+    path: &KeyPath,
+    value: Value,
+    what: &str,
+    read: impl Fn(&Value) -> Result<T, String>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    match structured(value) {
+        Value::Null => {}
+        Value::Mapping(m) => {
+            for (key, v, _) in mapping_entries(ctx, path, m) {
+                let p = path.key(&key);
+                match read(&v) {
+                    Ok(t) => {
+                        out.insert(key, t);
+                    }
+                    Err(expected) => ctx.bad(&p, &v, &format!("{what}: {expected}")),
+                }
+            }
+        }
+        other => ctx.bad(path, &other, &format!("a mapping of names to {what}s")),
+    }
+    out
+}
+
+/// A list of values read with `read`; null is empty.
+fn list<T>(
+    ctx: &mut Ctx,
+    path: &KeyPath,
+    value: Value,
+    what: &str,
+    read: impl Fn(&Value) -> Result<T, String>,
+) -> Vec<T> {
+    match structured(value) {
+        Value::Null => Vec::new(),
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| match read(v) {
+                Ok(t) => Some(t),
+                Err(expected) => {
+                    ctx.bad(&path.index(i), v, &expected);
+                    None
+                }
+            })
+            .collect(),
+        other => {
+            ctx.bad(path, &other, &format!("a list of {what}"));
+            Vec::new()
+        }
+    }
+}
+
+fn service_queue(ctx: &mut Ctx, s: &mut Section) -> Option<ServiceQueue> {
+    let queue = match s.take(ctx, "Queue") {
+        None | Some((_, Value::Null)) => {
+            ctx.problem(
+                &s.path.key("Queue"),
+                "missing: expected [exchange, queue, prefetch count]",
+            );
+            None
+        }
+        Some((path, value)) => queue_triple(ctx, &path, value),
+    };
+    let routing_keys = match s.take(ctx, "Routing-keys") {
+        None => {
+            ctx.warn(
+                &s.path.key("Routing-keys"),
+                "absent: the queue is bound with no routing key and receives nothing",
+            );
+            Vec::new()
+        }
+        Some((path, value)) => list(ctx, &path, value, "binding keys", non_empty),
+    };
+    let queue_arguments = match s.take(ctx, "Queue-arguments") {
+        None => BTreeMap::new(),
+        Some((path, value)) => queue_args(ctx, &path, value),
+    };
+    let consumer = match s.take(ctx, "Consumer") {
+        None | Some((_, Value::Null)) => None,
+        Some((path, value)) => consumer(ctx, &path, value),
+    };
+    let (exchange, queue, prefetch) = queue?;
+    Some(ServiceQueue {
+        exchange,
+        queue,
+        prefetch,
+        routing_keys,
+        queue_arguments,
+        consumer,
+    })
+}
+
+/// `[exchange, queue, prefetch]`.
+fn queue_triple(ctx: &mut Ctx, path: &KeyPath, value: Value) -> Option<(String, String, u16)> {
+    const SHAPE: &str = "[exchange, queue, prefetch count], e.g. [\"cptm8\", \"qasmm8\", 1]";
+    let items = match structured(value) {
+        Value::Sequence(items) if items.len() == 3 => items,
+        other => {
+            ctx.bad(path, &other, SHAPE);
+            return None;
+        }
+    };
+    let exchange = read_at(ctx, path, &items, 0, "an exchange name", non_empty);
+    let queue = read_at(ctx, path, &items, 1, "a queue name", non_empty);
+    let prefetch = read_at(
+        ctx,
+        path,
+        &items,
+        2,
+        "a prefetch count",
+        uint::<u16>(0, i64::from(u16::MAX)),
+    );
+    Some((exchange?, queue?, prefetch?))
+}
+
+fn read_at<T>(
+    ctx: &mut Ctx,
+    path: &KeyPath,
+    items: &[Value],
+    i: usize,
+    what: &str,
+    read: impl Fn(&Value) -> Result<T, String>,
+) -> Option<T> {
+    match read(&items[i]) {
+        Ok(t) => Some(t),
+        Err(expected) => {
+            ctx.bad(&path.index(i), &items[i], &format!("{what}: {expected}"));
+            None
+        }
+    }
+}
+
+/// `[queue, consumer tag, autoack]`.
+fn consumer(ctx: &mut Ctx, path: &KeyPath, value: Value) -> Option<ConsumerSpec> {
+    const SHAPE: &str = "[queue, consumer tag, autoack], e.g. [\"qasmm8\", \"casmm8\", \"false\"]";
+    let items = match structured(value) {
+        Value::Sequence(items) if items.len() == 3 => items,
+        other => {
+            ctx.bad(path, &other, SHAPE);
+            return None;
+        }
+    };
+    let queue = read_at(ctx, path, &items, 0, "a queue name", non_empty);
+    let tag = read_at(ctx, path, &items, 1, "a consumer tag", non_empty);
+    let autoack = read_at(ctx, path, &items, 2, "the autoack flag", boolean);
+    Some(ConsumerSpec {
+        queue: queue?,
+        tag: tag?,
+        autoack: autoack?,
+    })
+}
+
+/// `Queue-arguments`: scalars keep their YAML type. A value set from the environment
+/// is text; it is read as a YAML scalar so that `5` stays an integer.
+fn queue_args(ctx: &mut Ctx, path: &KeyPath, value: Value) -> BTreeMap<String, ArgValue> {
+    let mut out = BTreeMap::new();
+    let m = match structured(value) {
+        Value::Null => return out,
+        Value::Mapping(m) => m,
+        other => {
+            ctx.bad(
+                path,
+                &other,
+                "a mapping of queue arguments, e.g. {x-max-length: 1}",
+            );
+            return out;
+        }
+    };
+    for (k, v) in m {
+        let Some(key) = key_text(&k) else {
+            ctx.bad(path, &k, "text keys");
+            continue;
+        };
+        let p = path.key(&key);
+        let v = match v {
+            Value::String(s) if ctx.set_by_env(&p) => {
+                serde_yaml::from_str(&s).unwrap_or(Value::String(s))
+            }
+            v => v,
+        };
+        let arg = match &v {
+            Value::Bool(b) => Some(ArgValue::Bool(*b)),
+            Value::Number(n) => n
+                .as_i64()
+                .map(ArgValue::Int)
+                .or_else(|| n.as_f64().map(ArgValue::Float)),
+            Value::String(s) => Some(ArgValue::Str(s.clone())),
+            _ => None,
+        };
+        match arg {
+            Some(a) => {
+                out.insert(key, a);
+            }
+            None => ctx.bad(&p, &v, "a number, boolean or string"),
+        }
+    }
+    out
+}
+
+fn database(ctx: &mut Ctx, s: &mut Section) -> DatabaseSettings {
+    let d = DatabaseSettings::default();
+    let location = s.get(ctx, "location", d.location, non_empty);
+    let port = s.get(ctx, "port", d.port, uint(1, PORT_MAX));
+    let schema = s.get(ctx, "schema", d.schema, non_empty);
+    let database = s.get(ctx, "database", d.database, non_empty);
+    let username = s.get(ctx, "username", d.username, non_empty);
+    let password = s.get(ctx, "password", d.password, |v| string(v).map(Secret::new));
+    let sslmode = s.get(
+        ctx,
+        "sslmode",
+        d.sslmode,
+        one_of(&[
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+        ]),
+    );
+    let sslrootcert = optional_path(ctx, s, "sslrootcert");
+    let max_connections = s.get(
+        ctx,
+        "max_connections",
+        d.max_connections,
+        uint(1, COUNT_MAX),
+    );
+    let min_connections = s.get(
+        ctx,
+        "min_connections",
+        d.min_connections,
+        uint(0, COUNT_MAX),
+    );
+    if min_connections > max_connections {
+        ctx.problem(
+            &s.path.key("min_connections"),
+            format!("got {min_connections}, expected at most max_connections ({max_connections})"),
+        );
+    }
+    DatabaseSettings {
+        location,
+        port,
+        schema,
+        database,
+        username,
+        password,
+        sslmode,
+        sslrootcert,
+        max_connections,
+        min_connections,
+        connection_timeout: s.get(
+            ctx,
+            "connection_timeout",
+            d.connection_timeout,
+            duration_at_least(ONE_MS),
+        ),
+        retry_attempts: s.get(ctx, "retry_attempts", d.retry_attempts, uint(1, COUNT_MAX)),
+        retry_delay: s.get(ctx, "retry_delay", d.retry_delay, go_duration),
+        migrate_on_start: s.get(ctx, "migrate_on_start", d.migrate_on_start, boolean),
+    }
+}
+
+fn rabbitmq(ctx: &mut Ctx, s: &mut Section) -> RabbitMqSettings {
+    let d = RabbitMqSettings::default();
+    let location = s.get(ctx, "location", d.location, non_empty);
+    let port = s.get(ctx, "port", d.port, uint(1, PORT_MAX));
+    let username = s.get(ctx, "username", d.username, non_empty);
+    let password = s.get(ctx, "password", d.password, |v| string(v).map(Secret::new));
+    let vhost = s.get(ctx, "vhost", d.vhost, non_empty);
+    let tls = s.get(ctx, "tls", d.tls, boolean);
+    let tls_ca = optional_path(ctx, s, "tls_ca");
+    let heartbeat = s.get(
+        ctx,
+        "heartbeat",
+        d.heartbeat,
+        duration_at_least(Duration::from_secs(2)),
+    );
+    let mut p = s.section(ctx, "pool");
+    let pool = pool(ctx, &mut p);
+    p.finish(ctx);
+    RabbitMqSettings {
+        location,
+        port,
+        username,
+        password,
+        vhost,
+        tls,
+        tls_ca,
+        heartbeat,
+        pool,
+    }
+}
+
+/// `RabbitMQ.pool`. As in the Go original, 0 (like null) means "the default".
+fn pool(ctx: &mut Ctx, s: &mut Section) -> RabbitPoolSettings {
+    let d = RabbitPoolSettings::default();
+    let count = |n: u32, dflt: u32| if n == 0 { dflt } else { n };
+    let dur = |x: Duration, dflt: Duration| if x.is_zero() { dflt } else { x };
+    let max_connections = count(
+        s.get(
+            ctx,
+            "max_connections",
+            d.max_connections,
+            uint(0, COUNT_MAX),
+        ),
+        d.max_connections,
+    );
+    let min_connections = count(
+        s.get(
+            ctx,
+            "min_connections",
+            d.min_connections,
+            uint(0, COUNT_MAX),
+        ),
+        d.min_connections,
+    );
+    if min_connections > max_connections {
+        ctx.problem(
+            &s.path.key("min_connections"),
+            format!("got {min_connections}, expected at most max_connections ({max_connections})"),
+        );
+    }
+    RabbitPoolSettings {
+        max_connections,
+        min_connections,
+        max_idle_time: dur(
+            s.get_any(
+                ctx,
+                "pool.max_idle_time",
+                &["max_idle_time"],
+                d.max_idle_time,
+                go_duration,
+            ),
+            d.max_idle_time,
+        ),
+        max_lifetime: dur(
+            s.get(ctx, "max_lifetime", d.max_lifetime, go_duration),
+            d.max_lifetime,
+        ),
+        health_check_period: dur(
+            s.get(
+                ctx,
+                "health_check_period",
+                d.health_check_period,
+                go_duration,
+            ),
+            d.health_check_period,
+        ),
+        connection_timeout: dur(
+            s.get(ctx, "connection_timeout", d.connection_timeout, go_duration),
+            d.connection_timeout,
+        ),
+        retry_attempts: count(
+            s.get(ctx, "retry_attempts", d.retry_attempts, uint(0, COUNT_MAX)),
+            d.retry_attempts,
+        ),
+        retry_delay: dur(
+            s.get(ctx, "retry_delay", d.retry_delay, go_duration),
+            d.retry_delay,
+        ),
+    }
+}
+
+fn workflow(
+    ctx: &mut Ctx,
+    s: &mut Section,
+    orchestrator: &OrchestratorSettings,
+) -> WorkflowSettings {
+    let d = WorkflowSettings::default_for(orchestrator);
+    let granularity = s.get(
+        ctx,
+        "granularity",
+        d.granularity,
+        one_of(&[
+            ("per_domain", Granularity::PerDomain),
+            ("per_cycle", Granularity::PerCycle),
+        ]),
+    );
+    let rescan_after = s.get(ctx, "rescan_after", d.rescan_after, go_duration);
+    let stages = match s.take(ctx, "stages") {
+        None | Some((_, Value::Null)) => d.stages,
+        Some((path, value)) => match structured(value) {
+            Value::Sequence(items) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| stage(ctx, path.index(i), item, orchestrator))
+                .collect(),
+            other => {
+                ctx.bad(
+                    &path,
+                    &other,
+                    "a list of stages (each with at least a name)",
+                );
+                Vec::new()
+            }
+        },
+    };
+    WorkflowSettings {
+        granularity,
+        rescan_after,
+        stages,
+    }
+}
+
+fn stage(
+    ctx: &mut Ctx,
+    path: KeyPath,
+    value: Value,
+    orchestrator: &OrchestratorSettings,
+) -> Option<StageSettings> {
+    let mut s = Section::new(ctx, path.clone(), Some(value));
+    if !s.present {
+        ctx.problem(&path, "a stage needs at least a name");
+        return None;
+    }
+    let name = match s.take(ctx, "name") {
+        None | Some((_, Value::Null)) => {
+            ctx.problem(&path.key("name"), "missing: every stage needs a name");
+            None
+        }
+        Some((p, v)) => match non_empty(&v) {
+            Ok(n) if valid_stage_name(&n) => Some(n),
+            Ok(_) | Err(_) => {
+                ctx.bad(
+                    &p,
+                    &v,
+                    "a stage name of letters, digits, '_' and '-' (it is part of routing keys)",
+                );
+                None
+            }
+        },
+    };
+    let display_name = name.clone().unwrap_or_default();
+    let dflt = StageSettings::new(
+        display_name.clone(),
+        StageSettings::default_exchange(&display_name, orchestrator),
+    );
+    let exchange = s.get(ctx, "exchange", dflt.exchange, non_empty);
+    let routing_key = s.get(ctx, "routing_key", dflt.routing_key, non_empty);
+    let depends_on = match s.take(ctx, "depends_on") {
+        None => Vec::new(),
+        Some((p, v)) => list(ctx, &p, v, "stage names", non_empty),
+    };
+    let timeout = s.get(
+        ctx,
+        "timeout",
+        dflt.timeout,
+        duration_at_least(Duration::from_secs(1)),
+    );
+    let max_attempts = s.get(ctx, "max_attempts", dflt.max_attempts, uint(1, COUNT_MAX));
+    let mut b = s.section(ctx, "backoff");
+    let initial = b.get(ctx, "initial", dflt.backoff.initial, go_duration);
+    let max = b.get(ctx, "max", dflt.backoff.max, go_duration);
+    let multiplier = b.get(ctx, "multiplier", dflt.backoff.multiplier, |v| {
+        float(v).and_then(|f| {
+            if (1.0..=1000.0).contains(&f) {
+                Ok(f)
+            } else {
+                Err("a number between 1.0 and 1000".into())
+            }
+        })
+    });
+    if max < initial {
+        ctx.problem(
+            &b.path.key("max"),
+            format!(
+                "got {}, expected at least backoff.initial ({})",
+                crate::duration::format(max),
+                crate::duration::format(initial)
+            ),
+        );
+    }
+    b.finish(ctx);
+    let max_in_flight = s.get(ctx, "max_in_flight", dflt.max_in_flight, uint(0, COUNT_MAX));
+    s.finish(ctx);
+    Some(StageSettings {
+        name: name?,
+        exchange,
+        routing_key,
+        depends_on,
+        timeout,
+        max_attempts,
+        backoff: BackoffSettings {
+            initial,
+            max,
+            multiplier,
+        },
+        max_in_flight,
+    })
+}
+
+fn valid_stage_name(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn log(ctx: &mut Ctx, s: &mut Section) -> LogSettings {
+    let d = LogSettings::default();
+    let file = optional_path(ctx, s, "file");
+    let apm_server_url = s.get(ctx, "apm_server_url", None, |v| {
+        let url = string(v)?;
+        let url = url.trim();
+        if url.is_empty() {
+            Ok(None)
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            Ok(Some(url.trim_end_matches('/').to_owned()))
+        } else {
+            Err("an http:// or https:// URL".into())
+        }
+    });
+    let apm_secret_token = optional_secret(ctx, s, "apm_secret_token");
+    LogSettings {
+        file,
+        apm_server_url,
+        apm_secret_token,
+        apm_service_name: s.get(ctx, "apm_service_name", d.apm_service_name, non_empty),
+        apm_flush_timeout: s.get(ctx, "apm_flush_timeout", d.apm_flush_timeout, go_duration),
+        console: s.get(ctx, "console", d.console, boolean),
+        max_size_mb: s.get(ctx, "max_size_mb", d.max_size_mb, uint(1, 1 << 20)),
+        max_backups: s.get(ctx, "max_backups", d.max_backups, uint(0, 10_000)),
+    }
+}
+
+/// A path; empty or null is `None`.
+fn optional_path(ctx: &mut Ctx, s: &mut Section, name: &str) -> Option<PathBuf> {
+    s.get(ctx, name, None, |v| {
+        let p = string(v).map_err(|_| "a file path".to_owned())?;
+        Ok((!p.trim().is_empty()).then(|| PathBuf::from(p.trim())))
+    })
+}
+
+/// A secret; empty or null is `None`.
+fn optional_secret(ctx: &mut Ctx, s: &mut Section, name: &str) -> Option<Secret> {
+    s.get(ctx, name, None, |v| {
+        let t = string(v)?;
+        Ok((!t.is_empty()).then(|| Secret::new(t)))
+    })
+}

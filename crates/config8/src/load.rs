@@ -1,0 +1,88 @@
+//! Loading: read, parse, override from the environment, expand `${VAR}`, read typed
+//! values, check across values.
+
+use std::path::Path;
+
+use serde_yaml::{Mapping, Value};
+
+use crate::env::{Env, apply_overrides};
+use crate::error::{ConfigError, Warning};
+use crate::expand::expand_tree;
+use crate::settings::Settings;
+use crate::tree::{Ctx, KeyPath, show, untag};
+use crate::{extract, validate};
+
+/// A valid configuration and the warnings found loading it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The settings.
+    pub settings: Settings,
+    /// Unknown keys and other suspicious but accepted things, in file order.
+    pub warnings: Vec<Warning>,
+}
+
+/// Loads the file at `path` with the process environment.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_with(path, &Env::from_process())
+}
+
+/// Loads the file at `path` with the environment `env`.
+pub fn load_with(path: &Path, env: &Env) -> Result<Loaded, ConfigError> {
+    let text = read(path)?;
+    parse(&text, Some(path), env)
+}
+
+/// Loads a configuration from YAML text with the environment `env`.
+pub fn from_yaml_str(text: &str, env: &Env) -> Result<Loaded, ConfigError> {
+    parse(text, None, env)
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn parse(text: &str, origin: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        path: origin.map(Path::to_path_buf),
+        problems,
+    };
+    let mut root: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.map(Path::to_path_buf),
+        message: e.to_string(),
+    })?;
+    root.apply_merge().map_err(|e| ConfigError::Parse {
+        path: origin.map(Path::to_path_buf),
+        message: e.to_string(),
+    })?;
+    let mut ctx = Ctx::default();
+    let mut map = match untag(root) {
+        Value::Null => Mapping::new(),
+        Value::Mapping(m) => m,
+        other => {
+            ctx.problem(
+                &KeyPath::default(),
+                format!(
+                    "the file holds {}, expected a mapping of sections (APP_ENV, ORCHESTRATORM8, Database, ...)",
+                    show(&other, false)
+                ),
+            );
+            return Err(invalid(ctx.problems));
+        }
+    };
+    apply_overrides(&mut map, env, &mut ctx);
+    let mut root = Value::Mapping(map);
+    expand_tree(&mut root, &KeyPath::default(), env, &mut ctx);
+    let settings = extract::settings(&mut ctx, root);
+    validate::check(&mut ctx, &settings);
+    if ctx.problems.is_empty() {
+        Ok(Loaded {
+            settings,
+            warnings: ctx.warnings,
+        })
+    } else {
+        Err(invalid(ctx.problems))
+    }
+}
