@@ -212,7 +212,7 @@ fn string_map<T>(
                     Ok(t) => {
                         out.insert(key, t);
                     }
-                    Err(expected) => ctx.bad(&p, &v, &format!("{what}: {expected}")),
+                    Err(expected) => ctx.bad(&p, &v, &expected),
                 }
             }
         }

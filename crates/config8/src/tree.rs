@@ -122,8 +122,13 @@ impl Ctx {
         });
     }
 
-    /// Records "got <value>, expected <expected>".
+    /// Records "got <value>, expected <expected>", unless `path` already has a problem
+    /// (a value whose `${VAR}` failed is read as null: that is not a second problem).
     pub(crate) fn bad(&mut self, path: &KeyPath, value: &Value, expected: &str) {
+        let shown_path = path.to_string();
+        if self.problems.iter().any(|p| p.path == shown_path) {
+            return;
+        }
         let shown = show(value, path.is_secret());
         self.problem(path, format!("got {shown}, expected {expected}"));
     }

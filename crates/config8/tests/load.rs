@@ -105,6 +105,13 @@ fn the_go_originals_template_loads_unchanged() {
 
 #[test]
 fn a_missing_variable_names_the_variable_and_the_key() {
+    let err = load_with(&example("examples/configs/go-original.yaml"), &Env::empty()).unwrap_err();
+    assert_eq!(
+        err.problems().len(),
+        11,
+        "one problem per missing variable: {err}"
+    );
+
     let env = go_env();
     let env: Env = Env::empty()
         .with("ASMM8_URL", env.get("ASMM8_URL").unwrap())
@@ -249,7 +256,7 @@ Workflow: {granularity: per_week}
     );
     let expected = [
         "APP_ENV: got \"prod\", expected one of DEV, TEST, PROD",
-        "ORCHESTRATORM8.Exchanges.cptm8: got \"topik\", expected an exchange kind: one of topic, direct, fanout, headers",
+        "ORCHESTRATORM8.Exchanges.cptm8: got \"topik\", expected one of topic, direct, fanout, headers",
         "ORCHESTRATORM8.asmm8.Queue: got a list, expected [exchange, queue, prefetch count], e.g. [\"cptm8\", \"qasmm8\", 1]",
         "ORCHESTRATORM8.naabum8.Queue[2]: got 70000, expected a prefetch count: an integer between 0 and 65535",
         "ORCHESTRATORM8.naabum8.Consumer[2]: got \"maybe\", expected the autoack flag: true or false",

@@ -1,9 +1,27 @@
-//! `config_check` (not implemented yet).
+//! `config check [--config PATH]`: load and validate the configuration, print it
+//! (effective values, secrets redacted) on stdout and its warnings on stderr. Touches no
+//! server. Exit 0 when valid, 2 with the error otherwise (CONTRACT section 4).
+
+use std::io::Write;
 
 use crate::cli::ConfigCheckArgs;
 use crate::exit::Failure;
 
 /// Runs the command.
-pub fn run(_args: ConfigCheckArgs) -> Result<(), Failure> {
-    Err(Failure::Runtime("not implemented yet".into()))
+pub fn run(args: ConfigCheckArgs) -> Result<(), Failure> {
+    let path = config8::resolve_path(args.config);
+    let loaded = config8::load(&path).map_err(|e| Failure::Usage(e.to_string()))?;
+    let mut err = std::io::stderr().lock();
+    for w in &loaded.warnings {
+        let _ = writeln!(err, "orchestratorm8: warning: {w}");
+    }
+    let text = config8::render_redacted(&loaded.settings);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# effective configuration of {} (secrets redacted)\n{text}",
+        path.display()
+    )
+    .and_then(|()| out.flush())
+    .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))
 }

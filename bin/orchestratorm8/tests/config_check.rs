@@ -1,0 +1,196 @@
+//! `orchestratorm8 config check` as the real binary: exit codes, redaction, messages.
+//! Every run starts from an empty environment so the caller's variables cannot leak in.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/configs")
+}
+
+/// The variables the Go template references, with recognisable secrets.
+const GO_ENV: &[(&str, &str)] = &[
+    ("ASMM8_URL", "http://asmm8:8000"),
+    ("NAABUM8_URL", "http://naabum8:8001"),
+    ("KATANAM8_URL", "http://katanam8:8002"),
+    ("NUM8_URL", "http://num8:8003"),
+    ("POSTGRESQL_HOSTNAME", "db.internal"),
+    ("POSTGRESQL_DB", "cptm8"),
+    ("POSTGRESQL_USERNAME", "cptm8user"),
+    ("POSTGRESQL_PASSWORD", "Pg-Passw0rd"),
+    ("RABBITMQ_HOSTNAME", "mq.internal"),
+    ("RABBITMQ_USERNAME", "cptm8mq"),
+    ("RABBITMQ_PASSWORD", "Mq-Passw0rd"),
+];
+
+fn check(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
+        .arg("config")
+        .arg("check")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+#[test]
+fn the_go_originals_file_passes_and_shows_no_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = examples().join("go-original.yaml");
+    let out = check(&["--config", go.to_str().unwrap()], GO_ENV, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("LOG_LEVEL: 0"), "{stdout}");
+    assert!(stdout.contains("location: db.internal"), "{stdout}");
+    assert!(stdout.contains("pool.max_idle_time: 1h0m0s"), "{stdout}");
+    assert!(stdout.contains("password: '***'"), "{stdout}");
+    for secret in ["Pg-Passw0rd", "Mq-Passw0rd"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
+    assert_eq!(stderr, "", "no warnings for the Go file");
+}
+
+#[test]
+fn a_password_repeated_in_another_value_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = std::fs::read_to_string(examples().join("go-original.yaml")).unwrap();
+    // A URL carrying credentials, one of them the database password.
+    let env: Vec<_> = GO_ENV
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "ASMM8_URL")
+        .chain([("ASMM8_URL", "http://admin:Pg-Passw0rd@asmm8:8000/")])
+        .collect();
+    let file = write(dir.path(), "c.yaml", &go);
+    let out = check(&["--config", file.to_str().unwrap()], &env, dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!stdout.contains("Pg-Passw0rd"), "{stdout}");
+    assert!(stdout.contains("http://admin:***@asmm8:8000/"), "{stdout}");
+}
+
+#[test]
+fn a_missing_variable_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = examples().join("go-original.yaml");
+    let env: Vec<_> = GO_ENV
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "RABBITMQ_PASSWORD")
+        .collect();
+    let out = check(&["--config", go.to_str().unwrap()], &env, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("RabbitMQ.password: environment variable RABBITMQ_PASSWORD is not set"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "", "nothing printed on stdout");
+}
+
+#[test]
+fn a_bad_port_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.yaml",
+        "Database:\n  port: \"five\"\n  password: Pg-Passw0rd\n",
+    );
+    let out = check(&["--config", file.to_str().unwrap()], &[], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Database.port: got \"five\", expected an integer between 1 and 65535"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("c.yaml"), "{stderr}");
+    assert!(!stderr.contains("Pg-Passw0rd"), "{stderr}");
+}
+
+#[test]
+fn a_missing_file_exits_2_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope/configuration.yaml");
+    let out = check(&["--config", missing.to_str().unwrap()], &[], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains("cannot read configuration file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn default_path_and_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without --config and ORCHESTRATORM8_CONFIG: configs/configuration.yaml under cwd.
+    let out = check(&[], &[], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("configs/configuration.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::create_dir(dir.path().join("configs")).unwrap();
+    write(
+        &dir.path().join("configs"),
+        "configuration.yaml",
+        "LOG_LEVEL: 2\n",
+    );
+    let out = check(&[], &[], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("LOG_LEVEL: 2"));
+
+    let other = write(dir.path(), "other.yaml", "LOG_LEVEL: 3\n");
+    let out = check(
+        &[],
+        &[("ORCHESTRATORM8_CONFIG", other.to_str().unwrap())],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("LOG_LEVEL: 3"));
+}
+
+#[test]
+fn warnings_go_to_stderr_and_the_output_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let managed = examples().join("managed.yaml");
+    let base = std::fs::read_to_string(&managed).unwrap();
+    let file = write(dir.path(), "c.yaml", &format!("{base}\nSurprise: 1\n"));
+    let env = [
+        ("ORCHESTRATORM8_API_TOKEN", "Api-T0ken-secret"),
+        ("ORCHESTRATORM8__DATABASE__PASSWORD", "Pg-Passw0rd"),
+    ];
+    let out = check(&["--config", file.to_str().unwrap()], &env, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr,
+        "orchestratorm8: warning: Surprise: unknown key, ignored\n"
+    );
+    assert!(stdout.contains("mode: managed"), "{stdout}");
+    assert!(stdout.contains("api_token: '***'"), "{stdout}");
+    assert!(!stdout.contains("Api-T0ken-secret") && !stdout.contains("Pg-Passw0rd"));
+
+    // What was printed is itself a valid configuration.
+    let printed = write(dir.path(), "printed.yaml", &stdout);
+    let again = check(&["--config", printed.to_str().unwrap()], &[], dir.path());
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stderr), "");
+}
