@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Static checks only, no services needed: rustfmt, clippy, and the deployment checks of
+# scripts/validate-manifests.sh (Kubernetes manifests, Dockerfile, compose file,
+# and every script through shellcheck). Exits non-zero when any of them fails.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+need_cmd cargo "install Rust (rustup) first; rust-toolchain.toml pins the version"
+failed=()
+log "cargo fmt --all -- --check"
+cargo fmt --all -- --check || failed+=(fmt)
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || failed+=(clippy)
+log "scripts/validate-manifests.sh"
+bash scripts/validate-manifests.sh || failed+=(manifests)
+((${#failed[@]} == 0)) || die "failed: ${failed[*]}"
+log "clean"
