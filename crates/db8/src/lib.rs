@@ -10,10 +10,12 @@
 
 mod error;
 mod memory;
+mod pg;
 mod plan;
 mod time;
 mod traits;
 
 pub use error::DbError;
 pub use memory::MemoryStore;
+pub use pg::{Migration, PgChangeFeed, PgLeaderLock, PgStore};
 pub use traits::*;

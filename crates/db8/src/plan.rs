@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use crate::error::DbError;
 use crate::traits::NewWorkflow;
 
-/// Refuses a batch holding a workflow without domains or stages, a stage named twice,
+/// Refuses a batch holding a workflow without domains or stages, a stage name that is
+/// empty or holds control characters (the SQL batch encoding uses one), a stage named twice,
 /// a dependency on an unknown stage, or the same workflow id twice.
 pub(crate) fn validate_batch(batch: &[NewWorkflow]) -> Result<(), DbError> {
     let mut ids = HashSet::with_capacity(batch.len());
@@ -28,10 +29,10 @@ pub(crate) fn validate_batch(batch: &[NewWorkflow]) -> Result<(), DbError> {
         }
         let mut names = HashSet::with_capacity(wf.stages.len());
         for stage in &wf.stages {
-            if stage.name.is_empty() {
+            if stage.name.is_empty() || stage.name.chars().any(char::is_control) {
                 return Err(DbError::Invalid(format!(
-                    "workflow {} has a stage without a name",
-                    wf.id
+                    "workflow {}: stage name {:?} is empty or holds control characters",
+                    wf.id, stage.name
                 )));
             }
             if !names.insert(stage.name.as_str()) {

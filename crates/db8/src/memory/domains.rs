@@ -61,7 +61,11 @@ impl DomainRepository for MemoryStore {
         let domain = validated(domain)?;
         let row = {
             let mut state = self.state()?;
-            if state.domains.values().any(|d| d.name == domain.name) {
+            if state
+                .domains
+                .values()
+                .any(|d| d.name.eq_ignore_ascii_case(&domain.name))
+            {
                 return Err(conflict(&domain.name));
             }
             let row = Domain8 {
@@ -87,7 +91,7 @@ impl DomainRepository for MemoryStore {
             if state
                 .domains
                 .values()
-                .any(|d| d.id != id && d.name == domain.name)
+                .any(|d| d.id != id && d.name.eq_ignore_ascii_case(&domain.name))
             {
                 return Err(conflict(&domain.name));
             }

@@ -2,10 +2,10 @@
 //! above. It behaves like [`crate::PgStore`] (the conformance suite runs against both),
 //! and adds failure injection the real database cannot offer on demand.
 
-mod domains;
+pub(crate) mod domains;
 mod feed;
 mod lock;
-mod workflows;
+pub(crate) mod workflows;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,250 @@
+//! [`ChangeFeed`] on LISTEN/NOTIFY: the `orchestratorm8_domain_changed` statement-level
+//! trigger notifies channel [`CHANNEL`] with the table's schema as payload.
+//!
+//! Each subscription listens on its own dedicated connection (outside the pool). Bursts
+//! are coalesced: while the subscriber has not taken the last event, new ones merge
+//! into it. When the connection is lost, the listener reconnects with backoff and then
+//! emits [`DomainChange::Resync`], since notifications sent meanwhile are lost.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use config8::DatabaseSettings;
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_postgres::AsyncMessage;
+
+use crate::error::DbError;
+use crate::pg::conn::ConnectParams;
+use crate::traits::{ChangeFeed, DomainChange};
+
+/// The notification channel of the domain trigger (migration 3).
+pub(crate) const CHANNEL: &str = "orchestratorm8_domain";
+
+/// How often an idle listener checks that its connection still answers.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Reconnection backoff: from this, doubling, up to `retry_delay` (at least this).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The domain change feed of one database. Dropping it ends every subscription.
+pub struct PgChangeFeed {
+    params: Arc<ConnectParams>,
+    shutdown: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for PgChangeFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgChangeFeed")
+            .field("database", &self.params.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgChangeFeed {
+    /// A feed of the `cptm8domain` table in `Database.schema` of `settings`. Connects
+    /// on [`ChangeFeed::subscribe`]. Fails only on a bad `sslrootcert` file.
+    pub fn new(settings: &DatabaseSettings) -> Result<PgChangeFeed, DbError> {
+        Ok(PgChangeFeed {
+            params: Arc::new(ConnectParams::new(settings)?),
+            shutdown: watch::channel(()).0,
+        })
+    }
+}
+
+/// The one-event mailbox between a listener and its subscriber.
+struct Mailbox {
+    slot: Mutex<Option<DomainChange>>,
+    closed: Mutex<bool>,
+    wake: Notify,
+}
+
+impl Mailbox {
+    /// Leaves an event; an unread `Changed` merges into it, `Resync` wins.
+    fn put(&self, ev: DomainChange) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if *slot != Some(DomainChange::Resync) {
+            *slot = Some(ev);
+        }
+        drop(slot);
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_one();
+    }
+
+    async fn next(&self) -> Option<DomainChange> {
+        loop {
+            let ev = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if ev.is_some() {
+                return ev;
+            }
+            if *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
+                return None;
+            }
+            // `notify_one` stores a permit when nobody waits: no wake-up is lost.
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Ends the listener when the subscriber drops its stream.
+struct Subscription {
+    mailbox: Arc<Mailbox>,
+    _gone: mpsc::Sender<()>,
+}
+
+#[async_trait]
+impl ChangeFeed for PgChangeFeed {
+    async fn subscribe(&self) -> Result<BoxStream<'static, DomainChange>, DbError> {
+        let mailbox = Arc::new(Mailbox {
+            slot: Mutex::new(None),
+            closed: Mutex::new(false),
+            wake: Notify::new(),
+        });
+        let (gone_tx, gone_rx) = mpsc::channel::<()>(1);
+        let first = Session::open(&self.params).await?;
+        tokio::spawn(listen(
+            Arc::clone(&self.params),
+            first,
+            Arc::clone(&mailbox),
+            self.shutdown.subscribe(),
+            gone_rx,
+        ));
+        let sub = Subscription {
+            mailbox: Arc::clone(&mailbox),
+            _gone: gone_tx,
+        };
+        Ok(futures::stream::unfold(sub, |sub| async move {
+            let ev = sub.mailbox.next().await;
+            ev.map(|ev| (ev, sub))
+        })
+        .boxed())
+    }
+}
+
+/// One listening connection.
+struct Session {
+    client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+    messages: mpsc::UnboundedReceiver<AsyncMessage>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    async fn open(params: &ConnectParams) -> Result<Session, DbError> {
+        let (tx, messages) = mpsc::unbounded_channel();
+        let (client, task) = params.dedicated(Some(tx)).await?;
+        let session = Session {
+            client,
+            task,
+            messages,
+        };
+        session
+            .client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| params.error(e))?;
+        Ok(session)
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The feed or the subscriber is gone.
+    Stop,
+    /// The connection was lost.
+    Lost(String),
+}
+
+async fn listen(
+    params: Arc<ConnectParams>,
+    first: Session,
+    mailbox: Arc<Mailbox>,
+    mut shutdown: watch::Receiver<()>,
+    mut gone: mpsc::Receiver<()>,
+) {
+    let schema = params.settings.schema.clone();
+    let mut session = Some(first);
+    let mut backoff = FIRST_BACKOFF;
+    let max_backoff = params.settings.retry_delay.max(FIRST_BACKOFF);
+    loop {
+        let current = match session.take() {
+            Some(s) => s,
+            None => {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = gone.recv() => break,
+                    opened = Session::open(&params) => match opened {
+                        Ok(s) => {
+                            tracing::info!(database = %params.label, "domain change feed reconnected; resyncing");
+                            backoff = FIRST_BACKOFF;
+                            mailbox.put(DomainChange::Resync);
+                            s
+                        }
+                        Err(e) => {
+                            tracing::warn!(database = %params.label, error = %e, "domain change feed cannot reconnect; retrying in {backoff:?}");
+                            tokio::select! {
+                                _ = shutdown.changed() => break,
+                                _ = gone.recv() => break,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(max_backoff);
+                            continue;
+                        }
+                    },
+                }
+            }
+        };
+        match run(current, &schema, &mailbox, &mut shutdown, &mut gone).await {
+            End::Stop => break,
+            End::Lost(why) => {
+                tracing::warn!(database = %params.label, reason = %why, "domain change feed lost its connection; reconnecting");
+            }
+        }
+    }
+    mailbox.close();
+}
+
+/// Forwards the notifications of one session until it ends.
+async fn run(
+    mut s: Session,
+    schema: &str,
+    mailbox: &Mailbox,
+    shutdown: &mut watch::Receiver<()>,
+    gone: &mut mpsc::Receiver<()>,
+) -> End {
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    tick.reset();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return End::Stop,
+            _ = gone.recv() => return End::Stop,
+            msg = s.messages.recv() => match msg {
+                Some(AsyncMessage::Notification(n)) => {
+                    if n.channel() == CHANNEL && n.payload() == schema {
+                        mailbox.put(DomainChange::Changed);
+                    }
+                }
+                Some(_) => {}
+                None => return End::Lost("connection closed".into()),
+            },
+            _ = tick.tick() => {
+                let ping = tokio::time::timeout(KEEPALIVE, s.client.simple_query("")).await;
+                match ping {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return End::Lost(crate::pg::conn::describe(&e)),
+                    Err(_) => return End::Lost("no answer to a keep-alive query".into()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The PostgreSQL implementation: a bb8-postgres pool for the repositories, dedicated
+//! connections for the change feed and the leader lock, embedded migrations.
+
+mod conn;
+mod domains;
+mod feed;
+mod lock;
+mod migrate;
+mod workflows;
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bb8::{ErrorSink, Pool, PooledConnection, RunError};
+use bb8_postgres::PostgresConnectionManager;
+use config8::DatabaseSettings;
+use postgres_native_tls::MakeTlsConnector;
+
+use crate::error::DbError;
+use crate::traits::{DbHealth, PoolStats};
+use conn::ConnectParams;
+
+pub use feed::PgChangeFeed;
+pub use lock::PgLeaderLock;
+pub use migrate::Migration;
+
+type Manager = PostgresConnectionManager<MakeTlsConnector>;
+
+/// [`crate::DomainRepository`], [`crate::WorkflowRepository`] and [`DbHealth`] on a
+/// PostgreSQL connection pool. Cheap to clone (clones share the pool).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool<Manager>,
+    params: Arc<ConnectParams>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.params.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logs the pool's background connection failures and remembers the last one, so that
+/// a pool timeout can say why.
+#[derive(Debug, Clone)]
+struct LogSink {
+    label: String,
+    last: Arc<Mutex<Option<String>>>,
+}
+
+impl ErrorSink<tokio_postgres::Error> for LogSink {
+    fn sink(&self, e: tokio_postgres::Error) {
+        let reason = conn::describe(&e);
+        tracing::warn!(database = %self.label, error = %reason, "database connection failed");
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}
+
+impl PgStore {
+    /// Connects to the database of `settings`: the pool holds at most
+    /// `max_connections` (at least 1), keeps `min_connections` idle, and gives up on a
+    /// connection after `connection_timeout`; every session's `search_path` starts with
+    /// `schema`. The database must answer within `retry_attempts` attempts
+    /// `retry_delay` apart (each attempt is logged, without the password); an
+    /// authentication failure is not retried. The error names `host:port/database`.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<PgStore, DbError> {
+        let store = PgStore::new(settings)?;
+        let attempts = settings.retry_attempts.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let got = store.pool.get().await.map(drop);
+            match got {
+                Ok(()) => {
+                    tracing::info!(database = %store.params.label, user = %settings.username, "connected to the database");
+                    return Ok(store);
+                }
+                Err(e) => {
+                    let auth = matches!(&e, RunError::User(e) if e.code().is_some_and(|c| c.code().starts_with("28")));
+                    last = match store.pool_error(e) {
+                        DbError::Unavailable { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    if auth {
+                        break;
+                    }
+                    if attempt < attempts {
+                        tracing::warn!(
+                            database = %store.params.label,
+                            user = %settings.username,
+                            attempt,
+                            attempts,
+                            error = %last,
+                            "database not reachable; retrying in {:?}",
+                            settings.retry_delay
+                        );
+                        tokio::time::sleep(settings.retry_delay).await;
+                    }
+                }
+            }
+        }
+        tracing::error!(database = %store.params.label, user = %settings.username, error = %last, "giving up on the database");
+        Err(DbError::Unavailable {
+            host: store.params.label.clone(),
+            reason: format!("user {:?}: {last}", settings.username),
+        })
+    }
+
+    /// The pool, without connecting yet.
+    fn new(settings: &DatabaseSettings) -> Result<PgStore, DbError> {
+        let params = Arc::new(ConnectParams::new(settings)?);
+        let last_error = Arc::new(Mutex::new(None));
+        let max = settings.max_connections.max(1);
+        let pool = Pool::builder()
+            .max_size(max)
+            .min_idle(Some(settings.min_connections.min(max)))
+            .connection_timeout(
+                settings
+                    .connection_timeout
+                    .max(std::time::Duration::from_millis(1)),
+            )
+            .retry_connection(false)
+            .error_sink(Box::new(LogSink {
+                label: params.label.clone(),
+                last: Arc::clone(&last_error),
+            }))
+            .build_unchecked(Manager::new(params.config.clone(), params.tls.clone()));
+        Ok(PgStore {
+            pool,
+            params,
+            last_error,
+        })
+    }
+
+    /// Applies the embedded migrations that are missing (idempotent; safe when several
+    /// replicas run it at once) and returns those it applied.
+    pub async fn migrate(&self) -> Result<Vec<Migration>, DbError> {
+        migrate::run(&self.params).await
+    }
+
+    /// `host:port/database`, for messages.
+    pub fn label(&self) -> &str {
+        &self.params.label
+    }
+
+    /// A pooled connection.
+    async fn conn(&self) -> Result<PooledConnection<'_, Manager>, DbError> {
+        self.pool.get().await.map_err(|e| self.pool_error(e))
+    }
+
+    /// A pooled connection that may outlive `self` (for streams).
+    async fn owned_conn(&self) -> Result<PooledConnection<'static, Manager>, DbError> {
+        self.pool.get_owned().await.map_err(|e| self.pool_error(e))
+    }
+
+    fn pool_error(&self, e: RunError<tokio_postgres::Error>) -> DbError {
+        match e {
+            RunError::User(e) => self.params.error(e),
+            RunError::TimedOut => {
+                let last = self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                DbError::Unavailable {
+                    host: self.params.label.clone(),
+                    reason: format!(
+                        "no connection within {:?} (pool of {}){}",
+                        self.params.settings.connection_timeout,
+                        self.pool.state().connections,
+                        last.map(|l| format!("; last connection error: {l}"))
+                            .unwrap_or_default()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Translates a driver error.
+    fn err(&self, e: tokio_postgres::Error) -> DbError {
+        self.params.error(e)
+    }
+}
+
+#[async_trait]
+impl DbHealth for PgStore {
+    async fn ping(&self) -> Result<(), DbError> {
+        let conn = self.conn().await?;
+        conn.simple_query("SELECT 1")
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let s = self.pool.state();
+        PoolStats {
+            connections: s.connections,
+            idle: s.idle_connections,
+        }
+    }
+}
