@@ -62,6 +62,12 @@ elapsed_s() {
     local ms=$(($(now_ms) - $1))
     printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
 }
+# cargo_target_dir: the workspace's target directory (CARGO_TARGET_DIR or target/).
+cargo_target_dir() {
+    cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
+}
+
 # elapsed_ge START SECONDS: true when at least SECONDS have passed since START.
 elapsed_ge() { (($(now_ms) - $1 >= $2 * 1000)); }
 

@@ -47,11 +47,6 @@ step() {
     return 0
 }
 
-cargo_target_dir() {
-    cargo metadata --format-version 1 --no-deps 2>/dev/null |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
-}
-
 lockfile_step() {
     if ! cargo metadata --locked --format-version 1 >/dev/null; then
         warn "Cargo.lock is out of date: run a cargo build and commit Cargo.lock"

@@ -97,6 +97,11 @@ config_check_overlay() {
         printf '%s\n' "$output" >&2
         die "$overlay: orchestratorm8 config check rejected the overlay's configuration ($conf)"
     fi
+    # A warning (an unknown key, say) in a file we ship is a mistake in that file.
+    if grep -q 'warning:' <<<"$output"; then
+        grep 'warning:' <<<"$output" >&2
+        die "$overlay: orchestratorm8 config check warns about the overlay's configuration ($conf)"
+    fi
     if grep -q 'placeholder-' <<<"$output"; then
         die "$overlay: config check printed a secret value"
     fi
