@@ -156,14 +156,20 @@ impl DomainRepository for PgStore {
         let d = validated(d)?;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(|e| self.err(e))?;
-        let exists = tx
-            .query_opt("SELECT 1 FROM cptm8domain WHERE id = $1 LIMIT 1", &[&id])
+        let current: String = tx
+            .query_opt(
+                "SELECT coalesce(name, '') FROM cptm8domain WHERE id = $1 LIMIT 1",
+                &[&id],
+            )
             .await
-            .map_err(|e| self.err(e))?;
-        if exists.is_none() {
-            return Err(not_found(id));
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| not_found(id))?
+            .get(0);
+        // Keeping its own name is never a conflict, even for a row that shares it with
+        // older duplicates.
+        if !current.eq_ignore_ascii_case(&d.name) {
+            self.claim_name(&tx, &d.name, Some(id)).await?;
         }
-        self.claim_name(&tx, &d.name, Some(id)).await?;
         let row = tx
             .query(
                 &format!(

@@ -165,6 +165,12 @@ enum End {
     Lost(String),
 }
 
+/// Whether a notification is about the domain table of `schema` (the channel is shared
+/// by every schema of the database).
+fn relevant(channel: &str, payload: &str, schema: &str) -> bool {
+    channel == CHANNEL && payload == schema
+}
+
 async fn listen(
     params: Arc<ConnectParams>,
     first: Session,
@@ -230,7 +236,7 @@ async fn run(
             _ = gone.recv() => return End::Stop,
             msg = s.messages.recv() => match msg {
                 Some(AsyncMessage::Notification(n)) => {
-                    if n.channel() == CHANNEL && n.payload() == schema {
+                    if relevant(n.channel(), n.payload(), schema) {
                         mailbox.put(DomainChange::Changed);
                     }
                 }
@@ -246,5 +252,37 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_schemas_notifications_count() {
+        assert!(relevant(CHANNEL, "public", "public"));
+        assert!(!relevant(CHANNEL, "other", "public"));
+        assert!(!relevant("elsewhere", "public", "public"));
+    }
+
+    #[tokio::test]
+    async fn the_mailbox_coalesces_and_resync_wins() {
+        let m = Mailbox {
+            slot: Mutex::new(None),
+            closed: Mutex::new(false),
+            wake: Notify::new(),
+        };
+        m.put(DomainChange::Changed);
+        m.put(DomainChange::Changed);
+        assert_eq!(m.next().await, Some(DomainChange::Changed));
+        m.put(DomainChange::Changed);
+        m.put(DomainChange::Resync);
+        m.put(DomainChange::Changed);
+        assert_eq!(m.next().await, Some(DomainChange::Resync));
+        m.put(DomainChange::Changed);
+        m.close();
+        assert_eq!(m.next().await, Some(DomainChange::Changed));
+        assert_eq!(m.next().await, None);
     }
 }
