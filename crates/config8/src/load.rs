@@ -17,7 +17,7 @@ use crate::{extract, validate};
 pub struct Loaded {
     /// The settings.
     pub settings: Settings,
-    /// Unknown keys and other suspicious but accepted things, in file order.
+    /// Unknown keys and other suspicious but accepted things.
     pub warnings: Vec<Warning>,
 }
 

@@ -557,3 +557,34 @@ fn unreadable_and_malformed_files() {
         "{err}"
     );
 }
+
+#[test]
+fn anchors_merge_keys_and_expanded_numbers() {
+    let s = load_ok(
+        r#"
+x-queue-args: &args { "x-max-length": 1, "x-overflow": reject-publish }
+ORCHESTRATORM8:
+  asmm8:
+    Queue: [cptm8, qasmm8, 1]
+    Routing-keys: ["cptm8.asmm8.#"]
+    Queue-arguments: { <<: *args, "x-max-length": 3 }
+Database: { port: "${PGPORT}" }
+"#,
+        &Env::empty().with("PGPORT", "6543"),
+    );
+    let q = &s.settings.orchestrator.queues["asmm8"];
+    assert_eq!(q.queue_arguments["x-max-length"], ArgValue::Int(3));
+    assert_eq!(
+        q.queue_arguments["x-overflow"],
+        ArgValue::Str("reject-publish".into())
+    );
+    assert_eq!(s.settings.database.port, 6543);
+    assert_eq!(
+        s.warnings
+            .iter()
+            .map(|w| w.path.as_str())
+            .collect::<Vec<_>>(),
+        ["RabbitMQ", "x-queue-args"],
+        "the anchor holder is an unknown key"
+    );
+}
