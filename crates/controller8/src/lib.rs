@@ -8,13 +8,32 @@
 //! RabbitMQ implementations; its unit tests run on the in-memory implementations with a
 //! controllable [`Clock`].
 
+mod bootstrap;
 mod clock;
+mod controller;
+mod engine;
+mod error;
 pub mod http;
+mod leader;
 mod metrics;
 mod role;
 mod scan_now;
+mod scheduler;
+#[cfg(test)]
+mod testkit;
+mod topology;
+mod tuning;
+mod waking;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use controller::{Controller, Deps};
+pub use error::ControllerError;
 pub use metrics::{Metrics, ScrapeSnapshot};
 pub use role::{Role, RoleWatch};
 pub use scan_now::{ScanNow, ScanNowError};
+pub use topology::{
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, DEAD_LETTER_ROUTING_KEY, KICKOFF_ROUTING_KEY,
+    NOTIFICATION_EXCHANGE, NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY, RESULT_BINDING,
+    RESULT_EXCHANGE, kickoff_exchange, topology,
+};
+pub use tuning::Tuning;

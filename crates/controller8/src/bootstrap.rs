@@ -1,0 +1,102 @@
+//! Bootstrap mode: the Go original's behaviour. One kick-off message
+//! (`cptm8.asmm8.get.scan`, no payload) when enabled domains appear (none → some),
+//! and again only after there were none. Unlike the original, checked at start and
+//! on every domain change as well as on every tick.
+
+use amqp8::{OutgoingMessage, PublishOutcome};
+use model8::AmqpM8Message;
+
+use crate::engine::Engine;
+use crate::engine::dispatcher::StepError;
+use crate::topology::{KICKOFF_ROUTING_KEY, kickoff_exchange};
+
+/// What one bootstrap check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// No enabled domain: the next one triggers a kick-off.
+    NoDomains,
+    /// Domains were already there at the previous check: nothing to do.
+    AlreadyKicked,
+    /// Domains appeared while this replica is a standby: the leader kicks off.
+    Standby,
+    /// Kick-off published and confirmed.
+    Published,
+    /// The kick-off was refused because the asmm8 queue is full: the pipeline is busy,
+    /// which is as good as a kick-off.
+    Busy,
+    /// No queue is bound for the kick-off.
+    Unroutable,
+}
+
+/// The none → some detector.
+#[derive(Debug)]
+pub(crate) struct Bootstrap {
+    /// Whether the next check that finds domains publishes (Go's `first`).
+    first: bool,
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Bootstrap { first: true }
+    }
+}
+
+impl Bootstrap {
+    /// One check. A database or broker failure leaves the detector as it was, so the
+    /// check is simply retried.
+    pub(crate) async fn check(&mut self, engine: &Engine) -> Result<Check, StepError> {
+        if !engine.domains.exists_enabled().await? {
+            if !self.first {
+                tracing::info!(
+                    "no enabled domain left; the next enabled domain triggers a new kick-off"
+                );
+            }
+            self.first = true;
+            return Ok(Check::NoDomains);
+        }
+        if !self.first {
+            return Ok(Check::AlreadyKicked);
+        }
+        if !engine.is_leader() {
+            // The leader sees the same change and kicks off.
+            self.first = false;
+            return Ok(Check::Standby);
+        }
+        let settings = engine.settings();
+        let exchange = kickoff_exchange(&settings);
+        let body = AmqpM8Message::<()>::new(KICKOFF_ROUTING_KEY, None)
+            .to_vec()
+            .map_err(|e| amqp8::AmqpError::Encode(e.to_string()))?;
+        tracing::info!(%exchange, routing_key = KICKOFF_ROUTING_KEY, "enabled domains found; publishing the asmm8 kick-off");
+        let outcome = engine
+            .broker
+            .publish(OutgoingMessage::new(
+                exchange.clone(),
+                KICKOFF_ROUTING_KEY,
+                body,
+            ))
+            .await?;
+        self.first = false;
+        Ok(match outcome {
+            PublishOutcome::Confirmed => {
+                engine.metrics.bootstrap_kickoff_sent();
+                tracing::info!(%exchange, routing_key = KICKOFF_ROUTING_KEY, "kick-off published");
+                Check::Published
+            }
+            PublishOutcome::Nacked => {
+                tracing::info!(
+                    %exchange, routing_key = KICKOFF_ROUTING_KEY,
+                    "kick-off refused: the asmm8 queue is full, the pipeline is busy"
+                );
+                Check::Busy
+            }
+            PublishOutcome::Unroutable => {
+                tracing::warn!(
+                    %exchange, routing_key = KICKOFF_ROUTING_KEY,
+                    "kick-off unroutable: no queue is bound for it (check the asmm8 section's Routing-keys)"
+                );
+                Check::Unroutable
+            }
+        })
+    }
+}

@@ -1,0 +1,364 @@
+//! [`Controller`]: assembles the engine from trait objects and runs it until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amqp8::{Broker, ConsumeOptions, ConsumerHandle};
+use config8::{SchedulerMode, Settings};
+use db8::{ChangeFeed, DomainRepository, LeaderLock, WorkflowRepository};
+use model8::RESULT_QUEUE;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::bootstrap::Bootstrap;
+use crate::clock::Clock;
+use crate::engine::backoff::Pressure;
+use crate::engine::results::ResultHandler;
+use crate::engine::starter::EngineScanNow;
+use crate::engine::{Engine, EngineParts};
+use crate::error::ControllerError;
+use crate::leader::Leadership;
+use crate::metrics::Metrics;
+use crate::role::{Role, RoleWatch};
+use crate::scan_now::ScanNow;
+use crate::scheduler;
+use crate::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, topology};
+use crate::tuning::Tuning;
+use crate::waking::WakingWorkflows;
+
+/// What the controller is built from: the repositories, the broker, the clock and the
+/// live settings, as trait objects and handles (the binary builds the PostgreSQL and
+/// RabbitMQ implementations; tests use the in-memory ones).
+pub struct Deps {
+    /// `cptm8domain`.
+    pub domains: Arc<dyn DomainRepository>,
+    /// Managed-mode workflow state.
+    pub workflows: Arc<dyn WorkflowRepository>,
+    /// RabbitMQ.
+    pub broker: Arc<dyn Broker>,
+    /// The leader lock, when `LeaderElection.enabled`; `None` makes this replica the
+    /// leader unconditionally.
+    pub leader: Option<Arc<dyn LeaderLock>>,
+    /// Domain change events.
+    pub changes: Arc<dyn ChangeFeed>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The live configuration. Read live: `Scheduler.interval`, the stages' timeouts,
+    /// attempts, backoff, `max_in_flight`, exchanges and routing keys, `Workflow`
+    /// granularity, `rescan_after` and stage list (for new workflows), and
+    /// `LeaderElection.check_interval`. Read once at start: `Scheduler.mode`,
+    /// `LeaderElection.enabled` and the RabbitMQ topology.
+    pub settings: watch::Receiver<Arc<Settings>>,
+    /// Metrics to update.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("leader_election", &self.leader.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The orchestrator: bootstrap scheduler or managed workflow engine, with leadership.
+///
+/// Build it with [`Controller::new`], hand [`Controller::role`],
+/// [`Controller::scan_now`] and [`Controller::workflows`] to the HTTP layer, then
+/// [`Controller::run`] it.
+pub struct Controller {
+    engine: Arc<Engine>,
+    mode: SchedulerMode,
+    leader: Option<Arc<dyn LeaderLock>>,
+    changes: Arc<dyn ChangeFeed>,
+    role: watch::Sender<Role>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("mode", &self.mode)
+            .field("role", &*self.role.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// A controller with the default [`Tuning`]. Fails when the pipeline
+    /// (`Workflow.stages`) is invalid.
+    pub fn new(deps: Deps) -> Result<Controller, ControllerError> {
+        Self::with_tuning(deps, Tuning::default())
+    }
+
+    /// A controller with the given [`Tuning`].
+    pub fn with_tuning(deps: Deps, tuning: Tuning) -> Result<Controller, ControllerError> {
+        let settings = deps.settings.borrow().clone();
+        let mode = settings.scheduler.mode;
+        let leader = deps.leader.filter(|_| settings.leader_election.enabled);
+        let initial = if leader.is_some() {
+            Role::Standby
+        } else {
+            Role::Leader
+        };
+        let (role, role_rx) = watch::channel(initial);
+        deps.metrics.set_role(initial);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let engine = Engine::new(EngineParts {
+            domains: deps.domains,
+            workflows: deps.workflows,
+            broker: deps.broker,
+            clock: deps.clock,
+            metrics: deps.metrics,
+            settings: deps.settings,
+            role: role_rx,
+            shutdown: shutdown_rx,
+            tuning,
+        })
+        .map_err(|e| ControllerError::Config(e.to_string()))?;
+        if mode == SchedulerMode::Managed {
+            engine
+                .metrics
+                .declare_stages(engine.plan().stages().iter().map(|s| s.name.as_str()));
+        }
+        Ok(Controller {
+            engine: Arc::new(engine),
+            mode,
+            leader,
+            changes: deps.changes,
+            role,
+            shutdown,
+        })
+    }
+
+    /// The role of this replica, for `/ready` and `/metrics`.
+    pub fn role(&self) -> RoleWatch {
+        self.role.subscribe()
+    }
+
+    /// "Scan now" for `POST /api/orchestratorm8/workflows`.
+    pub fn scan_now(&self) -> Arc<dyn ScanNow> {
+        Arc::new(EngineScanNow(self.engine.clone()))
+    }
+
+    /// The workflow repository for the HTTP layer: the engine's, waking the engine
+    /// after a resume or a cancel so that it acts at once.
+    pub fn workflows(&self) -> Arc<dyn WorkflowRepository> {
+        Arc::new(WakingWorkflows {
+            engine: self.engine.clone(),
+        })
+    }
+
+    /// Runs until `shutdown` completes: declares the topology (retrying while RabbitMQ
+    /// is unavailable), takes part in leader election, starts the result consumer
+    /// (managed mode) and the loops. On shutdown it stops taking new work, lets what
+    /// is in progress finish (a publish and its recording, results being applied)
+    /// within [`Tuning::shutdown_grace`], returns unfinished deliveries to the broker,
+    /// gives the leader lock up, and returns `Ok`.
+    pub async fn run<F>(self, shutdown: F) -> Result<(), ControllerError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let signal = self.shutdown.clone();
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            signal.send_replace(true);
+        });
+        let result = self.run_until_stopped().await;
+        watcher.abort();
+        result
+    }
+
+    async fn run_until_stopped(self) -> Result<(), ControllerError> {
+        let engine = self.engine.clone();
+        let settings = engine.settings();
+        let mode = self.mode;
+        tracing::info!(
+            mode = ?mode, leader_election = self.leader.is_some(),
+            "orchestrator starting"
+        );
+
+        if !self.declare_topology(&settings).await? {
+            return Ok(());
+        }
+
+        // Leadership first, so the first checks know their role.
+        let leadership = self
+            .leader
+            .clone()
+            .map(|lock| Leadership::new(lock, self.role.clone(), engine.metrics.clone()));
+        if let Some(l) = &leadership {
+            l.step().await;
+        }
+
+        let consumer = if mode == SchedulerMode::Managed {
+            match self.start_consumer(&settings).await? {
+                Some(c) => Some(c),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
+
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        // Leadership is given up last, after the work in progress is finished.
+        let (resign, resign_rx) = watch::channel(false);
+        let leader_task =
+            leadership.map(|l| tokio::spawn(l.run(engine.settings.clone(), resign_rx)));
+        tasks.push(tokio::spawn(scheduler::feed_loop(
+            engine.clone(),
+            self.changes.clone(),
+        )));
+        match mode {
+            SchedulerMode::Bootstrap => {
+                tasks.push(tokio::spawn(scheduler::tick_loop(
+                    engine.clone(),
+                    Some(Bootstrap::default()),
+                )));
+            }
+            SchedulerMode::Managed => {
+                tasks.push(tokio::spawn(scheduler::tick_loop(engine.clone(), None)));
+                tasks.push(tokio::spawn(scheduler::dispatch_loop(engine.clone())));
+            }
+        }
+        tracing::info!(mode = ?mode, "orchestrator running");
+
+        let mut stop = engine.shutdown.clone();
+        let _ = stop.wait_for(|s| *s).await;
+        tracing::info!(grace = ?engine.tuning.shutdown_grace, "orchestrator stopping");
+
+        let grace = engine.tuning.shutdown_grace;
+        let stop_consumer = async {
+            if let Some(c) = &consumer {
+                c.stop(grace).await;
+            }
+        };
+        let join_tasks = async {
+            for t in &mut tasks {
+                let _ = t.await;
+            }
+        };
+        let finished = tokio::time::timeout(
+            grace + Duration::from_secs(1),
+            futures::future::join(stop_consumer, join_tasks),
+        )
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                ?grace,
+                "work still in progress at the end of the shutdown grace period was abandoned; \
+                 claims expire and unacknowledged results are redelivered"
+            );
+            for t in &tasks {
+                t.abort();
+            }
+        }
+        resign.send_replace(true);
+        if let Some(t) = leader_task {
+            // It resigns (releases the lock).
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("leader lock release did not finish in time");
+            }
+        }
+        self.role.send_replace(Role::Standby);
+        tracing::info!("orchestrator stopped");
+        Ok(())
+    }
+
+    /// Declares the topology, retrying while RabbitMQ is unavailable. `Ok(false)` when
+    /// shutdown came first.
+    async fn declare_topology(&self, settings: &Settings) -> Result<bool, ControllerError> {
+        let t = topology(settings);
+        let mut shutdown = self.engine.shutdown.clone();
+        let mut failures = Pressure::default();
+        loop {
+            let attempt = tokio::select! {
+                r = self.engine.broker.declare(&t) => r,
+                _ = shutdown.wait_for(|s| *s) => return Ok(false),
+            };
+            match attempt {
+                Ok(()) => {
+                    tracing::info!(
+                        exchanges = t.exchanges.len(),
+                        queues = t.queues.len(),
+                        bindings = t.bindings.len(),
+                        "RabbitMQ topology declared"
+                    );
+                    return Ok(true);
+                }
+                Err(e) if e.is_transient() => {
+                    let d = failures.refused();
+                    tracing::warn!(error = %e, retry_in = ?d, "cannot declare the RabbitMQ topology; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = shutdown.wait_for(|s| *s) => return Ok(false),
+                    }
+                }
+                Err(e) => return Err(ControllerError::Topology(e)),
+            }
+        }
+    }
+
+    /// Starts the result consumer, retrying while RabbitMQ is unavailable. `Ok(None)`
+    /// when shutdown came first.
+    async fn start_consumer(
+        &self,
+        settings: &Settings,
+    ) -> Result<Option<ConsumerHandle>, ControllerError> {
+        let section = settings
+            .orchestrator
+            .queues
+            .values()
+            .find(|q| q.queue == RESULT_QUEUE);
+        let options = ConsumeOptions {
+            queue: RESULT_QUEUE.into(),
+            tag: section
+                .and_then(|s| s.consumer.as_ref())
+                .map_or_else(|| "corchestratorm8".to_owned(), |c| c.tag.clone()),
+            prefetch: section
+                .map(|s| s.prefetch)
+                .filter(|p| *p > 0)
+                .unwrap_or(self.engine.tuning.result_prefetch),
+            autoack: false,
+            max_redeliveries: self.engine.tuning.max_redeliveries,
+            dead_letter: Some((DEAD_LETTER_EXCHANGE.into(), DEAD_LETTER_ROUTING_KEY.into())),
+        };
+        let handler = Arc::new(ResultHandler::new(self.engine.clone()));
+        let mut shutdown = self.engine.shutdown.clone();
+        let mut failures = Pressure::default();
+        loop {
+            let attempt = tokio::select! {
+                r = self.engine.broker.consume(options.clone(), handler.clone()) => r,
+                _ = shutdown.wait_for(|s| *s) => return Ok(None),
+            };
+            match attempt {
+                Ok(c) => {
+                    tracing::info!(
+                        queue = RESULT_QUEUE,
+                        prefetch = options.prefetch,
+                        "consuming stage results"
+                    );
+                    return Ok(Some(c));
+                }
+                Err(e) if e.is_transient() => {
+                    let d = failures.refused();
+                    tracing::warn!(error = %e, retry_in = ?d, "cannot start the result consumer; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = shutdown.wait_for(|s| *s) => return Ok(None),
+                    }
+                }
+                Err(source) => {
+                    return Err(ControllerError::Consume {
+                        queue: RESULT_QUEUE.into(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Stage dispatch: claim due attempts → publish them (confirmed) → mark them running,
+//! or release them when the broker refused them (backpressure).
+//!
+//! Batches are pipelined: the next batch is claimed while the previous one is being
+//! published. A stage whose queue refused a job (`x-overflow: reject-publish` nack) or
+//! had no queue bound (unroutable) is paused in memory for a short, doubling delay
+//! ([`Pressure`]); its refused attempts stay pending in the database (never lost), and
+//! the batch size shrinks to what the queue accepted, growing again as it drains.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use amqp8::{AmqpError, OutgoingMessage, PublishOutcome};
+use chrono::{DateTime, Utc};
+use config8::StageSettings;
+use db8::{ClaimedStage, DbError, StageKey};
+use futures::future::BoxFuture;
+use model8::{AmqpM8Message, StageJob};
+
+use super::backoff::Pressure;
+use super::{Engine, lock, plus};
+
+/// Backpressure state of one stage.
+#[derive(Debug, Clone)]
+pub(crate) struct StagePressure {
+    backoff: Pressure,
+    /// No claims for this stage before this time.
+    until: Option<DateTime<Utc>>,
+    /// Attempts claimed per batch now.
+    batch: usize,
+    /// Whether the current episode was logged.
+    logged: bool,
+}
+
+/// What one dispatch round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DispatchReport {
+    /// Jobs published, confirmed and marked running.
+    pub(crate) published: u64,
+    /// Jobs the broker refused (nacked or unroutable), left pending.
+    pub(crate) refused: u64,
+}
+
+/// Why a dispatch step failed; the loop logs it and tries again after a pause.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
+}
+
+impl StepError {
+    /// Whether the failure is an outage that retrying ends.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            StepError::Db(e) => e.is_transient(),
+            StepError::Broker(e) => e.is_transient(),
+        }
+    }
+}
+
+/// What happened to one published batch.
+#[derive(Debug, Default)]
+struct BatchOutcome {
+    confirmed: u64,
+    refused: u64,
+}
+
+impl Engine {
+    /// One dispatch round over every stage (leader only): publishes every due attempt
+    /// within the stages' `max_in_flight` limits.
+    pub(crate) async fn dispatch(&self) -> Result<DispatchReport, StepError> {
+        let mut report = DispatchReport::default();
+        if !self.is_leader() {
+            return Ok(report);
+        }
+        let stages = self.dispatch_stages();
+        let counts = if stages.iter().any(|s| s.max_in_flight > 0) {
+            self.workflows.in_flight_counts(self.now()).await?
+        } else {
+            HashMap::new()
+        };
+        let mut first_error = None;
+        for stage in &stages {
+            if self.stopping() || !self.is_leader() {
+                break;
+            }
+            let budget = (stage.max_in_flight > 0).then(|| {
+                let used = counts.get(&stage.name).copied().unwrap_or(0);
+                usize::try_from(u64::from(stage.max_in_flight).saturating_sub(used))
+                    .unwrap_or(usize::MAX)
+            });
+            if budget == Some(0) {
+                continue;
+            }
+            match self.dispatch_stage(stage, budget).await {
+                Ok(o) => {
+                    report.published += o.confirmed;
+                    report.refused += o.refused;
+                }
+                Err(e) => {
+                    // Other stages may still be publishable.
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if report.published == 0 => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "dispatch round partly failed");
+                Ok(report)
+            }
+            None => Ok(report),
+        }
+    }
+
+    /// The time before which `stage` is paused by backpressure, if it is.
+    pub(crate) fn paused_until(&self, stage: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        lock(&self.pressure)
+            .get(stage)
+            .and_then(|p| p.until)
+            .filter(|u| *u > now)
+    }
+
+    /// A result of `stage` arrived: one of its workers took a job off its queue, so
+    /// there is room again. Ends the backpressure pause and wakes the dispatcher.
+    pub(crate) fn stage_has_room(&self, stage: &str) {
+        if let Some(p) = lock(&self.pressure).get_mut(stage) {
+            p.backoff = Pressure::default();
+            p.until = None;
+        }
+        self.dispatch_wake.now();
+    }
+
+    fn batch_limit(&self, stage: &str) -> usize {
+        lock(&self.pressure)
+            .get(stage)
+            .map_or(self.tuning.batch_size, |p| p.batch)
+            .clamp(1, self.tuning.batch_size.max(1))
+    }
+
+    async fn dispatch_stage(
+        &self,
+        stage: &StageSettings,
+        budget: Option<usize>,
+    ) -> Result<BatchOutcome, StepError> {
+        if self.paused_until(&stage.name, self.now()).is_some() {
+            return Ok(BatchOutcome::default());
+        }
+        let limit = self.batch_limit(&stage.name);
+        let mut remaining = budget.unwrap_or(usize::MAX);
+        let mut more = true;
+        let mut total = BatchOutcome::default();
+        let mut error: Option<StepError> = None;
+        // The batch being published while the next one is claimed.
+        let mut publishing: Option<BoxFuture<'_, Result<BatchOutcome, StepError>>> = None;
+        loop {
+            let can_claim = more && remaining > 0 && !self.stopping() && self.is_leader();
+            let want = limit.min(remaining);
+            let claim = async {
+                if can_claim {
+                    Some(
+                        self.workflows
+                            .claim_due(
+                                &stage.name,
+                                self.owner,
+                                self.now(),
+                                self.tuning.claim_lease,
+                                want,
+                            )
+                            .await,
+                    )
+                } else {
+                    None
+                }
+            };
+            let (published, claimed) = match publishing.take() {
+                Some(p) => futures::join!(p, claim),
+                None if can_claim => (Ok(BatchOutcome::default()), claim.await),
+                None => break,
+            };
+            match published {
+                Ok(o) => {
+                    if o.refused > 0 {
+                        // The queue is full: claim no more.
+                        more = false;
+                    }
+                    total.confirmed += o.confirmed;
+                    total.refused += o.refused;
+                }
+                Err(e) => {
+                    more = false;
+                    error.get_or_insert(e);
+                }
+            }
+            match claimed {
+                None => {}
+                Some(Err(e)) => {
+                    more = false;
+                    error.get_or_insert(e.into());
+                }
+                Some(Ok(batch)) if batch.is_empty() => more = false,
+                Some(Ok(batch)) => {
+                    remaining = remaining.saturating_sub(batch.len());
+                    if batch.len() < want {
+                        // Nothing more is due now.
+                        more = false;
+                    }
+                    if error.is_some() || total.refused > 0 {
+                        // The previous batch was refused: give this one back unpublished.
+                        let keys: Vec<StageKey> = batch.into_iter().map(|c| c.key).collect();
+                        self.release(&stage.name, &keys, self.now()).await;
+                    } else {
+                        publishing = Some(Box::pin(self.publish_batch(stage, batch)));
+                    }
+                }
+            }
+        }
+        match error {
+            Some(e) if total.confirmed == 0 => Err(e),
+            Some(e) => {
+                tracing::warn!(stage = %stage.name, error = %e, "some stage jobs could not be published");
+                Ok(total)
+            }
+            None => Ok(total),
+        }
+    }
+
+    /// Publishes one claimed batch and records the outcome of every job.
+    async fn publish_batch(
+        &self,
+        stage: &StageSettings,
+        batch: Vec<ClaimedStage>,
+    ) -> Result<BatchOutcome, StepError> {
+        let keys: Vec<StageKey> = batch.iter().map(|c| c.key.clone()).collect();
+        if !self.is_leader() || self.stopping() {
+            // Leadership lost (or shutting down) between claim and publish: give the
+            // work back at once rather than publish as a non-leader.
+            self.release(&stage.name, &keys, self.now()).await;
+            return Ok(BatchOutcome::default());
+        }
+        let mut messages = Vec::with_capacity(batch.len());
+        for c in batch {
+            let job = StageJob {
+                workflow_id: c.key.workflow_id,
+                stage: c.key.stage.clone(),
+                attempt: c.key.attempt,
+                domains: c.domains,
+            };
+            match AmqpM8Message::new(stage.routing_key.clone(), Some(job)).to_vec() {
+                Ok(body) => messages.push(OutgoingMessage::new(
+                    stage.exchange.clone(),
+                    stage.routing_key.clone(),
+                    body,
+                )),
+                Err(e) => {
+                    self.release(&stage.name, &keys, self.now()).await;
+                    return Err(AmqpError::Encode(e.to_string()).into());
+                }
+            }
+        }
+        let outcomes = match self.broker.publish_many(messages).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(
+                    stage = %stage.name, jobs = keys.len(), error = %e,
+                    "publishing stage jobs failed; they stay pending"
+                );
+                self.release(&stage.name, &keys, self.now()).await;
+                self.refused(&stage.name, 0, false, stage);
+                return Err(e.into());
+            }
+        };
+        let mut confirmed = Vec::with_capacity(keys.len());
+        let mut refused = Vec::new();
+        let mut unroutable = false;
+        for (i, key) in keys.into_iter().enumerate() {
+            match outcomes.get(i) {
+                Some(PublishOutcome::Confirmed) => confirmed.push(key),
+                Some(PublishOutcome::Nacked) => {
+                    self.metrics.stage_publish_nacked(&stage.name);
+                    refused.push(key);
+                }
+                Some(PublishOutcome::Unroutable) => {
+                    self.metrics.stage_publish_unroutable(&stage.name);
+                    unroutable = true;
+                    refused.push(key);
+                }
+                None => refused.push(key),
+            }
+        }
+        let now = self.now();
+        let mut result = Ok(());
+        if !confirmed.is_empty() {
+            for _ in &confirmed {
+                self.metrics.stage_published(&stage.name);
+            }
+            // Read live: a changed timeout applies to the next publish.
+            let timeout = self.stage_settings(&stage.name).timeout;
+            let deadline = plus(now, timeout);
+            if let Err(e) = self.mark_running(&confirmed, now, deadline).await {
+                tracing::error!(
+                    stage = %stage.name, jobs = confirmed.len(), error = %e,
+                    lease = ?self.tuning.claim_lease,
+                    "stage jobs were published but could not be recorded as running; \
+                     their claims expire after the lease and they are published again"
+                );
+                result = Err(e.into());
+            } else {
+                self.dispatch_wake
+                    .at(plus(deadline, Duration::from_millis(1)));
+            }
+        }
+        if refused.is_empty() {
+            self.confirmed_all(&stage.name);
+        } else {
+            self.release(&stage.name, &refused, now).await;
+            self.refused(&stage.name, confirmed.len(), unroutable, stage);
+        }
+        result.map(|()| BatchOutcome {
+            confirmed: confirmed.len() as u64,
+            refused: refused.len() as u64,
+        })
+    }
+
+    /// `mark_running`, retried briefly: the jobs are already out.
+    async fn mark_running(
+        &self,
+        keys: &[StageKey],
+        now: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            match self
+                .workflows
+                .mark_running(keys, self.owner, now, deadline)
+                .await
+            {
+                Ok(n) => {
+                    if n < keys.len() as u64 {
+                        tracing::debug!(
+                            marked = n,
+                            published = keys.len(),
+                            "some published attempts were no longer claimed (cancelled meanwhile); their results will be ignored"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives claimed attempts back, due at once (the in-memory pause keeps the stage
+    /// from being retried too early). A failure only delays them until their claims
+    /// expire.
+    async fn release(&self, stage: &str, keys: &[StageKey], now: DateTime<Utc>) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.workflows.release(keys, self.owner, now).await {
+            tracing::warn!(
+                stage, jobs = keys.len(), error = %e, lease = ?self.tuning.claim_lease,
+                "could not release claimed stage attempts; they are retried when their claims expire"
+            );
+        }
+    }
+
+    fn refused(&self, stage: &str, accepted: usize, unroutable: bool, settings: &StageSettings) {
+        let now = self.now();
+        let mut all = lock(&self.pressure);
+        let p = all
+            .entry(stage.to_owned())
+            .or_insert_with(|| StagePressure {
+                backoff: Pressure::default(),
+                until: None,
+                batch: self.tuning.batch_size,
+                logged: false,
+            });
+        let delay = p.backoff.refused();
+        let until = plus(now, delay);
+        p.until = Some(until);
+        p.batch = accepted.max(1);
+        if !p.logged {
+            p.logged = true;
+            if unroutable {
+                tracing::warn!(
+                    stage, exchange = %settings.exchange, routing_key = %settings.routing_key,
+                    "stage jobs are unroutable: no queue is bound for this routing key (check the \
+                     stage's routing_key and the service section's Routing-keys); they stay pending \
+                     and are retried"
+                );
+            } else {
+                tracing::info!(
+                    stage, retry_in = ?delay,
+                    "stage queue is full (backpressure); jobs stay pending and are retried"
+                );
+            }
+        } else {
+            tracing::debug!(stage, retry_in = ?delay, unroutable, "stage queue still refusing jobs");
+        }
+        drop(all);
+        self.dispatch_wake.at(until);
+    }
+
+    fn confirmed_all(&self, stage: &str) {
+        let mut all = lock(&self.pressure);
+        if let Some(p) = all.get_mut(stage) {
+            if p.logged {
+                tracing::info!(stage, "stage queue accepts jobs again");
+            }
+            p.backoff = Pressure::default();
+            p.until = None;
+            p.logged = false;
+            p.batch = p.batch.saturating_mul(2).min(self.tuning.batch_size);
+        }
+    }
+}

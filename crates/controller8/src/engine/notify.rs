@@ -1,0 +1,143 @@
+//! Workflow notifications on the `notification` exchange: a `message` when a workflow
+//! completes, a `system_error` when one fails. The body is the usual envelope with a
+//! Go `Notification8` payload.
+
+use amqp8::{OutgoingMessage, PublishOutcome};
+use model8::{AmqpM8Message, Notification8, NotificationEvent, WorkflowId};
+
+use super::Engine;
+use crate::topology::{NOTIFICATION_EXCHANGE, NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY};
+
+/// How a workflow ended, for its notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Every stage completed.
+    Completed,
+    /// `stage` failed at `attempt` with no attempt left.
+    Failed {
+        /// The stage.
+        stage: String,
+        /// Its last attempt.
+        attempt: u32,
+        /// What happened (a worker's detail or "timed out").
+        reason: String,
+    },
+}
+
+/// The notification for `ending` of workflow `id` over `domains`.
+pub(crate) fn notification(id: WorkflowId, domains: &[String], ending: &Ending) -> Notification8 {
+    let over = match domains {
+        [] => String::new(),
+        [one] => format!(" for {one}"),
+        many if many.len() <= 5 => format!(" for {}", many.join(", ")),
+        many => format!(" for {} domains", many.len()),
+    };
+    let mut n = match ending {
+        Ending::Completed => {
+            let mut n = Notification8::new(
+                NotificationEvent::Message,
+                format!("orchestratorm8: workflow {id}{over} completed"),
+            );
+            n.metadata.severity = "info".into();
+            n
+        }
+        Ending::Failed {
+            stage,
+            attempt,
+            reason,
+        } => {
+            let mut n = Notification8::new(
+                NotificationEvent::SystemError,
+                format!(
+                    "orchestratorm8: workflow {id}{over} failed: stage {stage} failed at attempt {attempt} ({reason})"
+                ),
+            );
+            n.metadata.severity = "high".into();
+            n
+        }
+    };
+    n.metadata.eventtype = Some(n.kind);
+    n
+}
+
+impl Engine {
+    /// Publishes the notification that workflow `id` ended. Best effort: the
+    /// workflow's state is already committed; a failure is logged.
+    pub(crate) async fn notify_ended(&self, id: WorkflowId, ending: Ending) {
+        let domains = match self.workflows.get(id).await {
+            Ok(v) => v.domains,
+            Err(e) => {
+                tracing::debug!(workflow = %id, error = %e, "cannot read the workflow's domains for its notification");
+                Vec::new()
+            }
+        };
+        let key = match ending {
+            Ending::Completed => NOTIFY_COMPLETED_KEY,
+            Ending::Failed { .. } => NOTIFY_FAILED_KEY,
+        };
+        let n = notification(id, &domains, &ending);
+        let body = match AmqpM8Message::new(key, Some(n)).to_vec() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(workflow = %id, error = %e, "cannot encode a notification");
+                return;
+            }
+        };
+        match self
+            .broker
+            .publish(OutgoingMessage::new(NOTIFICATION_EXCHANGE, key, body))
+            .await
+        {
+            Ok(PublishOutcome::Confirmed) => {
+                tracing::debug!(workflow = %id, routing_key = key, "notification sent");
+            }
+            Ok(PublishOutcome::Unroutable) => {
+                tracing::debug!(workflow = %id, routing_key = key, "notification unroutable: no queue bound on the notification exchange");
+            }
+            Ok(PublishOutcome::Nacked) => {
+                tracing::warn!(workflow = %id, routing_key = key, "notification refused by the broker (queue full)");
+            }
+            Err(e) => {
+                tracing::warn!(workflow = %id, routing_key = key, error = %e, "notification could not be published");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_workflow_domains_and_cause() {
+        let id = uuid::Uuid::nil();
+        let n = notification(id, &["example.com".into()], &Ending::Completed);
+        assert_eq!(n.kind, NotificationEvent::Message);
+        assert!(
+            n.message.contains("example.com") && n.message.contains("completed"),
+            "{}",
+            n.message
+        );
+        let n = notification(
+            id,
+            &(0..9).map(|i| format!("d{i}.com")).collect::<Vec<_>>(),
+            &Ending::Failed {
+                stage: "naabum8".into(),
+                attempt: 3,
+                reason: "timed out after 2h".into(),
+            },
+        );
+        assert_eq!(n.kind, NotificationEvent::SystemError);
+        assert_eq!(n.metadata.severity, "high");
+        assert!(
+            n.message.contains("9 domains")
+                && n.message.contains("naabum8")
+                && n.message.contains("attempt 3")
+                && n.message.contains("timed out"),
+            "{}",
+            n.message
+        );
+        let json = serde_json::to_value(&n).unwrap();
+        assert_eq!(json["type"], "system_error");
+    }
+}

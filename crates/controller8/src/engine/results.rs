@@ -1,0 +1,276 @@
+//! The consumer of stage results (`qorchestratorm8`): decode, check, apply the guarded
+//! transition, and only then acknowledge.
+//!
+//! - malformed (bad routing key, body, payload, or a payload naming another stage than
+//!   the routing key) → dead-lettered with the reason, counted;
+//! - duplicate or stale (the attempt is not running) → acknowledged, nothing changes;
+//! - database unavailable → retried with backoff for a while, then returned to the
+//!   queue (requeue), so a result is never lost to an outage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use amqp8::{Decision, Delivery, Handler, HandlerError};
+use async_trait::async_trait;
+use db8::{DbError, StageKey, Transition};
+use model8::{AmqpM8Message, StageOutcome, StageResult};
+
+use super::Engine;
+use super::notify::Ending;
+
+/// Handles deliveries of the result queue.
+#[derive(Debug, Clone)]
+pub(crate) struct ResultHandler {
+    engine: Arc<Engine>,
+}
+
+impl ResultHandler {
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        ResultHandler { engine }
+    }
+}
+
+/// A result as checked, ready to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CheckedResult {
+    pub(crate) key: StageKey,
+    pub(crate) outcome: StageOutcome,
+    pub(crate) detail: Option<serde_json::Value>,
+}
+
+/// Checks a delivery's routing key and body; `Err` is the dead-letter reason.
+pub(crate) fn check(routing_key: &str, body: &[u8]) -> Result<CheckedResult, String> {
+    let (stage, outcome) =
+        StageOutcome::parse_routing_key(routing_key).map_err(|e| e.to_string())?;
+    let envelope = AmqpM8Message::<StageResult>::from_slice(body).map_err(|e| e.to_string())?;
+    let result = envelope
+        .payload
+        .ok_or_else(|| "message has no payload (expected a stage result)".to_owned())?;
+    if result.stage != stage {
+        return Err(format!(
+            "routing key {routing_key:?} names stage {stage:?} but the payload names stage {:?}",
+            result.stage
+        ));
+    }
+    if result.attempt == 0 {
+        return Err("attempt 0 is not an attempt (attempts start at 1)".into());
+    }
+    Ok(CheckedResult {
+        key: StageKey {
+            workflow_id: result.workflow_id,
+            stage,
+            attempt: result.attempt,
+        },
+        outcome,
+        detail: result.detail,
+    })
+}
+
+/// A short text for the failure reason of a worker's detail.
+fn reason_of(detail: Option<&serde_json::Value>) -> String {
+    const MAX: usize = 200;
+    let text = match detail {
+        None | Some(serde_json::Value::Null) => return "reported failed".into(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Object(o)) => match o.get("error").or_else(|| o.get("message")) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            _ => serde_json::Value::Object(o.clone()).to_string(),
+        },
+        Some(other) => other.to_string(),
+    };
+    if text.chars().count() > MAX {
+        let mut t: String = text.chars().take(MAX).collect();
+        t.push('…');
+        t
+    } else {
+        text
+    }
+}
+
+impl Engine {
+    /// Applies a checked result (one guarded transaction) and its follow-ups.
+    pub(crate) async fn apply_result(&self, r: &CheckedResult) -> Result<Transition, DbError> {
+        let now = self.now();
+        let t = match r.outcome {
+            StageOutcome::Completed => {
+                self.workflows
+                    .complete_stage(&r.key, r.detail.clone(), now)
+                    .await?
+            }
+            StageOutcome::Failed => {
+                let reason = reason_of(r.detail.as_ref());
+                self.fail_attempt(&r.key, &reason, r.detail.clone(), now)
+                    .await?
+            }
+        };
+        match &t {
+            Transition::Stale => {
+                self.metrics.result_stale();
+                tracing::debug!(
+                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                    outcome = %r.outcome, "duplicate or stale result ignored"
+                );
+            }
+            Transition::StageCompleted { workflow_completed } => {
+                self.metrics.result_consumed(r.outcome);
+                tracing::debug!(
+                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                    "stage completed"
+                );
+                if *workflow_completed {
+                    self.metrics.workflow_completed();
+                    tracing::info!(workflow = %r.key.workflow_id, "workflow completed");
+                    self.notify_ended(r.key.workflow_id, Ending::Completed)
+                        .await;
+                }
+            }
+            Transition::Retrying { .. } | Transition::WorkflowFailed => {
+                self.metrics.result_consumed(r.outcome);
+            }
+        }
+        if t != Transition::Stale {
+            // A worker of this stage took a job off its queue (room for the next), and
+            // dependents may be due.
+            self.stage_has_room(&r.key.stage);
+        }
+        Ok(t)
+    }
+
+    /// [`Engine::apply_result`], retrying while the database is unavailable, for at
+    /// most `db_outage_patience` or until shutdown.
+    async fn apply_result_patiently(&self, r: &CheckedResult) -> Result<Transition, DbError> {
+        let give_up = tokio::time::Instant::now() + self.tuning.db_outage_patience;
+        let mut delay = Duration::from_millis(200);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            match self.apply_result(r).await {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot apply a stage result; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|s| *s) => return Err(e),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for ResultHandler {
+    async fn handle(&self, delivery: &mut Delivery) -> Result<Decision, HandlerError> {
+        let checked = match check(&delivery.routing_key, &delivery.body) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.engine.metrics.message_dead_lettered();
+                tracing::warn!(
+                    routing_key = %delivery.routing_key, reason = %reason,
+                    "malformed stage result dead-lettered"
+                );
+                return Ok(Decision::DeadLetter(reason));
+            }
+        };
+        match self.engine.apply_result_patiently(&checked).await {
+            Ok(_) => Ok(Decision::Ack),
+            Err(e) => {
+                tracing::warn!(
+                    workflow = %checked.key.workflow_id, stage = %checked.key.stage,
+                    error = %e, "stage result returned to the queue"
+                );
+                Err(HandlerError(format!("cannot apply the stage result: {e}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(payload: serde_json::Value) -> Vec<u8> {
+        AmqpM8Message::with_source("k", Some(payload), "asmm8")
+            .to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn check_accepts_a_well_formed_result() {
+        let id = uuid::Uuid::new_v4();
+        let c = check(
+            "cptm8.orchestratorm8.asmm8.failed",
+            &body(serde_json::json!({"workflow_id": id, "stage": "asmm8", "attempt": 2, "detail": "boom"})),
+        )
+        .unwrap();
+        assert_eq!(
+            c.key,
+            StageKey {
+                workflow_id: id,
+                stage: "asmm8".into(),
+                attempt: 2
+            }
+        );
+        assert_eq!(c.outcome, StageOutcome::Failed);
+        assert_eq!(c.detail, Some(serde_json::json!("boom")));
+    }
+
+    #[test]
+    fn check_refuses_malformed_input_with_reasons() {
+        let id = uuid::Uuid::new_v4();
+        let good = serde_json::json!({"workflow_id": id, "stage": "asmm8", "attempt": 1});
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("cptm8.asmm8.get.scan", body(good.clone()), "routing key"),
+            (
+                "cptm8.orchestratorm8.asmm8.done",
+                body(good.clone()),
+                "routing key",
+            ),
+            (
+                "cptm8.orchestratorm8.asmm8.completed",
+                b"not json".to_vec(),
+                "malformed",
+            ),
+            (
+                "cptm8.orchestratorm8.asmm8.completed",
+                br#"{"channel":"x","timestamp":"2025-01-01T00:00:00Z","source":"w"}"#.to_vec(),
+                "no payload",
+            ),
+            (
+                "cptm8.orchestratorm8.naabum8.completed",
+                body(good.clone()),
+                "payload names stage",
+            ),
+            (
+                "cptm8.orchestratorm8.asmm8.completed",
+                body(serde_json::json!({"workflow_id": "x", "stage": "asmm8", "attempt": 1})),
+                "malformed",
+            ),
+            (
+                "cptm8.orchestratorm8.asmm8.completed",
+                body(serde_json::json!({"workflow_id": id, "stage": "asmm8", "attempt": 0})),
+                "attempt 0",
+            ),
+        ];
+        for (key, b, needle) in cases {
+            let e = check(key, &b).unwrap_err();
+            assert!(e.contains(needle), "{key}: {e:?} should contain {needle:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_short_and_readable() {
+        assert_eq!(reason_of(None), "reported failed");
+        assert_eq!(
+            reason_of(Some(&serde_json::json!("dns error"))),
+            "dns error"
+        );
+        assert_eq!(reason_of(Some(&serde_json::json!({"error": "x"}))), "x");
+        assert_eq!(reason_of(Some(&serde_json::json!({"n": 1}))), r#"{"n":1}"#);
+        let long = "y".repeat(500);
+        assert_eq!(
+            reason_of(Some(&serde_json::json!(long))).chars().count(),
+            201
+        );
+    }
+}

@@ -1,0 +1,793 @@
+//! Engine unit tests: every step on the in-memory repositories, the test broker and a
+//! manual clock.
+
+use std::time::Duration;
+
+use amqp8::Decision;
+use config8::Granularity;
+use db8::{DomainRepository, LeaderLock, WorkflowRepository};
+use model8::{
+    AmqpM8Message, Notification8, NotificationEvent, StageJob, StageOutcome, StageStatus,
+    WorkflowStatus,
+};
+
+use crate::role::Role;
+use crate::testkit::{Harness, Route, chain, managed, rk, stage};
+use crate::topology::{NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY};
+
+fn stage_status(v: &model8::WorkflowView, name: &str) -> (StageStatus, u32) {
+    let s = v.stages.iter().find(|s| s.name == name).unwrap();
+    (s.status, s.attempt)
+}
+
+fn notifications(h: &Harness, key: &str) -> Vec<Notification8> {
+    h.broker
+        .take(key)
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.exchange, "notification");
+            AmqpM8Message::<Notification8>::from_slice(&m.body)
+                .unwrap()
+                .payload
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn per_domain_creates_one_workflow_per_enabled_domain_and_publishes_stage_one() {
+    let h = Harness::new(chain());
+    let d1 = h.add_domain("a.example.com").await;
+    let d2 = h.add_domain("b.example.com").await;
+    let d3 = h.add_domain("c.example.com").await;
+    h.store.set_enabled(d3.id, false).await.unwrap();
+
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 2);
+    // Nothing more while they are active.
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
+
+    let report = h.engine.dispatch().await.unwrap();
+    assert_eq!(report.published, 2);
+    let msgs = h.broker.take(&rk("a"));
+    assert_eq!(msgs.len(), 2);
+    for m in &msgs {
+        assert_eq!(m.exchange, "cptm8");
+        assert!(m.mandatory);
+        let env = AmqpM8Message::<StageJob>::from_slice(&m.body).unwrap();
+        assert_eq!(env.channel, rk("a"));
+        assert_eq!(env.source, "orchestratorm8");
+        let job = env.payload.unwrap();
+        assert_eq!(job.stage, "a");
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.domains.len(), 1);
+        assert!([d1.id, d2.id].contains(&job.domains[0].id));
+        assert_eq!(job.domains[0].companyname, "ACME");
+        let v = h.wf(job.workflow_id).await.unwrap();
+        assert_eq!(v.status, WorkflowStatus::Running);
+        assert_eq!(stage_status(&v, "a"), (StageStatus::Running, 1));
+        assert_eq!(stage_status(&v, "b"), (StageStatus::Waiting, 0));
+    }
+    // Nothing else is due: a second round publishes nothing.
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    // Only stage a was published.
+    assert_eq!(h.broker.count(&rk("b")), 0);
+}
+
+#[tokio::test]
+async fn many_domains_are_created_and_published_in_batches() {
+    // batch_size 3 in tests: 10 domains take 4 pages and 4 claims.
+    let h = Harness::new(chain());
+    for i in 0..10 {
+        h.add_domain(&format!("d{i}.example.com")).await;
+    }
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 10);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 10);
+    let jobs = h.broker.take_jobs(&rk("a"));
+    let mut ids: Vec<_> = jobs.iter().map(|j| j.workflow_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each workflow published exactly once");
+}
+
+#[tokio::test]
+async fn a_three_stage_pipeline_runs_to_completion_with_a_notification() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            h.engine.dispatch().await.unwrap().published,
+            1,
+            "stage {name}"
+        );
+        let jobs = h.broker.take_jobs(&rk(name));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            h.report(&jobs[0], StageOutcome::Completed).await,
+            Decision::Ack
+        );
+    }
+    let all = h.wfs().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, WorkflowStatus::Completed);
+    let n = notifications(&h, NOTIFY_COMPLETED_KEY);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].kind, NotificationEvent::Message);
+    assert!(n[0].message.contains("example.com"), "{}", n[0].message);
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_workflows_completed_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orchestratorm8_results_consumed_total{outcome=\"completed\"} 3"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn diamond_dependencies_wait_for_every_parent() {
+    let h = Harness::new(managed(vec![
+        stage("a", &[]),
+        stage("b", &["a"]),
+        stage("c", &["a"]),
+        stage("d", &["b", "c"]),
+    ]));
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let a = h.broker.take_jobs(&rk("a")).remove(0);
+    h.report(&a, StageOutcome::Completed).await;
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
+    let b = h.broker.take_jobs(&rk("b")).remove(0);
+    let c = h.broker.take_jobs(&rk("c")).remove(0);
+    h.report(&b, StageOutcome::Completed).await;
+    assert_eq!(
+        h.engine.dispatch().await.unwrap().published,
+        0,
+        "d waits for c"
+    );
+    h.report(&c, StageOutcome::Completed).await;
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(h.broker.take_jobs(&rk("d")).len(), 1);
+}
+
+#[tokio::test]
+async fn duplicate_and_stale_results_are_acked_without_change() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
+    let before = h.wf(job.workflow_id).await.unwrap();
+    // The same report again, a failure of the same attempt, a future attempt, an
+    // unknown workflow, a stage the workflow does not have.
+    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
+    assert_eq!(h.report(&job, StageOutcome::Failed).await, Decision::Ack);
+    assert_eq!(
+        h.report_raw("a", job.workflow_id, 7, StageOutcome::Completed)
+            .await,
+        Decision::Ack
+    );
+    assert_eq!(
+        h.report_raw("a", uuid::Uuid::new_v4(), 1, StageOutcome::Completed)
+            .await,
+        Decision::Ack
+    );
+    assert_eq!(
+        h.report_raw("zz", job.workflow_id, 1, StageOutcome::Completed)
+            .await,
+        Decision::Ack
+    );
+    let after = h.wf(job.workflow_id).await.unwrap();
+    assert_eq!(before, after);
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_results_stale_total 5"),
+        "{text}"
+    );
+    // The stage b job was published once only.
+    h.engine.dispatch().await.unwrap();
+    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_results_are_dead_lettered_with_a_reason_and_counted() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    for (key, body) in [
+        ("cptm8.orchestratorm8.a.completed", b"{not json".to_vec()),
+        ("cptm8.orchestratorm8.a.exploded", b"{}".to_vec()),
+    ] {
+        match h.broker.deliver(key, body).await {
+            Decision::DeadLetter(reason) => assert!(!reason.is_empty()),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_messages_dead_lettered_total 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_retried_after_its_backoff() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    assert_eq!(h.report(&job, StageOutcome::Failed).await, Decision::Ack);
+    let v = h.wf(job.workflow_id).await.unwrap();
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 1));
+    // Backoff initial 10 s with equal jitter: due in [5 s, 10 s].
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    h.advance(Duration::from_millis(4_900));
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    h.advance(Duration::from_millis(5_200));
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    let retry = h.broker.take_jobs(&rk("a")).remove(0);
+    assert_eq!(retry.attempt, 2);
+    assert_eq!(retry.workflow_id, job.workflow_id);
+    // A late report of attempt 1 is stale now.
+    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
+    assert_eq!(
+        stage_status(&h.wf(job.workflow_id).await.unwrap(), "a"),
+        (StageStatus::Running, 2)
+    );
+    h.report(&retry, StageOutcome::Completed).await;
+    h.engine.dispatch().await.unwrap();
+    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+}
+
+#[tokio::test]
+async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
+    let mut s = chain();
+    s.workflow.stages[0].max_attempts = 2;
+    s.workflow.stages[0].timeout = Duration::from_secs(30);
+    let h = Harness::new(s);
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let job = h.broker.take_jobs(&rk("a")).remove(0);
+
+    h.advance(Duration::from_secs(30));
+    assert_eq!(
+        h.engine.expire_timeouts().await.unwrap(),
+        0,
+        "deadline not passed yet"
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 1);
+    let v = h.wf(job.workflow_id).await.unwrap();
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 1));
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(h.broker.take_jobs(&rk("a"))[0].attempt, 2);
+
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 1);
+    let v = h.wf(job.workflow_id).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Failed);
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Failed, 2));
+    assert_eq!(stage_status(&v, "b"), (StageStatus::Cancelled, 0));
+    let n = notifications(&h, NOTIFY_FAILED_KEY);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].kind, NotificationEvent::SystemError);
+    assert!(
+        n[0].message.contains("timed out") && n[0].message.contains("attempt 2"),
+        "{}",
+        n[0].message
+    );
+    // Nothing left to do, and the domain may get a new workflow.
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 0);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_stage_timeouts_total{stage=\"a\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orchestratorm8_workflows_failed_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn reported_failures_exhaust_max_attempts() {
+    let mut s = chain();
+    s.workflow.stages[1].max_attempts = 1;
+    let h = Harness::new(s);
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let a = h.broker.take_jobs(&rk("a")).remove(0);
+    h.report(&a, StageOutcome::Completed).await;
+    h.engine.dispatch().await.unwrap();
+    let b = h.broker.take_jobs(&rk("b")).remove(0);
+    h.report(&b, StageOutcome::Failed).await;
+    let v = h.wf(a.workflow_id).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Failed);
+    let n = notifications(&h, NOTIFY_FAILED_KEY);
+    assert_eq!(n.len(), 1);
+    assert!(n[0].message.contains("stage b"), "{}", n[0].message);
+}
+
+#[tokio::test]
+async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.broker.route(&rk("a"), Route::Queue(Some(1)));
+    for i in 0..4 {
+        h.add_domain(&format!("d{i}.example.com")).await;
+    }
+    h.engine.start_workflows().await.unwrap();
+    let r = h.engine.dispatch().await.unwrap();
+    assert_eq!(
+        (r.published, r.refused),
+        (1, 2),
+        "1 accepted, the rest of the batch refused"
+    );
+    let paused = h
+        .engine
+        .paused_until("a", h.clock_now())
+        .expect("stage a paused");
+    assert_eq!(paused - h.clock_now(), chrono::Duration::seconds(1));
+    // While paused nothing is claimed or published (no busy loop of nacks).
+    assert_eq!(h.engine.dispatch().await.unwrap(), Default::default());
+    // Still full after the pause: refused again, pause doubles.
+    h.advance(Duration::from_secs(1));
+    let r = h.engine.dispatch().await.unwrap();
+    assert_eq!(
+        (r.published, r.refused),
+        (0, 1),
+        "the batch shrank to what the queue took"
+    );
+    assert_eq!(
+        h.engine.paused_until("a", h.clock_now()).unwrap() - h.clock_now(),
+        chrono::Duration::seconds(2)
+    );
+    // Every workflow is still there, stage a pending (never lost).
+    let pending = h
+        .wfs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|v| stage_status(v, "a").0 == StageStatus::Pending)
+        .count();
+    assert_eq!(pending, 3);
+    // A worker takes the job and reports: room again, published at once.
+    let mut done = 0;
+    let mut rounds = 0;
+    while done < 4 {
+        rounds += 1;
+        assert!(rounds < 20, "drains in a bounded number of rounds");
+        let jobs = h.broker.take_jobs(&rk("a"));
+        for j in &jobs {
+            h.report(j, StageOutcome::Completed).await;
+            done += 1;
+        }
+        h.engine.dispatch().await.unwrap();
+    }
+    assert_eq!(
+        h.broker.count(&rk("a")),
+        4,
+        "each job published exactly once"
+    );
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_stage_publish_nacks_total{stage=\"a\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unroutable_jobs_stay_pending_and_are_published_once_a_queue_is_bound() {
+    let h = Harness::new(chain());
+    h.broker.route(&rk("a"), Route::Unroutable);
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    let r = h.engine.dispatch().await.unwrap();
+    assert_eq!((r.published, r.refused), (0, 1));
+    let v = &h.wfs().await.unwrap()[0];
+    assert_eq!(stage_status(v, "a"), (StageStatus::Pending, 0));
+    h.broker.route(&rk("a"), Route::Queue(None));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_stage_publish_unroutable_total{stage=\"a\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_outage_leaves_claimed_work_pending() {
+    let h = Harness::new(chain());
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    *crate::engine::lock(&h.broker.down) = true;
+    let e = h.engine.dispatch().await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    let v = &h.wfs().await.unwrap()[0];
+    assert_eq!(stage_status(v, "a"), (StageStatus::Pending, 0));
+    *crate::engine::lock(&h.broker.down) = false;
+    h.advance(Duration::from_secs(1));
+    // Released at once (not left to the claim lease).
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+}
+
+#[tokio::test]
+async fn pause_resume_and_cancel() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.add_domain("a.example.com").await;
+    h.add_domain("b.example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    let all = h.wfs().await.unwrap();
+    let (w1, w2) = (all[0].id, all[1].id);
+    let now = h.clock_now();
+    WorkflowRepository::pause(&h.store, w1, now).await.unwrap();
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    let jobs = h.broker.take_jobs(&rk("a"));
+    assert_eq!(jobs[0].workflow_id, w2, "the paused workflow got no job");
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    // Resuming through the waking repository wakes the dispatcher.
+    let repo = crate::waking::WakingWorkflows {
+        engine: h.engine.clone(),
+    };
+    repo.resume(w1, now).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), h.engine.dispatch_wake.notified())
+        .await
+        .expect("resume wakes the dispatcher");
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(h.broker.take_jobs(&rk("a"))[0].workflow_id, w1);
+    // Pausing a running workflow: its running stage's result still applies, but no
+    // new stage is published until it is resumed.
+    WorkflowRepository::pause(&h.store, w2, now).await.unwrap();
+    h.report(&jobs[0], StageOutcome::Completed).await;
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    WorkflowRepository::resume(&h.store, w2, now).await.unwrap();
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    let b = h.broker.take_jobs(&rk("b")).remove(0);
+    // Cancel: the running stage's later report changes nothing; nothing is published.
+    repo.cancel(w2, now).await.unwrap();
+    assert_eq!(h.report(&b, StageOutcome::Completed).await, Decision::Ack);
+    let v = h.wf(w2).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Cancelled);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    assert!(notifications(&h, NOTIFY_COMPLETED_KEY).is_empty());
+}
+
+#[tokio::test]
+async fn max_in_flight_limits_jobs_out_at_once() {
+    let mut s = chain();
+    s.workflow.stages[0].max_in_flight = 2;
+    let h = Harness::new(s);
+    h.consume().await;
+    for i in 0..5 {
+        h.add_domain(&format!("d{i}.example.com")).await;
+    }
+    h.engine.start_workflows().await.unwrap();
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    let jobs = h.broker.take_jobs(&rk("a"));
+    h.report(&jobs[0], StageOutcome::Completed).await;
+    // One slot freed on a; stage b of that workflow is unlimited.
+    let r = h.engine.dispatch().await.unwrap();
+    assert_eq!(r.published, 2);
+    assert_eq!(h.broker.take_jobs(&rk("a")).len(), 1);
+    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+    // Raising the limit live applies at the next round.
+    h.update(|s| s.workflow.stages[0].max_in_flight = 0);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
+}
+
+#[tokio::test]
+async fn rescan_after_is_a_cool_down_per_domain() {
+    let mut s = managed(vec![stage("a", &[])]);
+    s.workflow.rescan_after = Duration::from_secs(3600);
+    let h = Harness::new(s);
+    h.consume().await;
+    h.add_domain("example.com").await;
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+    h.engine.dispatch().await.unwrap();
+    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    h.report(&job, StageOutcome::Completed).await;
+    assert_eq!(
+        h.wf(job.workflow_id).await.unwrap().status,
+        WorkflowStatus::Completed
+    );
+    h.advance(Duration::from_secs(3599));
+    assert_eq!(
+        h.engine.start_workflows().await.unwrap(),
+        0,
+        "still cooling down"
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+    // A live change of rescan_after applies.
+    h.engine.dispatch().await.unwrap();
+    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    h.report(&job, StageOutcome::Completed).await;
+    h.update(|s| s.workflow.rescan_after = Duration::ZERO);
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn per_cycle_runs_one_workflow_over_every_enabled_domain() {
+    let mut s = managed(vec![stage("a", &[])]);
+    s.workflow.granularity = Granularity::PerCycle;
+    s.workflow.rescan_after = Duration::from_secs(60);
+    let h = Harness::new(s);
+    h.consume().await;
+    assert_eq!(
+        h.engine.start_workflows().await.unwrap(),
+        0,
+        "no domain, no cycle"
+    );
+    for i in 0..4 {
+        h.add_domain(&format!("d{i}.example.com")).await;
+    }
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+    assert_eq!(
+        h.engine.start_workflows().await.unwrap(),
+        0,
+        "one cycle at a time"
+    );
+    h.engine.dispatch().await.unwrap();
+    let jobs = h.broker.take_jobs(&rk("a"));
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].domains.len(), 4);
+    h.report(&jobs[0], StageOutcome::Completed).await;
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 0, "cool-down");
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_standby_neither_starts_nor_publishes_and_leadership_loss_stops_publishing() {
+    let h = Harness::new(chain());
+    h.add_domain("a.example.com").await;
+    h.role.send_replace(Role::Standby);
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
+    h.role.send_replace(Role::Leader);
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+    h.role.send_replace(Role::Standby);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 0);
+    assert!(h.broker.log.lock().unwrap().is_empty());
+    // Back to leader: the work is still there.
+    h.role.send_replace(Role::Leader);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+}
+
+#[tokio::test]
+async fn leadership_follows_the_lock() {
+    use std::sync::Arc;
+    let store = db8::MemoryStore::new();
+    let other = store.handle();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (tx, rx) = tokio::sync::watch::channel(Role::Standby);
+    let l = crate::leader::Leadership::new(Arc::new(store.clone()), tx, metrics.clone());
+    assert!(
+        other.try_acquire().await.unwrap(),
+        "another replica holds the lock"
+    );
+    assert_eq!(l.step().await, Role::Standby);
+    LeaderLock::release(&other).await.unwrap();
+    assert_eq!(l.step().await, Role::Leader);
+    assert_eq!(*rx.borrow(), Role::Leader);
+    assert!(
+        metrics
+            .encode(&Default::default())
+            .unwrap()
+            .contains("orchestratorm8_leader 1")
+    );
+    // The session ends (e.g. a database restart): the leader steps down at its next check.
+    store.revoke_leadership();
+    assert_eq!(l.step().await, Role::Standby);
+    assert!(other.try_acquire().await.unwrap());
+    assert_eq!(l.step().await, Role::Standby);
+    // Unverifiable (database down) counts as lost.
+    LeaderLock::release(&other).await.unwrap();
+    assert_eq!(l.step().await, Role::Leader);
+    store.set_available(false);
+    assert_eq!(l.step().await, Role::Standby);
+    store.set_available(true);
+    assert_eq!(l.step().await, Role::Leader);
+    l.resign().await;
+    assert_eq!(*rx.borrow(), Role::Standby);
+    assert!(
+        other.try_acquire().await.unwrap(),
+        "resigning released the lock"
+    );
+}
+
+#[tokio::test]
+async fn scan_now_creates_workflows_on_request() {
+    use crate::scan_now::ScanNowError;
+    let h = Harness::new(chain());
+    let d1 = h.add_domain("a.example.com").await;
+    let d2 = h.add_domain("b.example.com").await;
+    let off = h.add_domain("c.example.com").await;
+    h.store.set_enabled(off.id, false).await.unwrap();
+
+    let e = h
+        .engine
+        .scan(Some(vec![uuid::Uuid::new_v4()]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ScanNowError::Invalid(ref m) if m.contains("unknown domain id")),
+        "{e}"
+    );
+    let e = h.engine.scan(Some(vec![off.id])).await.unwrap_err();
+    assert!(
+        matches!(e, ScanNowError::Invalid(ref m) if m.contains("disabled")),
+        "{e}"
+    );
+
+    let views = h.engine.scan(Some(vec![d1.id])).await.unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].domains, ["a.example.com"]);
+    assert_eq!(views[0].status, WorkflowStatus::Pending);
+    assert_eq!(
+        h.wf(views[0].id).await.unwrap(),
+        views[0],
+        "the view is what the store holds"
+    );
+    // d1 is busy: only d2 gets one.
+    let views = h.engine.scan(None).await.unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].domains, ["b.example.com"]);
+    assert!(h.engine.scan(Some(vec![d2.id])).await.unwrap().is_empty());
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
+
+    h.role.send_replace(Role::Standby);
+    assert!(matches!(
+        h.engine.scan(None).await,
+        Err(ScanNowError::NotLeader)
+    ));
+    h.update(|s| s.scheduler.mode = config8::SchedulerMode::Bootstrap);
+    assert!(matches!(
+        h.engine.scan(None).await,
+        Err(ScanNowError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn scan_now_ignores_the_cool_down() {
+    let mut s = managed(vec![stage("a", &[])]);
+    s.workflow.rescan_after = Duration::from_secs(3600);
+    let h = Harness::new(s);
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    h.report(&job, StageOutcome::Completed).await;
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
+    assert_eq!(h.engine.scan(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unavailable_database_returns_the_result_to_the_queue() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    h.store.set_available(false);
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Decision::Requeue
+    );
+    h.store.set_available(true);
+    // The redelivery applies.
+    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
+    assert_eq!(
+        stage_status(&h.wf(job.workflow_id).await.unwrap(), "a"),
+        (StageStatus::Completed, 1)
+    );
+}
+
+#[tokio::test]
+async fn live_settings_apply_to_the_next_publish() {
+    let h = Harness::new(chain());
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.update(|s| {
+        s.workflow.stages[0].routing_key = "cptm8.other.get.scan".into();
+        s.workflow.stages[0].timeout = Duration::from_secs(5);
+    });
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(h.broker.take("cptm8.other.get.scan").len(), 1);
+    h.advance(Duration::from_secs(6));
+    assert_eq!(
+        h.engine.expire_timeouts().await.unwrap(),
+        1,
+        "the new timeout applied"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_live_pipeline_keeps_the_last_valid_one() {
+    let h = Harness::new(chain());
+    h.update(|s| s.workflow.stages[0].depends_on = vec!["c".into()]);
+    assert_eq!(h.engine.plan().stages()[0].depends_on, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn work_of_a_stage_removed_live_is_still_published() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.update(|s| s.workflow.stages = vec![stage("a", &[])]);
+    h.engine.dispatch().await.unwrap();
+    let a = h.broker.take_jobs(&rk("a")).remove(0);
+    h.report(&a, StageOutcome::Completed).await;
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+}
+
+#[tokio::test]
+async fn a_restarted_engine_resumes_in_flight_workflows() {
+    let h = Harness::new(chain());
+    h.consume().await;
+    h.add_domain("a.example.com").await;
+    h.add_domain("b.example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let jobs = h.broker.take_jobs(&rk("a"));
+    // A crash between claim and publish: claims held by the dead process.
+    h.add_domain("c.example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    let claimed = h
+        .store
+        .claim_due(
+            "a",
+            uuid::Uuid::new_v4(),
+            h.clock_now(),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    // A new process over the same database.
+    let h2 = Harness::with_store(chain(), h.store.clone(), h.clock.clone());
+    h2.consume().await;
+    // Results of attempts the old process published apply.
+    assert_eq!(
+        h2.report(&jobs[0], StageOutcome::Completed).await,
+        Decision::Ack
+    );
+    assert_eq!(
+        h2.engine.dispatch().await.unwrap().published,
+        1,
+        "stage b of the first"
+    );
+    // The dead process's claim expires after its lease.
+    h2.advance(Duration::from_secs(61));
+    assert_eq!(h2.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(
+        h2.broker.take_jobs(&rk("a"))[0].workflow_id,
+        claimed[0].key.workflow_id
+    );
+    // Running stages keep their deadlines (60 s after their publish): the second
+    // workflow's stage a (published by the old process) and the first's stage b.
+    assert_eq!(h2.engine.expire_timeouts().await.unwrap(), 2);
+    assert_eq!(h2.engine.expire_timeouts().await.unwrap(), 0);
+}

@@ -1,0 +1,283 @@
+//! The RabbitMQ objects orchestratorm8 declares at start (documented in
+//! `docs/ENGINE.md`): every exchange of `ORCHESTRATORM8.Exchanges`, every service
+//! section's queue with its arguments and bindings, and in managed mode the
+//! orchestrator's own result queue and its dead-letter queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use amqp8::{ArgValue, BindingDecl, ExchangeDecl, QueueDecl, Topology};
+use config8::{SchedulerMode, Settings};
+use model8::RESULT_QUEUE;
+
+/// The exchange stage workers report results on (CONTRACT section 3).
+pub const RESULT_EXCHANGE: &str = "cptm8";
+/// The binding of [`RESULT_QUEUE`] to [`RESULT_EXCHANGE`].
+pub const RESULT_BINDING: &str = "cptm8.orchestratorm8.#";
+/// The exchange (`direct`) malformed results are dead-lettered to.
+pub const DEAD_LETTER_EXCHANGE: &str = "orchestratorm8.dlx";
+/// The queue holding dead-lettered results, bound to [`DEAD_LETTER_EXCHANGE`] with
+/// [`DEAD_LETTER_ROUTING_KEY`].
+pub const DEAD_LETTER_QUEUE: &str = "qorchestratorm8.dlq";
+/// The routing key dead letters are published with.
+pub const DEAD_LETTER_ROUTING_KEY: &str = "qorchestratorm8";
+/// The exchange workflow notifications go to.
+pub const NOTIFICATION_EXCHANGE: &str = "notification";
+/// Routing key of the notification sent when a workflow completes.
+pub const NOTIFY_COMPLETED_KEY: &str = "notification.orchestratorm8.workflow.completed";
+/// Routing key of the notification sent when a workflow fails.
+pub const NOTIFY_FAILED_KEY: &str = "notification.orchestratorm8.workflow.failed";
+/// Routing key of the bootstrap kick-off.
+pub const KICKOFF_ROUTING_KEY: &str = "cptm8.asmm8.get.scan";
+/// The service section whose `Queue[0]` names the kick-off's exchange.
+pub const KICKOFF_SECTION: &str = "asmm8";
+
+/// The exchange of the bootstrap kick-off: the `asmm8` section's `Queue[0]`, else
+/// `cptm8`.
+pub fn kickoff_exchange(settings: &Settings) -> String {
+    settings
+        .orchestrator
+        .queues
+        .get(KICKOFF_SECTION)
+        .map_or_else(
+            || config8::DEFAULT_EXCHANGE.to_owned(),
+            |q| q.exchange.clone(),
+        )
+}
+
+/// Everything to declare for `settings`.
+///
+/// - every exchange of `ORCHESTRATORM8.Exchanges` with its kind;
+/// - every exchange a service section, a stage or the orchestrator itself uses but
+///   that list omits, as `topic` (the CPTM8 convention);
+/// - every service section's queue (durable, `Queue-arguments` as given) bound with
+///   each of its `Routing-keys`; a queue named by two sections is declared once, with
+///   the first section's (alphabetical) arguments;
+/// - managed mode only: [`RESULT_QUEUE`] bound to [`RESULT_EXCHANGE`] with
+///   [`RESULT_BINDING`] (its dead letters going to [`DEAD_LETTER_EXCHANGE`]), unless a
+///   service section declares that queue itself (then as configured, plus the
+///   binding), and [`DEAD_LETTER_QUEUE`] bound to [`DEAD_LETTER_EXCHANGE`].
+pub fn topology(settings: &Settings) -> Topology {
+    let o = &settings.orchestrator;
+    let managed = settings.scheduler.mode == SchedulerMode::Managed;
+    let mut t = Topology::default();
+    let mut exchanges: BTreeMap<String, String> = o
+        .exchanges
+        .iter()
+        .map(|(n, k)| (n.clone(), k.as_str().to_owned()))
+        .collect();
+    let mut queues: BTreeSet<String> = BTreeSet::new();
+    let mut bindings: BTreeSet<(String, String, String)> = BTreeSet::new();
+
+    for section in o.queues.values() {
+        exchanges
+            .entry(section.exchange.clone())
+            .or_insert_with(|| "topic".into());
+        if queues.insert(section.queue.clone()) {
+            t.queues.push(QueueDecl {
+                name: section.queue.clone(),
+                arguments: section.queue_arguments.clone(),
+            });
+        }
+        for key in &section.routing_keys {
+            bindings.insert((section.exchange.clone(), section.queue.clone(), key.clone()));
+        }
+    }
+
+    if managed {
+        for s in &settings.workflow.stages {
+            exchanges
+                .entry(s.exchange.clone())
+                .or_insert_with(|| "topic".into());
+        }
+        exchanges
+            .entry(RESULT_EXCHANGE.into())
+            .or_insert_with(|| "topic".into());
+        exchanges
+            .entry(NOTIFICATION_EXCHANGE.into())
+            .or_insert_with(|| "topic".into());
+        exchanges.insert(DEAD_LETTER_EXCHANGE.into(), "direct".into());
+        if queues.insert(RESULT_QUEUE.into()) {
+            t.queues.push(QueueDecl {
+                name: RESULT_QUEUE.into(),
+                arguments: BTreeMap::from([
+                    (
+                        "x-dead-letter-exchange".to_owned(),
+                        ArgValue::Str(DEAD_LETTER_EXCHANGE.into()),
+                    ),
+                    (
+                        "x-dead-letter-routing-key".to_owned(),
+                        ArgValue::Str(DEAD_LETTER_ROUTING_KEY.into()),
+                    ),
+                ]),
+            });
+        }
+        bindings.insert((
+            RESULT_EXCHANGE.into(),
+            RESULT_QUEUE.into(),
+            RESULT_BINDING.into(),
+        ));
+        if queues.insert(DEAD_LETTER_QUEUE.into()) {
+            t.queues.push(QueueDecl {
+                name: DEAD_LETTER_QUEUE.into(),
+                arguments: BTreeMap::new(),
+            });
+        }
+        bindings.insert((
+            DEAD_LETTER_EXCHANGE.into(),
+            DEAD_LETTER_QUEUE.into(),
+            DEAD_LETTER_ROUTING_KEY.into(),
+        ));
+    } else {
+        exchanges
+            .entry(kickoff_exchange(settings))
+            .or_insert_with(|| "topic".into());
+    }
+
+    t.exchanges = exchanges
+        .into_iter()
+        .map(|(name, kind)| ExchangeDecl { name, kind })
+        .collect();
+    t.bindings = bindings
+        .into_iter()
+        .map(|(exchange, queue, routing_key)| BindingDecl {
+            exchange,
+            queue,
+            routing_key,
+        })
+        .collect();
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config8::{ExchangeKind, ServiceQueue};
+
+    fn section(exchange: &str, queue: &str, keys: &[&str]) -> ServiceQueue {
+        ServiceQueue {
+            exchange: exchange.into(),
+            queue: queue.into(),
+            prefetch: 1,
+            routing_keys: keys.iter().map(|k| k.to_string()).collect(),
+            queue_arguments: BTreeMap::from([
+                ("x-max-length".to_owned(), ArgValue::Int(1)),
+                (
+                    "x-overflow".to_owned(),
+                    ArgValue::Str("reject-publish".into()),
+                ),
+            ]),
+            consumer: None,
+        }
+    }
+
+    fn go_like() -> Settings {
+        let mut s = Settings::default();
+        s.orchestrator.queues.insert(
+            "asmm8".into(),
+            section("cptm8", "qasmm8", &["cptm8.asmm8.#"]),
+        );
+        s.orchestrator.queues.insert(
+            "reportingm8".into(),
+            section("scheduler", "qreportingm8", &["scheduler.qreportingm8.#"]),
+        );
+        s
+    }
+
+    #[test]
+    fn bootstrap_declares_the_sections_but_no_result_queue() {
+        let t = topology(&go_like());
+        let ex: Vec<_> = t
+            .exchanges
+            .iter()
+            .map(|e| (e.name.as_str(), e.kind.as_str()))
+            .collect();
+        assert_eq!(
+            ex,
+            [
+                ("cptm8", "topic"),
+                ("notification", "topic"),
+                ("scheduler", "topic")
+            ]
+        );
+        let q: Vec<_> = t.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(q, ["qasmm8", "qreportingm8"]);
+        assert_eq!(t.queues[0].arguments["x-max-length"], ArgValue::Int(1));
+        assert!(t.bindings.contains(&BindingDecl {
+            exchange: "scheduler".into(),
+            queue: "qreportingm8".into(),
+            routing_key: "scheduler.qreportingm8.#".into()
+        }));
+        assert_eq!(t.bindings.len(), 2);
+    }
+
+    #[test]
+    fn managed_adds_result_and_dead_letter_queues() {
+        let mut s = go_like();
+        s.scheduler.mode = SchedulerMode::Managed;
+        s.orchestrator
+            .exchanges
+            .insert("cptm8".into(), ExchangeKind::Direct);
+        let t = topology(&s);
+        assert!(t.exchanges.contains(&ExchangeDecl {
+            name: DEAD_LETTER_EXCHANGE.into(),
+            kind: "direct".into()
+        }));
+        // a configured kind is kept
+        assert!(t.exchanges.contains(&ExchangeDecl {
+            name: "cptm8".into(),
+            kind: "direct".into()
+        }));
+        let rq = t.queues.iter().find(|q| q.name == RESULT_QUEUE).unwrap();
+        assert_eq!(
+            rq.arguments["x-dead-letter-exchange"],
+            ArgValue::Str(DEAD_LETTER_EXCHANGE.into())
+        );
+        assert!(t.queues.iter().any(|q| q.name == DEAD_LETTER_QUEUE));
+        for (e, q, k) in [
+            (RESULT_EXCHANGE, RESULT_QUEUE, RESULT_BINDING),
+            (
+                DEAD_LETTER_EXCHANGE,
+                DEAD_LETTER_QUEUE,
+                DEAD_LETTER_ROUTING_KEY,
+            ),
+        ] {
+            assert!(t.bindings.contains(&BindingDecl {
+                exchange: e.into(),
+                queue: q.into(),
+                routing_key: k.into()
+            }));
+        }
+    }
+
+    #[test]
+    fn a_configured_result_queue_keeps_its_arguments() {
+        let mut s = go_like();
+        s.scheduler.mode = SchedulerMode::Managed;
+        s.orchestrator.queues.insert(
+            "orchestratorm8".into(),
+            section("cptm8", RESULT_QUEUE, &["cptm8.orchestratorm8.#"]),
+        );
+        let t = topology(&s);
+        let rq: Vec<_> = t.queues.iter().filter(|q| q.name == RESULT_QUEUE).collect();
+        assert_eq!(rq.len(), 1);
+        assert_eq!(rq[0].arguments["x-max-length"], ArgValue::Int(1));
+        assert_eq!(
+            t.bindings
+                .iter()
+                .filter(|b| b.queue == RESULT_QUEUE)
+                .count(),
+            1,
+            "the same binding is declared once"
+        );
+    }
+
+    #[test]
+    fn kickoff_exchange_follows_the_asmm8_section() {
+        let mut s = go_like();
+        assert_eq!(kickoff_exchange(&s), "cptm8");
+        s.orchestrator.queues.get_mut("asmm8").unwrap().exchange = "scheduler".into();
+        assert_eq!(kickoff_exchange(&s), "scheduler");
+        s.orchestrator.queues.clear();
+        assert_eq!(kickoff_exchange(&s), "cptm8");
+    }
+}

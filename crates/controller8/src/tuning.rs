@@ -1,0 +1,44 @@
+//! Engine constants that are not configuration keys: the defaults suit production,
+//! tests shorten them.
+
+use std::time::Duration;
+
+/// Batch sizes, leases and grace periods of the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Workflows created per `create_workflows` call, and stage attempts claimed and
+    /// published per batch (5,000).
+    pub batch_size: usize,
+    /// How long a claim on a stage attempt lasts (60 s): work a crashed publisher
+    /// claimed is claimed again after this.
+    pub claim_lease: Duration,
+    /// The leader looks for due work (retries, timeouts, results applied by another
+    /// replica, expired claims) at least this often (5 s), besides being woken by the
+    /// events it sees itself.
+    pub due_poll: Duration,
+    /// After the shutdown signal, how long the engine may finish what it started (10 s).
+    pub shutdown_grace: Duration,
+    /// Prefetch of the result consumer when no `orchestratorm8` service section sets one
+    /// (64).
+    pub result_prefetch: u16,
+    /// A result delivered more than this many times is dead-lettered (20); guards
+    /// against a message that crashes its handler.
+    pub max_redeliveries: u32,
+    /// How long the result handler waits for an unavailable database, retrying, before
+    /// returning the delivery to the queue (60 s).
+    pub db_outage_patience: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            batch_size: 5_000,
+            claim_lease: Duration::from_secs(60),
+            due_poll: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            result_prefetch: 64,
+            max_redeliveries: 20,
+            db_outage_patience: Duration::from_secs(60),
+        }
+    }
+}
