@@ -1,5 +1,5 @@
-//! Go `time.Duration` text syntax: [`parse`] reads what Go's `time.ParseDuration`
-//! accepts (minus negative values), [`format`] prints what Go's `Duration.String`
+//! Go `time.Duration` text syntax: [`parse()`] reads what Go's `time.ParseDuration`
+//! accepts (minus negative values), [`format()`] prints what Go's `Duration.String`
 //! prints, so a printed value always parses back to the same duration.
 //!
 //! Units: `ns`, `us` (or `µs`, `μs`), `ms`, `s`, `m`, `h`; numbers may have a
@@ -44,7 +44,7 @@ const HOUR: u128 = 60 * MIN;
 /// Go's maximum duration in nanoseconds.
 const MAX_NS: u128 = i64::MAX as u128;
 
-/// The largest duration [`parse`] accepts and [`format`] is exact for (Go's maximum).
+/// The largest duration [`parse()`] accepts and [`format()`] is exact for (Go's maximum).
 pub const MAX: Duration = Duration::new(9_223_372_036, 854_775_807);
 
 fn unit_ns(unit: &str) -> Option<u128> {

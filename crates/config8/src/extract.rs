@@ -382,7 +382,7 @@ fn queue_args(ctx: &mut Ctx, path: &KeyPath, value: Value) -> BTreeMap<String, A
             Value::Number(n) => n
                 .as_i64()
                 .map(ArgValue::Int)
-                .or_else(|| n.as_f64().map(ArgValue::Float)),
+                .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(ArgValue::Float)),
             Value::String(s) => Some(ArgValue::Str(s.clone())),
             _ => None,
         };
@@ -390,7 +390,7 @@ fn queue_args(ctx: &mut Ctx, path: &KeyPath, value: Value) -> BTreeMap<String, A
             Some(a) => {
                 out.insert(key, a);
             }
-            None => ctx.bad(&p, &v, "a number, boolean or string"),
+            None => ctx.bad(&p, &v, "a finite number, boolean or string"),
         }
     }
     out

@@ -113,7 +113,7 @@ pub fn watch(
     watch_with(path, initial, WatchOptions::default())
 }
 
-/// [`watch`] with options.
+/// [`watch()`] with options.
 pub fn watch_with(
     path: &Path,
     initial: Settings,

@@ -161,3 +161,26 @@ async fn an_unchanged_save_publishes_nothing() {
     assert!(!rx.has_changed().unwrap());
     handle.stop();
 }
+
+#[tokio::test]
+async fn a_kubernetes_configmap_symlink_swap_arrives() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The layout of a mounted ConfigMap: file -> ..data/file, ..data -> ..<version>.
+    std::fs::create_dir(d.join("..v1")).unwrap();
+    std::fs::write(d.join("..v1/configuration.yaml"), config(1)).unwrap();
+    symlink("..v1", d.join("..data")).unwrap();
+    symlink("..data/configuration.yaml", d.join("configuration.yaml")).unwrap();
+    let file = d.join("configuration.yaml");
+    let initial = load_with(&file, &options().env).unwrap().settings;
+    let (mut rx, handle) = watch_with(&file, initial, options()).unwrap();
+
+    // The kubelet's atomic update: new version directory, new link, renamed over ..data.
+    std::fs::create_dir(d.join("..v2")).unwrap();
+    std::fs::write(d.join("..v2/configuration.yaml"), config(3)).unwrap();
+    symlink("..v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    assert_eq!(next(&mut rx).await.log_level, LogLevel::Error);
+    handle.stop();
+}
