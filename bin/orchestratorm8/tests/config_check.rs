@@ -63,6 +63,18 @@ fn the_go_originals_file_passes_and_shows_no_password() {
         );
     }
     assert_eq!(stderr, "", "no warnings for the Go file");
+
+    // The same file with LOG_LEVEL as a number.
+    let text_go = std::fs::read_to_string(&go).unwrap();
+    assert!(text_go.contains("LOG_LEVEL: \"0\""));
+    let numeric = write(
+        dir.path(),
+        "n.yaml",
+        &text_go.replace("LOG_LEVEL: \"0\"", "LOG_LEVEL: 3"),
+    );
+    let out = check(&["--config", numeric.to_str().unwrap()], GO_ENV, dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("LOG_LEVEL: 3"));
 }
 
 #[test]
