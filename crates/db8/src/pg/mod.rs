@@ -32,7 +32,15 @@ type Manager = PostgresConnectionManager<MakeTlsConnector>;
 pub struct PgStore {
     pool: Pool<Manager>,
     params: Arc<ConnectParams>,
-    last_error: Arc<Mutex<Option<String>>>,
+    failures: Arc<Failures>,
+}
+
+/// The pool's connection failures, which it reports only to its error sink: waiting
+/// callers are told at once instead of waiting out the connection timeout.
+#[derive(Debug, Default)]
+struct Failures {
+    last: Mutex<Option<String>>,
+    happened: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -43,19 +51,25 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// Logs the pool's background connection failures and remembers the last one, so that
-/// a pool timeout can say why.
+/// Logs the pool's connection failures and passes them on to waiting callers.
 #[derive(Debug, Clone)]
 struct LogSink {
     label: String,
-    last: Arc<Mutex<Option<String>>>,
+    failures: Arc<Failures>,
 }
 
 impl ErrorSink<tokio_postgres::Error> for LogSink {
     fn sink(&self, e: tokio_postgres::Error) {
+        if e.is_closed() {
+            // A pooled connection found dead when checked out (e.g. after a server
+            // restart): the pool drops it and opens another; nothing to report.
+            tracing::debug!(database = %self.label, "dropped a dead pooled connection");
+            return;
+        }
         let reason = conn::describe(&e);
         tracing::warn!(database = %self.label, error = %reason, "database connection failed");
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.failures.happened.notify_waiters();
     }
 
     fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
@@ -75,18 +89,18 @@ impl PgStore {
         let attempts = settings.retry_attempts.max(1);
         let mut last = String::new();
         for attempt in 1..=attempts {
-            let got = store.pool.get().await.map(drop);
+            let got = store.conn().await.map(drop);
             match got {
                 Ok(()) => {
                     tracing::info!(database = %store.params.label, user = %settings.username, "connected to the database");
                     return Ok(store);
                 }
                 Err(e) => {
-                    let auth = matches!(&e, RunError::User(e) if e.code().is_some_and(|c| c.code().starts_with("28")));
-                    last = match store.pool_error(e) {
+                    last = match e {
                         DbError::Unavailable { reason, .. } => reason,
                         other => other.to_string(),
                     };
+                    let auth = last.contains("(SQLSTATE 28");
                     if auth {
                         break;
                     }
@@ -115,7 +129,7 @@ impl PgStore {
     /// The pool, without connecting yet.
     fn new(settings: &DatabaseSettings) -> Result<PgStore, DbError> {
         let params = Arc::new(ConnectParams::new(settings)?);
-        let last_error = Arc::new(Mutex::new(None));
+        let failures = Arc::new(Failures::default());
         let max = settings.max_connections.max(1);
         let pool = Pool::builder()
             .max_size(max)
@@ -128,13 +142,13 @@ impl PgStore {
             .retry_connection(false)
             .error_sink(Box::new(LogSink {
                 label: params.label.clone(),
-                last: Arc::clone(&last_error),
+                failures: Arc::clone(&failures),
             }))
             .build_unchecked(Manager::new(params.config.clone(), params.tls.clone()));
         Ok(PgStore {
             pool,
             params,
-            last_error,
+            failures,
         })
     }
 
@@ -149,25 +163,46 @@ impl PgStore {
         &self.params.label
     }
 
-    /// A pooled connection.
+    /// A pooled connection; fails as soon as a new connection cannot be opened.
     async fn conn(&self) -> Result<PooledConnection<'_, Manager>, DbError> {
-        self.pool.get().await.map_err(|e| self.pool_error(e))
+        let failed = self.failures.happened.notified();
+        tokio::select! {
+            got = self.pool.get() => got.map_err(|e| self.pool_error(e)),
+            () = failed => Err(self.connect_failure()),
+        }
     }
 
     /// A pooled connection that may outlive `self` (for streams).
     async fn owned_conn(&self) -> Result<PooledConnection<'static, Manager>, DbError> {
-        self.pool.get_owned().await.map_err(|e| self.pool_error(e))
+        let failed = self.failures.happened.notified();
+        tokio::select! {
+            got = self.pool.get_owned() => got.map_err(|e| self.pool_error(e)),
+            () = failed => Err(self.connect_failure()),
+        }
+    }
+
+    fn last_failure(&self) -> Option<String> {
+        self.failures
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn connect_failure(&self) -> DbError {
+        DbError::Unavailable {
+            host: self.params.label.clone(),
+            reason: self
+                .last_failure()
+                .unwrap_or_else(|| "cannot connect".to_owned()),
+        }
     }
 
     fn pool_error(&self, e: RunError<tokio_postgres::Error>) -> DbError {
         match e {
             RunError::User(e) => self.params.error(e),
             RunError::TimedOut => {
-                let last = self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let last = self.last_failure();
                 DbError::Unavailable {
                     host: self.params.label.clone(),
                     reason: format!(
