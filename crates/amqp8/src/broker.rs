@@ -117,7 +117,9 @@ pub struct Delivery {
     pub routing_key: String,
     /// Whether the broker delivered it before (to this or another consumer).
     pub redelivered: bool,
-    /// The broker's delivery count (`x-delivery-count`, quorum queues) when known.
+    /// How many times this message was delivered before and returned: the larger of
+    /// the broker's `x-delivery-count` (quorum queues) and amqp8's own count of
+    /// redeliveries (see docs/AMQP.md). `None` for a first delivery.
     pub delivery_count: Option<u64>,
     /// String headers.
     pub headers: BTreeMap<String, String>,
@@ -315,6 +317,16 @@ pub trait Broker: Send + Sync {
 
     /// Passive check of a queue; [`AmqpError::NoSuchQueue`] when absent.
     async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError>;
+
+    /// Deletes a queue (with its messages and bindings) and forgets it for recovery;
+    /// returns how many messages it held. [`AmqpError::NoSuchQueue`] when absent.
+    /// The default refuses, for test doubles that do not need it.
+    async fn delete_queue(&self, queue: &str) -> Result<u32, AmqpError> {
+        Err(AmqpError::Refused {
+            operation: format!("queue.delete {queue}"),
+            reason: "not supported by this broker".into(),
+        })
+    }
 
     /// A snapshot of connection, consumer and pool health.
     fn health(&self) -> BrokerHealth;

@@ -3,12 +3,20 @@
 //! A connection pool over amqprs with a shared topology registry (re-declared after
 //! every reconnect), confirmed publishing, supervised consumers with manual ack and
 //! per-consumer health, and the [`Broker`] trait the layers above program against.
+//! [`memory::MemoryBroker`] implements the same trait in memory for unit tests.
 //!
 //! Architecture invariant: depends only on `model8` and `config8` among our crates;
 //! knows nothing of the database or HTTP. No global state: every handle is passed.
 
 mod broker;
+mod dispatch;
 mod error;
+mod handler_fn;
+pub mod headers;
+mod health;
+pub mod memory;
+mod redelivery;
 
 pub use broker::*;
 pub use error::AmqpError;
+pub use handler_fn::{Message, handler_fn};

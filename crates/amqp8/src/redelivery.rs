@@ -1,0 +1,147 @@
+//! Counting redeliveries so that a message that keeps failing goes to the dead-letter
+//! queue instead of looping forever.
+//!
+//! Classic queues only say `redelivered: true`; quorum queues also give
+//! `x-delivery-count`. amqp8 keeps its own count per message, shared by every consumer
+//! of one broker handle and surviving reconnects: each delivery flagged `redelivered`
+//! bumps the count of its key (the `message_id` property when the publisher set one,
+//! as amqp8 always does; otherwise a hash of exchange, routing key and body). The
+//! count used is the larger of that and `x-delivery-count`. The table is bounded
+//! (oldest entries forgotten first); a process restart forgets it, which is what
+//! `x-delivery-count` covers on quorum queues. See docs/AMQP.md.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+/// Identifies a message across redeliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct MessageKey(u64);
+
+impl MessageKey {
+    /// The key of a message: its id when it has one, else its content.
+    pub(crate) fn of(
+        message_id: Option<&str>,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Self {
+        let mut h = DefaultHasher::new();
+        match message_id {
+            Some(id) if !id.is_empty() => {
+                0u8.hash(&mut h);
+                id.hash(&mut h);
+            }
+            _ => {
+                1u8.hash(&mut h);
+                exchange.hash(&mut h);
+                routing_key.hash(&mut h);
+                body.hash(&mut h);
+            }
+        }
+        MessageKey(h.finish())
+    }
+}
+
+/// Redelivery counts, bounded.
+#[derive(Debug)]
+pub(crate) struct Redeliveries {
+    capacity: usize,
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    seq: u64,
+    counts: HashMap<MessageKey, (u32, u64)>,
+}
+
+impl Default for Redeliveries {
+    fn default() -> Self {
+        Redeliveries::with_capacity(100_000)
+    }
+}
+
+impl Redeliveries {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Redeliveries {
+            capacity: capacity.max(2),
+            inner: Mutex::new(Table::default()),
+        }
+    }
+
+    /// Records a delivery; returns how many times the message was redelivered so far
+    /// (0 for a first delivery).
+    pub(crate) fn record(&self, key: MessageKey, redelivered: bool) -> u32 {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !redelivered {
+            // A first delivery: a stale count (same content published again) is reset.
+            t.counts.remove(&key);
+            return 0;
+        }
+        t.seq += 1;
+        let seq = t.seq;
+        let entry = t.counts.entry(key).or_insert((0, seq));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = seq;
+        let n = entry.0;
+        if t.counts.len() > self.capacity {
+            let keep_from = seq.saturating_sub((self.capacity / 2) as u64);
+            t.counts.retain(|_, (_, s)| *s > keep_from);
+        }
+        n
+    }
+
+    /// The message was settled for good (acked or dead-lettered).
+    pub(crate) fn forget(&self, key: MessageKey) {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.counts.remove(&key);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inner.lock().unwrap().counts.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_redeliveries_per_key_and_resets_on_first_delivery() {
+        let r = Redeliveries::default();
+        let a = MessageKey::of(Some("a"), "x", "k", b"1");
+        let b = MessageKey::of(None, "x", "k", b"1");
+        assert_ne!(a, b);
+        assert_eq!(r.record(a, false), 0);
+        assert_eq!(r.record(a, true), 1);
+        assert_eq!(r.record(a, true), 2);
+        assert_eq!(r.record(b, true), 1);
+        r.forget(a);
+        assert_eq!(r.record(a, true), 1);
+        assert_eq!(r.record(a, false), 0);
+        assert_eq!(r.record(a, true), 1);
+    }
+
+    #[test]
+    fn content_keys_differ_by_routing_key_and_body() {
+        let k = |rk: &str, body: &[u8]| MessageKey::of(None, "x", rk, body);
+        assert_eq!(k("a", b"1"), k("a", b"1"));
+        assert_ne!(k("a", b"1"), k("b", b"1"));
+        assert_ne!(k("a", b"1"), k("a", b"2"));
+        // An empty message id falls back to the content.
+        assert_eq!(MessageKey::of(Some(""), "x", "a", b"1"), k("a", b"1"));
+    }
+
+    #[test]
+    fn table_stays_bounded_and_keeps_recent_entries() {
+        let r = Redeliveries::with_capacity(100);
+        for i in 0..1000u32 {
+            r.record(MessageKey::of(Some(&i.to_string()), "", "", b""), true);
+        }
+        assert!(r.len() <= 100, "{}", r.len());
+        let last = MessageKey::of(Some("999"), "", "", b"");
+        assert_eq!(r.record(last, true), 2);
+    }
+}
