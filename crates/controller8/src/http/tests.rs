@@ -1,16 +1,13 @@
 //! Request-level tests of every route and error status, on the in-memory store
-//! (`db8::MemoryStore`), a broker double with controllable health, and a "scan now"
+//! (`db8::MemoryStore`) and broker (`amqp8::memory::MemoryBroker`), with a "scan now"
 //! double that creates real workflows in the store.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amqp8::{
-    AmqpError, Broker, BrokerHealth, ConsumeOptions, ConsumerHandle, ConsumerHealth, Handler,
-    OutgoingMessage, PoolStats, PublishOutcome, QueueInfo, Topology,
-};
+use amqp8::memory::MemoryBroker;
+use amqp8::{Broker, ConsumeOptions, ConsumerHandle, Decision, QueueDecl, Topology, handler_fn};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use config8::{HttpSettings, Secret};
@@ -34,85 +31,38 @@ const TOKEN: &str = "0123456789abcdef";
 
 // ----- doubles ---------------------------------------------------------------------
 
-/// A broker whose health and queue counts the test sets.
-#[derive(Default)]
-struct TestBroker {
-    health: Mutex<Option<BrokerHealth>>,
-    queues: Mutex<HashMap<String, u32>>,
-    hang_queue_info: AtomicBool,
-}
-
-impl TestBroker {
-    fn healthy() -> Self {
-        let b = TestBroker::default();
-        b.set(|h| h.connected = true);
-        b
-    }
-
-    fn set(&self, f: impl FnOnce(&mut BrokerHealth)) {
-        let mut g = self.health.lock().unwrap();
-        let h = g.get_or_insert_with(|| BrokerHealth {
-            connected: false,
-            blocked: false,
-            consumers: vec![],
-            pool: PoolStats::default(),
-        });
-        f(h);
-    }
-
-    fn set_result_consumer(&self, active: bool) {
-        self.set(|h| {
-            h.consumers = vec![ConsumerHealth {
-                name: "corchestratorm8".into(),
-                queue: RESULT_QUEUE.into(),
-                autoack: false,
-                active,
-                last_seen: None,
-                messages: 0,
-                errors: 0,
-                restarts: 0,
-                created_at: Utc::now(),
-            }]
-        });
-    }
-}
-
-#[async_trait]
-impl Broker for TestBroker {
-    async fn declare(&self, _: &Topology) -> Result<(), AmqpError> {
-        Err(AmqpError::Closed)
-    }
-    async fn publish(&self, _: OutgoingMessage) -> Result<PublishOutcome, AmqpError> {
-        Err(AmqpError::Closed)
-    }
-    async fn publish_many(
-        &self,
-        _: Vec<OutgoingMessage>,
-    ) -> Result<Vec<PublishOutcome>, AmqpError> {
-        Err(AmqpError::Closed)
-    }
-    async fn consume(
-        &self,
-        _: ConsumeOptions,
-        _: Arc<dyn Handler>,
-    ) -> Result<ConsumerHandle, AmqpError> {
-        Err(AmqpError::Closed)
-    }
-    async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
-        if self.hang_queue_info.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        let consumers = self.queues.lock().unwrap().get(queue).copied();
-        consumers
-            .map(|consumers| QueueInfo {
-                messages: 0,
-                consumers,
+/// Declares durable queues on the broker.
+async fn declare_queues(broker: &MemoryBroker, names: &[&str]) {
+    let topology = Topology {
+        exchanges: vec![],
+        queues: names
+            .iter()
+            .map(|n| QueueDecl {
+                name: (*n).to_owned(),
+                arguments: BTreeMap::new(),
             })
-            .ok_or_else(|| AmqpError::NoSuchQueue(queue.into()))
-    }
-    fn health(&self) -> BrokerHealth {
-        self.health.lock().unwrap().clone().unwrap()
-    }
+            .collect(),
+        bindings: vec![],
+    };
+    broker.declare(&topology).await.unwrap();
+}
+
+/// Starts an acking consumer on `queue`.
+async fn start_consumer(broker: &MemoryBroker, queue: &str, tag: &str) -> ConsumerHandle {
+    broker
+        .consume(
+            ConsumeOptions {
+                queue: queue.into(),
+                tag: tag.into(),
+                prefetch: 1,
+                autoack: false,
+                max_redeliveries: 5,
+                dead_letter: None,
+            },
+            Arc::new(handler_fn(|_| async { Ok(Decision::Ack) })),
+        )
+        .await
+        .unwrap()
 }
 
 /// A database whose ping never answers.
@@ -213,7 +163,7 @@ async fn new_workflow(store: &MemoryStore, domain: Uuid, name: &str) -> Uuid {
 
 struct Fx {
     store: MemoryStore,
-    broker: Arc<TestBroker>,
+    broker: MemoryBroker,
     scan: Arc<TestScan>,
     metrics: Arc<Metrics>,
     role: watch::Sender<Role>,
@@ -222,14 +172,14 @@ struct Fx {
 }
 
 impl Fx {
-    fn new() -> Self {
+    /// Store and broker up; downstream queues `qasmm8` (one consumer) and `qnaabum8`
+    /// (none) declared, `qmissing` not; the result queue declared, not consumed.
+    async fn new() -> Self {
         let store = MemoryStore::new();
-        let broker = Arc::new(TestBroker::healthy());
-        broker
-            .queues
-            .lock()
-            .unwrap()
-            .extend([("qasmm8".to_owned(), 1), ("qnaabum8".to_owned(), 0)]);
+        let broker = MemoryBroker::new();
+        declare_queues(&broker, &["qasmm8", "qnaabum8", RESULT_QUEUE]).await;
+        // Consumers run until stopped; the handle is not needed.
+        let _ = start_consumer(&broker, "qasmm8", "casmm8").await;
         let scan = Arc::new(TestScan {
             store: store.clone(),
             calls: Mutex::new(vec![]),
@@ -245,7 +195,7 @@ impl Fx {
             workflows: Arc::new(store.clone()),
             scan: scan.clone(),
             db: Arc::new(store.clone()),
-            broker: broker.clone(),
+            broker: broker.as_dyn(),
             role: role_rx,
             metrics: metrics.clone(),
             settings: settings_rx,
@@ -347,7 +297,7 @@ fn bearer(token: &str) -> impl FnOnce(warp::test::RequestBuilder) -> warp::test:
 
 #[tokio::test]
 async fn health_is_200_with_service_and_rfc3339_timestamp() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let r = get(&fx.routes(), "/health").await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
@@ -361,7 +311,7 @@ async fn health_is_200_with_service_and_rfc3339_timestamp() {
 
 #[tokio::test]
 async fn ready_reports_checks_role_and_downstream_consumers() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let v = r.json();
@@ -383,7 +333,7 @@ async fn ready_reports_checks_role_and_downstream_consumers() {
 
 #[tokio::test]
 async fn ready_is_503_when_the_database_is_down() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     fx.store.set_available(false);
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
@@ -397,20 +347,26 @@ async fn ready_is_503_when_the_database_is_down() {
 
 #[tokio::test]
 async fn ready_is_503_when_the_broker_is_disconnected() {
-    let fx = Fx::new();
-    fx.broker.set(|h| h.connected = false);
+    let fx = Fx::new().await;
+    fx.broker.set_outage(true);
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     let v = r.json();
     assert_eq!(v["status"], "not ready");
     assert_eq!(v["checks"]["rabbitmq"], "unhealthy");
     assert_eq!(v["checks"]["database"], "healthy");
+    assert_eq!(
+        v["consumers"],
+        json!({"qasmm8": null, "qnaabum8": null, "qmissing": null})
+    );
+    fx.broker.set_outage(false);
+    assert_eq!(get(&fx.routes(), "/ready").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn blocked_broker_is_a_warning_not_unready() {
-    let fx = Fx::new();
-    fx.broker.set(|h| h.blocked = true);
+    let fx = Fx::new().await;
+    fx.broker.set_blocked(true);
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let w = r.json()["warnings"].to_string();
@@ -419,7 +375,7 @@ async fn blocked_broker_is_a_warning_not_unready() {
 
 #[tokio::test]
 async fn standby_with_healthy_connections_is_ready() {
-    let mut fx = Fx::new();
+    let mut fx = Fx::new().await;
     fx.state.managed = true;
     fx.role.send(Role::Standby).unwrap();
     // Not consuming results: fine for a standby.
@@ -433,11 +389,11 @@ async fn standby_with_healthy_connections_is_ready() {
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert_eq!(r.json()["role"], "leader");
-    fx.broker.set_result_consumer(true);
+    let consumer = start_consumer(&fx.broker, RESULT_QUEUE, "corchestratorm8").await;
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json()["checks"]["result_consumer"], "healthy");
-    fx.broker.set_result_consumer(false);
+    consumer.stop(Duration::ZERO).await;
     assert_eq!(
         get(&fx.routes(), "/ready").await.status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -453,9 +409,11 @@ async fn standby_with_healthy_connections_is_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn ready_answers_within_the_check_timeout_when_dependencies_hang() {
-    let mut fx = Fx::new();
+    let mut fx = Fx::new().await;
     fx.state.db = Arc::new(HangingDb);
-    fx.broker.hang_queue_info.store(true, Ordering::SeqCst);
+    // Queue checks wait (up to an hour) for a broker that is down.
+    fx.broker.set_outage_wait(Duration::from_secs(3600));
+    fx.broker.set_outage(true);
     let started = tokio::time::Instant::now();
     let r = get(&fx.routes(), "/ready").await;
     let took = started.elapsed();
@@ -473,11 +431,11 @@ async fn ready_answers_within_the_check_timeout_when_dependencies_hang() {
 
 #[tokio::test]
 async fn metrics_expose_counters_and_scrape_time_gauges() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     fx.metrics.stage_published("asmm8");
     fx.metrics.stage_publish_nacked("asmm8");
     fx.metrics.workflows_started(2);
-    fx.broker.set_result_consumer(true);
+    let _consumer = start_consumer(&fx.broker, RESULT_QUEUE, "corchestratorm8").await;
     fx.set_token(Some(TOKEN)); // /metrics stays open
     let routes = fx.routes();
     let _ = get(&routes, "/health").await;
@@ -494,6 +452,8 @@ async fn metrics_expose_counters_and_scrape_time_gauges() {
         "orchestratorm8_leader 1",
         "orchestratorm8_amqp_connected 1",
         "orchestratorm8_db_pool_connections 0",
+        "orchestratorm8_amqp_pool_connections 1",
+        "orchestratorm8_consumer_active{consumer=\"casmm8\",queue=\"qasmm8\"} 1",
         "orchestratorm8_http_requests_total{route=\"health\",status=\"200\"} 1",
         "# EOF",
     ] {
@@ -517,7 +477,7 @@ async fn metrics_expose_counters_and_scrape_time_gauges() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     for (method, path) in [
         ("GET", "/nope"),
@@ -548,7 +508,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
 
 #[tokio::test]
 async fn list_returns_workflows_and_filters_by_status() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     assert_eq!(get(&routes, API).await.json(), json!([]));
     let a = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
@@ -589,7 +549,7 @@ async fn list_returns_workflows_and_filters_by_status() {
 
 #[tokio::test]
 async fn list_rejects_bad_query_parameters() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     let msg = get(&routes, &format!("{API}?status=done"))
         .await
@@ -615,7 +575,7 @@ async fn list_rejects_bad_query_parameters() {
 
 #[tokio::test]
 async fn get_one_workflow_or_404_or_400() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
     let r = get(&routes, &format!("{API}/{id}")).await;
@@ -636,7 +596,7 @@ async fn get_one_workflow_or_404_or_400() {
 
 #[tokio::test]
 async fn scan_now_creates_workflows() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
 
@@ -676,7 +636,7 @@ async fn scan_now_creates_workflows() {
 
 #[tokio::test]
 async fn scan_now_rejects_bad_bodies_without_calling_the_engine() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     for (body, needle) in [
         (r#"{"domain_ids": []}"#, "empty"),
@@ -714,7 +674,7 @@ async fn scan_now_rejects_bad_bodies_without_calling_the_engine() {
 
 #[tokio::test]
 async fn scan_now_engine_errors_map_to_statuses() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     *fx.scan.mode.lock().unwrap() = ScanMode::NotLeader;
     let r = post_json(&routes, API, "{}").await;
@@ -735,7 +695,7 @@ async fn scan_now_engine_errors_map_to_statuses() {
 
 #[tokio::test(start_paused = true)]
 async fn a_handler_that_hangs_gets_503_timeout() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     *fx.scan.mode.lock().unwrap() = ScanMode::Hang;
     let msg = post_json(&fx.routes(), API, "{}")
         .await
@@ -745,7 +705,7 @@ async fn a_handler_that_hangs_gets_503_timeout() {
 
 #[tokio::test]
 async fn pause_resume_cancel_follow_the_state_machine() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
     let act = |action: &str| format!("{API}/{id}/{action}");
@@ -796,7 +756,7 @@ async fn pause_resume_cancel_follow_the_state_machine() {
 
 #[tokio::test]
 async fn database_outage_is_503_on_the_api() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
     fx.store.set_available(false);
@@ -814,7 +774,7 @@ async fn database_outage_is_503_on_the_api() {
 
 #[tokio::test]
 async fn token_protects_the_api_but_not_the_probes() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     fx.set_token(Some(TOKEN));
     let routes = fx.routes();
     let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
@@ -895,7 +855,7 @@ async fn token_protects_the_api_but_not_the_probes() {
 
 #[tokio::test]
 async fn token_changes_apply_to_the_next_request() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let routes = fx.routes();
     // Open at first.
     assert_eq!(get(&routes, API).await.status, StatusCode::OK);
@@ -949,7 +909,7 @@ async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn serves_on_a_real_socket_and_shuts_down() {
-    let fx = Fx::new();
+    let fx = Fx::new().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), fx.state.clone(), async {
         let _ = stopped.await;
@@ -1012,7 +972,7 @@ Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: clos
 
 #[tokio::test]
 async fn shutdown_does_not_wait_forever_for_a_hung_request() {
-    let mut fx = Fx::new();
+    let mut fx = Fx::new().await;
     fx.state.timeouts.request = Duration::from_secs(600);
     fx.state.timeouts.drain = Duration::from_millis(200);
     *fx.scan.mode.lock().unwrap() = ScanMode::Hang;
