@@ -45,6 +45,15 @@ struct State {
     workflows: workflows::Workflows,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("identity", &self.identity)
+            .field("available", &self.shared.available.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
