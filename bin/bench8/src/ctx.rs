@@ -16,6 +16,8 @@ pub struct Ctx {
     pub self_exe: PathBuf,
     /// When the run started (for progress lines).
     pub started: Instant,
+    /// Where artefacts worth keeping go (the report's directory, e.g. `target/bench`).
+    pub out_dir: PathBuf,
 }
 
 impl Ctx {

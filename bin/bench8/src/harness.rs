@@ -56,6 +56,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
         orchestrator,
         self_exe,
         started: Instant::now(),
+        out_dir: args
+            .report
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| d.to_owned())
+            .unwrap_or_else(|| PathBuf::from(".")),
     };
     let command = args
         .command_line
@@ -78,7 +84,19 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let mut rows: Vec<Row> = Vec::new();
     for bench in &selected {
         ctx.log(bench.name, format!("start: {}", bench.about));
-        let bench_rows = benches::run(bench, &ctx).await;
+        // Ctrl-C drops the running benchmark, whose guards restore what it disturbed
+        // (e.g. the RabbitMQ application amqp_recovery stopped).
+        let bench_rows = tokio::select! {
+            rows = benches::run(bench, &ctx) => rows,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!(
+                    "bench8: interrupted during {}; databases bench_* and vhosts bench8-* \
+                     it created may be left behind",
+                    bench.name
+                );
+                return ExitCode::from(130);
+            }
+        };
         for r in &bench_rows {
             println!("{}", console_line(r));
         }

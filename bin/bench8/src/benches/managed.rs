@@ -1,7 +1,7 @@
 //! `managed`: the real `orchestratorm8 launch` (release build) as a child process, in
 //! managed mode with `per_domain` granularity, on a fresh database and a fresh vhost,
 //! with a generated configuration (the default pipeline; the stage-1 queue `qasmm8`
-//! unbounded).
+//! unbounded), kept with the orchestrator's log in `target/bench/managed/`.
 //!
 //! 1. idle: once `/ready` answers 200 as leader with no domain, after a short settle,
 //!    CPU time (`utime + stime`) over an idle window and `VmRSS` at its end; budgets
@@ -84,11 +84,15 @@ pub async fn run(ctx: &Ctx) -> Outcomes {
             return Err(e);
         }
     };
-    let dir = tempfile::Builder::new()
-        .prefix("bench8-managed-")
-        .tempdir()
-        .map_err(|e| Failure::Error(format!("creating a temporary directory: {e}")))?;
-    let result = measure(ctx, &db, &vhost.name, dir.path()).await;
+    // The generated configuration and the orchestrator's log are kept for inspection.
+    let dir = ctx.out_dir.join("managed");
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        db.drop_now().await;
+        vhost.delete_now();
+        return Err(Failure::Error(format!("creating {}: {e}", dir.display())));
+    }
+    let result = measure(ctx, &db, &vhost.name, &dir).await;
     db.drop_now().await;
     vhost.delete_now();
     result
@@ -220,10 +224,17 @@ impl Orchestrator {
             Ok(Some(s)) => format!(" (it exited: {s})"),
             _ => String::new(),
         };
+        let tail = log_tail(&self.log);
+        if tail.contains("not implemented yet") {
+            return Failure::NotRun(format!(
+                "`orchestratorm8 launch` is not implemented yet ({}: {})",
+                self.log.display(),
+                tail.trim()
+            ));
+        }
         Failure::Error(format!(
-            "{what}{status}; last lines of {}:\n{}",
+            "{what}{status}; last lines of {}:\n{tail}",
             self.log.display(),
-            log_tail(&self.log)
         ))
     }
 
