@@ -302,8 +302,37 @@ async fn the_trigger_notifies_once_per_statement() {
         }
         seen.push(p);
     }
-    // One per statement, and PostgreSQL folded the identical two into one.
+    // PostgreSQL folded the identical notifications of the batch into one.
     assert_eq!(seen, ["public"]);
+    // Per statement, not per row: a statement changing no row notifies too.
+    admin
+        .batch_execute(
+            "UPDATE cptm8domain SET enabled = true WHERE false; \
+             NOTIFY orchestratorm8_domain, 'marker';",
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let p = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if p == "marker" {
+            break;
+        }
+        seen.push(p);
+    }
+    assert_eq!(seen, ["public"]);
+    let row_level: i32 = admin
+        .query_one(
+            "SELECT tgtype & 1 FROM pg_trigger WHERE tgname = 'orchestratorm8_domain_changed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(row_level, 0);
     let ev = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
     assert_eq!(ev.unwrap(), Some(DomainChange::Changed));
     assert!(store.exists_enabled().await.unwrap());
