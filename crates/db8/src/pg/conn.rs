@@ -191,13 +191,16 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     s
 }
 
-/// Whether the error means the server cannot be used now (retrying later is right).
+/// Whether the error means the server cannot be used now, or the transaction lost a
+/// race it may win next time (deadlock, serialization failure): retrying later is right.
 pub(crate) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         None => e.as_db_error().is_none(),
         Some(code) => {
             let c = code.code();
             c.starts_with("08")
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::ADMIN_SHUTDOWN
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
