@@ -1,7 +1,7 @@
 //! The error type of amqp8.
 
 /// What went wrong talking to the broker.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AmqpError {
     /// The broker could not be reached, or did not come back before the deadline.
     /// Retrying later is right.
@@ -27,6 +27,15 @@ pub enum AmqpError {
     /// The message could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// The RabbitMQ settings cannot work (e.g. an unreadable TLS root certificate, a
+    /// virtual host name longer than AMQP allows). Fix the configuration.
+    #[error("invalid RabbitMQ setting {key}: {reason}")]
+    Settings {
+        /// The setting, e.g. `RabbitMQ.tls_ca`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The operation was not completed because the client is shutting down.
     #[error("amqp8 is shutting down")]
     Closed,

@@ -15,8 +15,10 @@ mod handler_fn;
 pub mod headers;
 mod health;
 pub mod memory;
+mod rabbit;
 mod redelivery;
 
 pub use broker::*;
 pub use error::AmqpError;
 pub use handler_fn::{Message, handler_fn};
+pub use rabbit::{RabbitBroker, connect};

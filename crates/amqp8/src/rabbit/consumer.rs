@@ -1,0 +1,533 @@
+//! Supervised consumers on RabbitMQ.
+//!
+//! Each consumer owns a channel on a pooled connection it holds while subscribed. A
+//! supervisor task takes deliveries (`basic_consume_rx`, never amqprs's
+//! `AsyncConsumer`, whose panics end the consumer silently: amqprs #66), runs at most
+//! `max(prefetch, 1)` handlers at once through the shared dispatch (panics caught,
+//! redeliveries counted, dead-lettering), and when the channel or connection is lost
+//! subscribes again with a backoff that starts at 50 ms, so it is back within about
+//! a second of the broker's return.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amqprs::channel::{
+    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicNackArguments,
+    BasicQosArguments, Channel, ConsumerMessage,
+};
+use async_trait::async_trait;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::channel::{self, ChanEvent, CloseSlot};
+use super::fields;
+use super::pool::Manager;
+use crate::broker::{
+    Acker, ConsumeOptions, ConsumerControl, ConsumerHandle, Delivery, Handler, OutgoingMessage,
+    PublishOutcome,
+};
+use crate::dispatch::Dispatch;
+use crate::error::AmqpError;
+use crate::headers;
+use crate::health::ConsumerStats;
+use crate::redelivery::MessageKey;
+
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+
+/// A unique consumer tag: the configured prefix, a random part and a counter.
+fn unique_tag(prefix: &str) -> String {
+    format!(
+        "{prefix}.{:08x}.{}",
+        rand::random::<u32>(),
+        NEXT_TAG.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A live subscription: the connection it holds, its channel and what arrives on it.
+struct Subscription {
+    conn: bb8::PooledConnection<'static, Manager>,
+    channel: Channel,
+    close: CloseSlot,
+    events: mpsc::UnboundedReceiver<ChanEvent>,
+    rx: mpsc::UnboundedReceiver<ConsumerMessage>,
+    tag: String,
+}
+
+/// Subscribes to the queue, retrying on new connections until `deadline`.
+async fn subscribe(
+    shared: Arc<Shared>,
+    options: ConsumeOptions,
+    deadline: Instant,
+) -> Result<Subscription, AmqpError> {
+    let operation = format!("basic.consume {}", options.queue);
+    loop {
+        let conn = shared.acquire(deadline, &operation).await?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let attempt = async {
+            let (ch, close) = channel::open(&conn.conn, Some(tx))
+                .await
+                .map_err(|e| (None, e))?;
+            if !options.autoack {
+                ch.basic_qos(BasicQosArguments::new(0, options.prefetch, false))
+                    .await
+                    .map_err(|e| (Some(close.clone()), e))?;
+            }
+            let mut args = BasicConsumeArguments::new(&options.queue, &unique_tag(&options.tag));
+            args.manual_ack(!options.autoack);
+            let (tag, rx) = ch
+                .basic_consume_rx(args)
+                .await
+                .map_err(|e| (Some(close.clone()), e))?;
+            Ok::<_, (Option<CloseSlot>, amqprs::error::Error)>((ch, close, tag, rx))
+        };
+        match attempt.await {
+            Ok((channel, close, tag, rx)) => {
+                return Ok(Subscription {
+                    conn,
+                    channel,
+                    close,
+                    events,
+                    rx,
+                    tag,
+                });
+            }
+            Err((close, e)) => {
+                match close.and_then(|c| c.get()) {
+                    Some((404, _)) => return Err(AmqpError::NoSuchQueue(options.queue.clone())),
+                    Some((code, text)) => {
+                        return Err(AmqpError::Refused {
+                            operation,
+                            reason: format!("{code} {text}"),
+                        });
+                    }
+                    None => {}
+                }
+                if conn.is_usable() || Instant::now() >= deadline {
+                    return Err(shared.unavailable(format!("{operation}: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// Control of one consumer.
+struct Control {
+    stop: CancellationToken,
+    grace: Mutex<Duration>,
+    done: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl ConsumerControl for Control {
+    async fn stop(&self, grace: Duration) {
+        if !self.stop.is_cancelled() {
+            *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+            self.stop.cancel();
+        }
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// Starts a consumer: subscribes once (failing with [`AmqpError::NoSuchQueue`],
+/// [`AmqpError::Refused`] or, after the deadline, [`AmqpError::Unavailable`]), then
+/// supervises it.
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    options: ConsumeOptions,
+    handler: Arc<dyn Handler>,
+) -> Result<ConsumerHandle, AmqpError> {
+    fields::short("queue name", &options.queue)?;
+    if options.tag.len() > 200 {
+        return Err(AmqpError::Encode(format!(
+            "consumer tag prefix is {} bytes long; at most 200 leave room for the unique suffix",
+            options.tag.len()
+        )));
+    }
+    let deadline = Instant::now() + shared.deadline;
+    // In a task: a caller that gives up does not cancel the subscription halfway.
+    let first = tokio::spawn(subscribe(shared.clone(), options.clone(), deadline))
+        .await
+        .map_err(|e| shared.unavailable(format!("subscribing: {e}")))??;
+    let stats = shared
+        .consumers
+        .add(&options.tag, &options.queue, options.autoack);
+    stats.set_active(true, false);
+    tracing::info!(queue = %options.queue, tag = %first.tag, prefetch = options.prefetch,
+        autoack = options.autoack, "consumer subscribed");
+    let (done_tx, done_rx) = watch::channel(false);
+    let control = Arc::new(Control {
+        stop: CancellationToken::new(),
+        grace: Mutex::new(Duration::ZERO),
+        done: done_rx,
+    });
+    let dispatch = Arc::new(Dispatch {
+        handler,
+        stats: stats.clone(),
+        redeliveries: shared.redeliveries.clone(),
+        max_redeliveries: options.max_redeliveries,
+        queue: options.queue.clone(),
+    });
+    let supervisor = Supervisor {
+        shared: shared.clone(),
+        options,
+        stats,
+        dispatch,
+        control: control.clone(),
+        done: done_tx,
+    };
+    tokio::spawn(supervisor.run(first));
+    Ok(ConsumerHandle(control))
+}
+
+enum End {
+    Stop,
+    Lost(String),
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    options: ConsumeOptions,
+    stats: Arc<ConsumerStats>,
+    dispatch: Arc<Dispatch>,
+    control: Arc<Control>,
+    done: watch::Sender<bool>,
+}
+
+impl Supervisor {
+    async fn run(self, first: Subscription) {
+        let limit = usize::from(self.options.prefetch.max(1));
+        let permits = Arc::new(Semaphore::new(limit));
+        let mut tasks = JoinSet::new();
+        let mut sub = Some(first);
+        let mut backoff = self.shared.backoff();
+        let mut failures = 0u32;
+        loop {
+            let Some(mut current) = sub.take() else { break };
+            match self.serve(&mut current, &permits, &mut tasks).await {
+                End::Stop => {
+                    self.graceful(current, &mut tasks).await;
+                    break;
+                }
+                End::Lost(why) => {
+                    self.stats.set_active(false, false);
+                    tracing::warn!(queue = %self.options.queue, reason = %why, "consumer lost its subscription; subscribing again");
+                    drop(current);
+                }
+            }
+            // Subscribe again, until it works or the consumer is stopped.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = self.control.stop.cancelled() => break,
+                }
+                let deadline = Instant::now() + self.shared.deadline;
+                let attempt = tokio::spawn(subscribe(
+                    self.shared.clone(),
+                    self.options.clone(),
+                    deadline,
+                ));
+                let result = tokio::select! {
+                    r = attempt => r,
+                    _ = self.control.stop.cancelled() => break,
+                };
+                match result {
+                    Ok(Ok(s)) => {
+                        tracing::info!(queue = %self.options.queue, tag = %s.tag, "consumer subscribed again");
+                        self.stats.set_active(true, true);
+                        backoff.reset();
+                        failures = 0;
+                        sub = Some(s);
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(30) {
+                            tracing::warn!(queue = %self.options.queue, error = %e, attempts = failures,
+                                "consumer cannot subscribe yet; retrying");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "consumer subscription task failed"),
+                }
+            }
+            if sub.is_none() {
+                // Stopped while not subscribed: let running handlers finish.
+                self.drain(&mut tasks).await;
+                break;
+            }
+        }
+        self.stats.set_active(false, false);
+        self.shared.consumers.remove(&self.stats);
+        let _ = self.done.send(true);
+    }
+
+    async fn serve(
+        &self,
+        sub: &mut Subscription,
+        permits: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+    ) -> End {
+        let mut down = sub.conn.down();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                biased;
+                _ = self.control.stop.cancelled() => return End::Stop,
+                end = interrupted(&mut sub.events, &sub.close, &mut down) => return end,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return End::Stop,
+                },
+            };
+            let message = tokio::select! {
+                biased;
+                _ = self.control.stop.cancelled() => return End::Stop,
+                end = interrupted(&mut sub.events, &sub.close, &mut down) => return end,
+                m = sub.rx.recv() => m,
+            };
+            let Some(message) = message else {
+                return End::Lost(match sub.close.get() {
+                    Some((code, text)) => format!("channel closed by the broker: {code} {text}"),
+                    None => "connection lost".into(),
+                });
+            };
+            let Some((delivery, key)) = self.delivery(message, &sub.channel) else {
+                continue;
+            };
+            let dispatch = self.dispatch.clone();
+            tasks.spawn(async move {
+                dispatch.run(delivery, key).await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn delivery(
+        &self,
+        mut m: ConsumerMessage,
+        channel: &Channel,
+    ) -> Option<(Delivery, MessageKey)> {
+        let deliver = m.deliver.take()?;
+        let props = m.basic_properties.take().unwrap_or_default();
+        let body = m.content.take().unwrap_or_default();
+        let (headers, delivery_count) = fields::received_headers(props.headers());
+        let key = MessageKey::of(
+            props.message_id().map(String::as_str),
+            deliver.exchange(),
+            deliver.routing_key(),
+            &body,
+        );
+        let acker = RabbitAcker {
+            channel: channel.clone(),
+            tag: deliver.delivery_tag(),
+            autoack: self.options.autoack,
+            shared: self.shared.clone(),
+            dead_letter: self.options.dead_letter.clone(),
+            copy: DeadLetterCopy {
+                queue: self.options.queue.clone(),
+                exchange: deliver.exchange().clone(),
+                routing_key: deliver.routing_key().clone(),
+                body: body.clone(),
+                headers: headers.clone(),
+            },
+        };
+        let mut delivery = Delivery::new(
+            body,
+            deliver.exchange().clone(),
+            deliver.routing_key().clone(),
+            deliver.redelivered(),
+            Box::new(acker),
+        );
+        delivery.headers = headers;
+        delivery.delivery_count = delivery_count;
+        Some((delivery, key))
+    }
+
+    /// Stops deliveries, lets handlers finish within the grace period, and closes the
+    /// channel: whatever is still unacked goes back to the queue.
+    async fn graceful(&self, sub: Subscription, tasks: &mut JoinSet<()>) {
+        self.stats.set_active(false, false);
+        let grace = *self.control.grace.lock().unwrap_or_else(|e| e.into_inner());
+        let cancel = sub
+            .channel
+            .basic_cancel(BasicCancelArguments::new(&sub.tag));
+        if tokio::time::timeout(Duration::from_secs(2), cancel)
+            .await
+            .is_err()
+        {
+            tracing::warn!(queue = %self.options.queue, "consumer stop: basic.cancel not answered in time");
+        }
+        let Subscription {
+            conn, channel, rx, ..
+        } = sub;
+        // Prefetched deliveries not handed to a handler return with the channel.
+        drop(rx);
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(queue = %self.options.queue, still_running = tasks.len(),
+                "consumer stop: handlers still running after the grace period; their messages return to the queue");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), channel.close()).await;
+        drop(conn);
+        tracing::info!(queue = %self.options.queue, "consumer stopped");
+    }
+
+    async fn drain(&self, tasks: &mut JoinSet<()>) {
+        let grace = *self.control.grace.lock().unwrap_or_else(|e| e.into_inner());
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Resolves when the subscription is over: the broker cancelled the consumer, closed
+/// the channel, or the connection went down.
+async fn interrupted(
+    events: &mut mpsc::UnboundedReceiver<ChanEvent>,
+    close: &CloseSlot,
+    down: &mut watch::Receiver<bool>,
+) -> End {
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ChanEvent::Cancelled { consumer_tag }) => {
+                    return End::Lost(format!("the broker cancelled consumer {consumer_tag} (queue deleted?)"));
+                }
+                Some(_) => {}
+                None => {
+                    return End::Lost(match close.get() {
+                        Some((code, text)) => format!("channel closed by the broker: {code} {text}"),
+                        None => "connection lost".into(),
+                    });
+                }
+            },
+            changed = down.changed() => {
+                if changed.is_err() || *down.borrow() {
+                    return End::Lost("connection lost".into());
+                }
+            }
+        }
+    }
+}
+
+/// What a dead-lettered copy is made of.
+struct DeadLetterCopy {
+    queue: String,
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Settles one RabbitMQ delivery on the channel it came from.
+struct RabbitAcker {
+    channel: Channel,
+    tag: u64,
+    autoack: bool,
+    shared: Arc<Shared>,
+    dead_letter: Option<(String, String)>,
+    copy: DeadLetterCopy,
+}
+
+impl RabbitAcker {
+    fn usable(&self) -> Result<(), AmqpError> {
+        // A closed channel's id may be reused by a new channel: never send a stale
+        // delivery tag on it.
+        if self.channel.is_open() && self.channel.is_connection_open() {
+            Ok(())
+        } else {
+            Err(self.shared.unavailable(
+                "the delivery's channel is closed; the broker redelivers the message".into(),
+            ))
+        }
+    }
+
+    async fn reject(&self, requeue: bool) -> Result<(), AmqpError> {
+        if self.autoack {
+            return Ok(());
+        }
+        self.usable()?;
+        self.channel
+            .basic_nack(BasicNackArguments::new(self.tag, false, requeue))
+            .await
+            .map_err(|e| self.shared.unavailable(format!("basic.nack: {e}")))
+    }
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(self: Box<Self>) -> Result<(), AmqpError> {
+        if self.autoack {
+            return Ok(());
+        }
+        self.usable()?;
+        self.channel
+            .basic_ack(BasicAckArguments::new(self.tag, false))
+            .await
+            .map_err(|e| self.shared.unavailable(format!("basic.ack: {e}")))
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AmqpError> {
+        self.reject(requeue).await
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: String) -> Result<(), AmqpError> {
+        let Some((exchange, routing_key)) = self.dead_letter.clone() else {
+            tracing::warn!(queue = %self.copy.queue, %reason,
+                "no dead-letter target configured; rejecting (the queue's x-dead-letter-exchange gets it, if any)");
+            return self.reject(false).await;
+        };
+        let mut headers = self.copy.headers.clone();
+        headers.insert(headers::DEATH_REASON.into(), reason.clone());
+        headers.insert(
+            headers::ORIGINAL_EXCHANGE.into(),
+            self.copy.exchange.clone(),
+        );
+        headers.insert(
+            headers::ORIGINAL_ROUTING_KEY.into(),
+            self.copy.routing_key.clone(),
+        );
+        headers.insert(headers::ORIGINAL_QUEUE.into(), self.copy.queue.clone());
+        let copy = OutgoingMessage {
+            exchange: exchange.clone(),
+            routing_key: routing_key.clone(),
+            body: self.copy.body.clone(),
+            mandatory: true,
+            headers,
+        };
+        match self.shared.publish(copy).await {
+            Ok(PublishOutcome::Confirmed) => {
+                if self.autoack {
+                    return Ok(());
+                }
+                self.usable()?;
+                self.channel
+                    .basic_ack(BasicAckArguments::new(self.tag, false))
+                    .await
+                    .map_err(|e| self.shared.unavailable(format!("basic.ack: {e}")))
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(queue = %self.copy.queue, error = %e,
+                    "cannot publish to the dead-letter exchange now; requeueing the message");
+                self.reject(true).await
+            }
+            other => {
+                tracing::error!(queue = %self.copy.queue, dead_letter_exchange = %exchange,
+                    %routing_key, outcome = ?other, %reason,
+                    "the dead-letter exchange did not take the message; rejecting it (the queue's x-dead-letter-exchange gets it, if any)");
+                self.reject(false).await
+            }
+        }
+    }
+}
