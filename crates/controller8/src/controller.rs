@@ -362,3 +362,6 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -72,11 +72,6 @@ impl TestBroker {
             .collect()
     }
 
-    /// How many messages wait under `routing_key`.
-    pub(crate) fn waiting(&self, routing_key: &str) -> usize {
-        lock(&self.queues).get(routing_key).map_or(0, |q| q.len())
-    }
-
     /// Confirmed messages published with `routing_key` so far.
     pub(crate) fn count(&self, routing_key: &str) -> usize {
         lock(&self.log)
