@@ -160,7 +160,8 @@ pub(crate) async fn start(
         autoack = options.autoack, "consumer subscribed");
     let (done_tx, done_rx) = watch::channel(false);
     let control = Arc::new(Control {
-        stop: CancellationToken::new(),
+        // Closing the broker handle stops its consumers too.
+        stop: shared.shutdown.child_token(),
         grace: Mutex::new(Duration::ZERO),
         done: done_rx,
     });
