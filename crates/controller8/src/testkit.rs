@@ -1,207 +1,34 @@
-//! Test support: a broker with queue semantics in memory, a clock that follows
-//! tokio's (paused) time, and a harness assembling an engine over `db8::MemoryStore`.
+//! Test support: a harness assembling an engine over `db8::MemoryStore`,
+//! `amqp8::memory::MemoryBroker` and a manual clock; settings with one queue per stage;
+//! a clock that follows tokio's (paused) time for loop tests.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use amqp8::memory::{MemoryBroker, Settlement, TestAcker};
 use amqp8::{
-    AmqpError, Broker, BrokerHealth, ConsumeOptions, ConsumerControl, ConsumerHandle, Decision,
-    Delivery, Handler, OutgoingMessage, PoolStats, PublishOutcome, QueueInfo, Topology,
+    ArgValue, BindingDecl, Broker, Decision, ExchangeDecl, Handler, OutgoingMessage,
+    PublishOutcome, QueueDecl, Topology,
 };
-use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use config8::{SchedulerMode, Settings, StageSettings};
+use config8::{SchedulerMode, ServiceQueue, Settings, StageSettings};
 use db8::{DomainRepository, MemoryStore};
-use model8::{AmqpM8Message, Domain8, PostDomain8, StageJob, StageOutcome, StageResult};
+use model8::{
+    AmqpM8Message, Domain8, Notification8, PostDomain8, StageJob, StageOutcome, StageResult,
+};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, ManualClock};
-use crate::engine::{Engine, EngineParts, lock};
+use crate::engine::results::ResultHandler;
+use crate::engine::{Engine, EngineParts};
 use crate::metrics::Metrics;
 use crate::role::Role;
+use crate::topology::{NOTIFICATION_EXCHANGE, RESULT_EXCHANGE, topology};
 use crate::tuning::Tuning;
 
-/// How a routing key behaves when published to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
-    /// A queue with this many places (`x-max-length` + `reject-publish`); `None`: unbounded.
-    Queue(Option<usize>),
-    /// No queue bound.
-    Unroutable,
-    /// The broker is down.
-    Down,
-}
-
-/// A broker in memory: every routing key is its own queue unless configured otherwise.
-#[derive(Default)]
-pub(crate) struct TestBroker {
-    routes: Mutex<HashMap<String, Route>>,
-    queues: Mutex<BTreeMap<String, VecDeque<OutgoingMessage>>>,
-    /// Every confirmed message, in order.
-    pub(crate) log: Mutex<Vec<OutgoingMessage>>,
-    pub(crate) declared: Mutex<Vec<Topology>>,
-    handler: Mutex<Option<(ConsumeOptions, Arc<dyn Handler>)>>,
-    stopped: Arc<Mutex<bool>>,
-    pub(crate) down: Mutex<bool>,
-}
-
-impl TestBroker {
-    pub(crate) fn route(&self, routing_key: &str, route: Route) {
-        lock(&self.routes).insert(routing_key.to_owned(), route);
-    }
-
-    /// Takes every message waiting under `routing_key` (a worker fetching its jobs).
-    pub(crate) fn take(&self, routing_key: &str) -> Vec<OutgoingMessage> {
-        lock(&self.queues)
-            .get_mut(routing_key)
-            .map(|q| q.drain(..).collect())
-            .unwrap_or_default()
-    }
-
-    /// Takes the stage jobs waiting under `routing_key`.
-    pub(crate) fn take_jobs(&self, routing_key: &str) -> Vec<StageJob> {
-        self.take(routing_key)
-            .into_iter()
-            .map(|m| {
-                AmqpM8Message::<StageJob>::from_slice(&m.body)
-                    .expect("a stage job envelope")
-                    .payload
-                    .expect("a payload")
-            })
-            .collect()
-    }
-
-    /// Confirmed messages published with `routing_key` so far.
-    pub(crate) fn count(&self, routing_key: &str) -> usize {
-        lock(&self.log)
-            .iter()
-            .filter(|m| m.routing_key == routing_key)
-            .count()
-    }
-
-    pub(crate) fn consumer(&self) -> Option<(ConsumeOptions, Arc<dyn Handler>)> {
-        lock(&self.handler).clone()
-    }
-
-    /// Delivers a message to the consumer and returns its decision (`Requeue` for an
-    /// `Err`).
-    pub(crate) async fn deliver(&self, routing_key: &str, body: Vec<u8>) -> Decision {
-        let (_, handler) = self.consumer().expect("a consumer is running");
-        let mut d = Delivery::new(
-            body,
-            "cptm8".into(),
-            routing_key.into(),
-            false,
-            Box::new(NoAcker),
-        );
-        match handler.handle(&mut d).await {
-            Ok(decision) => decision,
-            Err(_) => Decision::Requeue,
-        }
-    }
-
-    fn publish_one(&self, m: OutgoingMessage) -> Result<PublishOutcome, AmqpError> {
-        if *lock(&self.down) {
-            return Err(AmqpError::Unavailable {
-                host: "test".into(),
-                reason: "down".into(),
-            });
-        }
-        let route = lock(&self.routes)
-            .get(&m.routing_key)
-            .copied()
-            .unwrap_or(Route::Queue(None));
-        match route {
-            Route::Down => Err(AmqpError::Unavailable {
-                host: "test".into(),
-                reason: "down".into(),
-            }),
-            Route::Unroutable => Ok(PublishOutcome::Unroutable),
-            Route::Queue(cap) => {
-                let mut queues = lock(&self.queues);
-                let q = queues.entry(m.routing_key.clone()).or_default();
-                if cap.is_some_and(|c| q.len() >= c) {
-                    return Ok(PublishOutcome::Nacked);
-                }
-                q.push_back(m.clone());
-                lock(&self.log).push(m);
-                Ok(PublishOutcome::Confirmed)
-            }
-        }
-    }
-}
-
-struct NoAcker;
-
-#[async_trait]
-impl amqp8::Acker for NoAcker {
-    async fn ack(self: Box<Self>) -> Result<(), AmqpError> {
-        Ok(())
-    }
-    async fn nack(self: Box<Self>, _requeue: bool) -> Result<(), AmqpError> {
-        Ok(())
-    }
-    async fn dead_letter(self: Box<Self>, _reason: String) -> Result<(), AmqpError> {
-        Ok(())
-    }
-}
-
-struct StopFlag(Arc<Mutex<bool>>);
-
-#[async_trait]
-impl ConsumerControl for StopFlag {
-    async fn stop(&self, _grace: Duration) {
-        *lock(&self.0) = true;
-    }
-}
-
-#[async_trait]
-impl Broker for TestBroker {
-    async fn declare(&self, topology: &Topology) -> Result<(), AmqpError> {
-        if *lock(&self.down) {
-            return Err(AmqpError::Unavailable {
-                host: "test".into(),
-                reason: "down".into(),
-            });
-        }
-        lock(&self.declared).push(topology.clone());
-        Ok(())
-    }
-
-    async fn publish(&self, message: OutgoingMessage) -> Result<PublishOutcome, AmqpError> {
-        self.publish_one(message)
-    }
-
-    async fn publish_many(
-        &self,
-        messages: Vec<OutgoingMessage>,
-    ) -> Result<Vec<PublishOutcome>, AmqpError> {
-        messages.into_iter().map(|m| self.publish_one(m)).collect()
-    }
-
-    async fn consume(
-        &self,
-        options: ConsumeOptions,
-        handler: Arc<dyn Handler>,
-    ) -> Result<ConsumerHandle, AmqpError> {
-        *lock(&self.handler) = Some((options, handler));
-        Ok(ConsumerHandle(Arc::new(StopFlag(self.stopped.clone()))))
-    }
-
-    async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
-        Err(AmqpError::NoSuchQueue(queue.into()))
-    }
-
-    fn health(&self) -> BrokerHealth {
-        BrokerHealth {
-            connected: true,
-            blocked: false,
-            consumers: vec![],
-            pool: PoolStats::default(),
-        }
-    }
-}
+/// The test queue bound to every notification.
+pub(crate) const NOTIFY_QUEUE: &str = "qtest.notifications";
 
 /// A clock that follows tokio's time (paused in loop tests, so it only moves when
 /// every task waits).
@@ -231,6 +58,40 @@ pub(crate) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 11, 19, 10, 0, 0).unwrap()
 }
 
+/// The queue of stage `name` in test settings.
+pub(crate) fn q(name: &str) -> String {
+    format!("q{name}")
+}
+
+/// The routing key of stage `name` in the test settings.
+pub(crate) fn rk(name: &str) -> String {
+    StageSettings::default_routing_key(name)
+}
+
+/// A service section like the Go file's: queue `q<name>` on `cptm8`, bound with
+/// `cptm8.<name>.#`.
+pub(crate) fn section(name: &str, args: &[(&str, ArgValue)]) -> ServiceQueue {
+    ServiceQueue {
+        exchange: "cptm8".into(),
+        queue: q(name),
+        prefetch: 1,
+        routing_keys: vec![format!("cptm8.{name}.#")],
+        queue_arguments: args
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        consumer: None,
+    }
+}
+
+/// `x-max-length: n` with `x-overflow: reject-publish`.
+pub(crate) fn bounded(n: i64) -> Vec<(&'static str, ArgValue)> {
+    vec![
+        ("x-max-length", ArgValue::Int(n)),
+        ("x-overflow", ArgValue::Str("reject-publish".into())),
+    ]
+}
+
 /// A stage with short, deterministic settings.
 pub(crate) fn stage(name: &str, deps: &[&str]) -> StageSettings {
     let mut s = StageSettings::new(name, "cptm8");
@@ -242,11 +103,25 @@ pub(crate) fn stage(name: &str, deps: &[&str]) -> StageSettings {
     s
 }
 
-/// Managed-mode settings with the given stages.
+/// Managed-mode settings with the given stages, each with its service section.
 pub(crate) fn managed(stages: Vec<StageSettings>) -> Settings {
     let mut s = Settings::default();
     s.scheduler.mode = SchedulerMode::Managed;
+    for st in &stages {
+        s.orchestrator
+            .queues
+            .insert(st.name.clone(), section(&st.name, &[]));
+    }
     s.workflow.stages = stages;
+    s
+}
+
+/// Bootstrap settings with the Go file's asmm8 section.
+pub(crate) fn bootstrap(args: &[(&str, ArgValue)]) -> Settings {
+    let mut s = Settings::default();
+    s.orchestrator
+        .queues
+        .insert("asmm8".into(), section("asmm8", args));
     s
 }
 
@@ -268,48 +143,149 @@ pub(crate) fn tuning() -> Tuning {
     }
 }
 
-/// An engine over a memory store, a test broker and a manual clock.
+/// Declares the topology of `settings` plus a queue catching every notification, as
+/// the controller does at start.
+pub(crate) async fn declare(broker: &MemoryBroker, settings: &Settings) {
+    broker.declare(&topology(settings)).await.unwrap();
+    broker
+        .declare(&Topology {
+            exchanges: vec![ExchangeDecl {
+                name: NOTIFICATION_EXCHANGE.into(),
+                kind: "topic".into(),
+            }],
+            queues: vec![QueueDecl {
+                name: NOTIFY_QUEUE.into(),
+                arguments: BTreeMap::new(),
+            }],
+            bindings: vec![BindingDecl {
+                exchange: NOTIFICATION_EXCHANGE.into(),
+                queue: NOTIFY_QUEUE.into(),
+                routing_key: "#".into(),
+            }],
+        })
+        .await
+        .unwrap();
+}
+
+/// Takes the stage jobs waiting in stage `name`'s queue (a worker fetching them).
+pub(crate) fn take_jobs(broker: &MemoryBroker, name: &str) -> Vec<StageJob> {
+    broker
+        .take(&q(name))
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.exchange, "cptm8");
+            assert_eq!(m.routing_key, rk(name));
+            AmqpM8Message::<StageJob>::from_slice(&m.body)
+                .expect("a stage job envelope")
+                .payload
+                .expect("a payload")
+        })
+        .collect()
+}
+
+/// Confirmed publishes with this routing key so far.
+pub(crate) fn confirmed(broker: &MemoryBroker, routing_key: &str) -> usize {
+    broker
+        .published()
+        .iter()
+        .filter(|(m, o)| m.routing_key == routing_key && *o == PublishOutcome::Confirmed)
+        .count()
+}
+
+/// Takes the notifications published with `routing_key`.
+pub(crate) fn notifications(broker: &MemoryBroker, routing_key: &str) -> Vec<Notification8> {
+    let all = broker.take(NOTIFY_QUEUE);
+    let (mine, others): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|m| m.routing_key == routing_key);
+    for m in others {
+        broker.inject(NOTIFY_QUEUE, m).unwrap();
+    }
+    mine.into_iter()
+        .map(|m| {
+            AmqpM8Message::<Notification8>::from_slice(&m.body)
+                .unwrap()
+                .payload
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The body of a worker's report.
+pub(crate) fn result_body(
+    stage: &str,
+    workflow_id: uuid::Uuid,
+    attempt: u32,
+    outcome: StageOutcome,
+) -> Vec<u8> {
+    AmqpM8Message::with_source(
+        outcome.routing_key(stage),
+        Some(StageResult {
+            workflow_id,
+            stage: stage.into(),
+            attempt,
+            detail: None,
+        }),
+        "worker",
+    )
+    .to_vec()
+    .unwrap()
+}
+
+/// A worker publishing its report on `cptm8`, as a real one does.
+pub(crate) async fn publish_report(broker: &MemoryBroker, job: &StageJob, outcome: StageOutcome) {
+    let key = outcome.routing_key(&job.stage);
+    let out = broker
+        .publish(OutgoingMessage::new(
+            RESULT_EXCHANGE,
+            key,
+            result_body(&job.stage, job.workflow_id, job.attempt, outcome),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, PublishOutcome::Confirmed);
+}
+
+/// An engine over a memory store, a memory broker and a manual clock.
 pub(crate) struct Harness {
     pub(crate) store: MemoryStore,
-    pub(crate) broker: Arc<TestBroker>,
+    pub(crate) broker: MemoryBroker,
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) settings: watch::Sender<Arc<Settings>>,
     pub(crate) role: watch::Sender<Role>,
     pub(crate) _shutdown: watch::Sender<bool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) engine: Arc<Engine>,
+    handler: ResultHandler,
 }
 
 impl Harness {
-    pub(crate) fn new(settings: Settings) -> Self {
-        Self::with_tuning(settings, tuning())
-    }
-
-    pub(crate) fn with_tuning(settings: Settings, tuning: Tuning) -> Self {
+    pub(crate) async fn new(settings: Settings) -> Self {
         Self::build(
             settings,
-            tuning,
+            tuning(),
             MemoryStore::new(),
             Arc::new(ManualClock::new(t0())),
         )
+        .await
     }
 
     /// Another process over the same data (a restart): new engine, new broker.
-    pub(crate) fn with_store(
+    pub(crate) async fn with_store(
         settings: Settings,
         store: MemoryStore,
         clock: Arc<ManualClock>,
     ) -> Self {
-        Self::build(settings, tuning(), store, clock)
+        Self::build(settings, tuning(), store, clock).await
     }
 
-    fn build(
+    async fn build(
         settings: Settings,
         tuning: Tuning,
         store: MemoryStore,
         clock: Arc<ManualClock>,
     ) -> Self {
-        let broker = Arc::new(TestBroker::default());
+        let broker = MemoryBroker::new();
+        declare(&broker, &settings).await;
         let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
         let (role, role_rx) = watch::channel(Role::Leader);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -318,7 +294,7 @@ impl Harness {
             Engine::new(EngineParts {
                 domains: Arc::new(store.clone()),
                 workflows: Arc::new(store.clone()),
-                broker: broker.clone(),
+                broker: broker.as_dyn(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
                 settings: settings_rx,
@@ -336,29 +312,9 @@ impl Harness {
             role,
             _shutdown: shutdown,
             metrics,
+            handler: ResultHandler::new(engine.clone()),
             engine,
         }
-    }
-
-    /// Registers the engine's result handler with the broker.
-    pub(crate) async fn consume(&self) {
-        let handler = Arc::new(crate::engine::results::ResultHandler::new(
-            self.engine.clone(),
-        ));
-        self.broker
-            .consume(
-                ConsumeOptions {
-                    queue: model8::RESULT_QUEUE.into(),
-                    tag: "t".into(),
-                    prefetch: 1,
-                    autoack: false,
-                    max_redeliveries: 5,
-                    dead_letter: None,
-                },
-                handler,
-            )
-            .await
-            .unwrap();
     }
 
     pub(crate) async fn add_domain(&self, name: &str) -> Domain8 {
@@ -394,8 +350,28 @@ impl Harness {
         self.settings.send_replace(Arc::new(s));
     }
 
+    pub(crate) fn take_jobs(&self, stage: &str) -> Vec<StageJob> {
+        take_jobs(&self.broker, stage)
+    }
+
+    pub(crate) fn notifications(&self, routing_key: &str) -> Vec<Notification8> {
+        notifications(&self.broker, routing_key)
+    }
+
+    /// Hands a delivery to the result handler, as the consumer does, and returns how
+    /// it was settled (`Err` from the handler is a requeue).
+    pub(crate) async fn deliver(&self, routing_key: &str, body: Vec<u8>) -> Settlement {
+        let (mut d, settled) = TestAcker::delivery(RESULT_EXCHANGE, routing_key, body);
+        match self.handler.handle(&mut d).await {
+            Ok(Decision::Ack) => Settlement::Ack,
+            Ok(Decision::DeadLetter(reason)) => Settlement::DeadLetter(reason),
+            Ok(Decision::Requeue) | Err(_) => Settlement::Nack { requeue: true },
+            Ok(Decision::Deferred) => settled.get().expect("settled by the handler"),
+        }
+    }
+
     /// A worker's report on `job`.
-    pub(crate) async fn report(&self, job: &StageJob, outcome: StageOutcome) -> Decision {
+    pub(crate) async fn report(&self, job: &StageJob, outcome: StageOutcome) -> Settlement {
         self.report_raw(&job.stage, job.workflow_id, job.attempt, outcome)
             .await
     }
@@ -406,25 +382,11 @@ impl Harness {
         workflow_id: uuid::Uuid,
         attempt: u32,
         outcome: StageOutcome,
-    ) -> Decision {
-        let key = outcome.routing_key(stage);
-        let body = AmqpM8Message::with_source(
-            key.clone(),
-            Some(StageResult {
-                workflow_id,
-                stage: stage.into(),
-                attempt,
-                detail: None,
-            }),
-            "worker",
+    ) -> Settlement {
+        self.deliver(
+            &outcome.routing_key(stage),
+            result_body(stage, workflow_id, attempt, outcome),
         )
-        .to_vec()
-        .unwrap();
-        self.broker.deliver(&key, body).await
+        .await
     }
-}
-
-/// The routing key of stage `name` in the test settings.
-pub(crate) fn rk(name: &str) -> String {
-    StageSettings::default_routing_key(name)
 }

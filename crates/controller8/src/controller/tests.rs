@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp8::Decision;
+use amqp8::memory::MemoryBroker;
+use amqp8::{Broker, OutgoingMessage};
 use config8::Settings;
 use db8::{DomainRepository, MemoryStore, WorkflowRepository};
 use model8::{PostDomain8, StageOutcome, WorkflowStatus};
@@ -16,14 +17,17 @@ use crate::clock::Clock;
 use crate::error::ControllerError;
 use crate::metrics::Metrics;
 use crate::role::{Role, RoleWatch};
-use crate::testkit::{TestBroker, TokioClock, chain, rk, stage};
+use crate::testkit::{
+    NOTIFY_QUEUE, TokioClock, bootstrap, bounded, chain, confirmed, declare, publish_report, q, rk,
+    stage, take_jobs,
+};
 use crate::topology::{
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, KICKOFF_ROUTING_KEY, NOTIFY_COMPLETED_KEY,
+    DEAD_LETTER_QUEUE, KICKOFF_ROUTING_KEY, NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY,
 };
 use crate::tuning::Tuning;
 
 struct Running {
-    broker: Arc<TestBroker>,
+    broker: MemoryBroker,
     role: RoleWatch,
     settings: tokio::sync::watch::Sender<Arc<Settings>>,
     stop: Option<oneshot::Sender<()>>,
@@ -41,14 +45,10 @@ impl Running {
     }
 }
 
-fn start(settings: Settings, store: &MemoryStore, leader: bool, tuning: Tuning) -> Running {
-    start_with_broker(
-        settings,
-        store,
-        leader,
-        tuning,
-        Arc::new(TestBroker::default()),
-    )
+async fn start(settings: Settings, store: &MemoryStore, leader: bool, tuning: Tuning) -> Running {
+    let broker = MemoryBroker::new();
+    declare(&broker, &settings).await;
+    start_with_broker(settings, store, leader, tuning, broker)
 }
 
 fn start_with_broker(
@@ -56,7 +56,7 @@ fn start_with_broker(
     store: &MemoryStore,
     leader: bool,
     tuning: Tuning,
-    broker: Arc<TestBroker>,
+    broker: MemoryBroker,
 ) -> Running {
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(Arc::new(settings));
     let clock = Arc::new(TokioClock::new());
@@ -64,7 +64,7 @@ fn start_with_broker(
         Deps {
             domains: Arc::new(store.clone()),
             workflows: Arc::new(store.clone()),
-            broker: broker.clone(),
+            broker: broker.as_dyn(),
             leader: leader.then(|| Arc::new(store.clone()) as Arc<dyn db8::LeaderLock>),
             changes: Arc::new(store.clone()),
             clock: clock.clone(),
@@ -120,35 +120,46 @@ fn no_election(mut s: Settings) -> Settings {
     s
 }
 
+fn consuming(b: &MemoryBroker) -> bool {
+    b.health().consumers.iter().any(|c| c.active)
+}
+
 #[tokio::test(start_paused = true)]
 async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
     let store = MemoryStore::new();
     let r = start(
-        no_election(Settings::default()),
+        no_election(bootstrap(&[])),
         &store,
         false,
         Tuning::default(),
-    );
-    let b = r.broker.clone();
-    eventually("topology declared", Duration::from_secs(5), async || {
-        !b.declared.lock().unwrap().is_empty()
-    })
+    )
     .await;
+    let b = r.broker.clone();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(b.count(KICKOFF_ROUTING_KEY), 0, "no domain, no kick-off");
+    assert_eq!(
+        confirmed(&b, KICKOFF_ROUTING_KEY),
+        0,
+        "no domain, no kick-off"
+    );
+    assert!(
+        b.health().consumers.is_empty(),
+        "bootstrap mode consumes nothing"
+    );
 
     // none -> some: published at once (change feed), not at the 15-minute tick.
     let inserted = tokio::time::Instant::now();
     let d = add(&store, "example.com").await;
     eventually("first kick-off", Duration::from_secs(2), async || {
-        b.count(KICKOFF_ROUTING_KEY) == 1
+        confirmed(&b, KICKOFF_ROUTING_KEY) == 1
     })
     .await;
     assert!(inserted.elapsed() < Duration::from_secs(2));
-    let m = b.take(KICKOFF_ROUTING_KEY).remove(0);
+    let m = b.take(&q("asmm8")).remove(0);
     assert_eq!(m.exchange, "cptm8");
+    assert_eq!(m.routing_key, KICKOFF_ROUTING_KEY);
     let env = model8::AmqpM8Message::<serde_json::Value>::from_slice(&m.body).unwrap();
     assert_eq!(env.channel, KICKOFF_ROUTING_KEY);
+    assert_eq!(env.source, "orchestratorm8");
     assert_eq!(env.payload, None);
     assert!(
         !String::from_utf8(m.body.clone())
@@ -156,10 +167,10 @@ async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
             .contains("payload")
     );
 
-    // some -> more: nothing; through a few ticks: nothing.
+    // some -> more: nothing; through two 15-minute ticks: nothing.
     add(&store, "example.org").await;
     tokio::time::sleep(Duration::from_secs(31 * 60)).await;
-    assert_eq!(b.count(KICKOFF_ROUTING_KEY), 1);
+    assert_eq!(confirmed(&b, KICKOFF_ROUTING_KEY), 1);
 
     // some -> none -> some: exactly one more.
     let all = DomainRepository::list(&store).await.unwrap();
@@ -169,43 +180,53 @@ async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     store.set_enabled(d.id, true).await.unwrap();
     eventually("second kick-off", Duration::from_secs(2), async || {
-        b.count(KICKOFF_ROUTING_KEY) == 2
+        confirmed(&b, KICKOFF_ROUTING_KEY) == 2
     })
     .await;
     tokio::time::sleep(Duration::from_secs(20 * 60)).await;
-    assert_eq!(b.count(KICKOFF_ROUTING_KEY), 2);
+    assert_eq!(confirmed(&b, KICKOFF_ROUTING_KEY), 2);
     r.stop().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
-async fn bootstrap_kicks_off_at_start_when_domains_exist_and_a_full_queue_is_not_an_error() {
+async fn bootstrap_kicks_off_at_start_and_a_full_queue_means_busy() {
+    // The Go file's asmm8 queue (x-max-length 1, reject-publish) already holds a job:
+    // the kick-off is nacked, which means the pipeline is busy: not an error, no retry.
     let store = MemoryStore::new();
     add(&store, "example.com").await;
-    let broker = Arc::new(TestBroker::default());
-    broker.route(KICKOFF_ROUTING_KEY, crate::testkit::Route::Queue(Some(0)));
+    let settings = no_election(bootstrap(&bounded(1)));
+    let broker = MemoryBroker::new();
+    declare(&broker, &settings).await;
+    broker
+        .publish(OutgoingMessage::new(
+            "cptm8",
+            KICKOFF_ROUTING_KEY,
+            b"{}".to_vec(),
+        ))
+        .await
+        .unwrap();
     let r = start_with_broker(
-        no_election(Settings::default()),
+        settings.clone(),
         &store,
         false,
         Tuning::default(),
         broker.clone(),
     );
-    // Refused (pipeline busy): not retried, not an error.
     tokio::time::sleep(Duration::from_secs(120)).await;
-    assert_eq!(broker.count(KICKOFF_ROUTING_KEY), 0);
+    let nacked = broker
+        .published()
+        .iter()
+        .filter(|(_, o)| *o == amqp8::PublishOutcome::Nacked)
+        .count();
+    assert_eq!(nacked, 1, "one attempt, refused, not retried");
     r.stop().await.unwrap();
 
-    let store = MemoryStore::new();
-    add(&store, "example.com").await;
-    let r = start(
-        no_election(Settings::default()),
-        &store,
-        false,
-        Tuning::default(),
-    );
-    let b = r.broker.clone();
+    // With room: published at start.
+    let broker = MemoryBroker::new();
+    declare(&broker, &settings).await;
+    let r = start_with_broker(settings, &store, false, Tuning::default(), broker.clone());
     eventually("kick-off at start", Duration::from_secs(2), async || {
-        b.count(KICKOFF_ROUTING_KEY) == 1
+        confirmed(&broker, KICKOFF_ROUTING_KEY) == 1
     })
     .await;
     r.stop().await.unwrap();
@@ -215,38 +236,33 @@ async fn bootstrap_kicks_off_at_start_when_domains_exist_and_a_full_queue_is_not
 async fn bootstrap_retries_a_kick_off_the_broker_could_not_take() {
     let store = MemoryStore::new();
     add(&store, "example.com").await;
-    let broker = Arc::new(TestBroker::default());
-    broker.route(KICKOFF_ROUTING_KEY, crate::testkit::Route::Down);
-    let r = start_with_broker(
-        no_election(Settings::default()),
-        &store,
-        false,
-        Tuning::default(),
-        broker.clone(),
-    );
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    broker.route(KICKOFF_ROUTING_KEY, crate::testkit::Route::Queue(None));
+    let settings = no_election(bootstrap(&[]));
+    let broker = MemoryBroker::new();
+    declare(&broker, &settings).await;
+    broker.fail_next_publishes(3);
+    let r = start_with_broker(settings, &store, false, Tuning::default(), broker.clone());
     eventually(
-        "kick-off after the outage",
+        "kick-off after the failures",
         Duration::from_secs(60),
-        async || broker.count(KICKOFF_ROUTING_KEY) == 1,
+        async || confirmed(&broker, KICKOFF_ROUTING_KEY) == 1,
     )
     .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        broker.messages_in(&q("asmm8")).len(),
+        1,
+        "exactly one kick-off"
+    );
     r.stop().await.unwrap();
 }
 
-/// A worker for every stage of `stages`: takes its jobs and reports them completed.
-fn workers(broker: Arc<TestBroker>, stages: &'static [&'static str]) -> JoinHandle<()> {
+/// Workers for `stages`: take their jobs and report them completed on `cptm8`.
+fn workers(broker: MemoryBroker, stages: &'static [&'static str]) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             for s in stages {
-                for job in broker.take_jobs(&rk(s)) {
-                    if broker.consumer().is_some() {
-                        assert_eq!(
-                            broker_report(&broker, &job, StageOutcome::Completed).await,
-                            Decision::Ack
-                        );
-                    }
+                for job in take_jobs(&broker, s) {
+                    publish_report(&broker, &job, StageOutcome::Completed).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -254,25 +270,11 @@ fn workers(broker: Arc<TestBroker>, stages: &'static [&'static str]) -> JoinHand
     })
 }
 
-async fn broker_report(
-    broker: &TestBroker,
-    job: &model8::StageJob,
-    outcome: StageOutcome,
-) -> Decision {
-    let key = outcome.routing_key(&job.stage);
-    let body = model8::AmqpM8Message::with_source(
-        key.clone(),
-        Some(model8::StageResult {
-            workflow_id: job.workflow_id,
-            stage: job.stage.clone(),
-            attempt: job.attempt,
-            detail: None,
-        }),
-        "worker",
-    )
-    .to_vec()
-    .unwrap();
-    broker.deliver(&key, body).await
+fn notified(b: &MemoryBroker, key: &str) -> usize {
+    b.messages_in(NOTIFY_QUEUE)
+        .iter()
+        .filter(|m| m.routing_key == key)
+        .count()
 }
 
 #[tokio::test(start_paused = true)]
@@ -284,22 +286,15 @@ async fn managed_mode_runs_workflows_to_completion_driven_by_events_alone() {
         batch_size: 4,
         ..Tuning::default()
     };
-    let r = start(no_election(chain()), &store, false, tuning);
+    let r = start(no_election(chain()), &store, false, tuning).await;
     let b = r.broker.clone();
     eventually("consumer started", Duration::from_secs(5), async || {
-        b.consumer().is_some()
+        consuming(&b)
     })
     .await;
-    let (options, _) = b.consumer().unwrap();
-    assert_eq!(options.queue, "qorchestratorm8");
-    assert!(!options.autoack);
-    assert_eq!(
-        options.dead_letter,
-        Some((
-            DEAD_LETTER_EXCHANGE.to_owned(),
-            DEAD_LETTER_ROUTING_KEY.to_owned()
-        ))
-    );
+    let c = &b.health().consumers[0];
+    assert_eq!(c.queue, "qorchestratorm8");
+    assert!(!c.autoack);
     let w = workers(b.clone(), &["a", "b", "c"]);
     let started = tokio::time::Instant::now();
     for i in 0..10 {
@@ -308,7 +303,7 @@ async fn managed_mode_runs_workflows_to_completion_driven_by_events_alone() {
     eventually(
         "10 workflows completed",
         Duration::from_secs(10),
-        async || b.count(NOTIFY_COMPLETED_KEY) == 10,
+        async || notified(&b, NOTIFY_COMPLETED_KEY) == 10,
     )
     .await;
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -318,8 +313,54 @@ async fn managed_mode_runs_workflows_to_completion_driven_by_events_alone() {
     assert_eq!(all.len(), 10);
     assert!(all.iter().all(|v| v.status == WorkflowStatus::Completed));
     for s in ["a", "b", "c"] {
-        assert_eq!(b.count(&rk(s)), 10, "stage {s} published once per workflow");
+        assert_eq!(
+            confirmed(&b, &rk(s)),
+            10,
+            "stage {s} published once per workflow"
+        );
     }
+    // Every result was acknowledged.
+    assert!(b.messages_in("qorchestratorm8").is_empty());
+    assert_eq!(b.unacked("qorchestratorm8"), 0);
+    w.abort();
+    r.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_result_is_dead_lettered_and_the_service_keeps_running() {
+    let store = MemoryStore::new();
+    let r = start(no_election(chain()), &store, false, Tuning::default()).await;
+    let b = r.broker.clone();
+    eventually("consumer started", Duration::from_secs(5), async || {
+        consuming(&b)
+    })
+    .await;
+    b.publish(OutgoingMessage::new(
+        "cptm8",
+        "cptm8.orchestratorm8.a.completed",
+        b"{\"not\": \"an envelope\"".to_vec(),
+    ))
+    .await
+    .unwrap();
+    eventually("dead-lettered", Duration::from_secs(5), async || {
+        b.messages_in(DEAD_LETTER_QUEUE).len() == 1
+    })
+    .await;
+    let dead = b.messages_in(DEAD_LETTER_QUEUE).remove(0);
+    assert!(
+        dead.headers
+            .get(amqp8::headers::DEATH_REASON)
+            .is_some_and(|r| r.contains("malformed")),
+        "{dead:?}"
+    );
+    assert!(b.messages_in("qorchestratorm8").is_empty());
+    // Still working.
+    let w = workers(b.clone(), &["a", "b", "c"]);
+    add(&store, "example.com").await;
+    eventually("completed", Duration::from_secs(10), async || {
+        notified(&b, NOTIFY_COMPLETED_KEY) == 1
+    })
+    .await;
     w.abort();
     r.stop().await.unwrap();
 }
@@ -330,31 +371,32 @@ async fn the_interval_is_read_live() {
     let mut s = no_election(crate::testkit::managed(vec![stage("a", &[])]));
     s.scheduler.interval = Duration::from_secs(3600);
     s.workflow.rescan_after = Duration::ZERO;
-    let r = start(s, &store, false, Tuning::default());
+    let r = start(s, &store, false, Tuning::default()).await;
     let b = r.broker.clone();
-    eventually("consumer", Duration::from_secs(5), async || {
-        b.consumer().is_some()
-    })
-    .await;
+    eventually("consumer", Duration::from_secs(5), async || consuming(&b)).await;
     add(&store, "example.com").await;
     eventually("first job", Duration::from_secs(2), async || {
-        b.count(&rk("a")) == 1
+        confirmed(&b, &rk("a")) == 1
     })
     .await;
-    let job = b.take_jobs(&rk("a")).remove(0);
-    broker_report(&b, &job, StageOutcome::Completed).await;
+    let job = take_jobs(&b, "a").remove(0);
+    publish_report(&b, &job, StageOutcome::Completed).await;
+    eventually("completed", Duration::from_secs(2), async || {
+        notified(&b, NOTIFY_COMPLETED_KEY) == 1
+    })
+    .await;
     // The next workflow waits for the next tick: an hour away...
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(b.count(&rk("a")), 1);
+    assert_eq!(confirmed(&b, &rk("a")), 1);
     // ...until the interval is shortened live.
     let mut s = (**r.settings.borrow()).clone();
     s.scheduler.interval = Duration::from_secs(120);
     r.settings.send_replace(Arc::new(s));
     eventually("second job", Duration::from_secs(70), async || {
-        b.count(&rk("a")) == 2
+        confirmed(&b, &rk("a")) == 2
     })
     .await;
-    let _ = r.clock.now();
+    assert!(r.clock.now() > crate::testkit::t0());
     r.stop().await.unwrap();
 }
 
@@ -372,20 +414,21 @@ async fn timeouts_are_detected_without_any_event() {
             due_poll: Duration::from_secs(3600),
             ..Tuning::default()
         },
-    );
+    )
+    .await;
     let b = r.broker.clone();
     add(&store, "example.com").await;
     eventually("attempt 1", Duration::from_secs(2), async || {
-        b.count(&rk("a")) == 1
+        confirmed(&b, &rk("a")) == 1
     })
     .await;
     // Deadline 30 s, backoff 5..10 s: attempt 2 by ~41 s, failure by ~72 s.
     eventually("attempt 2", Duration::from_secs(45), async || {
-        b.count(&rk("a")) == 2
+        confirmed(&b, &rk("a")) == 2
     })
     .await;
     eventually("failed", Duration::from_secs(45), async || {
-        b.count(crate::topology::NOTIFY_FAILED_KEY) == 1
+        notified(&b, NOTIFY_FAILED_KEY) == 1
     })
     .await;
     let all = WorkflowRepository::list(&store, &Default::default())
@@ -396,28 +439,60 @@ async fn timeouts_are_detected_without_any_event() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_full_stage_queue_drains_as_its_worker_reports() {
+    let store = MemoryStore::new();
+    let mut s = no_election(crate::testkit::managed(vec![stage("a", &[])]));
+    s.orchestrator
+        .queues
+        .insert("a".into(), crate::testkit::section("a", &bounded(1)));
+    let r = start(s, &store, false, Tuning::default()).await;
+    let b = r.broker.clone();
+    for i in 0..5 {
+        add(&store, &format!("d{i}.example.com")).await;
+    }
+    // A slow worker: one job at a time, reported 3 s after it was taken.
+    let wb = b.clone();
+    let worker = tokio::spawn(async move {
+        loop {
+            if let Some(job) = take_jobs(&wb, "a").pop() {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                publish_report(&wb, &job, StageOutcome::Completed).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    eventually("all drained", Duration::from_secs(60), async || {
+        notified(&b, NOTIFY_COMPLETED_KEY) == 5
+    })
+    .await;
+    assert_eq!(confirmed(&b, &rk("a")), 5, "each job accepted exactly once");
+    worker.abort();
+    r.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn only_the_leader_publishes_and_a_standby_takes_over() {
     let store = MemoryStore::new();
     let settings = chain();
     assert!(settings.leader_election.enabled);
-    let a = start(settings.clone(), &store, true, Tuning::default());
+    let a = start(settings.clone(), &store, true, Tuning::default()).await;
     let (ra, ba) = (a.role.clone(), a.broker.clone());
     eventually("a leads", Duration::from_secs(5), async || {
         *ra.borrow() == Role::Leader
     })
     .await;
-    let b = start(settings, &store.handle(), true, Tuning::default());
+    let b = start(settings, &store.handle(), true, Tuning::default()).await;
     let (rb, bb) = (b.role.clone(), b.broker.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(*rb.borrow(), Role::Standby);
 
     add(&store, "one.example.com").await;
     eventually("a publishes", Duration::from_secs(2), async || {
-        ba.count(&rk("a")) == 1
+        confirmed(&ba, &rk("a")) == 1
     })
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(bb.count(&rk("a")), 0, "the standby publishes nothing");
+    assert_eq!(confirmed(&bb, &rk("a")), 0, "the standby publishes nothing");
     assert_eq!(
         WorkflowRepository::list(&store, &Default::default())
             .await
@@ -434,7 +509,7 @@ async fn only_the_leader_publishes_and_a_standby_takes_over() {
     .await;
     add(&store, "two.example.com").await;
     eventually("b publishes", Duration::from_secs(5), async || {
-        bb.count(&rk("a")) == 1
+        confirmed(&bb, &rk("a")) == 1
     })
     .await;
     b.stop().await.unwrap();
@@ -444,7 +519,7 @@ async fn only_the_leader_publishes_and_a_standby_takes_over() {
 async fn losing_the_lock_stops_publishing_at_the_next_check() {
     let store = MemoryStore::new();
     let other = store.handle();
-    let a = start(chain(), &store, true, Tuning::default());
+    let a = start(chain(), &store, true, Tuning::default()).await;
     let (ra, ba) = (a.role.clone(), a.broker.clone());
     eventually("a leads", Duration::from_secs(5), async || {
         *ra.borrow() == Role::Leader
@@ -459,7 +534,7 @@ async fn losing_the_lock_stops_publishing_at_the_next_check() {
     .await;
     add(&store, "example.com").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(ba.count(&rk("a")), 0);
+    assert_eq!(confirmed(&ba, &rk("a")), 0);
     assert!(
         WorkflowRepository::list(&store, &Default::default())
             .await
@@ -472,8 +547,8 @@ async fn losing_the_lock_stops_publishing_at_the_next_check() {
 #[tokio::test(start_paused = true)]
 async fn start_up_waits_for_the_broker_and_shutdown_is_prompt() {
     let store = MemoryStore::new();
-    let broker = Arc::new(TestBroker::default());
-    *broker.down.lock().unwrap() = true;
+    let broker = MemoryBroker::new();
+    broker.set_outage(true);
     let r = start_with_broker(
         no_election(chain()),
         &store,
@@ -482,21 +557,23 @@ async fn start_up_waits_for_the_broker_and_shutdown_is_prompt() {
         broker.clone(),
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(broker.declared.lock().unwrap().is_empty());
-    *broker.down.lock().unwrap() = false;
+    assert!(broker.topology().queues.is_empty());
+    broker.set_outage(false);
     eventually(
         "declared after the outage",
         Duration::from_secs(60),
-        async || !broker.declared.lock().unwrap().is_empty(),
+        async || consuming(&broker),
     )
     .await;
-    let t = broker.declared.lock().unwrap()[0].clone();
-    assert!(t.queues.iter().any(|q| q.name == "qorchestratorm8"));
+    let t = broker.topology();
+    for name in ["qorchestratorm8", DEAD_LETTER_QUEUE, "qa", "qb", "qc"] {
+        assert!(t.queues.iter().any(|q| q.name == name), "{name} in {t:?}");
+    }
     r.stop().await.unwrap();
 
     // Shutdown while still waiting for the broker.
-    let broker = Arc::new(TestBroker::default());
-    *broker.down.lock().unwrap() = true;
+    let broker = MemoryBroker::new();
+    broker.set_outage(true);
     let r = start_with_broker(
         no_election(chain()),
         &store,
@@ -508,6 +585,36 @@ async fn start_up_waits_for_the_broker_and_shutdown_is_prompt() {
     r.stop().await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_refused_topology_is_a_fatal_error() {
+    let store = MemoryStore::new();
+    let broker = MemoryBroker::new();
+    // qa exists with other arguments: RabbitMQ refuses the redeclaration.
+    broker
+        .declare(&amqp8::Topology {
+            queues: vec![amqp8::QueueDecl {
+                name: q("a"),
+                arguments: [("x-max-length".to_owned(), amqp8::ArgValue::Int(5))].into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut r = start_with_broker(
+        no_election(chain()),
+        &store,
+        false,
+        Tuning::default(),
+        broker,
+    );
+    let e = tokio::time::timeout(Duration::from_secs(10), &mut r.task)
+        .await
+        .expect("fails at once")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, ControllerError::Topology(_)), "{e}");
+}
+
 #[tokio::test]
 async fn an_invalid_pipeline_is_a_configuration_error() {
     let store = MemoryStore::new();
@@ -517,7 +624,7 @@ async fn an_invalid_pipeline_is_a_configuration_error() {
     let e = Controller::new(Deps {
         domains: Arc::new(store.clone()),
         workflows: Arc::new(store.clone()),
-        broker: Arc::new(TestBroker::default()),
+        broker: MemoryBroker::new().as_dyn(),
         leader: None,
         changes: Arc::new(store.clone()),
         clock: Arc::new(crate::clock::SystemClock),

@@ -3,16 +3,16 @@
 
 use std::time::Duration;
 
-use amqp8::Decision;
+use amqp8::Broker;
+use amqp8::memory::Settlement;
 use config8::Granularity;
 use db8::{DomainRepository, LeaderLock, WorkflowRepository};
 use model8::{
-    AmqpM8Message, Notification8, NotificationEvent, StageJob, StageOutcome, StageStatus,
-    WorkflowStatus,
+    AmqpM8Message, NotificationEvent, StageJob, StageOutcome, StageStatus, WorkflowStatus,
 };
 
 use crate::role::Role;
-use crate::testkit::{Harness, Route, chain, managed, rk, stage};
+use crate::testkit::{Harness, bounded, chain, confirmed, managed, q, rk, section, stage};
 use crate::topology::{NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY};
 
 fn stage_status(v: &model8::WorkflowView, name: &str) -> (StageStatus, u32) {
@@ -20,23 +20,9 @@ fn stage_status(v: &model8::WorkflowView, name: &str) -> (StageStatus, u32) {
     (s.status, s.attempt)
 }
 
-fn notifications(h: &Harness, key: &str) -> Vec<Notification8> {
-    h.broker
-        .take(key)
-        .into_iter()
-        .map(|m| {
-            assert_eq!(m.exchange, "notification");
-            AmqpM8Message::<Notification8>::from_slice(&m.body)
-                .unwrap()
-                .payload
-                .unwrap()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn per_domain_creates_one_workflow_per_enabled_domain_and_publishes_stage_one() {
-    let h = Harness::new(chain());
+    let h = Harness::new(chain()).await;
     let d1 = h.add_domain("a.example.com").await;
     let d2 = h.add_domain("b.example.com").await;
     let d3 = h.add_domain("c.example.com").await;
@@ -48,11 +34,17 @@ async fn per_domain_creates_one_workflow_per_enabled_domain_and_publishes_stage_
 
     let report = h.engine.dispatch().await.unwrap();
     assert_eq!(report.published, 2);
-    let msgs = h.broker.take(&rk("a"));
+    let sent: Vec<_> = h.broker.published();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent.iter()
+            .all(|(m, _)| m.mandatory && m.exchange == "cptm8")
+    );
+    let msgs = h.broker.take(&q("a"));
     assert_eq!(msgs.len(), 2);
     for m in &msgs {
         assert_eq!(m.exchange, "cptm8");
-        assert!(m.mandatory);
+        assert_eq!(m.routing_key, rk("a"));
         let env = AmqpM8Message::<StageJob>::from_slice(&m.body).unwrap();
         assert_eq!(env.channel, rk("a"));
         assert_eq!(env.source, "orchestratorm8");
@@ -70,19 +62,19 @@ async fn per_domain_creates_one_workflow_per_enabled_domain_and_publishes_stage_
     // Nothing else is due: a second round publishes nothing.
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     // Only stage a was published.
-    assert_eq!(h.broker.count(&rk("b")), 0);
+    assert_eq!(confirmed(&h.broker, &rk("b")), 0);
 }
 
 #[tokio::test]
 async fn many_domains_are_created_and_published_in_batches() {
     // batch_size 3 in tests: 10 domains take 4 pages and 4 claims.
-    let h = Harness::new(chain());
+    let h = Harness::new(chain()).await;
     for i in 0..10 {
         h.add_domain(&format!("d{i}.example.com")).await;
     }
     assert_eq!(h.engine.start_workflows().await.unwrap(), 10);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 10);
-    let jobs = h.broker.take_jobs(&rk("a"));
+    let jobs = h.take_jobs("a");
     let mut ids: Vec<_> = jobs.iter().map(|j| j.workflow_id).collect();
     ids.sort();
     ids.dedup();
@@ -91,8 +83,7 @@ async fn many_domains_are_created_and_published_in_batches() {
 
 #[tokio::test]
 async fn a_three_stage_pipeline_runs_to_completion_with_a_notification() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     for name in ["a", "b", "c"] {
@@ -101,17 +92,17 @@ async fn a_three_stage_pipeline_runs_to_completion_with_a_notification() {
             1,
             "stage {name}"
         );
-        let jobs = h.broker.take_jobs(&rk(name));
+        let jobs = h.take_jobs(name);
         assert_eq!(jobs.len(), 1);
         assert_eq!(
             h.report(&jobs[0], StageOutcome::Completed).await,
-            Decision::Ack
+            Settlement::Ack
         );
     }
     let all = h.wfs().await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].status, WorkflowStatus::Completed);
-    let n = notifications(&h, NOTIFY_COMPLETED_KEY);
+    let n = h.notifications(NOTIFY_COMPLETED_KEY);
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].kind, NotificationEvent::Message);
     assert!(n[0].message.contains("example.com"), "{}", n[0].message);
@@ -133,16 +124,16 @@ async fn diamond_dependencies_wait_for_every_parent() {
         stage("b", &["a"]),
         stage("c", &["a"]),
         stage("d", &["b", "c"]),
-    ]));
-    h.consume().await;
+    ]))
+    .await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let a = h.broker.take_jobs(&rk("a")).remove(0);
+    let a = h.take_jobs("a").remove(0);
     h.report(&a, StageOutcome::Completed).await;
     assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
-    let b = h.broker.take_jobs(&rk("b")).remove(0);
-    let c = h.broker.take_jobs(&rk("c")).remove(0);
+    let b = h.take_jobs("b").remove(0);
+    let c = h.take_jobs("c").remove(0);
     h.report(&b, StageOutcome::Completed).await;
     assert_eq!(
         h.engine.dispatch().await.unwrap().published,
@@ -151,37 +142,42 @@ async fn diamond_dependencies_wait_for_every_parent() {
     );
     h.report(&c, StageOutcome::Completed).await;
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(h.broker.take_jobs(&rk("d")).len(), 1);
+    assert_eq!(h.take_jobs("d").len(), 1);
 }
 
 #[tokio::test]
 async fn duplicate_and_stale_results_are_acked_without_change() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let job = h.broker.take_jobs(&rk("a")).remove(0);
-    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
+    let job = h.take_jobs("a").remove(0);
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Settlement::Ack
+    );
     let before = h.wf(job.workflow_id).await.unwrap();
     // The same report again, a failure of the same attempt, a future attempt, an
     // unknown workflow, a stage the workflow does not have.
-    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
-    assert_eq!(h.report(&job, StageOutcome::Failed).await, Decision::Ack);
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Settlement::Ack
+    );
+    assert_eq!(h.report(&job, StageOutcome::Failed).await, Settlement::Ack);
     assert_eq!(
         h.report_raw("a", job.workflow_id, 7, StageOutcome::Completed)
             .await,
-        Decision::Ack
+        Settlement::Ack
     );
     assert_eq!(
         h.report_raw("a", uuid::Uuid::new_v4(), 1, StageOutcome::Completed)
             .await,
-        Decision::Ack
+        Settlement::Ack
     );
     assert_eq!(
         h.report_raw("zz", job.workflow_id, 1, StageOutcome::Completed)
             .await,
-        Decision::Ack
+        Settlement::Ack
     );
     let after = h.wf(job.workflow_id).await.unwrap();
     assert_eq!(before, after);
@@ -192,19 +188,18 @@ async fn duplicate_and_stale_results_are_acked_without_change() {
     );
     // The stage b job was published once only.
     h.engine.dispatch().await.unwrap();
-    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+    assert_eq!(h.take_jobs("b").len(), 1);
 }
 
 #[tokio::test]
 async fn malformed_results_are_dead_lettered_with_a_reason_and_counted() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     for (key, body) in [
         ("cptm8.orchestratorm8.a.completed", b"{not json".to_vec()),
         ("cptm8.orchestratorm8.a.exploded", b"{}".to_vec()),
     ] {
-        match h.broker.deliver(key, body).await {
-            Decision::DeadLetter(reason) => assert!(!reason.is_empty()),
+        match h.deliver(key, body).await {
+            Settlement::DeadLetter(reason) => assert!(!reason.is_empty()),
             other => panic!("{key}: {other:?}"),
         }
     }
@@ -217,13 +212,12 @@ async fn malformed_results_are_dead_lettered_with_a_reason_and_counted() {
 
 #[tokio::test]
 async fn a_failed_attempt_is_retried_after_its_backoff() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let job = h.broker.take_jobs(&rk("a")).remove(0);
-    assert_eq!(h.report(&job, StageOutcome::Failed).await, Decision::Ack);
+    let job = h.take_jobs("a").remove(0);
+    assert_eq!(h.report(&job, StageOutcome::Failed).await, Settlement::Ack);
     let v = h.wf(job.workflow_id).await.unwrap();
     assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 1));
     // Backoff initial 10 s with equal jitter: due in [5 s, 10 s].
@@ -232,18 +226,21 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     h.advance(Duration::from_millis(5_200));
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    let retry = h.broker.take_jobs(&rk("a")).remove(0);
+    let retry = h.take_jobs("a").remove(0);
     assert_eq!(retry.attempt, 2);
     assert_eq!(retry.workflow_id, job.workflow_id);
     // A late report of attempt 1 is stale now.
-    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Settlement::Ack
+    );
     assert_eq!(
         stage_status(&h.wf(job.workflow_id).await.unwrap(), "a"),
         (StageStatus::Running, 2)
     );
     h.report(&retry, StageOutcome::Completed).await;
     h.engine.dispatch().await.unwrap();
-    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+    assert_eq!(h.take_jobs("b").len(), 1);
 }
 
 #[tokio::test]
@@ -251,11 +248,11 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     let mut s = chain();
     s.workflow.stages[0].max_attempts = 2;
     s.workflow.stages[0].timeout = Duration::from_secs(30);
-    let h = Harness::new(s);
+    let h = Harness::new(s).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    let job = h.take_jobs("a").remove(0);
 
     h.advance(Duration::from_secs(30));
     assert_eq!(
@@ -269,7 +266,7 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 1));
     h.advance(Duration::from_secs(10));
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(h.broker.take_jobs(&rk("a"))[0].attempt, 2);
+    assert_eq!(h.take_jobs("a")[0].attempt, 2);
 
     h.advance(Duration::from_secs(31));
     assert_eq!(h.engine.expire_timeouts().await.unwrap(), 1);
@@ -277,7 +274,7 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     assert_eq!(v.status, WorkflowStatus::Failed);
     assert_eq!(stage_status(&v, "a"), (StageStatus::Failed, 2));
     assert_eq!(stage_status(&v, "b"), (StageStatus::Cancelled, 0));
-    let n = notifications(&h, NOTIFY_FAILED_KEY);
+    let n = h.notifications(NOTIFY_FAILED_KEY);
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].kind, NotificationEvent::SystemError);
     assert!(
@@ -304,28 +301,29 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
 async fn reported_failures_exhaust_max_attempts() {
     let mut s = chain();
     s.workflow.stages[1].max_attempts = 1;
-    let h = Harness::new(s);
-    h.consume().await;
+    let h = Harness::new(s).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let a = h.broker.take_jobs(&rk("a")).remove(0);
+    let a = h.take_jobs("a").remove(0);
     h.report(&a, StageOutcome::Completed).await;
     h.engine.dispatch().await.unwrap();
-    let b = h.broker.take_jobs(&rk("b")).remove(0);
+    let b = h.take_jobs("b").remove(0);
     h.report(&b, StageOutcome::Failed).await;
     let v = h.wf(a.workflow_id).await.unwrap();
     assert_eq!(v.status, WorkflowStatus::Failed);
-    let n = notifications(&h, NOTIFY_FAILED_KEY);
+    let n = h.notifications(NOTIFY_FAILED_KEY);
     assert_eq!(n.len(), 1);
     assert!(n[0].message.contains("stage b"), "{}", n[0].message);
 }
 
 #[tokio::test]
 async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping() {
-    let h = Harness::new(chain());
-    h.consume().await;
-    h.broker.route(&rk("a"), Route::Queue(Some(1)));
+    let mut s = chain();
+    s.orchestrator
+        .queues
+        .insert("a".into(), section("a", &bounded(1)));
+    let h = Harness::new(s).await;
     for i in 0..4 {
         h.add_domain(&format!("d{i}.example.com")).await;
     }
@@ -370,7 +368,7 @@ async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping()
     while done < 4 {
         rounds += 1;
         assert!(rounds < 20, "drains in a bounded number of rounds");
-        let jobs = h.broker.take_jobs(&rk("a"));
+        let jobs = h.take_jobs("a");
         for j in &jobs {
             h.report(j, StageOutcome::Completed).await;
             done += 1;
@@ -378,7 +376,7 @@ async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping()
         h.engine.dispatch().await.unwrap();
     }
     assert_eq!(
-        h.broker.count(&rk("a")),
+        confirmed(&h.broker, &rk("a")),
         4,
         "each job published exactly once"
     );
@@ -391,15 +389,26 @@ async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping()
 
 #[tokio::test]
 async fn unroutable_jobs_stay_pending_and_are_published_once_a_queue_is_bound() {
-    let h = Harness::new(chain());
-    h.broker.route(&rk("a"), Route::Unroutable);
+    let mut s = chain();
+    s.workflow.stages[0].routing_key = "cptm8.unbound.get.scan".into();
+    let h = Harness::new(s).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     let r = h.engine.dispatch().await.unwrap();
     assert_eq!((r.published, r.refused), (0, 1));
     let v = &h.wfs().await.unwrap()[0];
     assert_eq!(stage_status(v, "a"), (StageStatus::Pending, 0));
-    h.broker.route(&rk("a"), Route::Queue(None));
+    h.broker
+        .declare(&amqp8::Topology {
+            bindings: vec![amqp8::BindingDecl {
+                exchange: "cptm8".into(),
+                queue: q("a"),
+                routing_key: "cptm8.unbound.#".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     h.advance(Duration::from_secs(1));
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
     let text = h.metrics.encode(&Default::default()).unwrap();
@@ -411,15 +420,15 @@ async fn unroutable_jobs_stay_pending_and_are_published_once_a_queue_is_bound() 
 
 #[tokio::test]
 async fn a_broker_outage_leaves_claimed_work_pending() {
-    let h = Harness::new(chain());
+    let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
-    *crate::engine::lock(&h.broker.down) = true;
+    h.broker.set_outage(true);
     let e = h.engine.dispatch().await.unwrap_err();
     assert!(e.is_transient(), "{e}");
     let v = &h.wfs().await.unwrap()[0];
     assert_eq!(stage_status(v, "a"), (StageStatus::Pending, 0));
-    *crate::engine::lock(&h.broker.down) = false;
+    h.broker.set_outage(false);
     h.advance(Duration::from_secs(1));
     // Released at once (not left to the claim lease).
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
@@ -427,8 +436,7 @@ async fn a_broker_outage_leaves_claimed_work_pending() {
 
 #[tokio::test]
 async fn pause_resume_and_cancel() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     h.add_domain("a.example.com").await;
     h.add_domain("b.example.com").await;
     h.engine.start_workflows().await.unwrap();
@@ -437,7 +445,7 @@ async fn pause_resume_and_cancel() {
     let now = h.clock_now();
     WorkflowRepository::pause(&h.store, w1, now).await.unwrap();
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    let jobs = h.broker.take_jobs(&rk("a"));
+    let jobs = h.take_jobs("a");
     assert_eq!(jobs[0].workflow_id, w2, "the paused workflow got no job");
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     // Resuming through the waking repository wakes the dispatcher.
@@ -449,7 +457,7 @@ async fn pause_resume_and_cancel() {
         .await
         .expect("resume wakes the dispatcher");
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(h.broker.take_jobs(&rk("a"))[0].workflow_id, w1);
+    assert_eq!(h.take_jobs("a")[0].workflow_id, w1);
     // Pausing a running workflow: its running stage's result still applies, but no
     // new stage is published until it is resumed.
     WorkflowRepository::pause(&h.store, w2, now).await.unwrap();
@@ -457,35 +465,34 @@ async fn pause_resume_and_cancel() {
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     WorkflowRepository::resume(&h.store, w2, now).await.unwrap();
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    let b = h.broker.take_jobs(&rk("b")).remove(0);
+    let b = h.take_jobs("b").remove(0);
     // Cancel: the running stage's later report changes nothing; nothing is published.
     repo.cancel(w2, now).await.unwrap();
-    assert_eq!(h.report(&b, StageOutcome::Completed).await, Decision::Ack);
+    assert_eq!(h.report(&b, StageOutcome::Completed).await, Settlement::Ack);
     let v = h.wf(w2).await.unwrap();
     assert_eq!(v.status, WorkflowStatus::Cancelled);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
-    assert!(notifications(&h, NOTIFY_COMPLETED_KEY).is_empty());
+    assert!(h.notifications(NOTIFY_COMPLETED_KEY).is_empty());
 }
 
 #[tokio::test]
 async fn max_in_flight_limits_jobs_out_at_once() {
     let mut s = chain();
     s.workflow.stages[0].max_in_flight = 2;
-    let h = Harness::new(s);
-    h.consume().await;
+    let h = Harness::new(s).await;
     for i in 0..5 {
         h.add_domain(&format!("d{i}.example.com")).await;
     }
     h.engine.start_workflows().await.unwrap();
     assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
-    let jobs = h.broker.take_jobs(&rk("a"));
+    let jobs = h.take_jobs("a");
     h.report(&jobs[0], StageOutcome::Completed).await;
     // One slot freed on a; stage b of that workflow is unlimited.
     let r = h.engine.dispatch().await.unwrap();
     assert_eq!(r.published, 2);
-    assert_eq!(h.broker.take_jobs(&rk("a")).len(), 1);
-    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+    assert_eq!(h.take_jobs("a").len(), 1);
+    assert_eq!(h.take_jobs("b").len(), 1);
     // Raising the limit live applies at the next round.
     h.update(|s| s.workflow.stages[0].max_in_flight = 0);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
@@ -495,12 +502,11 @@ async fn max_in_flight_limits_jobs_out_at_once() {
 async fn rescan_after_is_a_cool_down_per_domain() {
     let mut s = managed(vec![stage("a", &[])]);
     s.workflow.rescan_after = Duration::from_secs(3600);
-    let h = Harness::new(s);
-    h.consume().await;
+    let h = Harness::new(s).await;
     h.add_domain("example.com").await;
     assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
     h.engine.dispatch().await.unwrap();
-    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    let job = h.take_jobs("a").remove(0);
     h.report(&job, StageOutcome::Completed).await;
     assert_eq!(
         h.wf(job.workflow_id).await.unwrap().status,
@@ -516,7 +522,7 @@ async fn rescan_after_is_a_cool_down_per_domain() {
     assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
     // A live change of rescan_after applies.
     h.engine.dispatch().await.unwrap();
-    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    let job = h.take_jobs("a").remove(0);
     h.report(&job, StageOutcome::Completed).await;
     h.update(|s| s.workflow.rescan_after = Duration::ZERO);
     assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
@@ -527,8 +533,7 @@ async fn per_cycle_runs_one_workflow_over_every_enabled_domain() {
     let mut s = managed(vec![stage("a", &[])]);
     s.workflow.granularity = Granularity::PerCycle;
     s.workflow.rescan_after = Duration::from_secs(60);
-    let h = Harness::new(s);
-    h.consume().await;
+    let h = Harness::new(s).await;
     assert_eq!(
         h.engine.start_workflows().await.unwrap(),
         0,
@@ -544,7 +549,7 @@ async fn per_cycle_runs_one_workflow_over_every_enabled_domain() {
         "one cycle at a time"
     );
     h.engine.dispatch().await.unwrap();
-    let jobs = h.broker.take_jobs(&rk("a"));
+    let jobs = h.take_jobs("a");
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].domains.len(), 4);
     h.report(&jobs[0], StageOutcome::Completed).await;
@@ -555,7 +560,7 @@ async fn per_cycle_runs_one_workflow_over_every_enabled_domain() {
 
 #[tokio::test]
 async fn a_standby_neither_starts_nor_publishes_and_leadership_loss_stops_publishing() {
-    let h = Harness::new(chain());
+    let h = Harness::new(chain()).await;
     h.add_domain("a.example.com").await;
     h.role.send_replace(Role::Standby);
     assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
@@ -564,7 +569,7 @@ async fn a_standby_neither_starts_nor_publishes_and_leadership_loss_stops_publis
     h.role.send_replace(Role::Standby);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     assert_eq!(h.engine.expire_timeouts().await.unwrap(), 0);
-    assert!(h.broker.log.lock().unwrap().is_empty());
+    assert!(h.broker.published().is_empty());
     // Back to leader: the work is still there.
     h.role.send_replace(Role::Leader);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
@@ -615,7 +620,7 @@ async fn leadership_follows_the_lock() {
 #[tokio::test]
 async fn scan_now_creates_workflows_on_request() {
     use crate::scan_now::ScanNowError;
-    let h = Harness::new(chain());
+    let h = Harness::new(chain()).await;
     let d1 = h.add_domain("a.example.com").await;
     let d2 = h.add_domain("b.example.com").await;
     let off = h.add_domain("c.example.com").await;
@@ -668,12 +673,11 @@ async fn scan_now_creates_workflows_on_request() {
 async fn scan_now_ignores_the_cool_down() {
     let mut s = managed(vec![stage("a", &[])]);
     s.workflow.rescan_after = Duration::from_secs(3600);
-    let h = Harness::new(s);
-    h.consume().await;
+    let h = Harness::new(s).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    let job = h.take_jobs("a").remove(0);
     h.report(&job, StageOutcome::Completed).await;
     assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
     assert_eq!(h.engine.scan(None).await.unwrap().len(), 1);
@@ -681,20 +685,22 @@ async fn scan_now_ignores_the_cool_down() {
 
 #[tokio::test]
 async fn an_unavailable_database_returns_the_result_to_the_queue() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let job = h.broker.take_jobs(&rk("a")).remove(0);
+    let job = h.take_jobs("a").remove(0);
     h.store.set_available(false);
     assert_eq!(
         h.report(&job, StageOutcome::Completed).await,
-        Decision::Requeue
+        Settlement::Nack { requeue: true }
     );
     h.store.set_available(true);
     // The redelivery applies.
-    assert_eq!(h.report(&job, StageOutcome::Completed).await, Decision::Ack);
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Settlement::Ack
+    );
     assert_eq!(
         stage_status(&h.wf(job.workflow_id).await.unwrap(), "a"),
         (StageStatus::Completed, 1)
@@ -703,15 +709,17 @@ async fn an_unavailable_database_returns_the_result_to_the_queue() {
 
 #[tokio::test]
 async fn live_settings_apply_to_the_next_publish() {
-    let h = Harness::new(chain());
+    let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.update(|s| {
-        s.workflow.stages[0].routing_key = "cptm8.other.get.scan".into();
+        s.workflow.stages[0].routing_key = "cptm8.a.other".into();
         s.workflow.stages[0].timeout = Duration::from_secs(5);
     });
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(h.broker.take("cptm8.other.get.scan").len(), 1);
+    let m = h.broker.take(&q("a"));
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].routing_key, "cptm8.a.other");
     h.advance(Duration::from_secs(6));
     assert_eq!(
         h.engine.expire_timeouts().await.unwrap(),
@@ -722,34 +730,32 @@ async fn live_settings_apply_to_the_next_publish() {
 
 #[tokio::test]
 async fn an_invalid_live_pipeline_keeps_the_last_valid_one() {
-    let h = Harness::new(chain());
+    let h = Harness::new(chain()).await;
     h.update(|s| s.workflow.stages[0].depends_on = vec!["c".into()]);
     assert_eq!(h.engine.plan().stages()[0].depends_on, Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn work_of_a_stage_removed_live_is_still_published() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.update(|s| s.workflow.stages = vec![stage("a", &[])]);
     h.engine.dispatch().await.unwrap();
-    let a = h.broker.take_jobs(&rk("a")).remove(0);
+    let a = h.take_jobs("a").remove(0);
     h.report(&a, StageOutcome::Completed).await;
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(h.broker.take_jobs(&rk("b")).len(), 1);
+    assert_eq!(h.take_jobs("b").len(), 1);
 }
 
 #[tokio::test]
 async fn a_restarted_engine_resumes_in_flight_workflows() {
-    let h = Harness::new(chain());
-    h.consume().await;
+    let h = Harness::new(chain()).await;
     h.add_domain("a.example.com").await;
     h.add_domain("b.example.com").await;
     h.engine.start_workflows().await.unwrap();
     h.engine.dispatch().await.unwrap();
-    let jobs = h.broker.take_jobs(&rk("a"));
+    let jobs = h.take_jobs("a");
     // A crash between claim and publish: claims held by the dead process.
     h.add_domain("c.example.com").await;
     h.engine.start_workflows().await.unwrap();
@@ -767,12 +773,11 @@ async fn a_restarted_engine_resumes_in_flight_workflows() {
     assert_eq!(claimed.len(), 1);
 
     // A new process over the same database.
-    let h2 = Harness::with_store(chain(), h.store.clone(), h.clock.clone());
-    h2.consume().await;
+    let h2 = Harness::with_store(chain(), h.store.clone(), h.clock.clone()).await;
     // Results of attempts the old process published apply.
     assert_eq!(
         h2.report(&jobs[0], StageOutcome::Completed).await,
-        Decision::Ack
+        Settlement::Ack
     );
     assert_eq!(
         h2.engine.dispatch().await.unwrap().published,
@@ -782,10 +787,7 @@ async fn a_restarted_engine_resumes_in_flight_workflows() {
     // The dead process's claim expires after its lease.
     h2.advance(Duration::from_secs(61));
     assert_eq!(h2.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(
-        h2.broker.take_jobs(&rk("a"))[0].workflow_id,
-        claimed[0].key.workflow_id
-    );
+    assert_eq!(h2.take_jobs("a")[0].workflow_id, claimed[0].key.workflow_id);
     // Running stages keep their deadlines (60 s after their publish): the second
     // workflow's stage a (published by the old process) and the first's stage b.
     assert_eq!(h2.engine.expire_timeouts().await.unwrap(), 2);
