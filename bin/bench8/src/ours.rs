@@ -5,13 +5,11 @@ use std::sync::Arc;
 
 use crate::report::Failure;
 
-/// amqp8's RabbitMQ broker for `settings` (connected, ready to publish).
+/// amqp8's RabbitMQ broker for `settings`, connected (`amqp8::RabbitBroker::connect`,
+/// as the service does).
 pub async fn broker(
-    _settings: &config8::RabbitMqSettings,
+    settings: &config8::RabbitMqSettings,
 ) -> Result<Arc<dyn amqp8::Broker>, Failure> {
-    Err(Failure::NotRun(
-        "amqp8 has no RabbitMQ implementation of the Broker trait yet (only the trait in \
-         crates/amqp8/src/broker.rs)"
-            .into(),
-    ))
+    let broker = amqp8::RabbitBroker::connect(settings).await?;
+    Ok(Arc::new(broker))
 }
