@@ -44,11 +44,12 @@ pub struct Deps {
     pub changes: Arc<dyn ChangeFeed>,
     /// Time.
     pub clock: Arc<dyn Clock>,
-    /// The live configuration. Read live: `Scheduler.interval`, the stages' timeouts,
-    /// attempts, backoff, `max_in_flight`, exchanges and routing keys, `Workflow`
-    /// granularity, `rescan_after` and stage list (for new workflows), and
-    /// `LeaderElection.check_interval`. Read once at start: `Scheduler.mode`,
-    /// `LeaderElection.enabled` and the RabbitMQ topology.
+    /// The live configuration. Read live (as `config8::diff` classifies them):
+    /// `Scheduler.interval`, `Workflow.rescan_after`, the stages' `timeout`,
+    /// `max_attempts`, `backoff` and `max_in_flight`, and
+    /// `LeaderElection.check_interval`. Everything else is read once at start:
+    /// `Scheduler.mode`, `Workflow.granularity`, the stages' names, dependencies,
+    /// exchanges and routing keys, `LeaderElection.enabled` and the RabbitMQ topology.
     pub settings: watch::Receiver<Arc<Settings>>,
     /// Metrics to update.
     pub metrics: Arc<Metrics>,

@@ -24,5 +24,8 @@ pub trait ScanNow: Send + Sync {
     /// Starts workflows for the given enabled domains, or for every enabled domain
     /// when `None`, skipping domains that already have an active workflow. Returns
     /// the workflows created.
-    async fn scan_now(&self, domain_ids: Option<Vec<Uuid>>) -> Result<Vec<WorkflowView>, ScanNowError>;
+    async fn scan_now(
+        &self,
+        domain_ids: Option<Vec<Uuid>>,
+    ) -> Result<Vec<WorkflowView>, ScanNowError>;
 }

@@ -77,7 +77,7 @@ impl Engine {
         if !self.is_leader() {
             return Ok(report);
         }
-        let stages = self.dispatch_stages();
+        let stages = self.stages();
         let counts = if stages.iter().any(|s| s.max_in_flight > 0) {
             self.workflows.in_flight_counts(self.now()).await?
         } else {

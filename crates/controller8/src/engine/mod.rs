@@ -15,7 +15,7 @@ pub(crate) mod starter;
 mod tests;
 pub(crate) mod timeouts;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -96,14 +96,11 @@ pub(crate) struct Engine {
     pub(crate) start_wake: Wake,
     /// Per-stage backpressure state.
     pub(crate) pressure: Mutex<HashMap<String, StagePressure>>,
-    /// The last valid pipeline, and every stage seen since start (so that work of a
-    /// stage removed from the file by a live change is still published).
-    plans: Mutex<PlanCache>,
-}
-
-struct PlanCache {
-    last: Plan,
-    known: BTreeMap<String, StageSettings>,
+    /// The settings at start: what needs a restart to change (mode, granularity, the
+    /// pipeline's stages, dependencies, exchanges and routing keys) is read from here.
+    start: Arc<Settings>,
+    /// The pipeline at start.
+    plan: Plan,
 }
 
 impl std::fmt::Debug for Engine {
@@ -130,12 +127,8 @@ pub(crate) struct EngineParts {
 impl Engine {
     /// An engine over `parts`; fails when the current pipeline is invalid.
     pub(crate) fn new(parts: EngineParts) -> Result<Engine, pipeline::PipelineError> {
-        let plan = Plan::new(&parts.settings.borrow().workflow)?;
-        let known = plan
-            .stages()
-            .iter()
-            .map(|s| (s.name.clone(), s.clone()))
-            .collect();
+        let start = parts.settings.borrow().clone();
+        let plan = Plan::new(&start.workflow)?;
         Ok(Engine {
             domains: parts.domains,
             workflows: parts.workflows,
@@ -150,7 +143,8 @@ impl Engine {
             dispatch_wake: Wake::default(),
             start_wake: Wake::default(),
             pressure: Mutex::new(HashMap::new()),
-            plans: Mutex::new(PlanCache { last: plan, known }),
+            start,
+            plan,
         })
     }
 
@@ -159,53 +153,35 @@ impl Engine {
         self.settings.borrow().clone()
     }
 
-    /// The pipeline of this moment: the current settings' if valid, else the last
-    /// valid one (a broken live edit never replaces a good pipeline).
-    pub(crate) fn plan(&self) -> Plan {
-        let settings = self.settings();
-        let mut cache = lock(&self.plans);
-        match Plan::new(&settings.workflow) {
-            Ok(plan) => {
-                if plan != cache.last {
-                    for s in plan.stages() {
-                        cache.known.insert(s.name.clone(), s.clone());
-                    }
-                    cache.last = plan.clone();
-                }
-                plan
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "ignoring an invalid pipeline; keeping the last valid one");
-                cache.last.clone()
-            }
-        }
+    /// The settings at start (for what needs a restart to change).
+    pub(crate) fn start_settings(&self) -> &Settings {
+        &self.start
     }
 
-    /// The stages to dispatch: the current pipeline's, then any stage removed from it
-    /// by a live change (existing workflows may still hold pending attempts of it).
-    pub(crate) fn dispatch_stages(&self) -> Vec<StageSettings> {
-        let plan = self.plan();
-        let cache = lock(&self.plans);
-        let mut out: Vec<StageSettings> = plan.stages().to_vec();
-        for (name, s) in &cache.known {
-            if plan.stage(name).is_none() {
-                out.push(s.clone());
-            }
-        }
-        out
+    /// The pipeline's structure, as at start.
+    pub(crate) fn plan(&self) -> &Plan {
+        &self.plan
     }
 
-    /// The settings of stage `name`: the current pipeline's, else the last known, else
-    /// the defaults.
+    /// The stages with their live settings: name, dependencies, exchange and routing
+    /// key as at start (changing them needs a restart, like the topology they rely
+    /// on); `timeout`, `max_attempts`, `backoff` and `max_in_flight` as configured now.
+    pub(crate) fn stages(&self) -> Vec<StageSettings> {
+        let live = self.settings();
+        self.plan
+            .stages()
+            .iter()
+            .map(|s| with_live_tunables(s, &live))
+            .collect()
+    }
+
+    /// The settings of stage `name` (see [`Engine::stages`]); the defaults for a stage
+    /// the pipeline does not have.
     pub(crate) fn stage_settings(&self, name: &str) -> StageSettings {
-        if let Some(s) = self.plan().stage(name) {
-            return s.clone();
+        match self.plan.stage(name) {
+            Some(s) => with_live_tunables(s, &self.settings()),
+            None => StageSettings::new(name, config8::DEFAULT_EXCHANGE),
         }
-        lock(&self.plans)
-            .known
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| StageSettings::new(name, config8::DEFAULT_EXCHANGE))
     }
 
     /// Whether this replica may schedule and publish now.
@@ -222,6 +198,18 @@ impl Engine {
     pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
+}
+
+/// `start` with the live values of the settings that apply without restart.
+fn with_live_tunables(start: &StageSettings, live: &Settings) -> StageSettings {
+    let mut s = start.clone();
+    if let Some(l) = live.stage(&start.name) {
+        s.timeout = l.timeout;
+        s.max_attempts = l.max_attempts.max(1);
+        s.backoff = l.backoff.clone();
+        s.max_in_flight = l.max_in_flight;
+    }
+    s
 }
 
 /// `t + d`, saturating.

@@ -59,7 +59,7 @@ impl Engine {
         let plans = self.plan().stage_plans();
         let now = self.now();
         let ended_before = minus(now, settings.workflow.rescan_after);
-        match settings.workflow.granularity {
+        match self.start_settings().workflow.granularity {
             Granularity::PerDomain => self
                 .create_per_domain(&plans, ended_before, now, None)
                 .await
@@ -182,8 +182,7 @@ impl Engine {
         &self,
         domain_ids: Option<Vec<Uuid>>,
     ) -> Result<Vec<WorkflowView>, ScanNowError> {
-        let settings = self.settings();
-        if settings.scheduler.mode != SchedulerMode::Managed {
+        if self.start_settings().scheduler.mode != SchedulerMode::Managed {
             return Err(ScanNowError::Invalid(
                 "workflows can only be started in managed mode (Scheduler.mode is bootstrap)"
                     .into(),
@@ -194,7 +193,7 @@ impl Engine {
         }
         let plans = self.plan().stage_plans();
         let now = self.now();
-        let granularity = settings.workflow.granularity;
+        let granularity = self.start_settings().workflow.granularity;
         let mut views = Vec::new();
         match domain_ids {
             None => match granularity {
