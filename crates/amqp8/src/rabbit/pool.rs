@@ -286,6 +286,15 @@ impl Manager {
             refused(
                 "access to the virtual host refused, or it does not exist (check RabbitMQ.vhost and the user's permissions)",
             )
+        } else if text.contains("reset by peer")
+            || text.contains("UnexpectedEof")
+            || text.contains("end of file")
+        {
+            // RabbitMQ drops the socket without a reason on a failed login when the
+            // client does not announce `authentication_failure_close` (amqprs does not).
+            self.unavailable(format!(
+                "{text} during the AMQP handshake (wrong RabbitMQ.username or RabbitMQ.password? the broker's log says; or the broker is shutting down)"
+            ))
         } else {
             self.unavailable(text)
         }
