@@ -17,8 +17,10 @@ mod health;
 pub mod memory;
 mod rabbit;
 mod redelivery;
+mod service;
 
 pub use broker::*;
 pub use error::AmqpError;
 pub use handler_fn::{Message, handler_fn};
 pub use rabbit::{RabbitBroker, connect};
+pub use service::DEFAULT_MAX_REDELIVERIES;
