@@ -10,7 +10,7 @@
 #                amqp_recovery managed); default: all
 #   --quick      smoke test: ten times fewer rows and messages, one repetition (for CI)
 #   --strict     exit 1 when a goal is missed, too
-#   --reps N     repetitions of each measured pair (default 3); the median is reported
+#   --reps N     repetitions of each measured pair (default 5); the median is reported
 #   --update-doc also rewrite docs/BENCHMARKS.md for a partial or quick run
 #   --no-doc     never rewrite docs/BENCHMARKS.md
 #   --list       list the benchmarks and exit

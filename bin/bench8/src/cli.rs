@@ -34,7 +34,7 @@ pub struct RunArgs {
     /// exit 1 when a goal is missed (by default only a benchmark that fails to run does)
     #[argh(switch)]
     pub strict: bool,
-    /// repetitions of each throughput pair (default 3, 1 with --quick); the median is
+    /// repetitions of each throughput pair (default 5, 1 with --quick); the median is
     /// reported
     #[argh(option)]
     pub reps: Option<usize>,

@@ -52,7 +52,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     });
     let ctx = Ctx {
         quick: args.quick,
-        reps: args.reps.unwrap_or(if args.quick { 1 } else { 3 }),
+        reps: args.reps.unwrap_or(if args.quick { 1 } else { 5 }),
         orchestrator,
         self_exe,
         started: Instant::now(),

@@ -62,6 +62,12 @@ pub fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// CPU time (user + system) this process has used so far, in seconds; 0 when
+/// `/proc` cannot be read.
+pub fn own_cpu_seconds(ticks_per_second: u64) -> f64 {
+    cpu_ticks(std::process::id()).map_or(0.0, |t| t as f64 / ticks_per_second as f64)
+}
+
 /// KiB to MiB.
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0

@@ -22,6 +22,7 @@ use crate::ctx::{Ctx, list, median};
 use crate::floors::raw_amqp::{
     QueueProbe, consume_acked, declare_queue, delete_queue, publish_confirmed,
 };
+use crate::procfs::{clock_ticks_per_second, own_cpu_seconds};
 use crate::report::{Better, Failure, Measured, Spec};
 use crate::services::{amqp_connect, lock_shared, rabbit_settings, unique_suffix};
 use crate::workload::{MESSAGE_BYTES, message_bodies};
@@ -93,6 +94,8 @@ async fn measure(
     let mut probe = QueueProbe::open("/").await?;
     let mut ours = Vec::new();
     let mut floors = Vec::new();
+    let (mut ours_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
+    let tck = clock_ticks_per_second();
     for rep in 0..ctx.reps {
         let mut raw_s = 0.0;
         let mut ours_s = 0.0;
@@ -103,12 +106,19 @@ async fn measure(
             queues.push(queue.clone());
             publish_confirmed("/", exchange, &key, &bodies, WINDOW, TIMEOUT).await?;
             wait_for_count(&mut probe, &queue, n).await?;
+            let cpu0 = own_cpu_seconds(tck);
             if side == "raw" {
                 raw_s = consume_acked("/", &queue, n, PREFETCH, TIMEOUT)
                     .await?
                     .as_secs_f64();
             } else {
                 ours_s = consume_ours(broker, &queue, n).await?;
+            }
+            let cpu = own_cpu_seconds(tck) - cpu0;
+            if side == "raw" {
+                raw_cpu.push(cpu);
+            } else {
+                ours_cpu.push(cpu);
             }
             // Unacked deliveries would be back in the queue now that the consumer is gone.
             wait_for_count(&mut probe, &queue, 0).await?;
@@ -133,10 +143,13 @@ async fn measure(
             detail: format!(
                 "{n} persistent {MESSAGE_BYTES}-byte messages, prefetch {PREFETCH}, one ack per \
                  delivery; amqp8 Broker::consume with a handler returning Ack vs raw amqprs \
-                 basic_consume_rx + basic_ack; median of {} runs; msg/s amqp8 [{}], raw [{}]",
+                 basic_consume_rx + basic_ack; median of {} runs; msg/s amqp8 [{}], raw [{}]; client CPU seconds (user+system of \
+                 this process) amqp8 [{}], raw [{}]",
                 ctx.reps,
                 list(&ours),
-                list(&floors)
+                list(&floors),
+                list(&ours_cpu),
+                list(&raw_cpu)
             ),
         }),
     )])

@@ -15,6 +15,7 @@ use amqp8::{OutgoingMessage, PublishOutcome};
 use super::Outcomes;
 use crate::ctx::{Ctx, list, median};
 use crate::floors::raw_amqp::{QueueProbe, declare_queue, delete_queue, publish_confirmed};
+use crate::procfs::{clock_ticks_per_second, own_cpu_seconds};
 use crate::report::{Better, Failure, Measured, Spec};
 use crate::services::{amqp_connect, lock_shared, rabbit_settings, unique_suffix};
 use crate::workload::{MESSAGE_BYTES, message_bodies};
@@ -67,6 +68,8 @@ async fn measure(
     let mut probe = QueueProbe::open("/").await?;
     let mut ours = Vec::new();
     let mut floors = Vec::new();
+    let (mut ours_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
+    let tck = clock_ticks_per_second();
     for rep in 0..ctx.reps {
         let mut raw_s = 0.0;
         let mut ours_s = 0.0;
@@ -75,6 +78,7 @@ async fn measure(
             let key = format!("bench8.{side}{rep}");
             declare_queue(channel, exchange, &queue, &key).await?;
             queues.push(queue.clone());
+            let cpu0 = own_cpu_seconds(tck);
             if side == "raw" {
                 let run = publish_confirmed("/", exchange, &key, &bodies, WINDOW, TIMEOUT).await?;
                 if run.confirmed != n {
@@ -86,6 +90,12 @@ async fn measure(
                 raw_s = run.elapsed.as_secs_f64();
             } else {
                 ours_s = publish_ours(broker, exchange, &key, &bodies).await?;
+            }
+            let cpu = own_cpu_seconds(tck) - cpu0;
+            if side == "raw" {
+                raw_cpu.push(cpu);
+            } else {
+                ours_cpu.push(cpu);
             }
             wait_for_count(&mut probe, &queue, n).await?;
             delete_queue(channel, &queue).await;
@@ -109,10 +119,13 @@ async fn measure(
             detail: format!(
                 "{n} persistent {MESSAGE_BYTES}-byte messages, mandatory, confirmed; amqp8 \
                  publish_many (default pool settings) vs raw amqprs on one channel with a \
-                 window of {WINDOW}; median of {} runs; msg/s amqp8 [{}], raw [{}]",
+                 window of {WINDOW}; median of {} runs; msg/s amqp8 [{}], raw [{}]; client CPU seconds (user+system of \
+                 this process) amqp8 [{}], raw [{}]",
                 ctx.reps,
                 list(&ours),
-                list(&floors)
+                list(&floors),
+                list(&ours_cpu),
+                list(&raw_cpu)
             ),
         }),
     )])
