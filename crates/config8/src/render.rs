@@ -7,7 +7,8 @@ use crate::settings::Settings;
 
 /// The configuration as YAML that loads back to the same settings (secrets aside).
 ///
-/// Secret fields print `***`. A secret's value is also removed from every other string
+/// A literal `${` in a value is printed `$${`, so that loading the output does not
+/// expand it. Secret fields print `***`. A secret's value is also removed from every other string
 /// (say a password repeated in a URL of `Services`), and URL passwords
 /// (`scheme://user:password@host`) are redacted wherever they appear.
 pub fn render_redacted(settings: &Settings) -> String {
@@ -30,7 +31,7 @@ fn secrets(s: &Settings) -> Vec<&Secret> {
 
 fn scrub(value: &mut Value, secrets: &[&str]) {
     match value {
-        Value::String(s) => *s = scrub_str(s, secrets),
+        Value::String(s) => *s = scrub_str(s, secrets).replace("${", "$${"),
         Value::Sequence(items) => items.iter_mut().for_each(|v| scrub(v, secrets)),
         Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| scrub(v, secrets)),
         Value::Tagged(t) => scrub(&mut t.value, secrets),
@@ -116,5 +117,15 @@ mod tests {
         assert!(out.contains("k=***"), "{out}");
         assert!(out.contains("x: '***'"), "{out}");
         assert!(out.contains("y: mqtt"), "{out}");
+    }
+
+    #[test]
+    fn literal_dollar_braces_are_escaped() {
+        let mut s = Settings::default();
+        s.orchestrator
+            .services
+            .insert("asmm8".into(), "http://h/a${b}c$d$${e}".into());
+        let out = render_redacted(&s);
+        assert!(out.contains("asmm8: http://h/a$${b}c$d$$${e}"), "{out}");
     }
 }
