@@ -367,7 +367,7 @@ fn queue_args(ctx: &mut Ctx, path: &KeyPath, value: Value) -> BTreeMap<String, A
     };
     for (k, v) in m {
         let Some(key) = key_text(&k) else {
-            ctx.bad(path, &k, "text keys");
+            ctx.bad_key(path, &k);
             continue;
         };
         let p = path.key(&key);

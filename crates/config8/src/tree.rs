@@ -133,6 +133,18 @@ impl Ctx {
         self.problem(path, format!("got {shown}, expected {expected}"));
     }
 
+    /// Records a key of the mapping at `path` that is not text (a list or a mapping);
+    /// the file's own mapping is named "the top level".
+    pub(crate) fn bad_key(&mut self, path: &KeyPath, key: &Value) {
+        let shown = show(key, false);
+        let message = if path.to_string().is_empty() {
+            format!("the top level has a key that is {shown}, expected text keys")
+        } else {
+            format!("a key of this mapping is {shown}, expected text keys")
+        };
+        self.problem(path, message);
+    }
+
     /// Records a warning.
     pub(crate) fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
         let note = self.origin_note(path);
@@ -336,7 +348,7 @@ pub(crate) fn mapping_entries(
     for (k, v) in m {
         match key_text(&k) {
             Some(key) => out.push((key, v, false)),
-            None => ctx.bad(path, &k, "text keys"),
+            None => ctx.bad_key(path, &k),
         }
     }
     out
