@@ -33,7 +33,13 @@ impl Leadership {
     }
 
     fn set(&self, role: Role) {
-        let old = self.role.send_replace(role);
+        // Only a real change notifies the watchers (the loops wake on role changes).
+        let mut old = role;
+        self.role.send_if_modified(|r| {
+            old = *r;
+            *r = role;
+            old != role
+        });
         self.metrics.set_role(role);
         if old != role {
             match role {
@@ -74,7 +80,8 @@ impl Leadership {
     /// Steps down and gives the lock up (shutdown).
     pub(crate) async fn resign(&self) {
         let was = *self.role.borrow();
-        self.role.send_replace(Role::Standby);
+        self.role
+            .send_if_modified(|r| std::mem::replace(r, Role::Standby) != Role::Standby);
         self.metrics.set_role(Role::Standby);
         if was == Role::Leader {
             if let Err(e) = self.lock.release().await {

@@ -368,10 +368,12 @@ async fn a_malformed_result_is_dead_lettered_and_the_service_keeps_running() {
 #[tokio::test(start_paused = true)]
 async fn the_interval_is_read_live() {
     let store = MemoryStore::new();
-    let mut s = no_election(crate::testkit::managed(vec![stage("a", &[])]));
+    // With leader election: its periodic checks must not count as ticks.
+    let mut s = crate::testkit::managed(vec![stage("a", &[])]);
+    assert!(s.leader_election.enabled);
     s.scheduler.interval = Duration::from_secs(3600);
     s.workflow.rescan_after = Duration::ZERO;
-    let r = start(s, &store, false, Tuning::default()).await;
+    let r = start(s, &store, true, Tuning::default()).await;
     let b = r.broker.clone();
     eventually("consumer", Duration::from_secs(5), async || consuming(&b)).await;
     add(&store, "example.com").await;

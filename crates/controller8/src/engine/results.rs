@@ -99,7 +99,7 @@ impl Engine {
             }
             StageOutcome::Failed => {
                 let reason = reason_of(r.detail.as_ref());
-                self.fail_attempt(&r.key, &reason, r.detail.clone(), now)
+                self.fail_attempt(&r.key, false, &reason, r.detail.clone(), now)
                     .await?
             }
         };

@@ -591,6 +591,11 @@ async fn leadership_follows_the_lock() {
     LeaderLock::release(&other).await.unwrap();
     assert_eq!(l.step().await, Role::Leader);
     assert_eq!(*rx.borrow(), Role::Leader);
+    // A check that changes nothing does not wake the role's watchers.
+    let mut watcher = rx.clone();
+    watcher.borrow_and_update();
+    assert_eq!(l.step().await, Role::Leader);
+    assert!(!watcher.has_changed().unwrap());
     assert!(
         metrics
             .encode(&Default::default())

@@ -16,6 +16,7 @@ impl Engine {
     pub(crate) async fn fail_attempt(
         &self,
         key: &StageKey,
+        timed_out: bool,
         reason: &str,
         detail: Option<serde_json::Value>,
         now: DateTime<Utc>,
@@ -27,6 +28,10 @@ impl Engine {
             .workflows
             .fail_stage(key, detail, retry_at, now)
             .await?;
+        if timed_out && t != Transition::Stale {
+            // Counted before the notification goes out.
+            self.metrics.stage_timed_out(&key.stage);
+        }
         match &t {
             Transition::Retrying { at } => {
                 self.metrics.stage_retry_scheduled(&key.stage);
@@ -85,13 +90,13 @@ impl Engine {
                 let t = self
                     .fail_attempt(
                         &key,
+                        true,
                         &reason,
                         Some(serde_json::json!({ "error": reason })),
                         now,
                     )
                     .await?;
                 if t != Transition::Stale {
-                    self.metrics.stage_timed_out(&key.stage);
                     handled += 1;
                 }
             }

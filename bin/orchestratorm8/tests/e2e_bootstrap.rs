@@ -1,0 +1,151 @@
+//! End-to-end: bootstrap mode (the Go original's behaviour) with the real binary,
+//! PostgreSQL and RabbitMQ. See `e2e_support` for the isolation (own database, own
+//! virtual host per test).
+
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use amqp8::Broker;
+use e2e_support::{Env, Service, eventually};
+use model8::AmqpM8Message;
+
+const GO_QUEUE_ARGS: &str = "{ \"x-max-length\": 1, \"x-overflow\": \"reject-publish\" }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kick_off_within_two_seconds_of_the_first_enabled_domain_and_again_after_none() {
+    let env = Env::new();
+    // The Go file: no Scheduler section, so bootstrap mode.
+    let config = env.config(&[("asmm8", GO_QUEUE_ARGS)], "");
+    let mut svc = Service::start(&config, env.dir.path(), "svc").await;
+    svc.ready().await;
+    // Ready as soon as its connections are healthy; leader once it holds the lock.
+    eventually("leader", Duration::from_secs(10), async || {
+        svc.get("/ready").await.1["role"] == "leader"
+    })
+    .await;
+    let (status, ready) = svc.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["database"], "healthy");
+    assert_eq!(ready["checks"]["rabbitmq"], "healthy");
+    let client = env.client().await;
+
+    // No domain: no kick-off.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(client.depth("qasmm8").await, 0);
+
+    // none -> some.
+    let inserted = Instant::now();
+    env.insert_domains("first", 1);
+    eventually("first kick-off", Duration::from_secs(2), async || {
+        client.depth("qasmm8").await == 1
+    })
+    .await;
+    let took = inserted.elapsed();
+    assert!(took <= Duration::from_secs(2), "kick-off after {took:?}");
+
+    let (got, consumer) = client.collect("qasmm8").await;
+    eventually("kick-off consumed", Duration::from_secs(10), async || {
+        got.lock().unwrap().len() == 1
+    })
+    .await;
+    {
+        let m = got.lock().unwrap()[0].clone();
+        assert_eq!(m.exchange, "cptm8");
+        assert_eq!(m.routing_key, "cptm8.asmm8.get.scan");
+        let env: AmqpM8Message = AmqpM8Message::from_slice(&m.body).unwrap();
+        assert_eq!(env.channel, "cptm8.asmm8.get.scan");
+        assert_eq!(env.source, "orchestratorm8");
+        assert_eq!(env.payload, None);
+        assert!(!String::from_utf8_lossy(&m.body).contains("payload"));
+    }
+
+    // some -> more: nothing new.
+    env.insert_domains("second", 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(got.lock().unwrap().len(), 1);
+
+    // some -> none -> some: exactly one more.
+    env.psql("UPDATE cptm8domain SET enabled = false");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(got.lock().unwrap().len(), 1);
+    let enabled = Instant::now();
+    env.psql("UPDATE cptm8domain SET enabled = true WHERE name LIKE '%.first.%'");
+    eventually("second kick-off", Duration::from_secs(2), async || {
+        got.lock().unwrap().len() == 2
+    })
+    .await;
+    assert!(enabled.elapsed() <= Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(got.lock().unwrap().len(), 2);
+    consumer.stop(Duration::from_secs(1)).await;
+
+    // SIGTERM: exit 0, promptly.
+    let (code, took) = svc.terminate();
+    assert_eq!(code, Some(0), "{}", svc.logs());
+    assert!(took < Duration::from_secs(25), "exit took {took:?}");
+    let logs = svc.logs();
+    assert!(logs.contains("leader lock released"), "{logs}");
+    assert!(!logs.contains("guest\""), "no password in the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_asmm8_queue_means_the_pipeline_is_busy_not_an_error() {
+    let env = Env::new();
+    env.psql(
+        "CREATE TABLE IF NOT EXISTS cptm8domain (id uuid PRIMARY KEY, name varchar(200) NOT NULL, \
+         companyname varchar(50), enabled boolean NOT NULL DEFAULT true)",
+    );
+    env.insert_domains("busy", 1);
+    let client = env.client().await;
+    // A job already waits in the (x-max-length 1) asmm8 queue.
+    client
+        .broker
+        .declare(&amqp8::Topology {
+            exchanges: vec![amqp8::ExchangeDecl {
+                name: "cptm8".into(),
+                kind: "topic".into(),
+            }],
+            queues: vec![amqp8::QueueDecl {
+                name: "qasmm8".into(),
+                arguments: [
+                    ("x-max-length".to_owned(), amqp8::ArgValue::Int(1)),
+                    (
+                        "x-overflow".to_owned(),
+                        amqp8::ArgValue::Str("reject-publish".into()),
+                    ),
+                ]
+                .into(),
+            }],
+            bindings: vec![amqp8::BindingDecl {
+                exchange: "cptm8".into(),
+                queue: "qasmm8".into(),
+                routing_key: "cptm8.asmm8.#".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    client
+        .broker
+        .publish(amqp8::OutgoingMessage::new(
+            "cptm8",
+            "cptm8.asmm8.get.scan",
+            b"{}".to_vec(),
+        ))
+        .await
+        .unwrap();
+    let config = env.config(&[("asmm8", GO_QUEUE_ARGS)], "");
+    let mut svc = Service::start(&config, env.dir.path(), "svc").await;
+    eventually(
+        "kick-off refused and logged",
+        Duration::from_secs(10),
+        async || svc.logs().contains("the pipeline is busy"),
+    )
+    .await;
+    assert_eq!(client.depth("qasmm8").await, 1);
+    let (status, _) = svc.get("/ready").await;
+    assert_eq!(status, 200, "still ready");
+    assert!(!svc.logs().contains("ERROR"), "{}", svc.logs());
+    let (code, _) = svc.terminate();
+    assert_eq!(code, Some(0));
+}
