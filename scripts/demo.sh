@@ -1,56 +1,344 @@
 #!/usr/bin/env bash
-# The service's main job, end to end on this machine.
+# The service's main job, end to end on this machine (docs/DEMO.md):
 #
-# Today: the local services, a release build, and `orchestratorm8 config check` on
-# configs/configuration.yaml (the Go original's file). The full demo (migrate, add
-# domains, launch, simulated stage workers, a workflow to completion) is added as
-# further steps in main() below: each step is one function, printed as it runs.
+#   1. local PostgreSQL and RabbitMQ (scripts/services.sh installs/starts them);
+#   2. release build of orchestratorm8 and the examples (stage workers, monitor);
+#   3. a fresh demo database `cptm8_demo` and RabbitMQ virtual host `cptm8_demo`
+#      (dropped and recreated on every run: nothing else is touched);
+#   4. `orchestratorm8 migrate`, then a few domains (`orchestratorm8 domains add`);
+#   5. `orchestratorm8 launch` in managed mode (examples/configs/demo.yaml: 8 s stage
+#      timeouts, 1-4 s backoffs) and one simulated stage worker per stage (asmm8,
+#      naabum8, katanam8, num8) that fails some scans and loses a few jobs, so that
+#      retries and timeouts show;
+#   6. the workflows' progress, polled every second from the workflow API.
 #
-# configs/configuration.yaml defaults every ${VAR:-default} to the local services that
-# scripts/services.sh provides (127.0.0.1, user postgres without password, guest/guest);
-# set those variables to point elsewhere. CPTM8_DEMO_CONFIG selects another file.
+# Usage:
+#   bash scripts/demo.sh                         watch until Ctrl-C (stops everything)
+#   bash scripts/demo.sh --until-done [--timeout 180]
+#                                                exit 0 once every seeded workflow is
+#                                                completed; non-zero with a summary on
+#                                                failure or timeout (tests, CI)
+# Environment:
+#   CPTM8_DEMO_PORT      HTTP port of the demo orchestrator (default 18005)
+#   CPTM8_DEMO_CONFIG    configuration file (default examples/configs/demo.yaml)
+#   CPTM8_DEMO_DB        demo database, recreated (default cptm8_demo)
+#   CPTM8_DEMO_VHOST     demo RabbitMQ virtual host, recreated (default cptm8_demo)
+# Logs of every process: target/demo/*.log.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
-CONFIG="${CPTM8_DEMO_CONFIG:-configs/configuration.yaml}"
+export PATH="$PATH:/usr/sbin:/sbin"
 
-BIN="" # the release binary, set by step_build
+UNTIL_DONE=0
+TIMEOUT=180
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+while (($#)); do
+    case "$1" in
+    --until-done) UNTIL_DONE=1 ;;
+    --timeout)
+        [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || die "--timeout needs a number of seconds (got '${2:-}')"
+        TIMEOUT="$2"
+        shift
+        ;;
+    --timeout=*)
+        TIMEOUT="${1#--timeout=}"
+        [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout needs a number of seconds (got '$TIMEOUT')"
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+    esac
+    shift
+done
+
+PORT="${CPTM8_DEMO_PORT:-18005}"
+if ! [[ "$PORT" =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
+    die "CPTM8_DEMO_PORT must be a port number, got '$PORT'"
+fi
+CONFIG="${CPTM8_DEMO_CONFIG:-examples/configs/demo.yaml}"
+export CPTM8_DEMO_DB="${CPTM8_DEMO_DB:-cptm8_demo}"
+export CPTM8_DEMO_VHOST="${CPTM8_DEMO_VHOST:-cptm8_demo}"
+[[ "$CPTM8_DEMO_DB" =~ ^[a-z_][a-z0-9_]*$ ]] || die "CPTM8_DEMO_DB must be a plain lower-case name, got '$CPTM8_DEMO_DB'"
+[[ "$CPTM8_DEMO_VHOST" =~ ^[A-Za-z0-9_.-]+$ ]] || die "CPTM8_DEMO_VHOST must be a plain name, got '$CPTM8_DEMO_VHOST'"
+[[ "$CPTM8_DEMO_DB" != cptm8 ]] || die "CPTM8_DEMO_DB must not be cptm8: the demo drops and recreates its database"
+[[ "$CPTM8_DEMO_VHOST" != / ]] || die "CPTM8_DEMO_VHOST must not be /: the demo deletes and recreates its vhost"
+# The demo's own configuration never reads these, but the API token would be sent.
+unset ORCHESTRATORM8_CONFIG
+
+# Domains seeded: name, company, and whether it is enabled (a disabled one gets no
+# workflow). EXPECTED is the number of enabled ones.
+DOMAINS=(
+    "example.com|ACME|enabled"
+    "example.org|ACME|enabled"
+    "example.net|Globex|enabled"
+    "retired.example|Initech|disabled"
+)
+EXPECTED=3
+STAGES=(asmm8 naabum8 katanam8 num8)
+# Simulated scans: 0.4-1.5 s; a quarter fail and one in twenty is lost (acked without
+# a report: the stage times out); attempt 3 (the last, max_attempts) always succeeds.
+WORKER_FLAGS=(--min-ms 400 --max-ms 1500 --failure-rate 0.25 --lost-rate 0.05 --succeed-at-attempt 3)
+
+DEMO_DIR="$REPO_ROOT/target/demo"
+PIDFILE="$DEMO_DIR/pids"
+LOCK_FILE=/tmp/cptm8-services.lock
+BIN=""
+EXAMPLES=""
+PIDS=()  # "name:pid" of every process started
+ORCH_PID=""
 STEP=0
+
 announce() {
     STEP=$((STEP + 1))
     printf '\n==> demo step %d: %s\n' "$STEP" "$*"
 }
 
+# alive PID: the process runs (an exited child not yet reaped, a zombie, does not).
+alive() {
+    local stat
+    [[ -n "$1" ]] && stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ -n "$stat" && "${stat:0:1}" != Z && "${stat:0:1}" != X ]]
+}
+
+# --- processes ----------------------------------------------------------------------
+
+# start NAME LOG CMD...: runs CMD in its own session (Ctrl-C in the terminal reaches only
+# this script, which then stops everything in order), without our lock descriptor, with
+# stdout and stderr to LOG; records NAME:PID.
+start() {
+    local name="$1" logfile="$2"
+    shift 2
+    setsid "$@" </dev/null >"$logfile" 2>&1 8>&- &
+    local pid=$!
+    PIDS+=("$name:$pid")
+    printf '%s %s\n' "$pid" "$1" >>"$PIDFILE"
+    log "started $name (pid $pid), log: ${logfile#"$REPO_ROOT"/}"
+    LAST_PID="$pid"
+}
+
+# stop_all: SIGTERM to every process started (workers finish or requeue their jobs,
+# the orchestrator drains), SIGKILL to those still running after 20 s or after a
+# second Ctrl-C.
+FORCE=0
+stop_all() {
+    ((${#PIDS[@]})) || return 0
+    local entry pid name left start
+    for entry in "${PIDS[@]}"; do
+        pid="${entry##*:}"
+        alive "$pid" && kill -TERM "$pid" 2>/dev/null || true
+    done
+    start=$(now_ms)
+    while :; do
+        left=()
+        for entry in "${PIDS[@]}"; do
+            alive "${entry##*:}" && left+=("$entry")
+        done
+        ((${#left[@]})) || break
+        if ((FORCE)) || elapsed_ge "$start" 20; then
+            for entry in "${left[@]}"; do
+                name="${entry%%:*}"
+                pid="${entry##*:}"
+                warn "$name (pid $pid) still running: SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+            done
+            break
+        fi
+        sleep 0.2
+    done
+    for entry in "${PIDS[@]}"; do
+        wait "${entry##*:}" 2>/dev/null || true
+    done
+    log "stopped ${#PIDS[@]} processes in $(elapsed_s "$start")s"
+    PIDS=()
+    rm -f "$PIDFILE"
+}
+
+# A previous run killed without its cleanup (SIGKILL, closed terminal) may have left
+# processes behind: stop the ones the pid file names that still run our binaries.
+stop_leftovers() {
+    [[ -f "$PIDFILE" ]] || return 0
+    local pid exe
+    while read -r pid exe; do
+        [[ "$pid" =~ ^[0-9]+$ ]] || continue
+        local running
+        running="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+        # A rebuilt binary shows as "PATH (deleted)".
+        if alive "$pid" && [[ "$running" == "$exe" || "$running" == "$exe (deleted)" ]]; then
+            warn "stopping pid $pid ($exe) left over by an earlier demo run"
+            kill -TERM "$pid" 2>/dev/null || true
+            local start
+            start=$(now_ms)
+            while alive "$pid" && ! elapsed_ge "$start" 20; do sleep 0.2; done
+            alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done <"$PIDFILE"
+    rm -f "$PIDFILE"
+}
+
+show_logs() {
+    local entry name
+    for entry in "${PIDS[@]}"; do
+        name="${entry%%:*}"
+        printf '\n--- last lines of target/demo/%s.log ---\n' "$name"
+        tail -n 25 "$DEMO_DIR/$name.log" 2>/dev/null || true
+    done
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT
+    trap 'FORCE=1' INT TERM
+    if ((${#PIDS[@]})); then
+        if ((!UNTIL_DONE)) && alive "$ORCH_PID"; then
+            printf '\n==> summary\n'
+            "$EXAMPLES/demo_monitor" --summary --url "http://127.0.0.1:$PORT" || true
+        fi
+        printf '\n==> stopping the demo processes\n'
+        stop_all
+    fi
+    if ((status != 0 && status != 130)); then
+        printf '\ndemo: failed (exit %d); logs: target/demo/*.log\n' "$status" >&2
+    fi
+    exit "$status"
+}
+
+# --- steps --------------------------------------------------------------------------
+
 step_services() {
     announce "local PostgreSQL and RabbitMQ"
     bash scripts/services.sh
+    # Hold the shared lock for the whole demo: tests that restart a service (exclusive
+    # lock) wait for the demo to end instead of pulling the services from under it.
+    exec 8>>"$LOCK_FILE"
+    if ! flock -s -n 8; then
+        log "waiting (up to 300 s) for a test restarting a service to release $LOCK_FILE"
+        flock -s -w 300 8 || die "$LOCK_FILE stayed locked exclusively for 300 s"
+    fi
 }
 
 step_build() {
-    announce "release build of orchestratorm8"
+    announce "release build of orchestratorm8 and the examples (stage workers, monitor)"
     need_cmd cargo "install Rust (rustup) first; rust-toolchain.toml pins the version"
-    cargo build --release -p orchestratorm8
-    BIN="$(cargo_target_dir)/release/orchestratorm8"
-    [[ -x "$BIN" ]] || die "the build did not produce $BIN"
+    cargo build --release -p orchestratorm8 -p cptm8-examples --bins
+    local target
+    target="$(cargo_target_dir)"
+    BIN="$target/release/orchestratorm8"
+    EXAMPLES="$target/release"
+    local b
+    for b in "$BIN" "$EXAMPLES/stage_worker" "$EXAMPLES/demo_monitor"; do
+        [[ -x "$b" ]] || die "the build did not produce $b"
+    done
 }
 
-step_config_check() {
-    announce "configuration check of $CONFIG (secrets redacted)"
-    [[ -f "$CONFIG" ]] || die "configuration file $CONFIG not found (set CPTM8_DEMO_CONFIG)"
-    "$BIN" config check --config "$CONFIG"
+pg_demo() {
+    env -u PGPASSWORD PGPASSFILE=/nonexistent/cptm8-no-passfile PGCONNECT_TIMEOUT=5 \
+        PGOPTIONS='-c client_min_messages=warning' \
+        psql -X -q -w -h 127.0.0.1 -p 5432 -U postgres -v ON_ERROR_STOP=1 -d postgres "$@"
+}
+
+step_fresh_state() {
+    announce "fresh demo database $CPTM8_DEMO_DB and RabbitMQ vhost $CPTM8_DEMO_VHOST"
+    mkdir -p "$DEMO_DIR"
+    stop_leftovers
+    pg_demo -c "DROP DATABASE IF EXISTS $CPTM8_DEMO_DB WITH (FORCE)" -c "CREATE DATABASE $CPTM8_DEMO_DB" ||
+        die "could not recreate database $CPTM8_DEMO_DB on 127.0.0.1:5432 as user postgres"
+    log "database $CPTM8_DEMO_DB recreated"
+    if as_root rabbitmqctl -q list_vhosts | grep -qx "$CPTM8_DEMO_VHOST"; then
+        as_root rabbitmqctl -q delete_vhost "$CPTM8_DEMO_VHOST" >/dev/null ||
+            die "rabbitmqctl delete_vhost $CPTM8_DEMO_VHOST failed"
+    fi
+    as_root rabbitmqctl -q add_vhost "$CPTM8_DEMO_VHOST" >/dev/null ||
+        die "rabbitmqctl add_vhost $CPTM8_DEMO_VHOST failed"
+    as_root rabbitmqctl -q set_permissions -p "$CPTM8_DEMO_VHOST" guest '.*' '.*' '.*' >/dev/null ||
+        die "rabbitmqctl set_permissions -p $CPTM8_DEMO_VHOST guest failed"
+    log "vhost $CPTM8_DEMO_VHOST recreated (user guest has every right on it)"
+}
+
+step_migrate() {
+    announce "orchestratorm8 migrate"
+    "$BIN" migrate --config "$CONFIG"
+}
+
+step_domains() {
+    announce "domains (orchestratorm8 domains add)"
+    local entry name company state out
+    for entry in "${DOMAINS[@]}"; do
+        IFS='|' read -r name company state <<<"$entry"
+        local flags=()
+        [[ "$state" == disabled ]] && flags=(--disabled)
+        if out="$("$BIN" domains --config "$CONFIG" add "$name" --company "$company" "${flags[@]}" 2>&1)"; then
+            printf '%s\n' "$out"
+        elif grep -q 'already exists' <<<"$out"; then
+            log "$name is already there"
+        else
+            printf '%s\n' "$out" >&2
+            die "orchestratorm8 domains add $name failed"
+        fi
+    done
+    "$BIN" domains --config "$CONFIG" list
+}
+
+step_launch() {
+    announce "orchestratorm8 launch (managed mode, http://127.0.0.1:$PORT) and the stage workers"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+        die "port $PORT is in use; set CPTM8_DEMO_PORT to a free port"
+    fi
+    start orchestratorm8 "$DEMO_DIR/orchestratorm8.log" \
+        "$BIN" launch --ip 127.0.0.1 --port "$PORT" --config "$CONFIG"
+    ORCH_PID="$LAST_PID"
+    local stage
+    for stage in "${STAGES[@]}"; do
+        start "$stage" "$DEMO_DIR/$stage.log" \
+            "$EXAMPLES/stage_worker" --stage "$stage" --name "$stage-sim" --config "$CONFIG" "${WORKER_FLAGS[@]}"
+    done
+}
+
+step_watch() {
+    local watch=() entry
+    for entry in "${PIDS[@]}"; do
+        watch+=(--watch "${entry%%:*}=${entry##*:}")
+    done
+    local monitor=("$EXAMPLES/demo_monitor" --url "http://127.0.0.1:$PORT" --expect "$EXPECTED" "${watch[@]}")
+    if ((UNTIL_DONE)); then
+        announce "workflows until all $EXPECTED are completed (timeout ${TIMEOUT}s)"
+        local status=0
+        "${monitor[@]}" --until-done --timeout "$TIMEOUT" --plain 8>&- || status=$?
+        if ((status != 0)); then
+            show_logs
+            die "the demo did not complete (demo_monitor exit $status)"
+        fi
+        log "every seeded workflow completed"
+    else
+        announce "workflows (Ctrl-C stops the demo)"
+        log "API: http://127.0.0.1:$PORT/api/orchestratorm8/workflows (scan now: POST {} to it)"
+        local status=0
+        "${monitor[@]}" 8>&- || status=$?
+        if ((status != 0)); then
+            show_logs
+            die "demo_monitor stopped (exit $status)"
+        fi
+    fi
 }
 
 main() {
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     step_services
     step_build
-    step_config_check
-    # Next steps of the full demo go here, e.g. step_migrate, step_domains,
-    # step_launch (with a trap that stops the service), step_workers, step_workflow.
-    printf '\n'
-    log "done"
+    step_fresh_state
+    step_migrate
+    step_domains
+    step_launch
+    step_watch
 }
 
 main "$@"
