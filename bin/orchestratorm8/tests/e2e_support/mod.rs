@@ -21,7 +21,7 @@ use model8::{AmqpM8Message, StageJob, StageOutcome, StageResult};
 /// The queue the tests bind to every notification.
 pub const NOTIFY_QUEUE: &str = "qtest.notifications";
 
-fn lock_services() -> File {
+fn lock_services(exclusive: bool) -> File {
     let lock = File::options()
         .read(true)
         .write(true)
@@ -29,7 +29,11 @@ fn lock_services() -> File {
         .truncate(false)
         .open("/tmp/cptm8-services.lock")
         .expect("open the service lock");
-    lock.lock_shared().expect("shared service lock");
+    if exclusive {
+        lock.lock().expect("exclusive service lock");
+    } else {
+        lock.lock_shared().expect("shared service lock");
+    }
     lock
 }
 
@@ -59,7 +63,18 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Env {
-        let lock = lock_services();
+        Env::locked(false)
+    }
+
+    /// Like [`Env::new`], holding the EXCLUSIVE service lock instead: for tests that
+    /// stop or restart PostgreSQL or RabbitMQ (tests/fault_*.rs). One process cannot
+    /// hold both (two `flock`s on one file conflict even within a process).
+    pub fn exclusive() -> Env {
+        Env::locked(true)
+    }
+
+    fn locked(exclusive: bool) -> Env {
+        let lock = lock_services(exclusive);
         let name = format!("o8e2e_{}", uuid::Uuid::new_v4().simple());
         run(Command::new("createdb").args(["-h", "127.0.0.1", "-U", "postgres", &name]));
         run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &name]));
