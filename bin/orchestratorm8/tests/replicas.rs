@@ -1,0 +1,470 @@
+//! Several replicas of the real binary on one PostgreSQL database and one RabbitMQ
+//! virtual host (issue 7): exactly one leader, every stage-1 job published exactly once,
+//! a standby takes over after `kill -9` of the leader and after the leader's lock session
+//! is terminated on the server, and nothing is published twice or lost on the way.
+//!
+//! Managed mode, `per_domain`, two stages `a -> b` with no workers: every workflow
+//! publishes exactly one job to `qa` (a quorum queue) and then waits (a one-hour
+//! timeout, so nothing is retried during the test). Jobs are counted in `qa` by passive
+//! declares, and decoded at the end.
+//!
+//! Also here: a stage queue configured as quorum that already exists as a classic queue
+//! stops the start with an error naming the queue and the argument.
+//!
+//! The takeover times are printed (`--nocapture`) but asserted only against a generous
+//! deadline: the 5 s target is measured and documented in docs/OPERATIONS.md, not
+//! asserted on a loaded 2-core machine. The ignored test `takeover_time_samples` takes
+//! the measurements.
+
+mod e2e_support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use e2e_support::{Env, Service, eventually, http_get, managed, stage};
+use model8::{AmqpM8Message, StageJob};
+
+/// Deadline for anything that should take seconds (generous: loaded machine).
+const LIMIT: Duration = Duration::from_secs(90);
+/// Deadline for a standby to take over. The target is 5 s; this only catches "never".
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(30);
+/// How long a count must stay unchanged to count as stable.
+const STABLE: Duration = Duration::from_secs(3);
+/// The stage-1 queue.
+const STAGE1_QUEUE: &str = "qa";
+
+/// The replicas of one test run one at a time: each test already runs three
+/// orchestrators, and the machine is small.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The stage-1 queue is a quorum queue, as on a RabbitMQ cluster (docs/OPERATIONS.md).
+const QUORUM: &str = r#"{ "x-queue-type": "quorum", "x-delivery-limit": 5 }"#;
+
+fn config(env: &Env) -> std::path::PathBuf {
+    let stages = stage("a", &[], "1h", 3) + &stage("b", &["a"], "1h", 3);
+    env.config(&[("a", QUORUM), ("b", "{}")], &managed(&stages))
+}
+
+async fn start_replicas(env: &Env, n: usize) -> Vec<Service> {
+    let config = config(env);
+    let mut replicas = Vec::new();
+    for i in 0..n {
+        replicas.push(Service::start(&config, env.dir.path(), &format!("replica{i}")).await);
+    }
+    replicas
+}
+
+/// The role `/ready` reports, `None` when it does not answer 200 with a role.
+async fn role(svc: &Service) -> Option<String> {
+    let (status, body) = http_get(svc.port, "/ready").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["role"].as_str().map(str::to_owned)
+}
+
+/// The roles of `replicas` (`None` for a killed one, skipped by index in `alive`).
+async fn roles(replicas: &[Service], alive: &[usize]) -> Vec<(usize, Option<String>)> {
+    let mut out = Vec::new();
+    for &i in alive {
+        out.push((i, role(&replicas[i]).await));
+    }
+    out
+}
+
+/// Waits until exactly one of `alive` says leader and every other one standby, and
+/// returns the leader's index.
+async fn one_leader(replicas: &[Service], alive: &[usize], limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = roles(replicas, alive).await;
+        let leaders: Vec<usize> = r
+            .iter()
+            .filter(|(_, role)| role.as_deref() == Some("leader"))
+            .map(|(i, _)| *i)
+            .collect();
+        let standbys = r
+            .iter()
+            .filter(|(_, role)| role.as_deref() == Some("standby"))
+            .count();
+        if leaders.len() == 1 && standbys == alive.len() - 1 {
+            return leaders[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader among {alive:?} after {limit:?}; roles {r:?}\n{}",
+            logs(replicas, alive)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn logs(replicas: &[Service], which: &[usize]) -> String {
+    which
+        .iter()
+        .map(|&i| {
+            let text = replicas[i].logs();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("--- replica{i} (last 40 lines) ---\n{}\n", tail.join("\n"))
+        })
+        .collect()
+}
+
+/// Polls `/ready` of `alive` until one of them says leader; returns it and how long it
+/// took from `since`.
+async fn wait_for_leader(
+    replicas: &[Service],
+    alive: &[usize],
+    since: Instant,
+    limit: Duration,
+) -> (usize, Duration) {
+    loop {
+        for &i in alive {
+            if role(&replicas[i]).await.as_deref() == Some("leader") {
+                return (i, since.elapsed());
+            }
+        }
+        assert!(
+            since.elapsed() < limit,
+            "no standby took over within {limit:?}\n{}",
+            logs(replicas, alive)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `orchestratorm8_leader` as `/metrics` reports it.
+async fn leader_gauge(svc: &Service) -> Option<u8> {
+    let (_, text) = http_get(svc.port, "/metrics").await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("orchestratorm8_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The backend pids holding an advisory lock in the test database.
+fn lock_holders(env: &Env) -> Vec<i32> {
+    let out = env.psql(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY pid",
+    );
+    out.lines().map(|l| l.trim().parse().unwrap()).collect()
+}
+
+fn count(env: &Env, sql: &str) -> u64 {
+    env.psql(sql).parse().unwrap()
+}
+
+/// Waits until `qa` holds `n` jobs, then checks it still holds exactly `n` for
+/// [`STABLE`], polling the broker, and that the database agrees: `n` workflows, `n`
+/// stage-1 runs running at attempt 1, no stage-2 run started.
+async fn expect_jobs(env: &Env, client: &e2e_support::Client, replicas: &[Service], n: u32) {
+    let alive: Vec<usize> = (0..replicas.len()).collect();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let depth = client.depth(STAGE1_QUEUE).await;
+        assert!(depth <= n, "{depth} jobs in {STAGE1_QUEUE}, expected {n}");
+        if depth == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{depth} jobs in {STAGE1_QUEUE} after {LIMIT:?}, expected {n}\n{}",
+            logs(replicas, &alive)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = Instant::now() + STABLE;
+    while Instant::now() < until {
+        let depth = client.depth(STAGE1_QUEUE).await;
+        assert_eq!(depth, n, "{STAGE1_QUEUE} changed after reaching {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = u64::from(n);
+    assert_eq!(
+        count(env, "SELECT count(*) FROM orchestratorm8_workflow"),
+        n
+    );
+    // The last publish is marked running just after its confirm: wait for the mark.
+    eventually("every stage-1 run marked running", LIMIT, async || {
+        count(
+            env,
+            "SELECT count(*) FROM orchestratorm8_stage_run \
+             WHERE stage = 'a' AND status = 'running' AND attempt = 1",
+        ) == n
+    })
+    .await;
+    assert_eq!(
+        count(
+            env,
+            "SELECT count(*) FROM orchestratorm8_stage_run WHERE stage = 'a' AND attempt <> 1"
+        ),
+        0,
+        "a stage-1 job published twice"
+    );
+    assert_eq!(
+        count(
+            env,
+            "SELECT count(*) FROM orchestratorm8_stage_run WHERE stage = 'b' AND status <> 'waiting'"
+        ),
+        0
+    );
+}
+
+/// Takes every job out of `qa` and checks there are `n`, one per workflow, each the
+/// first attempt of stage `a` for one domain, and that they are exactly the database's
+/// workflows.
+async fn drain_and_check_jobs(env: &Env, client: &e2e_support::Client, n: usize) {
+    let (got, handle) = client.collect(STAGE1_QUEUE).await;
+    eventually(&format!("{n} jobs collected"), LIMIT, async || {
+        got.lock().unwrap().len() >= n
+    })
+    .await;
+    handle.stop(Duration::from_secs(5)).await;
+    let messages = got.lock().unwrap().clone();
+    assert_eq!(messages.len(), n, "jobs taken from {STAGE1_QUEUE}");
+    let jobs: Vec<StageJob> = messages
+        .iter()
+        .map(|m| {
+            assert_eq!(m.routing_key, "cptm8.a.get.scan");
+            AmqpM8Message::<StageJob>::from_slice(&m.body)
+                .expect("a job envelope")
+                .payload
+                .expect("a job payload")
+        })
+        .collect();
+    assert!(
+        jobs.iter()
+            .all(|j| j.stage == "a" && j.attempt == 1 && j.domains.len() == 1)
+    );
+    let ids: HashSet<String> = jobs.iter().map(|j| j.workflow_id.to_string()).collect();
+    assert_eq!(ids.len(), n, "distinct workflow ids among {n} jobs");
+    let domains: HashSet<String> = jobs.iter().map(|j| j.domains[0].name.clone()).collect();
+    assert_eq!(domains.len(), n, "distinct domains among {n} jobs");
+    let in_db: HashSet<String> = env
+        .psql("SELECT id FROM orchestratorm8_workflow")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids, in_db, "the jobs are exactly the database's workflows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_one_leader_kill_9_and_session_loss_take_over_without_duplicates() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new();
+    let mut replicas = start_replicas(&env, 3).await;
+    let all = [0, 1, 2];
+
+    // Exactly one leader, two standbys, in /ready and in /metrics.
+    let leader = one_leader(&replicas, &all, LIMIT).await;
+    for i in all {
+        let want = u8::from(i == leader);
+        eventually("the leader gauge agrees with /ready", LIMIT, async || {
+            leader_gauge(&replicas[i]).await == Some(want)
+        })
+        .await;
+    }
+    assert_eq!(lock_holders(&env).len(), 1, "one advisory lock holder");
+
+    // 20 domains: exactly 20 stage-1 jobs.
+    let client = env.client().await;
+    env.insert_domains("first", 20);
+    expect_jobs(&env, &client, &replicas, 20).await;
+
+    // kill -9 the leader: a standby takes over.
+    let killed_at = Instant::now();
+    replicas[leader].kill9();
+    let alive: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    let (new_leader, took) = wait_for_leader(&replicas, &alive, killed_at, TAKEOVER_LIMIT).await;
+    eprintln!("replicas: takeover after kill -9 of the leader: {took:?}");
+    assert_eq!(one_leader(&replicas, &alive, LIMIT).await, new_leader);
+    eventually("the new leader's gauge", LIMIT, async || {
+        leader_gauge(&replicas[new_leader]).await == Some(1)
+    })
+    .await;
+
+    // Still 20: taking over publishes nothing again. 5 new domains: exactly 5 more.
+    expect_jobs(&env, &client, &replicas, 20).await;
+    env.insert_domains("second", 5);
+    expect_jobs(&env, &client, &replicas, 25).await;
+
+    // The leader loses its database session (the lock's backend is terminated).
+    let holders = lock_holders(&env);
+    assert_eq!(holders.len(), 1, "one advisory lock holder: {holders:?}");
+    let old_pid = holders[0];
+    let old_log = replicas[new_leader].logs();
+    let stepped_down = |log: &str| log.matches("this replica is now a standby").count();
+    let before = stepped_down(&old_log);
+    let terminated_at = Instant::now();
+    assert_eq!(
+        env.psql(&format!("SELECT pg_terminate_backend({old_pid})")),
+        "t"
+    );
+    // It notices and steps down (its log says so even when it wins the lock back).
+    eventually("the old leader steps down", LIMIT, async || {
+        stepped_down(&replicas[new_leader].logs()) > before
+    })
+    .await;
+    let stepped = terminated_at.elapsed();
+    // Then exactly one replica leads again, on a new session.
+    let (_, took) = wait_for_leader(&replicas, &alive, terminated_at, TAKEOVER_LIMIT).await;
+    let third = one_leader(&replicas, &alive, LIMIT).await;
+    eprintln!(
+        "replicas: after the lock session was terminated: old leader stepped down after \
+         {stepped:?}, a leader (replica{third}) after {took:?}"
+    );
+    eventually("a new lock session", LIMIT, async || {
+        let h = lock_holders(&env);
+        h.len() == 1 && h[0] != old_pid
+    })
+    .await;
+
+    // Nothing published again; 5 new domains: exactly 5 more.
+    expect_jobs(&env, &client, &replicas, 25).await;
+    env.insert_domains("third", 5);
+    expect_jobs(&env, &client, &replicas, 30).await;
+
+    // Every job decoded: one per workflow, nothing started twice, nothing lost.
+    drain_and_check_jobs(&env, &client, 30).await;
+    assert_eq!(client.depth(STAGE1_QUEUE).await, 0);
+
+    for i in alive {
+        let (code, _) = replicas[i].terminate();
+        assert_eq!(code, Some(0), "{}", replicas[i].logs());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_queue_configured_as_quorum_stops_the_start_naming_queue_and_argument() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new();
+    // The queue exists as a classic queue (as on a broker set up before the switch).
+    let client = env.client().await;
+    use amqp8::Broker;
+    client
+        .broker
+        .declare(&amqp8::Topology {
+            queues: vec![amqp8::QueueDecl {
+                name: STAGE1_QUEUE.into(),
+                arguments: Default::default(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let config = config(&env);
+    let log = env.dir.path().join("refused.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
+        .args(["launch", "--ip", "127.0.0.1", "--port", "0"])
+        .arg("--config")
+        .arg(&config)
+        .env_remove("ORCHESTRATORM8_CONFIG")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running {LIMIT:?} after a refused declare:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("orchestratorm8: error: cannot declare the RabbitMQ topology"),
+        "{text}"
+    );
+    for needle in [
+        "queue.declare qa",
+        "PRECONDITION_FAILED",
+        "'x-queue-type'",
+        "'quorum'",
+    ] {
+        assert!(last.contains(needle), "{needle:?} not in {last:?}");
+    }
+    // Nothing was changed on the broker: the queue is still there (and classic).
+    assert_eq!(
+        client
+            .broker
+            .queue_info(STAGE1_QUEUE)
+            .await
+            .unwrap()
+            .messages,
+        0
+    );
+}
+
+/// Not a test of correctness: measures takeover times for docs/OPERATIONS.md.
+/// `cargo test -p orchestratorm8 --test replicas -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/OPERATIONS.md; run by hand"]
+async fn takeover_time_samples() {
+    let _serial = SERIAL.lock().await;
+    let samples: usize = std::env::var("REPLICAS_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let env = Env::new();
+    let config = config(&env);
+    let mut replicas = start_replicas(&env, 3).await;
+    let mut alive: Vec<usize> = vec![0, 1, 2];
+    let mut kills = Vec::new();
+    let mut terminations = Vec::new();
+    for round in 0..samples {
+        let leader = one_leader(&replicas, &alive, LIMIT).await;
+        let at = Instant::now();
+        replicas[leader].kill9();
+        alive.retain(|&i| i != leader);
+        let (_, took) = wait_for_leader(&replicas, &alive, at, TAKEOVER_LIMIT).await;
+        kills.push(took);
+        // Replace the killed replica, so there are always three.
+        let label = format!("replica{}", replicas.len());
+        replicas.push(Service::start(&config, env.dir.path(), &label).await);
+        alive.push(replicas.len() - 1);
+
+        let leader = one_leader(&replicas, &alive, LIMIT).await;
+        let pid = lock_holders(&env)[0];
+        let before = replicas[leader].logs().matches("now a standby").count();
+        let at = Instant::now();
+        env.psql(&format!("SELECT pg_terminate_backend({pid})"));
+        eventually("the leader steps down", LIMIT, async || {
+            replicas[leader].logs().matches("now a standby").count() > before
+        })
+        .await;
+        let (_, took) = wait_for_leader(&replicas, &alive, at, TAKEOVER_LIMIT).await;
+        terminations.push(took);
+        eprintln!(
+            "round {round}: kill -9 -> leader {:?}; lock session terminated -> leader {took:?}",
+            kills[round]
+        );
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "takeover after kill -9: median {:?}, max {:?}, samples {kills:?}",
+        median(&mut kills.clone()),
+        kills.iter().max().unwrap()
+    );
+    eprintln!(
+        "takeover after the lock session was terminated: median {:?}, max {:?}, samples {terminations:?}",
+        median(&mut terminations.clone()),
+        terminations.iter().max().unwrap()
+    );
+}
