@@ -94,15 +94,17 @@ PG_LOG=""
 
 # Sets PG_VERSION to the cluster `main` serving PG_PORT, creating one if there is none.
 find_pg_cluster() {
-    local ver port
-    while read -r ver _cluster port _rest; do
-        if [[ "$port" == "$PG_PORT" ]]; then
+    local ver port clusters
+    clusters="$(pg_lsclusters -h 2>&1 || true)"
+    while read -r ver cluster port _rest; do
+        if [[ "$cluster" == main && "$port" == "$PG_PORT" ]]; then
             PG_VERSION="$ver"
         fi
-    done < <(pg_lsclusters -h 2>/dev/null | awk '$2 == "main"')
+    done <<<"$clusters"
     if [[ -z "$PG_VERSION" ]]; then
         if compgen -G '/etc/postgresql/*/main' >/dev/null; then
-            die "a PostgreSQL cluster 'main' exists but none on port $PG_PORT: $(pg_lsclusters -h | tr '\n' ';')"
+            printf '%s\n' "$clusters" >&2
+            die "PostgreSQL: no cluster 'main' on port $PG_PORT among those pg_lsclusters lists (above); check $(compgen -G '/etc/postgresql/*/main' | tr '\n' ' ')"
         fi
         ver="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)"
         [[ -n "$ver" ]] || die "no PostgreSQL server under /usr/lib/postgresql"
@@ -196,8 +198,16 @@ ensure_postgresql() {
         log "postgresql: cluster $PG_VERSION/main running"
     else
         log "postgresql: starting cluster $PG_VERSION/main"
-        run_detached "$PG_LOG" pg_ctl_cluster start ||
+        # Never send pg_ctlcluster's output to the server log: when the start fails it
+        # prints that log, which would then feed on itself.
+        local out
+        out="$(mktemp)"
+        if ! run_detached "$out" pg_ctl_cluster start; then
+            tail -n 20 "$out" >&2
+            rm -f "$out"
             die "starting PostgreSQL $PG_VERSION/main failed; see $PG_LOG"
+        fi
+        rm -f "$out"
     fi
     wait_for_pg
     ensure_pg_trust
