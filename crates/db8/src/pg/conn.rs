@@ -193,6 +193,8 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
 
 /// Whether the error means the server cannot be used now, or the transaction lost a
 /// race it may win next time (deadlock, serialization failure): retrying later is right.
+/// A server that refuses writes (`25006`, read-only transaction) is a standby: during a
+/// failover the endpoint may point at one for a while, so that is an outage too.
 pub(crate) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         None => e.as_db_error().is_none(),
@@ -205,6 +207,7 @@ pub(crate) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
                 || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
         }
     }
 }
