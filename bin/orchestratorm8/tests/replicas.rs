@@ -409,6 +409,98 @@ async fn a_classic_queue_configured_as_quorum_stops_the_start_naming_queue_and_a
     );
 }
 
+/// Runs SQL as the superuser in the `postgres` database (for statements that must not
+/// run in the test database's own, possibly read-only, sessions).
+fn psql_admin(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-A", "-t"])
+        .args(["-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Makes the test database read-only (or writable again) for every new session, and
+/// ends the existing ones: what the orchestrator sees while a failover points its
+/// endpoint at a server that is (still, or again) a read-only standby.
+fn set_read_only(env: &Env, on: bool) {
+    psql_admin(&format!(
+        "ALTER DATABASE \"{db}\" SET default_transaction_read_only = {on}",
+        db = env.name
+    ));
+    psql_admin(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{db}' AND pid <> pg_backend_pid()",
+        db = env.name
+    ));
+}
+
+/// A stage result arriving while the database only accepts reads is kept (retried,
+/// then returned to the queue) and applied once writes work again; it is never
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_arriving_while_the_database_is_read_only_waits_and_is_applied_after() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new();
+    let replicas = start_replicas(&env, 1).await;
+    let svc = &replicas[0];
+    one_leader(&replicas, &[0], LIMIT).await;
+    let client = env.client().await;
+    env.insert_domains("readonly", 1);
+    let (got, handle) = client.collect(STAGE1_QUEUE).await;
+    eventually("the stage-1 job", LIMIT, async || {
+        got.lock().unwrap().len() == 1
+    })
+    .await;
+    handle.stop(Duration::from_secs(5)).await;
+    let job = AmqpM8Message::<StageJob>::from_slice(&got.lock().unwrap()[0].body)
+        .unwrap()
+        .payload
+        .unwrap();
+    eventually("stage a running", LIMIT, async || {
+        env.psql("SELECT status FROM orchestratorm8_stage_run WHERE stage = 'a'") == "running"
+    })
+    .await;
+
+    set_read_only(&env, true);
+    let attempts = || svc.logs().matches("cannot apply a stage result").count();
+    let before = attempts();
+    e2e_support::report(&client.broker, &job, model8::StageOutcome::Completed).await;
+    // The orchestrator tried, and failed, to apply it.
+    eventually(
+        "the result was tried on the read-only database",
+        LIMIT,
+        async || attempts() > before || client.depth("qorchestratorm8.dlq").await > 0,
+    )
+    .await;
+    assert_eq!(
+        client.depth("qorchestratorm8.dlq").await,
+        0,
+        "a result was dead-lettered because the database was read-only:\n{}",
+        svc.logs()
+    );
+    assert_eq!(
+        env.psql("SELECT status FROM orchestratorm8_stage_run WHERE stage = 'a'"),
+        "running"
+    );
+
+    set_read_only(&env, false);
+    eventually("stage a completed, stage b published", LIMIT, async || {
+        client.depth("qb").await == 1
+    })
+    .await;
+    assert_eq!(
+        env.psql("SELECT status FROM orchestratorm8_stage_run WHERE stage = 'a'"),
+        "completed"
+    );
+    assert_eq!(client.depth("qorchestratorm8.dlq").await, 0);
+}
+
 /// Not a test of correctness: measures takeover times for docs/OPERATIONS.md.
 /// `cargo test -p orchestratorm8 --test replicas -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
