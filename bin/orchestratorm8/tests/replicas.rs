@@ -560,3 +560,97 @@ async fn takeover_time_samples() {
         terminations.iter().max().unwrap()
     );
 }
+
+/// Not a test of correctness: measures, for docs/OPERATIONS.md, how fast `replicas`
+/// replicas (1, then 3) publish the stage-1 jobs of `REPLICAS_N` (5,000) new domains
+/// (the leader's work) and apply as many "completed" results published at once (every
+/// replica's work). Uses the test (debug) build of the binary.
+/// `cargo test -p orchestratorm8 --test replicas throughput_samples -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/OPERATIONS.md; run by hand"]
+async fn throughput_samples() {
+    let _serial = SERIAL.lock().await;
+    let n: usize = std::env::var("REPLICAS_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5000);
+    for count in [1, 3] {
+        let env = Env::new();
+        let config = env.config(&[("a", "{}")], &managed(&stage("a", &[], "1h", 3)));
+        let mut replicas = Vec::new();
+        for i in 0..count {
+            replicas.push(Service::start(&config, env.dir.path(), &format!("replica{i}")).await);
+        }
+        let all: Vec<usize> = (0..count).collect();
+        one_leader(&replicas, &all, LIMIT).await;
+        let client = env.client().await;
+
+        let started = Instant::now();
+        env.insert_domains("load", n);
+        let limit = Duration::from_secs(600);
+        eventually("every stage-1 job", limit, async || {
+            client.depth(STAGE1_QUEUE).await as usize == n
+        })
+        .await;
+        let publish = started.elapsed();
+
+        let (got, handle) = client.collect(STAGE1_QUEUE).await;
+        eventually("jobs collected", limit, async || {
+            got.lock().unwrap().len() == n
+        })
+        .await;
+        handle.stop(Duration::from_secs(5)).await;
+        eventually("every run marked running", limit, async || {
+            count(
+                &env,
+                "SELECT count(*) FROM orchestratorm8_stage_run WHERE status = 'running'",
+            ) == n as u64
+        })
+        .await;
+        let results: Vec<amqp8::OutgoingMessage> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let job = AmqpM8Message::<StageJob>::from_slice(&m.body)
+                    .unwrap()
+                    .payload
+                    .unwrap();
+                let key = model8::StageOutcome::Completed.routing_key(&job.stage);
+                let body = AmqpM8Message::with_source(
+                    key.clone(),
+                    Some(model8::StageResult {
+                        workflow_id: job.workflow_id,
+                        stage: job.stage.clone(),
+                        attempt: job.attempt,
+                        detail: None,
+                    }),
+                    "testworker",
+                )
+                .to_vec()
+                .unwrap();
+                amqp8::OutgoingMessage::new("cptm8", key, body)
+            })
+            .collect();
+        let started = Instant::now();
+        use amqp8::Broker;
+        client.broker.publish_many(results).await.unwrap();
+        eventually("every workflow completed", limit, async || {
+            count(
+                &env,
+                "SELECT count(*) FROM orchestratorm8_workflow WHERE status = 'completed'",
+            ) == n as u64
+        })
+        .await;
+        let apply = started.elapsed();
+        eprintln!(
+            "{count} replica(s), {n} domains: stage-1 jobs published in {publish:.2?} ({:.0}/s); \
+             {n} results applied in {apply:.2?} ({:.0}/s)",
+            n as f64 / publish.as_secs_f64(),
+            n as f64 / apply.as_secs_f64()
+        );
+        for r in &mut replicas {
+            r.terminate();
+        }
+    }
+}
