@@ -574,14 +574,14 @@ async fn throughput_samples() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5000);
-    for count in [1, 3] {
+    for size in [1, 3] {
         let env = Env::new();
         let config = env.config(&[("a", "{}")], &managed(&stage("a", &[], "1h", 3)));
         let mut replicas = Vec::new();
-        for i in 0..count {
+        for i in 0..size {
             replicas.push(Service::start(&config, env.dir.path(), &format!("replica{i}")).await);
         }
-        let all: Vec<usize> = (0..count).collect();
+        let all: Vec<usize> = (0..size).collect();
         one_leader(&replicas, &all, LIMIT).await;
         let client = env.client().await;
 
@@ -644,7 +644,7 @@ async fn throughput_samples() {
         .await;
         let apply = started.elapsed();
         eprintln!(
-            "{count} replica(s), {n} domains: stage-1 jobs published in {publish:.2?} ({:.0}/s); \
+            "{size} replica(s), {n} domains: stage-1 jobs published in {publish:.2?} ({:.0}/s); \
              {n} results applied in {apply:.2?} ({:.0}/s)",
             n as f64 / publish.as_secs_f64(),
             n as f64 / apply.as_secs_f64()
