@@ -21,6 +21,7 @@ mod e2e_support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use amqp8::Broker;
 use e2e_support::{Env, Service, eventually, http_get, managed, stage};
 use model8::{AmqpM8Message, StageJob};
 
@@ -343,7 +344,6 @@ async fn a_classic_queue_configured_as_quorum_stops_the_start_naming_queue_and_a
     let env = Env::new();
     // The queue exists as a classic queue (as on a broker set up before the switch).
     let client = env.client().await;
-    use amqp8::Broker;
     client
         .broker
         .declare(&amqp8::Topology {
@@ -407,6 +407,131 @@ async fn a_classic_queue_configured_as_quorum_stops_the_start_naming_queue_and_a
             .messages,
         0
     );
+}
+
+/// `name -> type` of every queue of the test's virtual host, from `rabbitmqctl`.
+fn queue_types(env: &Env) -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "-p", &env.name, "--no-table-headers"])
+        .args(["name", "type"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, t)| (n.to_owned(), t.trim().to_owned()))
+        .collect()
+}
+
+/// The configuration docs/OPERATIONS.md gives for a RabbitMQ cluster: every queue the
+/// orchestrator declares is a quorum queue, the result queue and its dead-letter queue
+/// included (through service sections naming them). Two replicas run workflows to
+/// completion on it, and a malformed result still reaches the dead-letter queue with its
+/// reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_queue_quorum_as_on_a_cluster_workflows_complete_and_dead_letters_keep_their_reason()
+{
+    let _serial = SERIAL.lock().await;
+    let env = Env::new();
+    let stages = stage("a", &[], "1h", 3) + &stage("b", &["a"], "1h", 3);
+    let results = r#"{ "x-queue-type": "quorum", "x-delivery-limit": 25, "x-dead-letter-exchange": "orchestratorm8.dlx", "x-dead-letter-routing-key": "qorchestratorm8" }"#;
+    let path = env.config(
+        &[("a", QUORUM), ("b", QUORUM), ("orchestratorm8", results)],
+        &managed(&stages),
+    );
+    // The dead-letter queue's section, bound to the direct dead-letter exchange.
+    let yaml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "notification: topic }",
+            "notification: topic, orchestratorm8.dlx: direct }",
+        )
+        .replace(
+            "ORCHESTRATORM8:\n  Services: {}\n",
+            "ORCHESTRATORM8:\n  Services: {}\n  orchestratorm8dlq:\n    \
+             Queue: [orchestratorm8.dlx, qorchestratorm8.dlq, 1]\n    \
+             Routing-keys: [qorchestratorm8]\n    \
+             Queue-arguments: { \"x-queue-type\": \"quorum\" }\n",
+        );
+    std::fs::write(&path, yaml).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        check.stderr.is_empty(),
+        "no warning expected: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        replicas.push(Service::start(&path, env.dir.path(), &format!("replica{i}")).await);
+    }
+    one_leader(&replicas, &[0, 1], LIMIT).await;
+    let types = queue_types(&env);
+    for q in ["qa", "qb", "qorchestratorm8", "qorchestratorm8.dlq"] {
+        assert_eq!(
+            types.get(q).map(String::as_str),
+            Some("quorum"),
+            "{q}: {types:?}"
+        );
+    }
+
+    let client = env.client().await;
+    let (_a, _wa) = client
+        .worker("a", Duration::from_millis(10), |_| {
+            e2e_support::Act::Complete
+        })
+        .await;
+    let (_b, _wb) = client
+        .worker("b", Duration::from_millis(10), |_| {
+            e2e_support::Act::Complete
+        })
+        .await;
+    env.insert_domains("cluster", 5);
+    eventually("5 workflows completed", LIMIT, async || {
+        count(
+            &env,
+            "SELECT count(*) FROM orchestratorm8_workflow WHERE status = 'completed'",
+        ) == 5
+    })
+    .await;
+    // Seen the same from either replica.
+    for r in &replicas {
+        assert_eq!(r.workflows().await.len(), 5);
+    }
+
+    let out = client
+        .broker
+        .publish(amqp8::OutgoingMessage::new(
+            "cptm8",
+            "cptm8.orchestratorm8.a.completed",
+            b"{ not json".to_vec(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, amqp8::PublishOutcome::Confirmed);
+    let (dead, h) = client.collect("qorchestratorm8.dlq").await;
+    eventually("dead-lettered", LIMIT, async || {
+        dead.lock().unwrap().len() == 1
+    })
+    .await;
+    h.stop(Duration::from_secs(1)).await;
+    let reason = dead.lock().unwrap()[0]
+        .headers
+        .get(amqp8::headers::DEATH_REASON)
+        .cloned()
+        .unwrap_or_default();
+    assert!(!reason.is_empty(), "{:?}", dead.lock().unwrap()[0]);
+    assert_eq!(client.depth("qorchestratorm8").await, 0);
+    for r in &mut replicas {
+        let (code, _) = r.terminate();
+        assert_eq!(code, Some(0), "{}", r.logs());
+    }
 }
 
 /// Runs SQL as the superuser in the `postgres` database (for statements that must not
@@ -633,7 +758,6 @@ async fn throughput_samples() {
             })
             .collect();
         let started = Instant::now();
-        use amqp8::Broker;
         client.broker.publish_many(results).await.unwrap();
         eventually("every workflow completed", limit, async || {
             count(
