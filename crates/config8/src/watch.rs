@@ -5,7 +5,9 @@
 //! new file and renaming it over the old one, and Kubernetes swaps a symlink. A reload
 //! happens once the directory has been quiet for the debounce period after a completed
 //! write (close after writing), a create, a rename or a removal; partial writes in
-//! progress are not read. The file is re-read and compared with the last text read, so
+//! progress are not read. Reads of files in the directory do not count as activity,
+//! and a directory that never goes quiet (a log file written beside the configuration)
+//! delays a reload by ten debounce periods at most. The file is re-read and compared with the last text read, so
 //! unrelated activity in the directory costs one read. An empty file is treated as a
 //! save in progress and never replaces the running configuration.
 //!
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::watch;
@@ -27,10 +29,15 @@ use crate::error::ConfigError;
 use crate::load::{parse, read};
 use crate::settings::Settings;
 
+/// The longest a reload waits for the directory to be quiet, in debounce periods.
+const MAX_DEBOUNCE_PERIODS: u32 = 10;
+
 /// How the watcher behaves.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// Quiet time after the last change before the file is read (300 ms).
+    /// Quiet time after the last change before the file is read (300 ms); reads of
+    /// files in the directory do not count as changes, and the file is read anyway
+    /// after ten periods of changes without pause.
     pub debounce: Duration,
     /// The environment each reload is read with (the process's by default).
     pub env: Env,
@@ -185,10 +192,22 @@ impl State {
                 }
                 Ok(Msg::Stop) | Err(_) => return,
             }
-            // Debounce: wait until the directory is quiet.
+            // Debounce: wait until the directory has had no change (reads do not
+            // count) for the debounce period, and at most MAX_DEBOUNCE_PERIODS periods
+            // in all, so that files read or written without pause next to the
+            // configuration (a log shipper, a log file) cannot hold an edit back.
+            let start = Instant::now();
+            let latest = start + self.options.debounce * MAX_DEBOUNCE_PERIODS;
+            let mut quiet_at = start + self.options.debounce;
             loop {
-                match rx.recv_timeout(self.options.debounce) {
-                    Ok(Msg::Event(_)) => continue,
+                let now = Instant::now();
+                let until = quiet_at.min(latest);
+                if now >= until {
+                    break;
+                }
+                match rx.recv_timeout(until - now) {
+                    Ok(Msg::Event(Ok(ev))) if is_a_read(&ev.kind) => {}
+                    Ok(Msg::Event(_)) => quiet_at = Instant::now() + self.options.debounce,
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
@@ -264,6 +283,17 @@ impl State {
 }
 
 /// Events after which the file may hold a complete new version.
+/// An access that changes nothing (open, read, close after reading).
+fn is_a_read(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Read | AccessKind::Open(_) | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
 fn completes_a_save(kind: &EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode, ModifyKind};
     matches!(
