@@ -81,7 +81,8 @@ impl fmt::Display for KeyPath {
                     if !first {
                         f.write_str(".")?;
                     }
-                    f.write_str(k)?;
+                    // An empty key (`"": x`) is shown, so that its path is not blank.
+                    f.write_str(if k.is_empty() { "\"\"" } else { k })?;
                 }
                 Seg::Index(i) => write!(f, "[{i}]")?,
             }
