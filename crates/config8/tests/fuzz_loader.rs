@@ -753,6 +753,9 @@ fn odd_yaml_is_refused_or_tolerated_with_a_named_key() {
         err.contains("Database: a key of this mapping is a mapping, expected text keys"),
         "{err}"
     );
+    // An empty key is named as `""`, so its problems still have a path.
+    let err = assert_refused("\"\": \"${\"\n");
+    assert!(err.contains("  - \"\": unterminated"), "{err}");
     // Several documents in one file.
     let err = assert_refused("APP_ENV: DEV\n---\nAPP_ENV: PROD\n");
     assert!(!err.is_empty());
