@@ -7,7 +7,10 @@
 //! - redeclaring it with the same arguments is fine (topology recovery does that);
 //! - a classic queue cannot become a quorum queue by redeclaring it: the broker refuses
 //!   with PRECONDITION_FAILED, and amqp8's error names the queue and the argument;
-//! - a delivery limit given as text (`"2"`) is refused by the broker, naming it;
+//! - a delivery limit given as text (`"2"`) is accepted by RabbitMQ 3.10 and never
+//!   enforced (or, on a broker that checks it, refused naming it);
+//! - `x-max-length` with `reject-publish` nacks, one message later than on a classic
+//!   queue;
 //! - a message requeued more often than `x-delivery-limit` is dead-lettered by the
 //!   broker, and every redelivery carries `x-delivery-count`, which amqp8 reports as
 //!   `Delivery::delivery_count` — also to a client that never saw the earlier
@@ -219,6 +222,39 @@ async fn a_classic_queue_cannot_be_redeclared_as_quorum() {
     other.declare(&topology(&quorum, &n, false)).await.unwrap();
     assert_eq!(rabbitmqctl_queue(&n.queue).unwrap().0, "quorum");
     other.close().await;
+    b.close().await;
+    n.cleanup().await;
+}
+
+/// The Go file's busy-pipeline signal (`x-max-length: 1`, `x-overflow: reject-publish`)
+/// on a quorum queue: publishes to the full queue are nacked (backpressure), but the
+/// limit is enforced one message late (RabbitMQ 3.10 takes a publish while the queue is
+/// not yet *over* the limit): with `x-max-length: 1` it holds two. Once a message is
+/// taken, the queue accepts again. docs/OPERATIONS.md tells operators about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_publish_on_a_full_quorum_queue_nacks_one_message_late() {
+    let _lock = lock_shared();
+    let n = Names::new("quorum-full");
+    let settings = go_config(
+        &n.exchange,
+        &n.queue,
+        r#"{ "x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish" }"#,
+    );
+    let b = broker().await;
+    b.declare(&topology(&settings, &n, false)).await.unwrap();
+    assert_eq!(rabbitmqctl_queue(&n.queue).unwrap().0, "quorum");
+    let msg = |body: &str| OutgoingMessage::new(n.exchange.clone(), "work.x", body.into());
+    let mut outcomes = Vec::new();
+    for i in 0..5 {
+        outcomes.push(b.publish(msg(&format!("m{i}"))).await.unwrap());
+    }
+    use amqp8::PublishOutcome::{Confirmed, Nacked};
+    assert_eq!(outcomes, [Confirmed, Confirmed, Nacked, Nacked, Nacked]);
+    let kept = get_all(&n.queue, 10).await;
+    let bodies: Vec<&[u8]> = kept.iter().map(|(b, _)| b.as_slice()).collect();
+    assert_eq!(bodies, [&b"m0"[..], &b"m1"[..]]);
+    // Emptied: accepted again.
+    assert_eq!(b.publish(msg("again")).await.unwrap(), Confirmed);
     b.close().await;
     n.cleanup().await;
 }
