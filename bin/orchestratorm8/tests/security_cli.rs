@@ -202,3 +202,191 @@ fn database_commands_show_no_password_at_debug_level() {
         );
     }
 }
+
+/// A blocking HTTP GET on 127.0.0.1; `None` while nothing answers.
+fn get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// A running `launch`, its stdout and stderr in files under `dir`. Killed on drop
+/// (its stderr shown when the test failed).
+struct Running {
+    child: std::process::Child,
+    err: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(config: &Path, port: u16, dir: &Path, label: &str) -> Running {
+        let err = dir.join(format!("{label}.err"));
+        let child = Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
+            .args([
+                "launch",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--config",
+            ])
+            .arg(config)
+            .env_clear()
+            .current_dir(dir)
+            .stdout(std::fs::File::create(dir.join(format!("{label}.out"))).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Running { child, err }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for the exit (at most `secs`); the exit code.
+    fn exit_code(&mut self, secs: u64) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service did not exit within {secs} s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("stderr of the service:\n{}", self.stderr());
+        }
+    }
+}
+
+#[test]
+fn launch_at_log_level_0_logs_no_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let _lock = ServiceLock::shared();
+    let pg = ThrowawayPg::start();
+    let mq = RabbitUser::create();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    let (api_token, apm_token) = (canary("api"), canary("apm"));
+    let write = |pg_password: &str, mq_password: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "APP_ENV: DEV\nLOG_LEVEL: \"0\"\n\
+                 ORCHESTRATORM8:\n  Services: {{asmm8: \"http://admin:{pg_password}@asmm8:8000\"}}\n\
+                 Database:\n  location: 127.0.0.1\n  port: {}\n  database: postgres\n  username: postgres\n  \
+                 password: \"{pg_password}\"\n  retry_attempts: 2\n  retry_delay: 50ms\n\
+                 RabbitMQ:\n  location: 127.0.0.1\n  port: 5672\n  username: {}\n  password: \"{mq_password}\"\n  \
+                 pool: {{retry_attempts: 2, retry_delay: 50ms}}\n\
+                 HTTP:\n  api_token: \"{api_token}\"\n\
+                 LeaderElection:\n  enabled: false\n\
+                 Log:\n  file: log/orchestratorm8.log\n  apm_server_url: \"http://127.0.0.1:{}\"\n  \
+                 apm_secret_token: \"{apm_token}\"\n  apm_flush_timeout: 200ms\n",
+                pg.port,
+                mq.name,
+                closed_port(),
+            ),
+        )
+        .unwrap();
+    };
+    let read = |label: &str| {
+        let p = dir.path().join(label);
+        std::fs::read_to_string(p).unwrap_or_default()
+    };
+
+    // A wrong database password, then a wrong RabbitMQ password: exit 1, the cause
+    // named, no secret.
+    write(&canary("wrong-pg"), &mq.password);
+    let mut svc = Running::start(&cfg, closed_port(), dir.path(), "pg");
+    assert_eq!(svc.exit_code(120), Some(1));
+    let err = svc.stderr();
+    assert_no_canary("launch's stderr", &err);
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    write(&pg.password, &canary("wrong-mq"));
+    let mut svc = Running::start(&cfg, closed_port(), dir.path(), "mq");
+    assert_eq!(svc.exit_code(120), Some(1));
+    let err = svc.stderr();
+    assert_no_canary("launch's stderr", &err);
+    assert!(err.contains("RabbitMQ.password"), "{err}");
+
+    // Everything right: serve, answer, take a broken configuration edit, stop.
+    write(&pg.password, &mq.password);
+    let port = closed_port();
+    let mut svc = Running::start(&cfg, port, dir.path(), "ok");
+    wait_until(std::time::Duration::from_secs(120), "/ready 200", || {
+        assert!(svc.child.try_wait().unwrap().is_none(), "exited");
+        get(port, "/ready", None).is_some_and(|(s, _)| s == 200)
+    });
+    let api = "/api/orchestratorm8/workflows";
+    let mut bodies = vec![];
+    for (path, token) in [
+        ("/ready", None),
+        ("/metrics", None),
+        ("/health", None),
+        (api, None),
+        (api, Some("wrong")),
+        (api, Some(api_token.as_str())),
+    ] {
+        bodies.push(get(port, path, token).expect("an answer").1);
+    }
+    for body in &bodies {
+        assert_no_canary("an HTTP response", body);
+    }
+    std::fs::write(
+        &cfg,
+        format!(
+            "Database: {{port: nope, password: \"{}\"}}\nHTTP: {{api_token: [{}]}}\n",
+            canary("edit"),
+            canary("edit-token")
+        ),
+    )
+    .unwrap();
+    wait_until(
+        std::time::Duration::from_secs(60),
+        "the rejected edit logged",
+        || svc.stderr().contains("configuration change rejected"),
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &svc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(svc.exit_code(60), Some(0));
+
+    let err = svc.stderr();
+    let file = read("log/orchestratorm8.log");
+    for (what, text) in [("stderr", &err), ("the log file", &file)] {
+        assert_no_canary(what, text);
+        assert!(text.contains("DEBUG"), "{what} is at debug level: {text}");
+        assert!(
+            text.contains("configuration change rejected"),
+            "{what}: {text}"
+        );
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("log/orchestratorm8.log")), 0o640);
+    assert_eq!(mode(&dir.path().join("log")), 0o750);
+}
