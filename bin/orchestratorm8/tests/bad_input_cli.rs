@@ -336,3 +336,67 @@ fn add_with_a_bad_name_stores_nothing() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
     assert_eq!(db.count(), "1");
 }
+
+#[test]
+fn launch_with_a_bad_configuration_exits_2_before_touching_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    usage_error(
+        &[
+            OsStr::new("launch"),
+            OsStr::new("--config"),
+            missing.as_os_str(),
+        ],
+        &["cannot read configuration file", "missing.yaml"],
+    );
+    let bad = dir.path().join("bad.yaml");
+    // The database port is one nothing listens on: a server would not be reached anyway,
+    // but the configuration is refused first (exit 2, not 1).
+    std::fs::write(
+        &bad,
+        "Database: {port: 1}\nScheduler: {mode: sometimes}\nWorkflow: {stages: [{name: a, depends_on: [b]}]}\n",
+    )
+    .unwrap();
+    let err = usage_error(
+        &[
+            OsStr::new("launch"),
+            OsStr::new("--config"),
+            bad.as_os_str(),
+        ],
+        &["Scheduler.mode", "sometimes"],
+    );
+    assert!(err.contains("Workflow.stages"), "{err}");
+}
+
+#[test]
+fn launch_on_a_port_in_use_exits_1_naming_the_address() {
+    let db = Db::create();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "LOG_LEVEL: \"2\"\nDatabase:\n  location: 127.0.0.1\n  port: 5432\n  database: {}\n  \
+             username: postgres\nLeaderElection: {{enabled: false}}\n",
+            db.name
+        ),
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(&[
+        "launch",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("address 127.0.0.1:{port} already in use")),
+        "{stderr}"
+    );
+}
