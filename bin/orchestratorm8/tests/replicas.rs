@@ -57,7 +57,12 @@ async fn start_replicas(env: &Env, n: usize) -> Vec<Service> {
 
 /// The role `/ready` reports, `None` when it does not answer 200 with a role.
 async fn role(svc: &Service) -> Option<String> {
-    let (status, body) = http_get(svc.port, "/ready").await.ok()?;
+    role_at(svc.port).await
+}
+
+/// The role `/ready` on `port` reports, `None` when it does not answer 200 with a role.
+async fn role_at(port: u16) -> Option<String> {
+    let (status, body) = http_get(port, "/ready").await.ok()?;
     if status != 200 {
         return None;
     }
@@ -689,7 +694,8 @@ async fn takeover_time_samples() {
 /// Not a test of correctness: measures, for docs/OPERATIONS.md, how fast `replicas`
 /// replicas (1, then 3) publish the stage-1 jobs of `REPLICAS_N` (5,000) new domains
 /// (the leader's work) and apply as many "completed" results published at once (every
-/// replica's work). Uses the test (debug) build of the binary.
+/// replica's work). Runs the binary `REPLICAS_BIN` (e.g. `target/release/orchestratorm8`),
+/// else the test (debug) build.
 /// `cargo test -p orchestratorm8 --test replicas throughput_samples -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement for docs/OPERATIONS.md; run by hand"]
@@ -704,10 +710,16 @@ async fn throughput_samples() {
         let config = env.config(&[("a", "{}")], &managed(&stage("a", &[], "1h", 3)));
         let mut replicas = Vec::new();
         for i in 0..size {
-            replicas.push(Service::start(&config, env.dir.path(), &format!("replica{i}")).await);
+            replicas.push(Proc::start(&config, env.dir.path(), &format!("replica{i}")).await);
         }
-        let all: Vec<usize> = (0..size).collect();
-        one_leader(&replicas, &all, LIMIT).await;
+        eventually("one leader", LIMIT, async || {
+            let mut leaders = 0;
+            for r in &replicas {
+                leaders += usize::from(role_at(r.port).await.as_deref() == Some("leader"));
+            }
+            leaders == 1
+        })
+        .await;
         let client = env.client().await;
 
         let started = Instant::now();
@@ -773,8 +785,43 @@ async fn throughput_samples() {
             n as f64 / publish.as_secs_f64(),
             n as f64 / apply.as_secs_f64()
         );
-        for r in &mut replicas {
-            r.terminate();
-        }
+        drop(replicas);
+    }
+}
+
+/// A replica started from `REPLICAS_BIN` (else the test build), killed when dropped.
+struct Proc {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Proc {
+    async fn start(config: &std::path::Path, dir: &std::path::Path, label: &str) -> Proc {
+        let bin = std::env::var("REPLICAS_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_orchestratorm8").to_owned());
+        let port = e2e_support::free_port();
+        let log = std::fs::File::create(dir.join(format!("{label}.log"))).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["launch", "--ip", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--config")
+            .arg(config)
+            .env_remove("ORCHESTRATORM8_CONFIG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Proc { child, port };
+        eventually("healthy", LIMIT, async || {
+            matches!(http_get(port, "/health").await, Ok((200, _)))
+        })
+        .await;
+        p
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
