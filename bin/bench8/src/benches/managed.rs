@@ -379,7 +379,27 @@ async fn measure(ctx: &Ctx, db: &TempDatabase, vhost: &str, dir: &Path) -> Outco
     insert_domains(&client, n).await?;
     let t0 = Instant::now();
     let mut count = 0u32;
+    // Phases, for the analysis: when the first job arrived, when every workflow
+    // existed, and a once-a-second timeline (s, workflows, jobs, RSS MiB).
+    let mut first_job: Option<f64> = None;
+    let mut all_created: Option<f64> = None;
+    let mut timeline: Vec<String> = Vec::new();
+    let mut next_sample = Duration::ZERO;
     while (count as u64) < n {
+        if t0.elapsed() >= next_sample {
+            next_sample += Duration::from_secs(1);
+            let workflows: i64 = client
+                .query_one("SELECT count(*) FROM orchestratorm8_workflow", &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(-1);
+            let at = t0.elapsed().as_secs_f64();
+            if all_created.is_none() && workflows == n as i64 {
+                all_created = Some(at);
+            }
+            let rss = status_kib(orch.pid, "VmRSS").map(mib).unwrap_or(0.0);
+            timeline.push(format!("{at:.0}s {workflows}/{count}/{rss:.0}"));
+        }
         if t0.elapsed() > LOAD_TIMEOUT {
             return Err(orch.failure(&format!(
                 "only {count} of {n} stage-1 jobs in {STAGE1_QUEUE} after {LOAD_TIMEOUT:?}"
@@ -392,8 +412,25 @@ async fn measure(ctx: &Ctx, db: &TempDatabase, vhost: &str, dir: &Path) -> Outco
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         count = probe.messages(STAGE1_QUEUE).await?.unwrap_or(0);
+        if first_job.is_none() && count > 0 {
+            first_job = Some(t0.elapsed().as_secs_f64());
+        }
     }
     let load_s = t0.elapsed().as_secs_f64();
+    ctx.log(
+        "managed",
+        format!(
+            "timeline (time workflows/jobs/RSS MiB): {}",
+            timeline.join(", ")
+        ),
+    );
+    let phases = format!(
+        "first job in the queue after {}, every workflow created after {}",
+        first_job.map_or("-".into(), |t| format!("{t:.2} s")),
+        all_created.map_or("(not seen by the 1 s sampling)".into(), |t| format!(
+            "<= {t:.0} s"
+        ))
+    );
     let peak_kib = status_kib(orch.pid, "VmHWM")?;
     let after_rss_kib = status_kib(orch.pid, "VmRSS")?;
     // Nothing more may arrive: one job per domain.
@@ -407,6 +444,7 @@ async fn measure(ctx: &Ctx, db: &TempDatabase, vhost: &str, dir: &Path) -> Outco
             mib(peak_kib)
         ),
     );
+    let job_bytes = sample_body_len(vhost).await;
     let ended = orch.stop().await;
     if settled as u64 != n {
         return Err(Failure::Error(format!(
@@ -433,9 +471,10 @@ async fn measure(ctx: &Ctx, db: &TempDatabase, vhost: &str, dir: &Path) -> Outco
                 floor,
                 detail: format!(
                     "{n} enabled domains inserted in one statement -> {n} stage-1 jobs confirmed \
-                     in {STAGE1_QUEUE} (passive declare every 20 ms); floor: raw amqprs \
-                     confirmed publish of {n} {MESSAGE_BYTES}-byte messages (window {}), median \
-                     of {} [{} s]; orchestrator {ended}",
+                     in {STAGE1_QUEUE} (passive declare every 20 ms; one job body is {job_bytes} \
+                     bytes; {phases}); floor: raw amqprs confirmed publish of {n} \
+                     {MESSAGE_BYTES}-byte messages (window {}), median of {} [{} s]; \
+                     orchestrator {ended}",
                     super::amqp_publish::WINDOW,
                     ctx.reps,
                     list(&floors)
@@ -466,4 +505,24 @@ async fn measure(ctx: &Ctx, db: &TempDatabase, vhost: &str, dir: &Path) -> Outco
         ),
         ("managed.idle_cpu", Ok(idle_cpu)),
     ])
+}
+
+/// The size of one stage-1 job in the queue (`basic.get` without ack: it stays there),
+/// as text for the detail line.
+async fn sample_body_len(vhost: &str) -> String {
+    let Ok(conn) = amqp_connect(vhost).await else {
+        return "unknown".into();
+    };
+    let len = match conn.open_channel(None).await {
+        Ok(ch) => match ch
+            .basic_get(amqprs::channel::BasicGetArguments::new(STAGE1_QUEUE))
+            .await
+        {
+            Ok(Some((_, _, body))) => body.len().to_string(),
+            _ => "unknown".into(),
+        },
+        Err(_) => "unknown".into(),
+    };
+    let _ = conn.close().await;
+    len
 }
