@@ -1,7 +1,7 @@
 //! Per-consumer health counters, shared between a consumer's tasks and
 //! [`Broker::health`](crate::Broker::health) readers.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -22,7 +22,8 @@ pub(crate) struct ConsumerStats {
     panics: AtomicU64,
     dead_lettered: AtomicU64,
     restarts: AtomicU64,
-    last_seen: Mutex<Option<DateTime<Utc>>>,
+    /// Unix time of the last delivery in microseconds; `i64::MIN` for never.
+    last_seen: AtomicI64,
 }
 
 impl ConsumerStats {
@@ -39,14 +40,15 @@ impl ConsumerStats {
             panics: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
-            last_seen: Mutex::new(None),
+            last_seen: AtomicI64::new(i64::MIN),
         }
     }
 
     /// A delivery arrived.
     pub(crate) fn seen(&self) {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(Utc::now());
+        self.last_seen
+            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
     }
 
     /// The handler failed (returned an error, or broke its contract).
@@ -88,7 +90,10 @@ impl ConsumerStats {
             queue: self.queue.clone(),
             autoack: self.autoack,
             active: self.active.load(Ordering::Relaxed),
-            last_seen: *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()),
+            last_seen: match self.last_seen.load(Ordering::Relaxed) {
+                i64::MIN => None,
+                us => DateTime::from_timestamp_micros(us),
+            },
             messages: self.messages.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Identifies a message across redeliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +48,8 @@ impl MessageKey {
 #[derive(Debug)]
 pub(crate) struct Redeliveries {
     capacity: usize,
+    /// Entries in the table: first deliveries skip the lock when it is empty.
+    len: AtomicUsize,
     inner: Mutex<Table>,
 }
 
@@ -66,6 +69,7 @@ impl Redeliveries {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Redeliveries {
             capacity: capacity.max(2),
+            len: AtomicUsize::new(0),
             inner: Mutex::new(Table::default()),
         }
     }
@@ -73,10 +77,14 @@ impl Redeliveries {
     /// Records a delivery; returns how many times the message was redelivered so far
     /// (0 for a first delivery).
     pub(crate) fn record(&self, key: MessageKey, redelivered: bool) -> u32 {
+        if !redelivered && self.is_empty() {
+            return 0;
+        }
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if !redelivered {
             // A first delivery: a stale count (same content published again) is reset.
             t.counts.remove(&key);
+            self.len.store(t.counts.len(), Ordering::Relaxed);
             return 0;
         }
         t.seq += 1;
@@ -89,13 +97,23 @@ impl Redeliveries {
             let keep_from = seq.saturating_sub((self.capacity / 2) as u64);
             t.counts.retain(|_, (_, s)| *s > keep_from);
         }
+        self.len.store(t.counts.len(), Ordering::Relaxed);
         n
+    }
+
+    /// Whether no message is being counted (then a first delivery costs no lock).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Relaxed) == 0
     }
 
     /// The message was settled for good (acked or dead-lettered).
     pub(crate) fn forget(&self, key: MessageKey) {
+        if self.is_empty() {
+            return;
+        }
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         t.counts.remove(&key);
+        self.len.store(t.counts.len(), Ordering::Relaxed);
     }
 
     #[cfg(test)]

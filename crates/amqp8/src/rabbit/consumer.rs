@@ -7,6 +7,10 @@
 //! redeliveries counted, dead-lettering), and when the channel or connection is lost
 //! subscribes again with a backoff that starts at 50 ms, so it is back within about
 //! a second of the broker's return.
+//!
+//! Handlers run concurrently on the supervisor's task (no task spawned per message:
+//! cheaper, and what the consume benchmark measures); a handler with CPU-heavy work
+//! should move it to `tokio::task::spawn_blocking`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,8 +21,10 @@ use amqprs::channel::{
     BasicQosArguments, Channel, ConsumerMessage,
 };
 use async_trait::async_trait;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -172,8 +178,15 @@ pub(crate) async fn start(
         max_redeliveries: options.max_redeliveries,
         queue: options.queue.clone(),
     });
+    let ack_context = Arc::new(AckContext {
+        shared: shared.clone(),
+        autoack: options.autoack,
+        dead_letter: options.dead_letter.clone(),
+        queue: options.queue.clone(),
+    });
     let supervisor = Supervisor {
         shared: shared.clone(),
+        ack_context,
         options,
         stats,
         dispatch,
@@ -194,23 +207,24 @@ struct Supervisor {
     options: ConsumeOptions,
     stats: Arc<ConsumerStats>,
     dispatch: Arc<Dispatch>,
+    ack_context: Arc<AckContext>,
     control: Arc<Control>,
     done: watch::Sender<bool>,
 }
 
+type InFlight = FuturesUnordered<BoxFuture<'static, ()>>;
+
 impl Supervisor {
     async fn run(self, first: Subscription) {
-        let limit = usize::from(self.options.prefetch.max(1));
-        let permits = Arc::new(Semaphore::new(limit));
-        let mut tasks = JoinSet::new();
+        let mut in_flight = InFlight::new();
         let mut sub = Some(first);
         let mut backoff = self.shared.backoff();
         let mut failures = 0u32;
         loop {
             let Some(mut current) = sub.take() else { break };
-            match self.serve(&mut current, &permits, &mut tasks).await {
+            match self.serve(&mut current, &mut in_flight).await {
                 End::Stop => {
-                    self.graceful(current, &mut tasks).await;
+                    self.graceful(current, &mut in_flight).await;
                     break;
                 }
                 End::Lost(why) => {
@@ -219,11 +233,20 @@ impl Supervisor {
                     drop(current);
                 }
             }
-            // Subscribe again, until it works or the consumer is stopped.
+            // Subscribe again, until it works or the consumer is stopped; handlers in
+            // flight keep running meanwhile.
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = self.control.stop.cancelled() => break,
+                let pause = tokio::time::sleep(backoff.next_delay());
+                tokio::pin!(pause);
+                let stopped = loop {
+                    tokio::select! {
+                        _ = &mut pause => break false,
+                        _ = self.control.stop.cancelled() => break true,
+                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                    }
+                };
+                if stopped {
+                    break;
                 }
                 let deadline = Instant::now() + self.shared.deadline;
                 let attempt = tokio::spawn(subscribe(
@@ -231,12 +254,17 @@ impl Supervisor {
                     self.options.clone(),
                     deadline,
                 ));
-                let result = tokio::select! {
-                    r = attempt => r,
-                    _ = self.control.stop.cancelled() => break,
+                tokio::pin!(attempt);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut attempt => break Some(r),
+                        _ = self.control.stop.cancelled() => break None,
+                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                    }
                 };
                 match result {
-                    Ok(Ok(s)) => {
+                    None => break,
+                    Some(Ok(Ok(s))) => {
                         tracing::info!(queue = %self.options.queue, tag = %s.tag, "consumer subscribed again");
                         self.stats.set_active(true, true);
                         backoff.reset();
@@ -244,19 +272,21 @@ impl Supervisor {
                         sub = Some(s);
                         break;
                     }
-                    Ok(Err(e)) => {
+                    Some(Ok(Err(e))) => {
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(30) {
                             tracing::warn!(queue = %self.options.queue, error = %e, attempts = failures,
                                 "consumer cannot subscribe yet; retrying");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "consumer subscription task failed"),
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "consumer subscription task failed")
+                    }
                 }
             }
             if sub.is_none() {
                 // Stopped while not subscribed: let running handlers finish.
-                self.drain(&mut tasks).await;
+                self.drain(&mut in_flight).await;
                 break;
             }
         }
@@ -265,44 +295,47 @@ impl Supervisor {
         let _ = self.done.send(true);
     }
 
-    async fn serve(
-        &self,
-        sub: &mut Subscription,
-        permits: &Arc<Semaphore>,
-        tasks: &mut JoinSet<()>,
-    ) -> End {
+    async fn serve(&self, sub: &mut Subscription, in_flight: &mut InFlight) -> End {
+        let limit = usize::from(self.options.prefetch.max(1));
         let mut down = sub.conn.down();
         loop {
-            while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
+            // Take what has arrived without waiting, as far as the limit allows.
+            while in_flight.len() < limit {
+                match sub.rx.try_recv() {
+                    Ok(m) => self.start(m, &sub.channel, in_flight),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return lost(&sub.close),
+                }
+            }
+            tokio::select! {
                 biased;
                 _ = self.control.stop.cancelled() => return End::Stop,
-                end = interrupted(&mut sub.events, &sub.close, &mut down) => return end,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return End::Stop,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                m = sub.rx.recv(), if in_flight.len() < limit => match m {
+                    Some(m) => self.start(m, &sub.channel, in_flight),
+                    None => return lost(&sub.close),
                 },
-            };
-            let message = tokio::select! {
-                biased;
-                _ = self.control.stop.cancelled() => return End::Stop,
-                end = interrupted(&mut sub.events, &sub.close, &mut down) => return end,
-                m = sub.rx.recv() => m,
-            };
-            let Some(message) = message else {
-                return End::Lost(match sub.close.get() {
-                    Some((code, text)) => format!("channel closed by the broker: {code} {text}"),
-                    None => "connection lost".into(),
-                });
-            };
-            let Some((delivery, key)) = self.delivery(message, &sub.channel) else {
-                continue;
-            };
+                ev = sub.events.recv() => match ev {
+                    Some(ChanEvent::Cancelled { consumer_tag }) => {
+                        return End::Lost(format!("the broker cancelled consumer {consumer_tag} (queue deleted?)"));
+                    }
+                    Some(_) => {}
+                    None => return lost(&sub.close),
+                },
+                changed = down.changed() => {
+                    if changed.is_err() || *down.borrow() {
+                        return End::Lost("connection lost".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts handling one delivery.
+    fn start(&self, m: ConsumerMessage, channel: &Channel, in_flight: &mut InFlight) {
+        if let Some((delivery, key)) = self.delivery(m, channel) {
             let dispatch = self.dispatch.clone();
-            tasks.spawn(async move {
-                dispatch.run(delivery, key).await;
-                drop(permit);
-            });
+            in_flight.push(Box::pin(async move { dispatch.run(delivery, key).await }));
         }
     }
 
@@ -324,11 +357,8 @@ impl Supervisor {
         let acker = RabbitAcker {
             channel: channel.clone(),
             tag: deliver.delivery_tag(),
-            autoack: self.options.autoack,
-            shared: self.shared.clone(),
-            dead_letter: self.options.dead_letter.clone(),
+            context: self.ack_context.clone(),
             copy: DeadLetterCopy {
-                queue: self.options.queue.clone(),
                 exchange: deliver.exchange().clone(),
                 routing_key: deliver.routing_key().clone(),
                 body: body.clone(),
@@ -349,9 +379,8 @@ impl Supervisor {
 
     /// Stops deliveries, lets handlers finish within the grace period, and closes the
     /// channel: whatever is still unacked goes back to the queue.
-    async fn graceful(&self, sub: Subscription, tasks: &mut JoinSet<()>) {
+    async fn graceful(&self, sub: Subscription, in_flight: &mut InFlight) {
         self.stats.set_active(false, false);
-        let grace = *self.control.grace.lock().unwrap_or_else(|e| e.into_inner());
         let cancel = sub
             .channel
             .basic_cancel(BasicCancelArguments::new(&sub.tag));
@@ -366,78 +395,55 @@ impl Supervisor {
         } = sub;
         // Prefetched deliveries not handed to a handler return with the channel.
         drop(rx);
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            tracing::warn!(queue = %self.options.queue, still_running = tasks.len(),
-                "consumer stop: handlers still running after the grace period; their messages return to the queue");
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-        }
+        self.drain(in_flight).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), channel.close()).await;
         drop(conn);
         tracing::info!(queue = %self.options.queue, "consumer stopped");
     }
 
-    async fn drain(&self, tasks: &mut JoinSet<()>) {
+    /// Lets handlers finish within the grace period; the rest are dropped (their
+    /// messages return to the queue when the channel closes).
+    async fn drain(&self, in_flight: &mut InFlight) {
         let grace = *self.control.grace.lock().unwrap_or_else(|e| e.into_inner());
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        if tokio::time::timeout(grace, async { while in_flight.next().await.is_some() {} })
             .await
             .is_err()
         {
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
+            tracing::warn!(queue = %self.options.queue, still_running = in_flight.len(),
+                "consumer stop: handlers still running after the grace period; their messages return to the queue");
+            *in_flight = InFlight::new();
         }
     }
 }
 
-/// Resolves when the subscription is over: the broker cancelled the consumer, closed
-/// the channel, or the connection went down.
-async fn interrupted(
-    events: &mut mpsc::UnboundedReceiver<ChanEvent>,
-    close: &CloseSlot,
-    down: &mut watch::Receiver<bool>,
-) -> End {
-    loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(ChanEvent::Cancelled { consumer_tag }) => {
-                    return End::Lost(format!("the broker cancelled consumer {consumer_tag} (queue deleted?)"));
-                }
-                Some(_) => {}
-                None => {
-                    return End::Lost(match close.get() {
-                        Some((code, text)) => format!("channel closed by the broker: {code} {text}"),
-                        None => "connection lost".into(),
-                    });
-                }
-            },
-            changed = down.changed() => {
-                if changed.is_err() || *down.borrow() {
-                    return End::Lost("connection lost".into());
-                }
-            }
-        }
-    }
+fn lost(close: &CloseSlot) -> End {
+    End::Lost(match close.get() {
+        Some((code, text)) => format!("channel closed by the broker: {code} {text}"),
+        None => "connection lost".into(),
+    })
 }
 
 /// What a dead-lettered copy is made of.
 struct DeadLetterCopy {
-    queue: String,
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
     headers: std::collections::BTreeMap<String, String>,
 }
 
+/// What every delivery of one consumer shares.
+struct AckContext {
+    shared: Arc<Shared>,
+    autoack: bool,
+    dead_letter: Option<(String, String)>,
+    queue: String,
+}
+
 /// Settles one RabbitMQ delivery on the channel it came from.
 struct RabbitAcker {
     channel: Channel,
     tag: u64,
-    autoack: bool,
-    shared: Arc<Shared>,
-    dead_letter: Option<(String, String)>,
+    context: Arc<AckContext>,
     copy: DeadLetterCopy,
 }
 
@@ -448,35 +454,35 @@ impl RabbitAcker {
         if self.channel.is_open() && self.channel.is_connection_open() {
             Ok(())
         } else {
-            Err(self.shared.unavailable(
+            Err(self.context.shared.unavailable(
                 "the delivery's channel is closed; the broker redelivers the message".into(),
             ))
         }
     }
 
     async fn reject(&self, requeue: bool) -> Result<(), AmqpError> {
-        if self.autoack {
+        if self.context.autoack {
             return Ok(());
         }
         self.usable()?;
         self.channel
             .basic_nack(BasicNackArguments::new(self.tag, false, requeue))
             .await
-            .map_err(|e| self.shared.unavailable(format!("basic.nack: {e}")))
+            .map_err(|e| self.context.shared.unavailable(format!("basic.nack: {e}")))
     }
 }
 
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(self: Box<Self>) -> Result<(), AmqpError> {
-        if self.autoack {
+        if self.context.autoack {
             return Ok(());
         }
         self.usable()?;
         self.channel
             .basic_ack(BasicAckArguments::new(self.tag, false))
             .await
-            .map_err(|e| self.shared.unavailable(format!("basic.ack: {e}")))
+            .map_err(|e| self.context.shared.unavailable(format!("basic.ack: {e}")))
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AmqpError> {
@@ -484,8 +490,8 @@ impl Acker for RabbitAcker {
     }
 
     async fn dead_letter(self: Box<Self>, reason: String) -> Result<(), AmqpError> {
-        let Some((exchange, routing_key)) = self.dead_letter.clone() else {
-            tracing::warn!(queue = %self.copy.queue, %reason,
+        let Some((exchange, routing_key)) = self.context.dead_letter.clone() else {
+            tracing::warn!(queue = %self.context.queue, %reason,
                 "no dead-letter target configured; rejecting (the queue's x-dead-letter-exchange gets it, if any)");
             return self.reject(false).await;
         };
@@ -499,7 +505,7 @@ impl Acker for RabbitAcker {
             headers::ORIGINAL_ROUTING_KEY.into(),
             self.copy.routing_key.clone(),
         );
-        headers.insert(headers::ORIGINAL_QUEUE.into(), self.copy.queue.clone());
+        headers.insert(headers::ORIGINAL_QUEUE.into(), self.context.queue.clone());
         let copy = OutgoingMessage {
             exchange: exchange.clone(),
             routing_key: routing_key.clone(),
@@ -507,24 +513,24 @@ impl Acker for RabbitAcker {
             mandatory: true,
             headers,
         };
-        match self.shared.publish(copy).await {
+        match self.context.shared.publish(copy).await {
             Ok(PublishOutcome::Confirmed) => {
-                if self.autoack {
+                if self.context.autoack {
                     return Ok(());
                 }
                 self.usable()?;
                 self.channel
                     .basic_ack(BasicAckArguments::new(self.tag, false))
                     .await
-                    .map_err(|e| self.shared.unavailable(format!("basic.ack: {e}")))
+                    .map_err(|e| self.context.shared.unavailable(format!("basic.ack: {e}")))
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!(queue = %self.copy.queue, error = %e,
+                tracing::warn!(queue = %self.context.queue, error = %e,
                     "cannot publish to the dead-letter exchange now; requeueing the message");
                 self.reject(true).await
             }
             other => {
-                tracing::error!(queue = %self.copy.queue, dead_letter_exchange = %exchange,
+                tracing::error!(queue = %self.context.queue, dead_letter_exchange = %exchange,
                     %routing_key, outcome = ?other, %reason,
                     "the dead-letter exchange did not take the message; rejecting it (the queue's x-dead-letter-exchange gets it, if any)");
                 self.reject(false).await
