@@ -432,8 +432,8 @@ fn queue_types(env: &Env) -> std::collections::BTreeMap<String, String> {
 /// The configuration docs/OPERATIONS.md gives for a RabbitMQ cluster: every queue the
 /// orchestrator declares is a quorum queue, the result queue and its dead-letter queue
 /// included (through service sections naming them). Two replicas run workflows to
-/// completion on it, and a malformed result still reaches the dead-letter queue with its
-/// reason.
+/// completion on it, both applying results (each exactly once), and a malformed result
+/// still reaches the dead-letter queue with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_queue_quorum_as_on_a_cluster_workflows_complete_and_dead_letters_keep_their_reason()
 {
@@ -497,18 +497,40 @@ async fn every_queue_quorum_as_on_a_cluster_workflows_complete_and_dead_letters_
             e2e_support::Act::Complete
         })
         .await;
-    env.insert_domains("cluster", 5);
-    eventually("5 workflows completed", LIMIT, async || {
+    env.insert_domains("cluster", 10);
+    eventually("10 workflows completed", LIMIT, async || {
         count(
             &env,
             "SELECT count(*) FROM orchestratorm8_workflow WHERE status = 'completed'",
-        ) == 5
+        ) == 10
     })
     .await;
-    // Seen the same from either replica.
+    // Results are applied by both replicas, each exactly once: 10 workflows x 2 stages.
+    let mut applied = Vec::new();
     for r in &replicas {
-        assert_eq!(r.workflows().await.len(), 5);
+        assert_eq!(
+            r.workflows().await.len(),
+            10,
+            "the same from either replica"
+        );
+        let (_, text) = http_get(r.port, "/metrics").await.unwrap();
+        let completed: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"orchestratorm8_results_consumed_total{outcome="completed"} "#)
+            })
+            .map_or(0, |v| v.trim().parse().unwrap());
+        applied.push(completed);
     }
+    assert_eq!(
+        applied.iter().sum::<u64>(),
+        20,
+        "results applied per replica: {applied:?}"
+    );
+    assert!(
+        applied.iter().all(|&n| n > 0),
+        "both replicas applied results: {applied:?}"
+    );
 
     let out = client
         .broker
