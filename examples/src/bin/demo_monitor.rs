@@ -120,7 +120,7 @@ impl Monitor {
     fn print_summary(&self) -> ExitCode {
         match self.fetch() {
             Ok(views) => {
-                print!("{}", board::summary(&views));
+                print!("{}", board::summary(&views, &GoTime::now()));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -178,7 +178,7 @@ impl Monitor {
             }
             if let Some(gone) = self.watched.iter().find(|(_, pid)| !process_alive(*pid)) {
                 println!("\n{PROGRAM}: {} (pid {}) exited; stopping", gone.0, gone.1);
-                print!("{}", board::summary(&last));
+                print!("{}", board::summary(&last, &GoTime::now()));
                 let _ = std::io::stdout().flush();
                 return ExitCode::from(WATCHED_EXITED);
             }
@@ -190,7 +190,7 @@ impl Monitor {
                             last.len(),
                             start.elapsed().as_secs_f64()
                         );
-                        print!("{}", board::summary(&last));
+                        print!("{}", board::summary(&last, &GoTime::now()));
                         return ExitCode::SUCCESS;
                     }
                     Verdict::Failed(bad) => {
@@ -198,7 +198,7 @@ impl Monitor {
                             "\nworkflow(s) that can no longer complete: {}\n",
                             bad.join("; ")
                         );
-                        print!("{}", board::summary(&last));
+                        print!("{}", board::summary(&last, &GoTime::now()));
                         return ExitCode::FAILURE;
                     }
                     Verdict::Waiting if start.elapsed() >= timeout => {
@@ -212,7 +212,7 @@ impl Monitor {
                             expect.max(last.len()),
                             problem.map(|p| format!(" ({p})")).unwrap_or_default()
                         );
-                        print!("{}", board::summary(&last));
+                        print!("{}", board::summary(&last, &GoTime::now()));
                         return ExitCode::FAILURE;
                     }
                     Verdict::Waiting => {}
@@ -227,7 +227,7 @@ impl Monitor {
                         );
                         if !self.redraw {
                             println!("{line}");
-                            print!("{}", board::summary(&last));
+                            print!("{}", board::summary(&last, &GoTime::now()));
                         }
                         events.push_back(line);
                     }

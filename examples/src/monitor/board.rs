@@ -194,8 +194,9 @@ pub fn table(views: &[WorkflowView], now: &GoTime) -> String {
     columns(&rows)
 }
 
-/// The final summary: per workflow its attempts, retries and duration, then totals.
-pub fn summary(views: &[WorkflowView]) -> String {
+/// The final summary: per workflow its attempts, retries and duration (up to `now` for
+/// a workflow still going), then totals.
+pub fn summary(views: &[WorkflowView], now: &GoTime) -> String {
     let mut rows = vec![
         ["DOMAIN", "STATUS", "ATTEMPTS", "RETRIES", "DURATION"]
             .iter()
@@ -217,7 +218,7 @@ pub fn summary(views: &[WorkflowView]) -> String {
             v.status.to_string(),
             attempts.to_string(),
             retries.to_string(),
-            secs(age(v, None)),
+            secs(age(v, Some(now))),
         ]);
     }
     let mut out = columns(&rows);
@@ -388,7 +389,7 @@ mod tests {
             lines[2],
             "00000000  d2.example  running    retry #2  wait     20.0s"
         );
-        let s = summary(&views);
+        let s = summary(&views, &now);
         assert!(
             s.contains("d1.example  completed  3         1        12.5s"),
             "{s}"
