@@ -13,7 +13,7 @@
 //! - A message waits at most the operation deadline for an unavailable or blocked
 //!   broker, then fails with [`AmqpError::Unavailable`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,7 +183,6 @@ impl Publisher {
             rx,
             queue: VecDeque::new(),
             pending: BTreeMap::new(),
-            by_id: HashMap::new(),
             returned: HashSet::new(),
             window: window.max(1),
             unavailable_since: Some(Instant::now()),
@@ -241,8 +240,6 @@ struct Lane {
     queue: VecDeque<Job>,
     /// Sent on the current channel, by sequence number, not confirmed yet.
     pending: BTreeMap<u64, Job>,
-    /// Message id → sequence number of pending mandatory messages (for returns).
-    by_id: HashMap<String, u64>,
     /// Sequence numbers returned unroutable (their confirm follows).
     returned: HashSet<u64>,
     window: usize,
@@ -420,9 +417,6 @@ impl Lane {
                         .finish();
                     let props = job.msg.props.clone();
                     let body = job.msg.body.clone();
-                    if job.msg.mandatory {
-                        self.by_id.insert(job.msg.message_id.clone(), seq);
-                    }
                     self.pending.insert(seq, job);
                     if let Err(e) = ch.basic_publish(props, body, args).await {
                         tracing::debug!(error = %e, "publisher: basic.publish failed");
@@ -434,7 +428,13 @@ impl Lane {
                 biased;
                 _ = shared.shutdown.cancelled() => return End::Shutdown,
                 ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(ev),
+                    Some(ev) => {
+                        self.on_event(ev);
+                        // Take every confirm already there before sending more.
+                        while let Ok(ev) = events.try_recv() {
+                            self.on_event(ev);
+                        }
+                    }
                     None => {
                         return if conn.is_usable() && close.get().is_some() {
                             End::ChannelClosed
@@ -444,7 +444,10 @@ impl Lane {
                     }
                 },
                 _ = down.changed() => return End::ConnectionLost,
-                _ = blocked.changed() => {}
+                changed = blocked.changed() => {
+                    // The sender goes with the connection.
+                    if changed.is_err() { return End::ConnectionLost; }
+                }
                 n = self.rx.recv_many(&mut buf, 1024) => {
                     if n == 0 { return End::Shutdown; }
                     self.queue.extend(buf.drain(..));
@@ -468,7 +471,9 @@ impl Lane {
             ChanEvent::Ack { tag, multiple } => self.settle(tag, multiple, true),
             ChanEvent::Nack { tag, multiple } => self.settle(tag, multiple, false),
             ChanEvent::Return { message_id } => {
-                if let Some(seq) = message_id.and_then(|id| self.by_id.get(&id).copied()) {
+                // Returns are rare: find the message by its id among those in flight.
+                let Some(id) = message_id else { return };
+                if let Some((&seq, _)) = self.pending.iter().find(|(_, j)| j.msg.message_id == id) {
                     self.returned.insert(seq);
                 }
             }
@@ -491,9 +496,6 @@ impl Lane {
                 .collect()
         };
         for (seq, job) in settled {
-            if job.msg.mandatory {
-                self.by_id.remove(&job.msg.message_id);
-            }
             let outcome = if !ack {
                 self.returned.remove(&seq);
                 PublishOutcome::Nacked
@@ -515,7 +517,6 @@ impl Lane {
             }
             self.queue.push_front(job);
         }
-        self.by_id.clear();
         self.returned.clear();
     }
 
@@ -607,7 +608,6 @@ impl Lane {
         for (_, job) in std::mem::take(&mut self.pending) {
             job.reply.send(Err(error.clone()));
         }
-        self.by_id.clear();
         self.returned.clear();
         true
     }
