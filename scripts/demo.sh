@@ -116,7 +116,7 @@ alive() {
 start() {
     local name="$1" logfile="$2"
     shift 2
-    setsid "$@" </dev/null >"$logfile" 2>&1 8>&- &
+    setsid "$@" </dev/null >"$logfile" 2>&1 7>&- 8>&- &
     local pid=$!
     PIDS+=("$name:$pid")
     printf '%s %s\n' "$pid" "$1" >>"$PIDFILE"
@@ -246,7 +246,6 @@ pg_demo() {
 
 step_fresh_state() {
     announce "fresh demo database $CPTM8_DEMO_DB and RabbitMQ vhost $CPTM8_DEMO_VHOST"
-    mkdir -p "$DEMO_DIR"
     stop_leftovers
     pg_demo -c "DROP DATABASE IF EXISTS $CPTM8_DEMO_DB WITH (FORCE)" -c "CREATE DATABASE $CPTM8_DEMO_DB" ||
         die "could not recreate database $CPTM8_DEMO_DB on 127.0.0.1:5432 as user postgres"
@@ -310,7 +309,7 @@ step_watch() {
     if ((UNTIL_DONE)); then
         announce "workflows until all $EXPECTED are completed (timeout ${TIMEOUT}s)"
         local status=0
-        "${monitor[@]}" --until-done --timeout "$TIMEOUT" --plain 8>&- || status=$?
+        "${monitor[@]}" --until-done --timeout "$TIMEOUT" --plain 7>&- 8>&- || status=$?
         if ((status != 0)); then
             show_logs
             die "the demo did not complete (demo_monitor exit $status)"
@@ -320,7 +319,7 @@ step_watch() {
         announce "workflows (Ctrl-C stops the demo)"
         log "API: http://127.0.0.1:$PORT/api/orchestratorm8/workflows (scan now: POST {} to it)"
         local status=0
-        "${monitor[@]}" 8>&- || status=$?
+        "${monitor[@]}" 7>&- 8>&- || status=$?
         if ((status != 0)); then
             show_logs
             die "demo_monitor stopped (exit $status)"
@@ -328,7 +327,17 @@ step_watch() {
     fi
 }
 
+# One demo at a time per checkout: a second one would stop the first one's processes.
+# The processes the demo starts do not inherit the lock, so a demo killed with SIGKILL
+# releases it.
+take_demo_lock() {
+    mkdir -p "$DEMO_DIR"
+    exec 7>>"$DEMO_DIR/lock"
+    flock -n 7 || die "another demo is running in this checkout (it holds $DEMO_DIR/lock)"
+}
+
 main() {
+    take_demo_lock
     trap cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM

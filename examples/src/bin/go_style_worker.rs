@@ -41,7 +41,7 @@ struct Args {
     /// worker name, the `source` of what it publishes (default: the stage name)
     #[argh(option)]
     name: Option<String>,
-    /// queue consumed (default: the stage's service section `Queue[1]`, else q<stage>)
+    /// queue consumed (default: the stage's service section `Queue[1]`, else `q<stage>`)
     #[argh(option)]
     queue: Option<String>,
     /// configuration file (default: $ORCHESTRATORM8_CONFIG, else configs/configuration.yaml)
