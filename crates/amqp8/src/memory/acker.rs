@@ -117,8 +117,8 @@ pub enum Settlement {
     DeadLetter(String),
 }
 
-/// An [`Acker`] that records how it was settled: for unit tests of a [`Handler`]
-/// (`crate::Handler`) without any broker.
+/// An [`Acker`] that records how it was settled: for unit tests of a
+/// [`Handler`](crate::Handler) without any broker.
 ///
 /// ```
 /// # use amqp8::memory::{Settlement, TestAcker};
