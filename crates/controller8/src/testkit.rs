@@ -137,7 +137,8 @@ pub(crate) fn chain() -> Settings {
 /// Tuning for tests: small batches.
 pub(crate) fn tuning() -> Tuning {
     Tuning {
-        batch_size: 3,
+        create_batch: 3,
+        publish_batch: 3,
         db_outage_patience: Duration::from_millis(50),
         ..Tuning::default()
     }

@@ -6,9 +6,11 @@ use std::time::Duration;
 /// Batch sizes, leases and grace periods of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
-    /// Workflows created per `create_workflows` call, and stage attempts claimed and
-    /// published per batch (5,000).
-    pub batch_size: usize,
+    /// Workflows created per `create_workflows` call (one transaction) (5,000).
+    pub create_batch: usize,
+    /// Stage attempts claimed, published and recorded per batch (2,000); two batches
+    /// of a stage are in flight at once. Bounds the memory a large backlog takes.
+    pub publish_batch: usize,
     /// How long a claim on a stage attempt lasts (60 s): work a crashed publisher
     /// claimed is claimed again after this.
     pub claim_lease: Duration,
@@ -32,7 +34,8 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            batch_size: 5_000,
+            create_batch: 5_000,
+            publish_batch: 2_000,
             claim_lease: Duration::from_secs(60),
             due_poll: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),

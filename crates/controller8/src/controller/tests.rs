@@ -283,7 +283,8 @@ async fn managed_mode_runs_workflows_to_completion_driven_by_events_alone() {
     // No polling: only wake-ups can make progress quickly.
     let tuning = Tuning {
         due_poll: Duration::from_secs(3600),
-        batch_size: 4,
+        create_batch: 4,
+        publish_batch: 4,
         ..Tuning::default()
     };
     let r = start(no_election(chain()), &store, false, tuning).await;

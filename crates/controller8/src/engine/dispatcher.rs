@@ -14,11 +14,16 @@ use amqp8::{AmqpError, OutgoingMessage, PublishOutcome};
 use chrono::{DateTime, Utc};
 use config8::StageSettings;
 use db8::{ClaimedStage, DbError, StageKey};
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use model8::{AmqpM8Message, StageJob};
 
 use super::backoff::Pressure;
 use super::{Engine, lock, plus};
+
+/// Batches of one stage published at once (each up to `Tuning::publish_batch` jobs).
+const PIPELINE_DEPTH: usize = 2;
 
 /// Backpressure state of one stage.
 #[derive(Debug, Clone)]
@@ -138,8 +143,8 @@ impl Engine {
     fn batch_limit(&self, stage: &str) -> usize {
         lock(&self.pressure)
             .get(stage)
-            .map_or(self.tuning.batch_size, |p| p.batch)
-            .clamp(1, self.tuning.batch_size.max(1))
+            .map_or(self.tuning.publish_batch, |p| p.batch)
+            .clamp(1, self.tuning.publish_batch.max(1))
     }
 
     async fn dispatch_stage(
@@ -155,66 +160,60 @@ impl Engine {
         let mut more = true;
         let mut total = BatchOutcome::default();
         let mut error: Option<StepError> = None;
-        // The batch being published while the next one is claimed.
-        let mut publishing: Option<BoxFuture<'_, Result<BatchOutcome, StepError>>> = None;
+        // Batches being published (and then recorded), in claim order; the next batch
+        // is claimed while they are under way.
+        let mut in_flight: FuturesOrdered<BoxFuture<'_, Result<BatchOutcome, StepError>>> =
+            FuturesOrdered::new();
         loop {
-            let can_claim = more && remaining > 0 && !self.stopping() && self.is_leader();
-            let want = limit.min(remaining);
-            let claim = async {
-                if can_claim {
-                    Some(
-                        self.workflows
-                            .claim_due(
-                                &stage.name,
-                                self.owner,
-                                self.now(),
-                                self.tuning.claim_lease,
-                                want,
-                            )
-                            .await,
-                    )
-                } else {
-                    None
-                }
-            };
-            let (published, claimed) = match publishing.take() {
-                Some(p) => futures::join!(p, claim),
-                None if can_claim => (Ok(BatchOutcome::default()), claim.await),
-                None => break,
-            };
-            match published {
-                Ok(o) => {
-                    if o.refused > 0 {
-                        // The queue is full: claim no more.
-                        more = false;
+            let can_claim = more
+                && error.is_none()
+                && total.refused == 0
+                && remaining > 0
+                && in_flight.len() < PIPELINE_DEPTH
+                && !self.stopping()
+                && self.is_leader();
+            if !can_claim {
+                match in_flight.next().await {
+                    Some(outcome) => {
+                        Self::account(outcome, &mut total, &mut error);
+                        continue;
                     }
-                    total.confirmed += o.confirmed;
-                    total.refused += o.refused;
-                }
-                Err(e) => {
-                    more = false;
-                    error.get_or_insert(e);
+                    None => break,
                 }
             }
+            let want = limit.min(remaining);
+            let claim = self.claim(&stage.name, want);
+            tokio::pin!(claim);
+            // Drive the batches in flight while claiming.
+            let claimed = loop {
+                tokio::select! {
+                    // Outcomes first: a refusal known before the claim returns keeps the
+                    // claimed batch from being published into a full queue.
+                    biased;
+                    Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
+                        Self::account(outcome, &mut total, &mut error);
+                    }
+                    c = &mut claim => break c,
+                }
+            };
             match claimed {
-                None => {}
-                Some(Err(e)) => {
+                Err(e) => {
                     more = false;
                     error.get_or_insert(e.into());
                 }
-                Some(Ok(batch)) if batch.is_empty() => more = false,
-                Some(Ok(batch)) => {
+                Ok(batch) if batch.is_empty() => more = false,
+                Ok(batch) => {
                     remaining = remaining.saturating_sub(batch.len());
                     if batch.len() < want {
                         // Nothing more is due now.
                         more = false;
                     }
                     if error.is_some() || total.refused > 0 {
-                        // The previous batch was refused: give this one back unpublished.
+                        // A batch before it was refused: give this one back unpublished.
                         let keys: Vec<StageKey> = batch.into_iter().map(|c| c.key).collect();
                         self.release(&stage.name, &keys, self.now()).await;
                     } else {
-                        publishing = Some(Box::pin(self.publish_batch(stage, batch)));
+                        in_flight.push_back(Box::pin(self.publish_batch(stage, batch)));
                     }
                 }
             }
@@ -227,6 +226,37 @@ impl Engine {
             }
             None => Ok(total),
         }
+    }
+
+    fn account(
+        outcome: Result<BatchOutcome, StepError>,
+        total: &mut BatchOutcome,
+        error: &mut Option<StepError>,
+    ) {
+        match outcome {
+            Ok(o) => {
+                total.confirmed += o.confirmed;
+                total.refused += o.refused;
+            }
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Claims up to `want` due attempts of `stage`.
+    async fn claim(&self, stage: &str, want: usize) -> Result<Vec<ClaimedStage>, DbError> {
+        let started = std::time::Instant::now();
+        let claimed = self
+            .workflows
+            .claim_due(stage, self.owner, self.now(), self.tuning.claim_lease, want)
+            .await;
+        if let Ok(c) = &claimed
+            && !c.is_empty()
+        {
+            tracing::debug!(stage, claimed = c.len(), elapsed = ?started.elapsed(), "claimed stage attempts");
+        }
+        claimed
     }
 
     /// Publishes one claimed batch and records the outcome of every job.
@@ -262,6 +292,7 @@ impl Engine {
                 }
             }
         }
+        let publish_started = std::time::Instant::now();
         let outcomes = match self.broker.publish_many(messages).await {
             Ok(o) => o,
             Err(e) => {
@@ -292,8 +323,10 @@ impl Engine {
                 None => refused.push(key),
             }
         }
+        let published_in = publish_started.elapsed();
         let now = self.now();
         let mut result = Ok(());
+        let mark_started = std::time::Instant::now();
         if !confirmed.is_empty() {
             for _ in &confirmed {
                 self.metrics.stage_published(&stage.name);
@@ -314,6 +347,10 @@ impl Engine {
                     .at(plus(deadline, Duration::from_millis(1)));
             }
         }
+        tracing::debug!(
+            stage = %stage.name, confirmed = confirmed.len(), refused = refused.len(),
+            publish = ?published_in, record = ?mark_started.elapsed(), "stage batch published"
+        );
         if refused.is_empty() {
             self.confirmed_all(&stage.name);
         } else {
@@ -384,7 +421,7 @@ impl Engine {
             .or_insert_with(|| StagePressure {
                 backoff: Pressure::default(),
                 until: None,
-                batch: self.tuning.batch_size,
+                batch: self.tuning.publish_batch,
                 logged: false,
             });
         let delay = p.backoff.refused();
@@ -422,7 +459,7 @@ impl Engine {
             p.backoff = Pressure::default();
             p.until = None;
             p.logged = false;
-            p.batch = p.batch.saturating_mul(2).min(self.tuning.batch_size);
+            p.batch = p.batch.saturating_mul(2).min(self.tuning.publish_batch);
         }
     }
 }

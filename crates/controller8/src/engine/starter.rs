@@ -89,7 +89,7 @@ impl Engine {
         now: DateTime<Utc>,
         mut views: Option<&mut Vec<WorkflowView>>,
     ) -> Result<Vec<Uuid>, DbError> {
-        let batch_size = self.tuning.batch_size.max(1);
+        let batch_size = self.tuning.create_batch.max(1);
         let mut after = None;
         let mut all = Vec::new();
         loop {
@@ -200,7 +200,11 @@ impl Engine {
                 // Every enabled domain without an active workflow, whatever the
                 // cool-down: the operator asked.
                 Granularity::PerDomain => {
-                    self.create_per_domain(&plans, DateTime::<Utc>::MAX_UTC, now, Some(&mut views))
+                    // (A far future bound rather than the largest timestamp, which not
+                    // every database encoding accepts.)
+                    let any_end =
+                        super::plus(now, std::time::Duration::from_secs(100 * 366 * 86_400));
+                    self.create_per_domain(&plans, any_end, now, Some(&mut views))
                         .await?;
                 }
                 Granularity::PerCycle => {
@@ -229,7 +233,7 @@ impl Engine {
                 }
                 match granularity {
                     Granularity::PerDomain => {
-                        for chunk in domains.chunks(self.tuning.batch_size.max(1)) {
+                        for chunk in domains.chunks(self.tuning.create_batch.max(1)) {
                             let batch: Vec<NewWorkflow> = chunk
                                 .iter()
                                 .map(|d| NewWorkflow {
