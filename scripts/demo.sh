@@ -250,9 +250,11 @@ step_fresh_state() {
     pg_demo -c "DROP DATABASE IF EXISTS $CPTM8_DEMO_DB WITH (FORCE)" -c "CREATE DATABASE $CPTM8_DEMO_DB" ||
         die "could not recreate database $CPTM8_DEMO_DB on 127.0.0.1:5432 as user postgres"
     log "database $CPTM8_DEMO_DB recreated"
+    local err
     if as_root rabbitmqctl -q list_vhosts | grep -qx "$CPTM8_DEMO_VHOST"; then
-        as_root rabbitmqctl -q delete_vhost "$CPTM8_DEMO_VHOST" >/dev/null ||
-            die "rabbitmqctl delete_vhost $CPTM8_DEMO_VHOST failed"
+        # Its output (e.g. ":terminated" for the vhost's processes) only matters on failure.
+        err="$(as_root rabbitmqctl -q delete_vhost "$CPTM8_DEMO_VHOST" 2>&1)" ||
+            die "rabbitmqctl delete_vhost $CPTM8_DEMO_VHOST failed: $err"
     fi
     as_root rabbitmqctl -q add_vhost "$CPTM8_DEMO_VHOST" >/dev/null ||
         die "rabbitmqctl add_vhost $CPTM8_DEMO_VHOST failed"
