@@ -69,8 +69,14 @@ export CPTM8_DEMO_VHOST="${CPTM8_DEMO_VHOST:-cptm8_demo}"
 [[ "$CPTM8_DEMO_VHOST" =~ ^[A-Za-z0-9_.-]+$ ]] || die "CPTM8_DEMO_VHOST must be a plain name, got '$CPTM8_DEMO_VHOST'"
 [[ "$CPTM8_DEMO_DB" != cptm8 ]] || die "CPTM8_DEMO_DB must not be cptm8: the demo drops and recreates its database"
 [[ "$CPTM8_DEMO_VHOST" != / ]] || die "CPTM8_DEMO_VHOST must not be /: the demo deletes and recreates its vhost"
-# The demo's own configuration never reads these, but the API token would be sent.
-unset ORCHESTRATORM8_CONFIG
+# The demo runs on its own configuration only: key overrides from the environment
+# (ORCHESTRATORM8__DATABASE__DATABASE=...) could point it at other data.
+for var in $(compgen -e); do
+    if [[ "$var" == ORCHESTRATORM8__* || "$var" == ORCHESTRATORM8_CONFIG || "$var" == ORCHESTRATORM8_API_TOKEN ]]; then
+        warn "ignoring $var from the environment (the demo uses $CONFIG as it is)"
+        unset "$var"
+    fi
+done
 
 # Domains seeded: name, company, and whether it is enabled (a disabled one gets no
 # workflow). EXPECTED is the number of enabled ones.
