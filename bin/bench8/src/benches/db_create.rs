@@ -167,7 +167,7 @@ async fn measure(ctx: &Ctx, db: &TempDatabase) -> Outcomes {
 
 /// The engine's batch size for `create_workflows` (controller8's default tuning).
 fn batch_size() -> usize {
-    controller8::Tuning::default().batch_size.max(1)
+    controller8::Tuning::default().create_batch.max(1)
 }
 
 /// The orchestrator's tables that hold rows (every one db8 wrote to).
