@@ -71,11 +71,14 @@ ensure_packages() {
     if ! have psql || ! have pg_isready; then missing+=(postgresql-client); fi
     if ! have rabbitmq-server || ! have rabbitmqctl; then missing+=(rabbitmq-server); fi
     have pkg-config || missing+=(pkg-config)
+    # The TLS and secret-leak tests start a throwaway TLS terminator and make certificates.
+    have socat || missing+=(socat)
+    have openssl || missing+=(openssl)
     if command -v dpkg-query >/dev/null 2>&1; then
         pkg_installed libssl-dev || missing+=(libssl-dev)
     fi
     if ((${#missing[@]} == 0)); then
-        log "packages: present (postgresql, rabbitmq-server, psql, pkg-config, libssl-dev)"
+        log "packages: present (postgresql, rabbitmq-server, psql, pkg-config, libssl-dev, socat, openssl)"
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 ||
