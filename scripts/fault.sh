@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Fault-injection suite (docs/FAULTS.md): the real orchestratorm8 binary against the
+# local PostgreSQL and RabbitMQ while they restart, stop, raise a memory alarm, or while
+# the service is killed with -9 at random points.
+#
+#   bash scripts/fault.sh [--quick] [--rounds N] [--seed N] [FILTER...]   (= just fault ...)
+#
+#   FILTER     run only the tests whose name contains one of these words
+#   --quick    the CI subset: 3 kill -9 rounds instead of 20 (every other fault as is)
+#   --rounds N kill -9 rounds (default 20; env FAULT_KILL_ROUNDS)
+#   --seed N   seed of the kill -9 test's random kill points (env FAULT_SEED); every run
+#              prints the seed it used
+#   --list     list the tests and exit
+#
+# The tests are #[ignore]d in the normal test suite (they stop the shared services);
+# this script runs them one at a time (--ignored --test-threads=1). Tests that stop or
+# alarm a service hold the EXCLUSIVE lock on /tmp/cptm8-services.lock (other test runs
+# wait), and restore the service in a drop guard, also when they fail. A run interrupted
+# by a signal runs no destructor, so this script restores everything again at the end,
+# whatever happened: under the exclusive lock, it starts the RabbitMQ application and
+# PostgreSQL when they are down and puts the memory watermark it found back, then runs
+# scripts/services.sh.
+#
+# Needs root (or a user allowed to run rabbitmqctl and pg_ctlcluster), PostgreSQL 15
+# cluster `main`, and what scripts/services.sh sets up.
+#
+# Exit status: 0 when every test passed, 1 when one failed (the tests are named), 2 on
+# a usage error.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+LOCK_FILE=/tmp/cptm8-services.lock
+TESTS=(fault_broker fault_postgres fault_kill fault_fast_worker)
+export PATH="$PATH:/usr/sbin:/sbin"
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+# --- restoring the services -----------------------------------------------------------
+watermark_file() { echo "/tmp/cptm8-fault-watermark"; }
+
+# Called (as `fault.sh --restore`) under the exclusive lock, with the lock's descriptor
+# closed, so that no daemon started here inherits it.
+restore_services() {
+    local wm
+    if ! rabbitmq-diagnostics -q check_running >/dev/null 2>&1 &&
+        rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+        log "restoring: rabbitmqctl start_app"
+        rabbitmqctl -q start_app </dev/null >/dev/null 2>&1 || warn "rabbitmqctl start_app failed"
+    fi
+    wm="$(cat "$(watermark_file)" 2>/dev/null || true)"
+    if [[ "$wm" =~ ^0?\.[0-9]+$ ]]; then
+        rabbitmqctl -q set_vm_memory_high_watermark "$wm" </dev/null >/dev/null 2>&1 ||
+            warn "could not put the RabbitMQ memory watermark back to $wm"
+    fi
+    if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+        log "restoring: pg_ctlcluster 15 main start"
+        pg_ctlcluster --skip-systemctl-redirect 15 main start </dev/null >/dev/null 2>&1 ||
+            warn "pg_ctlcluster 15 main start failed"
+    fi
+}
+
+if [[ "${1:-}" == "--restore" ]]; then
+    restore_services
+    exit 0
+fi
+
+restore() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if command -v flock >/dev/null 2>&1; then
+        flock -x -o -w 600 "$LOCK_FILE" bash "${BASH_SOURCE[0]}" --restore ||
+            warn "could not take $LOCK_FILE within 600 s to restore the services"
+    else
+        bash "${BASH_SOURCE[0]}" --restore
+    fi
+    bash scripts/services.sh >/dev/null || warn "scripts/services.sh failed: check PostgreSQL and RabbitMQ"
+    exit "$rc"
+}
+
+# --- arguments ------------------------------------------------------------------------
+filters=()
+list=0
+while (($#)); do
+    case "$1" in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --list) list=1 ;;
+        --quick) export FAULT_KILL_ROUNDS="${FAULT_KILL_ROUNDS:-3}" ;;
+        --rounds | --seed)
+            [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || {
+                echo "fault: $1 needs a number" >&2
+                exit 2
+            }
+            if [[ "$1" == --rounds ]]; then
+                [[ "$2" -ge 1 ]] || {
+                    echo "fault: --rounds must be at least 1" >&2
+                    exit 2
+                }
+                export FAULT_KILL_ROUNDS="$2"
+            else
+                export FAULT_SEED="$2"
+            fi
+            shift
+            ;;
+        -*)
+            echo "fault: unknown option $1 (see --help)" >&2
+            exit 2
+            ;;
+        *) filters+=("$1") ;;
+    esac
+    shift
+done
+
+need_cmd cargo "install Rust (rustup) first; rust-toolchain.toml pins the version"
+
+if ((list)); then
+    for t in "${TESTS[@]}"; do
+        cargo test -q -p orchestratorm8 --test "$t" -- --ignored --list 2>/dev/null |
+            sed -n "s/: test\$//p" | sed "s|^|$t::|"
+    done
+    exit 0
+fi
+
+need_cmd rabbitmqctl "run scripts/services.sh first"
+need_cmd pg_ctlcluster "PostgreSQL's server tools (package postgresql-common)"
+
+# --- run ------------------------------------------------------------------------------
+start="$(now_ms)"
+log "building the test binaries"
+cargo test -q -p orchestratorm8 "${TESTS[@]/#/--test=}" --no-run ||
+    die "the fault tests do not build"
+bash scripts/services.sh >/dev/null || die "PostgreSQL/RabbitMQ are not available (scripts/services.sh)"
+# The watermark to put back if a run is interrupted during the memory alarm.
+wm="$(rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().' 2>/dev/null | tr -d '[:space:]' || true)"
+if [[ "$wm" =~ ^0?\.[0-9]+$ && "$wm" != "1.0e-7" ]]; then
+    echo "$wm" >"$(watermark_file)"
+fi
+trap restore EXIT INT TERM
+
+log "kill -9 rounds: ${FAULT_KILL_ROUNDS:-20}${FAULT_SEED:+, seed $FAULT_SEED}"
+failed=()
+summary=()
+for t in "${TESTS[@]}"; do
+    t0="$(now_ms)"
+    printf '\n==> %s\n' "$t"
+    rc=0
+    cargo test -q -p orchestratorm8 --test "$t" -- --ignored --test-threads=1 --nocapture \
+        "${filters[@]}" || rc=$?
+    if ((rc == 0)); then
+        summary+=("$(printf '  %-15s ok      %6ss' "$t" "$(elapsed_s "$t0")")")
+    else
+        summary+=("$(printf '  %-15s FAILED  %6ss' "$t" "$(elapsed_s "$t0")")")
+        failed+=("$t")
+    fi
+done
+
+printf '\n'
+log "summary (total $(elapsed_s "$start")s, build included):"
+printf '%s\n' "${summary[@]}"
+if ((${#failed[@]})); then
+    log "FAILED: ${failed[*]} (logs of a failed test's services are kept; the path is printed above)"
+    exit 1
+fi
+log "every fault test passed"
