@@ -256,11 +256,15 @@ impl Service {
         v.as_array().unwrap().clone()
     }
 
-    /// Waits until `/ready` answers 200.
+    /// Waits until `/ready` answers 200 as the leader: the topology is declared and,
+    /// in managed mode, the result consumer runs. (A replica is ready as a standby
+    /// before its first lock check; a single replica then becomes the leader.)
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = http_get(self.port, "/ready").await {
+            if let Ok((200, body)) = http_get(self.port, "/ready").await
+                && body.contains("\"role\":\"leader\"")
+            {
                 return;
             }
             assert!(
@@ -516,10 +520,13 @@ pub async fn report(broker: &RabbitBroker, job: &StageJob, outcome: StageOutcome
 }
 
 /// The managed-mode sections: `Scheduler` and `Workflow` with `stages` (YAML list
-/// items, indented by 4).
+/// items, indented by 4). A domain is scanned once per test: `rescan_after` is an hour
+/// (a restart is a scheduler check, and would start a new workflow for a domain whose
+/// workflow already ended).
 pub fn managed(stages: &str) -> String {
     format!(
-        "Scheduler:\n  mode: managed\n  interval: \"1h\"\nWorkflow:\n  granularity: per_domain\n  stages:\n{stages}"
+        "Scheduler:\n  mode: managed\n  interval: \"1h\"\nWorkflow:\n  granularity: per_domain\n  \
+         rescan_after: \"1h\"\n  stages:\n{stages}"
     )
 }
 

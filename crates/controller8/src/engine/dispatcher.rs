@@ -67,11 +67,19 @@ impl StepError {
     }
 }
 
-/// What happened to one published batch.
+/// What happened to one stage's dispatch.
 #[derive(Debug, Default)]
 struct BatchOutcome {
     confirmed: u64,
     refused: u64,
+}
+
+/// A published batch, to record.
+#[derive(Debug, Default)]
+struct Published {
+    confirmed: Vec<StageKey>,
+    refused: Vec<StageKey>,
+    unroutable: bool,
 }
 
 impl Engine {
@@ -160,60 +168,74 @@ impl Engine {
         let mut more = true;
         let mut total = BatchOutcome::default();
         let mut error: Option<StepError> = None;
-        // Batches being published (and then recorded), in claim order; the next batch
-        // is claimed while they are under way.
-        let mut in_flight: FuturesOrdered<BoxFuture<'_, Result<BatchOutcome, StepError>>> =
+        // Three stages overlap: claiming the next batch, publishing (at most
+        // PIPELINE_DEPTH batches, which hold the messages), and recording the outcome
+        // of published batches (which hold only their keys).
+        let mut publishing: FuturesOrdered<BoxFuture<'_, Result<Published, StepError>>> =
             FuturesOrdered::new();
+        let mut recording: FuturesOrdered<BoxFuture<'_, Result<u64, StepError>>> =
+            FuturesOrdered::new();
+        let mut claiming: Option<BoxFuture<'_, Result<Vec<ClaimedStage>, DbError>>> = None;
+        let mut want = 0;
         loop {
-            let can_claim = more
+            let can_claim = claiming.is_none()
+                && more
                 && error.is_none()
                 && total.refused == 0
                 && remaining > 0
-                && in_flight.len() < PIPELINE_DEPTH
+                && publishing.len() < PIPELINE_DEPTH
                 && !self.stopping()
                 && self.is_leader();
-            if !can_claim {
-                match in_flight.next().await {
-                    Some(outcome) => {
-                        Self::account(outcome, &mut total, &mut error);
-                        continue;
-                    }
-                    None => break,
-                }
+            if can_claim {
+                want = limit.min(remaining);
+                claiming = Some(Box::pin(self.claim(&stage.name, want)));
             }
-            let want = limit.min(remaining);
-            let claim = self.claim(&stage.name, want);
-            tokio::pin!(claim);
-            // Drive the batches in flight while claiming.
-            let claimed = loop {
-                tokio::select! {
-                    // Outcomes first: a refusal known before the claim returns keeps the
-                    // claimed batch from being published into a full queue.
-                    biased;
-                    Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
-                        Self::account(outcome, &mut total, &mut error);
+            if claiming.is_none() && publishing.is_empty() && recording.is_empty() {
+                break;
+            }
+            tokio::select! {
+                // Outcomes first: a refusal known before a claim returns keeps the
+                // claimed batch from being published into a full queue.
+                biased;
+                Some(p) = publishing.next(), if !publishing.is_empty() => match p {
+                    Ok(p) => {
+                        total.refused += p.refused.len() as u64;
+                        recording.push_back(Box::pin(self.record(stage, p)));
                     }
-                    c = &mut claim => break c,
-                }
-            };
-            match claimed {
-                Err(e) => {
-                    more = false;
-                    error.get_or_insert(e.into());
-                }
-                Ok(batch) if batch.is_empty() => more = false,
-                Ok(batch) => {
-                    remaining = remaining.saturating_sub(batch.len());
-                    if batch.len() < want {
-                        // Nothing more is due now.
-                        more = false;
+                    Err(e) => {
+                        error.get_or_insert(e);
                     }
-                    if error.is_some() || total.refused > 0 {
-                        // A batch before it was refused: give this one back unpublished.
-                        let keys: Vec<StageKey> = batch.into_iter().map(|c| c.key).collect();
-                        self.release(&stage.name, &keys, self.now()).await;
-                    } else {
-                        in_flight.push_back(Box::pin(self.publish_batch(stage, batch)));
+                },
+                Some(r) = recording.next(), if !recording.is_empty() => match r {
+                    Ok(n) => total.confirmed += n,
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                },
+                c = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    match c {
+                        Err(e) => {
+                            more = false;
+                            error.get_or_insert(e.into());
+                        }
+                        Ok(batch) if batch.is_empty() => more = false,
+                        Ok(batch) => {
+                            remaining = remaining.saturating_sub(batch.len());
+                            if batch.len() < want {
+                                // Nothing more is due now.
+                                more = false;
+                            }
+                            if error.is_some() || total.refused > 0 {
+                                // A batch before it was refused: give this one back
+                                // unpublished.
+                                let keys: Vec<StageKey> =
+                                    batch.into_iter().map(|c| c.key).collect();
+                                self.release(&stage.name, &keys, self.now()).await;
+                            } else {
+                                publishing.push_back(Box::pin(self.publish_batch(stage, batch)));
+                            }
+                        }
                     }
                 }
             }
@@ -225,22 +247,6 @@ impl Engine {
                 Ok(total)
             }
             None => Ok(total),
-        }
-    }
-
-    fn account(
-        outcome: Result<BatchOutcome, StepError>,
-        total: &mut BatchOutcome,
-        error: &mut Option<StepError>,
-    ) {
-        match outcome {
-            Ok(o) => {
-                total.confirmed += o.confirmed;
-                total.refused += o.refused;
-            }
-            Err(e) => {
-                error.get_or_insert(e);
-            }
         }
     }
 
@@ -259,18 +265,19 @@ impl Engine {
         claimed
     }
 
-    /// Publishes one claimed batch and records the outcome of every job.
+    /// Publishes one claimed batch (confirmed); the outcome is recorded by
+    /// [`Engine::record`]. A batch that cannot be published at all is given back.
     async fn publish_batch(
         &self,
         stage: &StageSettings,
         batch: Vec<ClaimedStage>,
-    ) -> Result<BatchOutcome, StepError> {
+    ) -> Result<Published, StepError> {
         let keys: Vec<StageKey> = batch.iter().map(|c| c.key.clone()).collect();
         if !self.is_leader() || self.stopping() {
             // Leadership lost (or shutting down) between claim and publish: give the
             // work back at once rather than publish as a non-leader.
             self.release(&stage.name, &keys, self.now()).await;
-            return Ok(BatchOutcome::default());
+            return Ok(Published::default());
         }
         let mut messages = Vec::with_capacity(batch.len());
         for c in batch {
@@ -292,7 +299,7 @@ impl Engine {
                 }
             }
         }
-        let publish_started = std::time::Instant::now();
+        let started = std::time::Instant::now();
         let outcomes = match self.broker.publish_many(messages).await {
             Ok(o) => o,
             Err(e) => {
@@ -305,38 +312,49 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        let mut confirmed = Vec::with_capacity(keys.len());
-        let mut refused = Vec::new();
-        let mut unroutable = false;
+        let mut published = Published {
+            confirmed: Vec::with_capacity(keys.len()),
+            ..Published::default()
+        };
         for (i, key) in keys.into_iter().enumerate() {
             match outcomes.get(i) {
-                Some(PublishOutcome::Confirmed) => confirmed.push(key),
+                Some(PublishOutcome::Confirmed) => published.confirmed.push(key),
                 Some(PublishOutcome::Nacked) => {
                     self.metrics.stage_publish_nacked(&stage.name);
-                    refused.push(key);
+                    published.refused.push(key);
                 }
                 Some(PublishOutcome::Unroutable) => {
                     self.metrics.stage_publish_unroutable(&stage.name);
-                    unroutable = true;
-                    refused.push(key);
+                    published.unroutable = true;
+                    published.refused.push(key);
                 }
-                None => refused.push(key),
+                None => published.refused.push(key),
             }
         }
-        let published_in = publish_started.elapsed();
+        for _ in &published.confirmed {
+            self.metrics.stage_published(&stage.name);
+        }
+        tracing::debug!(
+            stage = %stage.name, confirmed = published.confirmed.len(),
+            refused = published.refused.len(), elapsed = ?started.elapsed(),
+            "stage batch published"
+        );
+        Ok(published)
+    }
+
+    /// Records a published batch: the confirmed attempts become running, the refused
+    /// ones are given back (and the stage paused). Returns how many became running.
+    async fn record(&self, stage: &StageSettings, p: Published) -> Result<u64, StepError> {
         let now = self.now();
-        let mut result = Ok(());
-        let mark_started = std::time::Instant::now();
-        if !confirmed.is_empty() {
-            for _ in &confirmed {
-                self.metrics.stage_published(&stage.name);
-            }
+        let started = std::time::Instant::now();
+        let mut result = Ok(p.confirmed.len() as u64);
+        if !p.confirmed.is_empty() {
             // Read live: a changed timeout applies to the next publish.
             let timeout = self.stage_settings(&stage.name).timeout;
             let deadline = plus(now, timeout);
-            if let Err(e) = self.mark_running(&confirmed, now, deadline).await {
+            if let Err(e) = self.mark_running(&p.confirmed, now, deadline).await {
                 tracing::error!(
-                    stage = %stage.name, jobs = confirmed.len(), error = %e,
+                    stage = %stage.name, jobs = p.confirmed.len(), error = %e,
                     lease = ?self.tuning.claim_lease,
                     "stage jobs were published but could not be recorded as running; \
                      their claims expire after the lease and they are published again"
@@ -347,20 +365,16 @@ impl Engine {
                     .at(plus(deadline, Duration::from_millis(1)));
             }
         }
-        tracing::debug!(
-            stage = %stage.name, confirmed = confirmed.len(), refused = refused.len(),
-            publish = ?published_in, record = ?mark_started.elapsed(), "stage batch published"
-        );
-        if refused.is_empty() {
-            self.confirmed_all(&stage.name);
+        if p.refused.is_empty() {
+            if !p.confirmed.is_empty() {
+                self.confirmed_all(&stage.name);
+            }
         } else {
-            self.release(&stage.name, &refused, now).await;
-            self.refused(&stage.name, confirmed.len(), unroutable, stage);
+            self.release(&stage.name, &p.refused, now).await;
+            self.refused(&stage.name, p.confirmed.len(), p.unroutable, stage);
         }
-        result.map(|()| BatchOutcome {
-            confirmed: confirmed.len() as u64,
-            refused: refused.len() as u64,
-        })
+        tracing::debug!(stage = %stage.name, jobs = p.confirmed.len(), elapsed = ?started.elapsed(), "stage batch recorded");
+        result
     }
 
     /// `mark_running`, retried briefly: the jobs are already out.

@@ -60,10 +60,10 @@ impl Engine {
         let now = self.now();
         let ended_before = minus(now, settings.workflow.rescan_after);
         match self.start_settings().workflow.granularity {
-            Granularity::PerDomain => self
-                .create_per_domain(&plans, ended_before, now, None)
-                .await
-                .map(|v| v.len() as u64),
+            Granularity::PerDomain => {
+                self.create_per_domain(&plans, ended_before, now, None)
+                    .await
+            }
             Granularity::PerCycle => {
                 if self.workflows.any_active().await? {
                     return Ok(0);
@@ -80,30 +80,30 @@ impl Engine {
     }
 
     /// Creates one workflow per idle domain (no active workflow, last one ended at or
-    /// before `ended_before`), in batches. `views` collects the created workflows'
-    /// views when given.
+    /// before `ended_before`), in batches; the next page of domains is read while a
+    /// batch is being created. `views` collects the created workflows' views when
+    /// given. Returns how many were created.
     async fn create_per_domain(
         &self,
         plans: &[StagePlan],
         ended_before: DateTime<Utc>,
         now: DateTime<Utc>,
         mut views: Option<&mut Vec<WorkflowView>>,
-    ) -> Result<Vec<Uuid>, DbError> {
+    ) -> Result<u64, DbError> {
         let batch_size = self.tuning.create_batch.max(1);
-        let mut after = None;
-        let mut all = Vec::new();
+        let mut count = 0;
+        let mut page = self
+            .workflows
+            .idle_domains(ended_before, None, batch_size)
+            .await?;
         loop {
             if self.stopping() || !self.is_leader() {
                 break;
             }
-            let page = self
-                .workflows
-                .idle_domains(ended_before, after, batch_size)
-                .await?;
             let Some(last) = page.last() else { break };
-            after = Some(last.id);
+            let after = Some(last.id);
             let full = page.len() == batch_size;
-            let batch: Vec<NewWorkflow> = page
+            let batch: Vec<NewWorkflow> = std::mem::take(&mut page)
                 .into_iter()
                 .map(|d| NewWorkflow {
                     id: Uuid::new_v4(),
@@ -111,8 +111,17 @@ impl Engine {
                     stages: plans.to_vec(),
                 })
                 .collect();
-            let created = self.workflows.create_workflows(&batch, now).await?;
+            let create = self.workflows.create_workflows(&batch, now);
+            let created = if full {
+                let next = self.workflows.idle_domains(ended_before, after, batch_size);
+                let (created, next) = futures::join!(create, next);
+                page = next?;
+                created?
+            } else {
+                create.await?
+            };
             if !created.is_empty() {
+                count += created.len() as u64;
                 self.metrics.workflows_started(created.len() as u64);
                 tracing::info!(created = created.len(), "workflows started");
                 self.dispatch_wake.now();
@@ -126,12 +135,8 @@ impl Engine {
                     );
                 }
             }
-            all.extend(created);
-            if !full {
-                break;
-            }
         }
-        Ok(all)
+        Ok(count)
     }
 
     /// Creates one workflow over every enabled domain, if there is any.
