@@ -87,7 +87,14 @@ fn check(text: &str, env: &Env) -> Result<Loaded, ConfigError> {
             }
             let rendered = render_redacted(&loaded.settings);
             assert!(!rendered.contains(CANARY), "secret rendered: {rendered}");
-            // What `config check` prints loads back, and rendering is a fixed point.
+            // Redaction also hides a secret's value where it appears inside other values
+            // (a password inside a URL), so when a secret equals part of another value
+            // (an override made the password "asmm8"), that value changes and need not
+            // load back. Otherwise, what `config check` prints loads back, and rendering
+            // is a fixed point.
+            if rendered.matches(Secret::REDACTED).count() > secret_fields(&loaded.settings) {
+                return first;
+            }
             let reloaded = from_yaml_str(&rendered, &Env::empty())
                 .unwrap_or_else(|e| panic!("the rendering does not load back: {e}\n{rendered}"));
             assert_eq!(
@@ -99,6 +106,20 @@ fn check(text: &str, env: &Env) -> Result<Loaded, ConfigError> {
         Err(e) => check_error(e),
     }
     first
+}
+
+/// How many secret settings are set (each renders as one `***`).
+fn secret_fields(s: &Settings) -> usize {
+    [
+        Some(&s.database.password),
+        Some(&s.rabbitmq.password),
+        s.http.api_token.as_ref(),
+        s.log.apm_secret_token.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|secret| !secret.is_empty())
+    .count()
 }
 
 fn check_error(e: &ConfigError) {
