@@ -8,6 +8,35 @@
 //! change applies live and what needs a restart. The rules are documented in
 //! `docs/CONFIGURATION.md`.
 //!
+//! ```
+//! use config8::{Env, SchedulerMode, from_yaml_str, render_redacted};
+//!
+//! let yaml = r#"
+//! APP_ENV: DEV
+//! LOG_LEVEL: "0"
+//! Database: { location: 127.0.0.1, port: 5432, schema: public, database: cptm8,
+//!             username: postgres, password: "${PGPASSWORD}" }
+//! RabbitMQ:
+//!   location: 127.0.0.1
+//!   port: 5672
+//!   username: guest
+//!   password: guest
+//!   pool: { max_connections: , pool.max_idle_time: "1h30m" }
+//! "#;
+//! let env = Env::empty().with("PGPASSWORD", "s3cret");
+//! let loaded = from_yaml_str(yaml, &env).unwrap();
+//! let s = &loaded.settings;
+//! assert_eq!(s.database.password.expose(), "s3cret");
+//! assert_eq!(s.rabbitmq.pool.max_connections, 10); // null means the Go default
+//! assert_eq!(s.rabbitmq.pool.max_idle_time.as_secs(), 5400);
+//! assert_eq!(s.scheduler.mode, SchedulerMode::Bootstrap); // no Scheduler section
+//! assert!(!render_redacted(s).contains("s3cret"));
+//!
+//! // A missing variable is an error naming it and the key.
+//! let err = from_yaml_str(yaml, &Env::empty()).unwrap_err().to_string();
+//! assert!(err.contains("PGPASSWORD") && err.contains("Database.password"), "{err}");
+//! ```
+//!
 //! Architecture invariant: depends only on `model8` among our crates; performs file I/O
 //! only (no network). Secrets are held in [`Secret`] and never rendered, neither in
 //! errors nor in [`render_redacted`].

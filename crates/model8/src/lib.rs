@@ -4,6 +4,23 @@
 //! seen by callers) is defined here, with golden tests that pin the JSON produced and
 //! accepted by the Go services.
 //!
+//! ```
+//! use model8::{AmqpM8Message, StageOutcome, StageResult};
+//!
+//! // A worker's report, as the Go services would write it.
+//! let body = br#"{"channel":"cptm8.orchestratorm8.asmm8.completed",
+//!     "payload":{"workflow_id":"6f1c1d0e-8a4b-4c1e-9f7a-2b3c4d5e6f70","stage":"asmm8","attempt":1},
+//!     "timestamp":"2025-11-19T10:00:00.123456789+01:00","source":"asmm8"}"#;
+//! let msg = AmqpM8Message::<StageResult>::from_slice(body).unwrap();
+//! let (stage, outcome) = StageOutcome::parse_routing_key(&msg.channel).unwrap();
+//! assert_eq!((stage.as_str(), outcome), ("asmm8", StageOutcome::Completed));
+//! assert_eq!(msg.timestamp.to_string(), "2025-11-19T10:00:00.123456789+01:00");
+//!
+//! // The bootstrap kick-off: no payload, so no "payload" field on the wire.
+//! let kickoff: AmqpM8Message = AmqpM8Message::new("cptm8.asmm8.get.scan", None);
+//! assert!(!String::from_utf8(kickoff.to_vec().unwrap()).unwrap().contains("payload"));
+//! ```
+//!
 //! Architecture invariant: this crate performs no I/O and depends on no other crate of
 //! this workspace. It may only grow types, constructors, validation and (de)serialisation.
 
