@@ -30,7 +30,9 @@ mod notification;
 mod time;
 mod workflow;
 
-pub use domain::{CompanyName, Domain8, DomainName, DomainNameError, PostDomain8};
+pub use domain::{
+    CompanyName, Domain8, DomainName, DomainNameError, MAX_COMPANY_LEN, MAX_NAME_LEN, PostDomain8,
+};
 pub use envelope::{AmqpM8Message, EnvelopeError, SOURCE_ORCHESTRATORM8};
 pub use notification::{
     Notification8, NotificationChannel, NotificationEvent, NotificationMetadata8, RoleType,
