@@ -219,9 +219,12 @@ async fn serve(
     let mut http_task = tokio::spawn(http_done);
 
     // Run until a signal, or until the controller fails.
+    // `biased`: on a signal the controller ends too, and both branches can be ready at
+    // once; the signal must win so that a clean stop is not taken for a failure.
     let outcome = tokio::select! {
-        r = &mut controller_task => Some(r),
+        biased;
         () = stopped() => None,
+        r = &mut controller_task => Some(r),
     };
     let result = match outcome {
         Some(r) => {
