@@ -24,7 +24,11 @@ pub fn section(
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s);
-    let _ = writeln!(s, "Measured {date} with `{command}` ({duration_s:.0} s).");
+    let _ = writeln!(
+        s,
+        "Measured {date} with `{command}` ({duration_s:.0} s), revision {}.",
+        machine.revision
+    );
     let _ = writeln!(s);
     let _ = writeln!(
         s,

@@ -23,6 +23,8 @@ pub struct Machine {
     pub rabbitmq: String,
     /// rustc version of the build.
     pub rustc: String,
+    /// The git commit measured, with `+ uncommitted changes` when the work tree differs.
+    pub revision: String,
 }
 
 fn read(path: &str) -> String {
@@ -38,6 +40,32 @@ fn first_line_of(cmd: &str, args: &[&str]) -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// `git rev-parse --short HEAD`, marked when tracked files under `crates/` or `bin/`
+/// differ from it (what the release build compiled).
+fn revision() -> String {
+    let head = first_line_of("git", &["rev-parse", "--short", "HEAD"]);
+    if head == "unknown" {
+        return head;
+    }
+    let dirty = Command::new("git")
+        .args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            "crates",
+            "bin",
+        ])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    if dirty {
+        format!("{head} + uncommitted changes")
+    } else {
+        head
+    }
 }
 
 /// `/proc/loadavg`'s three averages.
@@ -91,6 +119,7 @@ impl Machine {
             postgresql,
             rabbitmq,
             rustc: first_line_of("rustc", &["--version"]),
+            revision: revision(),
         }
     }
 }
