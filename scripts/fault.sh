@@ -12,6 +12,9 @@
 #              prints the seed it used
 #   --list     list the tests and exit
 #
+# The orchestrator logs of every test are copied to target/fault/<test>/ (env
+# FAULT_LOGS_DIR overrides); a failed test's are also kept where it says.
+#
 # The tests are #[ignore]d in the normal test suite (they stop the shared services);
 # this script runs them one at a time (--ignored --test-threads=1). Tests that stop or
 # alarm a service hold the EXCLUSIVE lock on /tmp/cptm8-services.lock (other test runs
@@ -140,7 +143,16 @@ wm="$(rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().' 2>
 if [[ "$wm" =~ ^0?\.[0-9]+$ && "$wm" != "1.0e-7" ]]; then
     echo "$wm" >"$(watermark_file)"
 fi
-trap restore EXIT INT TERM
+trap restore EXIT
+# Ctrl-C reaches the tests too (same process group); bash acts on it once the running
+# test binary has ended: stop there, restore (EXIT trap), exit 130.
+interrupted=0
+trap 'interrupted=1' INT TERM
+# Every test copies its services' logs here (a failed test's are also kept where it says).
+FAULT_LOGS_DIR="${FAULT_LOGS_DIR:-$(cargo_target_dir)/fault}"
+export FAULT_LOGS_DIR
+mkdir -p "$FAULT_LOGS_DIR"
+rm -rf "${FAULT_LOGS_DIR:?}"/{broker_away,memory_alarm,postgres,kill,fast_worker}
 
 log "kill -9 rounds: ${FAULT_KILL_ROUNDS:-20}${FAULT_SEED:+, seed $FAULT_SEED}"
 failed=()
@@ -157,9 +169,14 @@ for t in "${TESTS[@]}"; do
         summary+=("$(printf '  %-15s FAILED  %6ss' "$t" "$(elapsed_s "$t0")")")
         failed+=("$t")
     fi
+    if ((interrupted)); then
+        warn "interrupted: not running the remaining tests"
+        break
+    fi
 done
 
 printf '\n'
+((interrupted)) && exit 130
 log "summary (total $(elapsed_s "$start")s, build included):"
 printf '%s\n' "${summary[@]}"
 if ((${#failed[@]})); then

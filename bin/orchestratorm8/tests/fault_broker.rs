@@ -321,6 +321,7 @@ async fn the_broker_away_for_30_s_the_service_stays_up_unready_then_publishes_wh
     );
     let (code, _) = svc.terminate();
     assert_eq!(code, Some(0), "{}", svc.logs());
+    fault_support::keep_logs(&env, "broker_away");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +409,7 @@ async fn a_memory_alarm_pauses_publishing_ready_stays_200_with_a_warning_then_jo
     );
     let (code, _) = svc.terminate();
     assert_eq!(code, Some(0), "{}", svc.logs());
+    fault_support::keep_logs(&env, "memory_alarm");
 
     // What /ready and /metrics said during the alarm (docs/HTTP.md): checked last, so
     // that a failure here comes after the recovery above was proven.

@@ -80,4 +80,5 @@ async fn results_reported_before_the_job_is_recorded_running_are_not_lost() {
     );
     let (code, _) = svc.terminate();
     assert_eq!(code, Some(0), "{}", svc.logs());
+    fault_support::keep_logs(&env, "fast_worker");
 }

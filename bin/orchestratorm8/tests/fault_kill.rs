@@ -190,6 +190,7 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
         metric(&text, "orchestratorm8_results_stale_total")
     );
     drop(last);
+    fault_support::keep_logs(&env, "kill");
 }
 
 /// The two events of a round in time order.

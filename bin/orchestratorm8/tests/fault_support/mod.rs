@@ -468,3 +468,19 @@ pub fn env(name: &'static str, exclusive: bool) -> (Env, Timing) {
         },
     )
 }
+
+/// Copies the test's service logs to `$FAULT_LOGS_DIR/<name>/` when that variable is set
+/// (a passing test's temporary directory is deleted; a failing one's is kept anyway).
+pub fn keep_logs(env: &Env, name: &str) {
+    let Ok(dir) = std::env::var("FAULT_LOGS_DIR") else {
+        return;
+    };
+    let to = Path::new(&dir).join(name);
+    let _ = std::fs::create_dir_all(&to);
+    if let Ok(entries) = std::fs::read_dir(env.dir.path()) {
+        for e in entries.flatten() {
+            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        }
+    }
+    eprintln!("fault: logs copied to {}", to.display());
+}
