@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Batch sizes, leases and grace periods of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
-    /// Workflows created per `create_workflows` call (one transaction) (5,000).
+    /// Workflows created per `create_workflows` call (one transaction) (2,000).
     pub create_batch: usize,
     /// Stage attempts claimed, published and recorded per batch (2,000); two batches
     /// of a stage are in flight at once. Bounds the memory a large backlog takes.
@@ -34,7 +34,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            create_batch: 5_000,
+            create_batch: 2_000,
             publish_batch: 2_000,
             claim_lease: Duration::from_secs(60),
             due_poll: Duration::from_secs(5),

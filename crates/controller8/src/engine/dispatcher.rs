@@ -184,6 +184,7 @@ impl Engine {
                 && total.refused == 0
                 && remaining > 0
                 && publishing.len() < PIPELINE_DEPTH
+                && recording.len() < PIPELINE_DEPTH
                 && !self.stopping()
                 && self.is_leader();
             if can_claim {

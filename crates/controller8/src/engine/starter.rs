@@ -11,7 +11,14 @@ use futures::TryStreamExt;
 use model8::{DomainRef, GoTime, StageStatus, StageView, WorkflowStatus, WorkflowView};
 use uuid::Uuid;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+
 use super::{Engine, minus};
+
+/// Batches of new workflows created at once.
+const CREATE_DEPTH: usize = 2;
 use crate::scan_now::{ScanNow, ScanNowError};
 
 /// The view of a workflow just created from `new` at `now`, as the repository would
@@ -92,51 +99,85 @@ impl Engine {
     ) -> Result<u64, DbError> {
         let batch_size = self.tuning.create_batch.max(1);
         let mut count = 0;
-        let mut page = self
-            .workflows
-            .idle_domains(ended_before, None, batch_size)
-            .await?;
+        let mut error = None;
+        // The next page of domains is read while up to CREATE_DEPTH batches are being
+        // created (each in its own transaction, on its own connection).
+        let mut paging: Option<BoxFuture<'_, Result<Vec<DomainRef>, DbError>>> = Some(Box::pin(
+            self.workflows.idle_domains(ended_before, None, batch_size),
+        ));
+        type Creating<'a> = BoxFuture<'a, (Vec<NewWorkflow>, Result<Vec<Uuid>, DbError>)>;
+        let mut creating: FuturesOrdered<Creating<'_>> = FuturesOrdered::new();
         loop {
-            if self.stopping() || !self.is_leader() {
+            if self.stopping() || !self.is_leader() || error.is_some() {
+                paging = None;
+            }
+            if paging.is_none() && creating.is_empty() {
                 break;
             }
-            let Some(last) = page.last() else { break };
-            let after = Some(last.id);
-            let full = page.len() == batch_size;
-            let batch: Vec<NewWorkflow> = std::mem::take(&mut page)
-                .into_iter()
-                .map(|d| NewWorkflow {
-                    id: Uuid::new_v4(),
-                    domains: vec![d],
-                    stages: plans.to_vec(),
-                })
-                .collect();
-            let create = self.workflows.create_workflows(&batch, now);
-            let created = if full {
-                let next = self.workflows.idle_domains(ended_before, after, batch_size);
-                let (created, next) = futures::join!(create, next);
-                page = next?;
-                created?
-            } else {
-                create.await?
-            };
-            if !created.is_empty() {
-                count += created.len() as u64;
-                self.metrics.workflows_started(created.len() as u64);
-                tracing::info!(created = created.len(), "workflows started");
-                self.dispatch_wake.now();
-                if let Some(views) = views.as_deref_mut() {
-                    let set: std::collections::HashSet<Uuid> = created.iter().copied().collect();
-                    views.extend(
-                        batch
-                            .iter()
-                            .filter(|w| set.contains(&w.id))
-                            .map(|w| created_view(w, now)),
-                    );
+            let may_page = paging.is_some() && creating.len() < CREATE_DEPTH;
+            tokio::select! {
+                biased;
+                Some((batch, created)) = creating.next(), if !creating.is_empty() => {
+                    match created {
+                        Ok(created) if !created.is_empty() => {
+                            count += created.len() as u64;
+                            self.metrics.workflows_started(created.len() as u64);
+                            tracing::info!(created = created.len(), "workflows started");
+                            self.dispatch_wake.now();
+                            if let Some(views) = views.as_deref_mut() {
+                                let set: std::collections::HashSet<Uuid> =
+                                    created.iter().copied().collect();
+                                views.extend(
+                                    batch
+                                        .iter()
+                                        .filter(|w| set.contains(&w.id))
+                                        .map(|w| created_view(w, now)),
+                                );
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+                page = async { paging.as_mut().expect("guarded").await }, if may_page => {
+                    paging = None;
+                    match page {
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
+                        Ok(page) => {
+                            if let Some(last) = page.last() {
+                                if page.len() == batch_size {
+                                    paging = Some(Box::pin(self.workflows.idle_domains(
+                                        ended_before,
+                                        Some(last.id),
+                                        batch_size,
+                                    )));
+                                }
+                                let batch: Vec<NewWorkflow> = page
+                                    .into_iter()
+                                    .map(|d| NewWorkflow {
+                                        id: Uuid::new_v4(),
+                                        domains: vec![d],
+                                        stages: plans.to_vec(),
+                                    })
+                                    .collect();
+                                creating.push_back(Box::pin(async move {
+                                    let created = self.workflows.create_workflows(&batch, now).await;
+                                    (batch, created)
+                                }));
+                            }
+                        }
+                    }
                 }
             }
         }
-        Ok(count)
+        match error {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
     }
 
     /// Creates one workflow over every enabled domain, if there is any.
