@@ -4,6 +4,9 @@
 //! - malformed (bad routing key, body, payload, or a payload naming another stage than
 //!   the routing key) → dead-lettered with the reason, counted;
 //! - duplicate or stale (the attempt is not running) → acknowledged, nothing changes;
+//!   except a report that arrives before its job was recorded as running (a fast
+//!   worker can answer before the publisher's confirm and record): it waits for the
+//!   record (at most the claim lease) and then applies;
 //! - database unavailable → retried with backoff for a while, then returned to the
 //!   queue (requeue), so a result is never lost to an outage.
 
@@ -13,7 +16,7 @@ use std::time::Duration;
 use amqp8::{Decision, Delivery, Handler, HandlerError};
 use async_trait::async_trait;
 use db8::{DbError, StageKey, Transition};
-use model8::{AmqpM8Message, StageOutcome, StageResult};
+use model8::{AmqpM8Message, StageOutcome, StageResult, StageStatus};
 
 use super::Engine;
 use super::notify::Ending;
@@ -104,13 +107,8 @@ impl Engine {
             }
         };
         match &t {
-            Transition::Stale => {
-                self.metrics.result_stale();
-                tracing::debug!(
-                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                    outcome = %r.outcome, "duplicate or stale result ignored"
-                );
-            }
+            // Counted by the caller, once it is sure (see `apply_result_patiently`).
+            Transition::Stale => {}
             Transition::StageCompleted { workflow_completed } => {
                 self.metrics.result_consumed(r.outcome);
                 tracing::debug!(
@@ -136,21 +134,75 @@ impl Engine {
         Ok(t)
     }
 
-    /// [`Engine::apply_result`], retrying while the database is unavailable, for at
-    /// most `db_outage_patience` or until shutdown.
+    /// Whether the attempt `key` reports on may still be on its way to `running`: its
+    /// stage is pending at the attempt before, i.e. claimed and published but not yet
+    /// recorded (a worker can answer before the publisher's confirm and record).
+    async fn being_recorded(&self, key: &StageKey) -> Result<bool, DbError> {
+        let view = match self.workflows.get(key.workflow_id).await {
+            Ok(v) => v,
+            Err(DbError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(!view.status.is_terminal()
+            && view.stages.iter().any(|s| {
+                s.name == key.stage
+                    && s.status == StageStatus::Pending
+                    && s.attempt.checked_add(1) == Some(key.attempt)
+            }))
+    }
+
+    /// [`Engine::apply_result`], retrying while the database is unavailable (for at
+    /// most `db_outage_patience`), and while the reported attempt is still being
+    /// recorded as running (for at most the claim lease, after which an unrecorded
+    /// publish is claimed and published again). A shutdown ends the waits with an
+    /// error, so that the delivery is returned to the queue.
     async fn apply_result_patiently(&self, r: &CheckedResult) -> Result<Transition, DbError> {
-        let give_up = tokio::time::Instant::now() + self.tuning.db_outage_patience;
-        let mut delay = Duration::from_millis(200);
+        let started = tokio::time::Instant::now();
+        let db_give_up = started + self.tuning.db_outage_patience;
+        let record_give_up = started + self.tuning.claim_lease + Duration::from_secs(5);
+        let mut db_delay = Duration::from_millis(200);
+        let mut record_delay = Duration::from_millis(20);
         let mut shutdown = self.shutdown.clone();
+        let stopping = || DbError::Unavailable {
+            host: "orchestratorm8".into(),
+            reason: "shutting down".into(),
+        };
         loop {
-            match self.apply_result(r).await {
-                Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot apply a stage result; retrying");
+            let outcome = match self.apply_result(r).await {
+                Ok(Transition::Stale) => match self.being_recorded(&r.key).await {
+                    Ok(true) if tokio::time::Instant::now() < record_give_up => {
+                        tracing::debug!(
+                            workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                            "result arrived before its job was recorded as running; waiting"
+                        );
+                        tokio::select! {
+                            _ = tokio::time::sleep(record_delay) => {}
+                            _ = shutdown.wait_for(|s| *s) => return Err(stopping()),
+                        }
+                        record_delay = (record_delay * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                    Ok(_) => Ok(Transition::Stale),
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            match outcome {
+                Ok(Transition::Stale) => {
+                    self.metrics.result_stale();
+                    tracing::debug!(
+                        workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                        outcome = %r.outcome, "duplicate or stale result ignored"
+                    );
+                    return Ok(Transition::Stale);
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < db_give_up => {
+                    tracing::warn!(error = %e, retry_in = ?db_delay, "cannot apply a stage result; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(db_delay) => {}
                         _ = shutdown.wait_for(|s| *s) => return Err(e),
                     }
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    db_delay = (db_delay * 2).min(Duration::from_secs(10));
                 }
                 other => return other,
             }

@@ -808,3 +808,77 @@ async fn a_restarted_engine_resumes_in_flight_workflows() {
     assert_eq!(h2.engine.expire_timeouts().await.unwrap(), 2);
     assert_eq!(h2.engine.expire_timeouts().await.unwrap(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_result_that_beats_the_record_of_its_job_is_applied() {
+    let h = Harness::new(chain()).await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    let now = h.clock_now();
+    // The dispatcher's claim and publish happened; its record is late.
+    let claimed = h
+        .store
+        .claim_due("a", h.engine.owner, now, Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    let key = claimed[0].key.clone();
+    let record = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.store
+            .mark_running(
+                std::slice::from_ref(&key),
+                h.engine.owner,
+                now,
+                now + chrono::Duration::seconds(60),
+            )
+            .await
+            .unwrap()
+    };
+    let (settled, marked) = tokio::join!(
+        h.report_raw("a", key.workflow_id, 1, StageOutcome::Completed),
+        record
+    );
+    assert_eq!(marked, 1);
+    assert_eq!(settled, Settlement::Ack);
+    let v = h.wf(key.workflow_id).await.unwrap();
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        !text.contains("orchestratorm8_results_stale_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_for_a_job_never_recorded_is_stale_after_the_claim_lease() {
+    let h = Harness::new(chain()).await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    let claimed = h
+        .store
+        .claim_due(
+            "a",
+            h.engine.owner,
+            h.clock_now(),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let settled = h
+        .report_raw("a", claimed[0].key.workflow_id, 1, StageOutcome::Completed)
+        .await;
+    assert_eq!(settled, Settlement::Ack);
+    assert!(
+        started.elapsed() >= h.engine.tuning.claim_lease,
+        "waited for the record"
+    );
+    let v = h.wf(claimed[0].key.workflow_id).await.unwrap();
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 0));
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        text.contains("orchestratorm8_results_stale_total 1"),
+        "{text}"
+    );
+}
