@@ -13,7 +13,9 @@ use crate::metrics::Metrics;
 use crate::role::RoleWatch;
 use crate::scan_now::ScanNow;
 
-/// Time limits of the HTTP surface.
+/// Time limits of the HTTP surface, and its cap on open connections. The defaults are
+/// what the service runs with (documented in `docs/HTTP.md`, "Limits"); tests shorten
+/// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpTimeouts {
     /// Upper bound of one request's handling, body reading included (10 s). A request
@@ -25,6 +27,26 @@ pub struct HttpTimeouts {
     /// After the shutdown signal, how long open connections may finish (5 s) before
     /// the server future returns anyway.
     pub drain: Duration,
+    /// How long a client has to send a complete request head (request line and
+    /// headers), counted from the moment the server waits for it: from the connection's
+    /// acceptance, and on a keep-alive connection from the end of the previous
+    /// response. So it is also the idle time after which a keep-alive connection is
+    /// closed (10 s). A slow or stalled client (slowloris) is disconnected without an
+    /// answer.
+    pub header_read: Duration,
+    /// How long a response write may make no progress (the client does not read)
+    /// before the connection is closed (10 s).
+    pub write: Duration,
+    /// Longest life of a connection (120 s): after it, the connection is closed once
+    /// its current request is answered (graceful, like at shutdown); if that takes
+    /// longer than `request` + `write`, it is closed anyway. Bounds what a client that
+    /// keeps a connection busy (pipelined requests whose responses it reads slowly)
+    /// can hold.
+    pub max_age: Duration,
+    /// Connections served at once (256). Further connections wait in the listen
+    /// backlog until one closes; every connection closes within `max_age` + `request`
+    /// + `write` at most.
+    pub max_connections: usize,
 }
 
 impl Default for HttpTimeouts {
@@ -33,6 +55,10 @@ impl Default for HttpTimeouts {
             request: Duration::from_secs(10),
             check: Duration::from_secs(2),
             drain: Duration::from_secs(5),
+            header_read: Duration::from_secs(10),
+            write: Duration::from_secs(10),
+            max_age: Duration::from_secs(120),
+            max_connections: 256,
         }
     }
 }

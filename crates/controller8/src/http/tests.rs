@@ -85,6 +85,8 @@ enum ScanMode {
     Invalid(&'static str),
     Unavailable,
     Hang,
+    /// Waits for the notification, then creates.
+    Gate(Arc<tokio::sync::Notify>),
 }
 
 /// "Scan now" that records its calls and creates one workflow per requested domain
@@ -114,6 +116,7 @@ impl ScanNow for TestScan {
                 }));
             }
             ScanMode::Hang => std::future::pending().await,
+            ScanMode::Gate(gate) => gate.notified().await,
         }
         let ids = domain_ids.unwrap_or_else(|| vec![Uuid::new_v4(), Uuid::new_v4()]);
         let mut out = Vec::new();
@@ -206,6 +209,7 @@ impl Fx {
                 request: Duration::from_secs(10),
                 check: Duration::from_millis(500),
                 drain: Duration::from_secs(5),
+                ..HttpTimeouts::default()
             },
         };
         Fx {
@@ -1009,4 +1013,360 @@ Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
         .unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     drop(client);
+}
+
+// ----- connection limits (real sockets) ----------------------------------------------
+//
+// Every wait below is on a condition (a close, a response, the server's end) under a
+// generous outer timeout; no test asserts how long something took.
+
+const GET_HEALTH_KEEP_ALIVE: &[u8] = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// Serves `state` on a free port; returns the address, the shutdown trigger and the
+/// server future's task.
+async fn start(
+    state: HttpState,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), state, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    (addr, stop, tokio::spawn(server))
+}
+
+async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .expect("connect within 10 s")
+    .unwrap()
+}
+
+/// Waits until the server closes `stream` (end of stream, or a reset), reading and
+/// discarding whatever arrives; panics after 30 s.
+async fn wait_closed(stream: &mut tokio::net::TcpStream, what: &str) {
+    let closed = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the server did not close the connection within 30 s"));
+}
+
+/// Reads one response with a `Content-Length` (head and body) from a keep-alive
+/// connection, leaving the connection open.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    let read = async {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().unwrap())
+                    })
+                    .expect("a Content-Length");
+                if data.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "connection closed mid-response: {text}");
+            data.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("response within 10 s")
+}
+
+/// Whether the server has closed `stream`, without waiting.
+fn is_closed_now(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match stream.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+#[tokio::test]
+async fn slow_or_incomplete_request_heads_are_disconnected_while_others_are_served() {
+    let mut fx = Fx::new().await;
+    fx.state.timeouts.header_read = Duration::from_secs(1);
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    // A: the request line and one header, never the blank line that ends the head.
+    let mut stalled = connect(addr).await;
+    stalled
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // B: a slowloris, one byte of an endless header every 50 ms.
+    let slow = connect(addr).await;
+    let (mut slow_read, mut slow_write) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        slow_write
+            .write_all(b"GET /health HTTP/1.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        loop {
+            if slow_write.write_all(b"a").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // C: connected, nothing sent.
+    let mut silent = connect(addr).await;
+
+    // Meanwhile a normal request on another connection is served.
+    let res = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+
+    // Each stalled connection is closed by the server, without an answer.
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut out))
+        .await
+        .expect("the incomplete head is disconnected within 30 s")
+        .unwrap();
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    wait_closed(&mut silent, "a connection that sends nothing").await;
+    let slowloris = async {
+        let mut buf = [0u8; 64];
+        loop {
+            match slow_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), slowloris)
+        .await
+        .expect("the slowloris is disconnected within 30 s although it keeps sending");
+    trickle.abort();
+
+    // The server is unaffected.
+    let res = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let mut fx = Fx::new().await;
+    fx.state.timeouts.header_read = Duration::from_millis(500);
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    let mut conn = connect(addr).await;
+    for _ in 0..2 {
+        conn.write_all(GET_HEALTH_KEEP_ALIVE).await.unwrap();
+        let res = read_response(&mut conn).await;
+        assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+        assert!(
+            !res.to_ascii_lowercase().contains("connection: close"),
+            "{res}"
+        );
+    }
+    wait_closed(&mut conn, "an idle keep-alive connection").await;
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_after_its_maximum_age() {
+    let mut fx = Fx::new().await;
+    fx.state.timeouts.header_read = Duration::from_secs(600);
+    fx.state.timeouts.max_age = Duration::from_millis(300);
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    let mut conn = connect(addr).await;
+    conn.write_all(GET_HEALTH_KEEP_ALIVE).await.unwrap();
+    let res = read_response(&mut conn).await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    // Not the header timeout (600 s): the age limit closes it.
+    wait_closed(&mut conn, "a connection past its age").await;
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_its_responses_is_disconnected() {
+    let mut fx = Fx::new().await;
+    fx.state.timeouts.write = Duration::from_millis(500);
+    fx.state.timeouts.header_read = Duration::from_secs(600);
+    fx.state.timeouts.max_age = Duration::from_secs(600);
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    // Pipelined requests, responses never read: once the socket buffers are full the
+    // server's writes stall.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let conn = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
+        .await
+        .expect("connect within 10 s")
+        .unwrap();
+    let (_unread, mut write) = conn.into_split();
+    let batch = GET_HEALTH_KEEP_ALIVE.repeat(100);
+    let writer = tokio::spawn(async move {
+        loop {
+            if let Err(e) = write.write_all(&batch).await {
+                return e;
+            }
+        }
+    });
+    // Without the write timeout the server would hold the connection forever, and the
+    // writer would block forever once the server stops reading.
+    let err = tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the server drops the connection within 60 s")
+        .unwrap();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{err:?}"
+    );
+
+    let res = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let mut fx = Fx::new().await;
+    fx.state.timeouts.max_connections = 2;
+    fx.state.timeouts.header_read = Duration::from_secs(1);
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    // Two connections that send nothing take both slots...
+    let first = connect(addr).await;
+    let second = connect(addr).await;
+    // ...so this request waits in the backlog until the header timeout frees one.
+    let res = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    assert!(
+        is_closed_now(&first) || is_closed_now(&second),
+        "the third connection was served while both slots were taken"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_and_finishes_requests_in_progress() {
+    let mut fx = Fx::new().await;
+    // Long enough that only the graceful shutdown can explain a prompt end.
+    fx.state.timeouts.header_read = Duration::from_secs(600);
+    fx.state.timeouts.max_age = Duration::from_secs(600);
+    fx.state.timeouts.drain = Duration::from_secs(600);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *fx.scan.mode.lock().unwrap() = ScanMode::Gate(gate.clone());
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    // An idle keep-alive connection: one request answered, then nothing.
+    let mut idle = connect(addr).await;
+    idle.write_all(GET_HEALTH_KEEP_ALIVE).await.unwrap();
+    let res = read_response(&mut idle).await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+
+    // A request in progress: "scan now" waiting at the gate.
+    let mut busy = connect(addr).await;
+    busy.write_all(
+        b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
+Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.calls().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never reached the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    stop.send(()).unwrap();
+    // The idle connection is closed at once, the listener stops accepting...
+    wait_closed(&mut idle, "an idle keep-alive connection at shutdown").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener still accepts 30 s after the shutdown signal"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!server.is_finished(), "a request is still in progress");
+
+    // ...and the request in progress is answered, then the server stops.
+    gate.notify_one();
+    let res = read_response(&mut busy).await;
+    assert!(res.starts_with("HTTP/1.1 202 Accepted\r\n"), "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("connection: close"),
+        "{res}"
+    );
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops once the last request is answered")
+        .unwrap();
 }
