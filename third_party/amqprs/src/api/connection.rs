@@ -672,6 +672,18 @@ impl Connection {
         let mut client_properties_capabilities = FieldTable::new();
         client_properties_capabilities
             .insert("consumer_cancel_notify".try_into().unwrap(), true.into());
+        // orchestratorm8 patch: announce the capabilities whose server methods amqprs
+        // already handles. Without "connection.blocked" RabbitMQ never sends
+        // `connection.blocked`/`unblocked` (so `ConnectionCallback::blocked` is never
+        // called); without "authentication_failure_close" it drops the socket on a
+        // refused login instead of sending `connection.close` 403 ACCESS_REFUSED
+        // (reported by `Error::ConnectionOpenRefused`, see below).
+        client_properties_capabilities
+            .insert("connection.blocked".try_into().unwrap(), true.into());
+        client_properties_capabilities.insert(
+            "authentication_failure_close".try_into().unwrap(),
+            true.into(),
+        );
         client_properties.insert(
             "capabilities".try_into().unwrap(),
             FieldValue::F(client_properties_capabilities),
@@ -696,6 +708,10 @@ impl Connection {
 
         // S: OpenOk
         let (_, frame) = io_conn.read_frame().await?;
+        // orchestratorm8 patch: e.g. 530 NOT_ALLOWED for a missing virtual host.
+        if let Frame::Close(_, close) = &frame {
+            return Err(Self::refused_during_open(&mut io_conn, close).await);
+        }
         unwrap_expected_method!(
             frame,
             Frame::OpenOk,
@@ -880,6 +896,20 @@ impl Connection {
         Ok(server_properties)
     }
 
+    /// orchestratorm8 patch: the server closed the connection while it was being
+    /// opened. Acknowledges the close (best effort: the server may already have
+    /// dropped the socket) and returns its reply code and text as
+    /// [`Error::ConnectionOpenRefused`].
+    async fn refused_during_open(io_conn: &mut SplitConnection, close: &Close) -> Error {
+        let _ = io_conn
+            .write_frame(DEFAULT_CONN_CHANNEL, CloseOk.into_frame(), FRAME_MIN_SIZE)
+            .await;
+        Error::ConnectionOpenRefused {
+            reply_code: close.reply_code(),
+            reply_text: close.reply_text().clone(),
+        }
+    }
+
     /// Tuning for channel_max, frame_max, heartbeat between client and server.
     ///
     /// # Returns
@@ -891,6 +921,12 @@ impl Connection {
     ) -> Result<(ShortUint, LongUint, ShortUint)> {
         // S: 'Tune'
         let (_, frame) = io_conn.read_frame().await?;
+        // orchestratorm8 patch: e.g. 403 ACCESS_REFUSED for a refused login (the
+        // server answers `StartOk` with `connection.close` when the client announced
+        // "authentication_failure_close").
+        if let Frame::Close(_, close) = &frame {
+            return Err(Self::refused_during_open(io_conn, close).await);
+        }
         let tune = unwrap_expected_method!(
             frame,
             Frame::Tune,

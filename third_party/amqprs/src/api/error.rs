@@ -32,6 +32,15 @@ pub enum Error {
     InternalChannelError(String),
     /// Error during updating the secret
     UpdateSecretError(String),
+    /// orchestratorm8 patch: the server closed the connection (`connection.close`)
+    /// while it was being opened, e.g. `403 ACCESS_REFUSED` for a refused login or
+    /// `530 NOT_ALLOWED` for a virtual host that does not exist or may not be used.
+    ConnectionOpenRefused {
+        /// The server's reply code, e.g. 403.
+        reply_code: u16,
+        /// The server's reply text, e.g. `ACCESS_REFUSED - Login was refused ...`.
+        reply_text: String,
+    },
 }
 
 #[cfg(feature = "urispec")]
@@ -74,6 +83,15 @@ impl fmt::Display for Error {
                 write!(f, "AMQP internal communication error: {}", msg)
             }
             Error::UpdateSecretError(msg) => write!(f, "AMQP update secret error: {}", msg),
+            // orchestratorm8 patch
+            Error::ConnectionOpenRefused {
+                reply_code,
+                reply_text,
+            } => write!(
+                f,
+                "AMQP connection open refused by the server: {} {}",
+                reply_code, reply_text
+            ),
         }
     }
 }
