@@ -16,16 +16,68 @@ async fn a_wrong_password_is_reported_without_showing_it() {
     let _lock = lock_shared();
     let mut s = settings();
     s.password = config8::Secret::new(SECRET);
-    s.pool.retry_attempts = 2;
-    s.pool.retry_delay = Duration::from_millis(100);
-    let err = RabbitBroker::connect(&s).await.unwrap_err();
+    // A retry budget no test could sit out: the refusal must end it at once.
+    s.pool.retry_attempts = 10;
+    s.pool.retry_delay = Duration::from_secs(3600);
+    s.pool.connection_timeout = Duration::from_secs(3600);
+    let err = tokio::time::timeout(WAIT, RabbitBroker::connect(&s))
+        .await
+        .expect("a refused login must not be retried like an outage")
+        .unwrap_err();
+    eprintln!("wrong password: {err}");
     let text = format!("{err} {err:?}");
-    // RabbitMQ drops the socket on a failed login (amqprs does not announce
-    // authentication_failure_close), so the error can only hint at the credentials.
+    // amqprs (patched) announces authentication_failure_close, so RabbitMQ says why.
+    match &err {
+        AmqpError::AccessRefused { host, user, reason } => {
+            assert_eq!(host, "amqp://127.0.0.1:5672/");
+            assert_eq!(user, "guest");
+            assert!(reason.starts_with("403 ACCESS_REFUSED"), "{reason}");
+        }
+        other => panic!("expected AccessRefused, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    assert!(err.is_connection_refused());
     assert!(text.contains("RabbitMQ.password"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
+
+    // A lazy handle: operations fail with the refusal as soon as a connection attempt
+    // was refused, instead of waiting for the (hour-long) deadline; the handle keeps
+    // retrying in the background and reports the refusal.
     let broker = RabbitBroker::new(&s).unwrap();
     assert!(!format!("{broker:?}").contains(SECRET));
+    let published = tokio::time::timeout(
+        WAIT,
+        broker.publish(OutgoingMessage::new(
+            "",
+            "amqp8-test.nowhere",
+            b"{}".to_vec(),
+        )),
+    )
+    .await
+    .expect("a publish must not wait for the deadline while the login is refused")
+    .unwrap_err();
+    assert!(
+        matches!(published, AmqpError::AccessRefused { .. }),
+        "{published:?}"
+    );
+    let declared = tokio::time::timeout(
+        WAIT,
+        broker.declare(&Names::new("refused").topology("k", &[])),
+    )
+    .await
+    .expect("a declare must not wait for the deadline while the login is refused")
+    .unwrap_err();
+    assert!(
+        matches!(declared, AmqpError::AccessRefused { .. }),
+        "{declared:?}"
+    );
+    assert!(!format!("{published} {published:?} {declared:?}").contains(SECRET));
+    assert!(matches!(
+        broker.connection_refusal(),
+        Some(AmqpError::AccessRefused { .. })
+    ));
+    assert!(!broker.health().connected);
+    assert!(broker.pool_stats().failed >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +130,26 @@ async fn a_virtual_host_is_used_and_a_missing_one_refused() {
     // Missing first.
     let mut s = settings();
     s.vhost = vhost.clone();
-    let err = RabbitBroker::connect(&s).await.unwrap_err();
-    assert!(matches!(err, AmqpError::Refused { .. }), "{err}");
-    assert!(err.to_string().contains("virtual host"), "{err}");
+    s.pool.retry_delay = Duration::from_secs(3600);
+    let err = tokio::time::timeout(WAIT, RabbitBroker::connect(&s))
+        .await
+        .expect("a missing virtual host must not be retried like an outage")
+        .unwrap_err();
+    eprintln!("missing virtual host: {err}");
+    match &err {
+        AmqpError::VhostNotAllowed {
+            vhost: v, reason, ..
+        } => {
+            assert_eq!(v, &vhost);
+            assert!(reason.starts_with("530 NOT_ALLOWED"), "{reason}");
+        }
+        other => panic!("expected VhostNotAllowed, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    let text = err.to_string();
+    assert!(text.contains(&format!("virtual host {vhost:?}")), "{text}");
+    assert!(text.contains("RabbitMQ.vhost"), "{text}");
+    s.pool.retry_delay = Duration::from_millis(100);
 
     assert!(ctl(&["add_vhost", &vhost]));
     assert!(ctl(&[

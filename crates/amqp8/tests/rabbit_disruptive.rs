@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use amqp8::{
-    BindingDecl, Broker, Decision, OutgoingMessage, PublishOutcome, QueueDecl, RabbitBroker,
-    handler_fn,
+    AmqpError, BindingDecl, Broker, Decision, OutgoingMessage, PublishOutcome, QueueDecl,
+    RabbitBroker, handler_fn,
 };
 use amqprs::channel::QueueDeleteArguments;
 use common::*;
@@ -32,15 +32,6 @@ struct StartAppOnDrop;
 impl Drop for StartAppOnDrop {
     fn drop(&mut self) {
         rabbitmqctl(&["start_app"]);
-    }
-}
-
-/// Puts the memory high watermark back when dropped.
-struct RestoreWatermark;
-
-impl Drop for RestoreWatermark {
-    fn drop(&mut self) {
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
     }
 }
 
@@ -224,41 +215,114 @@ async fn cleanup_extra(queues: &[&str]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn during_a_resource_alarm_a_publish_waits_then_fails_clearly_and_works_after() {
-    let _lock = lock_exclusive();
-    let mut s = settings();
-    s.pool.connection_timeout = Duration::from_secs(3);
-    let b = RabbitBroker::connect(&s).await.unwrap();
-    let n = Names::new("alarm");
-    b.declare(&n.topology("work.#", &[])).await.unwrap();
-    let m = || OutgoingMessage::new(n.exchange.clone(), "work.x", b"{}".to_vec());
-    assert_eq!(b.publish(m()).await.unwrap(), PublishOutcome::Confirmed);
+/// Raises a RabbitMQ memory alarm (every connection that publishes gets blocked) and
+/// puts the watermark back when dropped, even when the test fails.
+struct MemoryAlarm;
 
-    let guard = RestoreWatermark;
-    assert!(rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]));
-    let started = Instant::now();
-    let err = b.publish(m()).await.unwrap_err();
-    eprintln!(
-        "publish during the alarm failed after {:?}: {err}",
-        started.elapsed()
-    );
-    assert!(err.is_transient(), "{err:?}");
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "it should have waited"
-    );
-    drop(guard);
-
-    // After the alarm: publishing works again on its own.
-    let mut outcome = None;
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Ok(o) = b.publish(m()).await {
-            outcome = Some(o);
-            break;
-        }
+impl MemoryAlarm {
+    fn raise() -> MemoryAlarm {
+        let alarm = MemoryAlarm;
+        assert!(
+            rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]),
+            "rabbitmqctl set_vm_memory_high_watermark failed"
+        );
+        alarm
     }
-    assert_eq!(outcome, Some(PublishOutcome::Confirmed));
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_memory_alarm_publishers_are_blocked_wait_and_go_on_after_it() {
+    let _lock = lock_exclusive();
+    // Two handles, each with its own publishing connection: one waits as long as it
+    // takes, the other gives up after a short deadline.
+    let patient = Arc::new(broker().await);
+    let mut s = settings();
+    s.pool.connection_timeout = Duration::from_secs(2);
+    let hasty = RabbitBroker::connect(&s).await.unwrap();
+    let n = Names::new("alarm");
+    patient.declare(&n.topology("work.#", &[])).await.unwrap();
+    let m =
+        |body: &str| OutgoingMessage::new(n.exchange.clone(), "work.x", body.as_bytes().to_vec());
+    for b in [&*patient, &hasty] {
+        assert_eq!(
+            b.publish(m("before")).await.unwrap(),
+            PublishOutcome::Confirmed
+        );
+        assert!(!b.health().blocked);
+    }
+    assert_eq!(ready(&n.queue).await, Some(2));
+
+    let alarm = MemoryAlarm::raise();
+    // RabbitMQ blocks a connection when it next publishes, and tells it
+    // (`connection.blocked`, which amqprs asks for once patched).
+    let waiting = {
+        let patient = patient.clone();
+        let m = m("during");
+        tokio::spawn(async move { patient.publish(m).await })
+    };
+    assert!(
+        eventually(WAIT, || async { patient.health().blocked }).await,
+        "health().blocked never became true during the memory alarm"
+    );
+
+    // A publish with a short deadline fails with the typed error naming the alarm.
+    let err = tokio::time::timeout(WAIT, hasty.publish(m("hasty")))
+        .await
+        .expect("the blocked publish outlived its deadline")
+        .unwrap_err();
+    eprintln!("publish during the alarm: {err}");
+    match &err {
+        AmqpError::Blocked { reason, .. } => {
+            assert!(reason.contains("memory"), "{reason}");
+        }
+        other => panic!("expected AmqpError::Blocked, got {other:?}"),
+    }
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("blocking publishers"), "{err}");
+    assert!(hasty.health().blocked);
+
+    // Meanwhile (at least the hasty publish's deadline) the patient publish waited:
+    // not settled, nothing new in the queue, still blocked.
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    assert_eq!(ready(&n.queue).await, Some(2));
+    assert!(patient.health().blocked);
+
+    drop(alarm);
+    let outcome = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiting publish did not complete after the alarm cleared")
+        .unwrap();
+    assert_eq!(outcome.unwrap(), PublishOutcome::Confirmed);
+    assert!(
+        eventually(WAIT, || async {
+            !patient.health().blocked && !hasty.health().blocked
+        })
+        .await,
+        "health().blocked stayed true after the alarm cleared"
+    );
+    // Both handles publish again without any help.
+    for b in [&*patient, &hasty] {
+        assert_eq!(
+            b.publish(m("after")).await.unwrap(),
+            PublishOutcome::Confirmed
+        );
+    }
+    let bodies: Vec<String> = get_all(&n.queue, 100)
+        .await
+        .into_iter()
+        .map(|(b, _)| String::from_utf8(b).unwrap())
+        .collect();
+    assert!(bodies.contains(&"during".to_owned()), "{bodies:?}");
+    assert_eq!(
+        bodies.iter().filter(|b| *b == "after").count(),
+        2,
+        "{bodies:?}"
+    );
     n.cleanup().await;
 }

@@ -92,11 +92,15 @@ impl Inner {
             Ok(true) => Ok(()),
             _ => {
                 let s = *rx.borrow();
-                Err(Self::unavailable(if !s.up {
-                    "simulated outage"
+                if s.up {
+                    Err(AmqpError::Blocked {
+                        host: "memory".into(),
+                        reason: "simulated resource alarm".into(),
+                        waited: wait,
+                    })
                 } else {
-                    "the broker blocks publishers (simulated resource alarm)"
-                }))
+                    Err(Self::unavailable("simulated outage"))
+                }
             }
         }
     }
@@ -173,14 +177,15 @@ impl MemoryBroker {
     }
 
     /// Simulates a broker resource alarm (`connection.blocked`): publishes wait for
-    /// it to end, up to the outage wait.
+    /// it to end, up to the outage wait, then fail with [`AmqpError::Blocked`].
     pub fn set_blocked(&self, blocked: bool) {
         self.inner.status.send_modify(|s| s.blocked = blocked);
         self.inner.changed();
     }
 
     /// How long operations wait for an outage or block to end before failing with
-    /// [`AmqpError::Unavailable`] (default zero: fail at once).
+    /// [`AmqpError::Unavailable`] or [`AmqpError::Blocked`] (default zero: fail at
+    /// once).
     pub fn set_outage_wait(&self, wait: Duration) {
         let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         self.inner.outage_wait_ms.store(ms, Ordering::Relaxed);

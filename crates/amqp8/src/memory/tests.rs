@@ -519,7 +519,9 @@ async fn publish_waits_for_recovery_up_to_the_deadline() {
     b.set_outage_wait(Duration::from_millis(50));
     b.set_blocked(true);
     let err = b.publish(msg("k.x", "blocked")).await.unwrap_err();
-    assert!(err.to_string().contains("blocks publishers"), "{err}");
+    assert!(matches!(err, AmqpError::Blocked { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("blocking publishers"), "{err}");
     assert!(b.health().blocked);
     b.set_blocked(false);
     b.publish(msg("k.x", "unblocked")).await.unwrap();

@@ -139,8 +139,8 @@ impl ConsumerControl for Control {
 }
 
 /// Starts a consumer: subscribes once (failing with [`AmqpError::NoSuchQueue`],
-/// [`AmqpError::Refused`] or, after the deadline, [`AmqpError::Unavailable`]), then
-/// supervises it.
+/// [`AmqpError::Refused`], a refused login or virtual host, or, after the deadline,
+/// [`AmqpError::Unavailable`]), then supervises it.
 pub(crate) async fn start(
     shared: &Arc<Shared>,
     options: ConsumeOptions,
@@ -236,7 +236,7 @@ impl Supervisor {
             // Subscribe again, until it works or the consumer is stopped; handlers in
             // flight keep running meanwhile.
             loop {
-                let pause = tokio::time::sleep(backoff.next_delay());
+                let pause = tokio::time::sleep(self.shared.retry_delay(&mut backoff));
                 tokio::pin!(pause);
                 let stopped = loop {
                     tokio::select! {

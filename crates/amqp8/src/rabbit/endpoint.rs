@@ -22,6 +22,10 @@ pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_secs(2);
 pub(crate) struct Endpoint {
     /// `amqp://host:port/vhost` (or `amqps://`), never with credentials.
     pub(crate) display: String,
+    /// `RabbitMQ.username`, for errors about a refused login.
+    pub(crate) user: String,
+    /// `RabbitMQ.vhost` as configured, for errors about a refused virtual host.
+    pub(crate) vhost: String,
     args: OpenConnectionArguments,
 }
 
@@ -74,6 +78,8 @@ impl Endpoint {
         };
         Ok(Endpoint {
             display: format!("{scheme}://{}:{}{vhost}", s.location, s.port),
+            user: s.username.clone(),
+            vhost: s.vhost.clone(),
             args,
         })
     }

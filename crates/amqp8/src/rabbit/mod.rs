@@ -42,6 +42,10 @@ const CHECKOUT_WAIT: Duration = Duration::from_secs(1);
 /// Reconnection backoff: first delay, and the most it grows to.
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// While the broker refuses the login or virtual host, background reconnection
+/// (publisher, consumers) tries at most this often: an outage ends by itself and is
+/// worth finding quickly, a refusal needs an operator.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
 
 /// What the broker handle, its publisher lane, consumers and ackers share.
 pub(crate) struct Shared {
@@ -75,8 +79,22 @@ impl Shared {
         Backoff::new(RECONNECT_FIRST, self.reconnect_max)
     }
 
+    /// The pause before the next background reconnection attempt: the backoff's
+    /// next step, but at least [`REFUSED_RETRY`] while the broker refuses the login or
+    /// virtual host.
+    pub(crate) fn retry_delay(&self, backoff: &mut Backoff) -> Duration {
+        let d = backoff.next_delay();
+        if self.stats.refusal().is_some() {
+            d.max(REFUSED_RETRY)
+        } else {
+            d
+        }
+    }
+
     /// A usable pooled connection, waiting for one (and for the broker) until
-    /// `deadline`.
+    /// `deadline`. Fails at once with [`AmqpError::AccessRefused`] or
+    /// [`AmqpError::VhostNotAllowed`] when the broker refused the latest connection
+    /// attempt and no open connection is free.
     pub(crate) async fn acquire(
         &self,
         deadline: Instant,
@@ -91,6 +109,9 @@ impl Shared {
                 && c.is_usable()
             {
                 return Ok(c);
+            }
+            if let Some(refused) = self.stats.refusal() {
+                return Err(refused);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -235,7 +256,8 @@ impl RabbitBroker {
 
     /// Like [`RabbitBroker::new`], and waits for a first connection:
     /// `RabbitMQ.pool.retry_attempts` attempts, `RabbitMQ.pool.retry_delay` apart.
-    /// A refused login or virtual host fails at once ([`AmqpError::Refused`]).
+    /// A refused login ([`AmqpError::AccessRefused`]) or virtual host
+    /// ([`AmqpError::VhostNotAllowed`]) fails at once, without further attempts.
     pub async fn connect(settings: &RabbitMqSettings) -> Result<RabbitBroker, AmqpError> {
         let broker = RabbitBroker::new(settings)?;
         let attempts = settings.pool.retry_attempts.max(1);
@@ -324,6 +346,15 @@ impl RabbitBroker {
             created: self.shared.stats.created.load(Ordering::Relaxed),
             failed: self.shared.stats.failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// Why the broker refused the latest connection attempt, while it does: a
+    /// refused login ([`AmqpError::AccessRefused`]) or virtual host
+    /// ([`AmqpError::VhostNotAllowed`]). `None` once a connection succeeds again
+    /// (amqp8 keeps retrying in the background). For health reports; never contains
+    /// the password.
+    pub fn connection_refusal(&self) -> Option<AmqpError> {
+        self.shared.stats.refusal()
     }
 
     /// The topology declared through this handle, as it is re-declared on every new

@@ -33,6 +33,9 @@ pub(crate) struct ConnStats {
     pub(crate) blocked: Mutex<HashMap<u64, String>>,
     /// The last connection failure or server close, for error messages.
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Set while the latest connection attempt was refused by the broker (login or
+    /// virtual host): operations waiting for a connection fail with it at once.
+    refusal: Mutex<Option<AmqpError>>,
 }
 
 impl ConnStats {
@@ -45,6 +48,25 @@ impl ConnStats {
 
     fn set_last_error(&self, e: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    /// The broker's refusal of the latest connection attempt, if it was refused
+    /// ([`AmqpError::AccessRefused`] or [`AmqpError::VhostNotAllowed`]).
+    pub(crate) fn refusal(&self) -> Option<AmqpError> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the outcome of a connection attempt: `Some(refusal)` or `None` (it
+    /// connected, or failed for another reason). Returns the refusal that was
+    /// recorded before.
+    fn set_refusal(&self, refusal: Option<AmqpError>) -> Option<AmqpError> {
+        std::mem::replace(
+            &mut *self.refusal.lock().unwrap_or_else(|e| e.into_inner()),
+            refusal,
+        )
     }
 
     pub(crate) fn blocked_reason(&self) -> Option<String> {
@@ -273,30 +295,68 @@ async fn watch_connection(conn: &Connection, dropped: &CancellationToken) {
 
 impl Manager {
     /// amqprs's open errors, without anything from the connection arguments. A
-    /// refused login or virtual host is [`AmqpError::Refused`] (retrying will not help).
+    /// refused login or virtual host is typed ([`AmqpError::AccessRefused`],
+    /// [`AmqpError::VhostNotAllowed`]): retrying will not help until someone fixes
+    /// the configuration or the broker.
     fn open_error(&self, e: &amqprs::error::Error) -> AmqpError {
+        // The broker answers a refused login with `connection.close` 403 (amqprs is
+        // patched to announce `authentication_failure_close`, third_party/amqprs) and
+        // a refused virtual host with 530.
+        if let amqprs::error::Error::ConnectionOpenRefused {
+            reply_code,
+            reply_text,
+        } = e
+        {
+            let reason = format!("{reply_code} {reply_text}");
+            return match reply_code {
+                403 => AmqpError::AccessRefused {
+                    host: self.endpoint.display.clone(),
+                    user: self.endpoint.user.clone(),
+                    reason,
+                },
+                530 => AmqpError::VhostNotAllowed {
+                    host: self.endpoint.display.clone(),
+                    vhost: self.endpoint.vhost.clone(),
+                    user: self.endpoint.user.clone(),
+                    reason,
+                },
+                _ => self.unavailable(format!(
+                    "the broker closed the connection during the AMQP handshake: {reason}"
+                )),
+            };
+        }
         let text = e.to_string();
-        let refused = |reason: &str| AmqpError::Refused {
-            operation: format!("connection.open {}", self.endpoint.display),
-            reason: reason.into(),
-        };
-        if text.contains("ACCESS_REFUSED") {
-            refused("login refused (check RabbitMQ.username and RabbitMQ.password)")
-        } else if text.contains("NOT_ALLOWED") {
-            refused(
-                "access to the virtual host refused, or it does not exist (check RabbitMQ.vhost and the user's permissions)",
-            )
-        } else if text.contains("reset by peer")
+        if text.contains("reset by peer")
             || text.contains("UnexpectedEof")
             || text.contains("end of file")
         {
-            // RabbitMQ drops the socket without a reason on a failed login when the
-            // client does not announce `authentication_failure_close` (amqprs does not).
+            // A broker that ignores `authentication_failure_close` drops the socket
+            // without a reason on a failed login.
             self.unavailable(format!(
                 "{text} during the AMQP handshake (wrong RabbitMQ.username or RabbitMQ.password? the broker's log says; or the broker is shutting down)"
             ))
         } else {
             self.unavailable(text)
+        }
+    }
+
+    /// Keeps [`ConnStats::refusal`] up to date and says so, once per change: a
+    /// refused login or virtual host is an error an operator has to fix.
+    fn record_attempt(&self, outcome: Result<(), &AmqpError>) {
+        let refusal = match outcome {
+            Err(e) if e.is_connection_refused() => Some(e.clone()),
+            _ => None,
+        };
+        let before = self.stats.set_refusal(refusal.clone());
+        match (&before, &refusal) {
+            (_, Some(now)) if before.as_ref() != Some(now) => {
+                tracing::error!(broker = %self.endpoint.display, error = %now,
+                    "RabbitMQ refuses the connection; amqp8 keeps retrying (every few seconds) until the configuration or the broker is fixed");
+            }
+            (Some(_), None) if outcome.is_ok() => {
+                tracing::info!(broker = %self.endpoint.display, "RabbitMQ accepts the connection again");
+            }
+            _ => {}
         }
     }
 }
@@ -309,6 +369,7 @@ impl bb8::ManageConnection for Manager {
         match self.connect_inner().await {
             Ok(c) => {
                 self.stats.created.fetch_add(1, Ordering::Relaxed);
+                self.record_attempt(Ok(()));
                 Ok(c)
             }
             Err(e) => {
@@ -318,6 +379,7 @@ impl bb8::ManageConnection for Manager {
                     other => other.to_string(),
                 });
                 tracing::debug!(error = %e, "RabbitMQ connection attempt failed");
+                self.record_attempt(Err(&e));
                 Err(e)
             }
         }
@@ -333,5 +395,99 @@ impl bb8::ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut AmqpConn) -> bool {
         !conn.is_usable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager() -> Manager {
+        let settings = config8::RabbitMqSettings {
+            username: "svc".into(),
+            password: config8::Secret::new("hunter2-secret"),
+            vhost: "cptm8".into(),
+            ..Default::default()
+        };
+        Manager {
+            endpoint: Endpoint::new(&settings).unwrap(),
+            stats: Arc::new(ConnStats::default()),
+            registry: Arc::new(Registry::default()),
+            connect_timeout: Duration::from_secs(1),
+            service: "test".into(),
+        }
+    }
+
+    fn closed(code: u16, text: &str) -> amqprs::error::Error {
+        amqprs::error::Error::ConnectionOpenRefused {
+            reply_code: code,
+            reply_text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_login_is_typed_and_names_the_user_not_the_password() {
+        let m = manager();
+        let e = m.open_error(&closed(
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+        ));
+        assert!(
+            matches!(&e, AmqpError::AccessRefused { user, reason, .. }
+                if user == "svc" && reason.starts_with("403 ACCESS_REFUSED")),
+            "{e:?}"
+        );
+        assert!(!e.is_transient() && e.is_connection_refused());
+        let text = format!("{e} {e:?}");
+        assert!(text.contains("amqp://127.0.0.1:5672/cptm8"), "{text}");
+        assert!(text.contains("RabbitMQ.password"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn a_refused_virtual_host_is_typed_and_names_it() {
+        let e = manager().open_error(&closed(530, "NOT_ALLOWED - vhost cptm8 not found"));
+        assert!(
+            matches!(&e, AmqpError::VhostNotAllowed { vhost, user, .. } if vhost == "cptm8" && user == "svc"),
+            "{e:?}"
+        );
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(
+            text.contains("virtual host \"cptm8\"") && text.contains("530 NOT_ALLOWED"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn other_closes_and_resets_are_outages() {
+        let m = manager();
+        let e = m.open_error(&closed(
+            320,
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+        ));
+        assert!(matches!(e, AmqpError::Unavailable { .. }), "{e:?}");
+        assert!(e.to_string().contains("CONNECTION_FORCED"), "{e}");
+        let e = m.open_error(&amqprs::error::Error::NetworkError(
+            "Connection reset by peer (os error 104)".into(),
+        ));
+        assert!(e.is_transient(), "{e:?}");
+        assert!(e.to_string().contains("RabbitMQ.password?"), "{e}");
+    }
+
+    #[test]
+    fn the_refusal_lasts_until_an_attempt_is_not_refused() {
+        let m = manager();
+        let refused = m.open_error(&closed(403, "ACCESS_REFUSED - Login was refused"));
+        m.record_attempt(Err(&refused));
+        assert_eq!(m.stats.refusal(), Some(refused.clone()));
+        m.record_attempt(Err(&refused));
+        assert_eq!(m.stats.refusal(), Some(refused.clone()));
+        m.record_attempt(Ok(()));
+        assert_eq!(m.stats.refusal(), None);
+        m.record_attempt(Err(&refused));
+        let outage = m.unavailable("connection refused".into());
+        m.record_attempt(Err(&outage));
+        assert_eq!(m.stats.refusal(), None);
     }
 }

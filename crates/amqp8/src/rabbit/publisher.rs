@@ -9,9 +9,14 @@
 //! - A nack (e.g. `x-overflow: reject-publish` on a full queue) is answered `Nacked`.
 //! - When the connection dies, unconfirmed messages are published again on the next
 //!   connection (at-least-once: consumers may see duplicates).
-//! - While the broker blocks publishers (resource alarm) nothing new is sent.
+//! - While the broker blocks publishers (`connection.blocked`: a memory or disk
+//!   alarm) nothing new is sent; publishing resumes on `connection.unblocked`.
 //! - A message waits at most the operation deadline for an unavailable or blocked
-//!   broker, then fails with [`AmqpError::Unavailable`].
+//!   broker, then fails with [`AmqpError::Unavailable`] or [`AmqpError::Blocked`]
+//!   (with the broker's reason, e.g. `low on memory`).
+//! - While the broker refuses the login or virtual host, waiting messages fail at
+//!   once with [`AmqpError::AccessRefused`] / [`AmqpError::VhostNotAllowed`]; the lane
+//!   keeps trying to connect every few seconds.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -326,6 +331,7 @@ impl Lane {
                     n = self.rx.recv_many(&mut buf, 1024) => {
                         if n == 0 { return None; }
                         self.queue.extend(buf.drain(..));
+                        self.fail_if_refused();
                     }
                     _ = tick.tick() => self.expire(),
                     _ = shared.shutdown.cancelled() => return None,
@@ -336,7 +342,8 @@ impl Lane {
             {
                 return Some(c);
             }
-            let pause = tokio::time::sleep(backoff.next_delay());
+            self.fail_if_refused();
+            let pause = tokio::time::sleep(shared.retry_delay(backoff));
             tokio::pin!(pause);
             loop {
                 tokio::select! {
@@ -344,6 +351,7 @@ impl Lane {
                     n = self.rx.recv_many(&mut buf, 1024) => {
                         if n == 0 { return None; }
                         self.queue.extend(buf.drain(..));
+                        self.fail_if_refused();
                     }
                     _ = tick.tick() => self.expire(),
                     _ = shared.shutdown.cancelled() => return None,
@@ -399,7 +407,11 @@ impl Lane {
             if is_blocked {
                 self.mark_unavailable();
             } else {
-                self.unavailable_since = None;
+                if self.unavailable_since.take().is_some() {
+                    // Just connected or unblocked: the time without confirms so far
+                    // was not the broker's silence.
+                    self.last_progress = Instant::now();
+                }
                 while self.pending.len() < self.window {
                     let Some(job) = self.queue.pop_front() else {
                         break;
@@ -548,6 +560,21 @@ impl Lane {
         }
     }
 
+    /// While the broker refuses the login or virtual host (the latest connection
+    /// attempt was refused), fails the waiting messages with that refusal: waiting
+    /// for the deadline would not help them.
+    fn fail_if_refused(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let Some(refused) = self.shared.stats.refusal() else {
+            return;
+        };
+        for job in self.queue.drain(..) {
+            job.reply.send(Err(refused.clone()));
+        }
+    }
+
     /// Fails messages that waited longer than the deadline for an unavailable or
     /// blocking broker.
     fn expire(&mut self) {
@@ -560,20 +587,25 @@ impl Lane {
         if !self.queue.iter().any(expired) && !self.pending.values().any(expired) {
             return;
         }
-        let why = match self.shared.stats.blocked_reason() {
-            Some(r) => format!("the broker blocks publishers ({r})"),
-            None => self
-                .shared
-                .stats
-                .last_error()
-                .unwrap_or_else(|| "no connection".into()),
+        let host = &self.shared.endpoint.display;
+        let error = match self.shared.stats.blocked_reason() {
+            Some(reason) => AmqpError::Blocked {
+                host: host.clone(),
+                reason,
+                waited: deadline,
+            },
+            None => AmqpError::Unavailable {
+                host: host.clone(),
+                reason: format!(
+                    "not published within {deadline:?} (RabbitMQ.pool.connection_timeout): {}",
+                    self.shared
+                        .stats
+                        .last_error()
+                        .unwrap_or_else(|| "no connection".into())
+                ),
+            },
         };
-        let error = || AmqpError::Unavailable {
-            host: self.shared.endpoint.display.clone(),
-            reason: format!(
-                "not published within {deadline:?} (RabbitMQ.pool.connection_timeout): {why}"
-            ),
-        };
+        let error = || error.clone();
         let queue = std::mem::take(&mut self.queue);
         for job in queue {
             if expired(&job) {
