@@ -194,7 +194,10 @@ fn warnings_go_to_stderr_and_the_output_loads_back() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(
         stderr,
-        "orchestratorm8: warning: Surprise: unknown key, ignored\n"
+        format!(
+            "orchestratorm8: warning: {}: Surprise: unknown key, ignored\n",
+            file.display()
+        )
     );
     assert!(stdout.contains("mode: managed"), "{stdout}");
     assert!(stdout.contains("api_token: '***'"), "{stdout}");
@@ -205,4 +208,74 @@ fn warnings_go_to_stderr_and_the_output_loads_back() {
     let again = check(&["--config", printed.to_str().unwrap()], &[], dir.path());
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
     assert_eq!(text(&again.stderr), "");
+}
+
+#[test]
+fn a_stage_that_no_binding_routes_is_warned_about_and_the_file_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = examples().join("go-original.yaml");
+    let env: Vec<_> = GO_ENV
+        .iter()
+        .copied()
+        .chain([("ORCHESTRATORM8__SCHEDULER__MODE", "managed")])
+        .collect();
+    let out = check(&["--config", go.to_str().unwrap()], &env, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("mode: managed"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let prefix = format!(
+        "orchestratorm8: warning: {}: Workflow.stages: stage \"num8\" publishes with routing key \"cptm8.num8.get.scan\" to topic exchange \"cptm8\", which matches no binding",
+        go.display()
+    );
+    assert!(lines[0].starts_with(&prefix), "{stderr}");
+    assert!(lines[0].contains("cptm8.qnum8.#"), "{stderr}");
+}
+
+#[test]
+fn a_numeric_queue_argument_given_as_text_is_warned_about_naming_file_queue_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = std::fs::read_to_string(examples().join("go-original.yaml")).unwrap();
+    let quoted = go.replacen(
+        "\"x-max-length\": 1\n",
+        "\"x-max-length\": 1\n      \"x-delivery-limit\": \"2\"\n",
+        1,
+    );
+    assert_ne!(quoted, go);
+    let file = write(dir.path(), "quoted.yaml", &quoted);
+    let out = check(&["--config", file.to_str().unwrap()], GO_ENV, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "orchestratorm8: warning: {}: ORCHESTRATORM8.naabum8.Queue-arguments.x-delivery-limit: queue \"qnaabum8\": x-delivery-limit is the text \"2\", but RabbitMQ expects an integer",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("without quotes"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // Shown as written: a warning, not a silent correction.
+    assert!(stdout.contains("x-delivery-limit: '2'"), "{stdout}");
+}
+
+#[test]
+fn a_user_name_equal_to_a_password_is_redacted_another_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    // RabbitMQ's defaults, guest/guest: showing the user name would show the password.
+    let file = write(
+        dir.path(),
+        "c.yaml",
+        "RabbitMQ:\n  username: guest\n  password: guest\nDatabase:\n  username: cptm8user\n  password: Pg-Passw0rd\nORCHESTRATORM8: {}\n",
+    );
+    let out = check(&["--config", file.to_str().unwrap()], &[], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!stdout.contains("guest"), "{stdout}");
+    assert!(!stdout.contains("Pg-Passw0rd"), "{stdout}");
+    assert!(stdout.contains("username: cptm8user"), "{stdout}");
+    let rabbit = stdout.split("RabbitMQ:").nth(1).unwrap();
+    assert!(rabbit.contains("username: '***'"), "{stdout}");
+    assert!(rabbit.contains("password: '***'"), "{stdout}");
 }

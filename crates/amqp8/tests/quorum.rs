@@ -62,11 +62,13 @@ RabbitMQ:
     );
     let loaded = config8::from_yaml_str(&yaml, &config8::Env::empty())
         .unwrap_or_else(|e| panic!("the Go-shaped file must load: {e}\n{yaml}"));
-    assert!(
-        loaded.warnings.is_empty(),
-        "unexpected warnings: {:?}",
-        loaded.warnings
-    );
+    // config8 warns about a numeric argument given as text (the pitfall tested below).
+    let unexpected: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| !w.message.contains("RabbitMQ expects an integer"))
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected warnings: {unexpected:?}");
     loaded.settings
 }
 

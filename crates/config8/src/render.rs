@@ -22,7 +22,8 @@ pub fn render_redacted(settings: &Settings) -> String {
     serde_yaml::to_string(&value).expect("a YAML value serialises")
 }
 
-fn secrets(s: &Settings) -> Vec<&Secret> {
+/// Every secret of `s` (possibly empty ones).
+pub(crate) fn secrets(s: &Settings) -> Vec<&Secret> {
     let mut v = vec![&s.database.password, &s.rabbitmq.password];
     v.extend(s.http.api_token.as_ref());
     v.extend(s.log.apm_secret_token.as_ref());
@@ -42,7 +43,7 @@ fn scrub(value: &mut Value, secrets: &[&str]) {
 /// `s` with URL passwords and the secrets redacted. Secrets shorter than 4 characters are
 /// only redacted where they are the whole value (replacing every `a` of a text would
 /// make it unreadable without protecting anything).
-fn scrub_str(s: &str, secrets: &[&str]) -> String {
+pub(crate) fn scrub_str(s: &str, secrets: &[&str]) -> String {
     let mut out = redact_url_password(s);
     for secret in secrets {
         if out == *secret {

@@ -1,8 +1,11 @@
-//! Checks across values: the stage graph, and exchanges that are used but not declared.
+//! Checks across values: the stage graph, exchanges that are used but not declared,
+//! stage routing keys that no binding matches, and numeric queue arguments written as
+//! text.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::settings::{SchedulerMode, Settings, StageSettings};
+use crate::render::{scrub_str, secrets};
+use crate::settings::{ArgValue, ExchangeKind, SchedulerMode, Settings, StageSettings};
 use crate::tree::{Ctx, KeyPath};
 
 /// Records every cross-value problem and warning of `s`.
@@ -43,7 +46,150 @@ pub(crate) fn check(ctx: &mut Ctx, s: &Settings) {
                 );
             }
         }
+        for message in unroutable_stages(s) {
+            ctx.warn(&stages_path, message);
+        }
     }
+    for (path, message) in numeric_arguments_as_text(s) {
+        ctx.warn(&path, message);
+    }
+}
+
+/// The queue arguments RabbitMQ reads as integers. Given as text, RabbitMQ refuses
+/// some of them and accepts others without applying them (`x-delivery-limit` on
+/// RabbitMQ 3.10: a poison message is then redelivered forever).
+pub(crate) const NUMERIC_QUEUE_ARGUMENTS: &[&str] = &[
+    "x-delivery-limit",
+    "x-expires",
+    "x-initial-cluster-size",
+    "x-max-in-memory-bytes",
+    "x-max-in-memory-length",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-quorum-initial-group-size",
+    "x-stream-max-segment-size-bytes",
+];
+
+/// A warning for each numeric queue argument given as text (`x-delivery-limit: "2"`),
+/// at its key path, naming the queue and the argument. The value is not changed: a
+/// text is sent as a text, as written.
+fn numeric_arguments_as_text(s: &Settings) -> Vec<(KeyPath, String)> {
+    let secrets = secret_values(s);
+    let mut out = Vec::new();
+    for (section, q) in &s.orchestrator.queues {
+        for (key, value) in &q.queue_arguments {
+            let ArgValue::Str(text) = value else { continue };
+            if !NUMERIC_QUEUE_ARGUMENTS.contains(&key.as_str()) {
+                continue;
+            }
+            let path = KeyPath::default()
+                .key("ORCHESTRATORM8")
+                .key(section)
+                .key("Queue-arguments")
+                .key(key);
+            let shown =
+                crate::tree::show(&serde_yaml::Value::String(scrub_str(text, &secrets)), false);
+            let hint = if text.trim().parse::<i64>().is_ok() {
+                format!(" (write {key}: {} without quotes)", text.trim())
+            } else {
+                String::new()
+            };
+            out.push((
+                path,
+                format!(
+                    "queue {:?}: {key} is the text {shown}, but RabbitMQ expects an integer; it refuses the queue or, for some arguments and versions (x-delivery-limit on RabbitMQ 3.10), accepts the text and never applies it{hint}",
+                    scrub_str(&q.queue, &secrets)
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// A warning for each stage whose routing key matches no binding, in this
+/// configuration, of the exchange it publishes to (AMQP matching: exact for `direct`,
+/// `*` one word and `#` zero or more for `topic`, any binding for `fanout`; `headers`
+/// exchanges and undeclared ones are not judged). The broker would return such jobs
+/// as unroutable, and the engine would retry them until a matching queue is bound.
+fn unroutable_stages(s: &Settings) -> Vec<String> {
+    let secrets = secret_values(s);
+    let safe = |t: &str| scrub_str(t, &secrets);
+    let mut out = Vec::new();
+    for stage in &s.workflow.stages {
+        let Some(kind) = s.orchestrator.exchanges.get(&stage.exchange).copied() else {
+            continue;
+        };
+        let bindings: Vec<&str> = s
+            .orchestrator
+            .queues
+            .values()
+            .filter(|q| q.exchange == stage.exchange)
+            .flat_map(|q| q.routing_keys.iter().map(String::as_str))
+            .collect();
+        let routed = match kind {
+            ExchangeKind::Topic => bindings
+                .iter()
+                .any(|b| topic_matches(b, &stage.routing_key)),
+            ExchangeKind::Direct => bindings.iter().any(|b| *b == stage.routing_key),
+            ExchangeKind::Fanout => !bindings.is_empty(),
+            ExchangeKind::Headers => true,
+        };
+        if routed {
+            continue;
+        }
+        let known = if bindings.is_empty() {
+            "it has no bindings here".to_owned()
+        } else {
+            let shown: Vec<String> = bindings.iter().map(|b| safe(b)).collect();
+            format!("its bindings here: {}", shown.join(", "))
+        };
+        out.push(format!(
+            "stage {:?} publishes with routing key {:?} to {} exchange {:?}, which matches no binding of that exchange in this configuration ({known}); its jobs would be returned unroutable and retried until a matching queue is bound",
+            safe(&stage.name),
+            safe(&stage.routing_key),
+            kind.as_str(),
+            safe(&stage.exchange),
+        ));
+    }
+    out
+}
+
+/// The non-empty secret values, for keeping them out of messages.
+fn secret_values(s: &Settings) -> Vec<&str> {
+    secrets(s)
+        .into_iter()
+        .map(|x| x.expose())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// Whether the AMQP topic binding key `pattern` matches the routing key `key`: words
+/// are separated by `.`, `*` matches exactly one word, `#` zero or more. As RabbitMQ,
+/// an empty key has no words. Linear in the product of the word counts.
+pub(crate) fn topic_matches(pattern: &str, key: &str) -> bool {
+    let words = |t: &str| -> Vec<String> {
+        if t.is_empty() {
+            Vec::new()
+        } else {
+            t.split('.').map(str::to_owned).collect()
+        }
+    };
+    let (p, k) = (words(pattern), words(key));
+    // m[i][j]: p[i..] matches k[j..].
+    let mut m = vec![vec![false; k.len() + 1]; p.len() + 1];
+    m[p.len()][k.len()] = true;
+    for i in (0..p.len()).rev() {
+        for j in (0..=k.len()).rev() {
+            m[i][j] = match p[i].as_str() {
+                "#" => m[i + 1][j] || (j < k.len() && m[i][j + 1]),
+                "*" => j < k.len() && m[i + 1][j + 1],
+                w => j < k.len() && k[j] == w && m[i + 1][j + 1],
+            };
+        }
+    }
+    m[0][0]
 }
 
 /// Duplicate names, unknown or self dependencies and cycles, as messages.
@@ -174,6 +320,42 @@ mod tests {
             p.iter().any(|m| m.starts_with("dependency cycle: ")),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn topic_matching_follows_amqp() {
+        for (pattern, key, expected) in [
+            ("cptm8.num8.#", "cptm8.num8.get.scan", true),
+            ("cptm8.qnum8.#", "cptm8.num8.get.scan", false),
+            ("#", "cptm8.num8.get.scan", true),
+            ("#", "", true),
+            ("cptm8.*.get.scan", "cptm8.num8.get.scan", true),
+            ("cptm8.*.scan", "cptm8.num8.get.scan", false),
+            ("*.num8", "cptm8.num8.get.scan", false),
+            ("cptm8.num8.get.scan.#", "cptm8.num8.get.scan", true),
+            ("cptm8.#.scan", "cptm8.num8.get.scan", true),
+            ("cptm8.#.#.scan", "cptm8.scan", true),
+            ("#.get.#", "cptm8.num8.get.scan", true),
+            ("cptm8.num8.get.scan", "cptm8.num8.get.scan", true),
+            ("cptm8.num8.get", "cptm8.num8.get.scan", false),
+            ("cptm8.num8.get.scan", "cptm8.num8.get", false),
+            ("*", "", false),
+            ("*", "a", true),
+            ("a.*", "a.", true),
+            ("a.#", "a", true),
+            ("", "", true),
+            ("", "a", false),
+        ] {
+            assert_eq!(
+                topic_matches(pattern, key),
+                expected,
+                "{pattern:?} against {key:?}"
+            );
+        }
+        // Many `#` on a long key stay fast (no exponential backtracking).
+        let key = vec!["w"; 200].join(".");
+        let pattern = vec!["#"; 100].join(".") + ".x";
+        assert!(!topic_matches(&pattern, &key));
     }
 
     #[test]

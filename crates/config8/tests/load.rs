@@ -588,3 +588,147 @@ Database: { port: "${PGPORT}" }
         "the anchor holder is an unknown key"
     );
 }
+
+#[test]
+fn a_stage_routing_key_that_no_binding_matches_is_a_warning() {
+    // The Go template binds num8 as "cptm8.qnum8.#": in managed mode num8's jobs
+    // (cptm8.num8.get.scan) would be unroutable. It still loads, unchanged.
+    let go = example("examples/configs/go-original.yaml");
+    let managed = go_env().with("ORCHESTRATORM8__SCHEDULER__MODE", "managed");
+    let loaded = load_with(&go, &managed).unwrap();
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let w = &warnings[0];
+    assert!(w.starts_with("Workflow.stages: stage \"num8\""), "{w}");
+    assert!(w.contains("routing key \"cptm8.num8.get.scan\""), "{w}");
+    assert!(w.contains("topic exchange \"cptm8\""), "{w}");
+    assert!(w.contains("cptm8.qnum8.#"), "{w}");
+    assert_eq!(
+        loaded.settings.orchestrator.queues["num8"].routing_keys,
+        ["cptm8.qnum8.#"],
+        "the binding is kept as written"
+    );
+    // Bootstrap mode publishes no stage jobs: no warning (the Go file as it is).
+    assert_eq!(load_with(&go, &go_env()).unwrap().warnings, []);
+
+    // Direct exchanges match exactly, fanout exchanges route to any bound queue,
+    // headers exchanges are not judged.
+    let warnings = |exchanges: &str, binding: &str| -> Vec<String> {
+        load_ok(
+            &format!(
+                r#"
+ORCHESTRATORM8:
+  Exchanges: {{cptm8: topic, notification: topic, scans: {exchanges}}}
+  asmm8: {{Queue: [scans, qasmm8, 1], Routing-keys: ["{binding}"]}}
+Database: {{}}
+RabbitMQ: {{}}
+Scheduler: {{mode: managed}}
+Workflow: {{stages: [{{name: asmm8, routing_key: scans.asmm8}}]}}
+"#
+            ),
+            &Env::empty(),
+        )
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    };
+    assert_eq!(warnings("direct", "scans.asmm8"), Vec::<String>::new());
+    let w = warnings("direct", "scans.*");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("to direct exchange \"scans\"") && w[0].contains("scans.*"),
+        "{w:?}"
+    );
+    assert_eq!(warnings("topic", "scans.*"), Vec::<String>::new());
+    assert_eq!(warnings("topic", "#"), Vec::<String>::new());
+    assert_eq!(warnings("fanout", "anything"), Vec::<String>::new());
+    assert_eq!(warnings("headers", "anything"), Vec::<String>::new());
+    let w = warnings("topic", "scans.asmm8.#.x");
+    assert_eq!(w.len(), 1, "{w:?}");
+}
+
+#[test]
+fn numeric_queue_arguments_given_as_text_are_warnings_and_kept_as_text() {
+    let loaded = load_with(&example("examples/configs/go-original.yaml"), &go_env()).unwrap();
+    assert_eq!(loaded.warnings, []);
+
+    let yaml = r#"
+ORCHESTRATORM8:
+  Exchanges: {cptm8: topic, notification: topic}
+  num8:
+    Queue: [cptm8, qnum8, 1]
+    Routing-keys: ["cptm8.num8.#"]
+    Queue-arguments:
+      "x-queue-type": "quorum"
+      "x-delivery-limit": "2"
+      "x-max-length": 1
+      "x-overflow": "reject-publish"
+      "x-message-ttl": "1h"
+      "x-expires": 60000
+      "x-custom": "5"
+Database: {}
+RabbitMQ: {}
+"#;
+    let loaded = load_ok(yaml, &Env::empty());
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with(
+            "ORCHESTRATORM8.num8.Queue-arguments.x-delivery-limit: queue \"qnum8\": x-delivery-limit is the text \"2\", but RabbitMQ expects an integer"
+        ),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[0].ends_with("(write x-delivery-limit: 2 without quotes)"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].starts_with("ORCHESTRATORM8.num8.Queue-arguments.x-message-ttl: queue \"qnum8\": x-message-ttl is the text \"1h\""),
+        "{}",
+        warnings[1]
+    );
+    assert!(!warnings[1].contains("without quotes"), "{}", warnings[1]);
+    // Not coerced: what is written is what is declared.
+    let args = &loaded.settings.orchestrator.queues["num8"].queue_arguments;
+    assert_eq!(args["x-delivery-limit"], ArgValue::Str("2".into()));
+    assert_eq!(args["x-max-length"], ArgValue::Int(1));
+
+    // An environment override is read as a YAML scalar, so it gives an integer.
+    let env = Env::empty().with(
+        "ORCHESTRATORM8__ORCHESTRATORM8__NUM8__QUEUE_ARGUMENTS__X_DELIVERY_LIMIT",
+        "3",
+    );
+    let loaded = load_ok(yaml, &env);
+    assert_eq!(
+        loaded.settings.orchestrator.queues["num8"].queue_arguments["x-delivery-limit"],
+        ArgValue::Int(3)
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+}
+
+#[test]
+fn warnings_never_show_a_secret() {
+    // A routing key, binding and queue argument that contain the passwords.
+    let yaml = r#"
+ORCHESTRATORM8:
+  Exchanges: {cptm8: topic, notification: topic}
+  x:
+    Queue: [cptm8, "q-Pg-Secret-9", 1]
+    Routing-keys: ["cptm8.Pg-Secret-9.#"]
+    Queue-arguments: {"x-max-length": "Mq-Secret-8"}
+Database: {password: Pg-Secret-9}
+RabbitMQ: {password: Mq-Secret-8}
+Scheduler: {mode: managed}
+Workflow: {stages: [{name: a, routing_key: "a.Mq-Secret-8"}]}
+"#;
+    let loaded = load_ok(yaml, &Env::empty());
+    let text: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 2, "{text:#?}");
+    for w in &text {
+        assert!(!w.contains("Secret"), "{w}");
+        assert!(w.contains("***"), "{w}");
+    }
+}

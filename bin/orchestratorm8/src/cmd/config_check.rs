@@ -1,6 +1,6 @@
 //! `config check [--config PATH]`: load and validate the configuration, print it
-//! (effective values, secrets redacted) on stdout and its warnings on stderr. Touches no
-//! server. Exit 0 when valid, 2 with the error otherwise (CONTRACT section 4).
+//! (effective values, secrets redacted) on stdout and its warnings on stderr, each
+//! naming the file. Touches no server. Exit 0 when valid, 2 with the error otherwise (CONTRACT section 4).
 
 use std::io::Write;
 
@@ -13,7 +13,7 @@ pub fn run(args: ConfigCheckArgs) -> Result<(), Failure> {
     let loaded = config8::load(&path).map_err(|e| Failure::Usage(e.to_string()))?;
     let mut err = std::io::stderr().lock();
     for w in &loaded.warnings {
-        let _ = writeln!(err, "orchestratorm8: warning: {w}");
+        let _ = writeln!(err, "orchestratorm8: warning: {}: {w}", path.display());
     }
     let text = config8::render_redacted(&loaded.settings);
     let mut out = std::io::stdout().lock();
