@@ -185,10 +185,14 @@ impl Controller {
         }
 
         // Leadership first, so the first checks know their role.
-        let leadership = self
-            .leader
-            .clone()
-            .map(|lock| Leadership::new(lock, self.role.clone(), engine.metrics.clone()));
+        let leadership = self.leader.clone().map(|lock| {
+            Leadership::new(
+                lock,
+                self.role.clone(),
+                engine.metrics.clone(),
+                engine.settings.clone(),
+            )
+        });
         if let Some(l) = &leadership {
             l.step().await;
         }
@@ -205,8 +209,7 @@ impl Controller {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         // Leadership is given up last, after the work in progress is finished.
         let (resign, resign_rx) = watch::channel(false);
-        let leader_task =
-            leadership.map(|l| tokio::spawn(l.run(engine.settings.clone(), resign_rx)));
+        let leader_task = leadership.map(|l| tokio::spawn(l.run(resign_rx)));
         tasks.push(tokio::spawn(scheduler::feed_loop(
             engine.clone(),
             self.changes.clone(),

@@ -377,6 +377,12 @@ async fn the_interval_is_read_live() {
     let r = start(s, &store, true, Tuning::default()).await;
     let b = r.broker.clone();
     eventually("consumer", Duration::from_secs(5), async || consuming(&b)).await;
+    // It leads once the takeover grace has passed (leader.rs).
+    let role = r.role.clone();
+    eventually("leads", Duration::from_secs(10), async || {
+        *role.borrow() == Role::Leader
+    })
+    .await;
     add(&store, "example.com").await;
     eventually("first job", Duration::from_secs(2), async || {
         confirmed(&b, &rk("a")) == 1

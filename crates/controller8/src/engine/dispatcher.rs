@@ -37,6 +37,34 @@ pub(crate) struct StagePressure {
     logged: bool,
 }
 
+/// Claimed attempts whose outcome could not be written because the database was
+/// away. They are recorded at the start of the next dispatch round, as soon as it
+/// answers again, instead of waiting for their claims to expire: a published job would
+/// otherwise be published a second time after the lease, an unpublished one wait for it.
+#[derive(Debug)]
+pub(crate) enum Unsettled {
+    /// Published and confirmed: to be marked running with this deadline.
+    Running {
+        keys: Vec<StageKey>,
+        deadline: DateTime<Utc>,
+        since: DateTime<Utc>,
+    },
+    /// Not published: to be given back.
+    Release {
+        stage: String,
+        keys: Vec<StageKey>,
+        since: DateTime<Utc>,
+    },
+}
+
+impl Unsettled {
+    fn since(&self) -> DateTime<Utc> {
+        match self {
+            Unsettled::Running { since, .. } | Unsettled::Release { since, .. } => *since,
+        }
+    }
+}
+
 /// What one dispatch round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DispatchReport {
@@ -90,6 +118,7 @@ impl Engine {
         if !self.is_leader() {
             return Ok(report);
         }
+        self.settle().await?;
         let stages = self.stages();
         let counts = if stages.iter().any(|s| s.max_in_flight > 0) {
             self.workflows.in_flight_counts(self.now()).await?
@@ -358,8 +387,14 @@ impl Engine {
                     stage = %stage.name, jobs = p.confirmed.len(), error = %e,
                     lease = ?self.tuning.claim_lease,
                     "stage jobs were published but could not be recorded as running; \
-                     their claims expire after the lease and they are published again"
+                     recorded when the database answers again (if it answers within the \
+                     lease; else their claims expire and they are published again)"
                 );
+                lock(&self.unsettled).push(Unsettled::Running {
+                    keys: p.confirmed.clone(),
+                    deadline,
+                    since: now,
+                });
                 result = Err(e.into());
             } else {
                 self.dispatch_wake
@@ -423,8 +458,74 @@ impl Engine {
         if let Err(e) = self.workflows.release(keys, self.owner, now).await {
             tracing::warn!(
                 stage, jobs = keys.len(), error = %e, lease = ?self.tuning.claim_lease,
-                "could not release claimed stage attempts; they are retried when their claims expire"
+                "could not release claimed stage attempts; released when the database \
+                 answers again (or retried when their claims expire)"
             );
+            lock(&self.unsettled).push(Unsettled::Release {
+                stage: stage.to_owned(),
+                keys: keys.to_vec(),
+                since: now,
+            });
+        }
+    }
+
+    /// Records what [`Unsettled`] holds, oldest first; stops at the first failure
+    /// (the database is still away) and keeps the rest. Entries older than the claim
+    /// lease are dropped: their claims expired and the attempts are claimed again.
+    async fn settle(&self) -> Result<(), DbError> {
+        let pending = std::mem::take(&mut *lock(&self.unsettled));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let now = self.now();
+        let lease = self.tuning.claim_lease;
+        let mut rest = pending.into_iter();
+        let mut failed = None;
+        for u in rest.by_ref() {
+            if plus(u.since(), lease) <= now {
+                continue;
+            }
+            let r = match &u {
+                Unsettled::Running { keys, deadline, .. } => self
+                    .workflows
+                    .mark_running(keys, self.owner, now, *deadline)
+                    .await
+                    .map(|n| {
+                        tracing::info!(
+                            jobs = keys.len(),
+                            marked = n,
+                            "stage jobs published during the database outage recorded as running"
+                        );
+                        self.dispatch_wake
+                            .at(plus(*deadline, Duration::from_millis(1)));
+                    }),
+                Unsettled::Release { stage, keys, .. } => self
+                    .workflows
+                    .release(keys, self.owner, now)
+                    .await
+                    .map(|n| {
+                        tracing::info!(
+                            stage,
+                            jobs = keys.len(),
+                            released = n,
+                            "stage attempts claimed before the database outage given back"
+                        );
+                    }),
+            };
+            if let Err(e) = r {
+                failed = Some((u, e));
+                break;
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some((u, e)) => {
+                let mut keep: Vec<Unsettled> = std::iter::once(u).chain(rest).collect();
+                let mut all = lock(&self.unsettled);
+                keep.append(&mut all);
+                *all = keep;
+                Err(e)
+            }
         }
     }
 

@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::role::Role;
 use crate::tuning::Tuning;
-use dispatcher::StagePressure;
+use dispatcher::{StagePressure, Unsettled};
 use pipeline::Plan;
 
 /// Wakes a loop early: now, or at a known due time (a retry, a deadline, the end of a
@@ -96,6 +96,9 @@ pub(crate) struct Engine {
     pub(crate) start_wake: Wake,
     /// Per-stage backpressure state.
     pub(crate) pressure: Mutex<HashMap<String, StagePressure>>,
+    /// Claimed attempts whose outcome could not be recorded (database away), recorded
+    /// at the next dispatch round.
+    pub(crate) unsettled: Mutex<Vec<Unsettled>>,
     /// The settings at start: what needs a restart to change (mode, granularity, the
     /// pipeline's stages, dependencies, exchanges and routing keys) is read from here.
     start: Arc<Settings>,
@@ -143,6 +146,7 @@ impl Engine {
             dispatch_wake: Wake::default(),
             start_wake: Wake::default(),
             pressure: Mutex::new(HashMap::new()),
+            unsettled: Mutex::new(Vec::new()),
             start,
             plan,
         })

@@ -6,7 +6,7 @@ use std::time::Duration;
 use amqp8::Broker;
 use amqp8::memory::Settlement;
 use config8::Granularity;
-use db8::{DomainRepository, LeaderLock, WorkflowRepository};
+use db8::{DomainRepository, WorkflowRepository};
 use model8::{
     AmqpM8Message, NotificationEvent, StageJob, StageOutcome, StageStatus, WorkflowStatus,
 };
@@ -573,53 +573,6 @@ async fn a_standby_neither_starts_nor_publishes_and_leadership_loss_stops_publis
     // Back to leader: the work is still there.
     h.role.send_replace(Role::Leader);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-}
-
-#[tokio::test]
-async fn leadership_follows_the_lock() {
-    use std::sync::Arc;
-    let store = db8::MemoryStore::new();
-    let other = store.handle();
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let (tx, rx) = tokio::sync::watch::channel(Role::Standby);
-    let l = crate::leader::Leadership::new(Arc::new(store.clone()), tx, metrics.clone());
-    assert!(
-        other.try_acquire().await.unwrap(),
-        "another replica holds the lock"
-    );
-    assert_eq!(l.step().await, Role::Standby);
-    LeaderLock::release(&other).await.unwrap();
-    assert_eq!(l.step().await, Role::Leader);
-    assert_eq!(*rx.borrow(), Role::Leader);
-    // A check that changes nothing does not wake the role's watchers.
-    let mut watcher = rx.clone();
-    watcher.borrow_and_update();
-    assert_eq!(l.step().await, Role::Leader);
-    assert!(!watcher.has_changed().unwrap());
-    assert!(
-        metrics
-            .encode(&Default::default())
-            .unwrap()
-            .contains("orchestratorm8_leader 1")
-    );
-    // The session ends (e.g. a database restart): the leader steps down at its next check.
-    store.revoke_leadership();
-    assert_eq!(l.step().await, Role::Standby);
-    assert!(other.try_acquire().await.unwrap());
-    assert_eq!(l.step().await, Role::Standby);
-    // Unverifiable (database down) counts as lost.
-    LeaderLock::release(&other).await.unwrap();
-    assert_eq!(l.step().await, Role::Leader);
-    store.set_available(false);
-    assert_eq!(l.step().await, Role::Standby);
-    store.set_available(true);
-    assert_eq!(l.step().await, Role::Leader);
-    l.resign().await;
-    assert_eq!(*rx.borrow(), Role::Standby);
-    assert!(
-        other.try_acquire().await.unwrap(),
-        "resigning released the lock"
-    );
 }
 
 #[tokio::test]
