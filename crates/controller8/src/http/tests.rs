@@ -1370,3 +1370,50 @@ Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
         .expect("server stops once the last request is answered")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_503_timeout() {
+    let mut fx = Fx::new().await;
+    fx.state.timeouts.request = Duration::from_millis(500);
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    // The head announces 10 bytes of body; none follows.
+    let mut conn = connect(addr).await;
+    conn.write_all(
+        b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
+Content-Type: application/json\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let res = read_response(&mut conn).await;
+    assert!(res.starts_with("HTTP/1.1 503 "), "{res}");
+    assert!(res.contains("\"code\":\"timeout\""), "{res}");
+    assert!(fx.calls().is_empty(), "the engine was not called");
+    // The unread body makes the connection unusable: the server closes it.
+    wait_closed(&mut conn, "a connection with an unfinished body").await;
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_limit_is_431() {
+    let fx = Fx::new().await;
+    let (addr, stop, server) = start(fx.state.clone()).await;
+
+    let mut req = b"GET /health HTTP/1.1\r\nHost: localhost\r\n".to_vec();
+    let big = format!("X-Big: {}\r\n", "a".repeat(server::MAX_HEAD_BYTES));
+    req.extend_from_slice(big.as_bytes());
+    req.extend_from_slice(b"\r\n");
+    let res = raw_http(addr, &req).await;
+    assert!(res.starts_with("HTTP/1.1 431 "), "{res}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
