@@ -2,6 +2,21 @@
 //! a dedicated connection outside the pool. The session is the lock: when the server
 //! restarts or ends the backend, the lock is gone, and [`LeaderLock::is_held`] asks
 //! the server (`pg_locks` for its own backend) rather than trusting local state.
+//!
+//! A holder whose host vanishes without closing its connection (power loss, a network
+//! partition) keeps the lock until the server notices the dead connection. So the lock
+//! session uses short TCP keepalives and a TCP user time-out on both ends: the client's
+//! socket options, and the server's `tcp_keepalives_*` / `tcp_user_timeout` set on the
+//! session. Either end gives the session up about [`PgLeaderLock::DEAD_PEER_AFTER`]
+//! after the other went silent, instead of the operating system's default of two hours.
+//!
+//! Cancellation: a call dropped while it waits for the server ([`LeaderLock::is_held`]
+//! under a caller's time-out) keeps the session, so a leader unsure of its lock still
+//! holds it and nobody else can lead until the session really ends. A dropped
+//! [`LeaderLock::try_acquire`] or [`LeaderLock::release`] ends the session instead (it
+//! may have taken or kept the lock without knowing it; ending the session frees it).
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use config8::DatabaseSettings;
@@ -12,6 +27,28 @@ use tokio_postgres::Client;
 use crate::error::DbError;
 use crate::pg::conn::ConnectParams;
 use crate::traits::LeaderLock;
+
+/// The server-side settings of the lock session, as `(name, value)`.
+fn server_keepalive_settings() -> [(&'static str, String); 4] {
+    [
+        (
+            "tcp_keepalives_idle",
+            PgLeaderLock::KEEPALIVE_IDLE.as_secs().to_string(),
+        ),
+        (
+            "tcp_keepalives_interval",
+            PgLeaderLock::KEEPALIVE_INTERVAL.as_secs().to_string(),
+        ),
+        (
+            "tcp_keepalives_count",
+            PgLeaderLock::KEEPALIVE_COUNT.to_string(),
+        ),
+        (
+            "tcp_user_timeout",
+            PgLeaderLock::DEAD_PEER_AFTER.as_millis().to_string(),
+        ),
+    ]
+}
 
 /// The leader lock of one replica. Dropping it ends its session, which releases the
 /// lock on the server.
@@ -46,15 +83,83 @@ impl Drop for Session {
 }
 
 impl PgLeaderLock {
+    /// Idle time before the first TCP keepalive probe on the lock session (both ends).
+    pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+    /// Time between keepalive probes on the lock session (both ends).
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+    /// Unanswered keepalive probes after which the lock session is dead (both ends).
+    pub const KEEPALIVE_COUNT: u32 = 4;
+    /// How long sent data may stay unacknowledged before the lock session is dead
+    /// (`TCP_USER_TIMEOUT`, both ends): covers a peer that vanished while a query or its
+    /// answer was on the way, when keepalives do not run.
+    pub const DEAD_PEER_AFTER: Duration = Duration::from_secs(30);
+
     /// A lock on advisory key `key` (`LeaderElection.lock_key`) of the database of
     /// `settings`. Connects lazily, on the first [`LeaderLock::try_acquire`]. Fails only
     /// on a bad `sslrootcert` file.
     pub fn new(settings: &DatabaseSettings, key: i64) -> Result<PgLeaderLock, DbError> {
+        let mut params = ConnectParams::new(settings)?;
+        params
+            .config
+            .keepalives(true)
+            .keepalives_idle(PgLeaderLock::KEEPALIVE_IDLE)
+            .keepalives_interval(PgLeaderLock::KEEPALIVE_INTERVAL)
+            .keepalives_retries(PgLeaderLock::KEEPALIVE_COUNT)
+            .tcp_user_timeout(PgLeaderLock::DEAD_PEER_AFTER);
         Ok(PgLeaderLock {
-            params: ConnectParams::new(settings)?,
+            params,
             key,
             session: Mutex::new(None),
         })
+    }
+
+    /// The value of the server setting `name` (e.g. `tcp_keepalives_idle`) on the lock's
+    /// session, `None` while there is no session. For diagnostics and tests.
+    pub async fn session_setting(&self, name: &str) -> Result<Option<String>, DbError> {
+        let guard = self.session.lock().await;
+        let Some(session) = guard.as_ref() else {
+            return Ok(None);
+        };
+        let row = self
+            .timed(
+                session
+                    .client
+                    .query_one("SELECT current_setting($1)", &[&name]),
+            )
+            .await?;
+        Ok(Some(row.get(0)))
+    }
+
+    /// Opens the lock's session and sets the server's keepalives on it. A server that
+    /// refuses one (a platform without the socket option) is logged, not an error:
+    /// the client's keepalives still end the session on this side.
+    async fn open(&self) -> Result<Session, DbError> {
+        let (client, task) = self.params.dedicated(None).await?;
+        let session = Session {
+            client,
+            task,
+            locked: false,
+        };
+        for (name, value) in server_keepalive_settings() {
+            let set = self
+                .timed(
+                    session
+                        .client
+                        .execute("SELECT set_config($1, $2, false)", &[&name, &value]),
+                )
+                .await;
+            if let Err(e) = set {
+                if session.client.is_closed() {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    database = %self.params.label, setting = name, %value, error = %e,
+                    "cannot set the leader lock session's server-side keepalive; a vanished \
+                     leader may keep the lock until the server's own keepalive gives up"
+                );
+            }
+        }
+        Ok(session)
     }
 
     /// The lock's `(classid, objid)` as `pg_locks` shows a one-key advisory lock.
@@ -119,31 +224,22 @@ impl LeaderLock for PgLeaderLock {
             }
         }
         if guard.is_none() {
-            let (client, task) = self.params.dedicated(None).await?;
-            *guard = Some(Session {
-                client,
-                task,
-                locked: false,
-            });
+            *guard = Some(self.open().await?);
         }
-        let session = guard.as_mut().expect("set above");
+        // Out of the mutex while asking: if this call is dropped half-way, the session
+        // (which may have taken the lock) ends with it.
+        let mut session = guard.take().expect("set above");
         let got = self
             .timed(
                 session
                     .client
                     .query_one("SELECT pg_try_advisory_lock($1)", &[&self.key]),
             )
-            .await;
-        match got {
-            Ok(row) => {
-                session.locked = row.get(0);
-                Ok(session.locked)
-            }
-            Err(e) => {
-                *guard = None;
-                Err(e)
-            }
-        }
+            .await?;
+        session.locked = got.get(0);
+        let locked = session.locked;
+        *guard = Some(session);
+        Ok(locked)
     }
 
     async fn is_held(&self) -> Result<bool, DbError> {
@@ -178,13 +274,15 @@ impl LeaderLock for PgLeaderLock {
 
     async fn release(&self) -> Result<(), DbError> {
         let mut guard = self.session.lock().await;
-        let Some(session) = guard.as_mut() else {
+        let Some(mut session) = guard.take() else {
             return Ok(());
         };
         if !session.locked {
+            *guard = Some(session);
             return Ok(());
         }
-        session.locked = false;
+        // Out of the mutex while asking: if the unlock fails or this call is dropped
+        // half-way, the session ends, which releases the lock in any case.
         let unlocked = self
             .timed(
                 session
@@ -192,9 +290,9 @@ impl LeaderLock for PgLeaderLock {
                     .query_one("SELECT pg_advisory_unlock($1)", &[&self.key]),
             )
             .await;
-        if unlocked.is_err() {
-            // Ending the session releases the lock in any case.
-            *guard = None;
+        if unlocked.is_ok() {
+            session.locked = false;
+            *guard = Some(session);
         }
         Ok(())
     }
