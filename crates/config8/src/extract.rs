@@ -412,6 +412,8 @@ fn database(ctx: &mut Ctx, s: &mut Section) -> DatabaseSettings {
             ("disable", SslMode::Disable),
             ("prefer", SslMode::Prefer),
             ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
         ]),
     );
     let sslrootcert = optional_path(ctx, s, "sslrootcert");

@@ -169,7 +169,8 @@ pub struct DatabaseSettings {
     pub username: String,
     /// Password (redacted everywhere).
     pub password: Secret,
-    /// `sslmode`: `disable` (the Go original's), `prefer` or `require`.
+    /// `sslmode`: `disable` (the Go original's), `prefer`, `require`, `verify-ca` or
+    /// `verify-full`, as libpq's.
     pub sslmode: SslMode,
     /// Root certificate file for TLS, when not the system's.
     pub sslrootcert: Option<PathBuf>,
@@ -189,9 +190,9 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
-/// PostgreSQL `sslmode`.
+/// PostgreSQL `sslmode`, as libpq's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// No TLS.
     Disable,
@@ -199,6 +200,11 @@ pub enum SslMode {
     Prefer,
     /// TLS or fail.
     Require,
+    /// TLS or fail; the server's certificate must chain to a trusted root (the host
+    /// name is not checked).
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host connected to.
+    VerifyFull,
 }
 
 /// `RabbitMQ`.
@@ -530,6 +536,8 @@ impl SslMode {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
             SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
         }
     }
 }

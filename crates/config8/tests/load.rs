@@ -243,7 +243,7 @@ fn every_problem_is_reported_at_once() {
     let p = problems(
         r#"
 APP_ENV: prod
-Database: {port: 0, sslmode: verify-full}
+Database: {port: 0, sslmode: allow}
 RabbitMQ: {heartbeat: 1s, pool: {retry_delay: 10}}
 ORCHESTRATORM8:
   Exchanges: {cptm8: topik}
@@ -261,7 +261,7 @@ Workflow: {granularity: per_week}
         "ORCHESTRATORM8.naabum8.Queue[2]: got 70000, expected a prefetch count: an integer between 0 and 65535",
         "ORCHESTRATORM8.naabum8.Consumer[2]: got \"maybe\", expected the autoack flag: true or false",
         "Database.port: got 0, expected an integer between 1 and 65535",
-        "Database.sslmode: got \"verify-full\", expected one of disable, prefer, require",
+        "Database.sslmode: got \"allow\", expected one of disable, prefer, require, verify-ca, verify-full",
         "RabbitMQ.heartbeat: got \"1s\", expected a Go duration of at least 2s",
         "RabbitMQ.pool.retry_delay: got 10, expected a Go duration such as \"30s\" or \"1h30m\": a bare number has no unit (units ns, us, µs, ms, s, m, h)",
         "Scheduler.mode: got \"sometimes\", expected one of bootstrap, managed",

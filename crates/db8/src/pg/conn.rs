@@ -43,7 +43,9 @@ impl ConnectParams {
             .ssl_mode(match settings.sslmode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                SslMode::Require => tokio_postgres::config::SslMode::Require,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                    tokio_postgres::config::SslMode::Require
+                }
             });
         if !settings.password.is_empty() {
             config.password(settings.password.expose());
@@ -124,11 +126,21 @@ pub(crate) fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// TLS as libpq's `sslmode`: `prefer` and `require` encrypt without verifying the
-/// server unless `sslrootcert` is given; with it, the server's certificate must chain
-/// to that file (libpq's `verify-ca`; the host name is not checked).
+/// TLS as libpq's `sslmode`:
+///
+/// - `prefer` and `require` encrypt without verifying the server unless `sslrootcert`
+///   is given; with it, the server's certificate must chain to that file (libpq: "if a
+///   root CA file exists, `require` behaves as `verify-ca`").
+/// - `verify-ca`: the certificate must chain to `sslrootcert`, or without it to the
+///   system's trusted roots; the host name is not checked.
+/// - `verify-full`: as `verify-ca`, and the certificate must name `location` (a DNS
+///   name in its subjectAltName, or its CN when it has none; an IP address must be
+///   an IP entry of its subjectAltName).
 fn tls_connector(settings: &DatabaseSettings) -> Result<MakeTlsConnector, DbError> {
     let mut builder = native_tls::TlsConnector::builder();
+    let verify = matches!(settings.sslmode, SslMode::VerifyCa | SslMode::VerifyFull);
+    // Only verify-full checks the host name (native-tls checks it by default).
+    builder.danger_accept_invalid_hostnames(settings.sslmode != SslMode::VerifyFull);
     match &settings.sslrootcert {
         Some(path) => {
             let pem = std::fs::read(path).map_err(|e| {
@@ -153,8 +165,9 @@ fn tls_connector(settings: &DatabaseSettings) -> Result<MakeTlsConnector, DbErro
             for cert in certs {
                 builder.add_root_certificate(cert);
             }
-            builder.danger_accept_invalid_hostnames(true);
         }
+        // verify-ca / verify-full without a file: the system's trusted roots.
+        None if verify => {}
         None => {
             builder.danger_accept_invalid_certs(true);
         }

@@ -1,0 +1,172 @@
+//! `sslmode` `verify-ca` and `verify-full` against the shared server's TLS certificate
+//! (Debian's snakeoil certificate, issued to `localhost` only): connecting to
+//! `127.0.0.1`, the certificate names another host, which `verify-full` refuses and
+//! `verify-ca` (like `require` with `sslrootcert`) accepts, as libpq does; connecting to
+//! `localhost`, `verify-full` accepts it.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use config8::{DatabaseSettings, SslMode};
+use db8::{DbError, DbHealth, PgStore};
+use support::TestDb;
+
+/// The server's certificate file, checking that TLS is on.
+async fn server_certificate(db: &TestDb) -> PathBuf {
+    let admin = db.admin().await;
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert_eq!(ssl, "on", "this test needs a server with TLS enabled");
+    let file: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    file.into()
+}
+
+/// `openssl x509 -checkhost` / `-checkip` on `cert`: whether it names `host`.
+fn names(cert: &Path, host: &str) -> bool {
+    let flag = if host.parse::<std::net::IpAddr>().is_ok() {
+        "-checkip"
+    } else {
+        "-checkhost"
+    };
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-in"])
+        .arg(cert)
+        .args([flag, host])
+        .output()
+        .expect("openssl is needed by this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("match"), "{text}");
+    !text.contains("NOT match")
+}
+
+/// Whether the system's trusted roots (OpenSSL's default store) accept `cert`.
+fn system_trusts(cert: &Path) -> bool {
+    Command::new("openssl")
+        .arg("verify")
+        .arg(cert)
+        .output()
+        .expect("openssl is needed by this test")
+        .status
+        .success()
+}
+
+fn with(db: &TestDb, location: &str, mode: SslMode, root: Option<&Path>) -> DatabaseSettings {
+    let mut s = db.settings();
+    s.location = location.into();
+    s.sslmode = mode;
+    s.sslrootcert = root.map(Path::to_path_buf);
+    s.retry_attempts = 1;
+    s
+}
+
+/// Connects and runs a query; the error's text otherwise.
+async fn connect(s: &DatabaseSettings) -> Result<(), String> {
+    let store = PgStore::connect(s).await.map_err(|e| e.to_string())?;
+    store.ping().await.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
+    let db = TestDb::create().await;
+    let cert = server_certificate(&db).await;
+    assert!(
+        names(&cert, "localhost") && !names(&cert, "127.0.0.1"),
+        "this test expects the server's certificate {} to name localhost and not \
+         127.0.0.1 (Debian's snakeoil certificate)",
+        cert.display()
+    );
+
+    // 127.0.0.1: the certificate is for another host name.
+    let err = connect(&with(&db, "127.0.0.1", SslMode::VerifyFull, Some(&cert)))
+        .await
+        .expect_err("verify-full must refuse a certificate for another host");
+    assert!(err.contains("certificate"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:5432/{}", db.name)),
+        "{err}"
+    );
+    eprintln!("verify-full, certificate for another host: {err}");
+    for mode in [SslMode::VerifyCa, SslMode::Require, SslMode::Prefer] {
+        connect(&with(&db, "127.0.0.1", mode, Some(&cert)))
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?} checks the chain only: {e}"));
+    }
+
+    // localhost: the name matches.
+    connect(&with(&db, "localhost", SslMode::VerifyFull, Some(&cert)))
+        .await
+        .expect("verify-full accepts a certificate naming the host");
+
+    // Both verify modes need TLS (the server offers it here, so it is used) and refuse a
+    // root that did not sign the certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (location, mode) in [
+        ("127.0.0.1", SslMode::VerifyCa),
+        ("localhost", SslMode::VerifyFull),
+    ] {
+        let err = connect(&with(&db, location, mode, Some(&other)))
+            .await
+            .expect_err("a root that did not sign the certificate");
+        assert!(err.contains("certificate"), "{mode:?}: {err}");
+    }
+
+    // Without sslrootcert the system's trusted roots decide, as `openssl verify` does
+    // with the same store (this machine's store may or may not hold the snakeoil
+    // certificate).
+    let trusted = system_trusts(&cert);
+    let r = connect(&with(&db, "127.0.0.1", SslMode::VerifyCa, None)).await;
+    assert_eq!(r.is_ok(), trusted, "verify-ca with the system roots: {r:?}");
+    let r = connect(&with(&db, "localhost", SslMode::VerifyFull, None)).await;
+    assert_eq!(
+        r.is_ok(),
+        trusted,
+        "verify-full with the system roots: {r:?}"
+    );
+    let r = connect(&with(&db, "127.0.0.1", SslMode::VerifyFull, None)).await;
+    assert!(
+        r.is_err(),
+        "the host name is checked with the system roots too"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_sslrootcert_is_a_configuration_error_in_the_verify_modes_too() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+        let missing = dir.path().join("missing.pem");
+        let err = PgStore::connect(&with(&db, "127.0.0.1", mode, Some(&missing)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DbError::Invalid(m) if m.contains("missing.pem")),
+            "{err}"
+        );
+    }
+}
