@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use db8::{
-    ClaimedStage, DbError, NewWorkflow, StageKey, Transition, WorkflowFilter, WorkflowRepository,
+    ClaimedStage, Created, DbError, InitialClaim, NewWorkflow, StageKey, Transition,
+    WorkflowFilter, WorkflowRepository,
 };
 use model8::{DomainRef, WorkflowId, WorkflowView};
 use uuid::Uuid;
@@ -40,6 +41,15 @@ impl WorkflowRepository for WakingWorkflows {
             self.engine.dispatch_wake.now();
         }
         Ok(created)
+    }
+
+    async fn create_claimed(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+        claim: &InitialClaim,
+    ) -> Result<Created, DbError> {
+        self.repo().create_claimed(batch, now, claim).await
     }
 
     async fn idle_domains(

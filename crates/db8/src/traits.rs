@@ -80,6 +80,31 @@ pub struct ClaimedStage {
     pub domains: Vec<DomainRef>,
 }
 
+/// A claim taken on the first attempts of new workflows as they are created (see
+/// [`WorkflowRepository::create_claimed`]), so that a publisher can publish them at once
+/// without a [`WorkflowRepository::claim_due`] round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialClaim {
+    /// The claimer (a publisher's id, as for `claim_due`).
+    pub owner: Uuid,
+    /// How long the claim lasts; after it, the attempt is claimable again.
+    pub lease: Duration,
+    /// The stages to claim. Only stages without dependencies (due at creation) can be
+    /// claimed; other names are ignored.
+    pub stages: Vec<String>,
+}
+
+/// What [`WorkflowRepository::create_claimed`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Created {
+    /// The workflows created, in batch order (the others were skipped, as by
+    /// `create_workflows`).
+    pub ids: Vec<WorkflowId>,
+    /// The attempts claimed (attempt 1 of each claimed stage of each created workflow),
+    /// in batch order, then in the workflow's stage order.
+    pub claimed: Vec<ClaimedStage>,
+}
+
 /// What applying a stage result or a timeout did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
@@ -123,6 +148,20 @@ pub trait WorkflowRepository: Send + Sync {
         batch: &[NewWorkflow],
         now: DateTime<Utc>,
     ) -> Result<Vec<WorkflowId>, DbError>;
+
+    /// [`WorkflowRepository::create_workflows`], and in the same transaction claims the
+    /// first attempt of each new workflow's stages named in `claim` that have no
+    /// dependency, for `claim.owner` until `now + claim.lease`: exactly as
+    /// [`WorkflowRepository::claim_due`] would claim them at `now`, without the round
+    /// trip. The claimed attempts are published and recorded with
+    /// [`WorkflowRepository::mark_running`] / [`WorkflowRepository::release`] like
+    /// any other claim.
+    async fn create_claimed(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+        claim: &InitialClaim,
+    ) -> Result<Created, DbError>;
 
     /// Enabled domains with no active workflow whose last workflow (if any) ended at
     /// or before `ended_before`; keyset-paginated by id after `after`, at most `limit`.

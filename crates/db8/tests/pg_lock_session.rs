@@ -77,7 +77,10 @@ async fn the_lock_session_has_short_keepalives_on_both_ends() {
     let db = TestDb::create().await;
     let key = key();
     let lock = PgLeaderLock::new(&db.settings(), key).unwrap();
-    assert_eq!(lock.session_setting("tcp_keepalives_idle").await.unwrap(), None);
+    assert_eq!(
+        lock.session_setting("tcp_keepalives_idle").await.unwrap(),
+        None
+    );
     assert!(lock.try_acquire().await.unwrap());
 
     // The server's side, as the session itself reports it (over TCP: over a Unix
@@ -214,7 +217,12 @@ async fn calls_dropped_half_way_never_leave_the_lock_behind() {
         cut_off(lock.try_acquire(), turns).await;
         lock.release().await.unwrap();
         // A session ended by a cut-off call frees its lock when its backend exits.
-        freed(&db, key, &format!("try_acquire cut off after {turns} turns")).await;
+        freed(
+            &db,
+            key,
+            &format!("try_acquire cut off after {turns} turns"),
+        )
+        .await;
         acquire(&lock).await;
         cut_off(lock.release(), turns).await;
         acquire(&lock).await;
@@ -234,7 +242,11 @@ async fn calls_dropped_half_way_never_leave_the_lock_behind() {
     for turns in 0..60 {
         cut_off(lock.is_held(), turns).await;
     }
-    assert_eq!(holders(&db, key).await, holder, "same session, still holding");
+    assert_eq!(
+        holders(&db, key).await,
+        holder,
+        "same session, still holding"
+    );
     assert!(!other.try_acquire().await.unwrap());
     assert!(lock.is_held().await.unwrap());
     lock.release().await.unwrap();

@@ -53,7 +53,7 @@ async fn migrations_are_tracked_and_idempotent() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
     assert!(store.migrate().await.unwrap().is_empty());
     let admin = db.admin().await;
@@ -67,7 +67,7 @@ async fn migrations_are_tracked_and_idempotent() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     // A fresh table gets the contract's shape, primary key included.
     let pk: i64 = admin
         .query_one(
@@ -95,7 +95,7 @@ async fn concurrent_migrations_apply_each_version_once() {
         versions.extend(t.await.unwrap().unwrap().into_iter().map(|m| m.version));
     }
     versions.sort();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 /// The platform's own dump: uuid-ossp default, no primary key, duplicate names, a
@@ -662,4 +662,162 @@ async fn large_batches_are_created_in_one_call() {
         .unwrap();
     assert_eq!(listed.len(), 100);
     let _ = Arc::new(store);
+}
+
+#[tokio::test]
+async fn a_claim_skips_a_workflow_whose_pause_is_committing() {
+    // The claim-versus-pause race: a pause that commits while a claim runs must not let
+    // the claim through on the workflow's status as it was before. A pause holds the
+    // workflow row (FOR UPDATE) until it commits; the claim locks the workflow rows
+    // too (SKIP LOCKED), so it skips a workflow being paused and, once the pause has
+    // committed, re-checks the new status.
+    let db = TestDb::create().await;
+    let store = migrated(&db).await;
+    let now = Utc::now();
+    let plan = vec![StagePlan {
+        name: "a".into(),
+        depends_on: vec![],
+    }];
+    let new = |name: &str| NewWorkflow {
+        id: Uuid::new_v4(),
+        domains: vec![DomainRef {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            companyname: "ACME".into(),
+        }],
+        stages: plan.clone(),
+    };
+    let (x, y) = (new("x.example"), new("y.example"));
+    store
+        .create_workflows(&[x.clone(), y.clone()], now)
+        .await
+        .unwrap();
+    let pausing = db.admin().await;
+    pausing.batch_execute("BEGIN").await.unwrap();
+    pausing
+        .execute(
+            "SELECT 1 FROM orchestratorm8_workflow WHERE id = $1 FOR UPDATE",
+            &[&x.id],
+        )
+        .await
+        .unwrap();
+    pausing
+        .execute(
+            "UPDATE orchestratorm8_workflow SET status = 'paused' WHERE id = $1",
+            &[&x.id],
+        )
+        .await
+        .unwrap();
+    let owner = Uuid::new_v4();
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim_due("a", owner, now, lease, 10).await.unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| c.key.workflow_id)
+            .collect::<Vec<_>>(),
+        [y.id],
+        "the workflow being paused is skipped"
+    );
+    pausing.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        store
+            .claim_due("a", owner, now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "and stays unclaimed once paused"
+    );
+    assert_eq!(
+        WorkflowRepository::get(&store, x.id).await.unwrap().stages[0].attempt,
+        0,
+        "never claimed"
+    );
+}
+
+#[tokio::test]
+async fn a_workflow_created_before_plans_were_recorded_runs_as_before() {
+    // Before migration 4 a workflow had a stage-run row for every stage (waiting ones
+    // included) and no plan; such workflows are read, promoted and completed from
+    // their rows.
+    let db = TestDb::create().await;
+    let store = migrated(&db).await;
+    let admin = db.admin().await;
+    let id = Uuid::new_v4();
+    let now = Utc::now();
+    admin
+        .execute(
+            "INSERT INTO orchestratorm8_workflow (id, status, created_at, updated_at, active_domain) \
+             VALUES ($1, 'pending', $2, $2, $3)",
+            &[&id, &now, &Uuid::new_v4()],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO orchestratorm8_workflow_domain VALUES ($1, 0, $2, 'old.example', 'ACME')",
+            &[&id, &Uuid::new_v4()],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO orchestratorm8_stage_run \
+               (workflow_id, stage, position, depends_on, status, not_before, updated_at) \
+             VALUES ($1, 'a', 0, '{}', 'pending', $2, $2), \
+                    ($1, 'b', 1, '{a}', 'waiting', NULL, $2), \
+                    ($1, 'c', 2, '{a,b}', 'waiting', NULL, $2)",
+            &[&id, &now],
+        )
+        .await
+        .unwrap();
+    let stages = |v: model8::WorkflowView| {
+        v.stages
+            .into_iter()
+            .map(|s| (s.name, s.status, s.attempt))
+            .collect::<Vec<_>>()
+    };
+    use model8::StageStatus::*;
+    let owner = Uuid::new_v4();
+    let lease = Duration::from_secs(60);
+    let run = |stage: &'static str| {
+        let store = store.clone();
+        async move {
+            let c = store.claim_due(stage, owner, now, lease, 10).await.unwrap();
+            assert_eq!(c.len(), 1, "{stage} due");
+            assert_eq!(c[0].domains[0].name, "old.example");
+            store
+                .mark_running(&[c[0].key.clone()], owner, now, now)
+                .await
+                .unwrap();
+            store.complete_stage(&c[0].key, None, now).await.unwrap()
+        }
+    };
+    assert_eq!(
+        stages(WorkflowRepository::get(&store, id).await.unwrap()),
+        [
+            ("a".into(), Pending, 0),
+            ("b".into(), Waiting, 0),
+            ("c".into(), Waiting, 0)
+        ]
+    );
+    run("a").await;
+    assert_eq!(
+        stages(WorkflowRepository::get(&store, id).await.unwrap()),
+        [
+            ("a".into(), Completed, 1),
+            ("b".into(), Pending, 0),
+            ("c".into(), Waiting, 0)
+        ]
+    );
+    run("b").await;
+    assert_eq!(
+        run("c").await,
+        db8::Transition::StageCompleted {
+            workflow_completed: true
+        }
+    );
+    let v = WorkflowRepository::get(&store, id).await.unwrap();
+    assert_eq!(v.status, model8::WorkflowStatus::Completed);
+    assert!(stages(v).iter().all(|s| s.1 == Completed));
 }

@@ -14,7 +14,8 @@ use crate::error::DbError;
 use crate::plan::{active_domain, validate_batch};
 use crate::time::{db_precision, plus};
 use crate::traits::{
-    ClaimedStage, NewWorkflow, StageKey, Transition, WorkflowFilter, WorkflowRepository,
+    ClaimedStage, Created, InitialClaim, NewWorkflow, StageKey, Transition, WorkflowFilter,
+    WorkflowRepository,
 };
 
 /// Default and largest page of [`WorkflowRepository::list`].
@@ -145,18 +146,21 @@ pub(crate) fn invalid_state(id: WorkflowId, action: &str, status: WorkflowStatus
     DbError::InvalidState(format!("cannot {action} workflow {id}: it is {status}"))
 }
 
-#[async_trait]
-impl WorkflowRepository for MemoryStore {
-    async fn create_workflows(
+impl MemoryStore {
+    /// Creates the workflows of `batch` that do not conflict, claiming the first
+    /// attempts `claim` names (see [`WorkflowRepository::create_claimed`]).
+    fn create(
         &self,
         batch: &[NewWorkflow],
         now: DateTime<Utc>,
-    ) -> Result<Vec<WorkflowId>, DbError> {
+        claim: Option<&InitialClaim>,
+    ) -> Result<Created, DbError> {
         validate_batch(batch)?;
         let now = db_precision(now);
+        let until = claim.map(|c| db_precision(plus(now, c.lease)));
         let mut state = self.state()?;
         let wfs = &mut state.workflows;
-        let mut created = Vec::new();
+        let mut created = Created::default();
         for new in batch {
             if wfs.by_id.contains_key(&new.id) {
                 continue;
@@ -176,6 +180,17 @@ impl WorkflowRepository for MemoryStore {
                 .iter()
                 .map(|p| {
                     let ready = p.depends_on.is_empty();
+                    let claimed = ready && claim.is_some_and(|c| c.stages.contains(&p.name));
+                    if claimed {
+                        created.claimed.push(ClaimedStage {
+                            key: StageKey {
+                                workflow_id: new.id,
+                                stage: p.name.clone(),
+                                attempt: 1,
+                            },
+                            domains: new.domains.clone(),
+                        });
+                    }
                     Stage {
                         name: p.name.clone(),
                         depends_on: p.depends_on.clone(),
@@ -187,8 +202,8 @@ impl WorkflowRepository for MemoryStore {
                         attempt: 0,
                         not_before: ready.then_some(now),
                         deadline: None,
-                        claim_owner: None,
-                        claim_until: None,
+                        claim_owner: claim.filter(|_| claimed).map(|c| c.owner),
+                        claim_until: until.filter(|_| claimed),
                         detail: None,
                     }
                 })
@@ -206,9 +221,29 @@ impl WorkflowRepository for MemoryStore {
                     stages,
                 },
             );
-            created.push(new.id);
+            created.ids.push(new.id);
         }
         Ok(created)
+    }
+}
+
+#[async_trait]
+impl WorkflowRepository for MemoryStore {
+    async fn create_workflows(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<WorkflowId>, DbError> {
+        Ok(self.create(batch, now, None)?.ids)
+    }
+
+    async fn create_claimed(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+        claim: &InitialClaim,
+    ) -> Result<Created, DbError> {
+        self.create(batch, now, Some(claim))
     }
 
     async fn idle_domains(

@@ -21,12 +21,35 @@ use crate::memory::workflows::{DEFAULT_LIST_LIMIT, invalid_state, not_found};
 use crate::plan::{active_domain, validate_batch};
 use crate::time::plus;
 use crate::traits::{
-    ClaimedStage, NewWorkflow, StageKey, Transition, WorkflowFilter, WorkflowRepository,
+    ClaimedStage, Created, InitialClaim, NewWorkflow, StageKey, Transition, WorkflowFilter,
+    WorkflowRepository,
 };
 
-/// Separates dependency names in the batch encoding of `create_workflows` (stage names
-/// hold no control characters; see `plan::validate_batch`).
+/// Separates a stage's name from its dependencies, and the dependencies, in an element
+/// of a workflow's `plan` (stage names hold no control characters; see
+/// `plan::validate_batch`).
 const DEP_SEPARATOR: char = '\u{1f}';
+
+/// Separates the stages of a workflow's plan in the batch encoding of `create`.
+const PLAN_SEPARATOR: char = '\u{1e}';
+
+/// A workflow's pipeline as `create` sends it: per stage, in order, its name followed by
+/// its dependencies (`DEP_SEPARATOR` between them), the stages joined by
+/// `PLAN_SEPARATOR`. Stored as `plan text[]`, one element per stage.
+fn plan_text(wf: &NewWorkflow) -> String {
+    let mut out = String::new();
+    for (i, st) in wf.stages.iter().enumerate() {
+        if i > 0 {
+            out.push(PLAN_SEPARATOR);
+        }
+        out.push_str(&st.name);
+        for d in &st.depends_on {
+            out.push(DEP_SEPARATOR);
+            out.push_str(d);
+        }
+    }
+    out
+}
 
 /// Statuses of a workflow that is not over.
 const ACTIVE: &str = "('pending', 'running', 'paused')";
@@ -65,6 +88,17 @@ fn key_arrays(keys: &[StageKey]) -> (Vec<Uuid>, Vec<&str>, Vec<i32>) {
 }
 
 impl PgStore {
+    /// Makes the statements of `tx` that join a batch of keys (`unnest` of up to a
+    /// few thousand) with the stage runs find each row by its primary key, whatever
+    /// the statistics say: right after a bulk creation (not analysed yet) PostgreSQL
+    /// may otherwise hash-join with a sequential scan of every stage run, which grows
+    /// with the table (and a cost estimate that starts the JIT compiler).
+    async fn by_key_lookups(&self, tx: &Transaction<'_>) -> Result<(), DbError> {
+        tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     /// Locks the workflows `ids` (in id order) within `tx`.
     async fn lock_workflows(&self, tx: &Transaction<'_>, ids: &[Uuid]) -> Result<(), DbError> {
         tx.execute(
@@ -91,6 +125,25 @@ impl PgStore {
             .await
             .map_err(|e| self.err(e))?;
         row.map(|r| parse(r.get::<_, &str>(0))).transpose()
+    }
+
+    /// The preamble of a guarded transition of one stage attempt (a worker's report or
+    /// a time-out): a transaction on `conn` with the attempt's workflow locked. `None`
+    /// (stale: nothing to do) when the attempt number cannot exist or the workflow is
+    /// absent or terminal; otherwise the transaction and the attempt as stored.
+    async fn begin_guarded<'c>(
+        &self,
+        conn: &'c mut tokio_postgres::Client,
+        key: &StageKey,
+    ) -> Result<Option<(Transaction<'c>, i32)>, DbError> {
+        let Some(attempt) = attempt_sql(key.attempt) else {
+            return Ok(None);
+        };
+        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        match self.lock_workflow(&tx, key.workflow_id).await? {
+            Some(s) if !s.is_terminal() => Ok(Some((tx, attempt))),
+            _ => Ok(None),
+        }
     }
 
     /// Ends a workflow within `tx`: terminal status, unfinished stages cancelled,
@@ -141,15 +194,27 @@ impl PgStore {
             domains.entry(r.get(0)).or_default().push(r.get(1));
         }
         let mut stages: HashMap<Uuid, Vec<StageView>> = HashMap::new();
-        for r in tx
-            .query(
-                "SELECT workflow_id, stage, status, attempt FROM orchestratorm8_stage_run \
-                 WHERE workflow_id = ANY($1) ORDER BY workflow_id, position",
-                &[&ids],
-            )
-            .await
-            .map_err(|e| self.err(e))?
-        {
+        // A workflow with a plan: its stages in plan order, each as its stage-run row
+        // says, or `waiting` (`cancelled` once the workflow is over) before it has one.
+        // A workflow created before plans were recorded: its rows.
+        let sql = format!(
+            "SELECT w.id, split_part(p.e, E'\\x{us:02x}', 1), \
+               coalesce(s.status, CASE WHEN w.ended_at IS NULL THEN 'waiting' ELSE 'cancelled' END), \
+               coalesce(s.attempt, 0), p.pos::int \
+             FROM orchestratorm8_workflow w \
+             CROSS JOIN LATERAL unnest(w.plan) WITH ORDINALITY AS p(e, pos) \
+             LEFT JOIN orchestratorm8_stage_run s \
+               ON s.workflow_id = w.id AND s.stage = split_part(p.e, E'\\x{us:02x}', 1) \
+             WHERE w.id = ANY($1) \
+             UNION ALL \
+             SELECT s.workflow_id, s.stage, s.status, s.attempt, s.position + 1 \
+             FROM orchestratorm8_stage_run s \
+             JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
+             WHERE w.id = ANY($1) AND w.plan IS NULL \
+             ORDER BY 1, 5",
+            us = DEP_SEPARATOR as u32
+        );
+        for r in tx.query(&sql, &[&ids]).await.map_err(|e| self.err(e))? {
             stages.entry(r.get(0)).or_default().push(StageView {
                 name: r.get(1),
                 status: parse::<StageStatus>(r.get(2))?,
@@ -186,6 +251,117 @@ impl PgStore {
             .await?
             .pop()
             .ok_or_else(|| not_found(id))
+    }
+
+    /// Creates the workflows of `batch` that do not conflict, in one statement, claiming
+    /// the first attempts `claim` names (see [`WorkflowRepository::create_claimed`]).
+    ///
+    /// A workflow's pipeline is recorded on its row (`plan`); only the stages without
+    /// dependencies get a stage-run row now (pending), the others get theirs when they
+    /// become due (`complete_stage`). Until then they read as `waiting` (or
+    /// `cancelled` once the workflow is over).
+    async fn create(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+        claim: Option<&InitialClaim>,
+    ) -> Result<Created, DbError> {
+        validate_batch(batch)?;
+        if batch.is_empty() {
+            return Ok(Created::default());
+        }
+        let n = batch.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut actives: Vec<Option<Uuid>> = Vec::with_capacity(n);
+        let mut plans: Vec<String> = Vec::with_capacity(n);
+        let (mut d_wf, mut d_pos, mut d_id, mut d_name, mut d_company) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut s_wf, mut s_pos, mut s_name, mut s_claim) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let claims = |stage: &crate::traits::StagePlan| {
+            stage.depends_on.is_empty() && claim.is_some_and(|c| c.stages.contains(&stage.name))
+        };
+        for wf in batch {
+            ids.push(wf.id);
+            actives.push(active_domain(wf));
+            plans.push(plan_text(wf));
+            for (i, d) in wf.domains.iter().enumerate() {
+                d_wf.push(wf.id);
+                d_pos.push(i32::try_from(i).unwrap_or(i32::MAX));
+                d_id.push(d.id);
+                d_name.push(d.name.as_str());
+                d_company.push(d.companyname.as_str());
+            }
+            for (i, st) in wf.stages.iter().enumerate() {
+                if st.depends_on.is_empty() {
+                    s_wf.push(wf.id);
+                    s_pos.push(i32::try_from(i).unwrap_or(i32::MAX));
+                    s_name.push(st.name.as_str());
+                    s_claim.push(claims(st));
+                }
+            }
+        }
+        let owner = claim.map(|c| c.owner);
+        let until = claim.map(|c| plus(now, c.lease));
+        // One statement: the workflows that do not conflict (known id, or a domain that
+        // already has an active one-domain workflow) are inserted with their domains
+        // and their stages without dependencies (pending, and claimed when asked); the
+        // others are skipped.
+        let sql = format!(
+            "WITH wf AS ( \
+               INSERT INTO orchestratorm8_workflow \
+                 (id, status, created_at, updated_at, active_domain, plan) \
+               SELECT u.id, 'pending', $1, $1, u.active, string_to_array(u.plan, E'\\x{rs:02x}') \
+               FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, active, plan) \
+               ON CONFLICT DO NOTHING \
+               RETURNING id \
+             ), d AS ( \
+               INSERT INTO orchestratorm8_workflow_domain (workflow_id, position, domain_id, name, companyname) \
+               SELECT u.wf, u.pos, u.id, u.name, u.company \
+               FROM unnest($5::uuid[], $6::int[], $7::uuid[], $8::text[], $9::text[]) \
+                    AS u(wf, pos, id, name, company) \
+               WHERE u.wf IN (SELECT id FROM wf) \
+             ), s AS ( \
+               INSERT INTO orchestratorm8_stage_run \
+                 (workflow_id, stage, position, depends_on, status, not_before, claim_owner, \
+                  claim_until, updated_at) \
+               SELECT u.wf, u.name, u.pos, '{{}}', 'pending', $1, \
+                      CASE WHEN u.claim THEN $13::uuid END, \
+                      CASE WHEN u.claim THEN $14::timestamptz END, $1 \
+               FROM unnest($10::uuid[], $11::int[], $12::text[], $15::bool[]) \
+                    AS u(wf, pos, name, claim) \
+               WHERE u.wf IN (SELECT id FROM wf) \
+             ) \
+             SELECT id FROM wf",
+            rs = PLAN_SEPARATOR as u32
+        );
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &sql,
+                &[
+                    &now, &ids, &actives, &plans, &d_wf, &d_pos, &d_id, &d_name, &d_company, &s_wf,
+                    &s_pos, &s_name, &owner, &until, &s_claim,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let created: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        let mut out = Created::default();
+        for wf in batch.iter().filter(|w| created.contains(&w.id)) {
+            out.ids.push(wf.id);
+            for st in wf.stages.iter().filter(|st| claims(st)) {
+                out.claimed.push(ClaimedStage {
+                    key: StageKey {
+                        workflow_id: wf.id,
+                        stage: st.name.clone(),
+                        attempt: 1,
+                    },
+                    domains: wf.domains.clone(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `change` on one locked workflow in a transaction and returns its view.
@@ -241,76 +417,16 @@ impl WorkflowRepository for PgStore {
         batch: &[NewWorkflow],
         now: DateTime<Utc>,
     ) -> Result<Vec<WorkflowId>, DbError> {
-        validate_batch(batch)?;
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let n = batch.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut actives: Vec<Option<Uuid>> = Vec::with_capacity(n);
-        let (mut d_wf, mut d_pos, mut d_id, mut d_name, mut d_company) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut s_wf, mut s_pos, mut s_name, mut s_deps) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for wf in batch {
-            ids.push(wf.id);
-            actives.push(active_domain(wf));
-            for (i, d) in wf.domains.iter().enumerate() {
-                d_wf.push(wf.id);
-                d_pos.push(i32::try_from(i).unwrap_or(i32::MAX));
-                d_id.push(d.id);
-                d_name.push(d.name.as_str());
-                d_company.push(d.companyname.as_str());
-            }
-            for (i, s) in wf.stages.iter().enumerate() {
-                s_wf.push(wf.id);
-                s_pos.push(i32::try_from(i).unwrap_or(i32::MAX));
-                s_name.push(s.name.as_str());
-                s_deps.push(s.depends_on.join(&DEP_SEPARATOR.to_string()));
-            }
-        }
-        // One statement: the workflows that do not conflict (known id, or a domain that
-        // already has an active one-domain workflow) are inserted with their domains
-        // and stages; the others are skipped.
-        let sql = format!(
-            "WITH wf AS ( \
-               INSERT INTO orchestratorm8_workflow (id, status, created_at, updated_at, active_domain) \
-               SELECT u.id, 'pending', $1, $1, u.active \
-               FROM unnest($2::uuid[], $3::uuid[]) AS u(id, active) \
-               ON CONFLICT DO NOTHING \
-               RETURNING id \
-             ), d AS ( \
-               INSERT INTO orchestratorm8_workflow_domain (workflow_id, position, domain_id, name, companyname) \
-               SELECT u.wf, u.pos, u.id, u.name, u.company \
-               FROM unnest($4::uuid[], $5::int[], $6::uuid[], $7::text[], $8::text[]) \
-                    AS u(wf, pos, id, name, company) \
-               WHERE u.wf IN (SELECT id FROM wf) \
-             ), s AS ( \
-               INSERT INTO orchestratorm8_stage_run \
-                 (workflow_id, stage, position, depends_on, status, not_before, updated_at) \
-               SELECT u.wf, u.name, u.pos, string_to_array(u.deps, E'\\x{sep:02x}'), \
-                      CASE WHEN u.deps = '' THEN 'pending' ELSE 'waiting' END, \
-                      CASE WHEN u.deps = '' THEN $1 END, $1 \
-               FROM unnest($9::uuid[], $10::int[], $11::text[], $12::text[]) \
-                    AS u(wf, pos, name, deps) \
-               WHERE u.wf IN (SELECT id FROM wf) \
-             ) \
-             SELECT id FROM wf",
-            sep = DEP_SEPARATOR as u32
-        );
-        let conn = self.conn().await?;
-        let rows = conn
-            .query(
-                &sql,
-                &[
-                    &now, &ids, &actives, &d_wf, &d_pos, &d_id, &d_name, &d_company, &s_wf, &s_pos,
-                    &s_name, &s_deps,
-                ],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let created: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-        Ok(ids.into_iter().filter(|id| created.contains(id)).collect())
+        Ok(self.create(batch, now, None).await?.ids)
+    }
+
+    async fn create_claimed(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+        claim: &InitialClaim,
+    ) -> Result<Created, DbError> {
+        self.create(batch, now, Some(claim)).await
     }
 
     async fn idle_domains(
@@ -319,21 +435,45 @@ impl WorkflowRepository for PgStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<DomainRef>, DbError> {
-        let conn = self.conn().await?;
-        let rows = conn
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.err(e))?;
+        // Walk the domains in id order from the cursor and probe each one, whatever
+        // the statistics say: a freshly imported table (100,000 rows, not analysed
+        // yet) otherwise gets a sequential scan and a sort of every domain after the
+        // cursor at each page (O(n) per page, O(n^2) in all; 130 ms instead of 8 ms a
+        // page at 100,000 domains), and the cost estimate of that plan starts the
+        // JIT compiler on top (another 100+ ms a page).
+        tx.batch_execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; SET LOCAL jit = off",
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        let rows = tx
             .query(
+                // The domains in id order, each probed for a workflow that keeps it
+                // busy (index lookups: the LATERAL ... LIMIT 1 keeps PostgreSQL from
+                // turning the test into a hash anti-join over every workflow, which
+                // cost a scan of both tables per page).
                 "SELECT d.id, coalesce(d.name, ''), coalesce(d.companyname, '') \
                  FROM cptm8domain d \
+                 LEFT JOIN LATERAL ( \
+                   SELECT true AS busy FROM orchestratorm8_workflow_domain wd \
+                   JOIN orchestratorm8_workflow w ON w.id = wd.workflow_id \
+                   WHERE wd.domain_id = d.id AND (w.ended_at IS NULL OR w.ended_at > $1) \
+                   LIMIT 1) b ON true \
                  WHERE d.enabled AND d.id IS NOT NULL AND ($2::uuid IS NULL OR d.id > $2) \
-                   AND NOT EXISTS ( \
-                     SELECT 1 FROM orchestratorm8_workflow_domain wd \
-                     JOIN orchestratorm8_workflow w ON w.id = wd.workflow_id \
-                     WHERE wd.domain_id = d.id AND (w.ended_at IS NULL OR w.ended_at > $1)) \
+                   AND b.busy IS NULL \
                  ORDER BY d.id LIMIT $3",
                 &[&ended_before, &after, &sql_limit(limit)],
             )
             .await
             .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         Ok(rows
             .iter()
             .map(|r| DomainRef {
@@ -395,6 +535,10 @@ impl WorkflowRepository for PgStore {
         }
         let until = plus(now, lease);
         let conn = self.conn().await?;
+        // The workflow rows are locked too (shared, skipped when taken): a pause or
+        // cancel holds its workflow's row until it commits, so a claim skips a
+        // workflow being changed, and re-checks the status of one changed since the
+        // statement's snapshot instead of claiming on the status it had before.
         let rows = conn
             .query(
                 "WITH due AS ( \
@@ -406,6 +550,7 @@ impl WorkflowRepository for PgStore {
                    ORDER BY s.not_before, s.workflow_id \
                    LIMIT $3 \
                    FOR UPDATE OF s SKIP LOCKED \
+                   FOR SHARE OF w SKIP LOCKED \
                  ) \
                  UPDATE orchestratorm8_stage_run s SET claim_owner = $4, claim_until = $5 \
                  FROM due WHERE s.workflow_id = due.workflow_id AND s.stage = $1 \
@@ -465,29 +610,44 @@ impl WorkflowRepository for PgStore {
         }
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(|e| self.err(e))?;
-        self.lock_workflows(&tx, &ids).await?;
-        let row = tx
-            .query_one(
-                "WITH upd AS ( \
-                   UPDATE orchestratorm8_stage_run s SET status = 'running', \
-                     attempt = k.attempt, deadline = $5, claim_owner = NULL, \
-                     claim_until = NULL, updated_at = $4 \
-                   FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(wf, stage, attempt) \
-                   WHERE s.workflow_id = k.wf AND s.stage = k.stage AND s.status = 'pending' \
-                     AND s.claim_owner = $6 AND s.attempt + 1 = k.attempt \
-                   RETURNING s.workflow_id \
-                 ), w AS ( \
-                   UPDATE orchestratorm8_workflow w SET updated_at = $4, \
-                     status = CASE WHEN w.status = 'pending' THEN 'running' ELSE w.status END \
-                   WHERE w.id IN (SELECT workflow_id FROM upd) \
-                 ) \
-                 SELECT count(*) FROM upd",
+        self.by_key_lookups(&tx).await?;
+        // First the workflows of the attempts still claimed by `owner`, locked in id
+        // order and updated in the same statement (a one-workflow transition locks its
+        // workflow before its stages, so this order never deadlocks with it); then the
+        // stages. A claimed stage is always pending (every change of status clears the
+        // claim), so `claim_owner` alone guards it: no status test, which also keeps
+        // the planner on the primary key.
+        tx.execute(
+            "WITH c AS ( \
+               SELECT DISTINCT k.wf FROM unnest($1::uuid[], $2::text[], $3::int[]) \
+                 AS k(wf, stage, attempt) \
+               JOIN orchestratorm8_stage_run s ON s.workflow_id = k.wf AND s.stage = k.stage \
+               WHERE s.claim_owner = $5 AND s.attempt + 1 = k.attempt \
+             ), l AS ( \
+               SELECT w.id FROM orchestratorm8_workflow w WHERE w.id IN (SELECT wf FROM c) \
+               ORDER BY w.id FOR UPDATE \
+             ) \
+             UPDATE orchestratorm8_workflow w SET updated_at = $4, \
+               status = CASE WHEN w.status = 'pending' THEN 'running' ELSE w.status END \
+             FROM l WHERE w.id = l.id",
+            &[&ids, &stages, &attempts, &now, &owner],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        let n = tx
+            .execute(
+                "UPDATE orchestratorm8_stage_run s SET status = 'running', \
+                   attempt = k.attempt, deadline = $5, claim_owner = NULL, \
+                   claim_until = NULL, updated_at = $4 \
+                 FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(wf, stage, attempt) \
+                 WHERE s.workflow_id = k.wf AND s.stage = k.stage \
+                   AND s.claim_owner = $6 AND s.attempt + 1 = k.attempt",
                 &[&ids, &stages, &attempts, &now, &deadline, &owner],
             )
             .await
             .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        Ok(n)
     }
 
     async fn release(
@@ -502,13 +662,14 @@ impl WorkflowRepository for PgStore {
         }
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        self.by_key_lookups(&tx).await?;
         self.lock_workflows(&tx, &ids).await?;
         let n = tx
             .execute(
                 "UPDATE orchestratorm8_stage_run s SET claim_owner = NULL, claim_until = NULL, \
                    not_before = $5 \
                  FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(wf, stage, attempt) \
-                 WHERE s.workflow_id = k.wf AND s.stage = k.stage AND s.status = 'pending' \
+                 WHERE s.workflow_id = k.wf AND s.stage = k.stage \
                    AND s.claim_owner = $4 AND s.attempt + 1 = k.attempt",
                 &[&ids, &stages, &attempts, &owner, &not_before],
             )
@@ -524,16 +685,11 @@ impl WorkflowRepository for PgStore {
         detail: Option<serde_json::Value>,
         now: DateTime<Utc>,
     ) -> Result<Transition, DbError> {
-        let Some(attempt) = attempt_sql(key.attempt) else {
-            return Ok(Transition::Stale);
-        };
         let id = key.workflow_id;
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
-        match self.lock_workflow(&tx, id).await? {
-            Some(s) if !s.is_terminal() => {}
-            _ => return Ok(Transition::Stale),
-        }
+        let Some((tx, attempt)) = self.begin_guarded(&mut conn, key).await? else {
+            return Ok(Transition::Stale);
+        };
         let n = tx
             .execute(
                 "UPDATE orchestratorm8_stage_run SET status = 'completed', deadline = NULL, \
@@ -546,6 +702,31 @@ impl WorkflowRepository for PgStore {
         if n == 0 {
             return Ok(Transition::Stale);
         }
+        // The stages whose dependencies are now all completed become due: a row is
+        // created for each (a workflow with a plan), or its waiting row is updated (one
+        // created before plans were recorded).
+        tx.execute(
+            &format!(
+                "INSERT INTO orchestratorm8_stage_run \
+                   (workflow_id, stage, position, depends_on, status, not_before, updated_at) \
+                 SELECT $1, p.parts[1], (p.pos - 1)::int, p.parts[2:], 'pending', $2, $2 \
+                 FROM orchestratorm8_workflow w \
+                 CROSS JOIN LATERAL ( \
+                   SELECT string_to_array(u.e, E'\\x{us:02x}') AS parts, u.pos \
+                   FROM unnest(w.plan) WITH ORDINALITY AS u(e, pos)) p \
+                 WHERE w.id = $1 \
+                   AND NOT EXISTS (SELECT 1 FROM orchestratorm8_stage_run s \
+                                   WHERE s.workflow_id = $1 AND s.stage = p.parts[1]) \
+                   AND NOT EXISTS ( \
+                     SELECT 1 FROM unnest(p.parts[2:]) AS d(name) WHERE NOT EXISTS ( \
+                       SELECT 1 FROM orchestratorm8_stage_run c WHERE c.workflow_id = $1 \
+                         AND c.stage = d.name AND c.status = 'completed'))",
+                us = DEP_SEPARATOR as u32
+            ),
+            &[&id, &now],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
         tx.execute(
             "UPDATE orchestratorm8_stage_run s SET status = 'pending', not_before = $2, \
                updated_at = $2 \
@@ -557,10 +738,14 @@ impl WorkflowRepository for PgStore {
         )
         .await
         .map_err(|e| self.err(e))?;
+        // Completed when every stage of the plan (of the rows, without a plan) is.
         let done: bool = tx
             .query_one(
-                "SELECT bool_and(status = 'completed') FROM orchestratorm8_stage_run \
-                 WHERE workflow_id = $1",
+                "SELECT coalesce(cardinality(w.plan), \
+                   (SELECT count(*) FROM orchestratorm8_stage_run WHERE workflow_id = $1)) \
+                 = (SELECT count(*) FROM orchestratorm8_stage_run \
+                    WHERE workflow_id = $1 AND status = 'completed') \
+                 FROM orchestratorm8_workflow w WHERE w.id = $1",
                 &[&id],
             )
             .await
@@ -589,16 +774,11 @@ impl WorkflowRepository for PgStore {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Transition, DbError> {
-        let Some(attempt) = attempt_sql(key.attempt) else {
-            return Ok(Transition::Stale);
-        };
         let id = key.workflow_id;
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
-        match self.lock_workflow(&tx, id).await? {
-            Some(s) if !s.is_terminal() => {}
-            _ => return Ok(Transition::Stale),
-        }
+        let Some((tx, attempt)) = self.begin_guarded(&mut conn, key).await? else {
+            return Ok(Transition::Stale);
+        };
         let row = tx
             .query_opt(
                 "UPDATE orchestratorm8_stage_run SET \

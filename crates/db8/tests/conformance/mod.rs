@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use db8::{
-    ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, LeaderLock, NewWorkflow,
-    StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
+    ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, InitialClaim, LeaderLock,
+    NewWorkflow, StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
 use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowStatus};
@@ -47,7 +47,9 @@ macro_rules! conformance_suite {
             workflow_create_and_view,
             workflow_create_skips_busy_domains_and_known_ids,
             workflow_create_rejects_invalid_batches,
+            workflow_create_claimed,
             workflow_pipeline_to_completion,
+            workflow_join_waits_for_every_dependency,
             workflow_claim_filters,
             workflow_claim_lease_and_owner,
             workflow_release,
@@ -467,6 +469,143 @@ pub async fn workflow_create_rejects_invalid_batches(s: &Stores) {
     assert!(w.list(&WorkflowFilter::default()).await.unwrap().is_empty());
 }
 
+pub async fn workflow_create_claimed(s: &Stores) {
+    let w = &s.workflows;
+    let owner = Uuid::new_v4();
+    // Two roots (a, r), b after a. Asked for a, b and an unknown stage: only the
+    // roots it names (a) are claimed, b waits.
+    let plan = vec![stage("a", &[]), stage("r", &[]), stage("b", &["a"])];
+    let busy = dref("busy.example");
+    let blocker = wf(vec![busy.clone()], plan.clone());
+    w.create_workflows(std::slice::from_ref(&blocker), t0())
+        .await
+        .unwrap();
+    let x = wf(vec![dref("x.example")], plan.clone());
+    let skipped = wf(vec![busy.clone()], plan.clone());
+    let y = wf(vec![dref("y.example"), dref("z.example")], plan.clone());
+    let claim = InitialClaim {
+        owner,
+        lease: LEASE,
+        stages: vec!["a".into(), "b".into(), "nope".into()],
+    };
+    let created = w
+        .create_claimed(&[x.clone(), skipped.clone(), y.clone()], t0(), &claim)
+        .await
+        .unwrap();
+    assert_eq!(
+        created.ids,
+        [x.id, y.id],
+        "the busy domain's one is skipped"
+    );
+    assert_eq!(
+        created
+            .claimed
+            .iter()
+            .map(|c| (c.key.clone(), c.domains.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (key(x.id, "a", 1), x.domains.clone()),
+            (key(y.id, "a", 1), y.domains.clone()),
+        ]
+    );
+    // Just as if claim_due had claimed them: pending, in flight, not claimable by
+    // anyone until the lease ends; the unclaimed root r is due as usual.
+    assert_eq!(
+        stage_status(s, x.id).await,
+        [
+            ("a".into(), StageStatus::Pending, 0),
+            ("r".into(), StageStatus::Pending, 0),
+            ("b".into(), StageStatus::Waiting, 0)
+        ]
+    );
+    assert_eq!(
+        w.in_flight_counts(t0()).await.unwrap(),
+        HashMap::from([("a".to_string(), 2)])
+    );
+    let other = Uuid::new_v4();
+    let due_a = w.claim_due("a", other, t0(), LEASE, 10).await.unwrap();
+    assert_eq!(
+        due_a.iter().map(|c| c.key.workflow_id).collect::<Vec<_>>(),
+        [blocker.id],
+        "only the workflow created without a claim"
+    );
+    assert_eq!(
+        w.claim_due("r", other, t0(), LEASE, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // Recorded like any claim: running for its owner only...
+    assert_eq!(
+        w.mark_running(&[key(x.id, "a", 1)], other, t0(), t0() + secs(60))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        w.mark_running(&[key(x.id, "a", 1)], owner, t0(), t0() + secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Running);
+    assert_eq!(
+        stage_status(s, x.id).await[0],
+        ("a".into(), StageStatus::Running, 1)
+    );
+    // ... or given back; and an expired one is claimed again with the same attempt.
+    assert_eq!(
+        w.release(&[key(y.id, "a", 1)], owner, t0() + secs(5))
+            .await
+            .unwrap(),
+        1
+    );
+    let again = w
+        .claim_due("a", other, t0() + secs(5), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(again[0].key, key(y.id, "a", 1));
+    let z = wf(vec![dref("w.example")], plan.clone());
+    let created = w
+        .create_claimed(std::slice::from_ref(&z), t0(), &claim)
+        .await
+        .unwrap();
+    assert_eq!(created.claimed[0].key, key(z.id, "a", 1));
+    assert!(
+        w.claim_due("a", other, t0() + secs(59), LEASE, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.key.workflow_id != z.id)
+    );
+    let expired = w
+        .claim_due("a", other, t0() + secs(60), LEASE, 10)
+        .await
+        .unwrap();
+    assert!(expired.iter().any(|c| c.key == key(z.id, "a", 1)));
+    // Asking for no stage claims nothing; an invalid batch is refused whole.
+    let plain = wf(vec![dref("v.example")], plan.clone());
+    let none = InitialClaim {
+        stages: vec![],
+        ..claim.clone()
+    };
+    let created = w
+        .create_claimed(std::slice::from_ref(&plain), t0(), &none)
+        .await
+        .unwrap();
+    assert_eq!((created.ids, created.claimed), (vec![plain.id], vec![]));
+    assert!(matches!(
+        w.create_claimed(&[plain.clone(), plain.clone()], t0(), &claim)
+            .await,
+        Err(DbError::Invalid(_))
+    ));
+    assert_eq!(
+        w.create_claimed(&[], t0(), &claim).await.unwrap(),
+        Default::default()
+    );
+}
+
 pub async fn workflow_pipeline_to_completion(s: &Stores) {
     let w = &s.workflows;
     let d = dref("a.example");
@@ -592,6 +731,71 @@ pub async fn workflow_pipeline_to_completion(s: &Stores) {
             .await
             .unwrap(),
         [next.id]
+    );
+}
+
+pub async fn workflow_join_waits_for_every_dependency(s: &Stores) {
+    // Two roots and a stage after both: due only once both completed, and the workflow
+    // completes with it. A failed workflow's stages that never became due read as
+    // cancelled.
+    let w = &s.workflows;
+    let plan = vec![stage("a", &[]), stage("b", &[]), stage("j", &["a", "b"])];
+    let x = wf(vec![dref("a.example")], plan.clone());
+    w.create_workflows(std::slice::from_ref(&x), t0())
+        .await
+        .unwrap();
+    let ka = start(s, x.id, "a", t0()).await;
+    let kb = start(s, x.id, "b", t0()).await;
+    assert_eq!(
+        w.complete_stage(&ka, None, t0()).await.unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: false
+        }
+    );
+    assert_eq!(
+        stage_status(s, x.id).await[2],
+        ("j".into(), StageStatus::Waiting, 0)
+    );
+    assert!(
+        w.claim_due("j", Uuid::new_v4(), t0(), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    w.complete_stage(&kb, None, t0() + secs(1)).await.unwrap();
+    assert_eq!(
+        stage_status(s, x.id).await,
+        [
+            ("a".into(), StageStatus::Completed, 1),
+            ("b".into(), StageStatus::Completed, 1),
+            ("j".into(), StageStatus::Pending, 0)
+        ]
+    );
+    let kj = start(s, x.id, "j", t0() + secs(1)).await;
+    assert_eq!(
+        w.complete_stage(&kj, None, t0() + secs(2)).await.unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: true
+        }
+    );
+    assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Completed);
+    // y: a fails for good while b is still pending.
+    let y = wf(vec![dref("b.example")], plan);
+    w.create_workflows(std::slice::from_ref(&y), t0())
+        .await
+        .unwrap();
+    let ya = start(s, y.id, "a", t0()).await;
+    assert_eq!(
+        w.fail_stage(&ya, None, None, t0() + secs(1)).await.unwrap(),
+        Transition::WorkflowFailed
+    );
+    assert_eq!(
+        stage_status(s, y.id).await,
+        [
+            ("a".into(), StageStatus::Failed, 1),
+            ("b".into(), StageStatus::Cancelled, 0),
+            ("j".into(), StageStatus::Cancelled, 0)
+        ]
     );
 }
 
