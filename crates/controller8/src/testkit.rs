@@ -13,7 +13,10 @@ use amqp8::{
 };
 use chrono::{DateTime, TimeZone, Utc};
 use config8::{SchedulerMode, ServiceQueue, Settings, StageSettings};
-use db8::{DomainRepository, MemoryStore};
+use db8::{
+    ClaimedStage, Created, DbError, DomainRepository, InitialClaim, MemoryStore, NewWorkflow,
+    StageKey, Transition, WorkflowFilter, WorkflowRepository,
+};
 use model8::{
     AmqpM8Message, Domain8, Notification8, PostDomain8, StageJob, StageOutcome, StageResult,
 };
@@ -253,7 +256,7 @@ pub(crate) struct Harness {
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) settings: watch::Sender<Arc<Settings>>,
     pub(crate) role: watch::Sender<Role>,
-    pub(crate) _shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) engine: Arc<Engine>,
     handler: ResultHandler,
@@ -266,6 +269,7 @@ impl Harness {
             tuning(),
             MemoryStore::new(),
             Arc::new(ManualClock::new(t0())),
+            None,
         )
         .await
     }
@@ -276,7 +280,25 @@ impl Harness {
         store: MemoryStore,
         clock: Arc<ManualClock>,
     ) -> Self {
-        Self::build(settings, tuning(), store, clock).await
+        Self::build(settings, tuning(), store, clock, None).await
+    }
+
+    /// An engine whose workflow repository is `workflows` (a fake over `store`, e.g.
+    /// [`FailingResults`]), with `tuning`.
+    pub(crate) async fn with_workflows(
+        settings: Settings,
+        tuning: Tuning,
+        store: MemoryStore,
+        workflows: Arc<dyn WorkflowRepository>,
+    ) -> Self {
+        Self::build(
+            settings,
+            tuning,
+            store,
+            Arc::new(ManualClock::new(t0())),
+            Some(workflows),
+        )
+        .await
     }
 
     async fn build(
@@ -284,6 +306,7 @@ impl Harness {
         tuning: Tuning,
         store: MemoryStore,
         clock: Arc<ManualClock>,
+        workflows: Option<Arc<dyn WorkflowRepository>>,
     ) -> Self {
         let broker = MemoryBroker::new();
         declare(&broker, &settings).await;
@@ -294,7 +317,7 @@ impl Harness {
         let engine = Arc::new(
             Engine::new(EngineParts {
                 domains: Arc::new(store.clone()),
-                workflows: Arc::new(store.clone()),
+                workflows: workflows.unwrap_or_else(|| Arc::new(store.clone())),
                 broker: broker.as_dyn(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
@@ -311,7 +334,7 @@ impl Harness {
             clock,
             settings: settings_tx,
             role,
-            _shutdown: shutdown,
+            shutdown,
             metrics,
             handler: ResultHandler::new(engine.clone()),
             engine,
@@ -327,6 +350,29 @@ impl Harness {
             })
             .await
             .unwrap()
+    }
+
+    /// Creates a workflow for every idle enabled domain straight in the store, without
+    /// claiming their first stages (as "scan now" on chosen domains, or an older
+    /// replica, does): due work for the dispatcher. Returns how many.
+    pub(crate) async fn create_unclaimed(&self) -> usize {
+        let plans = self.engine.plan().stage_plans();
+        let now = self.clock_now();
+        let batch: Vec<db8::NewWorkflow> =
+            db8::WorkflowRepository::idle_domains(&self.store, now, None, usize::MAX)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| db8::NewWorkflow {
+                    id: uuid::Uuid::new_v4(),
+                    domains: vec![d],
+                    stages: plans.clone(),
+                })
+                .collect();
+        db8::WorkflowRepository::create_workflows(&self.store, &batch, now)
+            .await
+            .unwrap()
+            .len()
     }
 
     pub(crate) async fn wf(&self, id: uuid::Uuid) -> Result<model8::WorkflowView, db8::DbError> {
@@ -389,5 +435,166 @@ impl Harness {
             result_body(stage, workflow_id, attempt, outcome),
         )
         .await
+    }
+}
+
+/// A workflow repository over a [`MemoryStore`] whose result transitions
+/// (`complete_stage`, `fail_stage`) fail with a non-transient database error (as a
+/// full disk makes PostgreSQL fail) while failures are armed, and which records when
+/// (tokio time) they were called. Everything else is the store's.
+pub(crate) struct FailingResults {
+    inner: MemoryStore,
+    /// Calls left to fail; `u32::MAX`: fail until disarmed.
+    failures: std::sync::Mutex<u32>,
+    calls: std::sync::Mutex<Vec<tokio::time::Instant>>,
+}
+
+impl FailingResults {
+    pub(crate) fn new(inner: MemoryStore) -> Self {
+        FailingResults {
+            inner,
+            failures: std::sync::Mutex::new(0),
+            calls: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The next `n` result transitions fail (`u32::MAX`: all until [`Self::fail`]
+    /// is called again).
+    pub(crate) fn fail(&self, n: u32) {
+        *self.failures.lock().unwrap() = n;
+    }
+
+    /// When the result transitions were called.
+    pub(crate) fn calls(&self) -> Vec<tokio::time::Instant> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn call(&self) -> Result<(), DbError> {
+        self.calls.lock().unwrap().push(tokio::time::Instant::now());
+        let mut left = self.failures.lock().unwrap();
+        if *left == 0 {
+            return Ok(());
+        }
+        if *left != u32::MAX {
+            *left -= 1;
+        }
+        Err(DbError::Query(
+            "could not extend file \"base/16384/16400\": No space left on device".into(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkflowRepository for FailingResults {
+    async fn create_workflows(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<uuid::Uuid>, DbError> {
+        self.inner.create_workflows(batch, now).await
+    }
+    async fn create_claimed(
+        &self,
+        batch: &[NewWorkflow],
+        now: DateTime<Utc>,
+        claim: &InitialClaim,
+    ) -> Result<Created, DbError> {
+        self.inner.create_claimed(batch, now, claim).await
+    }
+    async fn idle_domains(
+        &self,
+        ended_before: DateTime<Utc>,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<model8::DomainRef>, DbError> {
+        self.inner.idle_domains(ended_before, after, limit).await
+    }
+    async fn any_active(&self) -> Result<bool, DbError> {
+        self.inner.any_active().await
+    }
+    async fn last_ended_at(&self) -> Result<Option<DateTime<Utc>>, DbError> {
+        self.inner.last_ended_at().await
+    }
+    async fn in_flight_counts(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<String, u64>, DbError> {
+        self.inner.in_flight_counts(now).await
+    }
+    async fn claim_due(
+        &self,
+        stage: &str,
+        owner: uuid::Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        self.inner.claim_due(stage, owner, now, lease, limit).await
+    }
+    async fn mark_running(
+        &self,
+        keys: &[StageKey],
+        owner: uuid::Uuid,
+        now: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        self.inner.mark_running(keys, owner, now, deadline).await
+    }
+    async fn release(
+        &self,
+        keys: &[StageKey],
+        owner: uuid::Uuid,
+        not_before: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
+        self.inner.release(keys, owner, not_before).await
+    }
+    async fn complete_stage(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        self.call()?;
+        self.inner.complete_stage(key, detail, now).await
+    }
+    async fn fail_stage(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        self.call()?;
+        self.inner.fail_stage(key, detail, retry_at, now).await
+    }
+    async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError> {
+        self.inner.timed_out(now, limit).await
+    }
+    async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<model8::WorkflowView>, DbError> {
+        WorkflowRepository::list(&self.inner, filter).await
+    }
+    async fn get(&self, id: uuid::Uuid) -> Result<model8::WorkflowView, DbError> {
+        WorkflowRepository::get(&self.inner, id).await
+    }
+    async fn cancel(
+        &self,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<model8::WorkflowView, DbError> {
+        self.inner.cancel(id, now).await
+    }
+    async fn pause(
+        &self,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<model8::WorkflowView, DbError> {
+        self.inner.pause(id, now).await
+    }
+    async fn resume(
+        &self,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<model8::WorkflowView, DbError> {
+        self.inner.resume(id, now).await
     }
 }

@@ -95,6 +95,17 @@ impl StepError {
     }
 }
 
+/// Why the broker did not take a stage's jobs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Refusal<'a> {
+    /// Nacked: the queue is full (`x-overflow: reject-publish`).
+    Full,
+    /// Returned: no queue is bound for the routing key.
+    Unroutable,
+    /// The publish failed (broker unavailable, channel error...).
+    Failed(&'a AmqpError),
+}
+
 /// What happened to one stage's dispatch.
 #[derive(Debug, Default)]
 struct BatchOutcome {
@@ -104,7 +115,7 @@ struct BatchOutcome {
 
 /// A published batch, to record.
 #[derive(Debug, Default)]
-struct Published {
+pub(super) struct Published {
     confirmed: Vec<StageKey>,
     refused: Vec<StageKey>,
     unroutable: bool,
@@ -175,6 +186,15 @@ impl Engine {
             p.until = None;
         }
         self.dispatch_wake.now();
+    }
+
+    /// Whether `stage` takes full batches now: no backpressure pause, and its batch
+    /// size is back to the full [`Tuning::publish_batch`](crate::tuning::Tuning) after
+    /// one.
+    pub(super) fn takes_full_batches(&self, stage: &str, now: DateTime<Utc>) -> bool {
+        lock(&self.pressure).get(stage).is_none_or(|p| {
+            p.until.is_none_or(|u| u <= now) && p.batch >= self.tuning.publish_batch
+        })
     }
 
     fn batch_limit(&self, stage: &str) -> usize {
@@ -297,7 +317,7 @@ impl Engine {
 
     /// Publishes one claimed batch (confirmed); the outcome is recorded by
     /// [`Engine::record`]. A batch that cannot be published at all is given back.
-    async fn publish_batch(
+    pub(super) async fn publish_batch(
         &self,
         stage: &StageSettings,
         batch: Vec<ClaimedStage>,
@@ -333,12 +353,8 @@ impl Engine {
         let outcomes = match self.broker.publish_many(messages).await {
             Ok(o) => o,
             Err(e) => {
-                tracing::warn!(
-                    stage = %stage.name, jobs = keys.len(), error = %e,
-                    "publishing stage jobs failed; they stay pending"
-                );
                 self.release(&stage.name, &keys, self.now()).await;
-                self.refused(&stage.name, 0, false, stage);
+                self.refused(&stage.name, 0, Refusal::Failed(&e), stage);
                 return Err(e.into());
             }
         };
@@ -374,7 +390,11 @@ impl Engine {
 
     /// Records a published batch: the confirmed attempts become running, the refused
     /// ones are given back (and the stage paused). Returns how many became running.
-    async fn record(&self, stage: &StageSettings, p: Published) -> Result<u64, StepError> {
+    pub(super) async fn record(
+        &self,
+        stage: &StageSettings,
+        p: Published,
+    ) -> Result<u64, StepError> {
         let now = self.now();
         let started = std::time::Instant::now();
         let mut result = Ok(p.confirmed.len() as u64);
@@ -407,7 +427,12 @@ impl Engine {
             }
         } else {
             self.release(&stage.name, &p.refused, now).await;
-            self.refused(&stage.name, p.confirmed.len(), p.unroutable, stage);
+            let cause = if p.unroutable {
+                Refusal::Unroutable
+            } else {
+                Refusal::Full
+            };
+            self.refused(&stage.name, p.confirmed.len(), cause, stage);
         }
         tracing::debug!(stage = %stage.name, jobs = p.confirmed.len(), elapsed = ?started.elapsed(), "stage batch recorded");
         result
@@ -451,7 +476,7 @@ impl Engine {
     /// Gives claimed attempts back, due at once (the in-memory pause keeps the stage
     /// from being retried too early). A failure only delays them until their claims
     /// expire.
-    async fn release(&self, stage: &str, keys: &[StageKey], now: DateTime<Utc>) {
+    pub(super) async fn release(&self, stage: &str, keys: &[StageKey], now: DateTime<Utc>) {
         if keys.is_empty() {
             return;
         }
@@ -529,7 +554,10 @@ impl Engine {
         }
     }
 
-    fn refused(&self, stage: &str, accepted: usize, unroutable: bool, settings: &StageSettings) {
+    /// The broker did not take (all of) a batch of `stage`: pauses the stage (1 s,
+    /// doubling to 30 s while it keeps happening) and shrinks its batch to what was
+    /// `accepted`. The first occurrence of an episode is logged with its real cause.
+    fn refused(&self, stage: &str, accepted: usize, cause: Refusal<'_>, settings: &StageSettings) {
         let now = self.now();
         let mut all = lock(&self.pressure);
         let p = all
@@ -546,21 +574,34 @@ impl Engine {
         p.batch = accepted.max(1);
         if !p.logged {
             p.logged = true;
-            if unroutable {
-                tracing::warn!(
+            match cause {
+                Refusal::Unroutable => tracing::warn!(
                     stage, exchange = %settings.exchange, routing_key = %settings.routing_key,
                     "stage jobs are unroutable: no queue is bound for this routing key (check the \
                      stage's routing_key and the service section's Routing-keys); they stay pending \
                      and are retried"
-                );
-            } else {
-                tracing::info!(
+                ),
+                Refusal::Full => tracing::info!(
                     stage, retry_in = ?delay,
                     "stage queue is full (backpressure); jobs stay pending and are retried"
-                );
+                ),
+                Refusal::Failed(e) => tracing::warn!(
+                    stage, exchange = %settings.exchange, error = %e, retry_in = ?delay,
+                    "publishing stage jobs failed; they stay pending and are retried"
+                ),
             }
         } else {
-            tracing::debug!(stage, retry_in = ?delay, unroutable, "stage queue still refusing jobs");
+            match cause {
+                Refusal::Failed(e) => {
+                    tracing::debug!(stage, retry_in = ?delay, error = %e, "publishing stage jobs still fails")
+                }
+                Refusal::Unroutable => {
+                    tracing::debug!(stage, retry_in = ?delay, "stage jobs still unroutable")
+                }
+                Refusal::Full => {
+                    tracing::debug!(stage, retry_in = ?delay, "stage queue still refusing jobs")
+                }
+            }
         }
         drop(all);
         self.dispatch_wake.at(until);
@@ -570,7 +611,7 @@ impl Engine {
         let mut all = lock(&self.pressure);
         if let Some(p) = all.get_mut(stage) {
             if p.logged {
-                tracing::info!(stage, "stage queue accepts jobs again");
+                tracing::info!(stage, "stage jobs are accepted again");
             }
             p.backoff = Pressure::default();
             p.until = None;

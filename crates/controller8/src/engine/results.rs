@@ -7,8 +7,12 @@
 //!   except a report that arrives before its job was recorded as running (a fast
 //!   worker can answer before the publisher's confirm and record): it waits for the
 //!   record (at most the claim lease) and then applies;
-//! - database unavailable → retried with backoff for a while, then returned to the
-//!   queue (requeue), so a result is never lost to an outage.
+//! - the database fails → retried in place with backoff for a while (the delivery is
+//!   held, unacknowledged, meanwhile), then returned to the queue (requeue), so a
+//!   result is never lost to an outage and never bounces through the queue in a busy
+//!   loop: an unavailable database is retried after 200 ms doubling to 10 s, any other
+//!   database error (e.g. a full disk) after 1 s doubling to 30 s. Shutdown ends the
+//!   wait at once and returns the delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,36 @@ use model8::{AmqpM8Message, StageOutcome, StageResult, StageStatus};
 
 use super::Engine;
 use super::notify::Ending;
+
+/// Backoff of the result handler while the database is unavailable (a transient
+/// error): first delay and cap.
+pub(crate) const UNAVAILABLE_RETRY: (Duration, Duration) =
+    (Duration::from_millis(200), Duration::from_secs(10));
+
+/// Backoff of the result handler after any other database error (one that retrying
+/// at once does not fix, e.g. a full disk): first delay and cap.
+pub(crate) const DB_ERROR_RETRY: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Exponential backoff of one class of database error.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new((first, max): (Duration, Duration)) -> Self {
+        Backoff { next: first, max }
+    }
+
+    /// The delay to wait now; the following one doubles, up to the cap.
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
 
 /// Handles deliveries of the result queue.
 #[derive(Debug, Clone)]
@@ -151,16 +185,18 @@ impl Engine {
             }))
     }
 
-    /// [`Engine::apply_result`], retrying while the database is unavailable (for at
-    /// most `db_outage_patience`), and while the reported attempt is still being
-    /// recorded as running (for at most the claim lease, after which an unrecorded
-    /// publish is claimed and published again). A shutdown ends the waits with an
-    /// error, so that the delivery is returned to the queue.
+    /// [`Engine::apply_result`], retrying while the database fails (for at most
+    /// `db_outage_patience`, with the backoff of [`UNAVAILABLE_RETRY`] or
+    /// [`DB_ERROR_RETRY`]), and while the reported attempt is still being recorded as
+    /// running (for at most the claim lease, after which an unrecorded publish is
+    /// claimed and published again). A shutdown ends the waits with an error, so that
+    /// the delivery is returned to the queue at once.
     async fn apply_result_patiently(&self, r: &CheckedResult) -> Result<Transition, DbError> {
         let started = tokio::time::Instant::now();
         let db_give_up = started + self.tuning.db_outage_patience;
         let record_give_up = started + self.tuning.claim_lease + Duration::from_secs(5);
-        let mut db_delay = Duration::from_millis(200);
+        let mut unavailable = Backoff::new(UNAVAILABLE_RETRY);
+        let mut failing = Backoff::new(DB_ERROR_RETRY);
         let mut record_delay = Duration::from_millis(20);
         let mut shutdown = self.shutdown.clone();
         let stopping = || DbError::Unavailable {
@@ -196,13 +232,36 @@ impl Engine {
                     );
                     return Ok(Transition::Stale);
                 }
-                Err(e) if e.is_transient() && tokio::time::Instant::now() < db_give_up => {
-                    tracing::warn!(error = %e, retry_in = ?db_delay, "cannot apply a stage result; retrying");
+                Err(e) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= db_give_up {
+                        return Err(e);
+                    }
+                    // Never past the patience: the last wait is cut short, then one
+                    // more try.
+                    let delay = if e.is_transient() {
+                        unavailable.step()
+                    } else {
+                        failing.step()
+                    }
+                    .min(db_give_up - now);
+                    if e.is_transient() {
+                        tracing::warn!(
+                            workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                            error = %e, retry_in = ?delay,
+                            "cannot apply a stage result (database unavailable); holding it and retrying"
+                        );
+                    } else {
+                        tracing::error!(
+                            workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                            error = %e, retry_in = ?delay,
+                            "cannot apply a stage result (database error); holding it and retrying"
+                        );
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(db_delay) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.wait_for(|s| *s) => return Err(e),
                     }
-                    db_delay = (db_delay * 2).min(Duration::from_secs(10));
                 }
                 other => return other,
             }

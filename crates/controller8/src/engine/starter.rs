@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use config8::StageSettings;
 use config8::{Granularity, SchedulerMode};
-use db8::{DbError, NewWorkflow, StagePlan};
+use db8::{ClaimedStage, Created, DbError, InitialClaim, NewWorkflow, StageKey, StagePlan};
 use futures::TryStreamExt;
 use model8::{DomainRef, GoTime, StageStatus, StageView, WorkflowStatus, WorkflowView};
 use uuid::Uuid;
@@ -15,6 +16,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 
+use super::dispatcher::{Published, StepError};
 use super::{Engine, minus};
 
 /// Batches of new workflows created at once.
@@ -90,6 +92,14 @@ impl Engine {
     /// before `ended_before`), in batches; the next page of domains is read while a
     /// batch is being created. `views` collects the created workflows' views when
     /// given. Returns how many were created.
+    ///
+    /// As leader, the first attempts of the stages without dependencies are claimed
+    /// in the transaction that creates the workflows ([`Engine::initial_claim`]) and
+    /// published from here at once, with the dispatcher's publish and record steps:
+    /// creating the next batches, publishing and recording overlap (at most
+    /// [`CREATE_DEPTH`] batches of each), so the database and the broker work in
+    /// parallel and no claim round is needed. Stages that cannot take full batches now
+    /// (backpressure, `max_in_flight`) are left to the dispatcher, which is woken.
     async fn create_per_domain(
         &self,
         plans: &[StagePlan],
@@ -98,35 +108,69 @@ impl Engine {
         mut views: Option<&mut Vec<WorkflowView>>,
     ) -> Result<u64, DbError> {
         let batch_size = self.tuning.create_batch.max(1);
+        let roots = plans.iter().filter(|p| p.depends_on.is_empty()).count();
+        // The stages with their settings as of this check (a live timeout is read
+        // again when a batch is recorded).
+        let stages = self.stages();
         let mut count = 0;
         let mut error = None;
         // The next page of domains is read while up to CREATE_DEPTH batches are being
         // created (each in its own transaction, on its own connection).
-        let mut paging: Option<BoxFuture<'_, Result<Vec<DomainRef>, DbError>>> = Some(Box::pin(
-            self.workflows.idle_domains(ended_before, None, batch_size),
-        ));
-        type Creating<'a> = BoxFuture<'a, (Vec<NewWorkflow>, Result<Vec<Uuid>, DbError>)>;
+        let mut paging: Option<BoxFuture<'_, Result<Vec<DomainRef>, DbError>>> =
+            Some(Box::pin(self.idle_page(ended_before, None, batch_size)));
+        type Creating<'a> = BoxFuture<'a, (Vec<NewWorkflow>, Result<Created, DbError>)>;
         let mut creating: FuturesOrdered<Creating<'_>> = FuturesOrdered::new();
+        let mut publishing: FuturesOrdered<
+            BoxFuture<'_, (&StageSettings, Result<Published, StepError>)>,
+        > = FuturesOrdered::new();
+        let mut recording: FuturesOrdered<BoxFuture<'_, Result<u64, StepError>>> =
+            FuturesOrdered::new();
         loop {
             if self.stopping() || !self.is_leader() || error.is_some() {
                 paging = None;
             }
-            if paging.is_none() && creating.is_empty() {
+            if paging.is_none()
+                && creating.is_empty()
+                && publishing.is_empty()
+                && recording.is_empty()
+            {
                 break;
             }
-            let may_page = paging.is_some() && creating.len() < CREATE_DEPTH;
+            // A new batch only when the ones created before it are on their way: the
+            // claims it takes are published promptly, well within their lease.
+            let may_page = paging.is_some()
+                && creating.len() < CREATE_DEPTH
+                && publishing.len() < CREATE_DEPTH
+                && recording.len() < CREATE_DEPTH;
             tokio::select! {
                 biased;
+                Some(_) = recording.next(), if !recording.is_empty() => {
+                    // Failures are logged by `record` (the claims expire and the
+                    // dispatcher publishes them again).
+                }
+                Some((stage, published)) = publishing.next(), if !publishing.is_empty() => {
+                    // A failed publish gave its claims back and paused the stage (logged).
+                    if let Ok(p) = published {
+                        recording.push_back(Box::pin(self.record(stage, p)));
+                    }
+                }
                 Some((batch, created)) = creating.next(), if !creating.is_empty() => {
                     match created {
-                        Ok(created) if !created.is_empty() => {
-                            count += created.len() as u64;
-                            self.metrics.workflows_started(created.len() as u64);
-                            tracing::info!(created = created.len(), "workflows started");
-                            self.dispatch_wake.now();
+                        Ok(created) => {
+                            let claimed_stages = self.publish_claimed(&stages, created.claimed, &mut publishing).await;
+                            if created.ids.is_empty() {
+                                continue;
+                            }
+                            count += created.ids.len() as u64;
+                            self.metrics.workflows_started(created.ids.len() as u64);
+                            tracing::info!(created = created.ids.len(), "workflows started");
+                            if claimed_stages < roots {
+                                // Due stages that this loop does not publish.
+                                self.dispatch_wake.now();
+                            }
                             if let Some(views) = views.as_deref_mut() {
                                 let set: std::collections::HashSet<Uuid> =
-                                    created.iter().copied().collect();
+                                    created.ids.iter().copied().collect();
                                 views.extend(
                                     batch
                                         .iter()
@@ -135,7 +179,6 @@ impl Engine {
                                 );
                             }
                         }
-                        Ok(_) => {}
                         Err(e) => {
                             error.get_or_insert(e);
                         }
@@ -150,7 +193,7 @@ impl Engine {
                         Ok(page) => {
                             if let Some(last) = page.last() {
                                 if page.len() == batch_size {
-                                    paging = Some(Box::pin(self.workflows.idle_domains(
+                                    paging = Some(Box::pin(self.idle_page(
                                         ended_before,
                                         Some(last.id),
                                         batch_size,
@@ -159,13 +202,28 @@ impl Engine {
                                 let batch: Vec<NewWorkflow> = page
                                     .into_iter()
                                     .map(|d| NewWorkflow {
-                                        id: Uuid::new_v4(),
+                                        id: self.new_workflow_id(),
                                         domains: vec![d],
                                         stages: plans.to_vec(),
                                     })
                                     .collect();
+                                let claim = self.initial_claim(&stages);
                                 creating.push_back(Box::pin(async move {
-                                    let created = self.workflows.create_workflows(&batch, now).await;
+                                    let started = std::time::Instant::now();
+                                    let created = match claim {
+                                        Some(claim) => {
+                                            self.workflows.create_claimed(&batch, now, &claim).await
+                                        }
+                                        None => self
+                                            .workflows
+                                            .create_workflows(&batch, now)
+                                            .await
+                                            .map(|ids| Created { ids, claimed: Vec::new() }),
+                                    };
+                                    tracing::debug!(
+                                        workflows = batch.len(), elapsed = ?started.elapsed(),
+                                        "workflow batch created"
+                                    );
                                     (batch, created)
                                 }));
                             }
@@ -178,6 +236,89 @@ impl Engine {
             Some(e) => Err(e),
             None => Ok(count),
         }
+    }
+
+    /// One page of idle domains (see [`db8::WorkflowRepository::idle_domains`]).
+    async fn idle_page(
+        &self,
+        ended_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DomainRef>, DbError> {
+        let started = std::time::Instant::now();
+        let page = self
+            .workflows
+            .idle_domains(ended_before, after, limit)
+            .await;
+        tracing::debug!(elapsed = ?started.elapsed(), "page of idle domains read");
+        page
+    }
+
+    /// The claim new workflows are created with: the stages without dependencies
+    /// that take full batches now (no backpressure) and have no `max_in_flight`
+    /// limit, as leader; `None` when there is none.
+    fn initial_claim(&self, stages: &[StageSettings]) -> Option<InitialClaim> {
+        if !self.is_leader() || self.stopping() {
+            return None;
+        }
+        let now = self.now();
+        let names: Vec<String> = stages
+            .iter()
+            .filter(|s| {
+                s.depends_on.is_empty()
+                    && s.max_in_flight == 0
+                    && self.takes_full_batches(&s.name, now)
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        (!names.is_empty()).then_some(InitialClaim {
+            owner: self.owner,
+            lease: self.tuning.claim_lease,
+            stages: names,
+        })
+    }
+
+    /// Queues the publication of attempts claimed at creation, per stage; a stage
+    /// that began refusing jobs meanwhile (or leadership lost, or shutdown) gets its
+    /// claims back unpublished. Returns how many stages had claims.
+    async fn publish_claimed<'a>(
+        &'a self,
+        stages: &'a [StageSettings],
+        claimed: Vec<ClaimedStage>,
+        publishing: &mut FuturesOrdered<
+            BoxFuture<'a, (&'a StageSettings, Result<Published, StepError>)>,
+        >,
+    ) -> usize {
+        let mut by_stage: Vec<(&StageSettings, Vec<ClaimedStage>)> = Vec::new();
+        for c in claimed {
+            match by_stage.iter_mut().find(|(s, _)| s.name == c.key.stage) {
+                Some((_, batch)) => batch.push(c),
+                None => match stages.iter().find(|s| s.name == c.key.stage) {
+                    Some(s) => by_stage.push((s, vec![c])),
+                    None => {
+                        // Cannot happen (the claim names configured stages only).
+                        let key = [c.key];
+                        self.release(&key[0].stage, &key, self.now()).await;
+                    }
+                },
+            }
+        }
+        let n = by_stage.len();
+        for (stage, batch) in by_stage {
+            if self.is_leader()
+                && !self.stopping()
+                && self.takes_full_batches(&stage.name, self.now())
+            {
+                publishing.push_back(Box::pin(async move {
+                    (stage, self.publish_batch(stage, batch).await)
+                }));
+            } else {
+                let keys: Vec<StageKey> = batch.into_iter().map(|c| c.key).collect();
+                self.release(&stage.name, &keys, self.now()).await;
+                self.dispatch_wake.now();
+            }
+        }
+        n
     }
 
     /// Creates one workflow over every enabled domain, if there is any.
@@ -206,7 +347,7 @@ impl Engine {
             return Ok(None);
         }
         let new = NewWorkflow {
-            id: Uuid::new_v4(),
+            id: self.new_workflow_id(),
             domains,
             stages: plans.to_vec(),
         };
@@ -283,7 +424,7 @@ impl Engine {
                             let batch: Vec<NewWorkflow> = chunk
                                 .iter()
                                 .map(|d| NewWorkflow {
-                                    id: Uuid::new_v4(),
+                                    id: self.new_workflow_id(),
                                     domains: vec![d.clone()],
                                     stages: plans.clone(),
                                 })

@@ -28,12 +28,12 @@ async fn per_domain_creates_one_workflow_per_enabled_domain_and_publishes_stage_
     let d3 = h.add_domain("c.example.com").await;
     h.store.set_enabled(d3.id, false).await.unwrap();
 
+    // Stage a's first attempts are claimed as the workflows are created and
+    // published at once: no dispatch round needed.
     assert_eq!(h.engine.start_workflows().await.unwrap(), 2);
     // Nothing more while they are active.
     assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
 
-    let report = h.engine.dispatch().await.unwrap();
-    assert_eq!(report.published, 2);
     let sent: Vec<_> = h.broker.published();
     assert_eq!(sent.len(), 2);
     assert!(
@@ -67,13 +67,18 @@ async fn per_domain_creates_one_workflow_per_enabled_domain_and_publishes_stage_
 
 #[tokio::test]
 async fn many_domains_are_created_and_published_in_batches() {
-    // batch_size 3 in tests: 10 domains take 4 pages and 4 claims.
+    // batch_size 3 in tests: 10 domains take 4 pages, 4 batches created with their
+    // first stage claimed, 4 published.
     let h = Harness::new(chain()).await;
     for i in 0..10 {
         h.add_domain(&format!("d{i}.example.com")).await;
     }
     assert_eq!(h.engine.start_workflows().await.unwrap(), 10);
-    assert_eq!(h.engine.dispatch().await.unwrap().published, 10);
+    assert_eq!(
+        h.engine.dispatch().await.unwrap().published,
+        0,
+        "published as they were created"
+    );
     let jobs = h.take_jobs("a");
     let mut ids: Vec<_> = jobs.iter().map(|j| j.workflow_id).collect();
     ids.sort();
@@ -87,9 +92,10 @@ async fn a_three_stage_pipeline_runs_to_completion_with_a_notification() {
     h.add_domain("example.com").await;
     h.engine.start_workflows().await.unwrap();
     for name in ["a", "b", "c"] {
+        // (stage a was published as the workflow was created)
         assert_eq!(
             h.engine.dispatch().await.unwrap().published,
-            1,
+            u64::from(name != "a"),
             "stage {name}"
         );
         let jobs = h.take_jobs(name);
@@ -327,7 +333,7 @@ async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping()
     for i in 0..4 {
         h.add_domain(&format!("d{i}.example.com")).await;
     }
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     let r = h.engine.dispatch().await.unwrap();
     assert_eq!(
         (r.published, r.refused),
@@ -393,7 +399,7 @@ async fn unroutable_jobs_stay_pending_and_are_published_once_a_queue_is_bound() 
     s.workflow.stages[0].routing_key = "cptm8.unbound.get.scan".into();
     let h = Harness::new(s).await;
     h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     let r = h.engine.dispatch().await.unwrap();
     assert_eq!((r.published, r.refused), (0, 1));
     let v = &h.wfs().await.unwrap()[0];
@@ -422,7 +428,7 @@ async fn unroutable_jobs_stay_pending_and_are_published_once_a_queue_is_bound() 
 async fn a_broker_outage_leaves_claimed_work_pending() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     h.broker.set_outage(true);
     let e = h.engine.dispatch().await.unwrap_err();
     assert!(e.is_transient(), "{e}");
@@ -439,7 +445,7 @@ async fn pause_resume_and_cancel() {
     let h = Harness::new(chain()).await;
     h.add_domain("a.example.com").await;
     h.add_domain("b.example.com").await;
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     let all = h.wfs().await.unwrap();
     let (w1, w2) = (all[0].id, all[1].id);
     let now = h.clock_now();
@@ -566,10 +572,14 @@ async fn a_standby_neither_starts_nor_publishes_and_leadership_loss_stops_publis
     assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
     h.role.send_replace(Role::Leader);
     assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+    assert_eq!(h.broker.published().len(), 1, "published as created");
+    // Work that is due (created elsewhere) is not published by a standby.
+    h.add_domain("b.example.com").await;
+    h.create_unclaimed().await;
     h.role.send_replace(Role::Standby);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     assert_eq!(h.engine.expire_timeouts().await.unwrap(), 0);
-    assert!(h.broker.published().is_empty());
+    assert_eq!(h.broker.published().len(), 1);
     // Back to leader: the work is still there.
     h.role.send_replace(Role::Leader);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
@@ -613,7 +623,11 @@ async fn scan_now_creates_workflows_on_request() {
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].domains, ["b.example.com"]);
     assert!(h.engine.scan(Some(vec![d2.id])).await.unwrap().is_empty());
-    assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
+    // d2's job went out as its workflow was created (a per_domain scan of every
+    // idle domain creates like the scheduler); d1's (a scan of chosen domains) is
+    // the dispatcher's.
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(h.take_jobs("a").len(), 2);
 
     h.role.send_replace(Role::Standby);
     assert!(matches!(
@@ -672,7 +686,7 @@ async fn an_unavailable_database_returns_the_result_to_the_queue() {
 async fn live_settings_apply_to_the_next_publish() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     h.update(|s| {
         s.workflow.stages[0].timeout = Duration::from_secs(5);
         s.workflow.stages[0].max_attempts = 1;
@@ -726,7 +740,7 @@ async fn a_restarted_engine_resumes_in_flight_workflows() {
     let jobs = h.take_jobs("a");
     // A crash between claim and publish: claims held by the dead process.
     h.add_domain("c.example.com").await;
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     let claimed = h
         .store
         .claim_due(
@@ -766,7 +780,7 @@ async fn a_restarted_engine_resumes_in_flight_workflows() {
 async fn a_result_that_beats_the_record_of_its_job_is_applied() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     let now = h.clock_now();
     // The dispatcher's claim and publish happened; its record is late.
     let claimed = h
@@ -806,7 +820,7 @@ async fn a_result_that_beats_the_record_of_its_job_is_applied() {
 async fn a_result_for_a_job_never_recorded_is_stale_after_the_claim_lease() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
+    h.create_unclaimed().await;
     let claimed = h
         .store
         .claim_due(
@@ -834,4 +848,184 @@ async fn a_result_for_a_job_never_recorded_is_stale_after_the_claim_lease() {
         text.contains("orchestratorm8_results_stale_total 1"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_full_queue_while_creating_gives_the_claims_back_and_the_dispatcher_drains_the_rest() {
+    let mut s = chain();
+    s.orchestrator
+        .queues
+        .insert("a".into(), section("a", &bounded(1)));
+    let h = Harness::new(s).await;
+    for i in 0..7 {
+        h.add_domain(&format!("d{i}.example.com")).await;
+    }
+    // Every workflow is created; the first batch went out claimed, the queue took one
+    // job and refused the rest, which were given back; the stage is paused, so the
+    // later batches were created without claims.
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 7);
+    let sent = h.broker.published();
+    assert_eq!(confirmed(&h.broker, &rk("a")), 1);
+    assert!(
+        sent.iter()
+            .filter(|(_, o)| *o == amqp8::PublishOutcome::Nacked)
+            .count()
+            >= 2,
+        "{sent:?}"
+    );
+    assert!(h.engine.paused_until("a", h.clock_now()).is_some());
+    assert_eq!(
+        h.store.in_flight_counts(h.clock_now()).await.unwrap(),
+        std::collections::HashMap::from([("a".to_string(), 1)]),
+        "no claim left behind, only the job in the queue"
+    );
+    let pending = h
+        .wfs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|v| stage_status(v, "a") == (StageStatus::Pending, 0))
+        .count();
+    assert_eq!(pending, 6);
+    // A worker drains the queue; each result makes room for the next job.
+    let mut done = 0;
+    let mut rounds = 0;
+    while done < 7 {
+        rounds += 1;
+        assert!(rounds < 30, "drains in a bounded number of rounds");
+        for j in &h.take_jobs("a") {
+            h.report(j, StageOutcome::Completed).await;
+            done += 1;
+        }
+        h.engine.dispatch().await.unwrap();
+    }
+    assert_eq!(
+        confirmed(&h.broker, &rk("a")),
+        7,
+        "each job published exactly once"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_outage_while_creating_leaves_the_new_work_pending() {
+    let h = Harness::new(chain()).await;
+    h.add_domain("a.example.com").await;
+    h.add_domain("b.example.com").await;
+    h.broker.set_outage(true);
+    // The workflows are created (the check itself succeeds); their claims are given
+    // back at once and the stage is paused, not retried in a loop.
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 2);
+    assert!(h.engine.paused_until("a", h.clock_now()).is_some());
+    assert!(
+        h.store
+            .in_flight_counts(h.clock_now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for v in h.wfs().await.unwrap() {
+        assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 0));
+    }
+    h.broker.set_outage(false);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
+    assert_eq!(h.take_jobs("a").len(), 2);
+}
+
+/// A harness whose result transitions fail with a database error (a full disk) as
+/// armed, patient for `patience` with a failing database.
+async fn with_failing_results(
+    patience: Duration,
+) -> (
+    Harness,
+    std::sync::Arc<crate::testkit::FailingResults>,
+    StageJob,
+) {
+    let store = db8::MemoryStore::new();
+    let failing = std::sync::Arc::new(crate::testkit::FailingResults::new(store.clone()));
+    let tuning = crate::tuning::Tuning {
+        db_outage_patience: patience,
+        ..crate::testkit::tuning()
+    };
+    let h = Harness::with_workflows(chain(), tuning, store, failing.clone()).await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    let job = h.take_jobs("a").remove(0);
+    (h, failing, job)
+}
+
+/// The gaps between successive calls.
+fn gaps(calls: &[tokio::time::Instant]) -> Vec<Duration> {
+    calls.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_error_holds_the_result_and_retries_with_backoff_until_it_applies() {
+    let (h, failing, job) = with_failing_results(Duration::from_secs(600)).await;
+    failing.fail(4);
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Settlement::Ack
+    );
+    // Tried at once, then after 1 s, 2 s, 4 s and 8 s: applied at the fifth try,
+    // never returned to the queue meanwhile.
+    let calls = failing.calls();
+    assert_eq!(
+        gaps(&calls),
+        [1, 2, 4, 8].map(Duration::from_secs),
+        "{calls:?}"
+    );
+    let v = h.wf(job.workflow_id).await.unwrap();
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
+    // Stage b was published once the result applied.
+    h.engine.dispatch().await.unwrap();
+    assert_eq!(h.take_jobs("b").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_error_past_the_patience_returns_the_result_after_the_backoff_not_at_once() {
+    let (h, failing, job) = with_failing_results(Duration::from_secs(40)).await;
+    failing.fail(u32::MAX);
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Settlement::Nack { requeue: true }
+    );
+    // Held for the whole patience (40 s), retried 1, 2, 4, 8, 16 s apart, then once
+    // more at the end: no busy loop, and a redelivery limit of 20 is 20 x 40 s away.
+    assert_eq!(started.elapsed(), Duration::from_secs(40));
+    let calls = failing.calls();
+    assert_eq!(
+        gaps(&calls),
+        [1, 2, 4, 8, 16, 9].map(Duration::from_secs),
+        "{calls:?}"
+    );
+    // The redelivery applies once the database has recovered: nothing was lost.
+    failing.fail(0);
+    assert_eq!(
+        h.report(&job, StageOutcome::Completed).await,
+        Settlement::Ack
+    );
+    let v = h.wf(job.workflow_id).await.unwrap();
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_a_held_result_at_once() {
+    let (h, failing, job) = with_failing_results(Duration::from_secs(600)).await;
+    failing.fail(u32::MAX);
+    let started = tokio::time::Instant::now();
+    let stop = async {
+        // During the second wait (1 s to 3 s after the delivery).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        h.shutdown.send_replace(true);
+    };
+    let (settled, ()) = tokio::join!(h.report(&job, StageOutcome::Completed), stop);
+    assert_eq!(settled, Settlement::Nack { requeue: true });
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(1_500),
+        "returned when the shutdown began, not at the next try"
+    );
+    assert_eq!(failing.calls().len(), 2);
 }
