@@ -17,7 +17,9 @@ pub(crate) enum Check {
     NoDomains,
     /// Domains were already there at the previous check: nothing to do.
     AlreadyKicked,
-    /// Domains appeared while this replica is a standby: the leader kicks off.
+    /// Domains are enabled but this replica is a standby: the leader kicks off; this
+    /// replica kicks off when it becomes the leader (as a restarted Go orchestrator
+    /// would).
     Standby,
     /// Kick-off published and confirmed.
     Published,
@@ -58,8 +60,12 @@ impl Bootstrap {
             return Ok(Check::AlreadyKicked);
         }
         if !engine.is_leader() {
-            // The leader sees the same change and kicks off.
-            self.first = false;
+            // The leader sees the same change and kicks off. `first` stays as it is: a
+            // standby that becomes the leader (at start-up, after the takeover grace, or
+            // after a failover) does what a freshly started Go orchestrator does and
+            // kicks off once while domains are enabled. Consuming `first` here lost the
+            // kick-off of a replica that starts alone, because it waits out the grace
+            // as a standby before it leads.
             return Ok(Check::Standby);
         }
         let settings = engine.settings();

@@ -233,6 +233,67 @@ async fn bootstrap_kicks_off_at_start_and_a_full_queue_means_busy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn bootstrap_with_leader_election_kicks_off_once_it_leads_and_again_after_a_failover() {
+    // A replica starting alone waits out the takeover grace as a standby before it
+    // leads (leader.rs): the domains it saw meanwhile must still get their kick-off.
+    let store = MemoryStore::new();
+    add(&store, "example.com").await;
+    let settings = bootstrap(&[]);
+    assert!(settings.leader_election.enabled);
+    let broker = MemoryBroker::new();
+    declare(&broker, &settings).await;
+    let a = start_with_broker(
+        settings.clone(),
+        &store,
+        true,
+        Tuning::default(),
+        broker.clone(),
+    );
+    let role = a.role.clone();
+    eventually("a leads", Duration::from_secs(10), async || {
+        *role.borrow() == Role::Leader
+    })
+    .await;
+    eventually(
+        "kick-off once a leads",
+        Duration::from_secs(2),
+        async || confirmed(&broker, KICKOFF_ROUTING_KEY) == 1,
+    )
+    .await;
+
+    // A second replica (its own lock session) stays a standby and publishes nothing
+    // while a leads.
+    let b = start_with_broker(
+        settings.clone(),
+        &store.handle(),
+        true,
+        Tuning::default(),
+        broker.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(*b.role.borrow(), Role::Standby);
+    assert_eq!(confirmed(&broker, KICKOFF_ROUTING_KEY), 1);
+
+    // a stops (releasing the lock): b leads and, like a restarted Go orchestrator,
+    // kicks off once while domains are enabled; then nothing more.
+    a.stop().await.unwrap();
+    let role = b.role.clone();
+    eventually("b leads", Duration::from_secs(10), async || {
+        *role.borrow() == Role::Leader
+    })
+    .await;
+    eventually(
+        "kick-off once b leads",
+        Duration::from_secs(2),
+        async || confirmed(&broker, KICKOFF_ROUTING_KEY) == 2,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(31 * 60)).await;
+    assert_eq!(confirmed(&broker, KICKOFF_ROUTING_KEY), 2);
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn bootstrap_retries_a_kick_off_the_broker_could_not_take() {
     let store = MemoryStore::new();
     add(&store, "example.com").await;
