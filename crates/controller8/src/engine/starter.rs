@@ -1,6 +1,7 @@
 //! Starting workflows: on every scheduler tick and domain change (for idle enabled
 //! domains, respecting the `rescan_after` cool-down), and on request ("scan now").
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -97,7 +98,9 @@ impl Engine {
     /// in the transaction that creates the workflows ([`Engine::initial_claim`]) and
     /// published from here at once, with the dispatcher's publish and record steps:
     /// creating the next batches, publishing and recording overlap (at most
-    /// [`CREATE_DEPTH`] batches of each), so the database and the broker work in
+    /// [`CREATE_DEPTH`] batches of each; created batches wait for a free publishing
+    /// slot, at most [`CREATE_DEPTH`] of them with those being created, so the broker
+    /// never waits for the database), so the database and the broker work in
     /// parallel and no claim round is needed. Stages that cannot take full batches now
     /// (backpressure, `max_in_flight`) are left to the dispatcher, which is woken.
     async fn create_per_domain(
@@ -125,22 +128,30 @@ impl Engine {
         > = FuturesOrdered::new();
         let mut recording: FuturesOrdered<BoxFuture<'_, Result<u64, StepError>>> =
             FuturesOrdered::new();
+        // Created batches (per stage) waiting for a publishing slot.
+        let mut ready: VecDeque<(&StageSettings, Vec<ClaimedStage>)> = VecDeque::new();
         loop {
             if self.stopping() || !self.is_leader() || error.is_some() {
                 paging = None;
             }
+            while publishing.len() < CREATE_DEPTH
+                && let Some((stage, batch)) = ready.pop_front()
+            {
+                self.publish_claimed(stage, batch, &mut publishing).await;
+            }
             if paging.is_none()
                 && creating.is_empty()
+                && ready.is_empty()
                 && publishing.is_empty()
                 && recording.is_empty()
             {
                 break;
             }
-            // A new batch only when the ones created before it are on their way: the
-            // claims it takes are published promptly, well within their lease.
+            // A new batch only while few are waiting to be published: the claims it
+            // takes are published promptly, well within their lease, and memory stays
+            // bounded.
             let may_page = paging.is_some()
-                && creating.len() < CREATE_DEPTH
-                && publishing.len() < CREATE_DEPTH
+                && creating.len() + ready.len() < CREATE_DEPTH
                 && recording.len() < CREATE_DEPTH;
             tokio::select! {
                 biased;
@@ -157,7 +168,7 @@ impl Engine {
                 Some((batch, created)) = creating.next(), if !creating.is_empty() => {
                     match created {
                         Ok(created) => {
-                            let claimed_stages = self.publish_claimed(&stages, created.claimed, &mut publishing).await;
+                            let claimed_stages = self.group_claimed(&stages, created.claimed, &mut ready).await;
                             if created.ids.is_empty() {
                                 continue;
                             }
@@ -278,16 +289,13 @@ impl Engine {
         })
     }
 
-    /// Queues the publication of attempts claimed at creation, per stage; a stage
-    /// that began refusing jobs meanwhile (or leadership lost, or shutdown) gets its
-    /// claims back unpublished. Returns how many stages had claims.
-    async fn publish_claimed<'a>(
-        &'a self,
+    /// Queues attempts claimed at creation in `ready`, one batch per stage. Returns
+    /// how many stages had claims.
+    async fn group_claimed<'a>(
+        &self,
         stages: &'a [StageSettings],
         claimed: Vec<ClaimedStage>,
-        publishing: &mut FuturesOrdered<
-            BoxFuture<'a, (&'a StageSettings, Result<Published, StepError>)>,
-        >,
+        ready: &mut VecDeque<(&'a StageSettings, Vec<ClaimedStage>)>,
     ) -> usize {
         let mut by_stage: Vec<(&StageSettings, Vec<ClaimedStage>)> = Vec::new();
         for c in claimed {
@@ -304,21 +312,31 @@ impl Engine {
             }
         }
         let n = by_stage.len();
-        for (stage, batch) in by_stage {
-            if self.is_leader()
-                && !self.stopping()
-                && self.takes_full_batches(&stage.name, self.now())
-            {
-                publishing.push_back(Box::pin(async move {
-                    (stage, self.publish_batch(stage, batch).await)
-                }));
-            } else {
-                let keys: Vec<StageKey> = batch.into_iter().map(|c| c.key).collect();
-                self.release(&stage.name, &keys, self.now()).await;
-                self.dispatch_wake.now();
-            }
-        }
+        ready.extend(by_stage);
         n
+    }
+
+    /// Starts publishing a batch claimed at creation; a stage that began refusing jobs
+    /// meanwhile (or leadership lost, or shutdown) gets its claims back unpublished,
+    /// and the dispatcher is woken for them.
+    async fn publish_claimed<'a>(
+        &'a self,
+        stage: &'a StageSettings,
+        batch: Vec<ClaimedStage>,
+        publishing: &mut FuturesOrdered<
+            BoxFuture<'a, (&'a StageSettings, Result<Published, StepError>)>,
+        >,
+    ) {
+        if self.is_leader() && !self.stopping() && self.takes_full_batches(&stage.name, self.now())
+        {
+            publishing.push_back(Box::pin(async move {
+                (stage, self.publish_batch(stage, batch).await)
+            }));
+        } else {
+            let keys: Vec<StageKey> = batch.into_iter().map(|c| c.key).collect();
+            self.release(&stage.name, &keys, self.now()).await;
+            self.dispatch_wake.now();
+        }
     }
 
     /// Creates one workflow over every enabled domain, if there is any.
