@@ -51,15 +51,22 @@ impl Wake {
         self.notify.notify_one();
     }
 
-    /// Wakes the loop at `t` (or now, if `t` is past).
+    /// Wakes the loop at `t` (or now, if `t` is past). The loop is woken now only
+    /// when `t` comes before every time it already knows of: it computes its next
+    /// wake-up from the remembered times whenever it goes to sleep, so a later `t`
+    /// is seen in time without waking it (a batch of 2,000 deadlines recorded during a
+    /// bulk publish is then one wake-up, not one per batch).
     pub(crate) fn at(&self, t: DateTime<Utc>) {
         let mut due = lock(&self.due);
+        let earlier = due.first().is_none_or(|first| t < *first);
         due.insert(t);
         while due.len() > Self::CAPACITY {
             due.pop_last();
         }
         drop(due);
-        self.notify.notify_one();
+        if earlier {
+            self.notify.notify_one();
+        }
     }
 
     /// The earliest remembered due time after `now`, forgetting those at or before it

@@ -1029,3 +1029,26 @@ async fn shutdown_returns_a_held_result_at_once() {
     );
     assert_eq!(failing.calls().len(), 2);
 }
+
+#[tokio::test]
+async fn a_later_due_time_does_not_wake_the_dispatcher_again() {
+    use futures::FutureExt;
+    let w = crate::engine::Wake::default();
+    let t = crate::testkit::t0();
+    w.at(t + chrono::Duration::seconds(60));
+    assert!(
+        w.notified().now_or_never().is_some(),
+        "the first time wakes"
+    );
+    w.at(t + chrono::Duration::seconds(61));
+    assert!(
+        w.notified().now_or_never().is_none(),
+        "a later one is picked up when the loop goes to sleep"
+    );
+    assert_eq!(w.next_after(t), Some(t + chrono::Duration::seconds(60)));
+    w.at(t + chrono::Duration::seconds(5));
+    assert!(
+        w.notified().now_or_never().is_some(),
+        "an earlier one wakes"
+    );
+}
