@@ -27,3 +27,4 @@ pub mod scan;
 pub mod shutdown;
 pub mod stage_worker;
 pub mod topology;
+pub mod worker_args;

@@ -149,6 +149,40 @@ async fn watch_health(broker: Arc<dyn Broker>, every: Duration) {
     }
 }
 
+/// A worker's `main`: parses the command line into `A` (argh; `--help` and bad flags
+/// exit as argh does), runs `run`, and turns its failure into the exit code.
+pub fn main<A: argh::TopLevelCommand>(
+    program: &str,
+    run: impl FnOnce(A) -> Result<(), Failure>,
+) -> ExitCode {
+    match run(argh::from_env()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.report(program),
+    }
+}
+
+/// Runs a worker: connects, builds it with `make` (the worker, and the handler that
+/// [`serve`] gives the deliveries to), serves until SIGINT or SIGTERM, closes the
+/// connection, then calls `stopped` with the worker (to log its counts). Everything
+/// that holds the connection is dropped inside the runtime.
+pub fn serve_worker<W>(
+    settings: &Settings,
+    how: Serve,
+    make: impl FnOnce(Arc<dyn Broker>) -> (W, Arc<dyn Handler>),
+    stopped: impl FnOnce(&W),
+) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let rabbit = connect(settings).await?;
+        let broker: Arc<dyn Broker> = rabbit.clone();
+        let (worker, handler) = make(broker.clone());
+        let served = serve(broker, how, handler).await;
+        rabbit.close().await;
+        served?;
+        stopped(&worker);
+        Ok(())
+    })
+}
+
 /// Parses a millisecond count flag into a duration.
 pub fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
