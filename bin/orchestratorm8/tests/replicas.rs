@@ -144,6 +144,17 @@ async fn wait_for_leader(
     }
 }
 
+/// The timestamps of the log lines containing `what`, in order. Text logs start with
+/// an RFC 3339 UTC time of fixed width, so the stamps of two replicas (same clock)
+/// compare as text.
+fn stamps(log: &str, what: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// `orchestratorm8_leader` as `/metrics` reports it.
 async fn leader_gauge(svc: &Service) -> Option<u8> {
     let (_, text) = http_get(svc.port, "/metrics").await.ok()?;
@@ -330,6 +341,23 @@ async fn three_replicas_one_leader_kill_9_and_session_loss_take_over_without_dup
         h.len() == 1 && h[0] != old_pid
     })
     .await;
+    // Never two leaders: the old leader's step-down is logged before the new leader's
+    // start (a replica that takes the lock leads only after the takeover grace).
+    let stepped_down_at = stamps(
+        &replicas[new_leader].logs(),
+        "this replica is now a standby",
+    )
+    .get(before)
+    .cloned()
+    .expect("the step-down is logged");
+    let leads_from = stamps(&replicas[third].logs(), "this replica is now the leader")
+        .pop()
+        .expect("the new leader's start is logged");
+    assert!(
+        stepped_down_at < leads_from,
+        "replica{third} led from {leads_from}, before replica{new_leader} stepped down at \
+         {stepped_down_at}"
+    );
 
     // Nothing published again; 5 new domains: exactly 5 more.
     expect_jobs(&env, &client, &replicas, 25).await;
@@ -627,7 +655,7 @@ async fn a_result_arriving_while_the_database_is_read_only_waits_and_is_applied_
     let read_only_retries = || {
         svc.logs()
             .lines()
-            .filter(|l| l.contains("cannot apply a stage result; retrying") && l.contains("25006"))
+            .filter(|l| l.contains("cannot apply a stage result") && l.contains("25006"))
             .count()
     };
     e2e_support::report(&client.broker, &job, model8::StageOutcome::Completed).await;
