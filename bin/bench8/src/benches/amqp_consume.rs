@@ -17,15 +17,11 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::Outcomes;
-use super::amqp_publish::{WINDOW, order, wait_for_count};
-use crate::ctx::{Ctx, list, median};
-use crate::floors::raw_amqp::{
-    QueueProbe, consume_acked, declare_queue, delete_queue, publish_confirmed,
-};
-use crate::procfs::{clock_ticks_per_second, own_cpu_seconds};
-use crate::report::{Better, Failure, Measured, Spec};
-use crate::services::{amqp_connect, lock_shared, rabbit_settings, unique_suffix};
-use crate::workload::{MESSAGE_BYTES, message_bodies};
+use super::amqp_common::{Plan, Round, Side, TIMEOUT, compare, row};
+use crate::ctx::Ctx;
+use crate::floors::raw_amqp::consume_acked;
+use crate::report::{Better, Failure, Spec};
+use crate::workload::MESSAGE_BYTES;
 
 /// The rows.
 pub const SPECS: &[Spec] = &[Spec {
@@ -38,28 +34,33 @@ pub const SPECS: &[Spec] = &[Spec {
 
 /// Prefetch of both consumers.
 pub const PREFETCH: u16 = 100;
-const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs the benchmark.
 pub async fn run(ctx: &Ctx) -> Outcomes {
-    let _lock = lock_shared(Duration::from_secs(600)).await?;
-    let broker = crate::ours::broker(&rabbit_settings("/")).await?;
-    let admin = amqp_connect("/").await?;
-    let channel = admin
-        .open_channel(None)
-        .await
-        .map_err(|e| Failure::Error(format!("opening a channel: {e}")))?;
-    let exchange = format!("bench8.consume.{}", unique_suffix());
-    let mut queues = Vec::new();
-    let result = measure(ctx, &*broker, &channel, &exchange, &mut queues).await;
-    for q in &queues {
-        delete_queue(&channel, q).await;
-    }
-    let _ = channel
-        .exchange_delete(amqprs::channel::ExchangeDeleteArguments::new(&exchange))
-        .await;
-    let _ = admin.close().await;
-    result
+    let n = ctx.size(100_000);
+    let plan = Plan {
+        name: "amqp_consume",
+        tag: "consume",
+        n,
+        fill: true,
+    };
+    let samples = compare(ctx, plan, async |r: Round<'_>| match r.side {
+        Side::Raw => Ok(consume_acked("/", r.queue, n, PREFETCH, TIMEOUT)
+            .await?
+            .as_secs_f64()),
+        Side::Ours => consume_ours(r.broker, r.queue, n).await,
+    })
+    .await?;
+    row(
+        "amqp_consume.throughput",
+        ctx,
+        samples,
+        &format!(
+            "{n} persistent {MESSAGE_BYTES}-byte messages, prefetch {PREFETCH}, one ack per \
+             delivery; amqp8 Broker::consume with a handler returning Ack vs raw amqprs \
+             basic_consume_rx + basic_ack"
+        ),
+    )
 }
 
 /// Counts deliveries and acks them.
@@ -80,79 +81,6 @@ impl Handler for Counter {
         }
         Ok(Decision::Ack)
     }
-}
-
-async fn measure(
-    ctx: &Ctx,
-    broker: &dyn amqp8::Broker,
-    channel: &amqprs::channel::Channel,
-    exchange: &str,
-    queues: &mut Vec<String>,
-) -> Outcomes {
-    let n = ctx.size(100_000);
-    let bodies = message_bodies("bench8.consume", n);
-    let mut probe = QueueProbe::open("/").await?;
-    let mut ours = Vec::new();
-    let mut floors = Vec::new();
-    let (mut ours_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
-    let tck = clock_ticks_per_second();
-    for rep in 0..ctx.reps {
-        let mut raw_s = 0.0;
-        let mut ours_s = 0.0;
-        for side in order(rep) {
-            let queue = format!("{exchange}.{side}{rep}");
-            let key = format!("bench8.{side}{rep}");
-            declare_queue(channel, exchange, &queue, &key).await?;
-            queues.push(queue.clone());
-            publish_confirmed("/", exchange, &key, &bodies, WINDOW, TIMEOUT).await?;
-            wait_for_count(&mut probe, &queue, n).await?;
-            let cpu0 = own_cpu_seconds(tck);
-            if side == "raw" {
-                raw_s = consume_acked("/", &queue, n, PREFETCH, TIMEOUT)
-                    .await?
-                    .as_secs_f64();
-            } else {
-                ours_s = consume_ours(broker, &queue, n).await?;
-            }
-            let cpu = own_cpu_seconds(tck) - cpu0;
-            if side == "raw" {
-                raw_cpu.push(cpu);
-            } else {
-                ours_cpu.push(cpu);
-            }
-            // Unacked deliveries would be back in the queue now that the consumer is gone.
-            wait_for_count(&mut probe, &queue, 0).await?;
-            delete_queue(channel, &queue).await;
-        }
-        floors.push(n as f64 / raw_s);
-        ours.push(n as f64 / ours_s);
-        ctx.log(
-            "amqp_consume",
-            format!(
-                "rep {}: amqp8 {ours_s:.2}s, raw amqprs {raw_s:.2}s",
-                rep + 1
-            ),
-        );
-    }
-    probe.close().await;
-    Ok(vec![(
-        "amqp_consume.throughput",
-        Ok(Measured {
-            value: median(&ours),
-            floor: median(&floors),
-            detail: format!(
-                "{n} persistent {MESSAGE_BYTES}-byte messages, prefetch {PREFETCH}, one ack per \
-                 delivery; amqp8 Broker::consume with a handler returning Ack vs raw amqprs \
-                 basic_consume_rx + basic_ack; median of {} runs; msg/s amqp8 [{}], raw [{}]; client CPU seconds (user+system of \
-                 this process) amqp8 [{}], raw [{}]",
-                ctx.reps,
-                list(&ours),
-                list(&floors),
-                list(&ours_cpu),
-                list(&raw_cpu)
-            ),
-        }),
-    )])
 }
 
 async fn consume_ours(broker: &dyn amqp8::Broker, queue: &str, n: u64) -> Result<f64, Failure> {

@@ -8,17 +8,18 @@
 //! the last confirm, with their connection already open. The order of the two sides
 //! alternates between repetitions.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use amqp8::{OutgoingMessage, PublishOutcome};
 
 use super::Outcomes;
-use crate::ctx::{Ctx, list, median};
-use crate::floors::raw_amqp::{QueueProbe, declare_queue, delete_queue, publish_confirmed};
-use crate::procfs::{clock_ticks_per_second, own_cpu_seconds};
-use crate::report::{Better, Failure, Measured, Spec};
-use crate::services::{amqp_connect, lock_shared, rabbit_settings, unique_suffix};
-use crate::workload::{MESSAGE_BYTES, message_bodies};
+use super::amqp_common::{Plan, Round, Side, TIMEOUT, compare, row};
+use crate::ctx::Ctx;
+use crate::floors::raw_amqp::publish_confirmed;
+use crate::report::{Better, Failure, Spec};
+use crate::workload::MESSAGE_BYTES;
+
+pub use super::amqp_common::WINDOW;
 
 /// The rows.
 pub const SPECS: &[Spec] = &[Spec {
@@ -29,115 +30,39 @@ pub const SPECS: &[Spec] = &[Spec {
     resolution: 0.0,
 }];
 
-/// Unconfirmed messages the raw publisher allows at once.
-pub const WINDOW: usize = 1000;
-const TIMEOUT: Duration = Duration::from_secs(300);
-
 /// Runs the benchmark.
 pub async fn run(ctx: &Ctx) -> Outcomes {
-    let _lock = lock_shared(Duration::from_secs(600)).await?;
-    let broker = crate::ours::broker(&rabbit_settings("/")).await?;
-    let admin = amqp_connect("/").await?;
-    let channel = admin
-        .open_channel(None)
-        .await
-        .map_err(|e| Failure::Error(format!("opening a channel: {e}")))?;
-    let id = unique_suffix();
-    let exchange = format!("bench8.publish.{id}");
-    let mut queues = Vec::new();
-    let result = measure(ctx, &*broker, &channel, &exchange, &mut queues).await;
-    for q in &queues {
-        delete_queue(&channel, q).await;
-    }
-    let _ = channel
-        .exchange_delete(amqprs::channel::ExchangeDeleteArguments::new(&exchange))
-        .await;
-    let _ = admin.close().await;
-    result
-}
-
-async fn measure(
-    ctx: &Ctx,
-    broker: &dyn amqp8::Broker,
-    channel: &amqprs::channel::Channel,
-    exchange: &str,
-    queues: &mut Vec<String>,
-) -> Outcomes {
     let n = ctx.size(100_000);
-    let bodies = message_bodies("bench8.publish", n);
-    let mut probe = QueueProbe::open("/").await?;
-    let mut ours = Vec::new();
-    let mut floors = Vec::new();
-    let (mut ours_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
-    let tck = clock_ticks_per_second();
-    for rep in 0..ctx.reps {
-        let mut raw_s = 0.0;
-        let mut ours_s = 0.0;
-        for side in order(rep) {
-            let queue = format!("{exchange}.{side}{rep}");
-            let key = format!("bench8.{side}{rep}");
-            declare_queue(channel, exchange, &queue, &key).await?;
-            queues.push(queue.clone());
-            let cpu0 = own_cpu_seconds(tck);
-            if side == "raw" {
-                let run = publish_confirmed("/", exchange, &key, &bodies, WINDOW, TIMEOUT).await?;
-                if run.confirmed != n {
-                    return Err(Failure::Error(format!(
-                        "the raw publisher got {} of {n} confirmed ({} nacked)",
-                        run.confirmed, run.nacked
-                    )));
-                }
-                raw_s = run.elapsed.as_secs_f64();
-            } else {
-                ours_s = publish_ours(broker, exchange, &key, &bodies).await?;
+    let plan = Plan {
+        name: "amqp_publish",
+        tag: "publish",
+        n,
+        fill: false,
+    };
+    let samples = compare(ctx, plan, async |r: Round<'_>| match r.side {
+        Side::Raw => {
+            let run = publish_confirmed("/", r.exchange, r.key, r.bodies, WINDOW, TIMEOUT).await?;
+            if run.confirmed != n {
+                return Err(Failure::Error(format!(
+                    "the raw publisher got {} of {n} confirmed ({} nacked)",
+                    run.confirmed, run.nacked
+                )));
             }
-            let cpu = own_cpu_seconds(tck) - cpu0;
-            if side == "raw" {
-                raw_cpu.push(cpu);
-            } else {
-                ours_cpu.push(cpu);
-            }
-            wait_for_count(&mut probe, &queue, n).await?;
-            delete_queue(channel, &queue).await;
+            Ok(run.elapsed.as_secs_f64())
         }
-        floors.push(n as f64 / raw_s);
-        ours.push(n as f64 / ours_s);
-        ctx.log(
-            "amqp_publish",
-            format!(
-                "rep {}: amqp8 {ours_s:.2}s, raw amqprs {raw_s:.2}s",
-                rep + 1
-            ),
-        );
-    }
-    probe.close().await;
-    Ok(vec![(
+        Side::Ours => publish_ours(r.broker, r.exchange, r.key, r.bodies).await,
+    })
+    .await?;
+    row(
         "amqp_publish.throughput",
-        Ok(Measured {
-            value: median(&ours),
-            floor: median(&floors),
-            detail: format!(
-                "{n} persistent {MESSAGE_BYTES}-byte messages, mandatory, confirmed; amqp8 \
-                 publish_many (default pool settings) vs raw amqprs on one channel with a \
-                 window of {WINDOW}; median of {} runs; msg/s amqp8 [{}], raw [{}]; client CPU seconds (user+system of \
-                 this process) amqp8 [{}], raw [{}]",
-                ctx.reps,
-                list(&ours),
-                list(&floors),
-                list(&ours_cpu),
-                list(&raw_cpu)
-            ),
-        }),
-    )])
-}
-
-/// Which side goes first in repetition `rep`.
-pub fn order(rep: usize) -> [&'static str; 2] {
-    if rep.is_multiple_of(2) {
-        ["raw", "ours"]
-    } else {
-        ["ours", "raw"]
-    }
+        ctx,
+        samples,
+        &format!(
+            "{n} persistent {MESSAGE_BYTES}-byte messages, mandatory, confirmed; amqp8 \
+             publish_many (default pool settings) vs raw amqprs on one channel with a \
+             window of {WINDOW}"
+        ),
+    )
 }
 
 /// Publishes `bodies` through amqp8 and returns the seconds from the call to every
@@ -171,22 +96,4 @@ pub async fn publish_ours(
         )));
     }
     Ok(elapsed)
-}
-
-/// Waits (up to 30 s) until `queue` holds `n` ready messages: the check that every
-/// confirmed message really is in the queue.
-pub async fn wait_for_count(probe: &mut QueueProbe, queue: &str, n: u64) -> Result<(), Failure> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let count = probe.messages(queue).await?.unwrap_or(0) as u64;
-        if count == n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Failure::Error(format!(
-                "queue {queue} holds {count} messages, expected {n}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

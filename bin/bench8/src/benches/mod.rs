@@ -1,6 +1,7 @@
 //! The benchmarks. Each module exposes `SPECS` (its report rows) and
 //! `run(&Ctx) -> Outcomes`, measuring our side and its floor in the same run.
 
+pub mod amqp_common;
 pub mod amqp_consume;
 pub mod amqp_publish;
 pub mod amqp_recovery;
