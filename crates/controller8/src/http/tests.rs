@@ -988,23 +988,8 @@ async fn shutdown_does_not_wait_forever_for_a_hung_request() {
     .unwrap();
     let server = tokio::spawn(server);
 
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    client
-        .write_all(
-            b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
-Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
-        )
-        .await
-        .unwrap();
     // Wait until the request is inside the (hanging) engine call.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while fx.calls().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "request never reached the engine"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let client = scan_now_in_progress(addr, &fx).await;
     stop.send(()).unwrap();
     // Without the drain bound the server would wait for the request (600 s).
     tokio::time::timeout(Duration::from_secs(10), server)
@@ -1038,6 +1023,28 @@ async fn start(
     .await
     .unwrap();
     (addr, stop, tokio::spawn(server))
+}
+
+/// Sends "scan now" on a new connection and waits until the request is inside the
+/// engine call (which the test made hang or wait at a gate); returns the connection.
+async fn scan_now_in_progress(addr: std::net::SocketAddr, fx: &Fx) -> tokio::net::TcpStream {
+    let mut client = connect(addr).await;
+    client
+        .write_all(
+            b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
+Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.calls().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never reached the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client
 }
 
 async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
@@ -1328,21 +1335,7 @@ async fn shutdown_closes_idle_keep_alive_connections_and_finishes_requests_in_pr
     assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
 
     // A request in progress: "scan now" waiting at the gate.
-    let mut busy = connect(addr).await;
-    busy.write_all(
-        b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
-Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
-    )
-    .await
-    .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while fx.calls().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "request never reached the engine"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut busy = scan_now_in_progress(addr, &fx).await;
 
     stop.send(()).unwrap();
     // The idle connection is closed at once, the listener stops accepting...
