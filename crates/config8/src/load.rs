@@ -9,7 +9,7 @@ use crate::env::{Env, apply_overrides};
 use crate::error::{ConfigError, Warning};
 use crate::expand::expand_tree;
 use crate::settings::Settings;
-use crate::tree::{Ctx, KeyPath, show, untag};
+use crate::tree::{Ctx, KeyPath, key_text, show, untag};
 use crate::{extract, validate};
 
 /// A valid configuration and the warnings found loading it.
@@ -58,6 +58,10 @@ pub(crate) fn parse(text: &str, origin: Option<&Path>, env: &Env) -> Result<Load
         message: e.to_string(),
     })?;
     let mut ctx = Ctx::default();
+    leftover_merge_keys(&root, &KeyPath::default(), &mut ctx);
+    if !ctx.problems.is_empty() {
+        return Err(invalid(ctx.problems));
+    }
     let mut map = match untag(root) {
         Value::Null => Mapping::new(),
         Value::Mapping(m) => m,
@@ -84,5 +88,36 @@ pub(crate) fn parse(text: &str, origin: Option<&Path>, env: &Env) -> Result<Load
         })
     } else {
         Err(invalid(ctx.problems))
+    }
+}
+
+/// Reports every `<<` key that merging left in place: a merge key inside a merged
+/// mapping (`<<: {<<: x}`, `<<: [{<<: x}]`) is copied in as a plain key by serde_yaml
+/// rather than merged. Accepting it would make a service or queue argument named `<<`,
+/// which no file can express (printing it gives a merge key again, so `config check`
+/// output would not load back).
+fn leftover_merge_keys(value: &Value, path: &KeyPath, ctx: &mut Ctx) {
+    match value {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let text = key_text(k).unwrap_or_default();
+                let child = path.key(&text);
+                if matches!(k, Value::String(s) if s == "<<") {
+                    ctx.problem(
+                        &child,
+                        "a merge key (<<) inside merged content is not supported: write the merged keys out, or merge the anchor directly",
+                    );
+                } else {
+                    leftover_merge_keys(v, &child, ctx);
+                }
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                leftover_merge_keys(v, &path.index(i), ctx);
+            }
+        }
+        Value::Tagged(t) => leftover_merge_keys(&t.value, path, ctx),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
     }
 }

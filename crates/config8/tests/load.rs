@@ -590,6 +590,32 @@ Database: { port: "${PGPORT}" }
 }
 
 #[test]
+fn a_merge_key_left_by_a_nested_merge_is_refused_with_its_path() {
+    // serde_yaml merges one level: the inner `<<` is copied in as a plain key. Loaded,
+    // it would be a service named `<<`, which `config check` prints back as a merge key
+    // (found by fuzz_loader: the printed configuration did not load back).
+    for text in [
+        "ORCHESTRATORM8:\n  Services: {\"<<\": {\"<<\": x}}\n",
+        "ORCHESTRATORM8:\n  Services: {\"<<\": [{\"<<\": x}]}\n",
+    ] {
+        let err = from_yaml_str(text, &Env::empty()).unwrap_err();
+        let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{text:?}: {problems:#?}");
+        assert!(
+            problems[0].starts_with("ORCHESTRATORM8.Services.<<:")
+                && problems[0].contains("merge key (<<) inside merged content"),
+            "{text:?}: {problems:#?}"
+        );
+    }
+    // One level of merging is still fine.
+    let s = load_ok(
+        "ORCHESTRATORM8:\n  Services: {\"<<\": {asmm8: x}}\n",
+        &Env::empty(),
+    );
+    assert_eq!(s.settings.orchestrator.services["asmm8"], "x");
+}
+
+#[test]
 fn a_stage_routing_key_that_no_binding_matches_is_a_warning() {
     // The Go template binds num8 as "cptm8.qnum8.#": in managed mode num8's jobs
     // (cptm8.num8.get.scan) would be unroutable. It still loads, unchanged.
