@@ -447,7 +447,12 @@ pub(crate) struct FailingResults {
     /// Calls left to fail; `u32::MAX`: fail until disarmed.
     failures: std::sync::Mutex<u32>,
     calls: std::sync::Mutex<Vec<tokio::time::Instant>>,
+    /// A record (`mark_running` arguments) to commit just before the next `get`.
+    record_before_get: std::sync::Mutex<Option<PendingRecord>>,
 }
+
+/// The arguments of a [`WorkflowRepository::mark_running`] call held back.
+type PendingRecord = (StageKey, uuid::Uuid, DateTime<Utc>, DateTime<Utc>);
 
 impl FailingResults {
     pub(crate) fn new(inner: MemoryStore) -> Self {
@@ -455,7 +460,21 @@ impl FailingResults {
             inner,
             failures: std::sync::Mutex::new(0),
             calls: std::sync::Mutex::new(Vec::new()),
+            record_before_get: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Records `key` as running (for `owner`, at `now`, with `deadline`) just before
+    /// the next `get` reads the workflow: the record of a publish landing between a
+    /// result's transaction and the engine's second look.
+    pub(crate) fn record_before_next_get(
+        &self,
+        key: StageKey,
+        owner: uuid::Uuid,
+        now: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) {
+        *self.record_before_get.lock().unwrap() = Some((key, owner, now, deadline));
     }
 
     /// The next `n` result transitions fail (`u32::MAX`: all until [`Self::fail`]
@@ -574,6 +593,14 @@ impl WorkflowRepository for FailingResults {
         WorkflowRepository::list(&self.inner, filter).await
     }
     async fn get(&self, id: uuid::Uuid) -> Result<model8::WorkflowView, DbError> {
+        let pending = self.record_before_get.lock().unwrap().take();
+        if let Some((key, owner, now, deadline)) = pending {
+            let marked = self
+                .inner
+                .mark_running(std::slice::from_ref(&key), owner, now, deadline)
+                .await?;
+            assert_eq!(marked, 1, "the held-back record applies");
+        }
         WorkflowRepository::get(&self.inner, id).await
     }
     async fn cancel(

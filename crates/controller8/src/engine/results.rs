@@ -124,6 +124,17 @@ fn reason_of(detail: Option<&serde_json::Value>) -> String {
     }
 }
 
+/// See [`Engine::recording`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// Claimed and published, not yet recorded as running: wait for the record.
+    Pending,
+    /// Recorded as running since the result was found stale: apply it again.
+    JustRecorded,
+    /// Anything else: the result is a duplicate or stale.
+    No,
+}
+
 impl Engine {
     /// Applies a checked result (one guarded transaction) and its follow-ups.
     pub(crate) async fn apply_result(&self, r: &CheckedResult) -> Result<Transition, DbError> {
@@ -168,21 +179,33 @@ impl Engine {
         Ok(t)
     }
 
-    /// Whether the attempt `key` reports on may still be on its way to `running`: its
-    /// stage is pending at the attempt before, i.e. claimed and published but not yet
-    /// recorded (a worker can answer before the publisher's confirm and record).
-    async fn being_recorded(&self, key: &StageKey) -> Result<bool, DbError> {
+    /// Where the attempt `key` reports on stands, for a result found stale: still on
+    /// its way to `running` (its stage is pending at the attempt before: claimed and
+    /// published but not yet recorded, as a worker can answer before the publisher's
+    /// confirm and record), or recorded just now (`running` at that attempt: the record
+    /// committed between the result's transaction and this look), or neither.
+    async fn recording(&self, key: &StageKey) -> Result<Recording, DbError> {
         let view = match self.workflows.get(key.workflow_id).await {
             Ok(v) => v,
-            Err(DbError::NotFound(_)) => return Ok(false),
+            Err(DbError::NotFound(_)) => return Ok(Recording::No),
             Err(e) => return Err(e),
         };
-        Ok(!view.status.is_terminal()
-            && view.stages.iter().any(|s| {
-                s.name == key.stage
-                    && s.status == StageStatus::Pending
-                    && s.attempt.checked_add(1) == Some(key.attempt)
-            }))
+        if view.status.is_terminal() {
+            return Ok(Recording::No);
+        }
+        let stage = view.stages.iter().find(|s| s.name == key.stage);
+        Ok(match stage {
+            Some(s)
+                if s.status == StageStatus::Pending
+                    && s.attempt.checked_add(1) == Some(key.attempt) =>
+            {
+                Recording::Pending
+            }
+            Some(s) if s.status == StageStatus::Running && s.attempt == key.attempt => {
+                Recording::JustRecorded
+            }
+            _ => Recording::No,
+        })
     }
 
     /// [`Engine::apply_result`], retrying while the database fails (for at most
@@ -198,6 +221,7 @@ impl Engine {
         let mut unavailable = Backoff::new(UNAVAILABLE_RETRY);
         let mut failing = Backoff::new(DB_ERROR_RETRY);
         let mut record_delay = Duration::from_millis(20);
+        let mut reapplied = false;
         let mut shutdown = self.shutdown.clone();
         let stopping = || DbError::Unavailable {
             host: "orchestratorm8".into(),
@@ -205,8 +229,14 @@ impl Engine {
         };
         loop {
             let outcome = match self.apply_result(r).await {
-                Ok(Transition::Stale) => match self.being_recorded(&r.key).await {
-                    Ok(true) if tokio::time::Instant::now() < record_give_up => {
+                Ok(Transition::Stale) => match self.recording(&r.key).await {
+                    // Recorded between the two looks: the result applies now (once:
+                    // were it stale again, something else is going on).
+                    Ok(Recording::JustRecorded) if !reapplied => {
+                        reapplied = true;
+                        continue;
+                    }
+                    Ok(Recording::Pending) if tokio::time::Instant::now() < record_give_up => {
                         tracing::debug!(
                             workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
                             "result arrived before its job was recorded as running; waiting"

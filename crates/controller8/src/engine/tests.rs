@@ -817,6 +817,51 @@ async fn a_result_that_beats_the_record_of_its_job_is_applied() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_result_whose_job_is_recorded_just_after_it_was_found_stale_is_applied() {
+    // The window fault_fast_worker found: the result's transaction sees the stage still
+    // pending (stale), then the publisher's record commits, then the engine looks at the
+    // workflow to decide whether to wait. It sees `running` at the reported attempt:
+    // the result must be applied, not dropped as a duplicate.
+    let store = db8::MemoryStore::new();
+    let failing = std::sync::Arc::new(crate::testkit::FailingResults::new(store.clone()));
+    let h =
+        Harness::with_workflows(chain(), crate::testkit::tuning(), store, failing.clone()).await;
+    h.add_domain("example.com").await;
+    h.create_unclaimed().await;
+    let now = h.clock_now();
+    let claimed = h
+        .store
+        .claim_due("a", h.engine.owner, now, Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    let key = claimed[0].key.clone();
+    failing.record_before_next_get(
+        key.clone(),
+        h.engine.owner,
+        now,
+        now + chrono::Duration::seconds(60),
+    );
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        h.report_raw("a", key.workflow_id, 1, StageOutcome::Completed)
+            .await,
+        Settlement::Ack
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "applied at once, no wait"
+    );
+    let v = h.wf(key.workflow_id).await.unwrap();
+    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
+    let text = h.metrics.encode(&Default::default()).unwrap();
+    assert!(
+        !text.contains("orchestratorm8_results_stale_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_result_for_a_job_never_recorded_is_stale_after_the_claim_lease() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
