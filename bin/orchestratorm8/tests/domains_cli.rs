@@ -303,3 +303,39 @@ fn configuration_errors_exit_2() {
     let err = failed(&run(&dir.path().join("absent.yaml"), &["migrate"]), 2);
     assert!(err.contains("absent.yaml"), "{err}");
 }
+
+#[test]
+fn a_database_that_does_not_exist_is_a_configuration_error_named_at_once() {
+    // Retrying cannot create it: exit 2 on the first answer, as libpq would.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "cptm8_never_created", 5432, "");
+    for args in [&["migrate"][..], &["domains", "list"][..]] {
+        let err = failed(&run(&cfg, args), 2);
+        assert!(
+            err.contains("database 127.0.0.1:5432/cptm8_never_created refused the connection")
+                && err.contains("SQLSTATE 3D000"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("not reachable; retrying"),
+            "not retried: {err}"
+        );
+    }
+}
+
+#[test]
+fn migrate_names_the_file_in_its_configuration_warnings() {
+    let db = Db::create();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &db.name, 5432, "Surprise: 1\n");
+    let out = run(&cfg, &["migrate"]);
+    ok(&out);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "orchestratorm8: warning: {}: Surprise: unknown key, ignored",
+            cfg.display()
+        )),
+        "{stderr}"
+    );
+}

@@ -175,7 +175,7 @@ fn database_commands_show_no_password_at_debug_level() {
     assert_eq!(code, Some(0));
     assert!(stdout.contains("sec.example"), "{stdout}");
 
-    // A wrong password: a runtime failure naming the cause.
+    // A wrong password: a configuration error (exit 2, not retried) naming the cause.
     config(&canary("wrong"));
     for args in [
         &["migrate", "--config", f][..],
@@ -191,7 +191,7 @@ fn database_commands_show_no_password_at_debug_level() {
         ],
     ] {
         let (code, _, stderr) = clean(args, &[], dir.path());
-        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains("password authentication failed for user \"postgres\""),
             "{args:?}: {stderr}"
@@ -316,18 +316,18 @@ fn launch_at_log_level_0_logs_no_secret() {
         std::fs::read_to_string(p).unwrap_or_default()
     };
 
-    // A wrong database password, then a wrong RabbitMQ password: exit 1, the cause
-    // named, no secret.
+    // A wrong database password, then a wrong RabbitMQ password: exit 2 (a
+    // configuration error, not retried), the cause named, no secret.
     write(&canary("wrong-pg"), &mq.password);
     let mut svc = Running::start(&cfg, closed_port(), dir.path(), "pg");
-    assert_eq!(svc.exit_code(120), Some(1));
+    assert_eq!(svc.exit_code(120), Some(2));
     let err = svc.stderr();
     assert_no_canary("launch's stderr", &err);
     assert!(err.contains("password authentication failed"), "{err}");
 
     write(&pg.password, &canary("wrong-mq"));
     let mut svc = Running::start(&cfg, closed_port(), dir.path(), "mq");
-    assert_eq!(svc.exit_code(120), Some(1));
+    assert_eq!(svc.exit_code(120), Some(2));
     let err = svc.stderr();
     assert_no_canary("launch's stderr", &err);
     assert!(err.contains("RabbitMQ.password"), "{err}");

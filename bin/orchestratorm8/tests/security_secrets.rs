@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use amqp8::AmqpError;
 use config8::SslMode;
-use db8::{DbHealth, PgStore};
+use db8::{DbError, DbHealth, PgStore};
 use security_support::*;
 
 /// Display and Debug of an error, for the leak checks.
@@ -40,6 +40,10 @@ async fn a_wrong_database_password_is_named_as_such_but_not_shown() {
     let err = bounded("connect", PgStore::connect(&pg.settings(&wrong)))
         .await
         .unwrap_err();
+    assert!(
+        matches!(err, DbError::Refused { .. }),
+        "a wrong password is refused, not retried: {err:?}"
+    );
     let text = shown(&err);
     assert_no_canary("the database error", &text);
     assert!(

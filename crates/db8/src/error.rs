@@ -12,6 +12,17 @@ pub enum DbError {
         /// Why.
         reason: String,
     },
+    /// The server refused the connection for a reason that retrying does not fix: the
+    /// credentials (SQLSTATE class 28), a missing database (`3D000`), no `CONNECT`
+    /// privilege (`42501`), or a server certificate that fails verification
+    /// (`sslmode` verify-ca / verify-full). A configuration error.
+    #[error("database {host} refused the connection: {reason}")]
+    Refused {
+        /// `host:port/database`, never with credentials.
+        host: String,
+        /// Why, with the server's SQLSTATE where it gave one.
+        reason: String,
+    },
     /// A unique constraint would be violated (e.g. a duplicate domain name).
     #[error("conflict: {0}")]
     Conflict(String),

@@ -455,16 +455,23 @@ async fn start_up_gives_up_after_the_configured_attempts_naming_the_server() {
 }
 
 #[tokio::test]
-async fn an_unknown_database_is_reported_by_name() {
+async fn an_unknown_database_is_refused_at_once_and_reported_by_name() {
     let _lock = support::ServiceLock::shared().await;
     let mut settings = support::settings("cptm8_does_not_exist");
-    settings.retry_attempts = 2;
-    settings.retry_delay = Duration::from_millis(10);
-    let err = PgStore::connect(&settings).await.unwrap_err().to_string();
+    // Retrying cannot create the database: the first answer is final (no 30 s wait).
+    settings.retry_attempts = 5;
+    settings.retry_delay = Duration::from_secs(30);
+    let err = tokio::time::timeout(Duration::from_secs(25), PgStore::connect(&settings))
+        .await
+        .expect("a missing database must not wait for a retry")
+        .unwrap_err();
+    assert!(matches!(err, DbError::Refused { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains("cptm8_does_not_exist") && err.contains("does not exist"),
         "{err}"
     );
+    assert!(err.contains("SQLSTATE 3D000"), "{err}");
 }
 
 /// Whether the sessions of `db` opened by orchestratorm8 use TLS.

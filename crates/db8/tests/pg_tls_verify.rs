@@ -91,6 +91,20 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
         "{err}"
     );
     eprintln!("verify-full, certificate for another host: {err}");
+    // A certificate that fails verification is refused at once, not retried like an
+    // outage: with 5 attempts 30 s apart, the answer comes on the first.
+    let mut patient = with(&db, "127.0.0.1", SslMode::VerifyFull, Some(&cert));
+    patient.retry_attempts = 5;
+    patient.retry_delay = std::time::Duration::from_secs(30);
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(25),
+        PgStore::connect(&patient),
+    )
+    .await
+    .expect("a refused certificate must not wait for a retry")
+    .unwrap_err();
+    assert!(matches!(&err, DbError::Refused { .. }), "{err:?}");
+    assert!(!err.is_transient());
     for mode in [SslMode::VerifyCa, SslMode::Require, SslMode::Prefer] {
         connect(&with(&db, "127.0.0.1", mode, Some(&cert)))
             .await

@@ -87,7 +87,10 @@ async fn signalled() {
 
 fn amqp_failure(e: AmqpError) -> Failure {
     match e {
-        AmqpError::Settings { .. } => Failure::Usage(e.to_string()),
+        // Settings, credentials or virtual host: fixed in the configuration.
+        AmqpError::Settings { .. }
+        | AmqpError::AccessRefused { .. }
+        | AmqpError::VhostNotAllowed { .. } => Failure::Usage(e.to_string()),
         other => Failure::Runtime(other.to_string()),
     }
 }

@@ -41,7 +41,7 @@ pub(crate) fn load_settings(config: Option<PathBuf>) -> Result<Settings, Failure
     let loaded = config8::load(&path).map_err(|e| Failure::Usage(e.to_string()))?;
     let mut err = std::io::stderr().lock();
     for w in &loaded.warnings {
-        let _ = writeln!(err, "orchestratorm8: warning: {w}");
+        let _ = writeln!(err, "orchestratorm8: warning: {}: {w}", path.display());
     }
     Ok(loaded.settings)
 }
@@ -79,6 +79,8 @@ pub(crate) async fn connect(settings: &Settings) -> Result<PgStore, Failure> {
 pub(crate) fn db_failure(e: DbError) -> Failure {
     match e {
         DbError::Invalid(m) => Failure::Usage(m),
+        // Credentials, database name or certificate: fixed in the configuration.
+        e @ DbError::Refused { .. } => Failure::Usage(e.to_string()),
         DbError::Query(m) if m.contains("SQLSTATE 42P01") => Failure::Runtime(format!(
             "database error: {m} (has `orchestratorm8 migrate` been run?)"
         )),

@@ -225,10 +225,38 @@ pub(crate) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Whether a failed connection attempt is one retrying does not fix: bad credentials
+/// (class `28`), a missing database (`3D000`), no `CONNECT` privilege (`42501`), or a
+/// server certificate that fails verification (libpq does not retry these either).
+pub(crate) fn is_refused(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return code.code().starts_with("28")
+            || *code == SqlState::INVALID_CATALOG_NAME
+            || *code == SqlState::INSUFFICIENT_PRIVILEGE;
+    }
+    // OpenSSL (through native-tls) reports a refused certificate, or a host name it
+    // does not name, as "certificate verify failed" somewhere in the cause chain.
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("certificate verify failed") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Translates a driver error.
 pub(crate) fn map_error(label: &str, e: &tokio_postgres::Error) -> DbError {
     if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
         return DbError::Conflict(describe(e));
+    }
+    // 42501 after connecting is a missing table privilege, not a refused connection.
+    if is_refused(e) && e.code() != Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        return DbError::Refused {
+            host: label.to_owned(),
+            reason: describe(e),
+        };
     }
     if is_unavailable(e) {
         return DbError::Unavailable {

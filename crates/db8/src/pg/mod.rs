@@ -39,7 +39,9 @@ pub struct PgStore {
 /// callers are told at once instead of waiting out the connection timeout.
 #[derive(Debug, Default)]
 struct Failures {
-    last: Mutex<Option<String>>,
+    /// The last connection failure: its description, and whether it is refused (see
+    /// [`conn::is_refused`]).
+    last: Mutex<Option<(String, bool)>>,
     happened: tokio::sync::Notify,
 }
 
@@ -68,7 +70,8 @@ impl ErrorSink<tokio_postgres::Error> for LogSink {
         }
         let reason = conn::describe(&e);
         tracing::warn!(database = %self.label, error = %reason, "database connection failed");
-        *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        let refused = conn::is_refused(&e);
+        *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((reason, refused));
         self.failures.happened.notify_waiters();
     }
 
@@ -82,8 +85,9 @@ impl PgStore {
     /// `max_connections` (at least 1), keeps `min_connections` idle, and gives up on a
     /// connection after `connection_timeout`; every session's `search_path` starts with
     /// `schema`. The database must answer within `retry_attempts` attempts
-    /// `retry_delay` apart (each attempt is logged, without the password); an
-    /// authentication failure is not retried. The error names `host:port/database`.
+    /// `retry_delay` apart (each attempt is logged, without the password); a
+    /// refusal (credentials, missing database, certificate) is not retried but returned
+    /// at once as [`DbError::Refused`]. The error names `host:port/database`.
     pub async fn connect(settings: &DatabaseSettings) -> Result<PgStore, DbError> {
         let store = PgStore::new(settings)?;
         let attempts = settings.retry_attempts.max(1);
@@ -95,15 +99,18 @@ impl PgStore {
                     tracing::info!(database = %store.params.label, user = %settings.username, "connected to the database");
                     return Ok(store);
                 }
+                Err(DbError::Refused { reason, .. }) => {
+                    tracing::error!(database = %store.params.label, user = %settings.username, error = %reason, "the database refused the connection; not retrying");
+                    return Err(DbError::Refused {
+                        host: store.params.label.clone(),
+                        reason: format!("user {:?}: {reason}", settings.username),
+                    });
+                }
                 Err(e) => {
                     last = match e {
                         DbError::Unavailable { reason, .. } => reason,
                         other => other.to_string(),
                     };
-                    let auth = last.contains("(SQLSTATE 28");
-                    if auth {
-                        break;
-                    }
                     if attempt < attempts {
                         tracing::warn!(
                             database = %store.params.label,
@@ -181,7 +188,7 @@ impl PgStore {
         }
     }
 
-    fn last_failure(&self) -> Option<String> {
+    fn last_failure(&self) -> Option<(String, bool)> {
         self.failures
             .last
             .lock()
@@ -190,11 +197,14 @@ impl PgStore {
     }
 
     fn connect_failure(&self) -> DbError {
-        DbError::Unavailable {
-            host: self.params.label.clone(),
-            reason: self
-                .last_failure()
-                .unwrap_or_else(|| "cannot connect".to_owned()),
+        let host = self.params.label.clone();
+        match self.last_failure() {
+            Some((reason, true)) => DbError::Refused { host, reason },
+            Some((reason, false)) => DbError::Unavailable { host, reason },
+            None => DbError::Unavailable {
+                host,
+                reason: "cannot connect".to_owned(),
+            },
         }
     }
 
@@ -209,7 +219,7 @@ impl PgStore {
                         "no connection within {:?} (pool of {}){}",
                         self.params.settings.connection_timeout,
                         self.pool.state().connections,
-                        last.map(|l| format!("; last connection error: {l}"))
+                        last.map(|(l, _)| format!("; last connection error: {l}"))
                             .unwrap_or_default()
                     ),
                 }
