@@ -2,7 +2,10 @@
 //! of a managed run, round after round, with domains arriving meanwhile; in the end
 //! every domain has exactly one workflow, completed exactly once, nothing stuck.
 //!
-//! Rounds: `FAULT_KILL_ROUNDS` (default 20). The kill points come from a seeded
+//! Rounds: `FAULT_KILL_ROUNDS` (default 20). Odd rounds kill anywhere in the first
+//! seconds of a process's life (start-up, migrations, topology, the takeover grace of
+//! leader election); even rounds wait until the process leads (its log says so) and
+//! kill it while it dispatches and applies results. The kill points come from a seeded
 //! generator; the seed is printed, `FAULT_SEED=<seed>` replays a run.
 //!
 //! It disrupts only its own processes, so it holds the SHARED service lock (like the
@@ -21,8 +24,11 @@ use fault_support::{Outcome, Rng, managed_once, metric};
 const NO_ARGS: &str = "{}";
 /// Domains added in each round.
 const PER_ROUND: u64 = 5;
-/// Kill points and domain arrivals fall in `[0, WINDOW)` after each start.
+/// Kill points and domain arrivals fall in `[0, WINDOW)` after each round's reference
+/// point: the start (odd rounds) or the moment the process leads (even rounds).
 const WINDOW: Duration = Duration::from_millis(3000);
+/// What the log says when a replica starts leading (controller8::leader).
+const LEADING: &str = "this replica is now the leader";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection (kill -9, FAULT_KILL_ROUNDS rounds): bash scripts/fault.sh"]
@@ -77,6 +83,15 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
                 None,
             ),
         };
+        // Even rounds: from the moment this process leads (the takeover grace of leader
+        // election is 3 s, so a kill counted from the start rarely finds it leading).
+        let led_after = match child.as_mut() {
+            Some(c) if round % 2 == 0 => {
+                let log = env.dir.path().join(format!("round-{round:02}.log"));
+                Some(leading(c, &log, Duration::from_secs(60)).await)
+            }
+            _ => None,
+        };
         let t0 = Instant::now();
         for (at, insert) in sorted([(insert_at, true), (kill_at, false)]) {
             tokio::time::sleep(at.saturating_sub(t0.elapsed())).await;
@@ -107,9 +122,13 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
             &env,
             "SELECT count(*) FROM orchestratorm8_workflow WHERE status = 'completed'",
         );
+        let reference = match led_after {
+            Some(t) => format!("after leading ({t:.1?} from start)"),
+            None => "after start".to_owned(),
+        };
         eprintln!(
-            "round {round:2}: domains at {insert_at:>4.0?}, kill -9 at {kill_at:>4.0?}; \
-             {done} of {} workflows completed",
+            "round {round:2}: domains at {insert_at:>4.0?}, kill -9 at {kill_at:>4.0?} \
+             {reference}; {done} of {} workflows completed",
             round * PER_ROUND
         );
     }
@@ -197,4 +216,31 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
 fn sorted(mut events: [(Duration, bool); 2]) -> [(Duration, bool); 2] {
     events.sort_by_key(|e| e.0);
     events
+}
+
+/// Waits until `child`'s log at `log` says it leads; how long that took. Panics when
+/// the process exits first or `limit` passes.
+async fn leading(
+    child: &mut std::process::Child,
+    log: &std::path::Path,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(LEADING)) {
+            return started.elapsed();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "orchestratorm8 exited ({status}) before leading; see {}",
+                log.display()
+            );
+        }
+        assert!(
+            started.elapsed() < limit,
+            "orchestratorm8 did not lead within {limit:?}; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
