@@ -24,8 +24,9 @@
 # PostgreSQL when they are down and puts the memory watermark it found back, then runs
 # scripts/services.sh.
 #
-# Needs root (or a user allowed to run rabbitmqctl and pg_ctlcluster), PostgreSQL 15
-# cluster `main`, and what scripts/services.sh sets up.
+# Needs root (or a user allowed to run rabbitmqctl and pg_ctlcluster), the PostgreSQL
+# cluster serving port 5432 (found with pg_lsclusters, passed to the tests as
+# CPTM8_PG_CLUSTER="<version> <name>"), and what scripts/services.sh sets up.
 #
 # Exit status: 0 when every test passed, 1 when one failed (the tests are named), 2 on
 # a usage error.
@@ -44,6 +45,15 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0
 # --- restoring the services -----------------------------------------------------------
 watermark_file() { echo "/tmp/cptm8-fault-watermark"; }
 
+# "<version> <name>" of the Debian PostgreSQL cluster on port 5432 (e.g. "15 main").
+pg_cluster() {
+    if [[ -n "${CPTM8_PG_CLUSTER:-}" ]]; then
+        echo "$CPTM8_PG_CLUSTER"
+        return
+    fi
+    pg_lsclusters -h 2>/dev/null | awk '$3 == 5432 { print $1, $2; exit }'
+}
+
 # Called (as `fault.sh --restore`) under the exclusive lock, with the lock's descriptor
 # closed, so that no daemon started here inherits it.
 restore_services() {
@@ -59,9 +69,15 @@ restore_services() {
             warn "could not put the RabbitMQ memory watermark back to $wm"
     fi
     if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
-        log "restoring: pg_ctlcluster 15 main start"
-        pg_ctlcluster --skip-systemctl-redirect 15 main start </dev/null >/dev/null 2>&1 ||
-            warn "pg_ctlcluster 15 main start failed"
+        local cluster
+        read -r -a cluster <<<"$(pg_cluster)"
+        if ((${#cluster[@]} != 2)); then
+            warn "restoring: no PostgreSQL cluster on port 5432 in pg_lsclusters; start it by hand"
+            return
+        fi
+        log "restoring: pg_ctlcluster ${cluster[*]} start"
+        pg_ctlcluster --skip-systemctl-redirect "${cluster[@]}" start </dev/null >/dev/null 2>&1 ||
+            warn "pg_ctlcluster ${cluster[*]} start failed"
     fi
 }
 
@@ -131,6 +147,10 @@ fi
 
 need_cmd rabbitmqctl "run scripts/services.sh first"
 need_cmd pg_ctlcluster "PostgreSQL's server tools (package postgresql-common)"
+CPTM8_PG_CLUSTER="$(pg_cluster)"
+[[ "$CPTM8_PG_CLUSTER" =~ ^[0-9.]+\ [^\ ]+$ ]] ||
+    die "no PostgreSQL cluster on port 5432 in pg_lsclusters (run scripts/services.sh); or set CPTM8_PG_CLUSTER=\"<version> <name>\""
+export CPTM8_PG_CLUSTER
 
 # --- run ------------------------------------------------------------------------------
 start="$(now_ms)"

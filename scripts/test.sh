@@ -11,6 +11,10 @@
 #   deploy     scripts/validate-manifests.sh: Kubernetes overlays rendered and validated
 #              offline, each overlay's configuration loaded by the built binary, the
 #              Dockerfile and compose file linted, every script shellchecked
+#   fault      scripts/fault.sh --quick: the fault-injection suite (docs/FAULTS.md),
+#              3 kill -9 rounds; it restarts and stops the local RabbitMQ and
+#              PostgreSQL, so it runs last, alone. Needs root (rabbitmqctl,
+#              pg_ctlcluster). CPTM8_SKIP_FAULT=1 skips it (the summary says so).
 # Every step runs even when an earlier one failed (but services), and the script exits
 # non-zero when any failed, naming them.
 set -euo pipefail
@@ -82,6 +86,11 @@ main() {
     step doctest cargo test --workspace --doc --no-fail-fast
     step doc env RUSTDOCFLAGS="${RUSTDOCFLAGS:+$RUSTDOCFLAGS }-D warnings" cargo doc --workspace --no-deps
     step deploy deploy_step
+    if [[ "${CPTM8_SKIP_FAULT:-}" == "1" ]]; then
+        SUMMARY+=("$(printf '  %-9s SKIPPED (CPTM8_SKIP_FAULT=1)' fault)")
+    else
+        step fault bash scripts/fault.sh --quick
+    fi
 
     printf '\n%s: summary (%ss in all)\n' "$SCRIPT_NAME" "$(elapsed_s "$start")"
     printf '%s\n' "${SUMMARY[@]}"

@@ -4,8 +4,8 @@
 //!
 //! Rounds: `FAULT_KILL_ROUNDS` (default 20). Odd rounds kill anywhere in the first
 //! seconds of a process's life (start-up, migrations, topology, the takeover grace of
-//! leader election); even rounds wait until the process leads (its log says so) and
-//! kill it while it dispatches and applies results. The kill points come from a seeded
+//! leader election); even rounds wait until the process leads (its log says so), add
+//! the domains, and kill it within a second, while it dispatches and applies results. The kill points come from a seeded
 //! generator; the seed is printed, `FAULT_SEED=<seed>` replays a run.
 //!
 //! It disrupts only its own processes, so it holds the SHARED service lock (like the
@@ -27,6 +27,10 @@ const PER_ROUND: u64 = 5;
 /// Kill points and domain arrivals fall in `[0, WINDOW)` after each round's reference
 /// point: the start (odd rounds) or the moment the process leads (even rounds).
 const WINDOW: Duration = Duration::from_millis(3000);
+/// In even rounds: domains arrive in `[0, BUSY)` after the process leads, and the kill
+/// falls in the `BUSY` that follows (the stage workers answer in 20 ms: five workflows
+/// of three stages take a few hundred milliseconds).
+const BUSY: Duration = Duration::from_millis(1000);
 /// What the log says when a replica starts leading (controller8::leader).
 const LEADING: &str = "this replica is now the leader";
 
@@ -68,8 +72,14 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
     let started = Instant::now();
     let mut first = Some(first);
     for round in 1..=rounds {
-        let insert_at = rng.millis_below(WINDOW);
-        let kill_at = rng.millis_below(WINDOW);
+        let (insert_at, kill_at) = if round % 2 == 0 {
+            // While it leads: the kill falls within a second of the domains' arrival,
+            // while their workflows are created, dispatched and completed.
+            let insert_at = rng.millis_below(BUSY);
+            (insert_at, insert_at + rng.millis_below(BUSY))
+        } else {
+            (rng.millis_below(WINDOW), rng.millis_below(WINDOW))
+        };
         // Round 1 reuses the instance started above; the others start now, and may
         // die before they even answer HTTP.
         let (mut child, mut service) = match first.take() {

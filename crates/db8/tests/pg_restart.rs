@@ -15,9 +15,27 @@ use futures::StreamExt;
 use model8::PostDomain8;
 use support::{ServiceLock, TestDb, eventually};
 
+/// The Debian cluster serving port 5432 (`pg_lsclusters`: version and name, e.g.
+/// `15 main`), as scripts/services.sh set it up; `15 main` when none is listed.
+fn cluster() -> (String, String) {
+    let listed = Command::new("pg_lsclusters")
+        .arg("-h")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    listed
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[2] == "5432")
+        .map_or(("15".into(), "main".into()), |f| {
+            (f[0].to_owned(), f[1].to_owned())
+        })
+}
+
 fn pg_ctl(action: &str) -> bool {
+    let (version, name) = cluster();
     Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", "15", "main", action])
+        .args(["--skip-systemctl-redirect", &version, &name, action])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
