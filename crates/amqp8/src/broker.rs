@@ -259,6 +259,18 @@ pub struct PoolStats {
     pub failed: u64,
 }
 
+/// What the broker refused when it refused a connection attempt: a configuration
+/// error retrying cannot fix. Plain data, without host, user name or password, so a
+/// health report may show it to anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The login (user name or password): [`AmqpError::AccessRefused`].
+    Login,
+    /// The virtual host (missing, or the user may not use it):
+    /// [`AmqpError::VhostNotAllowed`].
+    VirtualHost,
+}
+
 /// The broker's health snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerHealth {
@@ -266,6 +278,9 @@ pub struct BrokerHealth {
     pub connected: bool,
     /// Whether the broker has blocked publishers (memory or disk alarm).
     pub blocked: bool,
+    /// Set while the broker refuses the latest connection attempt; `None` once an
+    /// attempt is not refused (it connected, or failed for another reason).
+    pub refused: Option<Refusal>,
     /// Every consumer started through this broker.
     pub consumers: Vec<ConsumerHealth>,
     /// Pool statistics.

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use amqp8::{AmqpError, Broker, OutgoingMessage, PublishOutcome, RabbitBroker};
+use amqp8::{AmqpError, Broker, OutgoingMessage, PublishOutcome, RabbitBroker, Refusal};
 use common::*;
 
 const SECRET: &str = "s3cr3t-never-shown";
@@ -196,4 +196,146 @@ async fn pool_statistics_and_health() {
     assert_eq!(stats.size, stats.idle + stats.in_use);
     assert_eq!(b.health().pool.created, b.pool_stats().created);
     assert!(!b.health().blocked);
+}
+
+/// Runs `rabbitmqctl` with `args`; whether it succeeded.
+fn rabbitmqctl(args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A throwaway RabbitMQ user with full rights on `/`, deleted on drop.
+struct TestUser {
+    name: String,
+    password: String,
+}
+
+impl TestUser {
+    fn create() -> TestUser {
+        let name = unique("user");
+        let password = unique("pw");
+        assert!(rabbitmqctl(&["add_user", &name, &password]));
+        let user = TestUser { name, password };
+        user.grant();
+        user
+    }
+
+    fn grant(&self) {
+        assert!(rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &self.name,
+            ".*",
+            ".*",
+            ".*"
+        ]));
+    }
+
+    /// Closes every connection of the user (the broker answers 320
+    /// CONNECTION_FORCED), so amqp8 reconnects with what the broker accepts now.
+    fn disconnect(&self) {
+        assert!(rabbitmqctl(&[
+            "close_all_user_connections",
+            &self.name,
+            "amqp8 test: reconnect"
+        ]));
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_user", &self.name]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_a_refusal_while_reconnecting_and_clears_it_once_accepted() {
+    let _lock = lock_shared();
+    let user = TestUser::create();
+    let mut s = settings();
+    s.username = user.name.clone();
+    s.password = config8::Secret::new(user.password.clone());
+    let b = RabbitBroker::connect(&s).await.unwrap();
+    let n = Names::new("refusal");
+    b.declare(&n.topology("k.#", &[])).await.unwrap();
+    let publish = || {
+        b.publish(OutgoingMessage::new(
+            n.exchange.clone(),
+            "k.1",
+            b"{}".to_vec(),
+        ))
+    };
+    // The publisher now holds a connection and reconnects on its own when it is lost.
+    assert_eq!(publish().await.unwrap(), PublishOutcome::Confirmed);
+    assert!(b.health().connected);
+    assert_eq!(b.health().refused, None);
+
+    let result = async {
+        // A changed password: the open connections stay until the broker closes them;
+        // the reconnection is refused.
+        let other = unique("pw2");
+        assert!(rabbitmqctl(&["change_password", &user.name, &other]));
+        user.disconnect();
+        assert!(
+            eventually(WAIT, || async {
+                let h = b.health();
+                h.refused == Some(Refusal::Login) && !h.connected
+            })
+            .await,
+            "{:?}",
+            b.health()
+        );
+        assert!(matches!(
+            b.connection_refusal(),
+            Some(AmqpError::AccessRefused { .. })
+        ));
+        // Back to the configured password: amqp8 retries in the background (every
+        // 5 s while refused) and the refusal clears once it is accepted.
+        assert!(rabbitmqctl(&[
+            "change_password",
+            &user.name,
+            &user.password
+        ]));
+        assert!(
+            eventually(WAIT, || async {
+                let h = b.health();
+                h.refused.is_none() && h.connected
+            })
+            .await,
+            "{:?}",
+            b.health()
+        );
+        assert_eq!(publish().await.unwrap(), PublishOutcome::Confirmed);
+
+        // No permissions on the virtual host: the reconnection is refused with 530.
+        assert!(rabbitmqctl(&["clear_permissions", "-p", "/", &user.name]));
+        user.disconnect();
+        assert!(
+            eventually(WAIT, || async {
+                let h = b.health();
+                h.refused == Some(Refusal::VirtualHost) && !h.connected
+            })
+            .await,
+            "{:?}",
+            b.health()
+        );
+        user.grant();
+        assert!(
+            eventually(WAIT, || async {
+                let h = b.health();
+                h.refused.is_none() && h.connected
+            })
+            .await,
+            "{:?}",
+            b.health()
+        );
+    }
+    .await;
+    b.close().await;
+    n.cleanup().await;
+    result
 }

@@ -584,6 +584,7 @@ mod tests {
             broker: Some(BrokerHealth {
                 connected: true,
                 blocked: false,
+                refused: None,
                 consumers: vec![consumer("corchestratorm8", true)],
                 pool: PoolStats {
                     size: 2,

@@ -6,8 +6,8 @@
 //! oldest), `x-dead-letter-exchange`, mandatory publishes → [`PublishOutcome::Unroutable`],
 //! redeclaration checks, consumers with prefetch, manual ack, requeue (`redelivered`
 //! set) and dead-lettering through the same consumer logic as the real broker. Test
-//! controls inject outages, blocked publishers, failed or nacked publishes, and read
-//! or take queue contents. Never use it outside tests: nothing is persisted.
+//! controls inject outages, blocked publishers, refused connections, failed or nacked
+//! publishes, and read or take queue contents. Never use it outside tests: nothing is persisted.
 
 mod acker;
 mod consumer;
@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::broker::{
     Broker, BrokerHealth, ConsumeOptions, ConsumerHandle, Handler, OutgoingMessage, PoolStats,
-    PublishOutcome, QueueInfo, Topology,
+    PublishOutcome, QueueInfo, Refusal, Topology,
 };
 use crate::error::AmqpError;
 use crate::health::ConsumerRegistry;
@@ -38,6 +38,8 @@ use state::State;
 struct Status {
     up: bool,
     blocked: bool,
+    /// Set while connection attempts are refused (see [`MemoryBroker::set_refused`]).
+    refused: Option<Refusal>,
 }
 
 /// Shared by the broker handle, its consumers and ackers.
@@ -76,32 +78,57 @@ impl Inner {
         }
     }
 
+    /// The error operations fail with at once while connections are refused, as
+    /// amqp8's RabbitMQ broker's do.
+    fn refused(refusal: Refusal) -> AmqpError {
+        let reason = "simulated refusal".to_owned();
+        match refusal {
+            Refusal::Login => AmqpError::AccessRefused {
+                host: "memory".into(),
+                user: "memory".into(),
+                reason,
+            },
+            Refusal::VirtualHost => AmqpError::VhostNotAllowed {
+                host: "memory".into(),
+                vhost: "/".into(),
+                user: "memory".into(),
+                reason,
+            },
+        }
+    }
+
     /// Waits (up to the outage wait) until the broker is up and, for publishes, not
-    /// blocking publishers.
+    /// blocking publishers. While connections are refused it fails at once with the
+    /// refusal ([`AmqpError::AccessRefused`] or [`AmqpError::VhostNotAllowed`]).
     async fn wait_available(&self, publishing: bool) -> Result<(), AmqpError> {
         let ok = |s: &Status| s.up && !(publishing && s.blocked);
         let mut rx = self.status.subscribe();
-        if ok(&rx.borrow()) {
+        let now = *rx.borrow();
+        if ok(&now) {
             return Ok(());
         }
+        if let Some(r) = now.refused {
+            return Err(Self::refused(r));
+        }
         let wait = Duration::from_millis(self.outage_wait_ms.load(Ordering::Relaxed));
-        let waited = tokio::time::timeout(wait, rx.wait_for(ok))
-            .await
-            .map(|r| r.is_ok());
-        match waited {
-            Ok(true) => Ok(()),
-            _ => {
-                let s = *rx.borrow();
-                if s.up {
-                    Err(AmqpError::Blocked {
-                        host: "memory".into(),
-                        reason: "simulated resource alarm".into(),
-                        waited: wait,
-                    })
-                } else {
-                    Err(Self::unavailable("simulated outage"))
-                }
-            }
+        let waited =
+            match tokio::time::timeout(wait, rx.wait_for(|s| ok(s) || s.refused.is_some())).await {
+                Ok(Ok(s)) => Some(*s),
+                _ => None,
+            };
+        let s = waited.unwrap_or_else(|| *rx.borrow());
+        if ok(&s) {
+            Ok(())
+        } else if let Some(r) = s.refused {
+            Err(Self::refused(r))
+        } else if s.up {
+            Err(AmqpError::Blocked {
+                host: "memory".into(),
+                reason: "simulated resource alarm".into(),
+                waited: wait,
+            })
+        } else {
+            Err(Self::unavailable("simulated outage"))
         }
     }
 }
@@ -135,6 +162,7 @@ impl MemoryBroker {
         let (status, _) = watch::channel(Status {
             up: true,
             blocked: false,
+            refused: None,
         });
         MemoryBroker {
             inner: Arc::new(Inner {
@@ -181,6 +209,23 @@ impl MemoryBroker {
     pub fn set_blocked(&self, blocked: bool) {
         self.inner.status.send_modify(|s| s.blocked = blocked);
         self.inner.changed();
+    }
+
+    /// Simulates the broker refusing connection attempts: `Some(refusal)` drops the
+    /// connection as [`MemoryBroker::set_outage`]`(true)` does and keeps it down;
+    /// operations fail at once with [`AmqpError::AccessRefused`]
+    /// ([`Refusal::Login`]) or [`AmqpError::VhostNotAllowed`]
+    /// ([`Refusal::VirtualHost`]), and [`BrokerHealth::refused`] says which. `None`
+    /// ends a refusal: the broker reconnects as after `set_outage(false)` (it does
+    /// not end an outage started by `set_outage`).
+    pub fn set_refused(&self, refused: Option<Refusal>) {
+        let before = self.inner.status.borrow().refused;
+        self.inner.status.send_modify(|s| s.refused = refused);
+        match (before, refused) {
+            (_, Some(_)) => self.set_outage(true),
+            (Some(_), None) => self.set_outage(false),
+            (None, None) => {}
+        }
     }
 
     /// How long operations wait for an outage or block to end before failing with
@@ -421,6 +466,7 @@ impl Broker for MemoryBroker {
         BrokerHealth {
             connected: s.up,
             blocked: s.blocked,
+            refused: s.refused,
             consumers: self.inner.consumers.snapshot(),
             pool: PoolStats {
                 size: open,

@@ -528,6 +528,79 @@ async fn publish_waits_for_recovery_up_to_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_refused_connection_is_reported_and_fails_operations_at_once() {
+    let b = MemoryBroker::new();
+    b.declare(&with_dlq(topology("q", "k.#", &[])))
+        .await
+        .unwrap();
+    // Operations would wait an hour for an outage to end; a refusal fails them at once.
+    b.set_outage_wait(Duration::from_secs(3600));
+    let (tx, mut ackers) = mpsc::unbounded_channel();
+    let _c = b
+        .consume(options("q", 1, 5), Arc::new(Deferring(tx)))
+        .await
+        .unwrap();
+    b.publish(msg("k.x", "held")).await.unwrap();
+    let _stale = next(&mut ackers).await;
+    assert_eq!(b.health().refused, None);
+
+    // A publish waiting for an outage to end fails as soon as the broker refuses.
+    b.set_outage(true);
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { b2.publish(msg("k.x", "waiting")).await });
+    b.set_refused(Some(Refusal::Login));
+    let err = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("a waiting publish must fail on the refusal")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, AmqpError::AccessRefused { .. }), "{err:?}");
+    let h = b.health();
+    assert_eq!(h.refused, Some(Refusal::Login));
+    assert!(!h.connected);
+    assert!(
+        b.wait_until(WAIT, |b| !b.health().consumers[0].active)
+            .await
+    );
+    let err = tokio::time::timeout(WAIT, b.publish(msg("k.x", "refused")))
+        .await
+        .expect("a publish must not wait while the login is refused")
+        .unwrap_err();
+    assert!(matches!(err, AmqpError::AccessRefused { .. }), "{err:?}");
+    assert!(!err.is_transient() && err.is_connection_refused());
+
+    b.set_refused(Some(Refusal::VirtualHost));
+    assert_eq!(b.health().refused, Some(Refusal::VirtualHost));
+    let err = tokio::time::timeout(WAIT, b.queue_info("q"))
+        .await
+        .expect("a passive check must not wait while the virtual host is refused")
+        .unwrap_err();
+    assert!(matches!(err, AmqpError::VhostNotAllowed { .. }), "{err:?}");
+
+    // Accepted again: connected, consumers back, the held message redelivered.
+    b.set_refused(None);
+    let h = b.health();
+    assert_eq!(h.refused, None);
+    assert!(h.connected);
+    let again = next(&mut ackers).await;
+    again.ack().await.unwrap();
+    assert!(b.health().consumers[0].active);
+    assert_eq!(b.health().pool.created, 2);
+    assert_eq!(
+        b.publish(msg("k.x", "after")).await.unwrap(),
+        PublishOutcome::Confirmed
+    );
+
+    // Clearing a refusal there is none of does not end an outage.
+    b.set_outage(true);
+    b.set_refused(None);
+    assert!(!b.health().connected);
+    assert_eq!(b.health().refused, None);
+    b.set_outage(false);
+    assert!(b.health().connected);
+}
+
+#[tokio::test]
 async fn injected_failures_and_nacks() {
     let b = MemoryBroker::new();
     b.declare(&topology("q", "k.#", &[])).await.unwrap();

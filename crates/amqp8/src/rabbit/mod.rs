@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
     Broker, BrokerHealth, ConsumeOptions, ConsumerHandle, Handler, OutgoingMessage, PoolStats,
-    PublishOutcome, QueueInfo, Topology,
+    PublishOutcome, QueueInfo, Refusal, Topology,
 };
 use crate::error::AmqpError;
 use crate::health::ConsumerRegistry;
@@ -512,6 +512,11 @@ impl Broker for RabbitBroker {
         BrokerHealth {
             connected: self.shared.stats.open.load(Ordering::Relaxed) > 0,
             blocked: self.shared.stats.blocked_reason().is_some(),
+            refused: self.shared.stats.refusal().and_then(|e| match e {
+                AmqpError::AccessRefused { .. } => Some(Refusal::Login),
+                AmqpError::VhostNotAllowed { .. } => Some(Refusal::VirtualHost),
+                _ => None,
+            }),
             consumers: self.shared.consumers.snapshot(),
             pool: self.pool_stats(),
         }

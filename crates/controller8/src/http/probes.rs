@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use amqp8::Refusal;
 use model8::{GoTime, RESULT_QUEUE};
 use serde::Serialize;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -70,8 +71,10 @@ async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> 
 
 /// `GET /ready`: 200 when this replica's own dependencies work (database ping, broker
 /// connection, and in managed mode on the leader the stage-result consumer), 503
-/// otherwise. Downstream consumer counts are reported, never decisive. Each check is
-/// bounded by [`HttpTimeouts::check`](super::HttpTimeouts::check).
+/// otherwise. Downstream consumer counts are reported, never decisive; `warnings`
+/// says when RabbitMQ blocks publishers or refuses the login or virtual host (fixed
+/// texts, nothing from the configuration). Each check is bounded by
+/// [`HttpTimeouts::check`](super::HttpTimeouts::check).
 pub(crate) async fn ready(state: &HttpState) -> Response {
     let limit = state.timeouts.check;
     let role = *state.role.borrow();
@@ -125,6 +128,15 @@ pub(crate) async fn ready(state: &HttpState) -> Response {
     let mut warnings = Vec::new();
     if broker.blocked {
         warnings.push("rabbitmq is blocking publishers (memory or disk alarm)");
+    }
+    // Fixed texts: /ready is open, so never the host, user name or password.
+    match broker.refused {
+        Some(Refusal::Login) => warnings
+            .push("rabbitmq refused the login: check RabbitMQ.username and RabbitMQ.password"),
+        Some(Refusal::VirtualHost) => warnings.push(
+            "rabbitmq refused the virtual host: check RabbitMQ.vhost and the user's permissions",
+        ),
+        None => {}
     }
     let body = Ready {
         status: if ready { "ready" } else { "not ready" },

@@ -1410,3 +1410,34 @@ async fn a_request_head_over_the_limit_is_431() {
         .expect("server stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_refused_broker_connection_is_unready_with_a_fixed_warning() {
+    use amqp8::Refusal;
+    let fx = Fx::new().await;
+    for (refusal, warning) in [
+        (
+            Refusal::Login,
+            "rabbitmq refused the login: check RabbitMQ.username and RabbitMQ.password",
+        ),
+        (
+            Refusal::VirtualHost,
+            "rabbitmq refused the virtual host: check RabbitMQ.vhost and the user's permissions",
+        ),
+    ] {
+        fx.broker.set_refused(Some(refusal));
+        let r = get(&fx.routes(), "/ready").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+        let v = r.json();
+        assert_eq!(v["status"], "not ready");
+        assert_eq!(v["checks"]["rabbitmq"], "unhealthy");
+        assert_eq!(v["checks"]["database"], "healthy");
+        // Only the fixed text: nothing from the broker's error (host, user name).
+        assert_eq!(v["warnings"], json!([warning]), "{v}");
+        assert!(!r.text.contains("memory"), "{}", r.text);
+    }
+    fx.broker.set_refused(None);
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.json().get("warnings").is_none(), "{}", r.text);
+}
