@@ -6,25 +6,19 @@
 //! local PostgreSQL, under the shared service lock); the others fail before any
 //! configuration is read.
 
-use std::ffi::OsStr;
-use std::fs::File;
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{Database, cli, text};
 
 /// Runs the binary with `args` in an empty environment and an empty directory (so that
 /// no configuration file can be found by accident).
 fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-        .args(args)
-        .env_clear()
-        .current_dir(dir.path())
-        .output()
-        .expect("the binary runs")
+    cli(args, &[], Some(dir.path()))
 }
 
 /// Asserts a usage error: exit 2, nothing on stdout, stderr holding every `says`.
@@ -239,72 +233,33 @@ fn configuration_paths_that_are_not_files_exit_2() {
     }
 }
 
-/// A database of the local PostgreSQL for one test, under the shared service lock.
-struct Db {
-    name: String,
-    _lock: File,
-}
-
-impl Db {
-    fn create() -> Db {
-        let lock = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open("/tmp/cptm8-services.lock")
-            .unwrap();
-        lock.lock_shared().unwrap();
-        let name = format!("cptm8_badcli_{}", uuid::Uuid::new_v4().simple());
-        let ok = Command::new("createdb")
-            .args(["-h", "127.0.0.1", "-U", "postgres", &name])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "createdb {name}");
-        Db { name, _lock: lock }
-    }
-
-    fn count(&self) -> String {
-        let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-A", "-t"])
-            .args(["-d", &self.name, "-c", "SELECT count(*) FROM cptm8domain"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = Command::new("dropdb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "--force",
-                "--if-exists",
-            ])
-            .arg(&self.name)
-            .status();
-    }
-}
-
-#[test]
-fn add_with_a_bad_name_stores_nothing() {
-    let db = Db::create();
+/// A database of the local PostgreSQL for one test (under the shared service lock),
+/// and a configuration file `c.yaml` for it in a temporary directory: `before`, the
+/// `Database` section, then `after`.
+fn database_and_config(before: &str, after: &str) -> (Database, tempfile::TempDir, PathBuf) {
+    let db = Database::create("cptm8_badcli");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "Database:\n  location: 127.0.0.1\n  port: 5432\n  database: {}\n  username: postgres\n",
+            "{before}Database:\n  location: 127.0.0.1\n  port: 5432\n  database: {}\n  \
+             username: postgres\n{after}",
             db.name
         ),
     )
     .unwrap();
+    (db, dir, cfg)
+}
+
+/// The domains stored in `db`.
+fn count(db: &Database) -> String {
+    db.psql("SELECT count(*) FROM cptm8domain")
+}
+
+#[test]
+fn add_with_a_bad_name_stores_nothing() {
+    let (db, _dir, cfg) = database_and_config("", "");
     let cfg = cfg.to_str().unwrap();
     let migrate = run(&["migrate", "--config", cfg]);
     assert_eq!(migrate.status.code(), Some(0), "{}", text(&migrate.stderr));
@@ -322,7 +277,7 @@ fn add_with_a_bad_name_stores_nothing() {
             &[],
         );
     }
-    assert_eq!(db.count(), "0");
+    assert_eq!(count(&db), "0");
     // The same command with good input does store (so the count above can fail).
     let ok = run(&[
         "domains",
@@ -334,7 +289,7 @@ fn add_with_a_bad_name_stores_nothing() {
         "X",
     ]);
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
-    assert_eq!(db.count(), "1");
+    assert_eq!(count(&db), "1");
 }
 
 #[test]
@@ -370,18 +325,8 @@ fn launch_with_a_bad_configuration_exits_2_before_touching_a_server() {
 
 #[test]
 fn launch_on_a_port_in_use_exits_1_naming_the_address() {
-    let db = Db::create();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "LOG_LEVEL: \"2\"\nDatabase:\n  location: 127.0.0.1\n  port: 5432\n  database: {}\n  \
-             username: postgres\nLeaderElection: {{enabled: false}}\n",
-            db.name
-        ),
-    )
-    .unwrap();
+    let (_db, _dir, cfg) =
+        database_and_config("LOG_LEVEL: \"2\"\n", "LeaderElection: {enabled: false}\n");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let out = run(&[

@@ -5,12 +5,14 @@
 //! ready. Catalogued in docs/BAD_INPUT.md. (The e2e suite has the first two malformed
 //! cases: e2e_managed.rs `a_malformed_result_is_dead_lettered_while_the_service_keeps_running`.)
 
+mod common;
 mod e2e_support;
 
 use std::time::Duration;
 
 use amqp8::{Broker, OutgoingMessage, PublishOutcome};
-use e2e_support::{Act, Client, Env, Service, eventually, managed, stage};
+use common::{eventually, http_get};
+use e2e_support::{Act, Client, Env, Service, managed, stage};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -44,7 +46,7 @@ async fn consuming(svc: &Service) {
 }
 
 async fn metric(svc: &Service, name: &str) -> String {
-    let text = e2e_support::http_get(svc.port, "/metrics").await.unwrap().1;
+    let text = http_get(svc.port, "/metrics").await.unwrap().1;
     text.lines()
         .find(|l| l.starts_with(name))
         .unwrap_or_else(|| panic!("{name} in {text}"))

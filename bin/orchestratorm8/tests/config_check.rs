@@ -1,8 +1,12 @@
 //! `orchestratorm8 config check` as the real binary: exit codes, redaction, messages.
 //! Every run starts from an empty environment so the caller's variables cannot leak in.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{cli, text};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/configs")
@@ -24,19 +28,8 @@ const GO_ENV: &[(&str, &str)] = &[
 ];
 
 fn check(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-        .arg("config")
-        .arg("check")
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .current_dir(cwd)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    let all: Vec<&str> = ["config", "check"].iter().chain(args).copied().collect();
+    cli(&all, env, Some(cwd))
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {

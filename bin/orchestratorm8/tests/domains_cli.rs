@@ -3,77 +3,19 @@
 //! trust authentication). Each test creates its own database and holds the shared
 //! service lock (/tmp/cptm8-services.lock) while it runs.
 
-use std::fs::File;
+mod common;
+
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{Database, cli, free_port, text};
 
 const PASSWORD: &str = "Pg-S3cret-Value";
 
-/// Holds the shared service lock and a database named for this test; drops both.
-struct Db {
-    name: String,
-    _lock: File,
-}
-
-impl Db {
-    fn create() -> Db {
-        let lock = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open("/tmp/cptm8-services.lock")
-            .unwrap();
-        lock.lock_shared().unwrap();
-        let name = format!("cptm8_cli_{}", uuid::Uuid::new_v4().simple());
-        let ok = Command::new("createdb")
-            .args(["-h", "127.0.0.1", "-U", "postgres", &name])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "createdb {name}");
-        Db { name, _lock: lock }
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ])
-            .args(["-d", &self.name, "-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = Command::new("dropdb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "--force",
-                "--if-exists",
-                &self.name,
-            ])
-            .status();
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// A database named for this test, under the shared service lock; drops both.
+fn database() -> Database {
+    Database::create("cptm8_cli")
 }
 
 /// A configuration file in `dir` for database `db` on `port`, plus `extra` lines of the
@@ -94,14 +36,9 @@ fn config(dir: &Path, db: &str, port: u16, extra: &str) -> PathBuf {
 
 fn run(cfg: &Path, args: &[&str]) -> Output {
     let (head, rest) = args.split_first().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-        .arg(head)
-        .arg("--config")
-        .arg(cfg)
-        .args(rest)
-        .env_clear()
-        .output()
-        .expect("the binary runs")
+    let mut all: Vec<&OsStr> = vec![OsStr::new(head), OsStr::new("--config"), cfg.as_os_str()];
+    all.extend(rest.iter().map(OsStr::new));
+    cli(&all, &[], None)
 }
 
 fn ok(out: &Output) -> String {
@@ -129,7 +66,7 @@ fn listed(cfg: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn migrate_then_add_list_disable_enable_remove() {
-    let db = Db::create();
+    let db = database();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &db.name, 5432, "");
 
@@ -193,7 +130,7 @@ fn migrate_then_add_list_disable_enable_remove() {
 
 #[test]
 fn invalid_input_exits_2_and_stores_nothing() {
-    let db = Db::create();
+    let db = database();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &db.name, 5432, "");
     ok(&run(&cfg, &["migrate"]));
@@ -224,7 +161,7 @@ fn invalid_input_exits_2_and_stores_nothing() {
 
 #[test]
 fn duplicates_and_unknown_ids_are_runtime_failures_with_clear_messages() {
-    let db = Db::create();
+    let db = database();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &db.name, 5432, "");
     ok(&run(&cfg, &["migrate"]));
@@ -255,7 +192,7 @@ fn duplicates_and_unknown_ids_are_runtime_failures_with_clear_messages() {
 
 #[test]
 fn an_unmigrated_database_gets_a_hint() {
-    let db = Db::create();
+    let db = database();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &db.name, 5432, "");
     let err = failed(&run(&cfg, &["domains", "list"]), 1);
@@ -267,10 +204,7 @@ fn an_unmigrated_database_gets_a_hint() {
 
 #[test]
 fn an_unreachable_database_is_named_without_the_password() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "cptm8_nowhere", port, "");
     for args in [&["migrate"][..], &["domains", "list"][..]] {
@@ -325,7 +259,7 @@ fn a_database_that_does_not_exist_is_a_configuration_error_named_at_once() {
 
 #[test]
 fn migrate_names_the_file_in_its_configuration_warnings() {
-    let db = Db::create();
+    let db = database();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &db.name, 5432, "Surprise: 1\n");
     let out = run(&cfg, &["migrate"]);

@@ -2,12 +2,14 @@
 //! PostgreSQL and RabbitMQ. See `e2e_support` for the isolation (own database, own
 //! virtual host per test).
 
+mod common;
 mod e2e_support;
 
 use std::time::{Duration, Instant};
 
 use amqp8::Broker;
-use e2e_support::{Env, Service, eventually};
+use common::eventually;
+use e2e_support::{Env, Service};
 use model8::AmqpM8Message;
 
 const GO_QUEUE_ARGS: &str = "{ \"x-max-length\": 1, \"x-overflow\": \"reject-publish\" }";

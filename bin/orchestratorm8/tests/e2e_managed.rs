@@ -1,13 +1,15 @@
 //! End-to-end: managed mode with the real binary, PostgreSQL and RabbitMQ, and test
 //! workers written on amqp8. Each test has its own database and virtual host.
 
+mod common;
 mod e2e_support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use amqp8::Broker;
-use e2e_support::{Act, Env, NOTIFY_QUEUE, Service, eventually, managed, stage};
+use common::{eventually, http_get};
+use e2e_support::{Act, Env, Service, managed, stage};
 use model8::{AmqpM8Message, Notification8};
 
 const NO_ARGS: &str = "{}";
@@ -29,7 +31,7 @@ fn stage_of<'a>(wf: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
 }
 
 async fn metrics(svc: &Service) -> String {
-    e2e_support::http_get(svc.port, "/metrics").await.unwrap().1
+    http_get(svc.port, "/metrics").await.unwrap().1
 }
 
 fn notifications(got: &[amqp8::Message], key: &str) -> Vec<Notification8> {
@@ -47,26 +49,11 @@ fn notifications(got: &[amqp8::Message], key: &str) -> Vec<Notification8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_stage_pipeline_runs_to_completion() {
     let env = Env::new();
-    let stages =
-        stage("a", &[], "30s", 3) + &stage("b", &["a"], "30s", 3) + &stage("c", &["b"], "30s", 3);
-    let config = env.config(
-        &[("a", NO_ARGS), ("b", NO_ARGS), ("c", NO_ARGS)],
-        &managed(&stages),
-    );
-    let mut svc = Service::start(&config, env.dir.path(), "svc").await;
-    svc.ready().await;
-    let client = env.client().await;
-    client.observe_notifications().await;
-    let (notes, _n) = client.collect(NOTIFY_QUEUE).await;
-    let mut seen = Vec::new();
-    let mut handles = Vec::new();
-    for s in ["a", "b", "c"] {
-        let (jobs, h) = client
-            .worker(s, Duration::from_millis(20), |_| Act::Complete)
-            .await;
-        seen.push(jobs);
-        handles.push(h);
-    }
+    let config = env.pipeline_config("30s", managed);
+    let run = env
+        .start_pipeline(&config, "svc", Duration::from_millis(20))
+        .await;
+    let (mut svc, notes, seen) = (run.svc, &run.notes, &run.seen);
     env.insert_domains("pipe", 5);
     eventually("5 workflows completed", LIMIT, async || {
         let wfs = svc.workflows().await;
@@ -80,7 +67,7 @@ async fn a_three_stage_pipeline_runs_to_completion() {
         }
         assert_eq!(wf["domains"].as_array().unwrap().len(), 1);
     }
-    for (s, jobs) in ["a", "b", "c"].iter().zip(&seen) {
+    for (s, jobs) in ["a", "b", "c"].iter().zip(seen) {
         let jobs = jobs.lock().unwrap();
         assert_eq!(jobs.len(), 5, "stage {s}: one job per workflow");
         let ids: HashSet<_> = jobs.iter().map(|j| j.workflow_id).collect();
@@ -167,8 +154,7 @@ async fn a_stage_timing_out_until_max_attempts_fails_the_workflow_and_notifies()
     let mut svc = Service::start(&config, env.dir.path(), "svc").await;
     svc.ready().await;
     let client = env.client().await;
-    client.observe_notifications().await;
-    let (notes, _n) = client.collect(NOTIFY_QUEUE).await;
+    let (notes, _n) = client.notifications().await;
     // A stuck worker: takes the job, never reports.
     let (a_jobs, _ha) = client.worker("a", Duration::ZERO, |_| Act::Ignore).await;
     env.insert_domains("stuck", 1);

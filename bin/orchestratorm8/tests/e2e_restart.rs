@@ -2,30 +2,24 @@
 //! restart: every workflow completes (state is in PostgreSQL, results wait in the
 //! durable result queue, claims of the dead process expire).
 
+mod common;
 mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{Act, Env, Service, eventually, managed, stage};
+use common::eventually;
+use e2e_support::{Env, PIPELINE, Service, managed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_workflow_and_restart_then_every_workflow_completes() {
     let env = Env::new();
-    let stages =
-        stage("a", &[], "60s", 3) + &stage("b", &["a"], "60s", 3) + &stage("c", &["b"], "60s", 3);
-    let config = env.config(&[("a", "{}"), ("b", "{}"), ("c", "{}")], &managed(&stages));
+    let config = env.pipeline_config("60s", managed);
     let mut first = Service::start(&config, env.dir.path(), "first").await;
     first.ready().await;
     let client = env.client().await;
-    let mut seen = Vec::new();
-    let mut handles = Vec::new();
-    for s in ["a", "b", "c"] {
-        let (jobs, h) = client
-            .worker(s, Duration::from_millis(150), |_| Act::Complete)
-            .await;
-        seen.push(jobs);
-        handles.push(h);
-    }
+    let (seen, _handles) = client
+        .completing_workers(&PIPELINE, Duration::from_millis(150))
+        .await;
     env.insert_domains("crash", 10);
     eventually("work under way", Duration::from_secs(60), async || {
         seen[0].lock().unwrap().len() >= 3

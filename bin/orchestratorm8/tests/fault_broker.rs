@@ -5,6 +5,7 @@
 //!
 //! Ignored by default (they stop the shared broker): `bash scripts/fault.sh`.
 
+mod common;
 mod e2e_support;
 mod fault_support;
 
@@ -13,11 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amqp8::{
-    BindingDecl, Broker, ConsumeOptions, Decision, ExchangeDecl, Message, OutgoingMessage,
-    PublishOutcome, QueueDecl, RabbitBroker, Topology, handler_fn,
-};
-use e2e_support::{Act, Service, eventually, http_get, stage};
+use amqp8::{Broker, OutgoingMessage, PublishOutcome, RabbitBroker};
+use common::{eventually, http_get, ready};
+use e2e_support::{Act, Service, bind_queue, consume_each, stage};
 use fault_support::{MemoryAlarm, Outcome, RabbitApp, managed_once, metric, ready_until};
 
 const NO_ARGS: &str = "{}";
@@ -45,24 +44,7 @@ async fn a_broker_restart_during_a_bulk_publish_loses_no_confirmed_message() {
     // machine: the test is about what was confirmed, not about the deadline.
     settings.pool.connection_timeout = Duration::from_secs(120);
     let broker = Arc::new(RabbitBroker::connect(&settings).await.unwrap());
-    broker
-        .declare(&Topology {
-            exchanges: vec![ExchangeDecl {
-                name: "fault.bulk".into(),
-                kind: "topic".into(),
-            }],
-            queues: vec![QueueDecl {
-                name: "qbulk".into(),
-                arguments: Default::default(),
-            }],
-            bindings: vec![BindingDecl {
-                exchange: "fault.bulk".into(),
-                queue: "qbulk".into(),
-                routing_key: "bulk.#".into(),
-            }],
-        })
-        .await
-        .unwrap();
+    bind_queue(&broker, "fault.bulk", "qbulk", "bulk.#").await;
 
     // The publisher: batches of BATCH messages, one publish_many each, back to back,
     // until the broker has been restarted and at least AT_LEAST were published.
@@ -170,27 +152,11 @@ async fn a_broker_restart_during_a_bulk_publish_loses_no_confirmed_message() {
     // Read the queue back: every confirmed message is there (duplicates allowed).
     let seen: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let sink = seen.clone();
-    let consumer = broker
-        .consume(
-            ConsumeOptions {
-                queue: "qbulk".into(),
-                tag: "fault-bulk-reader".into(),
-                prefetch: 1000,
-                autoack: false,
-                max_redeliveries: 100,
-                dead_letter: None,
-            },
-            Arc::new(handler_fn(move |m: Message| {
-                let sink = sink.clone();
-                async move {
-                    let n = String::from_utf8_lossy(&m.body).parse().unwrap_or(u64::MAX);
-                    sink.lock().unwrap().insert(n);
-                    Ok(Decision::Ack)
-                }
-            })),
-        )
-        .await
-        .unwrap();
+    let consumer = consume_each(&broker, "qbulk", "fault-bulk-reader", 1000, move |m| {
+        let n = String::from_utf8_lossy(&m.body).parse().unwrap_or(u64::MAX);
+        sink.lock().unwrap().insert(n);
+    })
+    .await;
     // Until every confirmed message was seen, or the queue stays empty with nothing
     // new arriving for 5 s (nothing more will come), at most 2 minutes.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -284,9 +250,7 @@ async fn the_broker_away_for_30_s_the_service_stays_up_unready_then_publishes_wh
             .await
             .expect("/health answers");
         assert_eq!(h, 200);
-        let (s, b) = fault_support::ready(svc.port)
-            .await
-            .expect("/ready answers");
+        let (s, b) = ready(svc.port).await.expect("/ready answers");
         assert!(
             s == 503 && b["checks"]["rabbitmq"] == "unhealthy",
             "{s} {b}"
@@ -358,9 +322,7 @@ async fn a_memory_alarm_pauses_publishing_ready_stays_200_with_a_warning_then_jo
     // goes out; what /ready and /metrics say about the blocked broker is recorded.
     let (mut warned, mut gauge) = (None, false);
     while raised.elapsed() < ALARM {
-        let (s, b) = fault_support::ready(svc.port)
-            .await
-            .expect("/ready answers");
+        let (s, b) = ready(svc.port).await.expect("/ready answers");
         assert_eq!(
             s, 200,
             "a blocked broker does not make the service unready: {b}"
@@ -394,7 +356,7 @@ async fn a_memory_alarm_pauses_publishing_ready_stays_200_with_a_warning_then_jo
         !logs.contains("publishing stage jobs failed"),
         "the publish failed instead of waiting:\n{logs}"
     );
-    let (_, body) = fault_support::ready(svc.port).await.unwrap();
+    let (_, body) = ready(svc.port).await.unwrap();
     assert!(body.get("warnings").is_none(), "{body}");
     let text = http_get(svc.port, "/metrics").await.unwrap().1;
     assert_eq!(

@@ -8,12 +8,14 @@
 //! It disrupts nothing shared: SHARED service lock. Ignored by default (it belongs to
 //! the fault suite): `bash scripts/fault.sh`.
 
+mod common;
 mod e2e_support;
 mod fault_support;
 
 use std::time::{Duration, Instant};
 
-use e2e_support::{Act, Service, http_get, stage};
+use common::http_get;
+use e2e_support::{PIPELINE, Service};
 use fault_support::{Outcome, managed_once, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,19 +27,11 @@ async fn results_reported_before_the_job_is_recorded_running_are_not_lost() {
         false,
     );
     // A short time-out, so that a lost result shows as a retry within the test.
-    let stages =
-        stage("a", &[], "15s", 3) + &stage("b", &["a"], "15s", 3) + &stage("c", &["b"], "15s", 3);
-    let config = env.config(
-        &[("a", "{}"), ("b", "{}"), ("c", "{}")],
-        &managed_once(&stages),
-    );
+    let config = env.pipeline_config("15s", managed_once);
     let mut svc = Service::start(&config, env.dir.path(), "svc").await;
     svc.ready().await;
     let client = env.client().await;
-    let mut workers = Vec::new();
-    for s in ["a", "b", "c"] {
-        workers.push(client.worker(s, Duration::ZERO, |_| Act::Complete).await);
-    }
+    let (seen, _handles) = client.completing_workers(&PIPELINE, Duration::ZERO).await;
     let started = Instant::now();
     env.insert_domains("fast", DOMAINS as usize);
     fault_support::all_completed(&env, DOMAINS, Duration::from_secs(120)).await;
@@ -56,10 +50,7 @@ async fn results_reported_before_the_job_is_recorded_running_are_not_lost() {
     eprintln!(
         "{DOMAINS} workflows completed in {took:.1?}; {} jobs; results_stale_total {stale}, \
          stage_retries_total {retries}",
-        workers
-            .iter()
-            .map(|(j, _)| j.lock().unwrap().len())
-            .sum::<usize>()
+        seen.iter().map(|j| j.lock().unwrap().len()).sum::<usize>()
     );
     let outcome = Outcome::read(&env);
     let logs = svc.logs();

@@ -12,16 +12,17 @@
 //! e2e tests), not the exclusive one. Ignored by default (it takes a couple of minutes):
 //! `bash scripts/fault.sh`.
 
+mod common;
 mod e2e_support;
 mod fault_support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use e2e_support::{Act, NOTIFY_QUEUE, Service, http_get, stage};
+use common::http_get;
+use e2e_support::Service;
 use fault_support::{Outcome, Rng, managed_once, metric};
 
-const NO_ARGS: &str = "{}";
 /// Domains added in each round.
 const PER_ROUND: u64 = 5;
 /// Kill points and domain arrivals fall in `[0, WINDOW)` after each round's reference
@@ -45,29 +46,13 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
         "kill_9_at_random_points_every_workflow_completes_exactly_once",
         false,
     );
-    let stages = stage("a", &[], "120s", 3)
-        + &stage("b", &["a"], "120s", 3)
-        + &stage("c", &["b"], "120s", 3);
-    let config = env.config(
-        &[("a", NO_ARGS), ("b", NO_ARGS), ("c", NO_ARGS)],
-        &managed_once(&stages),
-    );
+    let config = env.pipeline_config("120s", managed_once);
 
     // A first start declares the topology the workers consume from.
-    let first = Service::start(&config, env.dir.path(), "round-01").await;
-    first.ready().await;
-    let client = env.client().await;
-    client.observe_notifications().await;
-    let (notes, _n) = client.collect(NOTIFY_QUEUE).await;
-    let mut seen = Vec::new();
-    let mut handles = Vec::new();
-    for s in ["a", "b", "c"] {
-        let (jobs, h) = client
-            .worker(s, Duration::from_millis(20), |_| Act::Complete)
-            .await;
-        seen.push(jobs);
-        handles.push(h);
-    }
+    let run = env
+        .start_pipeline(&config, "round-01", Duration::from_millis(20))
+        .await;
+    let (first, notes, seen) = (run.svc, &run.notes, &run.seen);
 
     let started = Instant::now();
     let mut first = Some(first);
@@ -172,7 +157,7 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
         .map(|(w, d)| (w.to_owned(), d.to_owned()))
         .collect();
     assert_eq!(workflows.len() as u64, total);
-    for (s, jobs) in ["a", "b", "c"].iter().zip(&seen) {
+    for (s, jobs) in ["a", "b", "c"].iter().zip(seen) {
         let jobs = jobs.lock().unwrap();
         let mut per_workflow: HashMap<String, u32> = HashMap::new();
         for j in jobs.iter() {

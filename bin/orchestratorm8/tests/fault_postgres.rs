@@ -4,16 +4,16 @@
 //!
 //! Ignored by default (it stops the shared database server): `bash scripts/fault.sh`.
 
+mod common;
 mod e2e_support;
 mod fault_support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use e2e_support::{Act, Env, NOTIFY_QUEUE, Service, eventually, http_get, stage};
+use common::{eventually, http_get};
+use e2e_support::Env;
 use fault_support::{Outcome, Postgres, managed_once, metric, ready_until};
-
-const NO_ARGS: &str = "{}";
 
 fn not_completed(env: &Env) -> u64 {
     fault_support::count(
@@ -29,27 +29,11 @@ async fn postgres_restarted_and_stopped_mid_cycle_every_workflow_completes_once(
         "postgres_restarted_and_stopped_mid_cycle_every_workflow_completes_once",
         true,
     );
-    let stages = stage("a", &[], "120s", 3)
-        + &stage("b", &["a"], "120s", 3)
-        + &stage("c", &["b"], "120s", 3);
-    let config = env.config(
-        &[("a", NO_ARGS), ("b", NO_ARGS), ("c", NO_ARGS)],
-        &managed_once(&stages),
-    );
-    let mut svc = Service::start(&config, env.dir.path(), "svc").await;
-    svc.ready().await;
-    let client = env.client().await;
-    client.observe_notifications().await;
-    let (notes, _n) = client.collect(NOTIFY_QUEUE).await;
-    let mut seen = Vec::new();
-    let mut handles = Vec::new();
-    for s in ["a", "b", "c"] {
-        let (jobs, h) = client
-            .worker(s, Duration::from_millis(100), |_| Act::Complete)
-            .await;
-        seen.push(jobs);
-        handles.push(h);
-    }
+    let config = env.pipeline_config("120s", managed_once);
+    let run = env
+        .start_pipeline(&config, "svc", Duration::from_millis(100))
+        .await;
+    let (mut svc, notes, seen) = (run.svc, &run.notes, &run.seen);
 
     // 1. `pg_ctlcluster restart` while 20 workflows run.
     env.insert_domains("one", 20);
@@ -137,7 +121,7 @@ async fn postgres_restarted_and_stopped_mid_cycle_every_workflow_completes_once(
         .lines()
         .map(str::to_owned)
         .collect();
-    for (s, jobs) in ["a", "b", "c"].iter().zip(&seen) {
+    for (s, jobs) in ["a", "b", "c"].iter().zip(seen) {
         let jobs = jobs.lock().unwrap();
         for id in &wf_ids {
             assert!(

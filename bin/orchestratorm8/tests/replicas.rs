@@ -19,13 +19,15 @@
 //! asserted on a loaded 2-core machine. The ignored tests `takeover_time_samples` and
 //! `throughput_samples` take the measurements.
 
+mod common;
 mod e2e_support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use amqp8::Broker;
-use e2e_support::{Env, Service, eventually, http_get, managed, stage};
+use common::{BIN, eventually, free_port, http_get, launch, log_to, run};
+use e2e_support::{Env, Service, managed, stage};
 use model8::{AmqpM8Message, StageJob};
 
 /// Deadline for anything that should take seconds (generous: loaded machine).
@@ -65,11 +67,10 @@ async fn role(svc: &Service) -> Option<String> {
 
 /// The role `/ready` on `port` reports, `None` when it does not answer 200 with a role.
 async fn role_at(port: u16) -> Option<String> {
-    let (status, body) = http_get(port, "/ready").await.ok()?;
+    let (status, v) = common::ready(port).await?;
     if status != 200 {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["role"].as_str().map(str::to_owned)
 }
 
@@ -393,16 +394,7 @@ async fn a_classic_queue_configured_as_quorum_stops_the_start_naming_queue_and_a
         .unwrap();
     let config = config(&env);
     let log = env.dir.path().join("refused.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-        .args(["launch", "--ip", "127.0.0.1", "--port", "0"])
-        .arg("--config")
-        .arg(&config)
-        .env_remove("ORCHESTRATORM8_CONFIG")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
+    let mut child = log_to(&mut launch(BIN, &config, 0), &log).spawn().unwrap();
     let deadline = Instant::now() + LIMIT;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -447,17 +439,13 @@ async fn a_classic_queue_configured_as_quorum_stops_the_start_naming_queue_and_a
 
 /// `name -> type` of every queue of the test's virtual host, from `rabbitmqctl`.
 fn queue_types(env: &Env) -> std::collections::BTreeMap<String, String> {
-    let out = std::process::Command::new("rabbitmqctl")
+    run(std::process::Command::new("rabbitmqctl")
         .args(["-q", "list_queues", "-p", &env.name, "--no-table-headers"])
-        .args(["name", "type"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(n, t)| (n.to_owned(), t.trim().to_owned()))
-        .collect()
+        .args(["name", "type"]))
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .map(|(n, t)| (n.to_owned(), t.trim().to_owned()))
+    .collect()
 }
 
 /// The configuration docs/OPERATIONS.md gives for a RabbitMQ cluster: every queue the
@@ -595,17 +583,7 @@ async fn every_queue_quorum_as_on_a_cluster_workflows_complete_and_dead_letters_
 /// Runs SQL as the superuser in the `postgres` database (for statements that must not
 /// run in the test database's own, possibly read-only, sessions).
 fn psql_admin(sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-A", "-t"])
-        .args(["-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    common::psql("postgres", sql)
 }
 
 /// Makes the test database read-only (or writable again) for every new session, and
@@ -857,19 +835,14 @@ struct Proc {
 
 impl Proc {
     async fn start(config: &std::path::Path, dir: &std::path::Path, label: &str) -> Proc {
-        let bin = std::env::var("REPLICAS_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_orchestratorm8").to_owned());
-        let port = e2e_support::free_port();
-        let log = std::fs::File::create(dir.join(format!("{label}.log"))).unwrap();
-        let child = std::process::Command::new(bin)
-            .args(["launch", "--ip", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--config")
-            .arg(config)
-            .env_remove("ORCHESTRATORM8_CONFIG")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let bin = std::env::var("REPLICAS_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let port = free_port();
+        let child = log_to(
+            &mut launch(bin, config, port),
+            &dir.join(format!("{label}.log")),
+        )
+        .spawn()
+        .unwrap();
         let p = Proc { child, port };
         eventually("healthy", LIMIT, async || {
             matches!(http_get(port, "/health").await, Ok((200, _)))

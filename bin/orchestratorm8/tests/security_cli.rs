@@ -4,30 +4,18 @@
 //! throwaway PostgreSQL with password authentication, with the right and a wrong
 //! password, at LOG_LEVEL 0. See docs/SECURITY.md.
 
+mod common;
 mod security_support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use common::{BIN, ServiceLock, cli, free_port, launch, text};
 use security_support::*;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn orchestratorm8(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .current_dir(cwd)
-        .output()
-        .expect("the binary runs")
-}
 
 /// Runs the binary and checks that neither stdout nor stderr holds a canary.
 fn clean(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (Option<i32>, String, String) {
-    let out = orchestratorm8(args, env, cwd);
+    let out = cli(args, env, Some(cwd));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_no_canary(&format!("stdout of {args:?}"), &stdout);
     assert_no_canary(&format!("stderr of {args:?}"), &stderr);
@@ -230,16 +218,7 @@ struct Running {
 impl Running {
     fn start(config: &Path, port: u16, dir: &Path, label: &str) -> Running {
         let err = dir.join(format!("{label}.err"));
-        let child = Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-            .args([
-                "launch",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--config",
-            ])
-            .arg(config)
+        let child = launch(BIN, config, port)
             .env_clear()
             .current_dir(dir)
             .stdout(std::fs::File::create(dir.join(format!("{label}.out"))).unwrap())
@@ -306,7 +285,7 @@ fn launch_at_log_level_0_logs_no_secret() {
                  apm_secret_token: \"{apm_token}\"\n  apm_flush_timeout: 200ms\n",
                 pg.port,
                 mq.name,
-                closed_port(),
+                free_port(),
             ),
         )
         .unwrap();
@@ -319,14 +298,14 @@ fn launch_at_log_level_0_logs_no_secret() {
     // A wrong database password, then a wrong RabbitMQ password: exit 2 (a
     // configuration error, not retried), the cause named, no secret.
     write(&canary("wrong-pg"), &mq.password);
-    let mut svc = Running::start(&cfg, closed_port(), dir.path(), "pg");
+    let mut svc = Running::start(&cfg, free_port(), dir.path(), "pg");
     assert_eq!(svc.exit_code(120), Some(2));
     let err = svc.stderr();
     assert_no_canary("launch's stderr", &err);
     assert!(err.contains("password authentication failed"), "{err}");
 
     write(&pg.password, &canary("wrong-mq"));
-    let mut svc = Running::start(&cfg, closed_port(), dir.path(), "mq");
+    let mut svc = Running::start(&cfg, free_port(), dir.path(), "mq");
     assert_eq!(svc.exit_code(120), Some(2));
     let err = svc.stderr();
     assert_no_canary("launch's stderr", &err);
@@ -334,7 +313,7 @@ fn launch_at_log_level_0_logs_no_secret() {
 
     // Everything right: serve, answer, take a broken configuration edit, stop.
     write(&pg.password, &mq.password);
-    let port = closed_port();
+    let port = free_port();
     let mut svc = Running::start(&cfg, port, dir.path(), "ok");
     wait_until(std::time::Duration::from_secs(120), "/ready 200", || {
         assert!(svc.child.try_wait().unwrap().is_none(), "exited");

@@ -8,6 +8,7 @@
 //!
 //! One test only: log8 installs the process-wide subscriber. See docs/SECURITY.md.
 
+mod common;
 mod security_support;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{ServiceLock, free_port};
 use config8::{HttpSettings, LogLevel, Secret, SslMode};
 use controller8::http::{HttpState, HttpTimeouts, serve};
 use controller8::{Metrics, Role, ScanNow, ScanNowError, SystemClock};
@@ -60,12 +62,6 @@ async fn http(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String
         .map_or("", |(_, b)| b)
         .to_owned();
     (status, body)
-}
-
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(120), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
 /// Serves `state` on a free port of 127.0.0.1 until the returned sender is dropped.
@@ -122,7 +118,7 @@ fn no_secret_in_debug_logs_or_probe_bodies() {
                 .await
                 .unwrap_err();
             s.sslmode = SslMode::Disable;
-            s.port = closed_port();
+            s.port = free_port();
             s.retry_attempts = 2;
             bounded("pg closed", PgStore::connect(&s))
                 .await
@@ -139,7 +135,7 @@ fn no_secret_in_debug_logs_or_probe_bodies() {
                 .await
                 .unwrap_err();
             m.tls = false;
-            m.port = closed_port();
+            m.port = free_port();
             bounded("mq closed", amqp8::connect(&m)).await.unwrap_err();
 
             // ----- a working service, then its dependencies failing -----

@@ -3,11 +3,13 @@
 //! password authentication and TLS off (`security_support::ThrowawayPg`), the RabbitMQ
 //! tests the shared broker (under the shared service lock). See docs/SECURITY.md.
 
+mod common;
 mod security_support;
 
 use std::time::Duration;
 
 use amqp8::AmqpError;
+use common::{ServiceLock, free_port};
 use config8::SslMode;
 use db8::{DbError, DbHealth, PgStore};
 use security_support::*;
@@ -15,13 +17,6 @@ use security_support::*;
 /// Display and Debug of an error, for the leak checks.
 fn shown(e: &(impl std::fmt::Display + std::fmt::Debug)) -> String {
     format!("{e} | {e:?}")
-}
-
-/// Bounds a connection attempt: a hang is a failure of its own.
-async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(120), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
 #[tokio::test]
@@ -87,7 +82,7 @@ async fn sslmode_require_against_a_server_without_tls_fails_clearly() {
 #[tokio::test]
 async fn unreachable_servers_are_named_without_the_password() {
     let password = canary("unreachable");
-    let port = closed_port();
+    let port = free_port();
     let mut s = config8::DatabaseSettings {
         location: "127.0.0.1".into(),
         port,
@@ -105,7 +100,7 @@ async fn unreachable_servers_are_named_without_the_password() {
     assert_no_canary("the database error", &text);
     assert!(text.contains("no-such-host.invalid"), "{text}");
 
-    let m = rabbit_settings("guest", &password, closed_port());
+    let m = rabbit_settings("guest", &password, free_port());
     let text = shown(&bounded("connect", amqp8::connect(&m)).await.unwrap_err());
     assert_no_canary("the broker error", &text);
     assert!(text.contains(&format!("127.0.0.1:{}", m.port)), "{text}");

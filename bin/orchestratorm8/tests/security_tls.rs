@@ -6,19 +6,14 @@
 //! `tls_follows_sslmode_and_sslrootcert`; its refusal by a server without TLS in
 //! security_secrets.rs.) See docs/SECURITY.md.
 
+mod common;
 mod security_support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use amqp8::{Broker, QueueDecl, Topology};
+use common::ServiceLock;
 use security_support::*;
-
-async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(120), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung"))
-}
 
 #[tokio::test]
 async fn amqps_through_a_tls_terminator_with_the_right_ca() {

@@ -2,12 +2,12 @@
 //! local PostgreSQL (a database of its own per test) and RabbitMQ (a virtual host of its
 //! own per test, so parallel tests never see each other's messages), with test workers
 //! written on amqp8. Every test holds the shared lock on `/tmp/cptm8-services.lock`.
+//! Built on `common` (the test file includes both).
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,41 +18,17 @@ use amqp8::{
 use config8::{RabbitMqSettings, Secret};
 use model8::{AmqpM8Message, StageJob, StageOutcome, StageResult};
 
+use crate::common::{BIN, Database, ServiceLock, free_port, http_get, launch, log_to, poll, run};
+
 /// The queue the tests bind to every notification.
 pub const NOTIFY_QUEUE: &str = "qtest.notifications";
-
-fn lock_services(exclusive: bool) -> File {
-    let lock = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open("/tmp/cptm8-services.lock")
-        .expect("open the service lock");
-    if exclusive {
-        lock.lock().expect("exclusive service lock");
-    } else {
-        lock.lock_shared().expect("shared service lock");
-    }
-    lock
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A database and a virtual host of their own, a temporary directory, and the lock.
 pub struct Env {
     pub name: String,
     pub dir: tempfile::TempDir,
-    _lock: File,
+    /// Dropped after the virtual host is deleted; releases the lock last.
+    db: Database,
 }
 
 impl Default for Env {
@@ -74,9 +50,13 @@ impl Env {
     }
 
     fn locked(exclusive: bool) -> Env {
-        let lock = lock_services(exclusive);
-        let name = format!("o8e2e_{}", uuid::Uuid::new_v4().simple());
-        run(Command::new("createdb").args(["-h", "127.0.0.1", "-U", "postgres", &name]));
+        let lock = if exclusive {
+            ServiceLock::exclusive()
+        } else {
+            ServiceLock::shared()
+        };
+        let db = Database::create_under(lock, "o8e2e");
+        let name = db.name.clone();
         run(Command::new("rabbitmqctl").args(["-q", "add_vhost", &name]));
         run(Command::new("rabbitmqctl").args([
             "-q",
@@ -91,17 +71,13 @@ impl Env {
         Env {
             name,
             dir: tempfile::tempdir().unwrap(),
-            _lock: lock,
+            db,
         }
     }
 
     /// Runs SQL in the test database; returns psql's unaligned output.
     pub fn psql(&self, sql: &str) -> String {
-        run(Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-A", "-t"])
-            .args(["-v", "ON_ERROR_STOP=1", "-d", &self.name, "-c", sql]))
-        .trim()
-        .to_owned()
+        self.db.psql(sql)
     }
 
     /// Inserts `n` enabled domains `d<i>.<prefix>.example.com` in one statement.
@@ -165,30 +141,11 @@ impl Drop for Env {
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
             eprintln!("e2e: logs of the failed test kept in {}", kept.display());
         }
-        let _ = Command::new("dropdb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "--force",
-                "--if-exists",
-            ])
-            .arg(&self.name)
-            .status();
+        // The database (then the lock) goes with `self.db`.
         let _ = Command::new("rabbitmqctl")
             .args(["-q", "delete_vhost", &self.name])
             .status();
     }
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `orchestratorm8 launch`.
@@ -204,14 +161,7 @@ impl Service {
     pub async fn start(config: &Path, dir: &Path, label: &str) -> Service {
         let port = free_port();
         let log = dir.join(format!("{label}.log"));
-        let out = File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-            .args(["launch", "--ip", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--config")
-            .arg(config)
-            .env_remove("ORCHESTRATORM8_CONFIG")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
+        let child = log_to(&mut launch(BIN, config, port), &log)
             .spawn()
             .expect("start orchestratorm8");
         let mut s = Service {
@@ -219,20 +169,22 @@ impl Service {
             port,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((200, _)) = http_get(port, "/health").await {
-                break;
-            }
-            if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("orchestratorm8 exited at start ({status}):\n{}", s.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not healthy in 60 s:\n{}",
-                s.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let healthy = poll(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            async || {
+                if let Ok((200, _)) = http_get(port, "/health").await {
+                    return Some(());
+                }
+                if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("orchestratorm8 exited at start ({status}):\n{}", s.logs());
+                }
+                None
+            },
+        )
+        .await;
+        if healthy.is_none() {
+            panic!("not healthy in 60 s:\n{}", s.logs());
         }
         s
     }
@@ -260,19 +212,17 @@ impl Service {
     /// in managed mode, the result consumer runs. (A replica is ready as a standby
     /// before its first lock check; a single replica then becomes the leader.)
     pub async fn ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, body)) = http_get(self.port, "/ready").await
-                && body.contains("\"role\":\"leader\"")
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready in 30 s:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let leading = poll(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || match http_get(self.port, "/ready").await {
+                Ok((200, body)) if body.contains("\"role\":\"leader\"") => Some(()),
+                _ => None,
+            },
+        )
+        .await;
+        if leading.is_none() {
+            panic!("not ready in 30 s:\n{}", self.logs());
         }
     }
 
@@ -310,69 +260,6 @@ impl Drop for Service {
     }
 }
 
-/// A minimal HTTP/1.1 GET: status and body.
-pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("connect timed out"))??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("response timed out"))??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Waits until `f` holds, polling, at most `limit`; panics with `what` otherwise.
-pub async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// What a test worker does with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -390,27 +277,22 @@ pub struct Client {
     pub broker: Arc<RabbitBroker>,
 }
 
+/// The jobs a test worker received, in order.
+pub type Jobs = Arc<Mutex<Vec<StageJob>>>;
+
+/// The messages a collector received, in order.
+pub type Collected = Arc<Mutex<Vec<Message>>>;
+
 impl Client {
     /// Declares [`NOTIFY_QUEUE`] bound to every notification.
     pub async fn observe_notifications(&self) {
-        self.broker
-            .declare(&Topology {
-                exchanges: vec![ExchangeDecl {
-                    name: "notification".into(),
-                    kind: "topic".into(),
-                }],
-                queues: vec![QueueDecl {
-                    name: NOTIFY_QUEUE.into(),
-                    arguments: Default::default(),
-                }],
-                bindings: vec![BindingDecl {
-                    exchange: "notification".into(),
-                    queue: NOTIFY_QUEUE.into(),
-                    routing_key: "#".into(),
-                }],
-            })
-            .await
-            .unwrap();
+        bind_queue(&self.broker, "notification", NOTIFY_QUEUE, "#").await;
+    }
+
+    /// [`Client::observe_notifications`], then collects [`NOTIFY_QUEUE`].
+    pub async fn notifications(&self) -> (Collected, ConsumerHandle) {
+        self.observe_notifications().await;
+        self.collect(NOTIFY_QUEUE).await
     }
 
     /// Ready messages in `queue` (0 when it does not exist).
@@ -422,30 +304,13 @@ impl Client {
     }
 
     /// Collects every message of `queue` (routing key, body) into the returned list.
-    pub async fn collect(&self, queue: &str) -> (Arc<Mutex<Vec<Message>>>, ConsumerHandle) {
-        let got: Arc<Mutex<Vec<Message>>> = Arc::default();
+    pub async fn collect(&self, queue: &str) -> (Collected, ConsumerHandle) {
+        let got: Collected = Arc::default();
         let sink = got.clone();
-        let handle = self
-            .broker
-            .consume(
-                ConsumeOptions {
-                    queue: queue.into(),
-                    tag: "test-collector".into(),
-                    prefetch: 50,
-                    autoack: false,
-                    max_redeliveries: 100,
-                    dead_letter: None,
-                },
-                Arc::new(handler_fn(move |m: Message| {
-                    let sink = sink.clone();
-                    async move {
-                        sink.lock().unwrap().push(m);
-                        Ok(Decision::Ack)
-                    }
-                })),
-            )
-            .await
-            .unwrap();
+        let handle = consume_each(&self.broker, queue, "test-collector", 50, move |m| {
+            sink.lock().unwrap().push(m);
+        })
+        .await;
         (got, handle)
     }
 
@@ -456,22 +321,15 @@ impl Client {
         stage: &str,
         work: Duration,
         act: impl Fn(&StageJob) -> Act + Send + Sync + 'static,
-    ) -> (Arc<Mutex<Vec<StageJob>>>, ConsumerHandle) {
-        let seen: Arc<Mutex<Vec<StageJob>>> = Arc::default();
+    ) -> (Jobs, ConsumerHandle) {
+        let seen: Jobs = Arc::default();
         let record = seen.clone();
         let broker = self.broker.clone();
         let act = Arc::new(act);
         let handle = self
             .broker
             .consume(
-                ConsumeOptions {
-                    queue: format!("q{stage}"),
-                    tag: format!("test-worker-{stage}"),
-                    prefetch: 1,
-                    autoack: false,
-                    max_redeliveries: 100,
-                    dead_letter: None,
-                },
+                consume_options(&format!("q{stage}"), &format!("test-worker-{stage}"), 1),
                 Arc::new(handler_fn(move |m: Message| {
                     let (record, broker, act) = (record.clone(), broker.clone(), act.clone());
                     async move {
@@ -495,6 +353,84 @@ impl Client {
             .unwrap();
         (seen, handle)
     }
+
+    /// A [`Client::worker`] per stage of `stages`, each completing every job after
+    /// `work`: the jobs each received (in the order of `stages`) and their handles.
+    pub async fn completing_workers(
+        &self,
+        stages: &[&str],
+        work: Duration,
+    ) -> (Vec<Jobs>, Vec<ConsumerHandle>) {
+        let mut seen = Vec::new();
+        let mut handles = Vec::new();
+        for s in stages {
+            let (jobs, h) = self.worker(s, work, |_| Act::Complete).await;
+            seen.push(jobs);
+            handles.push(h);
+        }
+        (seen, handles)
+    }
+}
+
+/// A consumer's options as the tests use them: acks after handling, `prefetch` at a
+/// time, no dead-lettering.
+pub fn consume_options(queue: &str, tag: &str, prefetch: u16) -> ConsumeOptions {
+    ConsumeOptions {
+        queue: queue.into(),
+        tag: tag.into(),
+        prefetch,
+        autoack: false,
+        max_redeliveries: 100,
+        dead_letter: None,
+    }
+}
+
+/// Consumes `queue` on `broker`, `prefetch` at a time: `each` sees every message, which
+/// is then acked.
+pub async fn consume_each(
+    broker: &RabbitBroker,
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+    each: impl Fn(Message) + Send + Sync + 'static,
+) -> ConsumerHandle {
+    let each = Arc::new(each);
+    broker
+        .consume(
+            consume_options(queue, tag, prefetch),
+            Arc::new(handler_fn(move |m: Message| {
+                let each = each.clone();
+                async move {
+                    each(m);
+                    Ok(Decision::Ack)
+                }
+            })),
+        )
+        .await
+        .unwrap()
+}
+
+/// Declares the topic exchange `exchange` and the queue `queue` bound to it with
+/// `routing_key`.
+pub async fn bind_queue(broker: &RabbitBroker, exchange: &str, queue: &str, routing_key: &str) {
+    broker
+        .declare(&Topology {
+            exchanges: vec![ExchangeDecl {
+                name: exchange.into(),
+                kind: "topic".into(),
+            }],
+            queues: vec![QueueDecl {
+                name: queue.into(),
+                arguments: Default::default(),
+            }],
+            bindings: vec![BindingDecl {
+                exchange: exchange.into(),
+                queue: queue.into(),
+                routing_key: routing_key.into(),
+            }],
+        })
+        .await
+        .unwrap();
 }
 
 /// Publishes a worker's report of `job`.
@@ -524,9 +460,14 @@ pub async fn report(broker: &RabbitBroker, job: &StageJob, outcome: StageOutcome
 /// (a restart is a scheduler check, and would start a new workflow for a domain whose
 /// workflow already ended).
 pub fn managed(stages: &str) -> String {
+    managed_rescanning_after("1h", stages)
+}
+
+/// The managed-mode sections with `rescan_after` (a duration, e.g. `1h`).
+pub fn managed_rescanning_after(rescan_after: &str, stages: &str) -> String {
     format!(
         "Scheduler:\n  mode: managed\n  interval: \"1h\"\nWorkflow:\n  granularity: per_domain\n  \
-         rescan_after: \"1h\"\n  stages:\n{stages}"
+         rescan_after: \"{rescan_after}\"\n  stages:\n{stages}"
     )
 }
 
@@ -537,4 +478,55 @@ pub fn stage(name: &str, deps: &[&str], timeout: &str, max_attempts: u32) -> Str
          backoff: {{ initial: \"500ms\", max: \"1s\", multiplier: 2.0 }}\n",
         deps.join(", ")
     )
+}
+
+/// The stages of the pipeline most managed tests run: `a`, then `b`, then `c`.
+pub const PIPELINE: [&str; 3] = ["a", "b", "c"];
+
+/// The [`PIPELINE`] as stage list items, each stage with `timeout` and 3 attempts.
+pub fn pipeline(timeout: &str) -> String {
+    stage("a", &[], timeout, 3) + &stage("b", &["a"], timeout, 3) + &stage("c", &["b"], timeout, 3)
+}
+
+impl Env {
+    /// The configuration of the [`PIPELINE`]: a service section per stage (no queue
+    /// arguments) and `sections` (e.g. [`managed`]) of [`pipeline`]`(timeout)`.
+    pub fn pipeline_config(&self, timeout: &str, sections: impl Fn(&str) -> String) -> PathBuf {
+        self.config(
+            &[("a", "{}"), ("b", "{}"), ("c", "{}")],
+            &sections(&pipeline(timeout)),
+        )
+    }
+
+    /// Starts the service with `config` (its log `<label>.log`) and waits until it
+    /// leads: the topology is declared. Then a client collects every notification and a
+    /// worker per stage of the [`PIPELINE`] completes each job after `work`.
+    pub async fn start_pipeline(&self, config: &Path, label: &str, work: Duration) -> Pipeline {
+        let svc = Service::start(config, self.dir.path(), label).await;
+        svc.ready().await;
+        let client = self.client().await;
+        let (notes, notes_handle) = client.notifications().await;
+        let (seen, mut handles) = client.completing_workers(&PIPELINE, work).await;
+        handles.push(notes_handle);
+        Pipeline {
+            svc,
+            client,
+            notes,
+            seen,
+            _handles: handles,
+        }
+    }
+}
+
+/// A managed run set up by [`Env::start_pipeline`].
+pub struct Pipeline {
+    /// The service, leading.
+    pub svc: Service,
+    pub client: Client,
+    /// Every notification published since.
+    pub notes: Collected,
+    /// The jobs each stage's worker received, in [`PIPELINE`] order.
+    pub seen: Vec<Jobs>,
+    /// Keep the consumers.
+    _handles: Vec<ConsumerHandle>,
 }

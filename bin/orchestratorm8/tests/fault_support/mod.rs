@@ -9,30 +9,12 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::e2e_support::{Env, free_port, http_get};
-
-/// Runs `cmd` to completion (stdin closed); `Ok(stdout)` or `Err(what went wrong)`.
-fn output(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
+use crate::common::{BIN, free_port, launch, log_to, output, poll, ready};
+use crate::e2e_support::{Env, managed_rescanning_after};
 
 /// `rabbitmqctl -q ARGS`.
 pub fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
@@ -250,33 +232,19 @@ pub fn env_number(var: &str, default: u64) -> u64 {
 /// The managed-mode sections with a cool-down of a day: a domain gets one workflow
 /// and never a second within the test, however often the service restarts.
 pub fn managed_once(stages: &str) -> String {
-    format!(
-        "Scheduler:\n  mode: managed\n  interval: \"1h\"\nWorkflow:\n  granularity: per_domain\n  \
-         rescan_after: \"24h\"\n  stages:\n{stages}"
-    )
+    managed_rescanning_after("24h", stages)
 }
 
 /// `orchestratorm8 launch` started without waiting for anything (to be killed at any
 /// point of its life, start-up included); logs to `<dir>/<label>.log`.
 pub fn spawn(config: &Path, dir: &Path, label: &str) -> Child {
-    let port = free_port();
-    let out = File::create(dir.join(format!("{label}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_orchestratorm8"))
-        .args(["launch", "--ip", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--config")
-        .arg(config)
-        .env_remove("ORCHESTRATORM8_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("start orchestratorm8")
-}
-
-/// `GET /ready`: the status and the JSON body; `None` when the request failed.
-pub async fn ready(port: u16) -> Option<(u16, serde_json::Value)> {
-    let (status, body) = http_get(port, "/ready").await.ok()?;
-    Some((status, serde_json::from_str(&body).ok()?))
+    log_to(
+        &mut launch(BIN, config, free_port()),
+        &dir.join(format!("{label}.log")),
+    )
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start orchestratorm8")
 }
 
 /// Polls `/ready` until `want` holds for the answer; returns that answer. Panics with
@@ -287,21 +255,19 @@ pub async fn ready_until(
     limit: Duration,
     want: impl Fn(u16, &serde_json::Value) -> bool,
 ) -> (u16, serde_json::Value) {
-    let deadline = Instant::now() + limit;
     let mut last = None;
-    loop {
-        if let Some((status, body)) = ready(port).await {
-            if want(status, &body) {
-                return (status, body);
-            }
-            last = Some((status, body));
+    let wanted = poll(limit, Duration::from_millis(100), async || {
+        let (status, body) = ready(port).await?;
+        if want(status, &body) {
+            return Some((status, body));
         }
-        assert!(
-            Instant::now() < deadline,
-            "/ready: timed out after {limit:?} waiting: {what}; last answer: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        last = Some((status, body));
+        None
+    })
+    .await;
+    wanted.unwrap_or_else(|| {
+        panic!("/ready: timed out after {limit:?} waiting: {what}; last answer: {last:?}")
+    })
 }
 
 /// A number from a one-value SQL query.

@@ -1,4 +1,4 @@
-//! Support of the security tests: canary secrets, the shared service lock, a throwaway
+//! Support of the security tests (built on `common`): canary secrets, a throwaway
 //! PostgreSQL server with password authentication and without TLS (the shared one
 //! trusts every local connection and has TLS on, so neither a wrong password nor a
 //! server without TLS can be shown on it), a temporary RabbitMQ user with a canary
@@ -9,12 +9,13 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use config8::{DatabaseSettings, RabbitMqSettings, Secret, SslMode};
+
+use crate::common::{free_port, run};
 
 /// Every canary starts with this: it must never be seen in an output.
 pub const CANARY: &str = "S3cr3t-canary";
@@ -33,30 +34,6 @@ pub fn assert_no_canary(what: &str, text: &str) {
     );
 }
 
-/// Holds the shared lock of the workspace convention (/tmp/cptm8-services.lock): the
-/// shared services are not restarted while it is held.
-pub struct ServiceLock(File);
-
-impl ServiceLock {
-    pub fn shared() -> ServiceLock {
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open("/tmp/cptm8-services.lock")
-            .expect("open the service lock");
-        f.lock_shared().expect("shared service lock");
-        ServiceLock(f)
-    }
-}
-
-/// A TCP port nothing listens on (at the time of the call).
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Waits for `cond` until `limit`, polling.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -66,15 +43,12 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Bounds a connection attempt (or any other step) to 120 s: a hang is a failure of
+/// its own.
+pub async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
 }
 
 /// The PostgreSQL server programs (the newest installed major version).
@@ -86,6 +60,17 @@ fn pg_bin(name: &str) -> PathBuf {
         .collect();
     dirs.sort();
     dirs.pop().expect("initdb installed").join(name)
+}
+
+/// The PostgreSQL server program `name` run as the user postgres on the data
+/// directory `data`.
+fn as_postgres(name: &str, data: &Path) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"])
+        .arg(pg_bin(name))
+        .arg("-D")
+        .arg(data);
+    cmd
 }
 
 /// A PostgreSQL server of its own, in a temporary directory, on a free port of
@@ -109,11 +94,7 @@ impl ThrowawayPg {
             .args(["-R", "postgres:postgres"])
             .arg(dir.path()));
         let data = dir.path().join("data");
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(pg_bin("initdb"))
-            .arg("-D")
-            .arg(&data)
+        run(as_postgres("initdb", &data)
             .args([
                 "-U",
                 "postgres",
@@ -125,12 +106,8 @@ impl ThrowawayPg {
             ])
             .arg(format!("--pwfile={}", dir.path().join("pw").display()))
             .stdout(Stdio::null()));
-        let port = closed_port();
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(pg_bin("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
+        let port = free_port();
+        run(as_postgres("pg_ctl", &data)
             .arg("-l")
             .arg(dir.path().join("server.log"))
             .arg("-o")
@@ -174,12 +151,13 @@ impl ThrowawayPg {
 
     /// Stops the server (fast shutdown), as a database outage.
     pub fn stop(&self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(pg_bin("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+        self.stop_in("fast");
+    }
+
+    /// `pg_ctl stop` in shutdown `mode`, waiting at most 60 s; the outcome ignored.
+    fn stop_in(&self, mode: &str) {
+        let _ = as_postgres("pg_ctl", &self.dir.path().join("data"))
+            .args(["-m", mode, "-w", "-t", "60", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -192,15 +170,7 @@ impl ThrowawayPg {
 
 impl Drop for ThrowawayPg {
     fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(pg_bin("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "-t", "60", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.stop_in("immediate");
     }
 }
 
@@ -273,21 +243,15 @@ impl Certs {
                 .args(args)
                 .stderr(Stdio::null()));
         };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cptm8 test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
+        // A self-signed CA: `<name>.key` and `<name>.pem`.
+        let ca = |name: &str, subject: &str| {
+            let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+            openssl(&[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
+                "-keyout", &key, "-out", &pem,
+            ]);
+        };
+        ca("ca", "/CN=cptm8 test CA");
         openssl(&[
             "req",
             "-newkey",
@@ -323,21 +287,7 @@ impl Certs {
             "server.pem",
         ]);
         // A CA that signed nothing here.
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other CA",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-        ]);
+        ca("other", "/CN=other CA");
         Certs { dir }
     }
 
@@ -355,7 +305,7 @@ pub struct TlsTerminator {
 
 impl TlsTerminator {
     pub fn start(certs: &Certs, target: u16) -> TlsTerminator {
-        let port = closed_port();
+        let port = free_port();
         let child = Command::new("socat")
             .arg(format!(
                 "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
