@@ -105,11 +105,40 @@ impl Drop for MemoryAlarm {
     }
 }
 
-/// `pg_ctlcluster 15 main ACTION`, without systemd; output discarded so that the
-/// server never holds our pipes.
+/// The Debian PostgreSQL cluster serving port 5432, `<version> <name>` (e.g. `15
+/// main`): `CPTM8_PG_CLUSTER` (scripts/fault.sh sets it), else found with
+/// `pg_lsclusters`.
+fn pg_cluster() -> Result<(String, String), String> {
+    let text = match std::env::var("CPTM8_PG_CLUSTER") {
+        Ok(v) => v,
+        Err(_) => {
+            let out = Command::new("pg_lsclusters")
+                .arg("-h")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("pg_lsclusters: {e}"))?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[2] == "5432")
+                .map(|f| format!("{} {}", f[0], f[1]))
+                .ok_or("no PostgreSQL cluster on port 5432 in pg_lsclusters")?
+        }
+    };
+    match text.split_whitespace().collect::<Vec<_>>()[..] {
+        [version, name] => Ok((version.to_owned(), name.to_owned())),
+        _ => Err(format!(
+            "CPTM8_PG_CLUSTER={text:?}: expected \"<version> <name>\""
+        )),
+    }
+}
+
+/// `pg_ctlcluster <version> <name> ACTION` for the cluster on port 5432, without
+/// systemd; output discarded so that the server never holds our pipes.
 fn pg_ctl(action: &str) -> Result<(), String> {
+    let (version, name) = pg_cluster()?;
     let status = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", "15", "main", action])
+        .args(["--skip-systemctl-redirect", &version, &name, action])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -118,7 +147,9 @@ fn pg_ctl(action: &str) -> Result<(), String> {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("pg_ctlcluster 15 main {action} failed ({status})"))
+        Err(format!(
+            "pg_ctlcluster {version} {name} {action} failed ({status})"
+        ))
     }
 }
 
@@ -138,7 +169,7 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// `pg_ctlcluster 15 main restart`: stops (fast mode: sessions are terminated)
+    /// `pg_ctlcluster <version> main restart`: stops (fast mode: sessions are terminated)
     /// and starts the server again at once.
     pub fn restart() -> Postgres {
         let g = Postgres { _private: () };
@@ -148,7 +179,7 @@ impl Postgres {
         g
     }
 
-    /// `pg_ctlcluster 15 main stop`.
+    /// `pg_ctlcluster <version> main stop`.
     pub fn stop() -> Postgres {
         let g = Postgres { _private: () };
         if let Err(e) = pg_ctl("stop") {
