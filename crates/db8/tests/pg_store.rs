@@ -14,8 +14,9 @@ use db8::{
     PgChangeFeed, PgLeaderLock, PgStore, StagePlan, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use model8::{DomainRef, PostDomain8};
-use support::{TestDb, eventually};
+use support::{TestDb, column, eventually, next_event, value};
 use uuid::Uuid;
 
 fn post(name: &str) -> PostDomain8 {
@@ -26,24 +27,60 @@ fn post(name: &str) -> PostDomain8 {
     }
 }
 
+/// The next event of `events`, within 20 s, is `Changed`.
+async fn assert_changed(events: &mut BoxStream<'static, DomainChange>) {
+    assert_eq!(
+        next_event(events, Duration::from_secs(20)).await,
+        Some(DomainChange::Changed)
+    );
+}
+
 async fn migrated(db: &TestDb) -> PgStore {
     let store = PgStore::connect(&db.settings()).await.unwrap();
     store.migrate().await.unwrap();
     store
 }
 
+/// A migrated store on `db`, its change feed and a subscription to it (which ends when
+/// the feed is dropped).
+async fn migrated_with_feed(
+    db: &TestDb,
+) -> (PgStore, PgChangeFeed, BoxStream<'static, DomainChange>) {
+    let store = migrated(db).await;
+    let feed = PgChangeFeed::new(&db.settings()).unwrap();
+    let events = feed.subscribe().await.unwrap();
+    (store, feed, events)
+}
+
+/// A stage of a workflow's plan.
+fn plan(name: &str, depends_on: &[&str]) -> StagePlan {
+    StagePlan {
+        name: name.into(),
+        depends_on: depends_on.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// A new workflow of `stages` for one new domain, `name` of company ACME.
+fn workflow(name: &str, stages: &[StagePlan]) -> NewWorkflow {
+    NewWorkflow {
+        id: Uuid::new_v4(),
+        domains: vec![DomainRef {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            companyname: "ACME".into(),
+        }],
+        stages: stages.to_vec(),
+    }
+}
+
 /// Every row of cptm8domain, as text, in a stable order.
 async fn dump_rows(admin: &tokio_postgres::Client, table: &str) -> Vec<String> {
-    admin
-        .query(
-            &format!("SELECT t::text FROM {table} t ORDER BY t::text"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    column(
+        admin,
+        &format!("SELECT t::text FROM {table} t ORDER BY t::text"),
+        &[],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -57,27 +94,21 @@ async fn migrations_are_tracked_and_idempotent() {
     );
     assert!(store.migrate().await.unwrap().is_empty());
     let admin = db.admin().await;
-    let versions: Vec<i64> = admin
-        .query(
-            "SELECT version FROM orchestratorm8_schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let versions: Vec<i64> = column(
+        &admin,
+        "SELECT version FROM orchestratorm8_schema_migrations ORDER BY version",
+        &[],
+    )
+    .await;
     assert_eq!(versions, [1, 2, 3, 4]);
     // A fresh table gets the contract's shape, primary key included.
-    let pk: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'cptm8domain'::regclass \
-             AND contype = 'p'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let pk: i64 = value(
+        &admin,
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'cptm8domain'::regclass \
+         AND contype = 'p'",
+        &[],
+    )
+    .await;
     assert_eq!(pk, 1);
 }
 
@@ -135,27 +166,23 @@ async fn existing_dump_table_is_kept(with_uuid_ossp: bool) {
     let before = dump_rows(&admin, "cptm8domain").await;
     let store = migrated(&db).await;
     assert_eq!(dump_rows(&admin, "cptm8domain").await, before);
-    let constraints: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'cptm8domain'::regclass",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let constraints: i64 = value(
+        &admin,
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'cptm8domain'::regclass",
+        &[],
+    )
+    .await;
     assert_eq!(
         constraints, 0,
         "no constraint is added to an existing table"
     );
-    let unique: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_index WHERE indrelid = 'cptm8domain'::regclass \
-             AND indisunique",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let unique: i64 = value(
+        &admin,
+        "SELECT count(*) FROM pg_index WHERE indrelid = 'cptm8domain'::regclass \
+         AND indisunique",
+        &[],
+    )
+    .await;
     assert_eq!(unique, 0);
 
     let all = DomainRepository::list(&store).await.unwrap();
@@ -214,21 +241,16 @@ async fn a_configured_schema_is_created_and_used() {
     let feed = PgChangeFeed::new(&settings).unwrap();
     let mut events = feed.subscribe().await.unwrap();
     let d = store.insert(&post("schema.example")).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
-    assert_eq!(ev.unwrap(), Some(DomainChange::Changed));
+    assert_changed(&mut events).await;
     let admin = db.admin().await;
-    let tables: Vec<String> = admin
-        .query(
-            "SELECT table_schema || '.' || table_name FROM information_schema.tables \
-             WHERE table_name LIKE 'cptm8domain' OR table_name LIKE 'orchestratorm8%' \
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tables: Vec<String> = column(
+        &admin,
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables \
+         WHERE table_name LIKE 'cptm8domain' OR table_name LIKE 'orchestratorm8%' \
+         ORDER BY 1",
+        &[],
+    )
+    .await;
     assert_eq!(
         tables,
         [
@@ -239,26 +261,39 @@ async fn a_configured_schema_is_created_and_used() {
             "cptm8 \"orch\".orchestratorm8_workflow_domain",
         ]
     );
-    let n: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM \"cptm8 \"\"orch\"\"\".cptm8domain WHERE id = $1",
-            &[&d.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = value(
+        &admin,
+        "SELECT count(*) FROM \"cptm8 \"\"orch\"\"\".cptm8domain WHERE id = $1",
+        &[&d.id],
+    )
+    .await;
     assert_eq!(n, 1);
     store.delete(d.id).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
-    assert_eq!(ev.unwrap(), Some(DomainChange::Changed));
+    assert_changed(&mut events).await;
+}
+
+/// The payloads received on `rx` before the next one that is `marker` (each waited for
+/// at most 30 s).
+async fn payloads_before_the_marker(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let p = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if p == "marker" {
+            return seen;
+        }
+        seen.push(p);
+    }
 }
 
 #[tokio::test]
 async fn the_trigger_notifies_once_per_statement() {
     let db = TestDb::create().await;
-    let store = migrated(&db).await;
-    let feed = PgChangeFeed::new(&db.settings()).unwrap();
-    let mut events = feed.subscribe().await.unwrap();
+    let (store, _feed, mut events) = migrated_with_feed(&db).await;
 
     // A raw listener counts the notifications themselves.
     let (client, mut conn) = tokio_postgres::connect(
@@ -291,19 +326,8 @@ async fn the_trigger_notifies_once_per_statement() {
         )
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let p = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if p == "marker" {
-            break;
-        }
-        seen.push(p);
-    }
     // PostgreSQL folded the identical notifications of the batch into one.
-    assert_eq!(seen, ["public"]);
+    assert_eq!(payloads_before_the_marker(&mut rx).await, ["public"]);
     // Per statement, not per row: a statement changing no row notifies too.
     admin
         .batch_execute(
@@ -312,29 +336,15 @@ async fn the_trigger_notifies_once_per_statement() {
         )
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let p = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if p == "marker" {
-            break;
-        }
-        seen.push(p);
-    }
-    assert_eq!(seen, ["public"]);
-    let row_level: i32 = admin
-        .query_one(
-            "SELECT tgtype & 1 FROM pg_trigger WHERE tgname = 'orchestratorm8_domain_changed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(payloads_before_the_marker(&mut rx).await, ["public"]);
+    let row_level: i32 = value(
+        &admin,
+        "SELECT tgtype & 1 FROM pg_trigger WHERE tgname = 'orchestratorm8_domain_changed'",
+        &[],
+    )
+    .await;
     assert_eq!(row_level, 0);
-    let ev = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
-    assert_eq!(ev.unwrap(), Some(DomainChange::Changed));
+    assert_changed(&mut events).await;
     assert!(store.exists_enabled().await.unwrap());
 }
 
@@ -355,11 +365,7 @@ async fn lock_holder(db: &TestDb, key: i64) -> Option<i32> {
 
 async fn terminate(pid: i32) {
     let admin = support::admin("postgres").await;
-    let ok: bool = admin
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
+    let ok: bool = value(&admin, "SELECT pg_terminate_backend($1)", &[&pid]).await;
     assert!(ok);
 }
 
@@ -403,9 +409,7 @@ async fn a_lost_lock_session_is_detected() {
 #[tokio::test]
 async fn the_feed_resyncs_after_its_session_is_terminated_and_ends_when_dropped() {
     let db = TestDb::create().await;
-    let store = migrated(&db).await;
-    let feed = PgChangeFeed::new(&db.settings()).unwrap();
-    let mut events = feed.subscribe().await.unwrap();
+    let (store, feed, mut events) = migrated_with_feed(&db).await;
     let admin = support::admin("postgres").await;
     let pid: i32 = eventually(Duration::from_secs(10), "the listener", || async {
         admin
@@ -420,14 +424,14 @@ async fn the_feed_resyncs_after_its_session_is_terminated_and_ends_when_dropped(
     })
     .await;
     terminate(pid).await;
-    let ev = tokio::time::timeout(Duration::from_secs(30), events.next()).await;
-    assert_eq!(ev.unwrap(), Some(DomainChange::Resync));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(30)).await,
+        Some(DomainChange::Resync)
+    );
     store.insert(&post("after.example")).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
-    assert_eq!(ev.unwrap(), Some(DomainChange::Changed));
+    assert_changed(&mut events).await;
     drop(feed);
-    let end = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
-    assert_eq!(end.unwrap(), None);
+    assert_eq!(next_event(&mut events, Duration::from_secs(20)).await, None);
 }
 
 /// A TCP port nothing listens on.
@@ -477,34 +481,20 @@ async fn an_unknown_database_is_refused_at_once_and_reported_by_name() {
 /// Whether the sessions of `db` opened by orchestratorm8 use TLS.
 async fn sessions_use_tls(db: &TestDb) -> Vec<bool> {
     let admin = support::admin("postgres").await;
-    admin
-        .query(
-            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-             WHERE a.datname = $1 AND a.application_name = 'orchestratorm8'",
-            &[&db.name],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    column(
+        &admin,
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = $1 AND a.application_name = 'orchestratorm8'",
+        &[&db.name],
+    )
+    .await
 }
 
 #[tokio::test]
 async fn tls_follows_sslmode_and_sslrootcert() {
     use config8::SslMode;
     let db = TestDb::create().await;
-    let server_ssl: String = db
-        .admin()
-        .await
-        .query_one("SHOW ssl", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        server_ssl, "on",
-        "this test needs a server with TLS enabled"
-    );
+    let server_cert = support::server_certificate(&db).await;
     for (mode, tls) in [
         (SslMode::Disable, false),
         (SslMode::Prefer, true),
@@ -527,42 +517,14 @@ async fn tls_follows_sslmode_and_sslrootcert() {
         .await;
     }
     // Verified against the server's own (self-signed) certificate.
-    let server_cert: String = db
-        .admin()
-        .await
-        .query_one("SHOW ssl_cert_file", &[])
-        .await
-        .unwrap()
-        .get(0);
     let mut s = db.settings();
     s.sslmode = SslMode::Require;
-    s.sslrootcert = Some(server_cert.into());
+    s.sslrootcert = Some(server_cert);
     PgStore::connect(&s).await.unwrap().ping().await.unwrap();
 
     // A root that did not sign the server's certificate is refused, clearly.
     let dir = tempfile::tempdir().unwrap();
-    let other = dir.path().join("other-ca.pem");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other-ca",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("other-ca.key"))
-        .arg("-out")
-        .arg(&other)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    s.sslrootcert = Some(other);
+    s.sslrootcert = Some(support::other_root(dir.path(), "other-ca"));
     s.retry_attempts = 1;
     let err = PgStore::connect(&s).await.unwrap_err().to_string();
     assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
@@ -616,29 +578,12 @@ async fn large_batches_are_created_in_one_call() {
     let db = TestDb::create().await;
     let store = migrated(&db).await;
     let stages = vec![
-        StagePlan {
-            name: "asmm8".into(),
-            depends_on: vec![],
-        },
-        StagePlan {
-            name: "naabum8".into(),
-            depends_on: vec!["asmm8".into()],
-        },
-        StagePlan {
-            name: "katanam8".into(),
-            depends_on: vec!["asmm8".into(), "naabum8".into()],
-        },
+        plan("asmm8", &[]),
+        plan("naabum8", &["asmm8"]),
+        plan("katanam8", &["asmm8", "naabum8"]),
     ];
     let batch: Vec<NewWorkflow> = (0..20_000)
-        .map(|i| NewWorkflow {
-            id: Uuid::new_v4(),
-            domains: vec![DomainRef {
-                id: Uuid::new_v4(),
-                name: format!("d{i}.example"),
-                companyname: "ACME".into(),
-            }],
-            stages: stages.clone(),
-        })
+        .map(|i| workflow(&format!("d{i}.example"), &stages))
         .collect();
     let now = Utc::now();
     let created = store.create_workflows(&batch, now).await.unwrap();
@@ -681,20 +626,11 @@ async fn a_claim_skips_a_workflow_whose_pause_is_committing() {
     let db = TestDb::create().await;
     let store = migrated(&db).await;
     let now = Utc::now();
-    let plan = vec![StagePlan {
-        name: "a".into(),
-        depends_on: vec![],
-    }];
-    let new = |name: &str| NewWorkflow {
-        id: Uuid::new_v4(),
-        domains: vec![DomainRef {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            companyname: "ACME".into(),
-        }],
-        stages: plan.clone(),
-    };
-    let (x, y) = (new("x.example"), new("y.example"));
+    let stages = [plan("a", &[])];
+    let (x, y) = (
+        workflow("x.example", &stages),
+        workflow("y.example", &stages),
+    );
     store
         .create_workflows(&[x.clone(), y.clone()], now)
         .await
@@ -800,23 +736,13 @@ async fn a_workflow_created_before_plans_were_recorded_runs_as_before() {
             store.complete_stage(&c[0].key, None, now).await.unwrap()
         }
     };
-    assert_eq!(
-        stages(WorkflowRepository::get(&store, id).await.unwrap()),
-        [
-            ("a".into(), Pending, 0),
-            ("b".into(), Waiting, 0),
-            ("c".into(), Waiting, 0)
-        ]
-    );
+    let assert_stages = async |want: [(&str, model8::StageStatus, u32); 3]| {
+        let got = stages(WorkflowRepository::get(&store, id).await.unwrap());
+        assert_eq!(got, want.map(|(name, s, a)| (name.to_owned(), s, a)));
+    };
+    assert_stages([("a", Pending, 0), ("b", Waiting, 0), ("c", Waiting, 0)]).await;
     run("a").await;
-    assert_eq!(
-        stages(WorkflowRepository::get(&store, id).await.unwrap()),
-        [
-            ("a".into(), Completed, 1),
-            ("b".into(), Pending, 0),
-            ("c".into(), Waiting, 0)
-        ]
-    );
+    assert_stages([("a", Completed, 1), ("b", Pending, 0), ("c", Waiting, 0)]).await;
     run("b").await;
     assert_eq!(
         run("c").await,

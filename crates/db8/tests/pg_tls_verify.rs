@@ -6,25 +6,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use config8::{DatabaseSettings, SslMode};
 use db8::{DbError, DbHealth, PgStore};
-use support::TestDb;
-
-/// The server's certificate file, checking that TLS is on.
-async fn server_certificate(db: &TestDb) -> PathBuf {
-    let admin = db.admin().await;
-    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
-    assert_eq!(ssl, "on", "this test needs a server with TLS enabled");
-    let file: String = admin
-        .query_one("SHOW ssl_cert_file", &[])
-        .await
-        .unwrap()
-        .get(0);
-    file.into()
-}
+use support::{TestDb, other_root, server_certificate};
 
 /// `openssl x509 -checkhost` / `-checkip` on `cert`: whether it names `host`.
 fn names(cert: &Path, host: &str) -> bool {
@@ -119,27 +106,7 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     // Both verify modes need TLS (the server offers it here, so it is used) and refuse a
     // root that did not sign the certificate.
     let dir = tempfile::tempdir().unwrap();
-    let other = dir.path().join("other-ca.pem");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("other-ca.key"))
-        .arg("-out")
-        .arg(&other)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let other = other_root(dir.path(), "localhost");
     for (location, mode) in [
         ("127.0.0.1", SslMode::VerifyCa),
         ("localhost", SslMode::VerifyFull),

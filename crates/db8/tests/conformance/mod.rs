@@ -140,7 +140,50 @@ pub fn key(id: Uuid, stage: &str, attempt: u32) -> StageKey {
     }
 }
 
+/// A workflow of the diamond plan for one new domain, `name`.
+pub fn diamond_wf(name: &str) -> NewWorkflow {
+    wf(vec![dref(name)], diamond())
+}
+
+/// `n` workflows of the diamond plan, of new domains `<prefix>0.example` to
+/// `<prefix><n-1>.example`.
+pub fn diamond_wfs(prefix: &str, n: usize) -> Vec<NewWorkflow> {
+    (0..n)
+        .map(|i| diamond_wf(&format!("{prefix}{i}.example")))
+        .collect()
+}
+
 const LEASE: Duration = Duration::from_secs(60);
+
+/// Creates `xs` one second apart from `t0`: due in that order.
+async fn create_a_second_apart(s: &Stores, xs: &[NewWorkflow]) {
+    for (i, x) in xs.iter().enumerate() {
+        s.workflows
+            .create_workflows(std::slice::from_ref(x), t0() + secs(i as i64))
+            .await
+            .unwrap();
+    }
+}
+
+/// Claims (at most `limit`) due stage `a` jobs for `owner` at `now`; the ids of their
+/// workflows.
+async fn claimed_ids(s: &Stores, owner: Uuid, now: DateTime<Utc>, limit: usize) -> Vec<Uuid> {
+    s.workflows
+        .claim_due("a", owner, now, LEASE, limit)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.key.workflow_id)
+        .collect()
+}
+
+/// Creates workflow `x` at `t0`.
+async fn create(s: &Stores, x: &NewWorkflow) {
+    s.workflows
+        .create_workflows(std::slice::from_ref(x), t0())
+        .await
+        .unwrap();
+}
 
 async fn stage_status(s: &Stores, id: Uuid) -> Vec<(String, StageStatus, u32)> {
     s.workflows
@@ -354,7 +397,7 @@ pub async fn change_feed_reports_domain_writes(s: &Stores) {
 
 pub async fn workflow_create_and_view(s: &Stores) {
     let w = &s.workflows;
-    let one = wf(vec![dref("a.example")], diamond());
+    let one = diamond_wf("a.example");
     let two = wf(
         vec![dref("b.example"), dref("c.example")],
         vec![stage("x", &[])],
@@ -406,7 +449,7 @@ pub async fn workflow_create_skips_busy_domains_and_known_ids(s: &Stores) {
     let d = dref("a.example");
     let first = wf(vec![d.clone()], diamond());
     let same_domain = wf(vec![d.clone()], diamond());
-    let other = wf(vec![dref("b.example")], diamond());
+    let other = diamond_wf("b.example");
     // Within one batch the first workflow of a domain wins.
     let created = w
         .create_workflows(&[first.clone(), same_domain.clone(), other.clone()], t0())
@@ -445,7 +488,7 @@ pub async fn workflow_create_skips_busy_domains_and_known_ids(s: &Stores) {
 
 pub async fn workflow_create_rejects_invalid_batches(s: &Stores) {
     let w = &s.workflows;
-    let good = wf(vec![dref("a.example")], diamond());
+    let good = diamond_wf("a.example");
     let dup = good.clone();
     let no_stage = wf(vec![dref("b.example")], vec![]);
     let no_domain = wf(vec![], diamond());
@@ -477,9 +520,7 @@ pub async fn workflow_create_claimed(s: &Stores) {
     let plan = vec![stage("a", &[]), stage("r", &[]), stage("b", &["a"])];
     let busy = dref("busy.example");
     let blocker = wf(vec![busy.clone()], plan.clone());
-    w.create_workflows(std::slice::from_ref(&blocker), t0())
-        .await
-        .unwrap();
+    create(s, &blocker).await;
     let x = wf(vec![dref("x.example")], plan.clone());
     let skipped = wf(vec![busy.clone()], plan.clone());
     let y = wf(vec![dref("y.example"), dref("z.example")], plan.clone());
@@ -610,9 +651,7 @@ pub async fn workflow_pipeline_to_completion(s: &Stores) {
     let w = &s.workflows;
     let d = dref("a.example");
     let x = wf(vec![d.clone()], diamond());
-    w.create_workflows(std::slice::from_ref(&x), t0())
-        .await
-        .unwrap();
+    create(s, &x).await;
     assert!(
         w.claim_due("b", Uuid::new_v4(), t0(), LEASE, 10)
             .await
@@ -741,9 +780,7 @@ pub async fn workflow_join_waits_for_every_dependency(s: &Stores) {
     let w = &s.workflows;
     let plan = vec![stage("a", &[]), stage("b", &[]), stage("j", &["a", "b"])];
     let x = wf(vec![dref("a.example")], plan.clone());
-    w.create_workflows(std::slice::from_ref(&x), t0())
-        .await
-        .unwrap();
+    create(s, &x).await;
     let ka = start(s, x.id, "a", t0()).await;
     let kb = start(s, x.id, "b", t0()).await;
     assert_eq!(
@@ -781,9 +818,7 @@ pub async fn workflow_join_waits_for_every_dependency(s: &Stores) {
     assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Completed);
     // y: a fails for good while b is still pending.
     let y = wf(vec![dref("b.example")], plan);
-    w.create_workflows(std::slice::from_ref(&y), t0())
-        .await
-        .unwrap();
+    create(s, &y).await;
     let ya = start(s, y.id, "a", t0()).await;
     assert_eq!(
         w.fail_stage(&ya, None, None, t0() + secs(1)).await.unwrap(),
@@ -801,30 +836,20 @@ pub async fn workflow_join_waits_for_every_dependency(s: &Stores) {
 
 pub async fn workflow_claim_filters(s: &Stores) {
     let w = &s.workflows;
-    let xs: Vec<_> = (0..5)
-        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
-        .collect();
+    let xs = diamond_wfs("d", 5);
     // Created one second apart: due in that order.
-    for (i, x) in xs.iter().enumerate() {
-        w.create_workflows(std::slice::from_ref(x), t0() + secs(i as i64))
-            .await
-            .unwrap();
-    }
+    create_a_second_apart(s, &xs).await;
     let owner = Uuid::new_v4();
     // Not due yet for the later ones.
-    let c = w
-        .claim_due("a", owner, t0() + secs(1), LEASE, 100)
-        .await
-        .unwrap();
-    let ids: Vec<_> = c.iter().map(|c| c.key.workflow_id).collect();
-    assert_eq!(ids, [xs[0].id, xs[1].id]);
+    assert_eq!(
+        claimed_ids(s, owner, t0() + secs(1), 100).await,
+        [xs[0].id, xs[1].id]
+    );
     // The limit applies, oldest due first; live claims are not claimed again.
-    let c = w
-        .claim_due("a", owner, t0() + secs(10), LEASE, 2)
-        .await
-        .unwrap();
-    let ids: Vec<_> = c.iter().map(|c| c.key.workflow_id).collect();
-    assert_eq!(ids, [xs[2].id, xs[3].id]);
+    assert_eq!(
+        claimed_ids(s, owner, t0() + secs(10), 2).await,
+        [xs[2].id, xs[3].id]
+    );
     // A paused workflow is not claimed; a cancelled one neither.
     w.pause(xs[4].id, t0() + secs(10)).await.unwrap();
     assert!(
@@ -835,12 +860,8 @@ pub async fn workflow_claim_filters(s: &Stores) {
     );
     w.resume(xs[4].id, t0() + secs(10)).await.unwrap();
     w.cancel(xs[0].id, t0() + secs(10)).await.unwrap();
-    let c = w
-        .claim_due("a", owner, t0() + secs(10), LEASE, 100)
-        .await
-        .unwrap();
     assert_eq!(
-        c.iter().map(|c| c.key.workflow_id).collect::<Vec<_>>(),
+        claimed_ids(s, owner, t0() + secs(10), 100).await,
         [xs[4].id]
     );
     assert!(
@@ -859,10 +880,8 @@ pub async fn workflow_claim_filters(s: &Stores) {
 
 pub async fn workflow_claim_lease_and_owner(s: &Stores) {
     let w = &s.workflows;
-    let x = wf(vec![dref("a.example")], diamond());
-    w.create_workflows(std::slice::from_ref(&x), t0())
-        .await
-        .unwrap();
+    let x = diamond_wf("a.example");
+    create(s, &x).await;
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
     assert_eq!(
         w.claim_due("a", first, t0(), LEASE, 10)
@@ -916,10 +935,8 @@ pub async fn workflow_claim_lease_and_owner(s: &Stores) {
 
 pub async fn workflow_release(s: &Stores) {
     let w = &s.workflows;
-    let x = wf(vec![dref("a.example")], diamond());
-    w.create_workflows(std::slice::from_ref(&x), t0())
-        .await
-        .unwrap();
+    let x = diamond_wf("a.example");
+    create(s, &x).await;
     let owner = Uuid::new_v4();
     w.claim_due("a", owner, t0(), LEASE, 10).await.unwrap();
     let later = t0() + secs(30);
@@ -949,10 +966,8 @@ pub async fn workflow_release(s: &Stores) {
 
 pub async fn workflow_retry_then_fail(s: &Stores) {
     let w = &s.workflows;
-    let x = wf(vec![dref("a.example")], diamond());
-    w.create_workflows(std::slice::from_ref(&x), t0())
-        .await
-        .unwrap();
+    let x = diamond_wf("a.example");
+    create(s, &x).await;
     let k1 = start(s, x.id, "a", t0()).await;
     let retry_at = t0() + secs(30);
     let t = w
@@ -1020,9 +1035,7 @@ pub async fn workflow_retry_then_fail(s: &Stores) {
 
 pub async fn workflow_timed_out(s: &Stores) {
     let w = &s.workflows;
-    let xs: Vec<_> = (0..3)
-        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
-        .collect();
+    let xs = diamond_wfs("d", 3);
     w.create_workflows(&xs, t0()).await.unwrap();
     let owner = Uuid::new_v4();
     w.claim_due("a", owner, t0(), LEASE, 10).await.unwrap();
@@ -1056,10 +1069,8 @@ pub async fn workflow_timed_out(s: &Stores) {
 
 pub async fn workflow_cancel_pause_resume(s: &Stores) {
     let w = &s.workflows;
-    let x = wf(vec![dref("a.example")], diamond());
-    w.create_workflows(std::slice::from_ref(&x), t0())
-        .await
-        .unwrap();
+    let x = diamond_wf("a.example");
+    create(s, &x).await;
     let p = w.pause(x.id, t0() + secs(1)).await.unwrap();
     assert_eq!(p.status, WorkflowStatus::Paused);
     assert_eq!(p.updated_at.to_utc(), t0_stored() + secs(1));
@@ -1138,14 +1149,8 @@ pub async fn workflow_cancel_pause_resume(s: &Stores) {
 
 pub async fn workflow_list_filter_and_limit(s: &Stores) {
     let w = &s.workflows;
-    let xs: Vec<_> = (0..5)
-        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
-        .collect();
-    for (i, x) in xs.iter().enumerate() {
-        w.create_workflows(std::slice::from_ref(x), t0() + secs(i as i64))
-            .await
-            .unwrap();
-    }
+    let xs = diamond_wfs("d", 5);
+    create_a_second_apart(s, &xs).await;
     w.cancel(xs[1].id, t0()).await.unwrap();
     w.cancel(xs[3].id, t0()).await.unwrap();
     let ids = |v: Vec<model8::WorkflowView>| v.into_iter().map(|v| v.id).collect::<Vec<_>>();
@@ -1167,9 +1172,7 @@ pub async fn workflow_list_filter_and_limit(s: &Stores) {
     };
     assert!(w.list(&none).await.unwrap().is_empty());
     // The default page is 100.
-    let many: Vec<_> = (0..120)
-        .map(|i| wf(vec![dref(&format!("m{i}.example"))], diamond()))
-        .collect();
+    let many = diamond_wfs("m", 120);
     assert_eq!(w.create_workflows(&many, t0()).await.unwrap().len(), 120);
     assert_eq!(w.list(&WorkflowFilter::default()).await.unwrap().len(), 100);
 }
@@ -1192,9 +1195,7 @@ pub async fn workflow_idle_domains(s: &Stores) {
         .unwrap();
     w.cancel(ended.id, t0() + secs(10)).await.unwrap();
     let cycle = wf(vec![r[2].clone(), r[4].clone()], diamond());
-    w.create_workflows(std::slice::from_ref(&cycle), t0())
-        .await
-        .unwrap();
+    create(s, &cycle).await;
     w.cancel(cycle.id, t0() + secs(20)).await.unwrap();
     let cycle2 = wf(vec![r[2].clone(), r[5].clone()], diamond());
     w.create_workflows(&[cycle2], t0()).await.unwrap();
@@ -1232,8 +1233,8 @@ pub async fn workflow_active_and_last_ended(s: &Stores) {
     let w = &s.workflows;
     assert!(!w.any_active().await.unwrap());
     assert_eq!(w.last_ended_at().await.unwrap(), None);
-    let x = wf(vec![dref("a.example")], diamond());
-    let y = wf(vec![dref("b.example")], diamond());
+    let x = diamond_wf("a.example");
+    let y = diamond_wf("b.example");
     w.create_workflows(&[x.clone(), y.clone()], t0())
         .await
         .unwrap();
@@ -1249,9 +1250,7 @@ pub async fn workflow_active_and_last_ended(s: &Stores) {
 
 pub async fn workflow_in_flight_counts(s: &Stores) {
     let w = &s.workflows;
-    let xs: Vec<_> = (0..4)
-        .map(|i| wf(vec![dref(&format!("d{i}.example"))], diamond()))
-        .collect();
+    let xs = diamond_wfs("d", 4);
     w.create_workflows(&xs, t0()).await.unwrap();
     assert!(w.in_flight_counts(t0()).await.unwrap().is_empty());
     let owner = Uuid::new_v4();

@@ -1,14 +1,20 @@
-//! Test support for the PostgreSQL tests: a throwaway database per test, and the
-//! shared/exclusive service lock of the workspace convention.
+//! Test support for the PostgreSQL tests: a throwaway database per test, the
+//! shared/exclusive service lock of the workspace convention, queries, change feed
+//! events and certificates.
 
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use config8::{DatabaseSettings, Secret, SslMode};
+use db8::DomainChange;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio_postgres::NoTls;
+use tokio_postgres::types::{FromSqlOwned, ToSql};
 
 /// The file every service test locks: shared for normal tests, exclusive for tests that
 /// restart a service.
@@ -18,36 +24,31 @@ pub const SERVICE_LOCK: &str = "/tmp/cptm8-services.lock";
 pub struct ServiceLock(File);
 
 impl ServiceLock {
-    fn open() -> File {
-        File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(SERVICE_LOCK)
-            .expect("open the service lock file")
+    /// Opens the lock file and waits (on a blocking thread) until `lock` has locked it.
+    async fn take(lock: fn(&File) -> std::io::Result<()>, what: &'static str) -> ServiceLock {
+        tokio::task::spawn_blocking(move || {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(SERVICE_LOCK)
+                .expect("open the service lock file");
+            lock(&f).expect(what);
+            ServiceLock(f)
+        })
+        .await
+        .unwrap()
     }
 
     /// Shared: the services stay up while held.
     pub async fn shared() -> ServiceLock {
-        tokio::task::spawn_blocking(|| {
-            let f = Self::open();
-            f.lock_shared().expect("shared service lock");
-            ServiceLock(f)
-        })
-        .await
-        .unwrap()
+        Self::take(File::lock_shared, "shared service lock").await
     }
 
     /// Exclusive: this test may restart services.
     pub async fn exclusive() -> ServiceLock {
-        tokio::task::spawn_blocking(|| {
-            let f = Self::open();
-            f.lock().expect("exclusive service lock");
-            ServiceLock(f)
-        })
-        .await
-        .unwrap()
+        Self::take(File::lock, "exclusive service lock").await
     }
 }
 
@@ -163,4 +164,70 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The first column of the one row `sql` returns.
+pub async fn value<T: FromSqlOwned>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> T {
+    client.query_one(sql, params).await.unwrap().get(0)
+}
+
+/// The first column of every row `sql` returns.
+pub async fn column<T: FromSqlOwned>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Vec<T> {
+    client
+        .query(sql, params)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The server's certificate file, checking that the server has TLS on.
+pub async fn server_certificate(db: &TestDb) -> PathBuf {
+    let admin = db.admin().await;
+    let ssl: String = value(&admin, "SHOW ssl", &[]).await;
+    assert_eq!(ssl, "on", "this test needs a server with TLS enabled");
+    let file: String = value(&admin, "SHOW ssl_cert_file", &[]).await;
+    file.into()
+}
+
+/// A new self-signed certificate for `/CN=<cn>`, made with `openssl` in `dir`
+/// (`other-ca.pem`, its key `other-ca.key`): a root that did not sign the server's
+/// certificate. Returns the certificate's path.
+pub fn other_root(dir: &Path, cn: &str) -> PathBuf {
+    let cert = dir.join("other-ca.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is needed by this test");
+    assert!(made.success());
+    cert
+}
+
+/// The next event of a change feed, waited for at most `within` (a panic otherwise);
+/// `None` when the feed has ended.
+pub async fn next_event(
+    events: &mut BoxStream<'static, DomainChange>,
+    within: Duration,
+) -> Option<DomainChange> {
+    tokio::time::timeout(within, events.next())
+        .await
+        .unwrap_or_else(|_| panic!("no change feed event within {within:?}"))
 }
