@@ -249,6 +249,18 @@ pub(crate) async fn publish_report(broker: &MemoryBroker, job: &StageJob, outcom
     assert_eq!(out, PublishOutcome::Confirmed);
 }
 
+/// Adds enabled domain `name` of company `ACME` to `store`.
+pub(crate) async fn add_domain(store: &MemoryStore, name: &str) -> Domain8 {
+    store
+        .insert(&PostDomain8 {
+            name: name.into(),
+            companyname: "ACME".into(),
+            enabled: true,
+        })
+        .await
+        .unwrap()
+}
+
 /// An engine over a memory store, a memory broker and a manual clock.
 pub(crate) struct Harness {
     pub(crate) store: MemoryStore,
@@ -342,14 +354,14 @@ impl Harness {
     }
 
     pub(crate) async fn add_domain(&self, name: &str) -> Domain8 {
-        self.store
-            .insert(&PostDomain8 {
-                name: name.into(),
-                companyname: "ACME".into(),
-                enabled: true,
-            })
-            .await
-            .unwrap()
+        add_domain(&self.store, name).await
+    }
+
+    /// Adds `n` enabled domains, `d0.example.com` to `d<n-1>.example.com`.
+    pub(crate) async fn add_domains(&self, n: usize) {
+        for i in 0..n {
+            self.add_domain(&format!("d{i}.example.com")).await;
+        }
     }
 
     /// Creates a workflow for every idle enabled domain straight in the store, without
@@ -403,6 +415,34 @@ impl Harness {
 
     pub(crate) fn notifications(&self, routing_key: &str) -> Vec<Notification8> {
         notifications(&self.broker, routing_key)
+    }
+
+    /// Adds domain `example.com`, starts its workflow (its first stage, `a`, published
+    /// as it is created), runs a dispatch round and takes the stage `a` job.
+    pub(crate) async fn start_one(&self) -> StageJob {
+        self.add_domain("example.com").await;
+        self.engine.start_workflows().await.unwrap();
+        self.engine.dispatch().await.unwrap();
+        self.take_jobs("a").remove(0)
+    }
+
+    /// The metrics exposition as scraped now.
+    pub(crate) fn metrics_text(&self) -> String {
+        self.metrics.encode(&Default::default()).unwrap()
+    }
+
+    /// Asserts that the metrics exposition has each of `lines`.
+    pub(crate) fn assert_metrics(&self, lines: &[&str]) {
+        let text = self.metrics_text();
+        for line in lines {
+            assert!(text.contains(line), "{line:?} missing in\n{text}");
+        }
+    }
+
+    /// Asserts that the metrics exposition does not have `line`.
+    pub(crate) fn assert_no_metric(&self, line: &str) {
+        let text = self.metrics_text();
+        assert!(!text.contains(line), "{line:?} in\n{text}");
     }
 
     /// Hands a delivery to the result handler, as the consumer does, and returns how

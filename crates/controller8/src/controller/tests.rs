@@ -8,7 +8,7 @@ use amqp8::memory::MemoryBroker;
 use amqp8::{Broker, OutgoingMessage};
 use config8::Settings;
 use db8::{DomainRepository, MemoryStore, WorkflowRepository};
-use model8::{PostDomain8, StageOutcome, WorkflowStatus};
+use model8::{StageOutcome, WorkflowStatus};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -18,8 +18,8 @@ use crate::error::ControllerError;
 use crate::metrics::Metrics;
 use crate::role::{Role, RoleWatch};
 use crate::testkit::{
-    NOTIFY_QUEUE, TokioClock, bootstrap, bounded, chain, confirmed, declare, publish_report, q, rk,
-    stage, take_jobs,
+    NOTIFY_QUEUE, TokioClock, add_domain, bootstrap, bounded, chain, confirmed, declare,
+    publish_report, q, rk, stage, take_jobs,
 };
 use crate::topology::{
     DEAD_LETTER_QUEUE, KICKOFF_ROUTING_KEY, NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY,
@@ -45,10 +45,29 @@ impl Running {
     }
 }
 
-async fn start(settings: Settings, store: &MemoryStore, leader: bool, tuning: Tuning) -> Running {
+/// A broker with the topology of `settings` declared, as the controller declares it.
+async fn declared(settings: &Settings) -> MemoryBroker {
     let broker = MemoryBroker::new();
-    declare(&broker, &settings).await;
+    declare(&broker, settings).await;
+    broker
+}
+
+async fn start(settings: Settings, store: &MemoryStore, leader: bool, tuning: Tuning) -> Running {
+    let broker = declared(&settings).await;
     start_with_broker(settings, store, leader, tuning, broker)
+}
+
+/// Starts a controller (the chain, no leader election) while its broker is down.
+fn start_during_a_broker_outage(store: &MemoryStore) -> Running {
+    let broker = MemoryBroker::new();
+    broker.set_outage(true);
+    start_with_broker(
+        no_election(chain()),
+        store,
+        false,
+        Tuning::default(),
+        broker,
+    )
 }
 
 fn start_with_broker(
@@ -104,15 +123,43 @@ async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> boo
     }
 }
 
-async fn add(store: &MemoryStore, name: &str) -> model8::Domain8 {
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Waits (in virtual time) until `role` is `want`, for at most `limit`.
+async fn role_is(role: &RoleWatch, want: Role, what: &str, limit: Duration) {
+    eventually(what, limit, async || *role.borrow() == want).await;
+}
+
+/// Waits (in virtual time) until `n` publishes with `routing_key` were confirmed, for
+/// at most `limit`.
+async fn confirmed_n(b: &MemoryBroker, routing_key: &str, n: usize, what: &str, limit: Duration) {
+    eventually(what, limit, async || confirmed(b, routing_key) == n).await;
+}
+
+/// Waits (in virtual time) until `n` kick-offs were confirmed, for at most `limit`.
+async fn kicked_off(b: &MemoryBroker, n: usize, what: &str, limit: Duration) {
+    confirmed_n(b, KICKOFF_ROUTING_KEY, n, what, limit).await;
+}
+
+/// Waits `d` (virtual time): the kick-offs confirmed are still `n`.
+async fn no_more_kick_offs(b: &MemoryBroker, n: usize, d: Duration) {
+    tokio::time::sleep(d).await;
+    assert_eq!(confirmed(b, KICKOFF_ROUTING_KEY), n);
+}
+
+/// Waits (in virtual time) until `n` notifications with `key` were published, for at
+/// most `limit`.
+async fn notified_n(b: &MemoryBroker, key: &str, n: usize, what: &str, limit: Duration) {
+    eventually(what, limit, async || notified(b, key) == n).await;
+}
+
+/// A store holding one enabled domain, `example.com`.
+async fn store_with_a_domain() -> MemoryStore {
+    let store = MemoryStore::new();
+    add_domain(&store, "example.com").await;
     store
-        .insert(&PostDomain8 {
-            name: name.into(),
-            companyname: "ACME".into(),
-            enabled: true,
-        })
-        .await
-        .unwrap()
 }
 
 fn no_election(mut s: Settings) -> Settings {
@@ -148,11 +195,8 @@ async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
 
     // none -> some: published at once (change feed), not at the 15-minute tick.
     let inserted = tokio::time::Instant::now();
-    let d = add(&store, "example.com").await;
-    eventually("first kick-off", Duration::from_secs(2), async || {
-        confirmed(&b, KICKOFF_ROUTING_KEY) == 1
-    })
-    .await;
+    let d = add_domain(&store, "example.com").await;
+    kicked_off(&b, 1, "first kick-off", secs(2)).await;
     assert!(inserted.elapsed() < Duration::from_secs(2));
     let m = b.take(&q("asmm8")).remove(0);
     assert_eq!(m.exchange, "cptm8");
@@ -168,9 +212,8 @@ async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
     );
 
     // some -> more: nothing; through two 15-minute ticks: nothing.
-    add(&store, "example.org").await;
-    tokio::time::sleep(Duration::from_secs(31 * 60)).await;
-    assert_eq!(confirmed(&b, KICKOFF_ROUTING_KEY), 1);
+    add_domain(&store, "example.org").await;
+    no_more_kick_offs(&b, 1, Duration::from_secs(31 * 60)).await;
 
     // some -> none -> some: exactly one more.
     let all = DomainRepository::list(&store).await.unwrap();
@@ -179,12 +222,8 @@ async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     store.set_enabled(d.id, true).await.unwrap();
-    eventually("second kick-off", Duration::from_secs(2), async || {
-        confirmed(&b, KICKOFF_ROUTING_KEY) == 2
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
-    assert_eq!(confirmed(&b, KICKOFF_ROUTING_KEY), 2);
+    kicked_off(&b, 2, "second kick-off", secs(2)).await;
+    no_more_kick_offs(&b, 2, Duration::from_secs(20 * 60)).await;
     r.stop().await.unwrap();
 }
 
@@ -192,11 +231,9 @@ async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
 async fn bootstrap_kicks_off_at_start_and_a_full_queue_means_busy() {
     // The Go file's asmm8 queue (x-max-length 1, reject-publish) already holds a job:
     // the kick-off is nacked, which means the pipeline is busy: not an error, no retry.
-    let store = MemoryStore::new();
-    add(&store, "example.com").await;
+    let store = store_with_a_domain().await;
     let settings = no_election(bootstrap(&bounded(1)));
-    let broker = MemoryBroker::new();
-    declare(&broker, &settings).await;
+    let broker = declared(&settings).await;
     broker
         .publish(OutgoingMessage::new(
             "cptm8",
@@ -222,13 +259,9 @@ async fn bootstrap_kicks_off_at_start_and_a_full_queue_means_busy() {
     r.stop().await.unwrap();
 
     // With room: published at start.
-    let broker = MemoryBroker::new();
-    declare(&broker, &settings).await;
+    let broker = declared(&settings).await;
     let r = start_with_broker(settings, &store, false, Tuning::default(), broker.clone());
-    eventually("kick-off at start", Duration::from_secs(2), async || {
-        confirmed(&broker, KICKOFF_ROUTING_KEY) == 1
-    })
-    .await;
+    kicked_off(&broker, 1, "kick-off at start", secs(2)).await;
     r.stop().await.unwrap();
 }
 
@@ -236,12 +269,10 @@ async fn bootstrap_kicks_off_at_start_and_a_full_queue_means_busy() {
 async fn bootstrap_with_leader_election_kicks_off_once_it_leads_and_again_after_a_failover() {
     // A replica starting alone waits out the takeover grace as a standby before it
     // leads (leader.rs): the domains it saw meanwhile must still get their kick-off.
-    let store = MemoryStore::new();
-    add(&store, "example.com").await;
+    let store = store_with_a_domain().await;
     let settings = bootstrap(&[]);
     assert!(settings.leader_election.enabled);
-    let broker = MemoryBroker::new();
-    declare(&broker, &settings).await;
+    let broker = declared(&settings).await;
     let a = start_with_broker(
         settings.clone(),
         &store,
@@ -249,17 +280,8 @@ async fn bootstrap_with_leader_election_kicks_off_once_it_leads_and_again_after_
         Tuning::default(),
         broker.clone(),
     );
-    let role = a.role.clone();
-    eventually("a leads", Duration::from_secs(10), async || {
-        *role.borrow() == Role::Leader
-    })
-    .await;
-    eventually(
-        "kick-off once a leads",
-        Duration::from_secs(2),
-        async || confirmed(&broker, KICKOFF_ROUTING_KEY) == 1,
-    )
-    .await;
+    role_is(&a.role, Role::Leader, "a leads", secs(10)).await;
+    kicked_off(&broker, 1, "kick-off once a leads", secs(2)).await;
 
     // A second replica (its own lock session) stays a standby and publishes nothing
     // while a leads.
@@ -277,37 +299,20 @@ async fn bootstrap_with_leader_election_kicks_off_once_it_leads_and_again_after_
     // a stops (releasing the lock): b leads and, like a restarted Go orchestrator,
     // kicks off once while domains are enabled; then nothing more.
     a.stop().await.unwrap();
-    let role = b.role.clone();
-    eventually("b leads", Duration::from_secs(10), async || {
-        *role.borrow() == Role::Leader
-    })
-    .await;
-    eventually(
-        "kick-off once b leads",
-        Duration::from_secs(2),
-        async || confirmed(&broker, KICKOFF_ROUTING_KEY) == 2,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(31 * 60)).await;
-    assert_eq!(confirmed(&broker, KICKOFF_ROUTING_KEY), 2);
+    role_is(&b.role, Role::Leader, "b leads", secs(10)).await;
+    kicked_off(&broker, 2, "kick-off once b leads", secs(2)).await;
+    no_more_kick_offs(&broker, 2, Duration::from_secs(31 * 60)).await;
     b.stop().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn bootstrap_retries_a_kick_off_the_broker_could_not_take() {
-    let store = MemoryStore::new();
-    add(&store, "example.com").await;
+    let store = store_with_a_domain().await;
     let settings = no_election(bootstrap(&[]));
-    let broker = MemoryBroker::new();
-    declare(&broker, &settings).await;
+    let broker = declared(&settings).await;
     broker.fail_next_publishes(3);
     let r = start_with_broker(settings, &store, false, Tuning::default(), broker.clone());
-    eventually(
-        "kick-off after the failures",
-        Duration::from_secs(60),
-        async || confirmed(&broker, KICKOFF_ROUTING_KEY) == 1,
-    )
-    .await;
+    kicked_off(&broker, 1, "kick-off after the failures", secs(60)).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
         broker.messages_in(&q("asmm8")).len(),
@@ -360,12 +365,14 @@ async fn managed_mode_runs_workflows_to_completion_driven_by_events_alone() {
     let w = workers(b.clone(), &["a", "b", "c"]);
     let started = tokio::time::Instant::now();
     for i in 0..10 {
-        add(&store, &format!("d{i}.example.com")).await;
+        add_domain(&store, &format!("d{i}.example.com")).await;
     }
-    eventually(
+    notified_n(
+        &b,
+        NOTIFY_COMPLETED_KEY,
+        10,
         "10 workflows completed",
-        Duration::from_secs(10),
-        async || notified(&b, NOTIFY_COMPLETED_KEY) == 10,
+        secs(10),
     )
     .await;
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -418,11 +425,8 @@ async fn a_malformed_result_is_dead_lettered_and_the_service_keeps_running() {
     assert!(b.messages_in("qorchestratorm8").is_empty());
     // Still working.
     let w = workers(b.clone(), &["a", "b", "c"]);
-    add(&store, "example.com").await;
-    eventually("completed", Duration::from_secs(10), async || {
-        notified(&b, NOTIFY_COMPLETED_KEY) == 1
-    })
-    .await;
+    add_domain(&store, "example.com").await;
+    notified_n(&b, NOTIFY_COMPLETED_KEY, 1, "completed", secs(10)).await;
     w.abort();
     r.stop().await.unwrap();
 }
@@ -439,22 +443,12 @@ async fn the_interval_is_read_live() {
     let b = r.broker.clone();
     eventually("consumer", Duration::from_secs(5), async || consuming(&b)).await;
     // It leads once the takeover grace has passed (leader.rs).
-    let role = r.role.clone();
-    eventually("leads", Duration::from_secs(10), async || {
-        *role.borrow() == Role::Leader
-    })
-    .await;
-    add(&store, "example.com").await;
-    eventually("first job", Duration::from_secs(2), async || {
-        confirmed(&b, &rk("a")) == 1
-    })
-    .await;
+    role_is(&r.role, Role::Leader, "leads", secs(10)).await;
+    add_domain(&store, "example.com").await;
+    confirmed_n(&b, &rk("a"), 1, "first job", secs(2)).await;
     let job = take_jobs(&b, "a").remove(0);
     publish_report(&b, &job, StageOutcome::Completed).await;
-    eventually("completed", Duration::from_secs(2), async || {
-        notified(&b, NOTIFY_COMPLETED_KEY) == 1
-    })
-    .await;
+    notified_n(&b, NOTIFY_COMPLETED_KEY, 1, "completed", secs(2)).await;
     // The next workflow waits for the next tick: an hour away...
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(confirmed(&b, &rk("a")), 1);
@@ -462,10 +456,7 @@ async fn the_interval_is_read_live() {
     let mut s = (**r.settings.borrow()).clone();
     s.scheduler.interval = Duration::from_secs(120);
     r.settings.send_replace(Arc::new(s));
-    eventually("second job", Duration::from_secs(70), async || {
-        confirmed(&b, &rk("a")) == 2
-    })
-    .await;
+    confirmed_n(&b, &rk("a"), 2, "second job", secs(70)).await;
     assert!(r.clock.now() > crate::testkit::t0());
     r.stop().await.unwrap();
 }
@@ -487,20 +478,11 @@ async fn timeouts_are_detected_without_any_event() {
     )
     .await;
     let b = r.broker.clone();
-    add(&store, "example.com").await;
-    eventually("attempt 1", Duration::from_secs(2), async || {
-        confirmed(&b, &rk("a")) == 1
-    })
-    .await;
+    add_domain(&store, "example.com").await;
+    confirmed_n(&b, &rk("a"), 1, "attempt 1", secs(2)).await;
     // Deadline 30 s, backoff 5..10 s: attempt 2 by ~41 s, failure by ~72 s.
-    eventually("attempt 2", Duration::from_secs(45), async || {
-        confirmed(&b, &rk("a")) == 2
-    })
-    .await;
-    eventually("failed", Duration::from_secs(45), async || {
-        notified(&b, NOTIFY_FAILED_KEY) == 1
-    })
-    .await;
+    confirmed_n(&b, &rk("a"), 2, "attempt 2", secs(45)).await;
+    notified_n(&b, NOTIFY_FAILED_KEY, 1, "failed", secs(45)).await;
     let all = WorkflowRepository::list(&store, &Default::default())
         .await
         .unwrap();
@@ -518,7 +500,7 @@ async fn a_full_stage_queue_drains_as_its_worker_reports() {
     let r = start(s, &store, false, Tuning::default()).await;
     let b = r.broker.clone();
     for i in 0..5 {
-        add(&store, &format!("d{i}.example.com")).await;
+        add_domain(&store, &format!("d{i}.example.com")).await;
     }
     // A slow worker: one job at a time, reported 3 s after it was taken.
     let wb = b.clone();
@@ -531,10 +513,7 @@ async fn a_full_stage_queue_drains_as_its_worker_reports() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    eventually("all drained", Duration::from_secs(60), async || {
-        notified(&b, NOTIFY_COMPLETED_KEY) == 5
-    })
-    .await;
+    notified_n(&b, NOTIFY_COMPLETED_KEY, 5, "all drained", secs(60)).await;
     assert_eq!(confirmed(&b, &rk("a")), 5, "each job accepted exactly once");
     worker.abort();
     r.stop().await.unwrap();
@@ -547,20 +526,14 @@ async fn only_the_leader_publishes_and_a_standby_takes_over() {
     assert!(settings.leader_election.enabled);
     let a = start(settings.clone(), &store, true, Tuning::default()).await;
     let (ra, ba) = (a.role.clone(), a.broker.clone());
-    eventually("a leads", Duration::from_secs(5), async || {
-        *ra.borrow() == Role::Leader
-    })
-    .await;
+    role_is(&ra, Role::Leader, "a leads", secs(5)).await;
     let b = start(settings, &store.handle(), true, Tuning::default()).await;
     let (rb, bb) = (b.role.clone(), b.broker.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(*rb.borrow(), Role::Standby);
 
-    add(&store, "one.example.com").await;
-    eventually("a publishes", Duration::from_secs(2), async || {
-        confirmed(&ba, &rk("a")) == 1
-    })
-    .await;
+    add_domain(&store, "one.example.com").await;
+    confirmed_n(&ba, &rk("a"), 1, "a publishes", secs(2)).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(confirmed(&bb, &rk("a")), 0, "the standby publishes nothing");
     assert_eq!(
@@ -573,15 +546,9 @@ async fn only_the_leader_publishes_and_a_standby_takes_over() {
 
     // The leader stops (and releases the lock): the standby takes over.
     a.stop().await.unwrap();
-    eventually("b leads", Duration::from_secs(5), async || {
-        *rb.borrow() == Role::Leader
-    })
-    .await;
-    add(&store, "two.example.com").await;
-    eventually("b publishes", Duration::from_secs(5), async || {
-        confirmed(&bb, &rk("a")) == 1
-    })
-    .await;
+    role_is(&rb, Role::Leader, "b leads", secs(5)).await;
+    add_domain(&store, "two.example.com").await;
+    confirmed_n(&bb, &rk("a"), 1, "b publishes", secs(5)).await;
     b.stop().await.unwrap();
 }
 
@@ -591,18 +558,12 @@ async fn losing_the_lock_stops_publishing_at_the_next_check() {
     let other = store.handle();
     let a = start(chain(), &store, true, Tuning::default()).await;
     let (ra, ba) = (a.role.clone(), a.broker.clone());
-    eventually("a leads", Duration::from_secs(5), async || {
-        *ra.borrow() == Role::Leader
-    })
-    .await;
+    role_is(&ra, Role::Leader, "a leads", secs(5)).await;
     // The session ends and another replica grabs the lock at once.
     store.revoke_leadership();
     assert!(db8::LeaderLock::try_acquire(&other).await.unwrap());
-    eventually("a steps down", Duration::from_secs(3), async || {
-        *ra.borrow() == Role::Standby
-    })
-    .await;
-    add(&store, "example.com").await;
+    role_is(&ra, Role::Standby, "a steps down", secs(3)).await;
+    add_domain(&store, "example.com").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(confirmed(&ba, &rk("a")), 0);
     assert!(
@@ -617,15 +578,8 @@ async fn losing_the_lock_stops_publishing_at_the_next_check() {
 #[tokio::test(start_paused = true)]
 async fn start_up_waits_for_the_broker_and_shutdown_is_prompt() {
     let store = MemoryStore::new();
-    let broker = MemoryBroker::new();
-    broker.set_outage(true);
-    let r = start_with_broker(
-        no_election(chain()),
-        &store,
-        false,
-        Tuning::default(),
-        broker.clone(),
-    );
+    let r = start_during_a_broker_outage(&store);
+    let broker = r.broker.clone();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(broker.topology().queues.is_empty());
     broker.set_outage(false);
@@ -642,15 +596,7 @@ async fn start_up_waits_for_the_broker_and_shutdown_is_prompt() {
     r.stop().await.unwrap();
 
     // Shutdown while still waiting for the broker.
-    let broker = MemoryBroker::new();
-    broker.set_outage(true);
-    let r = start_with_broker(
-        no_election(chain()),
-        &store,
-        false,
-        Tuning::default(),
-        broker,
-    );
+    let r = start_during_a_broker_outage(&store);
     tokio::time::sleep(Duration::from_secs(5)).await;
     r.stop().await.unwrap();
 }

@@ -20,13 +20,90 @@ fn stage_status(v: &model8::WorkflowView, name: &str) -> (StageStatus, u32) {
     (s.status, s.attempt)
 }
 
+/// Stage `a` of workflow `id`: its status and attempt.
+async fn stage_a(h: &Harness, id: uuid::Uuid) -> (StageStatus, u32) {
+    stage_status(&h.wf(id).await.unwrap(), "a")
+}
+
+/// Reports `job` completed: acked, and stage `a` is `want` afterwards.
+async fn complete_acked(h: &Harness, job: &StageJob, want: (StageStatus, u32)) {
+    assert_eq!(
+        h.report(job, StageOutcome::Completed).await,
+        Settlement::Ack
+    );
+    assert_eq!(stage_a(h, job.workflow_id).await, want);
+}
+
+/// The result of attempt 1 of stage `a` of workflow `id` was applied, and not counted
+/// as stale.
+async fn assert_applied_not_stale(h: &Harness, id: uuid::Uuid) {
+    assert_eq!(stage_a(h, id).await, (StageStatus::Completed, 1));
+    h.assert_no_metric("orchestratorm8_results_stale_total 1");
+}
+
+/// Reports `job` completed; the next dispatch round publishes one job, of stage `next`.
+async fn complete_then_publish(h: &Harness, job: &StageJob, next: &str) {
+    h.report(job, StageOutcome::Completed).await;
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
+    assert_eq!(h.take_jobs(next).len(), 1);
+}
+
+/// Adds domains `a.example.com`, `b.example.com` and `c.example.com`, the last one
+/// disabled.
+async fn add_two_enabled_and_one_disabled(h: &Harness) -> [model8::Domain8; 3] {
+    let a = h.add_domain("a.example.com").await;
+    let b = h.add_domain("b.example.com").await;
+    let c = h.add_domain("c.example.com").await;
+    h.store.set_enabled(c.id, false).await.unwrap();
+    [a, b, c]
+}
+
+/// The chain a -> b -> c with stage a's queue bounded to one job (reject-publish).
+fn chain_with_a_bounded() -> config8::Settings {
+    let mut s = chain();
+    s.orchestrator
+        .queues
+        .insert("a".into(), section("a", &bounded(1)));
+    s
+}
+
+/// Creates a workflow for every idle enabled domain without claiming it, then claims
+/// the due stage `a` jobs (at most 10, 60 s lease) for `owner` at the clock's time, as
+/// a dispatcher does before it publishes them.
+async fn create_and_claim(h: &Harness, owner: uuid::Uuid) -> Vec<db8::ClaimedStage> {
+    h.create_unclaimed().await;
+    h.store
+        .claim_due("a", owner, h.clock_now(), Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+}
+
+/// A worker takes stage `a`'s jobs and reports them completed, the dispatcher running
+/// after each round, until `n` are done (in fewer than `max_rounds` rounds); each job
+/// was published exactly once.
+async fn drain_a(h: &Harness, n: usize, max_rounds: usize) {
+    let mut done = 0;
+    let mut rounds = 0;
+    while done < n {
+        rounds += 1;
+        assert!(rounds < max_rounds, "drains in a bounded number of rounds");
+        for j in &h.take_jobs("a") {
+            h.report(j, StageOutcome::Completed).await;
+            done += 1;
+        }
+        h.engine.dispatch().await.unwrap();
+    }
+    assert_eq!(
+        confirmed(&h.broker, &rk("a")),
+        n,
+        "each job published exactly once"
+    );
+}
+
 #[tokio::test]
 async fn per_domain_creates_one_workflow_per_enabled_domain_and_publishes_stage_one() {
     let h = Harness::new(chain()).await;
-    let d1 = h.add_domain("a.example.com").await;
-    let d2 = h.add_domain("b.example.com").await;
-    let d3 = h.add_domain("c.example.com").await;
-    h.store.set_enabled(d3.id, false).await.unwrap();
+    let [d1, d2, _] = add_two_enabled_and_one_disabled(&h).await;
 
     // Stage a's first attempts are claimed as the workflows are created and
     // published at once: no dispatch round needed.
@@ -70,9 +147,7 @@ async fn many_domains_are_created_and_published_in_batches() {
     // batch_size 3 in tests: 10 domains take 4 pages, 4 batches created with their
     // first stage claimed, 4 published.
     let h = Harness::new(chain()).await;
-    for i in 0..10 {
-        h.add_domain(&format!("d{i}.example.com")).await;
-    }
+    h.add_domains(10).await;
     assert_eq!(h.engine.start_workflows().await.unwrap(), 10);
     assert_eq!(
         h.engine.dispatch().await.unwrap().published,
@@ -112,15 +187,10 @@ async fn a_three_stage_pipeline_runs_to_completion_with_a_notification() {
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].kind, NotificationEvent::Message);
     assert!(n[0].message.contains("example.com"), "{}", n[0].message);
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        text.contains("orchestratorm8_workflows_completed_total 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("orchestratorm8_results_consumed_total{outcome=\"completed\"} 3"),
-        "{text}"
-    );
+    h.assert_metrics(&[
+        "orchestratorm8_workflows_completed_total 1",
+        "orchestratorm8_results_consumed_total{outcome=\"completed\"} 3",
+    ]);
 }
 
 #[tokio::test]
@@ -132,10 +202,7 @@ async fn diamond_dependencies_wait_for_every_parent() {
         stage("d", &["b", "c"]),
     ]))
     .await;
-    h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
-    h.engine.dispatch().await.unwrap();
-    let a = h.take_jobs("a").remove(0);
+    let a = h.start_one().await;
     h.report(&a, StageOutcome::Completed).await;
     assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
     let b = h.take_jobs("b").remove(0);
@@ -146,18 +213,13 @@ async fn diamond_dependencies_wait_for_every_parent() {
         0,
         "d waits for c"
     );
-    h.report(&c, StageOutcome::Completed).await;
-    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(h.take_jobs("d").len(), 1);
+    complete_then_publish(&h, &c, "d").await;
 }
 
 #[tokio::test]
 async fn duplicate_and_stale_results_are_acked_without_change() {
     let h = Harness::new(chain()).await;
-    h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
-    h.engine.dispatch().await.unwrap();
-    let job = h.take_jobs("a").remove(0);
+    let job = h.start_one().await;
     assert_eq!(
         h.report(&job, StageOutcome::Completed).await,
         Settlement::Ack
@@ -187,11 +249,7 @@ async fn duplicate_and_stale_results_are_acked_without_change() {
     );
     let after = h.wf(job.workflow_id).await.unwrap();
     assert_eq!(before, after);
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        text.contains("orchestratorm8_results_stale_total 5"),
-        "{text}"
-    );
+    h.assert_metrics(&["orchestratorm8_results_stale_total 5"]);
     // The stage b job was published once only.
     h.engine.dispatch().await.unwrap();
     assert_eq!(h.take_jobs("b").len(), 1);
@@ -209,23 +267,18 @@ async fn malformed_results_are_dead_lettered_with_a_reason_and_counted() {
             other => panic!("{key}: {other:?}"),
         }
     }
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        text.contains("orchestratorm8_messages_dead_lettered_total 2"),
-        "{text}"
-    );
+    h.assert_metrics(&["orchestratorm8_messages_dead_lettered_total 2"]);
 }
 
 #[tokio::test]
 async fn a_failed_attempt_is_retried_after_its_backoff() {
     let h = Harness::new(chain()).await;
-    h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
-    h.engine.dispatch().await.unwrap();
-    let job = h.take_jobs("a").remove(0);
+    let job = h.start_one().await;
     assert_eq!(h.report(&job, StageOutcome::Failed).await, Settlement::Ack);
-    let v = h.wf(job.workflow_id).await.unwrap();
-    assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 1));
+    assert_eq!(
+        stage_a(&h, job.workflow_id).await,
+        (StageStatus::Pending, 1)
+    );
     // Backoff initial 10 s with equal jitter: due in [5 s, 10 s].
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     h.advance(Duration::from_millis(4_900));
@@ -236,14 +289,7 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
     assert_eq!(retry.attempt, 2);
     assert_eq!(retry.workflow_id, job.workflow_id);
     // A late report of attempt 1 is stale now.
-    assert_eq!(
-        h.report(&job, StageOutcome::Completed).await,
-        Settlement::Ack
-    );
-    assert_eq!(
-        stage_status(&h.wf(job.workflow_id).await.unwrap(), "a"),
-        (StageStatus::Running, 2)
-    );
+    complete_acked(&h, &job, (StageStatus::Running, 2)).await;
     h.report(&retry, StageOutcome::Completed).await;
     h.engine.dispatch().await.unwrap();
     assert_eq!(h.take_jobs("b").len(), 1);
@@ -255,10 +301,7 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     s.workflow.stages[0].max_attempts = 2;
     s.workflow.stages[0].timeout = Duration::from_secs(30);
     let h = Harness::new(s).await;
-    h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
-    h.engine.dispatch().await.unwrap();
-    let job = h.take_jobs("a").remove(0);
+    let job = h.start_one().await;
 
     h.advance(Duration::from_secs(30));
     assert_eq!(
@@ -268,8 +311,10 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     );
     h.advance(Duration::from_secs(1));
     assert_eq!(h.engine.expire_timeouts().await.unwrap(), 1);
-    let v = h.wf(job.workflow_id).await.unwrap();
-    assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 1));
+    assert_eq!(
+        stage_a(&h, job.workflow_id).await,
+        (StageStatus::Pending, 1)
+    );
     h.advance(Duration::from_secs(10));
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
     assert_eq!(h.take_jobs("a")[0].attempt, 2);
@@ -292,15 +337,10 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     assert_eq!(h.engine.expire_timeouts().await.unwrap(), 0);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        text.contains("orchestratorm8_stage_timeouts_total{stage=\"a\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("orchestratorm8_workflows_failed_total 1"),
-        "{text}"
-    );
+    h.assert_metrics(&[
+        "orchestratorm8_stage_timeouts_total{stage=\"a\"} 2",
+        "orchestratorm8_workflows_failed_total 1",
+    ]);
 }
 
 #[tokio::test]
@@ -308,10 +348,7 @@ async fn reported_failures_exhaust_max_attempts() {
     let mut s = chain();
     s.workflow.stages[1].max_attempts = 1;
     let h = Harness::new(s).await;
-    h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
-    h.engine.dispatch().await.unwrap();
-    let a = h.take_jobs("a").remove(0);
+    let a = h.start_one().await;
     h.report(&a, StageOutcome::Completed).await;
     h.engine.dispatch().await.unwrap();
     let b = h.take_jobs("b").remove(0);
@@ -325,14 +362,8 @@ async fn reported_failures_exhaust_max_attempts() {
 
 #[tokio::test]
 async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping() {
-    let mut s = chain();
-    s.orchestrator
-        .queues
-        .insert("a".into(), section("a", &bounded(1)));
-    let h = Harness::new(s).await;
-    for i in 0..4 {
-        h.add_domain(&format!("d{i}.example.com")).await;
-    }
+    let h = Harness::new(chain_with_a_bounded()).await;
+    h.add_domains(4).await;
     h.create_unclaimed().await;
     let r = h.engine.dispatch().await.unwrap();
     assert_eq!(
@@ -369,28 +400,8 @@ async fn a_full_stage_queue_keeps_work_pending_and_drains_without_busy_looping()
         .count();
     assert_eq!(pending, 3);
     // A worker takes the job and reports: room again, published at once.
-    let mut done = 0;
-    let mut rounds = 0;
-    while done < 4 {
-        rounds += 1;
-        assert!(rounds < 20, "drains in a bounded number of rounds");
-        let jobs = h.take_jobs("a");
-        for j in &jobs {
-            h.report(j, StageOutcome::Completed).await;
-            done += 1;
-        }
-        h.engine.dispatch().await.unwrap();
-    }
-    assert_eq!(
-        confirmed(&h.broker, &rk("a")),
-        4,
-        "each job published exactly once"
-    );
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        text.contains("orchestratorm8_stage_publish_nacks_total{stage=\"a\"}"),
-        "{text}"
-    );
+    drain_a(&h, 4, 20).await;
+    h.assert_metrics(&["orchestratorm8_stage_publish_nacks_total{stage=\"a\"}"]);
 }
 
 #[tokio::test]
@@ -417,11 +428,7 @@ async fn unroutable_jobs_stay_pending_and_are_published_once_a_queue_is_bound() 
         .unwrap();
     h.advance(Duration::from_secs(1));
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        text.contains("orchestratorm8_stage_publish_unroutable_total{stage=\"a\"} 1"),
-        "{text}"
-    );
+    h.assert_metrics(&["orchestratorm8_stage_publish_unroutable_total{stage=\"a\"} 1"]);
 }
 
 #[tokio::test]
@@ -486,9 +493,7 @@ async fn max_in_flight_limits_jobs_out_at_once() {
     let mut s = chain();
     s.workflow.stages[0].max_in_flight = 2;
     let h = Harness::new(s).await;
-    for i in 0..5 {
-        h.add_domain(&format!("d{i}.example.com")).await;
-    }
+    h.add_domains(5).await;
     h.engine.start_workflows().await.unwrap();
     assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
@@ -545,9 +550,7 @@ async fn per_cycle_runs_one_workflow_over_every_enabled_domain() {
         0,
         "no domain, no cycle"
     );
-    for i in 0..4 {
-        h.add_domain(&format!("d{i}.example.com")).await;
-    }
+    h.add_domains(4).await;
     assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
     assert_eq!(
         h.engine.start_workflows().await.unwrap(),
@@ -589,10 +592,7 @@ async fn a_standby_neither_starts_nor_publishes_and_leadership_loss_stops_publis
 async fn scan_now_creates_workflows_on_request() {
     use crate::scan_now::ScanNowError;
     let h = Harness::new(chain()).await;
-    let d1 = h.add_domain("a.example.com").await;
-    let d2 = h.add_domain("b.example.com").await;
-    let off = h.add_domain("c.example.com").await;
-    h.store.set_enabled(off.id, false).await.unwrap();
+    let [d1, d2, off] = add_two_enabled_and_one_disabled(&h).await;
 
     let e = h
         .engine
@@ -649,10 +649,7 @@ async fn scan_now_ignores_the_cool_down() {
     let mut s = managed(vec![stage("a", &[])]);
     s.workflow.rescan_after = Duration::from_secs(3600);
     let h = Harness::new(s).await;
-    h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
-    h.engine.dispatch().await.unwrap();
-    let job = h.take_jobs("a").remove(0);
+    let job = h.start_one().await;
     h.report(&job, StageOutcome::Completed).await;
     assert_eq!(h.engine.start_workflows().await.unwrap(), 0);
     assert_eq!(h.engine.scan(None).await.unwrap().len(), 1);
@@ -661,10 +658,7 @@ async fn scan_now_ignores_the_cool_down() {
 #[tokio::test]
 async fn an_unavailable_database_returns_the_result_to_the_queue() {
     let h = Harness::new(chain()).await;
-    h.add_domain("example.com").await;
-    h.engine.start_workflows().await.unwrap();
-    h.engine.dispatch().await.unwrap();
-    let job = h.take_jobs("a").remove(0);
+    let job = h.start_one().await;
     h.store.set_available(false);
     assert_eq!(
         h.report(&job, StageOutcome::Completed).await,
@@ -672,14 +666,7 @@ async fn an_unavailable_database_returns_the_result_to_the_queue() {
     );
     h.store.set_available(true);
     // The redelivery applies.
-    assert_eq!(
-        h.report(&job, StageOutcome::Completed).await,
-        Settlement::Ack
-    );
-    assert_eq!(
-        stage_status(&h.wf(job.workflow_id).await.unwrap(), "a"),
-        (StageStatus::Completed, 1)
-    );
+    complete_acked(&h, &job, (StageStatus::Completed, 1)).await;
 }
 
 #[tokio::test]
@@ -725,9 +712,7 @@ async fn pipeline_structure_changes_wait_for_a_restart() {
     assert_eq!(names, ["a", "b", "c"]);
     h.engine.dispatch().await.unwrap();
     let a = h.take_jobs("a").remove(0);
-    h.report(&a, StageOutcome::Completed).await;
-    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
-    assert_eq!(h.take_jobs("b").len(), 1);
+    complete_then_publish(&h, &a, "b").await;
 }
 
 #[tokio::test]
@@ -740,18 +725,7 @@ async fn a_restarted_engine_resumes_in_flight_workflows() {
     let jobs = h.take_jobs("a");
     // A crash between claim and publish: claims held by the dead process.
     h.add_domain("c.example.com").await;
-    h.create_unclaimed().await;
-    let claimed = h
-        .store
-        .claim_due(
-            "a",
-            uuid::Uuid::new_v4(),
-            h.clock_now(),
-            Duration::from_secs(60),
-            10,
-        )
-        .await
-        .unwrap();
+    let claimed = create_and_claim(&h, uuid::Uuid::new_v4()).await;
     assert_eq!(claimed.len(), 1);
 
     // A new process over the same database.
@@ -780,15 +754,9 @@ async fn a_restarted_engine_resumes_in_flight_workflows() {
 async fn a_result_that_beats_the_record_of_its_job_is_applied() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
-    h.create_unclaimed().await;
-    let now = h.clock_now();
     // The dispatcher's claim and publish happened; its record is late.
-    let claimed = h
-        .store
-        .claim_due("a", h.engine.owner, now, Duration::from_secs(60), 10)
-        .await
-        .unwrap();
-    let key = claimed[0].key.clone();
+    let key = create_and_claim(&h, h.engine.owner).await[0].key.clone();
+    let now = h.clock_now();
     let record = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         h.store
@@ -807,13 +775,7 @@ async fn a_result_that_beats_the_record_of_its_job_is_applied() {
     );
     assert_eq!(marked, 1);
     assert_eq!(settled, Settlement::Ack);
-    let v = h.wf(key.workflow_id).await.unwrap();
-    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        !text.contains("orchestratorm8_results_stale_total 1"),
-        "{text}"
-    );
+    assert_applied_not_stale(&h, key.workflow_id).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -827,14 +789,8 @@ async fn a_result_whose_job_is_recorded_just_after_it_was_found_stale_is_applied
     let h =
         Harness::with_workflows(chain(), crate::testkit::tuning(), store, failing.clone()).await;
     h.add_domain("example.com").await;
-    h.create_unclaimed().await;
+    let key = create_and_claim(&h, h.engine.owner).await[0].key.clone();
     let now = h.clock_now();
-    let claimed = h
-        .store
-        .claim_due("a", h.engine.owner, now, Duration::from_secs(60), 10)
-        .await
-        .unwrap();
-    let key = claimed[0].key.clone();
     failing.record_before_next_get(
         key.clone(),
         h.engine.owner,
@@ -852,31 +808,14 @@ async fn a_result_whose_job_is_recorded_just_after_it_was_found_stale_is_applied
         Duration::ZERO,
         "applied at once, no wait"
     );
-    let v = h.wf(key.workflow_id).await.unwrap();
-    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        !text.contains("orchestratorm8_results_stale_total 1"),
-        "{text}"
-    );
+    assert_applied_not_stale(&h, key.workflow_id).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_result_for_a_job_never_recorded_is_stale_after_the_claim_lease() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
-    h.create_unclaimed().await;
-    let claimed = h
-        .store
-        .claim_due(
-            "a",
-            h.engine.owner,
-            h.clock_now(),
-            Duration::from_secs(60),
-            10,
-        )
-        .await
-        .unwrap();
+    let claimed = create_and_claim(&h, h.engine.owner).await;
     let started = tokio::time::Instant::now();
     let settled = h
         .report_raw("a", claimed[0].key.workflow_id, 1, StageOutcome::Completed)
@@ -886,25 +825,17 @@ async fn a_result_for_a_job_never_recorded_is_stale_after_the_claim_lease() {
         started.elapsed() >= h.engine.tuning.claim_lease,
         "waited for the record"
     );
-    let v = h.wf(claimed[0].key.workflow_id).await.unwrap();
-    assert_eq!(stage_status(&v, "a"), (StageStatus::Pending, 0));
-    let text = h.metrics.encode(&Default::default()).unwrap();
-    assert!(
-        text.contains("orchestratorm8_results_stale_total 1"),
-        "{text}"
+    assert_eq!(
+        stage_a(&h, claimed[0].key.workflow_id).await,
+        (StageStatus::Pending, 0)
     );
+    h.assert_metrics(&["orchestratorm8_results_stale_total 1"]);
 }
 
 #[tokio::test]
 async fn a_full_queue_while_creating_gives_the_claims_back_and_the_dispatcher_drains_the_rest() {
-    let mut s = chain();
-    s.orchestrator
-        .queues
-        .insert("a".into(), section("a", &bounded(1)));
-    let h = Harness::new(s).await;
-    for i in 0..7 {
-        h.add_domain(&format!("d{i}.example.com")).await;
-    }
+    let h = Harness::new(chain_with_a_bounded()).await;
+    h.add_domains(7).await;
     // Every workflow is created; the first batch went out claimed, the queue took one
     // job and refused the rest, which were given back; the stage is paused, so the
     // later batches were created without claims.
@@ -933,22 +864,7 @@ async fn a_full_queue_while_creating_gives_the_claims_back_and_the_dispatcher_dr
         .count();
     assert_eq!(pending, 6);
     // A worker drains the queue; each result makes room for the next job.
-    let mut done = 0;
-    let mut rounds = 0;
-    while done < 7 {
-        rounds += 1;
-        assert!(rounds < 30, "drains in a bounded number of rounds");
-        for j in &h.take_jobs("a") {
-            h.report(j, StageOutcome::Completed).await;
-            done += 1;
-        }
-        h.engine.dispatch().await.unwrap();
-    }
-    assert_eq!(
-        confirmed(&h.broker, &rk("a")),
-        7,
-        "each job published exactly once"
-    );
+    drain_a(&h, 7, 30).await;
 }
 
 #[tokio::test]
@@ -1020,8 +936,10 @@ async fn a_database_error_holds_the_result_and_retries_with_backoff_until_it_app
         [1, 2, 4, 8].map(Duration::from_secs),
         "{calls:?}"
     );
-    let v = h.wf(job.workflow_id).await.unwrap();
-    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
+    assert_eq!(
+        stage_a(&h, job.workflow_id).await,
+        (StageStatus::Completed, 1)
+    );
     // Stage b was published once the result applied.
     h.engine.dispatch().await.unwrap();
     assert_eq!(h.take_jobs("b").len(), 1);
@@ -1047,12 +965,7 @@ async fn a_database_error_past_the_patience_returns_the_result_after_the_backoff
     );
     // The redelivery applies once the database has recovered: nothing was lost.
     failing.fail(0);
-    assert_eq!(
-        h.report(&job, StageOutcome::Completed).await,
-        Settlement::Ack
-    );
-    let v = h.wf(job.workflow_id).await.unwrap();
-    assert_eq!(stage_status(&v, "a"), (StageStatus::Completed, 1));
+    complete_acked(&h, &job, (StageStatus::Completed, 1)).await;
 }
 
 #[tokio::test(start_paused = true)]

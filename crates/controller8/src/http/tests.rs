@@ -223,6 +223,14 @@ impl Fx {
         }
     }
 
+    /// A fixture, its routes and one pending workflow (of `a.example.com`).
+    async fn with_workflow() -> (Self, BoxedFilter<(Response,)>, Uuid) {
+        let fx = Self::new().await;
+        let routes = fx.routes();
+        let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+        (fx, routes, id)
+    }
+
     fn routes(&self) -> BoxedFilter<(Response,)> {
         routes(self.state.clone())
     }
@@ -335,36 +343,43 @@ async fn ready_reports_checks_role_and_downstream_consumers() {
     v["timestamp"].as_str().unwrap().parse::<GoTime>().unwrap();
 }
 
-#[tokio::test]
-async fn ready_is_503_when_the_database_is_down() {
-    let fx = Fx::new().await;
-    fx.store.set_available(false);
+/// `/ready` answers 503, "not ready", with check `down` unhealthy and `up` healthy.
+async fn not_ready(fx: &Fx, down: &str, up: &str) -> Reply {
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     let v = r.json();
     assert_eq!(v["status"], "not ready");
-    assert_eq!(v["checks"]["database"], "unhealthy");
-    assert_eq!(v["checks"]["rabbitmq"], "healthy");
-    fx.store.set_available(true);
+    assert_eq!(v["checks"][down], "unhealthy");
+    assert_eq!(v["checks"][up], "healthy");
+    r
+}
+
+/// [`not_ready`] during an outage (`outage(true)`), 200 again after it
+/// (`outage(false)`). Returns the 503 body.
+async fn not_ready_during(fx: &Fx, outage: impl Fn(bool), down: &str, up: &str) -> Value {
+    outage(true);
+    let v = not_ready(fx, down, up).await.json();
+    outage(false);
     assert_eq!(get(&fx.routes(), "/ready").await.status, StatusCode::OK);
+    v
+}
+
+#[tokio::test]
+async fn ready_is_503_when_the_database_is_down() {
+    let fx = Fx::new().await;
+    let outage = |down: bool| fx.store.set_available(!down);
+    not_ready_during(&fx, outage, "database", "rabbitmq").await;
 }
 
 #[tokio::test]
 async fn ready_is_503_when_the_broker_is_disconnected() {
     let fx = Fx::new().await;
-    fx.broker.set_outage(true);
-    let r = get(&fx.routes(), "/ready").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
-    let v = r.json();
-    assert_eq!(v["status"], "not ready");
-    assert_eq!(v["checks"]["rabbitmq"], "unhealthy");
-    assert_eq!(v["checks"]["database"], "healthy");
+    let outage = |down: bool| fx.broker.set_outage(down);
+    let v = not_ready_during(&fx, outage, "rabbitmq", "database").await;
     assert_eq!(
         v["consumers"],
         json!({"qasmm8": null, "qnaabum8": null, "qmissing": null})
     );
-    fx.broker.set_outage(false);
-    assert_eq!(get(&fx.routes(), "/ready").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -579,9 +594,7 @@ async fn list_rejects_bad_query_parameters() {
 
 #[tokio::test]
 async fn get_one_workflow_or_404_or_400() {
-    let fx = Fx::new().await;
-    let routes = fx.routes();
-    let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+    let (_fx, routes, id) = Fx::with_workflow().await;
     let r = get(&routes, &format!("{API}/{id}")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let v: WorkflowView = serde_json::from_str(&r.text).unwrap();
@@ -707,29 +720,34 @@ async fn a_handler_that_hangs_gets_503_timeout() {
     assert!(msg.contains("10s"), "{msg}");
 }
 
+/// `POST {API}/{id}/{action}`, without credentials.
+async fn act(routes: &BoxedFilter<(Response,)>, id: impl std::fmt::Display, action: &str) -> Reply {
+    send(routes, "POST", &format!("{API}/{id}/{action}"), |r| r).await
+}
+
+/// `action` on workflow `id` is answered 200 and, sent again, 409; returns the first
+/// answer's body.
+async fn act_then_conflict(routes: &BoxedFilter<(Response,)>, id: Uuid, action: &str) -> Value {
+    let r = act(routes, id, action).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    act(routes, id, action)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+    r.json()
+}
+
 #[tokio::test]
 async fn pause_resume_cancel_follow_the_state_machine() {
-    let fx = Fx::new().await;
-    let routes = fx.routes();
-    let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
-    let act = |action: &str| format!("{API}/{id}/{action}");
+    let (fx, routes, id) = Fx::with_workflow().await;
 
-    let r = send(&routes, "POST", &act("pause"), |r| r).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.json()["status"], "paused");
-    assert_eq!(r.json()["id"], id.to_string());
-    send(&routes, "POST", &act("pause"), |r| r)
-        .await
-        .assert_error(StatusCode::CONFLICT, "conflict");
+    let v = act_then_conflict(&routes, id, "pause").await;
+    assert_eq!(v["status"], "paused");
+    assert_eq!(v["id"], id.to_string());
 
-    let r = send(&routes, "POST", &act("resume"), |r| r).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_ne!(r.json()["status"], "paused");
-    send(&routes, "POST", &act("resume"), |r| r)
-        .await
-        .assert_error(StatusCode::CONFLICT, "conflict");
+    let v = act_then_conflict(&routes, id, "resume").await;
+    assert_ne!(v["status"], "paused");
 
-    let r = send(&routes, "POST", &act("cancel"), |r| r).await;
+    let r = act(&routes, id, "cancel").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json()["status"], "cancelled");
     assert_eq!(
@@ -737,7 +755,7 @@ async fn pause_resume_cancel_follow_the_state_machine() {
         WorkflowStatus::Cancelled
     );
     for action in ["cancel", "pause", "resume"] {
-        send(&routes, "POST", &act(action), |r| r)
+        act(&routes, id, action)
             .await
             .assert_error(StatusCode::CONFLICT, "conflict");
     }
@@ -749,10 +767,10 @@ async fn pause_resume_cancel_follow_the_state_machine() {
 
     let unknown = Uuid::new_v4();
     for action in ["cancel", "pause", "resume"] {
-        send(&routes, "POST", &format!("{API}/{unknown}/{action}"), |r| r)
+        act(&routes, unknown, action)
             .await
             .assert_error(StatusCode::NOT_FOUND, "not_found");
-        send(&routes, "POST", &format!("{API}/123/{action}"), |r| r)
+        act(&routes, "123", action)
             .await
             .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     }
@@ -760,14 +778,12 @@ async fn pause_resume_cancel_follow_the_state_machine() {
 
 #[tokio::test]
 async fn database_outage_is_503_on_the_api() {
-    let fx = Fx::new().await;
-    let routes = fx.routes();
-    let id = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
+    let (fx, routes, id) = Fx::with_workflow().await;
     fx.store.set_available(false);
     for r in [
         get(&routes, API).await,
         get(&routes, &format!("{API}/{id}")).await,
-        send(&routes, "POST", &format!("{API}/{id}/pause"), |r| r).await,
+        act(&routes, id, "pause").await,
     ] {
         r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
         assert_eq!(r.headers.get("retry-after").unwrap(), "5");
@@ -810,7 +826,7 @@ async fn token_protects_the_api_but_not_the_probes() {
     // Every API route is protected; an unauthenticated body is never read.
     for r in [
         send(&routes, "GET", &format!("{API}/{id}"), |r| r).await,
-        send(&routes, "POST", &format!("{API}/{id}/cancel"), |r| r).await,
+        act(&routes, id, "cancel").await,
         post_json(&routes, API, &"x".repeat(5000)).await,
     ] {
         r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -822,10 +838,7 @@ async fn token_protects_the_api_but_not_the_probes() {
     );
 
     // The right token works on every route.
-    assert_eq!(
-        send(&routes, "GET", API, bearer(TOKEN)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(list_status_with(&routes, TOKEN).await, StatusCode::OK);
     assert_eq!(
         send(&routes, "GET", &format!("{API}/{id}"), bearer(TOKEN))
             .await
@@ -857,6 +870,11 @@ async fn token_protects_the_api_but_not_the_probes() {
     }
 }
 
+/// The status of `GET {API}` with bearer `token`.
+async fn list_status_with(routes: &BoxedFilter<(Response,)>, token: &str) -> StatusCode {
+    send(routes, "GET", API, bearer(token)).await.status
+}
+
 #[tokio::test]
 async fn token_changes_apply_to_the_next_request() {
     let fx = Fx::new().await;
@@ -867,23 +885,17 @@ async fn token_changes_apply_to_the_next_request() {
     fx.set_token(Some("first-token"));
     assert_eq!(get(&routes, API).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        send(&routes, "GET", API, bearer("first-token"))
-            .await
-            .status,
+        list_status_with(&routes, "first-token").await,
         StatusCode::OK
     );
 
     fx.set_token(Some("second-token"));
     assert_eq!(
-        send(&routes, "GET", API, bearer("first-token"))
-            .await
-            .status,
+        list_status_with(&routes, "first-token").await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        send(&routes, "GET", API, bearer("second-token"))
-            .await
-            .status,
+        list_status_with(&routes, "second-token").await,
         StatusCode::OK
     );
 
@@ -895,13 +907,7 @@ async fn token_changes_apply_to_the_next_request() {
 // ----- real socket -----------------------------------------------------------------
 
 async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .expect("connect within 10 s")
-    .unwrap();
+    let mut stream = connect(addr).await;
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
@@ -913,22 +919,11 @@ async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn serves_on_a_real_socket_and_shuts_down() {
-    let fx = Fx::new().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), fx.state.clone(), async {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap();
+    let served = Served::start(|_| {}).await;
+    let (fx, addr) = (&served.fx, served.addr);
     assert_ne!(addr.port(), 0);
-    let server = tokio::spawn(server);
 
-    let res = raw_http(
-        addr,
-        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    let res = health_ok(addr).await;
     assert!(
         res.to_ascii_lowercase()
             .contains("content-type: application/json"),
@@ -963,8 +958,8 @@ Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: clos
         "{err}"
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server)
+    served.stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served.server)
         .await
         .expect("server stops within 10 s of the signal")
         .unwrap();
@@ -976,23 +971,19 @@ Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: clos
 
 #[tokio::test]
 async fn shutdown_does_not_wait_forever_for_a_hung_request() {
-    let mut fx = Fx::new().await;
-    fx.state.timeouts.request = Duration::from_secs(600);
-    fx.state.timeouts.drain = Duration::from_millis(200);
-    *fx.scan.mode.lock().unwrap() = ScanMode::Hang;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), fx.state.clone(), async {
-        let _ = stopped.await;
+    let served = Served::start(|t| {
+        t.request = Duration::from_secs(600);
+        t.drain = Duration::from_millis(200);
     })
-    .await
-    .unwrap();
-    let server = tokio::spawn(server);
+    .await;
+    let (fx, addr) = (&served.fx, served.addr);
+    *fx.scan.mode.lock().unwrap() = ScanMode::Hang;
 
     // Wait until the request is inside the (hanging) engine call.
-    let client = scan_now_in_progress(addr, &fx).await;
-    stop.send(()).unwrap();
+    let client = scan_now_in_progress(addr, fx).await;
+    served.stop.send(()).unwrap();
     // Without the drain bound the server would wait for the request (600 s).
-    tokio::time::timeout(Duration::from_secs(10), server)
+    tokio::time::timeout(Duration::from_secs(10), served.server)
         .await
         .expect("server stops after the drain time despite the hung request")
         .unwrap();
@@ -1023,6 +1014,59 @@ async fn start(
     .await
     .unwrap();
     (addr, stop, tokio::spawn(server))
+}
+
+/// A fixture served on a real socket (see [`start`]).
+struct Served {
+    fx: Fx,
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// [`Fx::new`] with its timeouts set by `tune`, served on a free port.
+    async fn start(tune: impl FnOnce(&mut HttpTimeouts)) -> Served {
+        let mut fx = Fx::new().await;
+        tune(&mut fx.state.timeouts);
+        let (addr, stop, server) = start(fx.state.clone()).await;
+        Served {
+            fx,
+            addr,
+            stop,
+            server,
+        }
+    }
+
+    /// Sends the shutdown signal and waits (30 s at most) for the server to stop.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.server)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+}
+
+/// `GET /health` on a new connection (closed after the answer); asserts a 200 and
+/// returns the response.
+async fn health_ok(addr: std::net::SocketAddr) -> String {
+    let res = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    res
+}
+
+/// `GET /health` on the keep-alive connection `conn`; asserts a 200 and returns the
+/// response, leaving the connection open.
+async fn health_ok_keep_alive(conn: &mut tokio::net::TcpStream) -> String {
+    conn.write_all(GET_HEALTH_KEEP_ALIVE).await.unwrap();
+    let res = read_response(conn).await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    res
 }
 
 /// Sends "scan now" on a new connection and waits until the request is inside the
@@ -1060,18 +1104,20 @@ async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 /// Waits until the server closes `stream` (end of stream, or a reset), reading and
 /// discarding whatever arrives; panics after 30 s.
 async fn wait_closed(stream: &mut tokio::net::TcpStream, what: &str) {
-    let closed = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), closed)
+    tokio::time::timeout(Duration::from_secs(30), read_until_closed(stream))
         .await
         .unwrap_or_else(|_| panic!("{what}: the server did not close the connection within 30 s"));
+}
+
+/// Reads and discards until the end of stream or an error (a reset).
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Reads one response with a `Content-Length` (head and body) from a keep-alive
@@ -1118,9 +1164,8 @@ fn is_closed_now(stream: &tokio::net::TcpStream) -> bool {
 
 #[tokio::test]
 async fn slow_or_incomplete_request_heads_are_disconnected_while_others_are_served() {
-    let mut fx = Fx::new().await;
-    fx.state.timeouts.header_read = Duration::from_secs(1);
-    let (addr, stop, server) = start(fx.state.clone()).await;
+    let served = Served::start(|t| t.header_read = Duration::from_secs(1)).await;
+    let addr = served.addr;
 
     // A: the request line and one header, never the blank line that ends the head.
     let mut stalled = connect(addr).await;
@@ -1147,12 +1192,7 @@ async fn slow_or_incomplete_request_heads_are_disconnected_while_others_are_serv
     let mut silent = connect(addr).await;
 
     // Meanwhile a normal request on another connection is served.
-    let res = raw_http(
-        addr,
-        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    health_ok(addr).await;
 
     // Each stalled connection is closed by the server, without an answer.
     let mut out = Vec::new();
@@ -1162,45 +1202,23 @@ async fn slow_or_incomplete_request_heads_are_disconnected_while_others_are_serv
         .unwrap();
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
     wait_closed(&mut silent, "a connection that sends nothing").await;
-    let slowloris = async {
-        let mut buf = [0u8; 64];
-        loop {
-            match slow_read.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), slowloris)
+    tokio::time::timeout(Duration::from_secs(30), read_until_closed(&mut slow_read))
         .await
         .expect("the slowloris is disconnected within 30 s although it keeps sending");
     trickle.abort();
 
     // The server is unaffected.
-    let res = raw_http(
-        addr,
-        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap();
+    health_ok(addr).await;
+    served.stop().await;
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let mut fx = Fx::new().await;
-    fx.state.timeouts.header_read = Duration::from_millis(500);
-    let (addr, stop, server) = start(fx.state.clone()).await;
+    let served = Served::start(|t| t.header_read = Duration::from_millis(500)).await;
 
-    let mut conn = connect(addr).await;
+    let mut conn = connect(served.addr).await;
     for _ in 0..2 {
-        conn.write_all(GET_HEALTH_KEEP_ALIVE).await.unwrap();
-        let res = read_response(&mut conn).await;
-        assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+        let res = health_ok_keep_alive(&mut conn).await;
         assert!(
             !res.to_ascii_lowercase().contains("connection: close"),
             "{res}"
@@ -1208,41 +1226,34 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     }
     wait_closed(&mut conn, "an idle keep-alive connection").await;
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap();
+    served.stop().await;
 }
 
 #[tokio::test]
 async fn a_connection_is_closed_after_its_maximum_age() {
-    let mut fx = Fx::new().await;
-    fx.state.timeouts.header_read = Duration::from_secs(600);
-    fx.state.timeouts.max_age = Duration::from_millis(300);
-    let (addr, stop, server) = start(fx.state.clone()).await;
+    let served = Served::start(|t| {
+        t.header_read = Duration::from_secs(600);
+        t.max_age = Duration::from_millis(300);
+    })
+    .await;
 
-    let mut conn = connect(addr).await;
-    conn.write_all(GET_HEALTH_KEEP_ALIVE).await.unwrap();
-    let res = read_response(&mut conn).await;
-    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    let mut conn = connect(served.addr).await;
+    health_ok_keep_alive(&mut conn).await;
     // Not the header timeout (600 s): the age limit closes it.
     wait_closed(&mut conn, "a connection past its age").await;
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap();
+    served.stop().await;
 }
 
 #[tokio::test]
 async fn a_client_that_does_not_read_its_responses_is_disconnected() {
-    let mut fx = Fx::new().await;
-    fx.state.timeouts.write = Duration::from_millis(500);
-    fx.state.timeouts.header_read = Duration::from_secs(600);
-    fx.state.timeouts.max_age = Duration::from_secs(600);
-    let (addr, stop, server) = start(fx.state.clone()).await;
+    let served = Served::start(|t| {
+        t.write = Duration::from_millis(500);
+        t.header_read = Duration::from_secs(600);
+        t.max_age = Duration::from_secs(600);
+    })
+    .await;
+    let addr = served.addr;
 
     // Pipelined requests, responses never read: once the socket buffers are full the
     // server's writes stall.
@@ -1275,69 +1286,52 @@ async fn a_client_that_does_not_read_its_responses_is_disconnected() {
         "{err:?}"
     );
 
-    let res = raw_http(
-        addr,
-        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap();
+    health_ok(addr).await;
+    served.stop().await;
 }
 
 #[tokio::test]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
-    let mut fx = Fx::new().await;
-    fx.state.timeouts.max_connections = 2;
-    fx.state.timeouts.header_read = Duration::from_secs(1);
-    let (addr, stop, server) = start(fx.state.clone()).await;
+    let served = Served::start(|t| {
+        t.max_connections = 2;
+        t.header_read = Duration::from_secs(1);
+    })
+    .await;
 
     // Two connections that send nothing take both slots...
-    let first = connect(addr).await;
-    let second = connect(addr).await;
+    let first = connect(served.addr).await;
+    let second = connect(served.addr).await;
     // ...so this request waits in the backlog until the header timeout frees one.
-    let res = raw_http(
-        addr,
-        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    health_ok(served.addr).await;
     assert!(
         is_closed_now(&first) || is_closed_now(&second),
         "the third connection was served while both slots were taken"
     );
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap();
+    served.stop().await;
 }
 
 #[tokio::test]
 async fn shutdown_closes_idle_keep_alive_connections_and_finishes_requests_in_progress() {
-    let mut fx = Fx::new().await;
     // Long enough that only the graceful shutdown can explain a prompt end.
-    fx.state.timeouts.header_read = Duration::from_secs(600);
-    fx.state.timeouts.max_age = Duration::from_secs(600);
-    fx.state.timeouts.drain = Duration::from_secs(600);
+    let served = Served::start(|t| {
+        t.header_read = Duration::from_secs(600);
+        t.max_age = Duration::from_secs(600);
+        t.drain = Duration::from_secs(600);
+    })
+    .await;
+    let (fx, addr) = (&served.fx, served.addr);
     let gate = Arc::new(tokio::sync::Notify::new());
     *fx.scan.mode.lock().unwrap() = ScanMode::Gate(gate.clone());
-    let (addr, stop, server) = start(fx.state.clone()).await;
 
     // An idle keep-alive connection: one request answered, then nothing.
     let mut idle = connect(addr).await;
-    idle.write_all(GET_HEALTH_KEEP_ALIVE).await.unwrap();
-    let res = read_response(&mut idle).await;
-    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res}");
+    health_ok_keep_alive(&mut idle).await;
 
     // A request in progress: "scan now" waiting at the gate.
-    let mut busy = scan_now_in_progress(addr, &fx).await;
+    let mut busy = scan_now_in_progress(addr, fx).await;
 
-    stop.send(()).unwrap();
+    served.stop.send(()).unwrap();
     // The idle connection is closed at once, the listener stops accepting...
     wait_closed(&mut idle, "an idle keep-alive connection at shutdown").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -1348,7 +1342,10 @@ async fn shutdown_closes_idle_keep_alive_connections_and_finishes_requests_in_pr
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!server.is_finished(), "a request is still in progress");
+    assert!(
+        !served.server.is_finished(),
+        "a request is still in progress"
+    );
 
     // ...and the request in progress is answered, then the server stops.
     gate.notify_one();
@@ -1358,7 +1355,7 @@ async fn shutdown_closes_idle_keep_alive_connections_and_finishes_requests_in_pr
         res.to_ascii_lowercase().contains("connection: close"),
         "{res}"
     );
-    tokio::time::timeout(Duration::from_secs(30), server)
+    tokio::time::timeout(Duration::from_secs(30), served.server)
         .await
         .expect("server stops once the last request is answered")
         .unwrap();
@@ -1366,12 +1363,10 @@ async fn shutdown_closes_idle_keep_alive_connections_and_finishes_requests_in_pr
 
 #[tokio::test]
 async fn a_body_that_never_arrives_gets_503_timeout() {
-    let mut fx = Fx::new().await;
-    fx.state.timeouts.request = Duration::from_millis(500);
-    let (addr, stop, server) = start(fx.state.clone()).await;
+    let served = Served::start(|t| t.request = Duration::from_millis(500)).await;
 
     // The head announces 10 bytes of body; none follows.
-    let mut conn = connect(addr).await;
+    let mut conn = connect(served.addr).await;
     conn.write_all(
         b"POST /api/orchestratorm8/workflows HTTP/1.1\r\nHost: localhost\r\n\
 Content-Type: application/json\r\nContent-Length: 10\r\n\r\n",
@@ -1381,34 +1376,25 @@ Content-Type: application/json\r\nContent-Length: 10\r\n\r\n",
     let res = read_response(&mut conn).await;
     assert!(res.starts_with("HTTP/1.1 503 "), "{res}");
     assert!(res.contains("\"code\":\"timeout\""), "{res}");
-    assert!(fx.calls().is_empty(), "the engine was not called");
+    assert!(served.fx.calls().is_empty(), "the engine was not called");
     // The unread body makes the connection unusable: the server closes it.
     wait_closed(&mut conn, "a connection with an unfinished body").await;
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap();
+    served.stop().await;
 }
 
 #[tokio::test]
 async fn a_request_head_over_the_limit_is_431() {
-    let fx = Fx::new().await;
-    let (addr, stop, server) = start(fx.state.clone()).await;
+    let served = Served::start(|_| {}).await;
 
     let mut req = b"GET /health HTTP/1.1\r\nHost: localhost\r\n".to_vec();
     let big = format!("X-Big: {}\r\n", "a".repeat(server::MAX_HEAD_BYTES));
     req.extend_from_slice(big.as_bytes());
     req.extend_from_slice(b"\r\n");
-    let res = raw_http(addr, &req).await;
+    let res = raw_http(served.addr, &req).await;
     assert!(res.starts_with("HTTP/1.1 431 "), "{res}");
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap();
+    served.stop().await;
 }
 
 #[tokio::test]
@@ -1426,12 +1412,8 @@ async fn a_refused_broker_connection_is_unready_with_a_fixed_warning() {
         ),
     ] {
         fx.broker.set_refused(Some(refusal));
-        let r = get(&fx.routes(), "/ready").await;
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+        let r = not_ready(&fx, "rabbitmq", "database").await;
         let v = r.json();
-        assert_eq!(v["status"], "not ready");
-        assert_eq!(v["checks"]["rabbitmq"], "unhealthy");
-        assert_eq!(v["checks"]["database"], "healthy");
         // Only the fixed text: nothing from the broker's error (host, user name).
         assert_eq!(v["warnings"], json!([warning]), "{v}");
         assert!(!r.text.contains("memory"), "{}", r.text);
