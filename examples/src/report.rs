@@ -115,25 +115,11 @@ pub async fn publish_confirmed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amqp8::Topology;
     use amqp8::memory::MemoryBroker;
-    use amqp8::{BindingDecl, ExchangeDecl, QueueDecl, Topology};
 
     fn topology() -> Topology {
-        Topology {
-            exchanges: vec![ExchangeDecl {
-                name: "cptm8".into(),
-                kind: "topic".into(),
-            }],
-            queues: vec![QueueDecl {
-                name: "q".into(),
-                arguments: Default::default(),
-            }],
-            bindings: vec![BindingDecl {
-                exchange: "cptm8".into(),
-                queue: "q".into(),
-                routing_key: "cptm8.#".into(),
-            }],
-        }
+        Topology::topic_queue("cptm8", "q", "cptm8.#")
     }
 
     fn fast() -> RetryPolicy {

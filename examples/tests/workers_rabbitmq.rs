@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use amqp8::{
-    BindingDecl, Broker, ConsumeOptions, ConsumerHandle, Decision, ExchangeDecl, Message,
-    OutgoingMessage, QueueDecl, RabbitBroker, Topology, handler_fn,
+    Broker, ConsumeOptions, ConsumerHandle, Decision, Message, OutgoingMessage, RabbitBroker,
+    Topology, handler_fn,
 };
 use cptm8_examples::report::{RetryPolicy, publish_confirmed};
 use model8::{AmqpM8Message, DomainRef, StageJob, StageResult};
@@ -147,23 +147,11 @@ async fn collect(
     name: &str,
     key: &str,
 ) -> (mpsc::UnboundedReceiver<Message>, ConsumerHandle) {
-    b.declare(&Topology {
-        exchanges: vec![ExchangeDecl {
-            name: "cptm8".into(),
-            kind: "topic".into(),
-        }],
-        queues: vec![QueueDecl {
-            name: name.into(),
-            arguments: [("x-expires".to_owned(), amqp8::ArgValue::Int(600_000))].into(),
-        }],
-        bindings: vec![BindingDecl {
-            exchange: "cptm8".into(),
-            queue: name.into(),
-            routing_key: key.into(),
-        }],
-    })
-    .await
-    .unwrap();
+    let mut topology = Topology::topic_queue("cptm8", name, key);
+    topology.queues[0]
+        .arguments
+        .insert("x-expires".to_owned(), amqp8::ArgValue::Int(600_000));
+    b.declare(&topology).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let h = b
         .consume(

@@ -96,32 +96,16 @@ async fn a_full_asmm8_queue_means_the_pipeline_is_busy_not_an_error() {
     env.insert_domains("busy", 1);
     let client = env.client().await;
     // A job already waits in the (x-max-length 1) asmm8 queue.
-    client
-        .broker
-        .declare(&amqp8::Topology {
-            exchanges: vec![amqp8::ExchangeDecl {
-                name: "cptm8".into(),
-                kind: "topic".into(),
-            }],
-            queues: vec![amqp8::QueueDecl {
-                name: "qasmm8".into(),
-                arguments: [
-                    ("x-max-length".to_owned(), amqp8::ArgValue::Int(1)),
-                    (
-                        "x-overflow".to_owned(),
-                        amqp8::ArgValue::Str("reject-publish".into()),
-                    ),
-                ]
-                .into(),
-            }],
-            bindings: vec![amqp8::BindingDecl {
-                exchange: "cptm8".into(),
-                queue: "qasmm8".into(),
-                routing_key: "cptm8.asmm8.#".into(),
-            }],
-        })
-        .await
-        .unwrap();
+    let mut topology = amqp8::Topology::topic_queue("cptm8", "qasmm8", "cptm8.asmm8.#");
+    topology.queues[0].arguments = [
+        ("x-max-length".to_owned(), amqp8::ArgValue::Int(1)),
+        (
+            "x-overflow".to_owned(),
+            amqp8::ArgValue::Str("reject-publish".into()),
+        ),
+    ]
+    .into();
+    client.broker.declare(&topology).await.unwrap();
     client
         .broker
         .publish(amqp8::OutgoingMessage::new(

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use amqp8::{BindingDecl, Broker, ExchangeDecl, OutgoingMessage, QueueDecl, Topology};
+use amqp8::{Broker, OutgoingMessage, Topology};
 use amqprs::connection::{Connection, OpenConnectionArguments};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -50,21 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = amqp8::RabbitBroker::connect(&config8::RabbitMqSettings::default()).await?;
     let name = format!("amqp8.pool_costs.{}", std::process::id());
     broker
-        .declare(&Topology {
-            exchanges: vec![ExchangeDecl {
-                name: name.clone(),
-                kind: "topic".into(),
-            }],
-            queues: vec![QueueDecl {
-                name: name.clone(),
-                arguments: Default::default(),
-            }],
-            bindings: vec![BindingDecl {
-                exchange: name.clone(),
-                queue: name.clone(),
-                routing_key: "#".into(),
-            }],
-        })
+        .declare(&Topology::topic_queue(&name, &name, "#"))
         .await?;
     let body = vec![b'x'; 300];
     let messages = |k: usize| -> Vec<OutgoingMessage> {

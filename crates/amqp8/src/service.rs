@@ -7,6 +7,33 @@ use crate::broker::{BindingDecl, ConsumeOptions, ExchangeDecl, QueueDecl, Topolo
 pub const DEFAULT_MAX_REDELIVERIES: u32 = 5;
 
 impl Topology {
+    /// A topic exchange and one queue (no arguments) bound to it by `routing_key`: the
+    /// shape of one CPTM8 service section. Arguments are set on `queues[0]`:
+    ///
+    /// ```
+    /// # use amqp8::{ArgValue, Topology};
+    /// let mut t = Topology::topic_queue("cptm8", "qasmm8", "cptm8.asmm8.#");
+    /// t.queues[0].arguments.insert("x-max-length".into(), ArgValue::Int(1));
+    /// assert_eq!(t.bindings[0].routing_key, "cptm8.asmm8.#");
+    /// ```
+    pub fn topic_queue(exchange: &str, queue: &str, routing_key: &str) -> Topology {
+        Topology {
+            exchanges: vec![ExchangeDecl {
+                name: exchange.to_owned(),
+                kind: "topic".to_owned(),
+            }],
+            queues: vec![QueueDecl {
+                name: queue.to_owned(),
+                arguments: Default::default(),
+            }],
+            bindings: vec![BindingDecl {
+                exchange: exchange.to_owned(),
+                queue: queue.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }],
+        }
+    }
+
     /// The exchange (its kind from `Exchanges`, topic when absent), the queue with its
     /// `Queue-arguments`, and one binding per `Routing-keys` entry of one service
     /// section; `None` when the section does not exist.

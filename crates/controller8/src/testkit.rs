@@ -2,15 +2,11 @@
 //! `amqp8::memory::MemoryBroker` and a manual clock; settings with one queue per stage;
 //! a clock that follows tokio's (paused) time for loop tests.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use amqp8::memory::{MemoryBroker, Settlement, TestAcker};
-use amqp8::{
-    ArgValue, BindingDecl, Broker, Decision, ExchangeDecl, Handler, OutgoingMessage,
-    PublishOutcome, QueueDecl, Topology,
-};
+use amqp8::{ArgValue, Broker, Decision, Handler, OutgoingMessage, PublishOutcome, Topology};
 use chrono::{DateTime, TimeZone, Utc};
 use config8::{SchedulerMode, ServiceQueue, Settings, StageSettings};
 use db8::{
@@ -152,21 +148,11 @@ pub(crate) fn tuning() -> Tuning {
 pub(crate) async fn declare(broker: &MemoryBroker, settings: &Settings) {
     broker.declare(&topology(settings)).await.unwrap();
     broker
-        .declare(&Topology {
-            exchanges: vec![ExchangeDecl {
-                name: NOTIFICATION_EXCHANGE.into(),
-                kind: "topic".into(),
-            }],
-            queues: vec![QueueDecl {
-                name: NOTIFY_QUEUE.into(),
-                arguments: BTreeMap::new(),
-            }],
-            bindings: vec![BindingDecl {
-                exchange: NOTIFICATION_EXCHANGE.into(),
-                queue: NOTIFY_QUEUE.into(),
-                routing_key: "#".into(),
-            }],
-        })
+        .declare(&Topology::topic_queue(
+            NOTIFICATION_EXCHANGE,
+            NOTIFY_QUEUE,
+            "#",
+        ))
         .await
         .unwrap();
 }

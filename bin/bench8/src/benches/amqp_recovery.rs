@@ -13,10 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amqp8::{
-    BindingDecl, ConsumeOptions, Decision, Delivery, ExchangeDecl, Handler, HandlerError,
-    QueueDecl, Topology,
-};
+use amqp8::{ConsumeOptions, Decision, Delivery, Handler, HandlerError, Topology};
 use amqprs::channel::{BasicPublishArguments, QueueDeleteArguments};
 use async_trait::async_trait;
 use tokio::sync::Notify;
@@ -105,21 +102,7 @@ async fn measure(ctx: &Ctx, broker: &dyn amqp8::Broker, queue: &str) -> Outcomes
     let cycles = if ctx.quick { 1 } else { 5 };
     let exchange = "bench8.recovery";
     broker
-        .declare(&Topology {
-            exchanges: vec![ExchangeDecl {
-                name: exchange.into(),
-                kind: "topic".into(),
-            }],
-            queues: vec![QueueDecl {
-                name: queue.into(),
-                arguments: Default::default(),
-            }],
-            bindings: vec![BindingDecl {
-                exchange: exchange.into(),
-                queue: queue.into(),
-                routing_key: queue.into(),
-            }],
-        })
+        .declare(&Topology::topic_queue(exchange, queue, queue))
         .await?;
     let recorder = Arc::new(Recorder {
         first: Mutex::new(HashMap::new()),

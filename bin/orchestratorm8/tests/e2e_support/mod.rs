@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amqp8::{
-    BindingDecl, Broker, ConsumeOptions, ConsumerHandle, Decision, ExchangeDecl, Message,
-    OutgoingMessage, PublishOutcome, QueueDecl, RabbitBroker, Topology, handler_fn,
+    Broker, ConsumeOptions, ConsumerHandle, Decision, Message, OutgoingMessage, PublishOutcome,
+    RabbitBroker, Topology, handler_fn,
 };
 use config8::{RabbitMqSettings, Secret};
 use model8::{AmqpM8Message, StageJob, StageOutcome, StageResult};
@@ -414,21 +414,7 @@ pub async fn consume_each(
 /// `routing_key`.
 pub async fn bind_queue(broker: &RabbitBroker, exchange: &str, queue: &str, routing_key: &str) {
     broker
-        .declare(&Topology {
-            exchanges: vec![ExchangeDecl {
-                name: exchange.into(),
-                kind: "topic".into(),
-            }],
-            queues: vec![QueueDecl {
-                name: queue.into(),
-                arguments: Default::default(),
-            }],
-            bindings: vec![BindingDecl {
-                exchange: exchange.into(),
-                queue: queue.into(),
-                routing_key: routing_key.into(),
-            }],
-        })
+        .declare(&Topology::topic_queue(exchange, queue, routing_key))
         .await
         .unwrap();
 }

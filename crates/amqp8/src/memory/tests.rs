@@ -15,24 +15,12 @@ use crate::headers;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn topology(queue: &str, key: &str, args: &[(&str, ArgValue)]) -> Topology {
-    Topology {
-        exchanges: vec![ExchangeDecl {
-            name: "cptm8".into(),
-            kind: "topic".into(),
-        }],
-        queues: vec![QueueDecl {
-            name: queue.into(),
-            arguments: args
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-        }],
-        bindings: vec![BindingDecl {
-            exchange: "cptm8".into(),
-            queue: queue.into(),
-            routing_key: key.into(),
-        }],
-    }
+    let mut t = Topology::topic_queue("cptm8", queue, key);
+    t.queues[0].arguments = args
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    t
 }
 
 fn with_dlq(mut t: Topology) -> Topology {
