@@ -198,15 +198,6 @@ async fn pool_statistics_and_health() {
     assert!(!b.health().blocked);
 }
 
-/// Runs `rabbitmqctl` with `args`; whether it succeeded.
-fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// A throwaway RabbitMQ user with full rights on `/`, deleted on drop.
 struct TestUser {
     name: String,
@@ -280,15 +271,7 @@ async fn health_reports_a_refusal_while_reconnecting_and_clears_it_once_accepted
         let other = unique("pw2");
         assert!(rabbitmqctl(&["change_password", &user.name, &other]));
         user.disconnect();
-        assert!(
-            eventually(WAIT, || async {
-                let h = b.health();
-                h.refused == Some(Refusal::Login) && !h.connected
-            })
-            .await,
-            "{:?}",
-            b.health()
-        );
+        health_until(&b, |h| h.refused == Some(Refusal::Login) && !h.connected).await;
         assert!(matches!(
             b.connection_refusal(),
             Some(AmqpError::AccessRefused { .. })
@@ -300,39 +283,18 @@ async fn health_reports_a_refusal_while_reconnecting_and_clears_it_once_accepted
             &user.name,
             &user.password
         ]));
-        assert!(
-            eventually(WAIT, || async {
-                let h = b.health();
-                h.refused.is_none() && h.connected
-            })
-            .await,
-            "{:?}",
-            b.health()
-        );
+        health_until(&b, |h| h.refused.is_none() && h.connected).await;
         assert_eq!(publish().await.unwrap(), PublishOutcome::Confirmed);
 
         // No permissions on the virtual host: the reconnection is refused with 530.
         assert!(rabbitmqctl(&["clear_permissions", "-p", "/", &user.name]));
         user.disconnect();
-        assert!(
-            eventually(WAIT, || async {
-                let h = b.health();
-                h.refused == Some(Refusal::VirtualHost) && !h.connected
-            })
-            .await,
-            "{:?}",
-            b.health()
-        );
+        health_until(&b, |h| {
+            h.refused == Some(Refusal::VirtualHost) && !h.connected
+        })
+        .await;
         user.grant();
-        assert!(
-            eventually(WAIT, || async {
-                let h = b.health();
-                h.refused.is_none() && h.connected
-            })
-            .await,
-            "{:?}",
-            b.health()
-        );
+        health_until(&b, |h| h.refused.is_none() && h.connected).await;
     }
     .await;
     b.close().await;

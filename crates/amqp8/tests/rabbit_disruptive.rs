@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,14 +15,6 @@ use amqp8::{
 use amqprs::channel::QueueDeleteArguments;
 use common::*;
 use tokio::sync::mpsc;
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
 
 /// Restarts the RabbitMQ application when dropped, so a failing test never leaves it
 /// stopped.

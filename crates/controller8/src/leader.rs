@@ -214,8 +214,8 @@ mod tests {
 
     use amqp8::memory::MemoryBroker;
     use config8::Settings;
-    use db8::{DomainRepository, LeaderLock, MemoryStore, WorkflowRepository};
-    use model8::{PostDomain8, StageStatus, WorkflowView};
+    use db8::{LeaderLock, MemoryStore, WorkflowRepository};
+    use model8::{StageStatus, WorkflowView};
     use tokio::sync::{oneshot, watch};
     use tokio::task::JoinHandle;
     use tokio::time::Instant;
@@ -225,7 +225,7 @@ mod tests {
     use crate::error::ControllerError;
     use crate::metrics::Metrics;
     use crate::role::{Role, RoleWatch};
-    use crate::testkit::{TokioClock, chain, confirmed, declare, rk};
+    use crate::testkit::{TokioClock, add_domain, chain, confirmed, declare, rk};
     use crate::tuning::Tuning;
 
     const INTERVAL: Duration = Duration::from_secs(1);
@@ -521,17 +521,6 @@ mod tests {
         }
     }
 
-    async fn add(store: &MemoryStore, name: &str) {
-        store
-            .insert(&PostDomain8 {
-                name: name.into(),
-                companyname: "ACME".into(),
-                enabled: true,
-            })
-            .await
-            .unwrap();
-    }
-
     async fn only_workflow(store: &MemoryStore) -> WorkflowView {
         let mut all = WorkflowRepository::list(store, &Default::default())
             .await
@@ -549,7 +538,7 @@ mod tests {
         // The broker holds the publish (an alarm) while the database goes away.
         broker.set_outage_wait(Duration::from_secs(30));
         broker.set_blocked(true);
-        add(&store, "a.example.com").await;
+        add_domain(&store, "a.example.com").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         store.set_available(false);
         eventually("steps down", INTERVAL * 2, || !r.leads()).await;
@@ -600,7 +589,7 @@ mod tests {
         // be given back either while the database is away.
         broker.set_outage_wait(Duration::from_secs(5));
         broker.set_outage(true);
-        add(&store, "a.example.com").await;
+        add_domain(&store, "a.example.com").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         store.set_available(false);
         tokio::time::sleep(Duration::from_secs(20)).await;

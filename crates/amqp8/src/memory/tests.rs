@@ -406,17 +406,30 @@ impl Handler for Deferring {
     }
 }
 
-#[tokio::test]
-async fn deferred_acks_hold_prefetch_until_settled() {
+/// A broker with queue `q` (bound by `k.#`, with a dead-letter queue) and a consumer of
+/// prefetch `prefetch` that defers every delivery: its ackers arrive on the receiver.
+async fn deferring(
+    prefetch: u16,
+) -> (
+    MemoryBroker,
+    ConsumerHandle,
+    mpsc::UnboundedReceiver<Box<dyn crate::broker::Acker>>,
+) {
     let b = MemoryBroker::new();
     b.declare(&with_dlq(topology("q", "k.#", &[])))
         .await
         .unwrap();
-    let (tx, mut ackers) = mpsc::unbounded_channel();
-    let _c = b
-        .consume(options("q", 2, 5), Arc::new(Deferring(tx)))
+    let (tx, ackers) = mpsc::unbounded_channel();
+    let c = b
+        .consume(options("q", prefetch, 5), Arc::new(Deferring(tx)))
         .await
         .unwrap();
+    (b, c, ackers)
+}
+
+#[tokio::test]
+async fn deferred_acks_hold_prefetch_until_settled() {
+    let (b, _c, mut ackers) = deferring(2).await;
     for i in 0..5 {
         b.publish(msg("k.x", &i.to_string())).await.unwrap();
     }
@@ -450,15 +463,7 @@ async fn deferred_acks_hold_prefetch_until_settled() {
 
 #[tokio::test]
 async fn outage_returns_unacked_messages_and_consumers_come_back() {
-    let b = MemoryBroker::new();
-    b.declare(&with_dlq(topology("q", "k.#", &[])))
-        .await
-        .unwrap();
-    let (tx, mut ackers) = mpsc::unbounded_channel();
-    let _c = b
-        .consume(options("q", 1, 5), Arc::new(Deferring(tx)))
-        .await
-        .unwrap();
+    let (b, _c, mut ackers) = deferring(1).await;
     b.publish(msg("k.x", "held")).await.unwrap();
     let stale = next(&mut ackers).await;
     b.set_outage(true);
@@ -517,17 +522,9 @@ async fn publish_waits_for_recovery_up_to_the_deadline() {
 
 #[tokio::test]
 async fn a_refused_connection_is_reported_and_fails_operations_at_once() {
-    let b = MemoryBroker::new();
-    b.declare(&with_dlq(topology("q", "k.#", &[])))
-        .await
-        .unwrap();
+    let (b, _c, mut ackers) = deferring(1).await;
     // Operations would wait an hour for an outage to end; a refusal fails them at once.
     b.set_outage_wait(Duration::from_secs(3600));
-    let (tx, mut ackers) = mpsc::unbounded_channel();
-    let _c = b
-        .consume(options("q", 1, 5), Arc::new(Deferring(tx)))
-        .await
-        .unwrap();
     b.publish(msg("k.x", "held")).await.unwrap();
     let _stale = next(&mut ackers).await;
     assert_eq!(b.health().refused, None);

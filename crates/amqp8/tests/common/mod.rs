@@ -15,6 +15,25 @@ use amqprs::channel::{
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
 
+/// Runs `rabbitmqctl` with `args`; whether it succeeded.
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Waits (at most [`WAIT`]) until `b`'s health satisfies `ok`; panics with the last
+/// health otherwise.
+pub async fn health_until(b: &RabbitBroker, ok: impl Fn(&amqp8::BrokerHealth) -> bool) {
+    assert!(
+        eventually(WAIT, || async { ok(&b.health()) }).await,
+        "{:?}",
+        b.health()
+    );
+}
+
 pub const LOCK: &str = "/tmp/cptm8-services.lock";
 pub const WAIT: Duration = Duration::from_secs(20);
 
