@@ -78,18 +78,10 @@ async fn a_three_stage_pipeline_runs_to_completion() {
         );
     }
     eventually("5 completion notifications", LIMIT, async || {
-        notifications(
-            &notes.lock().unwrap(),
-            "notification.orchestratorm8.workflow.completed",
-        )
-        .len()
-            == 5
+        notifications(&notes.lock().unwrap(), "app.message.normal").len() == 5
     })
     .await;
-    let n = notifications(
-        &notes.lock().unwrap(),
-        "notification.orchestratorm8.workflow.completed",
-    );
+    let n = notifications(&notes.lock().unwrap(), "app.message.normal");
     assert!(
         n.iter()
             .all(|n| serde_json::to_value(n).unwrap()["type"] == "message")
@@ -169,17 +161,10 @@ async fn a_stage_timing_out_until_max_attempts_fails_the_workflow_and_notifies()
     let attempts: Vec<u32> = a_jobs.lock().unwrap().iter().map(|j| j.attempt).collect();
     assert_eq!(attempts, [1, 2]);
     eventually("failure notification", LIMIT, async || {
-        !notifications(
-            &notes.lock().unwrap(),
-            "notification.orchestratorm8.workflow.failed",
-        )
-        .is_empty()
+        !notifications(&notes.lock().unwrap(), "app.error.high").is_empty()
     })
     .await;
-    let n = notifications(
-        &notes.lock().unwrap(),
-        "notification.orchestratorm8.workflow.failed",
-    );
+    let n = notifications(&notes.lock().unwrap(), "app.error.high");
     assert_eq!(n.len(), 1);
     let json = serde_json::to_value(&n[0]).unwrap();
     assert_eq!(json["type"], "system_error");

@@ -22,10 +22,12 @@ pub const DEAD_LETTER_QUEUE: &str = "qorchestratorm8.dlq";
 pub const DEAD_LETTER_ROUTING_KEY: &str = "qorchestratorm8";
 /// The exchange workflow notifications go to.
 pub const NOTIFICATION_EXCHANGE: &str = "notification";
-/// Routing key of the notification sent when a workflow completes.
-pub const NOTIFY_COMPLETED_KEY: &str = "notification.orchestratorm8.workflow.completed";
-/// Routing key of the notification sent when a workflow fails.
-pub const NOTIFY_FAILED_KEY: &str = "notification.orchestratorm8.workflow.failed";
+/// Routing key of the notification sent when a workflow completes: the platform's
+/// `app.message.normal` (type `message`).
+pub const NOTIFY_COMPLETED_KEY: &str = "app.message.normal";
+/// Routing key of the notification sent when a workflow fails: the platform's
+/// `app.error.high` (type `system_error`, severity `high`, e-mailed by the platform).
+pub const NOTIFY_FAILED_KEY: &str = "app.error.high";
 /// Routing key of the bootstrap kick-off.
 pub const KICKOFF_ROUTING_KEY: &str = "cptm8.asmm8.get.scan";
 /// The service section whose `Queue[0]` names the kick-off's exchange.

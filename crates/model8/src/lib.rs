@@ -24,6 +24,7 @@
 //! Architecture invariant: this crate performs no I/O and depends on no other crate of
 //! this workspace. It may only grow types, constructors, validation and (de)serialisation.
 
+pub mod chain;
 mod domain;
 mod envelope;
 mod notification;
@@ -35,7 +36,9 @@ pub use domain::{
 };
 pub use envelope::{AmqpM8Message, EnvelopeError, SOURCE_ORCHESTRATORM8};
 pub use notification::{
-    Notification8, NotificationChannel, NotificationEvent, NotificationMetadata8, RoleType,
+    Notification8, NotificationChannel, NotificationEvent, NotificationMetadata8,
+    PLATFORM_NOTIFICATION_BINDING, RoleType, Severity, parse_platform_routing_key,
+    platform_routing_key,
 };
 pub use time::GoTime;
 pub use workflow::{

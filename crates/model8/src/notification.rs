@@ -122,6 +122,116 @@ impl Notification8 {
     }
 }
 
+/// A platform notification's severity (the last word of its routing key and
+/// `metadata.severity`). The platform sends e-mail for `high`, `urgent` and `critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Normal,
+    /// Needs attention (e-mailed).
+    High,
+    /// Needs attention soon (e-mailed).
+    Urgent,
+    /// Needs attention now (e-mailed).
+    Critical,
+}
+
+impl Severity {
+    /// Every severity, mildest first.
+    pub const ALL: [Severity; 4] = [
+        Severity::Normal,
+        Severity::High,
+        Severity::Urgent,
+        Severity::Critical,
+    ];
+
+    /// The lower-case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Normal => "normal",
+            Severity::High => "high",
+            Severity::Urgent => "urgent",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Parses a wire name (`normal`, `high`, `urgent`, `critical`).
+    pub fn parse(s: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The binding that receives every platform notification on the `notification`
+/// exchange.
+pub const PLATFORM_NOTIFICATION_BINDING: &str = "app.#";
+
+/// The routing key of a platform notification (CONTRACT 3, CPTM8-PLATFORM.md):
+/// `app.error.<severity>` for `system_error`, `app.warning.<severity>` for
+/// `system_warning`, `app.security.<severity>` for `security` and always
+/// `app.message.normal` for `message`.
+pub fn platform_routing_key(kind: NotificationEvent, severity: Severity) -> String {
+    match kind {
+        NotificationEvent::SystemError => format!("app.error.{severity}"),
+        NotificationEvent::SystemWarning => format!("app.warning.{severity}"),
+        NotificationEvent::Security => format!("app.security.{severity}"),
+        NotificationEvent::Message => "app.message.normal".to_owned(),
+    }
+}
+
+/// Splits a platform notification routing key (`app.<error|warning|security|message>.<severity>`)
+/// into its event type and severity; `None` for any other key.
+pub fn parse_platform_routing_key(key: &str) -> Option<(NotificationEvent, Severity)> {
+    let rest = key.strip_prefix("app.")?;
+    let (kind, severity) = rest.split_once('.')?;
+    let kind = match kind {
+        "error" => NotificationEvent::SystemError,
+        "warning" => NotificationEvent::SystemWarning,
+        "security" => NotificationEvent::Security,
+        "message" => NotificationEvent::Message,
+        _ => return None,
+    };
+    Some((kind, Severity::parse(severity)?))
+}
+
+impl Notification8 {
+    /// A notification as the platform's consumer (socketm8, the dashboard) reads it:
+    /// `userrole: admin`, `metadata: {severity, channeltype: "app", eventtype: <kind>}`.
+    /// A `message` is always of severity `normal`. Publish it on
+    /// [`Notification8::platform_routing_key`].
+    pub fn platform(
+        kind: NotificationEvent,
+        severity: Severity,
+        message: impl Into<String>,
+    ) -> Self {
+        let severity = if kind == NotificationEvent::Message {
+            Severity::Normal
+        } else {
+            severity
+        };
+        let mut n = Notification8::new(kind, message);
+        n.userrole = Some(RoleType::Admin);
+        n.metadata.severity = severity.as_str().to_owned();
+        n.metadata.channeltype = Some(NotificationChannel::App);
+        n.metadata.eventtype = Some(kind);
+        n
+    }
+
+    /// The routing key this notification goes out with on the `notification` exchange,
+    /// from its type and `metadata.severity` (an unknown or empty severity counts as
+    /// `normal`).
+    pub fn platform_routing_key(&self) -> String {
+        let severity = Severity::parse(&self.metadata.severity).unwrap_or(Severity::Normal);
+        platform_routing_key(self.kind, severity)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +268,70 @@ mod tests {
     #[test]
     fn unknown_event_type_is_rejected() {
         assert!(serde_json::from_str::<Notification8>(r#"{"type":"spam","message":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn golden_platform_notifications() {
+        let n = Notification8::platform(
+            NotificationEvent::SystemError,
+            Severity::High,
+            "orchestratorm8: stage naabum8 failed",
+        );
+        assert_eq!(n.platform_routing_key(), "app.error.high");
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"userrole":"admin","type":"system_error","message":"orchestratorm8: stage naabum8 failed","metadata":{"severity":"high","channeltype":"app","eventtype":"system_error"}}"#
+        );
+        let n = Notification8::platform(NotificationEvent::SystemWarning, Severity::Normal, "w");
+        assert_eq!(n.platform_routing_key(), "app.warning.normal");
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"userrole":"admin","type":"system_warning","message":"w","metadata":{"severity":"normal","channeltype":"app","eventtype":"system_warning"}}"#
+        );
+        // A message is always app.message.normal, whatever severity was asked for.
+        let n = Notification8::platform(NotificationEvent::Message, Severity::Critical, "done");
+        assert_eq!(n.platform_routing_key(), "app.message.normal");
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"userrole":"admin","type":"message","message":"done","metadata":{"severity":"normal","channeltype":"app","eventtype":"message"}}"#
+        );
+    }
+
+    #[test]
+    fn platform_routing_keys_round_trip() {
+        for kind in [
+            NotificationEvent::SystemError,
+            NotificationEvent::SystemWarning,
+            NotificationEvent::Security,
+        ] {
+            for sev in Severity::ALL {
+                let key = platform_routing_key(kind, sev);
+                assert_eq!(parse_platform_routing_key(&key), Some((kind, sev)), "{key}");
+            }
+        }
+        assert_eq!(
+            parse_platform_routing_key("app.message.normal"),
+            Some((NotificationEvent::Message, Severity::Normal))
+        );
+        for bad in [
+            "app.error",
+            "app.error.info",
+            "app.spam.high",
+            "notification.orchestratorm8.workflow.failed",
+            "app.error.high.x",
+            "",
+        ] {
+            assert_eq!(parse_platform_routing_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn decodes_a_go_platform_notification() {
+        let n: Notification8 = serde_json::from_str(
+            r#"{"userrole":"admin","type":"system_error","message":"database down","metadata":{"severity":"urgent","channeltype":"app","eventtype":"system_error"}}"#,
+        )
+        .unwrap();
+        assert_eq!(n.platform_routing_key(), "app.error.urgent");
+        assert_eq!(n.message, "database down");
     }
 }

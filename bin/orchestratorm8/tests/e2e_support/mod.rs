@@ -284,9 +284,10 @@ pub type Jobs = Arc<Mutex<Vec<StageJob>>>;
 pub type Collected = Arc<Mutex<Vec<Message>>>;
 
 impl Client {
-    /// Declares [`NOTIFY_QUEUE`] bound to every notification.
+    /// Declares [`NOTIFY_QUEUE`] bound to every platform notification (`app.#`, as the
+    /// platform's own consumer binds).
     pub async fn observe_notifications(&self) {
-        bind_queue(&self.broker, "notification", NOTIFY_QUEUE, "#").await;
+        bind_queue(&self.broker, "notification", NOTIFY_QUEUE, "app.#").await;
     }
 
     /// [`Client::observe_notifications`], then collects [`NOTIFY_QUEUE`].

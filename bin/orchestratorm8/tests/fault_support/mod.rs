@@ -405,7 +405,7 @@ pub async fn all_completed(env: &Env, n: u64, limit: Duration) {
 /// The workflow ids named in completion notifications (`orchestratorm8: workflow <id> ...`).
 pub fn completion_notices(got: &[amqp8::Message]) -> Vec<String> {
     got.iter()
-        .filter(|m| m.routing_key == "notification.orchestratorm8.workflow.completed")
+        .filter(|m| m.routing_key == "app.message.normal")
         .filter_map(|m| {
             let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
             let text = v["payload"]["message"].as_str()?;

@@ -1,12 +1,14 @@
-//! Workflow notifications on the `notification` exchange: a `message` when a workflow
-//! completes, a `system_error` when one fails. The body is the usual envelope with a
-//! Go `Notification8` payload.
+//! Workflow notifications on the `notification` exchange, as the platform's own
+//! consumer (socketm8, the dashboard) reads them (CONTRACT 3): a `message` on
+//! `app.message.normal` when a workflow completes, a `system_error` on `app.error.high`
+//! when one fails. The body is the usual envelope with a Go `Notification8` payload,
+//! `userrole: admin`, `metadata: {severity, channeltype: "app", eventtype}`.
 
 use amqp8::{OutgoingMessage, PublishOutcome};
-use model8::{AmqpM8Message, Notification8, NotificationEvent, WorkflowId};
+use model8::{AmqpM8Message, Notification8, NotificationEvent, Severity, WorkflowId};
 
 use super::Engine;
-use crate::topology::{NOTIFICATION_EXCHANGE, NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY};
+use crate::topology::NOTIFICATION_EXCHANGE;
 
 /// How a workflow ended, for its notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,32 +34,24 @@ pub(crate) fn notification(id: WorkflowId, domains: &[String], ending: &Ending) 
         many if many.len() <= 5 => format!(" for {}", many.join(", ")),
         many => format!(" for {} domains", many.len()),
     };
-    let mut n = match ending {
-        Ending::Completed => {
-            let mut n = Notification8::new(
-                NotificationEvent::Message,
-                format!("orchestratorm8: workflow {id}{over} completed"),
-            );
-            n.metadata.severity = "info".into();
-            n
-        }
+    match ending {
+        Ending::Completed => Notification8::platform(
+            NotificationEvent::Message,
+            Severity::Normal,
+            format!("orchestratorm8: workflow {id}{over} completed"),
+        ),
         Ending::Failed {
             stage,
             attempt,
             reason,
-        } => {
-            let mut n = Notification8::new(
-                NotificationEvent::SystemError,
-                format!(
-                    "orchestratorm8: workflow {id}{over} failed: stage {stage} failed at attempt {attempt} ({reason})"
-                ),
-            );
-            n.metadata.severity = "high".into();
-            n
-        }
-    };
-    n.metadata.eventtype = Some(n.kind);
-    n
+        } => Notification8::platform(
+            NotificationEvent::SystemError,
+            Severity::High,
+            format!(
+                "orchestratorm8: workflow {id}{over} failed: stage {stage} failed at attempt {attempt} ({reason})"
+            ),
+        ),
+    }
 }
 
 impl Engine {
@@ -71,11 +65,9 @@ impl Engine {
                 Vec::new()
             }
         };
-        let key = match ending {
-            Ending::Completed => NOTIFY_COMPLETED_KEY,
-            Ending::Failed { .. } => NOTIFY_FAILED_KEY,
-        };
         let n = notification(id, &domains, &ending);
+        let key = n.platform_routing_key();
+        let key = key.as_str();
         let body = match AmqpM8Message::new(key, Some(n)).to_vec() {
             Ok(b) => b,
             Err(e) => {
@@ -113,6 +105,11 @@ mod tests {
         let id = uuid::Uuid::nil();
         let n = notification(id, &["example.com".into()], &Ending::Completed);
         assert_eq!(n.kind, NotificationEvent::Message);
+        assert_eq!(
+            n.platform_routing_key(),
+            crate::topology::NOTIFY_COMPLETED_KEY
+        );
+        assert_eq!(n.userrole, Some(model8::RoleType::Admin));
         assert!(
             n.message.contains("example.com") && n.message.contains("completed"),
             "{}",
@@ -129,6 +126,7 @@ mod tests {
         );
         assert_eq!(n.kind, NotificationEvent::SystemError);
         assert_eq!(n.metadata.severity, "high");
+        assert_eq!(n.platform_routing_key(), crate::topology::NOTIFY_FAILED_KEY);
         assert!(
             n.message.contains("9 domains")
                 && n.message.contains("naabum8")
@@ -139,5 +137,7 @@ mod tests {
         );
         let json = serde_json::to_value(&n).unwrap();
         assert_eq!(json["type"], "system_error");
+        assert_eq!(json["metadata"]["channeltype"], "app");
+        assert_eq!(json["metadata"]["eventtype"], "system_error");
     }
 }
