@@ -29,10 +29,8 @@ use amqp8::{
     HandlerError, Message, OutgoingMessage, QueueDecl, Topology, handler_fn,
 };
 use db8::DomainRepository;
-use model8::{
-    AmqpM8Message, Notification8, NotificationChannel, NotificationEvent, NotificationMetadata8,
-    RoleType,
-};
+use model8::chain::{FAILOVER_APP_ID, FAILOVER_ROUTING_KEY, ScanPayload, ScanStatus};
+use model8::{AmqpM8Message, Notification8, NotificationEvent, Severity};
 
 use crate::report::{RetryPolicy, publish_confirmed};
 
@@ -44,13 +42,6 @@ pub const CPTM8_EXCHANGE: &str = "cptm8";
 
 /// The exchange of the platform's notifications.
 pub const NOTIFICATION_EXCHANGE: &str = "notification";
-
-/// Routing key of the hard-coded failover message every Go service sends when its
-/// consumer's channel closes.
-pub const FAILOVER_ROUTING_KEY: &str = "cptm8.naabum8.get.scan";
-
-/// The `app_id` of the failover message, whatever service sends it.
-pub const FAILOVER_APP_ID: &str = "asmm8";
 
 /// A scanner's `Publisher` entry: `[exchange, routing_key, source]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +247,7 @@ pub struct ScannerConfig {
     /// queue (the broker's consumer timeout, 30 minutes by default, in the real case).
     pub unacked: Duration,
     /// Severity of a hard error's `app.error.<severity>` notification.
-    pub severity: String,
+    pub severity: Severity,
     /// Failures on demand.
     pub faults: FaultPlan,
     /// How long to keep publishing the `Publisher` message while the next queue is full
@@ -271,7 +262,7 @@ impl Default for ScannerConfig {
             scan: Duration::from_millis(500),
             slow: Duration::from_secs(10),
             unacked: Duration::from_secs(3),
-            severity: "high".into(),
+            severity: Severity::High,
             faults: FaultPlan::default(),
             retry: RetryPolicy {
                 give_up_after: Duration::from_secs(300),
@@ -454,13 +445,12 @@ impl Scanner {
             tokio::time::sleep(took).await;
         }
         let n = targets.as_ref().copied().unwrap_or(0);
-        let status = |s: &str, msg: String| Some(serde_json::json!({"status": s, "message": msg}));
+        let status = |status: ScanStatus, message: String| Some(ScanPayload { status, message });
         match fault {
             Some(Fault::Soft) => {
                 self.notify(
-                    "app.warning.normal",
                     NotificationEvent::SystemWarning,
-                    "normal",
+                    Severity::Normal,
                     format!("{}: httpx run failed, scan abandoned", self.name),
                 )
                 .await?;
@@ -473,14 +463,8 @@ impl Scanner {
                     Err(e) => format!("{}: database error: {e}", self.name),
                     Ok(_) => format!("{}: tool set-up failed", self.name),
                 };
-                let sev = self.config.severity.clone();
-                self.notify(
-                    &format!("app.error.{sev}"),
-                    NotificationEvent::SystemError,
-                    &sev,
-                    why,
-                )
-                .await?;
+                self.notify(NotificationEvent::SystemError, self.config.severity, why)
+                    .await?;
                 self.chain(None).await?;
                 record.published = "none".into();
             }
@@ -490,7 +474,7 @@ impl Scanner {
             }
             Some(Fault::Warning) => {
                 self.chain(status(
-                    "warning",
+                    ScanStatus::Warning,
                     format!("{} finished with errors on {n} targets", self.name),
                 ))
                 .await?;
@@ -498,7 +482,7 @@ impl Scanner {
             }
             Some(Fault::Incomplete) => {
                 self.chain(status(
-                    "incomplete",
+                    ScanStatus::Incomplete,
                     format!("{}: the retry gave no result", self.name),
                 ))
                 .await?;
@@ -506,7 +490,7 @@ impl Scanner {
             }
             None | Some(Fault::Slow) | Some(Fault::Unacked) | Some(Fault::Failover) => {
                 self.chain(status(
-                    "complete",
+                    ScanStatus::Complete,
                     format!("{} scanned {n} targets", self.name),
                 ))
                 .await?;
@@ -532,7 +516,7 @@ impl Scanner {
     }
 
     /// Publishes the `Publisher` message with `payload`.
-    async fn chain(&self, payload: Option<serde_json::Value>) -> Result<(), HandlerError> {
+    async fn chain(&self, payload: Option<ScanPayload>) -> Result<(), HandlerError> {
         let p = &self.publisher;
         let body = AmqpM8Message::with_source(&p.routing_key, payload, &p.source)
             .to_vec()
@@ -544,21 +528,13 @@ impl Scanner {
     /// Publishes a platform notification from this scanner.
     async fn notify(
         &self,
-        key: &str,
         kind: NotificationEvent,
-        severity: &str,
+        severity: Severity,
         message: String,
     ) -> Result<(), HandlerError> {
-        let mut n = Notification8::new(kind, message);
-        n.userrole = Some(RoleType::Admin);
-        n.metadata = NotificationMetadata8 {
-            severity: severity.into(),
-            channeltype: Some(NotificationChannel::App),
-            eventtype: Some(kind),
-            ..NotificationMetadata8::default()
-        };
-        let payload = serde_json::to_value(&n).map_err(|e| HandlerError(e.to_string()))?;
-        let body = AmqpM8Message::with_source(key, Some(payload), &self.name)
+        let n = Notification8::platform(kind, severity, message);
+        let key = n.platform_routing_key();
+        let body = AmqpM8Message::with_source(&key, Some(n), &self.name)
             .to_vec()
             .map_err(|e| HandlerError(e.to_string()))?;
         self.publish(OutgoingMessage::new(NOTIFICATION_EXCHANGE, key, body))

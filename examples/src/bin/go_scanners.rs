@@ -101,7 +101,12 @@ fn run(args: Args) -> Result<(), Failure> {
         scan: Duration::from_millis(args.scan_ms),
         slow: Duration::from_millis(args.slow_ms),
         unacked: Duration::from_millis(args.unacked_ms),
-        severity: args.severity.clone(),
+        severity: model8::Severity::parse(&args.severity).ok_or_else(|| {
+            Failure::Usage(format!(
+                "--severity {:?}: expected normal, high, urgent or critical",
+                args.severity
+            ))
+        })?,
         faults: FaultPlan(faults),
         ..ScannerConfig::default()
     };
