@@ -14,6 +14,7 @@ use model8::{Domain8, DomainRef, PostDomain8, WorkflowId, WorkflowStatus, Workfl
 use uuid::Uuid;
 
 use crate::error::DbError;
+pub use crate::ring::{RingApplied, RingEvent, RingMessage, RingStage, RingStall};
 
 /// Access to the `cptm8domain` table.
 #[async_trait]
@@ -297,4 +298,26 @@ pub trait DbHealth: Send + Sync {
     async fn ping(&self) -> Result<(), DbError>;
     /// Pool statistics.
     fn pool_stats(&self) -> PoolStats;
+}
+
+/// The observed ring of bootstrap mode (CONTRACT 3c), recorded as workflows of kind
+/// `observed` (listed by [`WorkflowRepository::list`] like the others).
+#[async_trait]
+pub trait RingRepository: Send + Sync {
+    /// Applies one message seen on the ring, in one transaction with its key: a key
+    /// already applied changes nothing ([`RingApplied::Duplicate`]). Messages are
+    /// applied one at a time, whichever replica calls.
+    async fn ring_apply(
+        &self,
+        ring: &[RingStage],
+        event: &RingEvent,
+    ) -> Result<RingApplied, DbError>;
+
+    /// Marks the running stages of the open cycle silent past their timeout as
+    /// `stalled` and returns them (each once).
+    async fn ring_stalls(
+        &self,
+        ring: &[RingStage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RingStall>, DbError>;
 }

@@ -15,10 +15,11 @@ use uuid::Uuid;
 use super::MemoryStore;
 use crate::error::DbError;
 use crate::plan::{active_domain, validate_batch};
+use crate::ring::{Cycle, CycleStage};
 use crate::time::{db_precision, plus};
 use crate::traits::{
-    ClaimedStage, Created, InitialClaim, NewWorkflow, StageKey, Transition, WorkflowFilter,
-    WorkflowRepository,
+    ClaimedStage, Created, InitialClaim, NewWorkflow, RingApplied, RingEvent, RingRepository,
+    RingStage, RingStall, StageKey, Transition, WorkflowFilter, WorkflowRepository,
 };
 
 /// Default and largest page of [`WorkflowRepository::list`].
@@ -32,6 +33,8 @@ pub(super) struct Workflows {
     by_domain: HashMap<Uuid, Vec<WorkflowId>>,
     /// The active single-domain workflow of a domain.
     active_single: HashMap<Uuid, WorkflowId>,
+    /// The keys of the ring messages applied.
+    ring_keys: std::collections::HashSet<String>,
 }
 
 struct Wf {
@@ -58,6 +61,8 @@ struct Stage {
     detail: Option<serde_json::Value>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// An observed stage's stall time.
+    stall_at: Option<DateTime<Utc>>,
 }
 
 impl Stage {
@@ -221,6 +226,7 @@ impl MemoryStore {
                         detail: None,
                         started_at: None,
                         finished_at: None,
+                        stall_at: None,
                     }
                 })
                 .collect();
@@ -601,5 +607,143 @@ impl WorkflowRepository for MemoryStore {
         };
         wf.updated_at = now;
         Ok(wf.view())
+    }
+}
+
+impl Workflows {
+    /// The latest two observed cycles, newest first, with their stages in `ring` order.
+    fn ring_load(&self, ring: &[RingStage]) -> Vec<Cycle> {
+        let mut observed: Vec<&Wf> = self
+            .by_id
+            .values()
+            .filter(|w| w.kind == WorkflowKind::Observed)
+            .collect();
+        observed.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        observed
+            .into_iter()
+            .take(2)
+            .map(|w| Cycle {
+                id: w.id,
+                status: w.status,
+                created_at: w.created_at,
+                updated_at: w.updated_at,
+                ended_at: w.ended_at,
+                stages: ring
+                    .iter()
+                    .map(|r| {
+                        let s = w.stages.iter().find(|s| s.name == r.name);
+                        CycleStage {
+                            name: r.name.clone(),
+                            status: s.map_or(StageStatus::Waiting, |s| s.status),
+                            attempt: s.map_or(0, |s| s.attempt),
+                            started_at: s.and_then(|s| s.started_at),
+                            finished_at: s.and_then(|s| s.finished_at),
+                            stall_at: s.and_then(|s| s.stall_at),
+                            detail: s.and_then(|s| s.detail.clone()),
+                            stored: s.is_some(),
+                            dirty: false,
+                        }
+                    })
+                    .collect(),
+                new: false,
+                dirty: false,
+            })
+            .collect()
+    }
+
+    /// Writes back the changed cycles.
+    fn ring_store(&mut self, cycles: Vec<Cycle>) {
+        for c in cycles.into_iter().filter(|c| c.dirty) {
+            let stage = |i: usize, s: &CycleStage, names: &[String]| Stage {
+                name: s.name.clone(),
+                depends_on: i
+                    .checked_sub(1)
+                    .map(|p| vec![names[p].clone()])
+                    .unwrap_or_default(),
+                status: s.status,
+                attempt: s.attempt,
+                not_before: None,
+                deadline: None,
+                claim_owner: None,
+                claim_until: None,
+                detail: s.detail.clone(),
+                started_at: s.started_at,
+                finished_at: s.finished_at,
+                stall_at: s.stall_at,
+            };
+            let names: Vec<String> = c.stages.iter().map(|s| s.name.clone()).collect();
+            match self.by_id.get_mut(&c.id) {
+                Some(w) => {
+                    w.status = c.status;
+                    w.updated_at = c.updated_at;
+                    w.ended_at = c.ended_at;
+                    for (i, s) in c.stages.iter().enumerate().filter(|(_, s)| s.dirty) {
+                        let new = stage(i, s, &names);
+                        match w.stages.iter_mut().find(|x| x.name == s.name) {
+                            Some(x) => *x = new,
+                            None => w.stages.push(new),
+                        }
+                    }
+                }
+                None => {
+                    let stages = c
+                        .stages
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| stage(i, s, &names))
+                        .collect();
+                    self.by_id.insert(
+                        c.id,
+                        Wf {
+                            id: c.id,
+                            kind: WorkflowKind::Observed,
+                            status: c.status,
+                            created_at: c.created_at,
+                            updated_at: c.updated_at,
+                            ended_at: c.ended_at,
+                            active_domain: None,
+                            domains: Vec::new(),
+                            stages,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RingRepository for MemoryStore {
+    async fn ring_apply(
+        &self,
+        ring: &[RingStage],
+        event: &RingEvent,
+    ) -> Result<RingApplied, DbError> {
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        if !wfs.ring_keys.insert(event.key.clone()) {
+            return Ok(RingApplied::Duplicate);
+        }
+        let event = RingEvent {
+            at: db_precision(event.at),
+            ..event.clone()
+        };
+        let mut cycles = wfs.ring_load(ring);
+        let applied = crate::ring::apply(&mut cycles, ring, &event);
+        wfs.ring_store(cycles);
+        Ok(applied)
+    }
+
+    async fn ring_stalls(
+        &self,
+        ring: &[RingStage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RingStall>, DbError> {
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut cycles = wfs.ring_load(ring);
+        let stalls = crate::ring::stall(&mut cycles, db_precision(now));
+        wfs.ring_store(cycles);
+        Ok(stalls)
     }
 }

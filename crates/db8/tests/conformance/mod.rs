@@ -13,7 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use db8::{
     ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, InitialClaim, LeaderLock,
-    NewWorkflow, StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
+    NewWorkflow, RingApplied, RingEvent, RingMessage, RingRepository, RingStage, StageKey,
+    StagePlan, Transition, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
 use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowKind, WorkflowStatus};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 pub struct Stores {
     pub domains: Arc<dyn DomainRepository>,
     pub workflows: Arc<dyn WorkflowRepository>,
+    pub ring: Arc<dyn RingRepository>,
     pub feed: Arc<dyn ChangeFeed>,
     pub health: Arc<dyn DbHealth>,
     /// Two contenders for the same leader lock.
@@ -61,6 +63,7 @@ macro_rules! conformance_suite {
             workflow_idle_domains,
             workflow_active_and_last_ended,
             workflow_in_flight_counts,
+            ring_observed_cycles,
             leader_lock_contention,
             health_ping,
         );
@@ -1423,4 +1426,136 @@ pub async fn health_ping(s: &Stores) {
     s.health.ping().await.unwrap();
     let stats = s.health.pool_stats();
     assert!(stats.idle <= stats.connections);
+}
+
+// ---------------------------------------------------------------- observed ring
+
+fn ring4() -> Vec<RingStage> {
+    ["asmm8", "naabum8", "katanam8", "num8"]
+        .map(|n| RingStage {
+            name: n.into(),
+            timeout: Duration::from_secs(60),
+        })
+        .to_vec()
+}
+
+fn ring_event(key: &str, at: i64, message: RingMessage) -> RingEvent {
+    RingEvent {
+        key: key.into(),
+        at: t0() + secs(at),
+        message,
+    }
+}
+
+fn ring_chain(from: &str, to: &str) -> RingMessage {
+    RingMessage::Chain {
+        from: from.into(),
+        to: to.into(),
+        payload: Some(model8::chain::ScanPayload {
+            status: model8::chain::ScanStatus::Complete,
+            message: format!("{from} done"),
+        }),
+    }
+}
+
+/// A full observed cycle, applied once per key, listed as kind observed; a stall is
+/// reported once and a late chain message still ends the stage.
+pub async fn ring_observed_cycles(s: &Stores) {
+    let r = ring4();
+    let apply = |e: RingEvent| {
+        let ring = s.ring.clone();
+        let r = r.clone();
+        async move { ring.ring_apply(&r, &e).await.unwrap() }
+    };
+    let kick = RingMessage::Kick {
+        stage: "asmm8".into(),
+    };
+    let started = apply(ring_event("k0", 0, kick.clone())).await;
+    let RingApplied::StageStarted {
+        cycle, new_cycle, ..
+    } = started
+    else {
+        panic!("{started:?}")
+    };
+    assert!(new_cycle);
+    assert_eq!(
+        apply(ring_event("k0", 0, kick)).await,
+        RingApplied::Duplicate
+    );
+    apply(ring_event("c1", 10, ring_chain("asmm8", "naabum8"))).await;
+    // The same message again (a redelivery) changes nothing.
+    assert_eq!(
+        apply(ring_event("c1", 10, ring_chain("asmm8", "naabum8"))).await,
+        RingApplied::Duplicate
+    );
+    // naabum8 silent past its 60 s: stalled once.
+    assert!(
+        s.ring
+            .ring_stalls(&r, t0() + secs(69))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stalls = s.ring.ring_stalls(&r, t0() + secs(71)).await.unwrap();
+    assert_eq!(stalls.len(), 1);
+    assert_eq!(
+        (stalls[0].cycle, stalls[0].stage.as_str()),
+        (cycle, "naabum8")
+    );
+    assert_eq!(stalls[0].silent_for, Duration::from_secs(61));
+    assert!(
+        s.ring
+            .ring_stalls(&r, t0() + secs(72))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let v = s.workflows.get(cycle).await.unwrap();
+    assert_eq!(v.kind, WorkflowKind::Observed);
+    assert_eq!(v.status, WorkflowStatus::Running);
+    let st: Vec<StageStatus> = v.stages.iter().map(|x| x.status).collect();
+    assert_eq!(
+        st,
+        [
+            StageStatus::Completed,
+            StageStatus::Stalled,
+            StageStatus::Waiting,
+            StageStatus::Waiting
+        ]
+    );
+    assert_eq!(v.stages[0].detail, Some(serde_json::json!("asmm8 done")));
+    assert_eq!(v.stages[0].started_at, Some(GoTime::from_utc(t0_stored())));
+    // Late, but it ends the stage; the ring goes on, and the last stage starts the
+    // next cycle.
+    apply(ring_event("c2", 80, ring_chain("naabum8", "katanam8"))).await;
+    apply(ring_event("c3", 90, ring_chain("katanam8", "num8"))).await;
+    let end = apply(ring_event("c4", 100, ring_chain("num8", "asmm8"))).await;
+    let RingApplied::StageEnded {
+        cycle_ended, next, ..
+    } = end
+    else {
+        panic!("{end:?}")
+    };
+    assert_eq!(cycle_ended, Some(WorkflowStatus::Completed));
+    let (second, first_stage) = next.unwrap();
+    assert_eq!(first_stage, "asmm8");
+    let all = s.workflows.list(&WorkflowFilter::default()).await.unwrap();
+    let ids: Vec<_> = all.iter().map(|w| (w.id, w.kind, w.status)).collect();
+    assert_eq!(
+        ids,
+        [
+            (second, WorkflowKind::Observed, WorkflowStatus::Running),
+            (cycle, WorkflowKind::Observed, WorkflowStatus::Completed)
+        ]
+    );
+    let done = s.workflows.get(cycle).await.unwrap();
+    assert!(
+        done.stages
+            .iter()
+            .all(|x| x.status == StageStatus::Completed)
+    );
+    assert_eq!(
+        done.stages[3].finished_at,
+        Some(GoTime::from_utc(t0_stored() + secs(100)))
+    );
 }
