@@ -4,9 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp8::{Broker, ConsumeOptions, ConsumerHandle};
+use amqp8::{Broker, ConsumeOptions, ConsumerHandle, Handler};
 use config8::{SchedulerMode, Settings};
-use db8::{ChangeFeed, DomainRepository, LeaderLock, WorkflowRepository};
+use db8::{ChangeFeed, DomainRepository, LeaderLock, RingRepository, WorkflowRepository};
 use model8::RESULT_QUEUE;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,10 +20,11 @@ use crate::engine::{Engine, EngineParts};
 use crate::error::ControllerError;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::ring::{RingHandler, ring_stages, stall_loop};
 use crate::role::{Role, RoleWatch};
 use crate::scan_now::ScanNow;
 use crate::scheduler;
-use crate::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, topology};
+use crate::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, RING_QUEUE, topology};
 use crate::tuning::Tuning;
 use crate::waking::WakingWorkflows;
 
@@ -53,6 +54,9 @@ pub struct Deps {
     pub settings: watch::Receiver<Arc<Settings>>,
     /// Metrics to update.
     pub metrics: Arc<Metrics>,
+    /// Where bootstrap mode records the scanners' ring (`Scheduler.observe`); `None`
+    /// does not follow it.
+    pub ring: Option<Arc<dyn RingRepository>>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -73,6 +77,7 @@ pub struct Controller {
     mode: SchedulerMode,
     leader: Option<Arc<dyn LeaderLock>>,
     changes: Arc<dyn ChangeFeed>,
+    ring: Option<Arc<dyn RingRepository>>,
     role: watch::Sender<Role>,
     shutdown: watch::Sender<bool>,
 }
@@ -128,6 +133,7 @@ impl Controller {
             mode,
             leader,
             changes: deps.changes,
+            ring: deps.ring,
             role,
             shutdown,
         })
@@ -197,8 +203,30 @@ impl Controller {
             l.step().await;
         }
 
+        // Managed mode consumes the results; bootstrap mode follows the ring
+        // (CONTRACT 3c) when it observes.
+        let ring = match (&self.ring, mode) {
+            (Some(repo), SchedulerMode::Bootstrap) if settings.scheduler.observe => {
+                Some((repo.clone(), ring_stages(&settings)))
+            }
+            _ => None,
+        };
         let consumer = if mode == SchedulerMode::Managed {
             match self.start_consumer(&settings).await? {
+                Some(c) => Some(c),
+                None => return Ok(()),
+            }
+        } else if let Some((repo, stages)) = &ring {
+            let handler = RingHandler::new(engine.clone(), repo.clone(), stages.clone());
+            let options = ConsumeOptions {
+                queue: RING_QUEUE.into(),
+                tag: "corchestratorm8.ring".into(),
+                prefetch: 1,
+                autoack: false,
+                max_redeliveries: self.engine.tuning.max_redeliveries,
+                dead_letter: None,
+            };
+            match self.consume_retrying(options, Arc::new(handler)).await? {
                 Some(c) => Some(c),
                 None => return Ok(()),
             }
@@ -220,6 +248,9 @@ impl Controller {
                     engine.clone(),
                     Some(Bootstrap::default()),
                 )));
+                if let Some((repo, stages)) = ring {
+                    tasks.push(tokio::spawn(stall_loop(engine.clone(), repo, stages)));
+                }
             }
             SchedulerMode::Managed => {
                 tasks.push(tokio::spawn(scheduler::tick_loop(engine.clone(), None)));
@@ -332,6 +363,16 @@ impl Controller {
             dead_letter: Some((DEAD_LETTER_EXCHANGE.into(), DEAD_LETTER_ROUTING_KEY.into())),
         };
         let handler = Arc::new(ResultHandler::new(self.engine.clone()));
+        self.consume_retrying(options, handler).await
+    }
+
+    /// Starts a consumer, retrying while RabbitMQ is unavailable. `Ok(None)` when
+    /// shutdown came first.
+    async fn consume_retrying(
+        &self,
+        options: ConsumeOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Option<ConsumerHandle>, ControllerError> {
         let mut shutdown = self.engine.shutdown.clone();
         let mut failures = Pressure::default();
         loop {
@@ -342,15 +383,15 @@ impl Controller {
             match attempt {
                 Ok(c) => {
                     tracing::info!(
-                        queue = RESULT_QUEUE,
+                        queue = %options.queue,
                         prefetch = options.prefetch,
-                        "consuming stage results"
+                        "consuming"
                     );
                     return Ok(Some(c));
                 }
                 Err(e) if e.is_transient() => {
                     let d = failures.refused();
-                    tracing::warn!(error = %e, retry_in = ?d, "cannot start the result consumer; retrying");
+                    tracing::warn!(queue = %options.queue, error = %e, retry_in = ?d, "cannot start the consumer; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
                         _ = shutdown.wait_for(|s| *s) => return Ok(None),
@@ -358,7 +399,7 @@ impl Controller {
                 }
                 Err(source) => {
                     return Err(ControllerError::Consume {
-                        queue: RESULT_QUEUE.into(),
+                        queue: options.queue,
                         source,
                     });
                 }

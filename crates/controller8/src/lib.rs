@@ -16,6 +16,8 @@ mod error;
 pub mod http;
 mod leader;
 mod metrics;
+mod ring;
+mod ring_metrics;
 mod role;
 mod scan_now;
 mod scheduler;

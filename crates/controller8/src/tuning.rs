@@ -29,6 +29,9 @@ pub struct Tuning {
     /// How long the result handler waits for an unavailable database, retrying, before
     /// returning the delivery to the queue (60 s).
     pub db_outage_patience: Duration,
+    /// Bootstrap mode with `Scheduler.observe`: how often the leader looks for ring
+    /// stages silent past their timeout (500 ms).
+    pub ring_check: Duration,
 }
 
 impl Default for Tuning {
@@ -42,6 +45,7 @@ impl Default for Tuning {
             result_prefetch: 64,
             max_redeliveries: 20,
             db_outage_patience: Duration::from_secs(60),
+            ring_check: Duration::from_millis(500),
         }
     }
 }
