@@ -137,6 +137,19 @@ pub struct RingStall {
     pub message: Option<String>,
 }
 
+/// A stage of the open cycle that is stalled now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StalledStage {
+    /// The cycle.
+    pub cycle: WorkflowId,
+    /// The stage.
+    pub stage: String,
+    /// Its attempt (kicks so far).
+    pub attempt: u32,
+    /// When it became stalled (its last kick plus its timeout).
+    pub since: DateTime<Utc>,
+}
+
 /// A cycle, as the state machine sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Cycle {
@@ -473,6 +486,47 @@ pub(crate) fn stall(cycles: &mut [Cycle], now: DateTime<Utc>) -> Vec<RingStall> 
         c.touch(now);
     }
     out
+}
+
+/// The stalled stages of the open cycle.
+pub(crate) fn stalled(cycles: &[Cycle]) -> Vec<StalledStage> {
+    let Some(c) = cycles.first().filter(|c| c.open()) else {
+        return Vec::new();
+    };
+    c.stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Stalled)
+        .map(|s| StalledStage {
+            cycle: c.id,
+            stage: s.name.clone(),
+            attempt: s.attempt,
+            since: s.stall_at.unwrap_or(c.updated_at),
+        })
+        .collect()
+}
+
+/// Gives up on stalled `stage` of open cycle `cycle` (healing kicked the next one):
+/// failed, with `message`. Whether it was still stalled.
+pub(crate) fn give_up(
+    cycles: &mut [Cycle],
+    cycle: WorkflowId,
+    stage: &str,
+    message: &str,
+    at: DateTime<Utc>,
+) -> bool {
+    let Some(c) = cycles.first_mut().filter(|c| c.open() && c.id == cycle) else {
+        return false;
+    };
+    let Some(s) = c.stage(stage).filter(|s| s.status == StageStatus::Stalled) else {
+        return false;
+    };
+    s.status = StageStatus::Failed;
+    s.finished_at = Some(at);
+    s.stall_at = None;
+    s.detail = Some(serde_json::Value::String(message.to_owned()));
+    s.dirty = true;
+    c.touch(at);
+    true
 }
 
 #[cfg(test)]

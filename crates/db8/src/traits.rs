@@ -14,7 +14,7 @@ use model8::{Domain8, DomainRef, PostDomain8, WorkflowId, WorkflowStatus, Workfl
 use uuid::Uuid;
 
 use crate::error::DbError;
-pub use crate::ring::{RingApplied, RingEvent, RingMessage, RingStage, RingStall};
+pub use crate::ring::{RingApplied, RingEvent, RingMessage, RingStage, RingStall, StalledStage};
 
 /// Access to the `cptm8domain` table.
 #[async_trait]
@@ -320,4 +320,19 @@ pub trait RingRepository: Send + Sync {
         ring: &[RingStage],
         now: DateTime<Utc>,
     ) -> Result<Vec<RingStall>, DbError>;
+
+    /// The stalled stages of the open cycle (for healing).
+    async fn ring_stalled(&self, ring: &[RingStage]) -> Result<Vec<StalledStage>, DbError>;
+
+    /// Healing gave up on stalled `stage` of the open cycle `cycle` (it kicked the next
+    /// stage): the stage is failed with `message`. `false` when it was no longer
+    /// stalled (its chain message came meanwhile).
+    async fn ring_give_up(
+        &self,
+        ring: &[RingStage],
+        cycle: WorkflowId,
+        stage: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, DbError>;
 }

@@ -19,7 +19,7 @@ use crate::ring::{Cycle, CycleStage};
 use crate::time::{db_precision, plus};
 use crate::traits::{
     ClaimedStage, Created, InitialClaim, NewWorkflow, RingApplied, RingEvent, RingRepository,
-    RingStage, RingStall, StageKey, Transition, WorkflowFilter, WorkflowRepository,
+    RingStage, RingStall, StageKey, StalledStage, Transition, WorkflowFilter, WorkflowRepository,
 };
 
 /// Default and largest page of [`WorkflowRepository::list`].
@@ -745,5 +745,26 @@ impl RingRepository for MemoryStore {
         let stalls = crate::ring::stall(&mut cycles, db_precision(now));
         wfs.ring_store(cycles);
         Ok(stalls)
+    }
+
+    async fn ring_stalled(&self, ring: &[RingStage]) -> Result<Vec<StalledStage>, DbError> {
+        let state = self.state()?;
+        Ok(crate::ring::stalled(&state.workflows.ring_load(ring)))
+    }
+
+    async fn ring_give_up(
+        &self,
+        ring: &[RingStage],
+        cycle: WorkflowId,
+        stage: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, DbError> {
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut cycles = wfs.ring_load(ring);
+        let changed = crate::ring::give_up(&mut cycles, cycle, stage, message, db_precision(at));
+        wfs.ring_store(cycles);
+        Ok(changed)
     }
 }

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use model8::{StageStatus, WorkflowStatus};
+use model8::{StageStatus, WorkflowId, WorkflowStatus};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
@@ -14,7 +14,7 @@ use super::PgStore;
 use crate::error::DbError;
 use crate::ring::{self, Cycle, CycleStage};
 use crate::time::db_precision;
-use crate::traits::{RingApplied, RingEvent, RingRepository, RingStage, RingStall};
+use crate::traits::{RingApplied, RingEvent, RingRepository, RingStage, RingStall, StalledStage};
 
 /// The advisory lock that serialises ring changes (ASCII `orchm8rg`).
 const RING_LOCK_KEY: i64 = 0x6f72_6368_6d38_7267;
@@ -213,5 +213,30 @@ impl RingRepository for PgStore {
         }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(stalls)
+    }
+
+    async fn ring_stalled(&self, ring: &[RingStage]) -> Result<Vec<StalledStage>, DbError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let cycles = self.ring_load(&tx, ring).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(ring::stalled(&cycles))
+    }
+
+    async fn ring_give_up(
+        &self,
+        ring: &[RingStage],
+        cycle: WorkflowId,
+        stage: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, DbError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let mut cycles = self.ring_load(&tx, ring).await?;
+        let changed = ring::give_up(&mut cycles, cycle, stage, message, db_precision(at));
+        self.ring_store(&tx, &cycles).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(changed)
     }
 }

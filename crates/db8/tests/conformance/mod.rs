@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
             workflow_active_and_last_ended,
             workflow_in_flight_counts,
             ring_observed_cycles,
+            ring_heal_gives_up_on_a_stalled_stage,
             leader_lock_contention,
             health_ping,
         );
@@ -1557,5 +1558,55 @@ pub async fn ring_observed_cycles(s: &Stores) {
     assert_eq!(
         done.stages[3].finished_at,
         Some(GoTime::from_utc(t0_stored() + secs(100)))
+    );
+}
+
+/// Healing's view: a stalled stage given up is failed, and the next stage's kick
+/// starts it; the cycle then ends failed.
+pub async fn ring_heal_gives_up_on_a_stalled_stage(s: &Stores) {
+    let r = ring4();
+    let apply = |e: RingEvent| {
+        let ring = s.ring.clone();
+        let r = r.clone();
+        async move { ring.ring_apply(&r, &e).await.unwrap() }
+    };
+    let kick = |stage: &str| RingMessage::Kick {
+        stage: stage.into(),
+    };
+    apply(ring_event("k0", 0, kick("asmm8"))).await;
+    assert_eq!(
+        s.ring.ring_stalls(&r, t0() + secs(61)).await.unwrap().len(),
+        1
+    );
+    let st = s.ring.ring_stalled(&r).await.unwrap();
+    let cycle = st[0].cycle;
+    assert!(
+        s.ring
+            .ring_give_up(&r, cycle, "asmm8", "gave up", t0() + secs(62))
+            .await
+            .unwrap()
+    );
+    assert!(s.ring.ring_stalled(&r).await.unwrap().is_empty());
+    let started = apply(ring_event("k1", 62, kick("naabum8"))).await;
+    assert!(
+        matches!(
+            started,
+            RingApplied::StageStarted {
+                new_cycle: false,
+                ..
+            }
+        ),
+        "{started:?}"
+    );
+    let v = s.workflows.get(cycle).await.unwrap();
+    assert_eq!(v.stages[0].status, StageStatus::Failed);
+    assert_eq!(v.stages[0].detail, Some(serde_json::json!("gave up")));
+    assert_eq!(v.stages[1].status, StageStatus::Running);
+    apply(ring_event("c2", 63, ring_chain("naabum8", "katanam8"))).await;
+    apply(ring_event("c3", 64, ring_chain("katanam8", "num8"))).await;
+    apply(ring_event("c4", 65, ring_chain("num8", "asmm8"))).await;
+    assert_eq!(
+        s.workflows.get(cycle).await.unwrap().status,
+        WorkflowStatus::Failed
     );
 }
