@@ -39,7 +39,10 @@ fn stages(timeout: &str, naabum8_timeout: &str) -> String {
 /// replaces some scanners' `Publisher`.
 async fn scanners(env: &Env, faults: &[&str], publishers: &[(&str, &str)]) -> Scanners {
     let client = env.client().await;
-    let settings = config8::load(&ring_config(env, "")).unwrap().settings;
+    // The configuration the test wrote (rewriting it would be a live change).
+    let settings = config8::load(&env.dir.path().join("configuration.yaml"))
+        .unwrap()
+        .settings;
     let store = db8::PgStore::connect(&settings.database).await.unwrap();
     let list: Vec<(String, Publisher)> = RING
         .iter()
@@ -250,5 +253,66 @@ async fn the_failover_message_is_counted_and_not_mistaken_for_a_stage_end() {
     // The failover made naabum8 scan once more than the ring asked; its messages went
     // to the sink: no stage of the cycle moved because of it.
     assert_eq!(stage(&wfs[0], "katanam8")["status"], "waiting");
+    ring.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healing_rekicks_naabum8_then_kicks_katanam8_and_the_ring_goes_on() {
+    let env = Env::new();
+    let mut extra = String::from("Scheduler:\n  heal: true\nWorkflow:\n  stages:\n");
+    for s in RING {
+        let t = if s == "naabum8" { "2s" } else { "2h" };
+        extra.push_str(&format!(
+            "    - {{ name: {s}, timeout: \"{t}\", max_attempts: 2, backoff: {{ initial: \"1s\", max: \"1s\" }} }}\n"
+        ));
+    }
+    let config = ring_config(&env, &extra);
+    let svc = Service::start(&config, env.dir.path(), "svc").await;
+    svc.ready().await;
+    // Both attempts of naabum8 fail softly (nothing published); its third run, in the
+    // next cycle, completes.
+    let ring = scanners(&env, &["naabum8:soft:1-2"], &[]).await;
+    env.insert_domains("ring", 1);
+    eventually(
+        "the ring goes on into a second cycle",
+        Duration::from_secs(60),
+        async || {
+            let wfs = observed(&svc.workflows().await);
+            wfs.len() >= 2 && stage(&wfs[wfs.len() - 2], "naabum8")["status"] == "completed"
+        },
+    )
+    .await;
+    let wfs = observed(&svc.workflows().await);
+    let first = &wfs[wfs.len() - 1];
+    assert_eq!(first["status"], "failed", "{first}");
+    let n = stage(first, "naabum8");
+    assert_eq!(
+        (n["status"].as_str(), n["attempt"].as_u64()),
+        (Some("failed"), Some(2)),
+        "{first}"
+    );
+    assert!(
+        n["detail"]
+            .as_str()
+            .unwrap()
+            .contains("healing kicked katanam8"),
+        "{n}"
+    );
+    for s in ["asmm8", "katanam8", "num8"] {
+        assert_eq!(stage(first, s)["status"], "completed", "{first}");
+    }
+    let m = metrics(&svc).await;
+    assert_eq!(
+        metric(&m, "orchestratorm8_ring_heals_total{stage=\"naabum8\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "orchestratorm8_ring_heals_total{stage=\"katanam8\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "orchestratorm8_ring_stalls_total{stage=\"naabum8\"}"),
+        2.0
+    );
     ring.stop(Duration::from_secs(1)).await;
 }

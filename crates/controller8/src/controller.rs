@@ -249,7 +249,8 @@ impl Controller {
                     Some(Bootstrap::default()),
                 )));
                 if let Some((repo, stages)) = ring {
-                    tasks.push(tokio::spawn(stall_loop(engine.clone(), repo, stages)));
+                    let heal = settings.scheduler.heal;
+                    tasks.push(tokio::spawn(stall_loop(engine.clone(), repo, stages, heal)));
                 }
             }
             SchedulerMode::Managed => {

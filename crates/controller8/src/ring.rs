@@ -17,14 +17,17 @@
 //! past their timeout ([`stall_loop`]) and reports each once (`app.warning.high`).
 //! Nothing else is published.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp8::{Decision, Delivery, Handler, HandlerError};
+use amqp8::{Decision, Delivery, Handler, HandlerError, PublishOutcome};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use config8::Settings;
-use db8::{RingApplied, RingEvent, RingMessage, RingRepository, RingStage, RingStall};
+use db8::{
+    RingApplied, RingEvent, RingMessage, RingRepository, RingStage, RingStall, StalledStage,
+};
 use model8::chain::{ScanPayload, is_failover};
 use model8::{
     AmqpM8Message, Notification8, NotificationEvent, SOURCE_ORCHESTRATORM8, Severity,
@@ -264,15 +267,57 @@ pub(crate) fn stall_message(s: &RingStall, timeout: Duration) -> String {
     m
 }
 
-/// The leader's stall check: every `Tuning::ring_check`, marks the stages silent past
-/// their timeout as stalled, and for each sends a `system_warning` on
-/// `app.warning.high` naming the scanner and how long it has been silent.
+/// What healing does with a stalled stage (CONTRACT 3c, `Scheduler.heal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HealPlan {
+    /// Not yet: its backoff runs until then.
+    Wait,
+    /// Kick the stalled stage again.
+    Rekick(String),
+    /// Attempts used up: give the stage up and kick the next one.
+    Next(String),
+}
+
+/// The plan for stalled `st` at `now`: attempts left → re-kick once the backoff after
+/// the stall passed (`Workflow.stages[].backoff`, no jitter), else the next stage of
+/// the ring (after the last: the first).
+pub(crate) fn heal_plan(
+    settings: &Settings,
+    ring: &[RingStage],
+    st: &StalledStage,
+    now: DateTime<Utc>,
+) -> HealPlan {
+    let Some(cfg) = settings.stage(&st.stage) else {
+        return HealPlan::Wait;
+    };
+    if st.attempt < cfg.max_attempts {
+        let wait = crate::engine::backoff::exponential(&cfg.backoff, st.attempt);
+        let due = st.since + chrono::Duration::from_std(wait).unwrap_or_default();
+        return if now >= due {
+            HealPlan::Rekick(st.stage.clone())
+        } else {
+            HealPlan::Wait
+        };
+    }
+    let i = ring.iter().position(|r| r.name == st.stage).unwrap_or(0);
+    HealPlan::Next(ring[(i + 1) % ring.len()].name.clone())
+}
+
+/// The leader's ring watch, every `Tuning::ring_check`: marks the stages silent past
+/// their timeout as stalled and for each sends a `system_warning` on
+/// `app.warning.high` naming the scanner and how long it has been silent; with
+/// `heal`, then kicks stalled stages as [`heal_plan`] says (confirmed; a
+/// `reject-publish` nack means the scanner's queue still holds a kick-off: busy, tried
+/// again next round). A kick is sent once per stalled attempt (remembered in memory):
+/// the kick-off, observed, starts the stage's next attempt.
 pub(crate) async fn stall_loop(
     engine: Arc<Engine>,
     repo: Arc<dyn RingRepository>,
     ring: Vec<RingStage>,
+    heal: bool,
 ) {
     let mut shutdown = engine.shutdown.clone();
+    let mut kicked: HashSet<(uuid::Uuid, String, u32)> = HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(engine.tuning.ring_check) => {}
@@ -300,6 +345,81 @@ pub(crate) async fn stall_loop(
             engine
                 .publish_notification(n, &format!("ring stage {}", s.stage))
                 .await;
+        }
+        if heal && !ring.is_empty() {
+            heal_round(&engine, repo.as_ref(), &ring, &mut kicked).await;
+        }
+    }
+}
+
+/// One healing round over the stalled stages.
+async fn heal_round(
+    engine: &Engine,
+    repo: &dyn RingRepository,
+    ring: &[RingStage],
+    kicked: &mut HashSet<(uuid::Uuid, String, u32)>,
+) {
+    let stalled = match repo.ring_stalled(ring).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "ring: cannot read the stalled stages");
+            return;
+        }
+    };
+    let settings = engine.settings();
+    for st in stalled {
+        let id = (st.cycle, st.stage.clone(), st.attempt);
+        if kicked.contains(&id) {
+            continue;
+        }
+        let plan = heal_plan(&settings, ring, &st, engine.clock.now());
+        let target = match &plan {
+            HealPlan::Wait => continue,
+            HealPlan::Rekick(t) | HealPlan::Next(t) => t.clone(),
+        };
+        let key = model8::chain::kickoff_routing_key(&target);
+        let exchange = settings.stage(&target).map_or_else(
+            || config8::DEFAULT_EXCHANGE.to_owned(),
+            |s| s.exchange.clone(),
+        );
+        let body = match AmqpM8Message::<()>::new(key.as_str(), None).to_vec() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "ring: cannot encode a kick-off");
+                return;
+            }
+        };
+        match engine
+            .broker
+            .publish(amqp8::OutgoingMessage::new(exchange, key.as_str(), body))
+            .await
+        {
+            Ok(PublishOutcome::Confirmed) => {
+                kicked.insert(id);
+                engine.metrics.ring.healed(&target);
+                tracing::warn!(cycle = %st.cycle, stalled = %st.stage, attempt = st.attempt, kicked = %target, "ring healed: kick-off published");
+                if let HealPlan::Next(_) = plan {
+                    let why = format!(
+                        "no chain message after {} attempts; healing kicked {target}",
+                        st.attempt
+                    );
+                    if let Err(e) = repo
+                        .ring_give_up(ring, st.cycle, &st.stage, &why, engine.clock.now())
+                        .await
+                    {
+                        tracing::warn!(error = %e, stage = %st.stage, "ring: cannot record that healing gave the stage up");
+                    }
+                }
+            }
+            Ok(PublishOutcome::Nacked) => {
+                tracing::info!(stage = %target, "ring: the scanner's queue still holds a kick-off (busy); healing tries again later");
+            }
+            Ok(PublishOutcome::Unroutable) => {
+                tracing::warn!(stage = %target, routing_key = %key, "ring: healing kick-off unroutable (no queue bound)");
+            }
+            Err(e) => {
+                tracing::warn!(stage = %target, error = %e, "ring: healing kick-off not published");
+            }
         }
     }
 }

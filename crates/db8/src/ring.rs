@@ -322,6 +322,22 @@ pub(crate) fn apply(cycles: &mut Vec<Cycle>, ring: &[RingStage], event: &RingEve
             }
             let c = &mut cycles[0];
             let status = c.stage(stage).map(|s| s.status);
+            // A kick-off of the first stage after it ended starts the next cycle
+            // (healing after the last stage gave up, or a new bootstrap kick-off).
+            let first = ring.first().is_some_and(|r| r.name == *stage);
+            if first && status.is_some_and(StageStatus::is_terminal) {
+                c.end(at);
+                let mut n = new_cycle(ring, stage, at);
+                let attempt = n.start(ring, stage, at).unwrap_or(1);
+                let id = n.id;
+                cycles.insert(0, n);
+                return RingApplied::StageStarted {
+                    cycle: id,
+                    stage: stage.clone(),
+                    attempt,
+                    new_cycle: true,
+                };
+            }
             match status {
                 Some(StageStatus::Running) => RingApplied::AlreadyRunning {
                     stage: stage.clone(),
