@@ -316,3 +316,86 @@ async fn healing_rekicks_naabum8_then_kicks_katanam8_and_the_ring_goes_on() {
     );
     ring.stop(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_file_with_no_new_section_observes_and_publishes_only_the_kick_off() {
+    let env = Env::new();
+    // The Go file's shape, no Scheduler or Workflow section.
+    let config = ring_config(&env, "");
+    let svc = Service::start(&config, env.dir.path(), "svc").await;
+    svc.ready().await;
+    let client = env.client().await;
+    // Everything on cptm8 and notification, from anyone.
+    e2e_support::bind_queue(&client.broker, "cptm8", "qtest.wire", "#").await;
+    e2e_support::bind_queue(&client.broker, "notification", "qtest.wire", "app.#").await;
+    let (wire, _h) = client.collect("qtest.wire").await;
+    let ring = scanners(&env, &[], &[]).await;
+    env.insert_domains("ring", 1);
+    eventually("a cycle observed", Duration::from_secs(60), async || {
+        observed(&svc.workflows().await)
+            .iter()
+            .any(|w| w["status"] == "completed")
+    })
+    .await;
+    ring.stop(Duration::from_secs(1)).await;
+    let ours: Vec<String> = wire
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| String::from_utf8_lossy(&m.body).contains("\"source\":\"orchestratorm8\""))
+        .map(|m| format!("{} {}", m.exchange, m.routing_key))
+        .collect();
+    assert_eq!(
+        ours,
+        ["cptm8 cptm8.asmm8.get.scan"],
+        "what the orchestrator published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_record_each_chain_message_and_each_cycle_once() {
+    let env = Env::new();
+    let config = ring_config(&env, "LeaderElection:\n  check_interval: \"1s\"\n");
+    let a = Service::start(&config, env.dir.path(), "a").await;
+    a.ready().await;
+    let _b = Service::start(&config, env.dir.path(), "b").await;
+    let ring = scanners(&env, &[], &[]).await;
+    env.insert_domains("ring", 1);
+    eventually(
+        "three cycles completed",
+        Duration::from_secs(60),
+        async || {
+            observed(&a.workflows().await)
+                .iter()
+                .filter(|w| w["status"] == "completed")
+                .count()
+                >= 3
+        },
+    )
+    .await;
+    let runs = ring.stop(Duration::from_secs(5)).await;
+    let chained = runs.iter().filter(|r| r.published != "-").count();
+    let client = env.client().await;
+    eventually("ring queue drained", Duration::from_secs(30), async || {
+        client.depth("qorchestratorm8.ring").await == 0
+    })
+    .await;
+    assert_eq!(env.chain_messages_recorded(), chained);
+    // Both replicas consumed the ring queue; one cycle at a time, each stage once.
+    let wfs = observed(&a.workflows().await);
+    assert_eq!(
+        wfs.iter().filter(|w| w["status"] == "running").count(),
+        1,
+        "one open cycle"
+    );
+    for wf in wfs.iter().filter(|w| w["status"] == "completed") {
+        for s in RING {
+            assert_eq!(stage(wf, s)["attempt"], 1, "{wf}");
+        }
+    }
+    let m = metrics(&a).await;
+    assert_eq!(
+        metric(&m, "orchestratorm8_ring_reruns_total{stage=\"asmm8\"}"),
+        0.0
+    );
+}
