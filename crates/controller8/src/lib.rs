@@ -36,6 +36,6 @@ pub use scan_now::{ScanNow, ScanNowError};
 pub use topology::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, DEAD_LETTER_ROUTING_KEY, KICKOFF_ROUTING_KEY,
     NOTIFICATION_EXCHANGE, NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY, RESULT_BINDING,
-    RESULT_EXCHANGE, kickoff_exchange, topology,
+    RESULT_EXCHANGE, RING_EXCHANGE, RING_KICKOFF_BINDING, RING_QUEUE, kickoff_exchange, topology,
 };
 pub use tuning::Tuning;
