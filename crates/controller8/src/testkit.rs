@@ -650,4 +650,20 @@ impl WorkflowRepository for FailingResults {
     ) -> Result<model8::WorkflowView, DbError> {
         self.inner.resume(id, now).await
     }
+
+    async fn retry(
+        &self,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<model8::WorkflowView, DbError> {
+        self.inner.retry(id, now).await
+    }
+
+    async fn changed_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<model8::WorkflowView>, DbError> {
+        self.inner.changed_since(since, limit).await
+    }
 }

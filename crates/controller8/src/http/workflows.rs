@@ -59,6 +59,7 @@ fn parse_filter(query: &[(String, String)]) -> Result<WorkflowFilter, ApiError> 
     let mut filter = WorkflowFilter {
         status: None,
         limit: Some(DEFAULT_LIMIT),
+        ..Default::default()
     };
     let mut seen = Vec::new();
     for (key, value) in query {
