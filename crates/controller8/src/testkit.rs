@@ -662,8 +662,9 @@ impl WorkflowRepository for FailingResults {
     async fn changed_since(
         &self,
         since: DateTime<Utc>,
+        after: Option<uuid::Uuid>,
         limit: usize,
     ) -> Result<Vec<model8::WorkflowView>, DbError> {
-        self.inner.changed_since(since, limit).await
+        self.inner.changed_since(since, after, limit).await
     }
 }

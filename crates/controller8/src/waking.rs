@@ -164,8 +164,9 @@ impl WorkflowRepository for WakingWorkflows {
     async fn changed_since(
         &self,
         since: DateTime<Utc>,
+        after: Option<WorkflowId>,
         limit: usize,
     ) -> Result<Vec<WorkflowView>, DbError> {
-        self.repo().changed_since(since, limit).await
+        self.repo().changed_since(since, after, limit).await
     }
 }

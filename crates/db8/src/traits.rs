@@ -292,12 +292,15 @@ pub trait WorkflowRepository: Send + Sync {
     /// [`DbError::NotFound`] when absent.
     async fn retry(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError>;
 
-    /// The workflows changed at or after `since` (their `updated_at`), oldest change
-    /// first, at most `limit`: what the API's event stream sends. Cheap: it reads the
-    /// active workflows and those that ended since then, never the whole history.
+    /// The workflows changed at or after `since` (their `updated_at`), in the order
+    /// of (`updated_at`, id), at most `limit`; with `after`, only those after the
+    /// position (`since`, `after`) in that order (the next page). What the API's event
+    /// stream sends. Cheap: it reads the active workflows and those that ended since
+    /// then, never the whole history.
     async fn changed_since(
         &self,
         since: DateTime<Utc>,
+        after: Option<WorkflowId>,
         limit: usize,
     ) -> Result<Vec<WorkflowView>, DbError>;
 }

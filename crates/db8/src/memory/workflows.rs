@@ -686,6 +686,7 @@ impl WorkflowRepository for MemoryStore {
     async fn changed_since(
         &self,
         since: DateTime<Utc>,
+        after: Option<WorkflowId>,
         limit: usize,
     ) -> Result<Vec<WorkflowView>, DbError> {
         let since = db_precision(since);
@@ -694,7 +695,10 @@ impl WorkflowRepository for MemoryStore {
             .workflows
             .by_id
             .values()
-            .filter(|w| w.updated_at >= since)
+            .filter(|w| match after {
+                None => w.updated_at >= since,
+                Some(a) => (w.updated_at, w.id) > (since, a),
+            })
             .collect();
         changed.sort_by_key(|w| (w.updated_at, w.id));
         Ok(changed.into_iter().take(limit).map(Wf::view).collect())

@@ -1009,6 +1009,7 @@ impl WorkflowRepository for PgStore {
     async fn changed_since(
         &self,
         since: DateTime<Utc>,
+        after: Option<WorkflowId>,
         limit: usize,
     ) -> Result<Vec<WorkflowView>, DbError> {
         let mut conn = self.conn().await?;
@@ -1029,9 +1030,10 @@ impl WorkflowRepository for PgStore {
                        WHERE ended_at IS NULL AND updated_at >= $1 \
                        UNION ALL \
                        SELECT * FROM orchestratorm8_workflow WHERE ended_at >= $1) w \
+                     WHERE $3::uuid IS NULL OR (updated_at, id) > ($1, $3) \
                      ORDER BY updated_at, id LIMIT $2"
                 ),
-                &[&since, &sql_limit(limit)],
+                &[&since, &sql_limit(limit), &after],
             )
             .await
             .map_err(|e| self.err(e))?;

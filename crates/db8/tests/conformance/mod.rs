@@ -1494,30 +1494,30 @@ pub async fn workflow_changed_since(s: &Stores) {
     create_a_second_apart(s, &xs).await;
     let ids = |v: Vec<model8::WorkflowView>| v.into_iter().map(|v| v.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(w.changed_since(t0(), 100).await.unwrap()),
+        ids(w.changed_since(t0(), None, 100).await.unwrap()),
         [xs[0].id, xs[1].id, xs[2].id]
     );
     assert_eq!(
-        ids(w.changed_since(t0() + secs(1), 100).await.unwrap()),
+        ids(w.changed_since(t0() + secs(1), None, 100).await.unwrap()),
         [xs[1].id, xs[2].id]
     );
     // A stage starting, a workflow ending: changes, oldest first.
     start(s, xs[0].id, "a", t0() + secs(10)).await;
     w.cancel(xs[1].id, t0() + secs(11)).await.unwrap();
     assert_eq!(
-        ids(w.changed_since(t0() + secs(5), 100).await.unwrap()),
+        ids(w.changed_since(t0() + secs(5), None, 100).await.unwrap()),
         [xs[0].id, xs[1].id]
     );
     assert_eq!(
-        ids(w.changed_since(t0() + secs(11), 100).await.unwrap()),
+        ids(w.changed_since(t0() + secs(11), None, 100).await.unwrap()),
         [xs[1].id]
     );
     assert_eq!(
-        ids(w.changed_since(t0() + secs(1), 1).await.unwrap()),
+        ids(w.changed_since(t0() + secs(1), None, 1).await.unwrap()),
         [xs[2].id]
     );
     assert!(
-        w.changed_since(t0() + secs(12), 100)
+        w.changed_since(t0() + secs(12), None, 100)
             .await
             .unwrap()
             .is_empty()
