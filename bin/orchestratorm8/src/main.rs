@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn config_is_accepted_anywhere_among_a_commands_options() {
-        let h = |a: &[&str]| hoist_config(a.to_vec());
+        fn h<'a>(a: &[&'a str]) -> Result<Vec<&'a str>, String> {
+            hoist_config(a.to_vec())
+        }
         assert_eq!(
             h(&[
                 "domains",
