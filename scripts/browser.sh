@@ -68,7 +68,7 @@ ensure_playwright() {
     local pkg="$REPO_ROOT/scripts/browser/package.json"
     need_cmd npm "install Node.js and npm (Debian: apt-get install nodejs npm)"
     if [[ ! -d "$dir/node_modules/playwright-core" ]] || ! cmp -s "$pkg" "$dir/package.json"; then
-        log "installing playwright-core from npm into ${dir#"$REPO_ROOT"/}"
+        log "installing playwright-core from npm into ${dir#"$REPO_ROOT"/}" >&2
         rm -rf "$dir"
         mkdir -p "$dir"
         cp "$pkg" "$dir/package.json"
@@ -87,9 +87,11 @@ start_server() {
     psql_admin -c "CREATE DATABASE $NAME" >/dev/null
     as_root rabbitmqctl -q add_vhost "$NAME" >/dev/null
     as_root rabbitmqctl -q set_permissions -p "$NAME" guest '.*' '.*' '.*' >/dev/null
-    # The demo's configuration (managed mode, short timeouts, open API) on this run's
-    # database and virtual host.
-    cp examples/configs/demo.yaml "$CONFIG"
+    # The demo's configuration (managed mode, short backoffs, open API) on this run's
+    # database and virtual host, with stage timeouts long enough that no job times out
+    # before the test starts its workers.
+    sed -E 's/timeout: 8s\b/timeout: 300s/' examples/configs/demo.yaml >"$CONFIG"
+    grep -q 'timeout: 300s' "$CONFIG" || die "examples/configs/demo.yaml changed: stage timeouts not found"
     export CPTM8_DEMO_DB="$NAME" CPTM8_DEMO_VHOST="$NAME"
     local bin="$TARGET/debug/orchestratorm8"
     "$bin" migrate --config "$CONFIG" >/dev/null
@@ -109,9 +111,7 @@ start_server() {
 }
 
 browser_test() {
-    ensure_chromium
-    local dir
-    dir="$(ensure_playwright)"
+    local dir="$REPO_ROOT/target/tools/node"
     # Run from the directory holding node_modules, so that the import resolves.
     cp scripts/browser/console.test.mjs "$dir/console.test.mjs"
     BASE="$BASE" CONFIG="$CONFIG" WORKER="$TARGET/debug/stage_worker" SHOTS="$OUT" \
@@ -131,6 +131,11 @@ schema_test() {
 }
 
 main() {
+    if ((BROWSER)); then
+        ensure_chromium
+        ensure_playwright >/dev/null
+    fi
+    if ((FUZZ)); then ensure_tools_venv >/dev/null; fi
     start_server
     local rc=0
     if ((BROWSER)); then browser_test || rc=1; fi

@@ -103,6 +103,15 @@ impl Wf {
         }
     }
 
+    /// The names of its completed stages.
+    fn completed_stages(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .filter(|s| s.status == StageStatus::Completed)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     fn stage_mut(&mut self, name: &str) -> Option<&mut Stage> {
         self.stages.iter_mut().find(|s| s.name == name)
     }
@@ -450,12 +459,7 @@ impl WorkflowRepository for MemoryStore {
         if detail.is_some() {
             s.detail = detail;
         }
-        let completed: Vec<String> = wf
-            .stages
-            .iter()
-            .filter(|s| s.status == StageStatus::Completed)
-            .map(|s| s.name.clone())
-            .collect();
+        let completed = wf.completed_stages();
         for s in &mut wf.stages {
             if s.status == StageStatus::Waiting
                 && s.depends_on.iter().all(|d| completed.contains(d))
@@ -650,12 +654,7 @@ impl WorkflowRepository for MemoryStore {
         wf.active_domain = single;
         wf.ended_at = None;
         wf.updated_at = now;
-        let completed: Vec<String> = wf
-            .stages
-            .iter()
-            .filter(|s| s.status == StageStatus::Completed)
-            .map(|s| s.name.clone())
-            .collect();
+        let completed = wf.completed_stages();
         wf.status = if completed.is_empty() {
             WorkflowStatus::Pending
         } else {

@@ -190,15 +190,20 @@ async fn create(s: &Stores, x: &NewWorkflow) {
         .unwrap();
 }
 
-async fn stage_status(s: &Stores, id: Uuid) -> Vec<(String, StageStatus, u32)> {
+/// The stages of workflow `id` as `view` maps them.
+async fn stages_as<T>(s: &Stores, id: Uuid, view: impl Fn(model8::StageView) -> T) -> Vec<T> {
     s.workflows
         .get(id)
         .await
         .unwrap()
         .stages
         .into_iter()
-        .map(|v| (v.name, v.status, v.attempt))
+        .map(view)
         .collect()
+}
+
+async fn stage_status(s: &Stores, id: Uuid) -> Vec<(String, StageStatus, u32)> {
+    stages_as(s, id, |v| (v.name, v.status, v.attempt)).await
 }
 
 async fn wf_status(s: &Stores, id: Uuid) -> WorkflowStatus {
@@ -1166,14 +1171,7 @@ async fn stage_times(
     id: Uuid,
 ) -> Vec<(Option<i64>, Option<i64>, Option<serde_json::Value>)> {
     let at = |t: Option<GoTime>| t.map(|t| (t.to_utc() - t0_stored()).num_seconds());
-    s.workflows
-        .get(id)
-        .await
-        .unwrap()
-        .stages
-        .into_iter()
-        .map(|v| (at(v.started_at), at(v.finished_at), v.detail))
-        .collect()
+    stages_as(s, id, |v| (at(v.started_at), at(v.finished_at), v.detail)).await
 }
 
 pub async fn workflow_stage_times_and_detail(s: &Stores) {
