@@ -10,7 +10,10 @@
 #   2. schemathesis (PyPI, pinned in scripts/tools-requirements.txt, in the tools venv)
 #      against the live server from GET /api/orchestratorm8/openapi.json: no 5xx and
 #      every response conforms to the document (the event stream, which never ends, is
-#      left out).
+#      left out). The check positive_data_acceptance is excluded: requests that match
+#      the schema are refused by design when they name domains that do not exist
+#      (scan now: 400), cursors the server did not write (400) or a transition the
+#      state does not allow (409).
 # Usage: bash scripts/browser.sh [--no-browser] [--no-schemathesis]
 set -euo pipefail
 
@@ -98,7 +101,9 @@ start_server() {
     for d in alpha.example beta.example gamma.example; do
         "$bin" domains add "$d" --company ACME --config "$CONFIG" >/dev/null
     done
-    run_detached "$OUT/orchestratorm8.log" "$bin" launch --ip 127.0.0.1 --port "$PORT" --config "$CONFIG" &
+    # Started directly (not in a subshell), so that $! is the service's pid; the
+    # shared lock's descriptor is not inherited.
+    "$bin" launch --ip 127.0.0.1 --port "$PORT" --config "$CONFIG" </dev/null >"$OUT/orchestratorm8.log" 2>&1 8>&- &
     ORCH_PID=$!
     local start
     start="$(now_ms)"
@@ -124,10 +129,11 @@ schema_test() {
     "$bin/schemathesis" run "$BASE/api/orchestratorm8/openapi.json" \
         --url "$BASE" \
         --checks all \
+        --exclude-checks positive_data_acceptance \
         --exclude-path /api/orchestratorm8/events \
         --max-examples 30 \
         --request-timeout 10 \
-        --max-time 240
+        --max-time 150
 }
 
 main() {

@@ -268,7 +268,7 @@ pub fn routes(state: HttpState) -> BoxedFilter<(Response,)> {
             finish(&s, "console.css", async { Ok(console::style()) }).await
         });
 
-    health
+    let all = health
         .or(ready)
         .unify()
         .or(metrics_route)
@@ -299,7 +299,40 @@ pub fn routes(state: HttpState) -> BoxedFilter<(Response,)> {
                 Ok::<_, Infallible>(res)
             }
         })
-        .unify()
-        .map(secure)
+        .unify();
+    warp::path::full()
+        .and(all)
+        .map(|path: warp::path::FullPath, res: Response| secure(allow(path.as_str(), res)))
         .boxed()
+}
+
+/// The methods [`ROUTES`] serve on `path` (`{id}` matching any one segment).
+fn methods_of(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut methods: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|r| {
+            let template: Vec<&str> = r.path.trim_end_matches('/').split('/').collect();
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (*t == "{id}" && !s.is_empty()))
+        })
+        .map(|r| if r.method == "get" { "GET" } else { "POST" })
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    methods
+}
+
+/// Adds `Allow` to a 405 (RFC 9110): the methods the path is served with.
+fn allow(path: &str, mut res: Response) -> Response {
+    if res.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+        let methods = methods_of(path).join(", ");
+        if let Ok(v) = warp::http::HeaderValue::from_str(&methods) {
+            res.headers_mut().insert(warp::http::header::ALLOW, v);
+        }
+    }
+    res
 }

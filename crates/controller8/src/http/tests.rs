@@ -509,17 +509,18 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
             .await
             .assert_error(StatusCode::NOT_FOUND, "not_found");
     }
-    for (method, path) in [
-        ("POST", "/health".to_owned()),
-        ("DELETE", "/ready".to_owned()),
-        ("PUT", "/metrics".to_owned()),
-        ("DELETE", API.to_owned()),
-        ("POST", format!("{API}/{}", Uuid::new_v4())),
-        ("GET", format!("{API}/{}/cancel", Uuid::new_v4())),
+    for (method, path, allow) in [
+        ("POST", "/health".to_owned(), "GET"),
+        ("DELETE", "/ready".to_owned(), "GET"),
+        ("PUT", "/metrics".to_owned(), "GET"),
+        ("TRACE", "/".to_owned(), "GET"),
+        ("DELETE", API.to_owned(), "GET, POST"),
+        ("POST", format!("{API}/{}", Uuid::new_v4()), "GET"),
+        ("GET", format!("{API}/{}/cancel", Uuid::new_v4()), "POST"),
     ] {
-        send(&routes, method, &path, |r| r)
-            .await
-            .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        let r = send(&routes, method, &path, |r| r).await;
+        r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        assert_eq!(r.headers.get("allow").unwrap(), allow, "{method} {path}");
     }
 }
 
