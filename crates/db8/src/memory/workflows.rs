@@ -108,6 +108,15 @@ impl Wf {
         }
     }
 
+    /// The names of its completed stages.
+    fn completed_stages(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .filter(|s| s.status == StageStatus::Completed)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     fn stage_mut(&mut self, name: &str) -> Option<&mut Stage> {
         self.stages.iter_mut().find(|s| s.name == name)
     }
@@ -456,12 +465,7 @@ impl WorkflowRepository for MemoryStore {
         if detail.is_some() {
             s.detail = detail;
         }
-        let completed: Vec<String> = wf
-            .stages
-            .iter()
-            .filter(|s| s.status == StageStatus::Completed)
-            .map(|s| s.name.clone())
-            .collect();
+        let completed = wf.completed_stages();
         for s in &mut wf.stages {
             if s.status == StageStatus::Waiting
                 && s.depends_on.iter().all(|d| completed.contains(d))
@@ -551,11 +555,26 @@ impl WorkflowRepository for MemoryStore {
 
     async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError> {
         let state = self.state()?;
+        let after = filter.after.map(|c| (db_precision(c.created_at), c.id));
         let mut all: Vec<&Wf> = state
             .workflows
             .by_id
             .values()
             .filter(|w| filter.status.is_none_or(|s| w.status == s))
+            .filter(|w| filter.kind.is_none_or(|k| w.kind == k))
+            .filter(|w| {
+                filter
+                    .domain
+                    .as_ref()
+                    .is_none_or(|n| w.domains.iter().any(|d| &d.name == n))
+            })
+            .filter(|w| {
+                filter
+                    .company
+                    .as_ref()
+                    .is_none_or(|c| w.domains.iter().any(|d| &d.companyname == c))
+            })
+            .filter(|w| after.is_none_or(|a| (w.created_at, w.id) < a))
             .collect();
         all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         Ok(all
@@ -607,6 +626,87 @@ impl WorkflowRepository for MemoryStore {
         };
         wf.updated_at = now;
         Ok(wf.view())
+    }
+
+    async fn retry(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let wf = wfs.get(id)?;
+        if !matches!(
+            wf.status,
+            WorkflowStatus::Failed | WorkflowStatus::Cancelled
+        ) {
+            return Err(invalid_state(id, "retry", wf.status));
+        }
+        if wf.kind != WorkflowKind::Managed {
+            return Err(DbError::InvalidState(format!(
+                "cannot retry workflow {id}: it is an observed cycle"
+            )));
+        }
+        let single = match wf.domains.as_slice() {
+            [only] => Some(only.id),
+            _ => None,
+        };
+        if let Some(d) = single {
+            if wfs.active_single.contains_key(&d) {
+                return Err(DbError::Conflict(format!(
+                    "cannot retry workflow {id}: its domain has another active workflow"
+                )));
+            }
+            wfs.active_single.insert(d, id);
+        }
+        let wf = wfs.get_mut(id)?;
+        wf.active_domain = single;
+        wf.ended_at = None;
+        wf.updated_at = now;
+        let completed = wf.completed_stages();
+        wf.status = if completed.is_empty() {
+            WorkflowStatus::Pending
+        } else {
+            WorkflowStatus::Running
+        };
+        for s in wf
+            .stages
+            .iter_mut()
+            .filter(|s| s.status != StageStatus::Completed)
+        {
+            let due = s.depends_on.iter().all(|d| completed.contains(d));
+            s.status = if due {
+                StageStatus::Pending
+            } else {
+                StageStatus::Waiting
+            };
+            s.attempt = 0;
+            s.not_before = due.then_some(now);
+            s.deadline = None;
+            s.clear_claim();
+            s.detail = None;
+            s.started_at = None;
+            s.finished_at = None;
+        }
+        Ok(wf.view())
+    }
+
+    async fn changed_since(
+        &self,
+        since: DateTime<Utc>,
+        after: Option<WorkflowId>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowView>, DbError> {
+        let since = db_precision(since);
+        let state = self.state()?;
+        let mut changed: Vec<&Wf> = state
+            .workflows
+            .by_id
+            .values()
+            .filter(|w| match after {
+                None => w.updated_at >= since,
+                Some(a) => (w.updated_at, w.id) > (since, a),
+            })
+            .collect();
+        changed.sort_by_key(|w| (w.updated_at, w.id));
+        Ok(changed.into_iter().take(limit).map(Wf::view).collect())
     }
 }
 
