@@ -160,6 +160,15 @@ async fn two_full_cycles_recorded_in_ring_order_with_durations() {
                 .contains("scanned 1 targets")
         );
     }
+    // The API's kind filter lists them, and only them.
+    let (status, listed) = svc
+        .get("/api/orchestratorm8/workflows?kind=observed&status=completed")
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed.as_array().unwrap();
+    assert!(listed.len() >= 2 && listed.iter().all(|w| w["kind"] == "observed"));
+    let (_, managed) = svc.get("/api/orchestratorm8/workflows?kind=managed").await;
+    assert_eq!(managed.as_array().map(Vec::len), Some(0), "{managed}");
     let m = metrics(&svc).await;
     assert!(metric(&m, "orchestratorm8_ring_cycles_total{status=\"completed\"}") >= 2.0);
     assert!(
