@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::bootstrap::Bootstrap;
 use crate::clock::Clock;
 use crate::engine::backoff::Pressure;
+use crate::engine::error_feed::ErrorFeedHandler;
 use crate::engine::results::ResultHandler;
 use crate::engine::starter::EngineScanNow;
 use crate::engine::{Engine, EngineParts};
@@ -23,7 +24,9 @@ use crate::metrics::Metrics;
 use crate::role::{Role, RoleWatch};
 use crate::scan_now::ScanNow;
 use crate::scheduler;
-use crate::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, topology};
+use crate::topology::{
+    CHAIN_NOTIFY_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, has_chain_stage, topology,
+};
 use crate::tuning::Tuning;
 use crate::waking::WakingWorkflows;
 
@@ -205,6 +208,24 @@ impl Controller {
         } else {
             None
         };
+        // Chain stages: the platform's error notifications, for empty reports.
+        let error_feed = if mode == SchedulerMode::Managed && has_chain_stage(&settings) {
+            let options = ConsumeOptions {
+                queue: CHAIN_NOTIFY_QUEUE.into(),
+                tag: "corchestratorm8-notifications".into(),
+                prefetch: self.engine.tuning.result_prefetch,
+                autoack: false,
+                max_redeliveries: self.engine.tuning.max_redeliveries,
+                dead_letter: None,
+            };
+            let handler = Arc::new(ErrorFeedHandler::new(self.engine.clone()));
+            match self.consume_retrying(options, handler).await? {
+                Some(c) => Some(c),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
 
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         // Leadership is given up last, after the work in progress is finished.
@@ -235,6 +256,9 @@ impl Controller {
         let grace = engine.tuning.shutdown_grace;
         let stop_consumer = async {
             if let Some(c) = &consumer {
+                c.stop(grace).await;
+            }
+            if let Some(c) = &error_feed {
                 c.stop(grace).await;
             }
         };
@@ -332,6 +356,16 @@ impl Controller {
             dead_letter: Some((DEAD_LETTER_EXCHANGE.into(), DEAD_LETTER_ROUTING_KEY.into())),
         };
         let handler = Arc::new(ResultHandler::new(self.engine.clone()));
+        self.consume_retrying(options, handler).await
+    }
+
+    /// Starts a consumer, retrying while RabbitMQ is unavailable. `Ok(None)` when
+    /// shutdown came first.
+    async fn consume_retrying(
+        &self,
+        options: ConsumeOptions,
+        handler: Arc<dyn amqp8::Handler>,
+    ) -> Result<Option<ConsumerHandle>, ControllerError> {
         let mut shutdown = self.engine.shutdown.clone();
         let mut failures = Pressure::default();
         loop {
@@ -342,15 +376,15 @@ impl Controller {
             match attempt {
                 Ok(c) => {
                     tracing::info!(
-                        queue = RESULT_QUEUE,
+                        queue = %options.queue,
                         prefetch = options.prefetch,
-                        "consuming stage results"
+                        "consuming"
                     );
                     return Ok(Some(c));
                 }
                 Err(e) if e.is_transient() => {
                     let d = failures.refused();
-                    tracing::warn!(error = %e, retry_in = ?d, "cannot start the result consumer; retrying");
+                    tracing::warn!(queue = %options.queue, error = %e, retry_in = ?d, "cannot start a consumer; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
                         _ = shutdown.wait_for(|s| *s) => return Ok(None),
@@ -358,7 +392,7 @@ impl Controller {
                 }
                 Err(source) => {
                     return Err(ControllerError::Consume {
-                        queue: RESULT_QUEUE.into(),
+                        queue: options.queue.clone(),
                         source,
                     });
                 }

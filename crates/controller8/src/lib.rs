@@ -32,8 +32,9 @@ pub use metrics::{Metrics, ScrapeSnapshot};
 pub use role::{Role, RoleWatch};
 pub use scan_now::{ScanNow, ScanNowError};
 pub use topology::{
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, DEAD_LETTER_ROUTING_KEY, KICKOFF_ROUTING_KEY,
-    NOTIFICATION_EXCHANGE, NOTIFY_COMPLETED_KEY, NOTIFY_FAILED_KEY, RESULT_BINDING,
-    RESULT_EXCHANGE, kickoff_exchange, topology,
+    CHAIN_NOTIFY_QUEUE, CHAIN_NOTIFY_TTL_MS, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE,
+    DEAD_LETTER_ROUTING_KEY, KICKOFF_ROUTING_KEY, NOTIFICATION_EXCHANGE, NOTIFY_COMPLETED_KEY,
+    NOTIFY_FAILED_KEY, RESULT_BINDING, RESULT_EXCHANGE, has_chain_stage, kickoff_exchange,
+    topology,
 };
 pub use tuning::Tuning;
