@@ -8,22 +8,25 @@
 //!   `cptm8.orchestratorm8.<stage>.<completed|failed>` with publisher confirms
 //!   ([`report`]), and acks the job only once the report is confirmed
 //!   ([`stage_worker::StageWorker`]).
-//! - `go_style_worker`: behaves like the Go services in bootstrap mode: no reports; it
-//!   chains to the next stages by publishing their `get.scan` ([`chain_worker`]).
+//! - `go_scanners`: faithful stand-ins for the platform's Go scanners (asmm8, naabum8,
+//!   katanam8, num8), all four from one command: their own queues with the Go
+//!   arguments, payload ignored, targets read from PostgreSQL, the `Publisher` message
+//!   at the end (the ring by default), failures on demand ([`scanner`]).
 //! - `demo_monitor`: polls the workflow API and draws the demo's progress table
 //!   ([`monitor`]); std and `serde_json` only, with a raw HTTP/1.1 GET.
 //!
 //! `docs/EMBEDDING.md` walks through this code step by step.
 //!
-//! Architecture invariant: depends only on `model8`, `config8`, `log8` and `amqp8` among
-//! our crates (checked by `bin/orchestratorm8/tests/architecture.rs`); what a sibling
+//! Architecture invariant: depends only on `model8`, `config8`, `log8`, `amqp8` and
+//! `db8` (the scanner stand-ins read their targets as the Go scanners do) among our
+//! crates (checked by `bin/orchestratorm8/tests/architecture.rs`); what a sibling
 //! service can do, these examples do with the public APIs alone.
 
-pub mod chain_worker;
 pub mod monitor;
 pub mod report;
 pub mod runner;
 pub mod scan;
+pub mod scanner;
 pub mod shutdown;
 pub mod stage_worker;
 pub mod topology;

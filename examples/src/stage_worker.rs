@@ -234,7 +234,7 @@ impl StageWorker {
             .map_err(|e| format!("not a stage job envelope: {e}"))?;
         let job = envelope.payload.ok_or_else(|| {
             format!(
-                "message from {:?} on {:?} has no payload: a bootstrap-mode kick-off? This worker serves managed mode (see go_style_worker for bootstrap mode)",
+                "message from {:?} on {:?} has no payload: a bootstrap-mode kick-off? This worker serves managed mode (see go_scanners for the Go scanners)",
                 envelope.source, m.routing_key
             )
         })?;

@@ -1,4 +1,4 @@
-//! The command line the simulated workers share (`stage_worker`, `go_style_worker`).
+//! The command line the simulated stage workers share (`stage_worker`).
 //!
 //! argh has no `flatten`, so the shared options come into each worker's own
 //! `#[derive(FromArgs)]` struct through [`worker_args!`](crate::worker_args!), next to the

@@ -3,12 +3,11 @@
 //! dead-lettered, in-flight jobs requeued at shutdown. Every name is unique to the
 //! test; every test holds the shared lock on /tmp/cptm8-services.lock.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use amqp8::{
     Broker, ConsumeOptions, ConsumerHandle, Decision, Message, OutgoingMessage, RabbitBroker,
@@ -19,21 +18,8 @@ use model8::{AmqpM8Message, DomainRef, StageJob, StageResult};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-struct ServiceLock(#[allow(dead_code)] File);
-
-fn lock_shared() -> ServiceLock {
-    let f = File::options()
-        .create(true)
-        .append(true)
-        .open("/tmp/cptm8-services.lock")
-        .expect("open the service lock file");
-    f.lock_shared().expect("shared lock");
-    ServiceLock(f)
-}
-
-static N: AtomicU64 = AtomicU64::new(0);
+mod support;
+use support::{N, WAIT, Worker, lock_shared, next, wait_queue};
 
 /// A stage name no other test or run uses (letters and digits only).
 fn unique_stage() -> String {
@@ -68,67 +54,6 @@ fn write_config(dir: &Path, stages: &[&str]) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-/// A worker process, killed if the test ends before it does.
-struct Worker {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(bin: &str, dir: &Path, args: &[&str]) -> Worker {
-        let log = dir.join(format!("{}.log", N.fetch_add(1, Ordering::Relaxed)));
-        let out = File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start the worker");
-        Worker {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success());
-    }
-
-    /// Waits (with a deadline) for the process to exit.
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker still running after {timeout:?}; its output:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 async fn broker() -> Arc<RabbitBroker> {
@@ -174,40 +99,6 @@ async fn collect(
         .await
         .unwrap();
     (rx, h)
-}
-
-async fn next(rx: &mut mpsc::UnboundedReceiver<Message>, worker: &Worker) -> Message {
-    match tokio::time::timeout(WAIT, rx.recv()).await {
-        Ok(Some(m)) => m,
-        _ => panic!(
-            "nothing arrived within {WAIT:?}; worker output:\n{}",
-            worker.output()
-        ),
-    }
-}
-
-/// Polls `condition` on queue `q`'s counts until it holds or the deadline passes.
-async fn wait_queue(
-    b: &RabbitBroker,
-    q: &str,
-    what: &str,
-    condition: impl Fn(u32, u32) -> bool,
-    worker: &Worker,
-) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(i) = b.queue_info(q).await
-            && condition(i.messages, i.consumers)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue {q}: {what} not reached within {WAIT:?}; worker output:\n{}",
-            worker.output()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn job_body(stage: &str, workflow: Uuid, attempt: u32) -> Vec<u8> {
@@ -480,50 +371,6 @@ async fn sigterm_returns_an_unfinished_job_to_the_queue_and_exits_cleanly() {
     b.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn go_style_worker_chains_to_the_next_stage() {
-    let _lock = lock_shared();
-    let dir = tempfile::tempdir().unwrap();
-    let first = unique_stage();
-    let second = unique_stage();
-    let config = write_config(dir.path(), &[&first, &second]);
-    let b = broker().await;
-    let (mut kicked, kicked_consumer) =
-        collect(&b, &format!("k{second}"), &format!("cptm8.{second}.#")).await;
-    let w = Worker::start(
-        env!("CARGO_BIN_EXE_go_style_worker"),
-        dir.path(),
-        &[
-            "--stage",
-            &first,
-            "--next",
-            &second,
-            "--config",
-            config.to_str().unwrap(),
-            "--min-ms",
-            "0",
-            "--max-ms",
-            "0",
-        ],
-    );
-    // The Go kick-off: no payload.
-    let kickoff = AmqpM8Message::<serde_json::Value>::new(format!("cptm8.{first}.get.scan"), None)
-        .to_vec()
-        .unwrap();
-    publish(&b, &format!("cptm8.{first}.get.scan"), kickoff).await;
-    let m = next(&mut kicked, &w).await;
-    let env = AmqpM8Message::<serde_json::Value>::from_slice(&m.body).unwrap();
-    assert_eq!(env.channel, format!("cptm8.{second}.get.scan"));
-    assert_eq!(env.source, first);
-    assert_eq!(env.payload, None);
-    let q = format!("q{first}");
-    wait_queue(&b, &q, "kick-off acked", |m, _| m == 0, &w).await;
-    drop(w);
-    kicked_consumer.stop(Duration::from_secs(1)).await;
-    cleanup(&b, &[q.clone(), format!("{q}.dlq"), format!("k{second}")]).await;
-    b.close().await;
-}
-
 #[test]
 fn bad_flags_and_configuration_exit_2_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -560,11 +407,23 @@ fn bad_flags_and_configuration_exit_2_naming_the_problem() {
     assert_eq!(code, Some(2), "{err}");
     let missing = dir.path().join("nope.yaml");
     let (code, err) = run(
-        env!("CARGO_BIN_EXE_go_style_worker"),
-        &["--stage", "asmm8", "--config", missing.to_str().unwrap()],
+        env!("CARGO_BIN_EXE_go_scanners"),
+        &["--config", missing.to_str().unwrap()],
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("nope.yaml"), "{err}");
+    let (code, err) = run(
+        env!("CARGO_BIN_EXE_go_scanners"),
+        &["--config", c, "--fail", "naabum8:boom:1"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown kind"), "{err}");
+    let (code, err) = run(
+        env!("CARGO_BIN_EXE_go_scanners"),
+        &["--config", c, "--publisher", "zz=cptm8,k,zz"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("zz is not a scanner"), "{err}");
     let (code, err) = run(env!("CARGO_BIN_EXE_demo_monitor"), &["--url", "https://x"]);
     assert_eq!(code, Some(2), "{err}");
     let (code, err) = run(

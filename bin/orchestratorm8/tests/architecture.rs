@@ -68,7 +68,10 @@ fn crate_dependency_rules_hold() {
         ("db8", &["model8", "config8"]),
         ("amqp8", &["model8", "config8"]),
         ("controller8", &["model8", "config8", "db8", "amqp8"]),
-        ("cptm8-examples", &["model8", "config8", "log8", "amqp8"]),
+        (
+            "cptm8-examples",
+            &["model8", "config8", "log8", "amqp8", "db8"],
+        ),
     ];
     for (krate, ok) in allowed {
         let (ours, _) = pkgs

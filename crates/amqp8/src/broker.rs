@@ -67,6 +67,9 @@ pub struct OutgoingMessage {
     pub mandatory: bool,
     /// Extra headers (e.g. `x-death-reason` on dead-lettered copies).
     pub headers: BTreeMap<String, String>,
+    /// The AMQP `app_id` property, when set (the Go services' hard-coded failover
+    /// message carries `app_id: "asmm8"`).
+    pub app_id: Option<String>,
 }
 
 impl OutgoingMessage {
@@ -78,6 +81,7 @@ impl OutgoingMessage {
             body,
             mandatory: true,
             headers: BTreeMap::new(),
+            app_id: None,
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct Delivery {
     pub delivery_count: Option<u64>,
     /// String headers.
     pub headers: BTreeMap<String, String>,
+    /// The AMQP `app_id` property, when the publisher set one.
+    pub app_id: Option<String>,
     /// Settles the delivery; taken by [`Delivery::defer`].
     pub(crate) acker: Option<Box<dyn Acker>>,
 }
@@ -154,6 +160,7 @@ impl Delivery {
             redelivered,
             delivery_count: None,
             headers: BTreeMap::new(),
+            app_id: None,
             acker: Some(acker),
         }
     }

@@ -23,6 +23,8 @@ pub struct Message {
     pub delivery_count: Option<u64>,
     /// String headers.
     pub headers: BTreeMap<String, String>,
+    /// See [`Delivery::app_id`].
+    pub app_id: Option<String>,
 }
 
 /// A [`Handler`] made of a closure; see [`handler_fn`].
@@ -62,6 +64,7 @@ where
             redelivered: delivery.redelivered,
             delivery_count: delivery.delivery_count,
             headers: delivery.headers.clone(),
+            app_id: delivery.app_id.clone(),
         };
         (self.0)(message).await
     }

@@ -123,7 +123,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ChangeReport {
         "Scheduler",
         old.scheduler,
         new.scheduler,
-        [mode]
+        [mode, observe, heal]
     );
     fields!(live, "Scheduler", old.scheduler, new.scheduler, [interval]);
 

@@ -89,6 +89,8 @@ pub(crate) fn settings(ctx: &mut Ctx, root: Value) -> Settings {
             d.scheduler.interval,
             duration_at_least(Duration::from_secs(1)),
         ),
+        observe: sched.get(ctx, "observe", d.scheduler.observe, boolean),
+        heal: sched.get(ctx, "heal", d.scheduler.heal, boolean),
     };
     sched.finish(ctx);
 

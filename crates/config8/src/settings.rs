@@ -268,6 +268,12 @@ pub struct SchedulerSettings {
     /// `interval`: poll period (15 min); the first check runs at start.
     #[serde(serialize_with = "crate::duration::serialize")]
     pub interval: Duration,
+    /// `observe` (default true): in bootstrap mode, follow the scanners' own ring
+    /// (CONTRACT 3c) through a queue of the orchestrator's own.
+    pub observe: bool,
+    /// `heal` (default false): in bootstrap mode, the leader re-kicks a stalled stage
+    /// (`max_attempts`, backoff), then kicks the next one.
+    pub heal: bool,
 }
 
 /// `Scheduler.mode`.
@@ -601,11 +607,13 @@ impl Default for RabbitPoolSettings {
 }
 
 impl Default for SchedulerSettings {
-    /// bootstrap, every 15 min.
+    /// bootstrap, every 15 min, observing the ring, not healing it.
     fn default() -> Self {
         SchedulerSettings {
             mode: SchedulerMode::default(),
             interval: Duration::from_secs(15 * 60),
+            observe: true,
+            heal: false,
         }
     }
 }

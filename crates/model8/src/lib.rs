@@ -43,5 +43,5 @@ pub use notification::{
 pub use time::GoTime;
 pub use workflow::{
     DomainRef, RESULT_QUEUE, RoutingKeyError, StageJob, StageOutcome, StageResult, StageStatus,
-    StageView, WorkflowId, WorkflowStatus, WorkflowView,
+    StageView, WorkflowId, WorkflowKind, WorkflowStatus, WorkflowView,
 };

@@ -33,6 +33,17 @@ pub enum WorkflowStatus {
     Cancelled,
 }
 
+/// Whether orchestratorm8 runs a workflow or only watches one (CONTRACT section 5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkflowKind {
+    /// Managed mode: orchestratorm8 publishes the stage jobs and applies the results.
+    #[default]
+    Managed,
+    /// Bootstrap mode: a cycle of the scanners' ring, observed on the wire.
+    Observed,
+}
+
 /// Lifecycle of one stage of a workflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +94,7 @@ str_enum!(WorkflowStatus, "workflow status",
 str_enum!(StageStatus, "stage status",
     Waiting => "waiting", Pending => "pending", Running => "running",
     Completed => "completed", Failed => "failed", Cancelled => "cancelled");
+str_enum!(WorkflowKind, "workflow kind", Managed => "managed", Observed => "observed");
 str_enum!(StageOutcome, "stage outcome", Completed => "completed", Failed => "failed");
 
 impl WorkflowStatus {
@@ -190,6 +202,15 @@ pub struct StageView {
     pub status: StageStatus,
     /// Attempts made so far (0 before the first publish).
     pub attempt: u32,
+    /// When the current (last) attempt started running; `null` before the first.
+    pub started_at: Option<GoTime>,
+    /// When the last attempt ended (completed, failed, or the stage was cancelled);
+    /// `null` while it runs or before it started.
+    pub finished_at: Option<GoTime>,
+    /// The worker's or scanner's last detail, or the reason of the last failure
+    /// (a time-out); `null` when none was given. Free-form text or JSON: render as
+    /// text.
+    pub detail: Option<serde_json::Value>,
 }
 
 /// A workflow as the API shows it.
@@ -197,6 +218,8 @@ pub struct StageView {
 pub struct WorkflowView {
     /// Workflow id.
     pub id: WorkflowId,
+    /// Managed (run by orchestratorm8) or observed (a bootstrap-mode ring cycle).
+    pub kind: WorkflowKind,
     /// Current status.
     pub status: WorkflowStatus,
     /// Creation time.

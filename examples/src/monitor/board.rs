@@ -267,6 +267,7 @@ mod tests {
 
     fn view(id: u128, status: WorkflowStatus, stages: &[(&str, StageStatus, u32)]) -> WorkflowView {
         WorkflowView {
+            kind: model8::WorkflowKind::Managed,
             id: WorkflowId::from_u128(id),
             status,
             created_at: "2025-11-19T10:00:00Z".parse().unwrap(),
@@ -278,6 +279,9 @@ mod tests {
                     name: (*n).into(),
                     status: *s,
                     attempt: *a,
+                    started_at: None,
+                    finished_at: None,
+                    detail: None,
                 })
                 .collect(),
         }

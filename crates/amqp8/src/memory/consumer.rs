@@ -141,6 +141,7 @@ impl Run {
                     Box::new(acker),
                 );
                 delivery.headers = message.headers;
+                delivery.app_id = message.app_id;
                 if quorum && message.returned > 0 {
                     delivery.delivery_count = Some(message.returned);
                 }

@@ -370,6 +370,7 @@ impl MemoryBroker {
                 message.body.clone(),
             );
             stored.headers = message.headers.clone();
+            stored.app_id = message.app_id.clone();
             let nack = self
                 .inner
                 .nack_publishes

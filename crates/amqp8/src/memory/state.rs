@@ -19,6 +19,8 @@ pub struct StoredMessage {
     pub body: Vec<u8>,
     /// Headers.
     pub headers: BTreeMap<String, String>,
+    /// The AMQP `app_id` property.
+    pub app_id: Option<String>,
     /// Delivered before and returned to the queue.
     pub redelivered: bool,
     /// Times it was returned to the queue (what quorum queues report as
@@ -40,6 +42,7 @@ impl StoredMessage {
             routing_key: routing_key.into(),
             body: body.into(),
             headers: BTreeMap::new(),
+            app_id: None,
             redelivered: false,
             returned: 0,
             message_id: String::new(),

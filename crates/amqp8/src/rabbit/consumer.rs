@@ -374,6 +374,7 @@ impl Supervisor {
         );
         delivery.headers = headers;
         delivery.delivery_count = delivery_count;
+        delivery.app_id = props.app_id().cloned();
         Some((delivery, key))
     }
 
@@ -512,6 +513,7 @@ impl Acker for RabbitAcker {
             body: self.copy.body.clone(),
             mandatory: true,
             headers,
+            app_id: None,
         };
         match self.context.shared.publish(copy).await {
             Ok(PublishOutcome::Confirmed) => {

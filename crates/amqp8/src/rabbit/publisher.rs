@@ -91,6 +91,10 @@ pub(crate) fn prepare(ids: &MessageIds, m: OutgoingMessage) -> Result<Prepared, 
     if !m.headers.is_empty() {
         props.with_headers(fields::headers(&m.headers)?);
     }
+    if let Some(app_id) = &m.app_id {
+        fields::short("app_id", app_id)?;
+        props.with_app_id(app_id);
+    }
     Ok(Prepared {
         exchange: m.exchange,
         routing_key: m.routing_key,

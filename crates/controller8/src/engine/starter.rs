@@ -29,6 +29,7 @@ use crate::scan_now::{ScanNow, ScanNowError};
 fn created_view(new: &NewWorkflow, now: DateTime<Utc>) -> WorkflowView {
     let at = GoTime::from_utc(micros(now));
     WorkflowView {
+        kind: model8::WorkflowKind::Managed,
         id: new.id,
         status: WorkflowStatus::Pending,
         created_at: at,
@@ -45,6 +46,9 @@ fn created_view(new: &NewWorkflow, now: DateTime<Utc>) -> WorkflowView {
                     StageStatus::Waiting
                 },
                 attempt: 0,
+                started_at: None,
+                finished_at: None,
+                detail: None,
             })
             .collect(),
     }

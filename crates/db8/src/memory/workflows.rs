@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use model8::{DomainRef, GoTime, StageStatus, StageView, WorkflowId, WorkflowStatus, WorkflowView};
+use model8::{
+    DomainRef, GoTime, StageStatus, StageView, WorkflowId, WorkflowKind, WorkflowStatus,
+    WorkflowView,
+};
 use uuid::Uuid;
 
 use super::MemoryStore;
@@ -33,6 +36,7 @@ pub(super) struct Workflows {
 
 struct Wf {
     id: WorkflowId,
+    kind: WorkflowKind,
     status: WorkflowStatus,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -52,6 +56,8 @@ struct Stage {
     claim_owner: Option<Uuid>,
     claim_until: Option<DateTime<Utc>>,
     detail: Option<serde_json::Value>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
 }
 
 impl Stage {
@@ -77,6 +83,7 @@ impl Wf {
     fn view(&self) -> WorkflowView {
         WorkflowView {
             id: self.id,
+            kind: self.kind,
             status: self.status,
             created_at: GoTime::from_utc(self.created_at),
             updated_at: GoTime::from_utc(self.updated_at),
@@ -88,6 +95,9 @@ impl Wf {
                     name: s.name.clone(),
                     status: s.status,
                     attempt: s.attempt,
+                    started_at: s.started_at.map(GoTime::from_utc),
+                    finished_at: s.finished_at.map(GoTime::from_utc),
+                    detail: s.detail.clone(),
                 })
                 .collect(),
         }
@@ -120,6 +130,10 @@ impl Workflows {
                 s.status = StageStatus::Cancelled;
                 s.deadline = None;
                 s.clear_claim();
+                // A stage the PostgreSQL store has a row for (one that was ever due).
+                if s.not_before.is_some() || s.attempt > 0 {
+                    s.finished_at = Some(now);
+                }
             }
         }
         if let Some(d) = wf.active_domain.take() {
@@ -205,6 +219,8 @@ impl MemoryStore {
                         claim_owner: claim.filter(|_| claimed).map(|c| c.owner),
                         claim_until: until.filter(|_| claimed),
                         detail: None,
+                        started_at: None,
+                        finished_at: None,
                     }
                 })
                 .collect();
@@ -212,6 +228,7 @@ impl MemoryStore {
                 new.id,
                 Wf {
                     id: new.id,
+                    kind: WorkflowKind::Managed,
                     status: WorkflowStatus::Pending,
                     created_at: now,
                     updated_at: now,
@@ -378,6 +395,8 @@ impl WorkflowRepository for MemoryStore {
             s.attempt = key.attempt;
             s.deadline = Some(deadline);
             s.clear_claim();
+            s.started_at = Some(now);
+            s.finished_at = None;
             if wf.status == WorkflowStatus::Pending {
                 wf.status = WorkflowStatus::Running;
             }
@@ -427,6 +446,7 @@ impl WorkflowRepository for MemoryStore {
         };
         s.status = StageStatus::Completed;
         s.deadline = None;
+        s.finished_at = Some(now);
         if detail.is_some() {
             s.detail = detail;
         }
@@ -474,6 +494,7 @@ impl WorkflowRepository for MemoryStore {
             s.detail = detail;
         }
         s.deadline = None;
+        s.finished_at = Some(now);
         match retry_at {
             Some(at) => {
                 let at = db_precision(at);

@@ -38,6 +38,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "cheaper dispatch",
         sql: include_str!("migrations/0004_cheaper_dispatch.sql"),
     },
+    Migration {
+        version: 5,
+        name: "workflow kind and stage times",
+        sql: include_str!("migrations/0005_workflow_kind_stage_times.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).

@@ -51,6 +51,10 @@ fn plan_text(wf: &NewWorkflow) -> String {
     out
 }
 
+/// The columns of a workflow row its view starts from, in the order
+/// [`PgStore::views`] reads them.
+const HEAD: &str = "id, status, created_at, updated_at, kind";
+
 /// Statuses of a workflow that is not over.
 const ACTIVE: &str = "('pending', 'running', 'paused')";
 
@@ -164,7 +168,7 @@ impl PgStore {
         .map_err(|e| self.err(e))?;
         tx.execute(
             "UPDATE orchestratorm8_stage_run SET status = 'cancelled', deadline = NULL, \
-             claim_owner = NULL, claim_until = NULL, updated_at = $2 \
+             claim_owner = NULL, claim_until = NULL, updated_at = $2, finished_at = $2 \
              WHERE workflow_id = $1 AND status IN ('waiting', 'pending', 'running')",
             &[&id, &now],
         )
@@ -174,7 +178,7 @@ impl PgStore {
     }
 
     /// Completes the views of the workflow rows `heads` (id, status, created_at,
-    /// updated_at), keeping their order.
+    /// updated_at, kind: [`HEAD`]), keeping their order.
     async fn views(
         &self,
         tx: &Transaction<'_>,
@@ -200,14 +204,15 @@ impl PgStore {
         let sql = format!(
             "SELECT w.id, split_part(p.e, E'\\x{us:02x}', 1), \
                coalesce(s.status, CASE WHEN w.ended_at IS NULL THEN 'waiting' ELSE 'cancelled' END), \
-               coalesce(s.attempt, 0), p.pos::int \
+               coalesce(s.attempt, 0), p.pos::int, s.started_at, s.finished_at, s.detail \
              FROM orchestratorm8_workflow w \
              CROSS JOIN LATERAL unnest(w.plan) WITH ORDINALITY AS p(e, pos) \
              LEFT JOIN orchestratorm8_stage_run s \
                ON s.workflow_id = w.id AND s.stage = split_part(p.e, E'\\x{us:02x}', 1) \
              WHERE w.id = ANY($1) \
              UNION ALL \
-             SELECT s.workflow_id, s.stage, s.status, s.attempt, s.position + 1 \
+             SELECT s.workflow_id, s.stage, s.status, s.attempt, s.position + 1, \
+               s.started_at, s.finished_at, s.detail \
              FROM orchestratorm8_stage_run s \
              JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
              WHERE w.id = ANY($1) AND w.plan IS NULL \
@@ -219,6 +224,9 @@ impl PgStore {
                 name: r.get(1),
                 status: parse::<StageStatus>(r.get(2))?,
                 attempt: attempt_of(r.get(3)),
+                started_at: r.get::<_, Option<DateTime<Utc>>>(5).map(GoTime::from_utc),
+                finished_at: r.get::<_, Option<DateTime<Utc>>>(6).map(GoTime::from_utc),
+                detail: r.get(7),
             });
         }
         heads
@@ -227,6 +235,7 @@ impl PgStore {
                 let id: Uuid = r.get(0);
                 Ok(WorkflowView {
                     id,
+                    kind: parse(r.get::<_, &str>(4))?,
                     status: parse(r.get::<_, &str>(1))?,
                     created_at: GoTime::from_utc(r.get(2)),
                     updated_at: GoTime::from_utc(r.get(3)),
@@ -241,8 +250,7 @@ impl PgStore {
     async fn view(&self, tx: &Transaction<'_>, id: WorkflowId) -> Result<WorkflowView, DbError> {
         let heads = tx
             .query(
-                "SELECT id, status, created_at, updated_at FROM orchestratorm8_workflow \
-                 WHERE id = $1",
+                &format!("SELECT {HEAD} FROM orchestratorm8_workflow WHERE id = $1"),
                 &[&id],
             )
             .await
@@ -638,7 +646,7 @@ impl WorkflowRepository for PgStore {
             .execute(
                 "UPDATE orchestratorm8_stage_run s SET status = 'running', \
                    attempt = k.attempt, deadline = $5, claim_owner = NULL, \
-                   claim_until = NULL, updated_at = $4 \
+                   claim_until = NULL, updated_at = $4, started_at = $4, finished_at = NULL \
                  FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(wf, stage, attempt) \
                  WHERE s.workflow_id = k.wf AND s.stage = k.stage \
                    AND s.claim_owner = $6 AND s.attempt + 1 = k.attempt",
@@ -693,7 +701,7 @@ impl WorkflowRepository for PgStore {
         let n = tx
             .execute(
                 "UPDATE orchestratorm8_stage_run SET status = 'completed', deadline = NULL, \
-                   detail = coalesce($4, detail), updated_at = $5 \
+                   detail = coalesce($4, detail), updated_at = $5, finished_at = $5 \
                  WHERE workflow_id = $1 AND stage = $2 AND status = 'running' AND attempt = $3",
                 &[&id, &key.stage, &attempt, &detail, &now],
             )
@@ -784,7 +792,7 @@ impl WorkflowRepository for PgStore {
                 "UPDATE orchestratorm8_stage_run SET \
                    status = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, \
                    not_before = coalesce($4, not_before), deadline = NULL, \
-                   detail = coalesce($5, detail), updated_at = $6 \
+                   detail = coalesce($5, detail), updated_at = $6, finished_at = $6 \
                  WHERE workflow_id = $1 AND stage = $2 AND status = 'running' AND attempt = $3 \
                  RETURNING not_before",
                 &[&id, &key.stage, &attempt, &retry_at, &detail, &now],
@@ -850,9 +858,11 @@ impl WorkflowRepository for PgStore {
         let limit = sql_limit(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT));
         let heads = tx
             .query(
-                "SELECT id, status, created_at, updated_at FROM orchestratorm8_workflow \
-                 WHERE ($1::text IS NULL OR status = $1) \
-                 ORDER BY created_at DESC, id DESC LIMIT $2",
+                &format!(
+                    "SELECT {HEAD} FROM orchestratorm8_workflow \
+                     WHERE ($1::text IS NULL OR status = $1) \
+                     ORDER BY created_at DESC, id DESC LIMIT $2"
+                ),
                 &[&status, &limit],
             )
             .await

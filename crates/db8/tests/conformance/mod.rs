@@ -16,7 +16,7 @@ use db8::{
     NewWorkflow, StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
-use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowStatus};
+use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowKind, WorkflowStatus};
 use uuid::Uuid;
 
 /// The implementation under test, as the layers above see it.
@@ -56,6 +56,7 @@ macro_rules! conformance_suite {
             workflow_retry_then_fail,
             workflow_timed_out,
             workflow_cancel_pause_resume,
+            workflow_stage_times_and_detail,
             workflow_list_filter_and_limit,
             workflow_idle_domains,
             workflow_active_and_last_ended,
@@ -415,7 +416,14 @@ pub async fn workflow_create_and_view(s: &Stores) {
 
     let v = w.get(one.id).await.unwrap();
     assert_eq!(v.id, one.id);
+    assert_eq!(v.kind, WorkflowKind::Managed);
     assert_eq!(v.status, WorkflowStatus::Pending);
+    assert!(
+        v.stages
+            .iter()
+            .all(|st| st.started_at.is_none() && st.finished_at.is_none() && st.detail.is_none()),
+        "{v:?}"
+    );
     assert_eq!(v.created_at, GoTime::from_utc(t0_stored()));
     assert_eq!(v.updated_at, GoTime::from_utc(t0_stored()));
     assert_eq!(v.domains, ["a.example"]);
@@ -1145,6 +1153,110 @@ pub async fn workflow_cancel_pause_resume(s: &Stores) {
             .is_empty()
     );
     assert!(w.in_flight_counts(t0()).await.unwrap().is_empty());
+}
+
+/// `(started_at, finished_at, detail)` of each stage of `id`, times as offsets in
+/// seconds from `t0_stored()`.
+async fn stage_times(
+    s: &Stores,
+    id: Uuid,
+) -> Vec<(Option<i64>, Option<i64>, Option<serde_json::Value>)> {
+    let at = |t: Option<GoTime>| t.map(|t| (t.to_utc() - t0_stored()).num_seconds());
+    s.workflows
+        .get(id)
+        .await
+        .unwrap()
+        .stages
+        .into_iter()
+        .map(|v| (at(v.started_at), at(v.finished_at), v.detail))
+        .collect()
+}
+
+pub async fn workflow_stage_times_and_detail(s: &Stores) {
+    use serde_json::json;
+    let w = &s.workflows;
+    let x = diamond_wf("a.example");
+    let y = diamond_wf("b.example");
+    create(s, &x).await;
+    create(s, &y).await;
+    let k1 = start(s, x.id, "a", t0() + secs(1)).await;
+    assert_eq!(
+        stage_times(s, x.id).await,
+        [
+            (Some(1), None, None),
+            (None, None, None),
+            (None, None, None)
+        ]
+    );
+    // A failure with a retry left ends the attempt and keeps the reason.
+    let hostile = json!("<script>alert(1)</script>\"><img src=x onerror=alert(2)>");
+    w.fail_stage(
+        &k1,
+        Some(hostile.clone()),
+        Some(t0() + secs(30)),
+        t0() + secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stage_times(s, x.id).await[0],
+        (Some(1), Some(2), Some(hostile.clone()))
+    );
+    // The next attempt starts afresh (the last detail is kept until a new one).
+    let k2 = start(s, x.id, "a", t0() + secs(30)).await;
+    assert_eq!(
+        stage_times(s, x.id).await[0],
+        (Some(30), None, Some(hostile))
+    );
+    w.complete_stage(&k2, Some(json!({"found": 3})), t0() + secs(31))
+        .await
+        .unwrap();
+    start(s, x.id, "b", t0() + secs(32)).await;
+    assert_eq!(
+        stage_times(s, x.id).await,
+        [
+            (Some(30), Some(31), Some(json!({"found": 3}))),
+            (Some(32), None, None),
+            (None, None, None)
+        ]
+    );
+    // Cancelling ends the stages that were due or running; a stage that never became
+    // due has neither time.
+    w.cancel(x.id, t0() + secs(40)).await.unwrap();
+    assert_eq!(
+        stage_times(s, x.id).await,
+        [
+            (Some(30), Some(31), Some(json!({"found": 3}))),
+            (Some(32), Some(40), None),
+            (None, Some(40), None)
+        ]
+    );
+    w.cancel(y.id, t0() + secs(41)).await.unwrap();
+    assert_eq!(
+        stage_times(s, y.id).await,
+        [
+            (None, Some(41), None),
+            (None, None, None),
+            (None, None, None)
+        ]
+    );
+    // A time-out's reason is the detail of a stage that fails for good.
+    let z = diamond_wf("c.example");
+    create(s, &z).await;
+    let kz = start(s, z.id, "a", t0() + secs(50)).await;
+    w.fail_stage(
+        &kz,
+        Some(json!({"error": "timed out"})),
+        None,
+        t0() + secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stage_times(s, z.id).await[0],
+        (Some(50), Some(60), Some(json!({"error": "timed out"})))
+    );
+    assert_eq!(w.get(z.id).await.unwrap().kind, WorkflowKind::Managed);
 }
 
 pub async fn workflow_list_filter_and_limit(s: &Stores) {
