@@ -1,0 +1,353 @@
+//! Managed mode on the platform as it is (CONTRACT 3b, issue 13): the real binary,
+//! RabbitMQ and PostgreSQL, and the Go-scanner stand-in (examples/src/scanner.rs)
+//! whose only change is its `Publisher` line, driven through `protocol: chain` stages
+//! asmm8 → naabum8 → katanam8 → num8 with `granularity: per_cycle`.
+
+mod chain_support;
+mod common;
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use chain_support::*;
+use common::{eventually, http_request};
+use cptm8_examples::scanner::RING;
+use e2e_support::{Env, Service};
+
+const SCAN: Duration = Duration::from_millis(200);
+
+/// Starts the service with the chain pipeline and waits until it leads.
+async fn service(env: &Env, timeout: &str, max_attempts: u32) -> (Service, std::path::PathBuf) {
+    let config = env.chain_config(timeout, max_attempts);
+    let svc = Service::start(&config, env.dir.path(), "orchestratorm8").await;
+    svc.ready().await;
+    (svc, config)
+}
+
+async fn post(svc: &Service, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = http_request(svc.port, "POST", path, Some(body))
+        .await
+        .expect("HTTP request");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The stages that ran, each exactly once, in `RING` order, all complete.
+fn each_once_in_order(runs: &[(String, String)]) {
+    let want: Vec<(String, String)> = RING
+        .iter()
+        .map(|n| ((*n).to_owned(), "complete".to_owned()))
+        .collect();
+    assert_eq!(runs, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_kicks_each_scanner_once_in_order_and_notifies_app_consumers() {
+    let env = Env::new();
+    let (svc, config) = service(&env, "30s", 3).await;
+    let client = env.client().await;
+    let (notes_got, _n) = client.notifications().await;
+    let scanners = env.scanners(&config, &[], SCAN).await;
+    env.insert_domains("cycle", 3);
+    let w = cycle_is(&svc, "completed").await;
+    assert!(
+        stages(&w)
+            .iter()
+            .all(|(_, status, attempt)| status == "completed" && *attempt == 1),
+        "{w:#}"
+    );
+    each_once_in_order(&runs(&scanners));
+    for stage in RING {
+        assert_eq!(
+            metric(
+                &svc,
+                &format!("orchestratorm8_stage_publishes_total{{stage=\"{stage}\"}}")
+            )
+            .await,
+            1.0,
+            "{stage} kicked once"
+        );
+    }
+    eventually(
+        "the completion notification on app.message.normal",
+        LIMIT,
+        async || {
+            notes(&notes_got, "app.message.normal")
+                .iter()
+                .any(|m| m.contains("completed"))
+        },
+    )
+    .await;
+
+    // No second cycle before rescan_after (1 h), whatever the domains do.
+    env.insert_domains("later", 1);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(svc.workflows().await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runs(&scanners).len(), 4, "no scanner ran again");
+
+    // Scan now starts a cycle at once.
+    let (status, body) = post(&svc, "/api/orchestratorm8/workflows", "{}").await;
+    assert_eq!(status, 202, "{body}");
+    eventually("a second cycle completed", LIMIT, async || {
+        let w = svc.workflows().await;
+        w.len() == 2 && w.iter().all(|w| w["status"] == "completed")
+    })
+    .await;
+    assert_eq!(runs(&scanners).len(), 8);
+    scanners.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_failure_times_out_and_the_scanner_is_kicked_again() {
+    let env = Env::new();
+    let (svc, config) = service(&env, "3s", 3).await;
+    let scanners = env.scanners(&config, &["naabum8:soft:1"], SCAN).await;
+    env.insert_domains("soft", 2);
+    let w = cycle_is(&svc, "completed").await;
+    assert!(
+        stages(&w).contains(&("naabum8".into(), "completed".into(), 2)),
+        "{w:#}"
+    );
+    assert_eq!(
+        metric(
+            &svc,
+            "orchestratorm8_stage_timeouts_total{stage=\"naabum8\"}"
+        )
+        .await,
+        1.0
+    );
+    let n: Vec<String> = runs(&scanners)
+        .into_iter()
+        .filter(|(s, _)| s == "naabum8")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(n, ["-", "complete"], "nothing published, then re-kicked");
+    scanners.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_failure_fails_the_attempt_and_it_is_retried_with_backoff() {
+    let env = Env::new();
+    let (svc, config) = service(&env, "30s", 3).await;
+    let scanners = env.scanners(&config, &["katanam8:hard:1"], SCAN).await;
+    env.insert_domains("hard", 2);
+    let w = cycle_is(&svc, "completed").await;
+    assert!(
+        stages(&w).contains(&("katanam8".into(), "completed".into(), 2)),
+        "{w:#}"
+    );
+    assert_eq!(
+        metric(
+            &svc,
+            "orchestratorm8_stage_retries_total{stage=\"katanam8\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &svc,
+            "orchestratorm8_stage_timeouts_total{stage=\"katanam8\"}"
+        )
+        .await,
+        0.0,
+        "failed by its report and app.error, not by the timeout"
+    );
+    scanners.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incomplete_fails_and_the_failure_reaches_app_consumers_naming_the_scanner() {
+    let env = Env::new();
+    let (svc, config) = service(&env, "30s", 2).await;
+    let client = env.client().await;
+    let (notes_got, _n) = client.notifications().await;
+    let scanners = env.scanners(&config, &["naabum8:incomplete:*"], SCAN).await;
+    env.insert_domains("incomplete", 2);
+    let w = cycle_is(&svc, "failed").await;
+    let s = stages(&w);
+    assert!(s.contains(&("naabum8".into(), "failed".into(), 2)), "{w:#}");
+    assert!(
+        s.contains(&("katanam8".into(), "cancelled".into(), 0)),
+        "{w:#}"
+    );
+    eventually(
+        "the failure notification on app.error.high",
+        LIMIT,
+        async || {
+            notes(&notes_got, "app.error.high").iter().any(|m| {
+                m.starts_with("orchestratorm8: workflow")
+                    && m.contains("naabum8")
+                    && m.contains("incomplete")
+            })
+        },
+    )
+    .await;
+    assert!(!run_names(&scanners).contains(&"katanam8".to_owned()));
+    scanners.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_while_none_runs_is_counted_and_changes_nothing() {
+    let env = Env::new();
+    let (svc, _config) = service(&env, "30s", 3).await;
+    let client = env.client().await;
+    // No scanner runs: asmm8's kick-off waits in its queue.
+    env.insert_domains("unsolicited", 1);
+    eventually("asmm8 running", LIMIT, async || {
+        let w = svc.workflows().await;
+        w.len() == 1 && stages(&w[0])[0] == ("asmm8".into(), "running".into(), 1)
+    })
+    .await;
+    fake_report(
+        &client,
+        "naabum8",
+        serde_json::json!({"status": "complete", "message": "not asked"}),
+    )
+    .await;
+    eventually("counted as unsolicited", LIMIT, async || {
+        metric(
+            &svc,
+            "orchestratorm8_stage_reports_unsolicited_total{stage=\"naabum8\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
+    let w = the_cycle(&svc).await;
+    assert_eq!(
+        stages(&w)[..2],
+        [
+            ("asmm8".into(), "running".into(), 1),
+            ("naabum8".into(), "waiting".into(), 0)
+        ]
+    );
+    assert_eq!(client.depth("qasmm8").await, 1, "one kick-off, waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_scanner_is_backpressure_and_no_kick_is_lost_or_doubled() {
+    let env = Env::new();
+    let (svc, config) = service(&env, "30s", 3).await;
+    let client = env.client().await;
+    // Someone else's kick-off fills asmm8's queue (x-max-length 1).
+    let foreign = model8::AmqpM8Message::<()>::with_source("cptm8.asmm8.get.scan", None, "num8")
+        .to_vec()
+        .unwrap();
+    let out = amqp8::Broker::publish(
+        client.broker.as_ref(),
+        amqp8::OutgoingMessage::new("cptm8", "cptm8.asmm8.get.scan", foreign),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, amqp8::PublishOutcome::Confirmed);
+    env.insert_domains("busy", 1);
+    eventually("the kick-off refused (busy)", LIMIT, async || {
+        metric(
+            &svc,
+            "orchestratorm8_stage_publish_nacks_total{stage=\"asmm8\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    let w = the_cycle(&svc).await;
+    assert_eq!(stages(&w)[0], ("asmm8".into(), "pending".into(), 0));
+    // The scanner comes back: it takes the foreign kick-off, then ours.
+    let scanners = env.scanners(&config, &[], SCAN).await;
+    let w = cycle_is(&svc, "completed").await;
+    assert!(
+        stages(&w)
+            .iter()
+            .all(|(_, st, a)| st == "completed" && *a == 1),
+        "{w:#}"
+    );
+    for stage in RING {
+        assert_eq!(
+            metric(
+                &svc,
+                &format!("orchestratorm8_stage_publishes_total{{stage=\"{stage}\"}}")
+            )
+            .await,
+            1.0,
+            "{stage}: one kick-off confirmed"
+        );
+    }
+    scanners.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_next_kick_and_cancel_ends_the_cycle() {
+    let env = Env::new();
+    let (svc, config) = service(&env, "30s", 3).await;
+    let scanners = env
+        .scanners(&config, &[], Duration::from_millis(1500))
+        .await;
+    env.insert_domains("pause", 1);
+    eventually("asmm8 running", LIMIT, async || {
+        let w = svc.workflows().await;
+        w.len() == 1 && stages(&w[0])[0].1 == "running"
+    })
+    .await;
+    let id = the_cycle(&svc).await["id"].as_str().unwrap().to_owned();
+    let (status, body) = post(
+        &svc,
+        &format!("/api/orchestratorm8/workflows/{id}/pause"),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // asmm8's scan ends and applies; naabum8 is not kicked while paused.
+    eventually("asmm8 completed while paused", LIMIT, async || {
+        stages(&the_cycle(&svc).await)[0].1 == "completed"
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(run_names(&scanners), ["asmm8"]);
+        assert_eq!(
+            env.client().await.depth("qnaabum8").await,
+            0,
+            "no kick while paused"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, _) = post(
+        &svc,
+        &format!("/api/orchestratorm8/workflows/{id}/resume"),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("naabum8 kicked after resume", LIMIT, async || {
+        stages(&the_cycle(&svc).await)[1].1 == "running"
+    })
+    .await;
+    let (status, _) = post(
+        &svc,
+        &format!("/api/orchestratorm8/workflows/{id}/cancel"),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    // naabum8's report arrives after the cancel: no attempt runs any more, so it is
+    // unsolicited and changes nothing; katanam8 never runs.
+    eventually("naabum8's report seen as unsolicited", LIMIT, async || {
+        metric(
+            &svc,
+            "orchestratorm8_stage_reports_unsolicited_total{stage=\"naabum8\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
+    let w = the_cycle(&svc).await;
+    assert_eq!(w["status"], "cancelled");
+    assert!(!run_names(&scanners).contains(&"katanam8".to_owned()));
+    scanners.stop(Duration::from_secs(2)).await;
+}
