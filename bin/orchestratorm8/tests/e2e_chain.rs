@@ -351,3 +351,51 @@ async fn pause_holds_the_next_kick_and_cancel_ends_the_cycle() {
     assert!(!run_names(&scanners).contains(&"katanam8".to_owned()));
     scanners.stop(Duration::from_secs(2)).await;
 }
+
+/// The rollout of docs/OPERATIONS.md, step by step: with only the last scanners
+/// re-pointed, the first stage's kick-off goes to asmm8 (its `routing_key`) and the
+/// scanners not yet re-pointed still chain on their own, so the stage spans them.
+async fn rollout_step(repointed: &[&str]) {
+    let env = Env::new();
+    let mut stages_yaml = String::new();
+    let mut prev: Option<&str> = None;
+    for name in repointed {
+        let routing_key = if prev.is_none() {
+            "\n      routing_key: cptm8.asmm8.get.scan"
+        } else {
+            ""
+        };
+        stages_yaml.push_str(&format!(
+            "    - name: {name}\n      protocol: chain{routing_key}\n      depends_on: [{}]\n      timeout: \"30s\"\n",
+            prev.unwrap_or("")
+        ));
+        prev = Some(name);
+    }
+    let sections: Vec<(&str, &str)> = RING.iter().map(|n| (*n, GO_QUEUE_ARGS)).collect();
+    let config = env.config(
+        &sections,
+        &format!(
+            "Scheduler:\n  mode: managed\n  interval: \"1h\"\nWorkflow:\n  granularity: per_cycle\n  \
+             rescan_after: \"1h\"\n  stages:\n{stages_yaml}"
+        ),
+    );
+    let svc = Service::start(&config, env.dir.path(), "orchestratorm8").await;
+    svc.ready().await;
+    let scanners = env.scanners_repointed(&config, repointed, &[], SCAN).await;
+    env.insert_domains("rollout", 2);
+    let w = cycle_is(&svc, "completed").await;
+    let names: Vec<String> = stages(&w).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, repointed);
+    each_once_in_order(&runs(&scanners));
+    scanners.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_first_step_only_num8_repointed_one_stage_spans_the_ring() {
+    rollout_step(&["num8"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_middle_step_naabum8_katanam8_num8_repointed() {
+    rollout_step(&["naabum8", "katanam8", "num8"]).await;
+}

@@ -59,6 +59,18 @@ impl Env {
         faults: &[&str],
         scan: Duration,
     ) -> Scanners {
+        self.scanners_repointed(config, &RING, faults, scan).await
+    }
+
+    /// [`Env::scanners`] with only the scanners of `repointed` re-pointed; the others
+    /// keep the ring's `Publisher` (the next scanner's kick-off).
+    pub async fn scanners_repointed(
+        &self,
+        config: &std::path::Path,
+        repointed: &[&str],
+        faults: &[&str],
+        scan: Duration,
+    ) -> Scanners {
         let settings = config8::load(config)
             .expect("the test configuration")
             .settings;
@@ -69,6 +81,9 @@ impl Env {
         let scanners: Vec<(String, Publisher)> = RING
             .iter()
             .map(|n| {
+                if !repointed.contains(n) {
+                    return ((*n).to_owned(), Publisher::ring(n));
+                }
                 let line = format!("cptm8,{},{n}", model8::chain::report_routing_key(n));
                 ((*n).to_owned(), line.parse().expect("a Publisher"))
             })
