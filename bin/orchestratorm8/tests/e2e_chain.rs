@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use chain_support::*;
 use common::{eventually, http_request};
 use cptm8_examples::scanner::RING;
+use cptm8_examples::scanner::Scanners;
 use e2e_support::{Env, Service};
 
 const SCAN: Duration = Duration::from_millis(200);
@@ -34,13 +35,19 @@ async fn post(svc: &Service, path: &str, body: &str) -> (u16, serde_json::Value)
     )
 }
 
-/// The stages that ran, each exactly once, in `RING` order, all complete.
-fn each_once_in_order(runs: &[(String, String)]) {
-    let want: Vec<(String, String)> = RING
-        .iter()
-        .map(|n| ((*n).to_owned(), "complete".to_owned()))
-        .collect();
-    assert_eq!(runs, want);
+/// A cycle over two domains with `fault` injected into `stage`'s first run, stage
+/// timeouts of `timeout`: it completes, `stage` at its second attempt.
+async fn recovered(fault: &str, stage: &str, timeout: &str) -> (Env, Service, Scanners) {
+    let env = Env::new();
+    let (svc, config) = service(&env, timeout, 3).await;
+    let scanners = env.scanners(&config, &[fault], SCAN).await;
+    env.insert_domains(stage, 2);
+    let w = cycle_is(&svc, "completed").await;
+    assert!(
+        stages(&w).contains(&(stage.into(), "completed".into(), 2)),
+        "{w:#}"
+    );
+    (env, svc, scanners)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,25 +58,8 @@ async fn a_cycle_kicks_each_scanner_once_in_order_and_notifies_app_consumers() {
     let (notes_got, _n) = client.notifications().await;
     let scanners = env.scanners(&config, &[], SCAN).await;
     env.insert_domains("cycle", 3);
-    let w = cycle_is(&svc, "completed").await;
-    assert!(
-        stages(&w)
-            .iter()
-            .all(|(_, status, attempt)| status == "completed" && *attempt == 1),
-        "{w:#}"
-    );
-    each_once_in_order(&runs(&scanners));
-    for stage in RING {
-        assert_eq!(
-            metric(
-                &svc,
-                &format!("orchestratorm8_stage_publishes_total{{stage=\"{stage}\"}}")
-            )
-            .await,
-            1.0,
-            "{stage} kicked once"
-        );
-    }
+    completed_with_one_kick_each(&svc).await;
+    each_once_in_order(&scanners);
     eventually(
         "the completion notification on app.message.normal",
         LIMIT,
@@ -104,23 +94,8 @@ async fn a_cycle_kicks_each_scanner_once_in_order_and_notifies_app_consumers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soft_failure_times_out_and_the_scanner_is_kicked_again() {
-    let env = Env::new();
-    let (svc, config) = service(&env, "3s", 3).await;
-    let scanners = env.scanners(&config, &["naabum8:soft:1"], SCAN).await;
-    env.insert_domains("soft", 2);
-    let w = cycle_is(&svc, "completed").await;
-    assert!(
-        stages(&w).contains(&("naabum8".into(), "completed".into(), 2)),
-        "{w:#}"
-    );
-    assert_eq!(
-        metric(
-            &svc,
-            "orchestratorm8_stage_timeouts_total{stage=\"naabum8\"}"
-        )
-        .await,
-        1.0
-    );
+    let (_env, svc, scanners) = recovered("naabum8:soft:1", "naabum8", "3s").await;
+    assert_eq!(stage_metric(&svc, "stage_timeouts", "naabum8").await, 1.0);
     let n: Vec<String> = runs(&scanners)
         .into_iter()
         .filter(|(s, _)| s == "naabum8")
@@ -132,29 +107,10 @@ async fn a_soft_failure_times_out_and_the_scanner_is_kicked_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_failure_fails_the_attempt_and_it_is_retried_with_backoff() {
-    let env = Env::new();
-    let (svc, config) = service(&env, "30s", 3).await;
-    let scanners = env.scanners(&config, &["katanam8:hard:1"], SCAN).await;
-    env.insert_domains("hard", 2);
-    let w = cycle_is(&svc, "completed").await;
-    assert!(
-        stages(&w).contains(&("katanam8".into(), "completed".into(), 2)),
-        "{w:#}"
-    );
+    let (_env, svc, scanners) = recovered("katanam8:hard:1", "katanam8", "30s").await;
+    assert_eq!(stage_metric(&svc, "stage_retries", "katanam8").await, 1.0);
     assert_eq!(
-        metric(
-            &svc,
-            "orchestratorm8_stage_retries_total{stage=\"katanam8\"}"
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &svc,
-            "orchestratorm8_stage_timeouts_total{stage=\"katanam8\"}"
-        )
-        .await,
+        stage_metric(&svc, "stage_timeouts", "katanam8").await,
         0.0,
         "failed by its report and app.error, not by the timeout"
     );
@@ -211,12 +167,7 @@ async fn a_report_while_none_runs_is_counted_and_changes_nothing() {
     )
     .await;
     eventually("counted as unsolicited", LIMIT, async || {
-        metric(
-            &svc,
-            "orchestratorm8_stage_reports_unsolicited_total{stage=\"naabum8\"}",
-        )
-        .await
-            == 1.0
+        stage_metric(&svc, "stage_reports_unsolicited", "naabum8").await == 1.0
     })
     .await;
     let w = the_cycle(&svc).await;
@@ -248,36 +199,14 @@ async fn a_busy_scanner_is_backpressure_and_no_kick_is_lost_or_doubled() {
     assert_eq!(out, amqp8::PublishOutcome::Confirmed);
     env.insert_domains("busy", 1);
     eventually("the kick-off refused (busy)", LIMIT, async || {
-        metric(
-            &svc,
-            "orchestratorm8_stage_publish_nacks_total{stage=\"asmm8\"}",
-        )
-        .await
-            >= 1.0
+        stage_metric(&svc, "stage_publish_nacks", "asmm8").await >= 1.0
     })
     .await;
     let w = the_cycle(&svc).await;
     assert_eq!(stages(&w)[0], ("asmm8".into(), "pending".into(), 0));
     // The scanner comes back: it takes the foreign kick-off, then ours.
     let scanners = env.scanners(&config, &[], SCAN).await;
-    let w = cycle_is(&svc, "completed").await;
-    assert!(
-        stages(&w)
-            .iter()
-            .all(|(_, st, a)| st == "completed" && *a == 1),
-        "{w:#}"
-    );
-    for stage in RING {
-        assert_eq!(
-            metric(
-                &svc,
-                &format!("orchestratorm8_stage_publishes_total{{stage=\"{stage}\"}}")
-            )
-            .await,
-            1.0,
-            "{stage}: one kick-off confirmed"
-        );
-    }
+    completed_with_one_kick_each(&svc).await;
     scanners.stop(Duration::from_secs(2)).await;
 }
 
@@ -338,12 +267,7 @@ async fn pause_holds_the_next_kick_and_cancel_ends_the_cycle() {
     // naabum8's report arrives after the cancel: no attempt runs any more, so it is
     // unsolicited and changes nothing; katanam8 never runs.
     eventually("naabum8's report seen as unsolicited", LIMIT, async || {
-        metric(
-            &svc,
-            "orchestratorm8_stage_reports_unsolicited_total{stage=\"naabum8\"}",
-        )
-        .await
-            == 1.0
+        stage_metric(&svc, "stage_reports_unsolicited", "naabum8").await == 1.0
     })
     .await;
     let w = the_cycle(&svc).await;
@@ -386,7 +310,7 @@ async fn rollout_step(repointed: &[&str]) {
     let w = cycle_is(&svc, "completed").await;
     let names: Vec<String> = stages(&w).into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(names, repointed);
-    each_once_in_order(&runs(&scanners));
+    each_once_in_order(&scanners);
     scanners.stop(Duration::from_secs(2)).await;
 }
 

@@ -14,7 +14,7 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use chain_support::{LIMIT, cycle_is, runs, stages};
+use chain_support::{LIMIT, all_completed_first_time, cycle_is, each_once_in_order, stages};
 use common::eventually;
 use cptm8_examples::scanner::RING;
 use e2e_support::{Env, Service};
@@ -44,17 +44,7 @@ async fn kill_9_mid_cycle_the_cycle_resumes_and_no_scanner_is_kicked_twice() {
         svc.ready().await;
     }
 
-    let w = cycle_is(&svc, "completed").await;
-    assert!(
-        stages(&w)
-            .iter()
-            .all(|(_, status, attempt)| status == "completed" && *attempt == 1),
-        "{w:#}"
-    );
-    let want: Vec<(String, String)> = RING
-        .iter()
-        .map(|n| ((*n).to_owned(), "complete".to_owned()))
-        .collect();
-    assert_eq!(runs(&scanners), want, "each scanner ran once, in order");
+    all_completed_first_time(&cycle_is(&svc, "completed").await);
+    each_once_in_order(&scanners);
     scanners.stop(Duration::from_secs(2)).await;
 }

@@ -204,3 +204,44 @@ pub async fn fake_report(client: &Client, stage: &str, payload: serde_json::Valu
 
 /// Keeps consumers alive for a test.
 pub type Handles = Vec<ConsumerHandle>;
+
+/// `orchestratorm8_<name>_total{stage="<stage>"}` of the service.
+pub async fn stage_metric(svc: &Service, name: &str, stage: &str) -> f64 {
+    metric(
+        svc,
+        &format!("orchestratorm8_{name}_total{{stage=\"{stage}\"}}"),
+    )
+    .await
+}
+
+/// Every stage of `w` completed at its first attempt.
+pub fn all_completed_first_time(w: &serde_json::Value) {
+    assert!(
+        stages(w)
+            .iter()
+            .all(|(_, status, attempt)| status == "completed" && *attempt == 1),
+        "{w:#}"
+    );
+}
+
+/// The scanners ran each exactly once, in `RING` order, all complete.
+pub fn each_once_in_order(scanners: &Scanners) {
+    let want: Vec<(String, String)> = RING
+        .iter()
+        .map(|n| ((*n).to_owned(), "complete".to_owned()))
+        .collect();
+    assert_eq!(runs(scanners), want, "each scanner ran once, in order");
+}
+
+/// The cycle completed, every stage at its first attempt, each scanner kicked off
+/// exactly once (one confirmed publish per stage).
+pub async fn completed_with_one_kick_each(svc: &Service) {
+    all_completed_first_time(&cycle_is(svc, "completed").await);
+    for stage in RING {
+        assert_eq!(
+            stage_metric(svc, "stage_publishes", stage).await,
+            1.0,
+            "{stage} kicked off once"
+        );
+    }
+}
