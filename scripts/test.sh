@@ -8,6 +8,10 @@
 #   test       cargo test --workspace --all-targets --no-fail-fast
 #   doctest    cargo test --workspace --doc --no-fail-fast
 #   doc        cargo doc --workspace --no-deps with RUSTDOCFLAGS="-D warnings"
+#   browser    scripts/browser.sh: the console in headless Chromium (playwright-core)
+#              and schemathesis against the live server's OpenAPI document, on the
+#              real binary, PostgreSQL and RabbitMQ (installs chromium with apt-get
+#              and playwright-core with npm when missing)
 #   deploy     scripts/validate-manifests.sh: Kubernetes overlays rendered and validated
 #              offline, each overlay's configuration loaded by the built binary, the
 #              Dockerfile and compose file linted, every script shellchecked
@@ -85,6 +89,7 @@ main() {
     step test cargo test --workspace --all-targets --no-fail-fast
     step doctest cargo test --workspace --doc --no-fail-fast
     step doc env RUSTDOCFLAGS="${RUSTDOCFLAGS:+$RUSTDOCFLAGS }-D warnings" cargo doc --workspace --no-deps
+    step browser bash scripts/browser.sh
     step deploy deploy_step
     if [[ "${CPTM8_SKIP_FAULT:-}" == "1" ]]; then
         SUMMARY+=("$(printf '  %-9s SKIPPED (CPTM8_SKIP_FAULT=1)' fault)")

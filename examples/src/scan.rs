@@ -63,9 +63,18 @@ pub struct ScanSim {
     failure_rate: f64,
     lost_rate: f64,
     succeed_at_attempt: u32,
+    /// The message of a simulated failure, instead of the default one.
+    failure_message: Option<String>,
 }
 
 impl ScanSim {
+    /// Reports `message` as the error of every simulated failure (the console's
+    /// browser test uses markup here, to check that it is shown as text).
+    pub fn with_failure_message(mut self, message: Option<String>) -> Self {
+        self.failure_message = message;
+        self
+    }
+
     /// Scans last between `min_ms` and `max_ms` milliseconds; a share `failure_rate` of
     /// them fail and a share `lost_rate` are lost (never reported). From attempt
     /// `succeed_at_attempt` on (0: never) every scan succeeds, so that a demo with
@@ -100,6 +109,7 @@ impl ScanSim {
             failure_rate,
             lost_rate,
             succeed_at_attempt,
+            failure_message: None,
         })
     }
 
@@ -115,10 +125,12 @@ impl ScanSim {
         let end = if forced_success {
             ScanEnd::Completed
         } else if roll < self.failure_rate {
-            ScanEnd::Failed(format!(
-                "simulated scanner failure (failure rate {})",
-                self.failure_rate
-            ))
+            ScanEnd::Failed(self.failure_message.clone().unwrap_or_else(|| {
+                format!(
+                    "simulated scanner failure (failure rate {})",
+                    self.failure_rate
+                )
+            }))
         } else if roll < self.failure_rate + self.lost_rate {
             ScanEnd::Lost
         } else {

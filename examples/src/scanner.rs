@@ -446,7 +446,8 @@ impl Scanner {
         }
         let n = targets.as_ref().copied().unwrap_or(0);
         let status = |status: ScanStatus, message: String| Some(ScanPayload { status, message });
-        match fault {
+        // What goes out through the Publisher, if anything (`Some(None)`: no payload).
+        let chain: Option<Option<ScanPayload>> = match fault {
             Some(Fault::Soft) => {
                 self.notify(
                     NotificationEvent::SystemWarning,
@@ -454,9 +455,11 @@ impl Scanner {
                     format!("{}: httpx run failed, scan abandoned", self.name),
                 )
                 .await?;
+                None
             }
             Some(Fault::Silent) => {
                 tracing::warn!(scanner = %self.name, run, "panic: nothing published");
+                None
             }
             Some(Fault::Hard) => {
                 let why = match &targets {
@@ -465,40 +468,39 @@ impl Scanner {
                 };
                 self.notify(NotificationEvent::SystemError, self.config.severity, why)
                     .await?;
-                self.chain(None).await?;
-                record.published = "none".into();
+                Some(None)
             }
-            Some(Fault::Empty) => {
-                self.chain(None).await?;
-                record.published = "none".into();
-            }
-            Some(Fault::Warning) => {
-                self.chain(status(
-                    ScanStatus::Warning,
-                    format!("{} finished with errors on {n} targets", self.name),
-                ))
-                .await?;
-                record.published = "warning".into();
-            }
-            Some(Fault::Incomplete) => {
-                self.chain(status(
-                    ScanStatus::Incomplete,
-                    format!("{}: the retry gave no result", self.name),
-                ))
-                .await?;
-                record.published = "incomplete".into();
-            }
+            Some(Fault::Empty) => Some(None),
+            Some(Fault::Warning) => Some(status(
+                ScanStatus::Warning,
+                format!("{} finished with errors on {n} targets", self.name),
+            )),
+            Some(Fault::Incomplete) => Some(status(
+                ScanStatus::Incomplete,
+                format!("{}: the retry gave no result", self.name),
+            )),
             None | Some(Fault::Slow) | Some(Fault::Unacked) | Some(Fault::Failover) => {
-                self.chain(status(
+                Some(status(
                     ScanStatus::Complete,
                     format!("{} scanned {n} targets", self.name),
                 ))
-                .await?;
-                record.published = "complete".into();
             }
+        };
+        if let Some(payload) = &chain {
+            record.published = payload.as_ref().map_or("none".into(), |p| {
+                serde_json::to_value(p.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            });
         }
         tracing::info!(scanner = %self.name, run, published = %record.published, "scan ended");
+        // Recorded before the publish: a publish refused by the next scanner's full queue
+        // (and retried) has reached every other bound queue already.
         self.record(record);
+        if let Some(payload) = chain {
+            self.chain(payload).await?;
+        }
         if ack_refused {
             tracing::warn!(scanner = %self.name, run, after = ?self.config.unacked,
                 "final ack refused: the kick-off stays unacked, then returns to the queue");
@@ -616,11 +618,12 @@ impl Scanners {
     }
 
     /// Stops consuming: in-flight scans may finish within `grace`, the others return
-    /// to their queue.
-    pub async fn stop(self, grace: Duration) {
-        for c in self.consumers {
+    /// to their queue. Returns every run recorded.
+    pub async fn stop(self, grace: Duration) -> Vec<RunRecord> {
+        for c in &self.consumers {
             c.stop(grace).await;
         }
+        self.records()
     }
 }
 

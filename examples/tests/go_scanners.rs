@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amqp8::{
-    Broker, ConsumeOptions, ConsumerHandle, Decision, Message, OutgoingMessage, PublishOutcome,
-    RabbitBroker, Topology, handler_fn,
+    Broker, ConsumerHandle, Message, OutgoingMessage, PublishOutcome, RabbitBroker, Topology,
 };
 use config8::{RabbitMqSettings, Secret};
 use model8::{AmqpM8Message, Notification8};
 use tokio::sync::mpsc;
 
 mod support;
-use support::{ServiceLock, Worker, lock_shared, next, wait_queue};
+use support::{ServiceLock, Worker, collect_queue, lock_shared, next, wait_queue};
 
 /// A virtual host and a database (with the platform's `cptm8domain` table and one
 /// enabled domain) of their own; both deleted on drop.
@@ -145,29 +144,7 @@ async fn collect_all(b: &RabbitBroker) -> (mpsc::UnboundedReceiver<Message>, Con
     let mut n = Topology::topic_queue("notification", "qtest.all", "app.#");
     t.exchanges.append(&mut n.exchanges);
     t.bindings.append(&mut n.bindings);
-    b.declare(&t).await.unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let h = b
-        .consume(
-            ConsumeOptions {
-                queue: "qtest.all".into(),
-                tag: "test".into(),
-                prefetch: 50,
-                autoack: false,
-                max_redeliveries: 5,
-                dead_letter: None,
-            },
-            Arc::new(handler_fn(move |m: Message| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(m);
-                    Ok(Decision::Ack)
-                }
-            })),
-        )
-        .await
-        .unwrap();
-    (rx, h)
+    collect_queue(b, &t, "qtest.all").await
 }
 
 /// What a collected message is, in short: `key source status|none|empty`.

@@ -9,17 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use amqp8::{
-    Broker, ConsumeOptions, ConsumerHandle, Decision, Message, OutgoingMessage, RabbitBroker,
-    Topology, handler_fn,
-};
+use amqp8::{Broker, ConsumerHandle, Message, OutgoingMessage, RabbitBroker, Topology};
 use cptm8_examples::report::{RetryPolicy, publish_confirmed};
 use model8::{AmqpM8Message, DomainRef, StageJob, StageResult};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 mod support;
-use support::{N, WAIT, Worker, lock_shared, next, wait_queue};
+use support::{N, WAIT, Worker, collect_queue, lock_shared, next, wait_queue};
 
 /// A stage name no other test or run uses (letters and digits only).
 fn unique_stage() -> String {
@@ -76,29 +73,7 @@ async fn collect(
     topology.queues[0]
         .arguments
         .insert("x-expires".to_owned(), amqp8::ArgValue::Int(600_000));
-    b.declare(&topology).await.unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let h = b
-        .consume(
-            ConsumeOptions {
-                queue: name.into(),
-                tag: "test".into(),
-                prefetch: 10,
-                autoack: false,
-                max_redeliveries: 5,
-                dead_letter: None,
-            },
-            Arc::new(handler_fn(move |m: Message| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(m);
-                    Ok(Decision::Ack)
-                }
-            })),
-        )
-        .await
-        .unwrap();
-    (rx, h)
+    collect_queue(b, &topology, name).await
 }
 
 fn job_body(stage: &str, workflow: Uuid, attempt: u32) -> Vec<u8> {

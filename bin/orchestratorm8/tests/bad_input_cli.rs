@@ -345,3 +345,31 @@ fn launch_on_a_port_in_use_exits_1_naming_the_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn config_is_accepted_after_a_subcommands_options() {
+    // CONTRACT section 4: `--config` anywhere among a command's options. The file does
+    // not exist, so each command gets as far as reading it and names it (exit 2, a
+    // configuration error), instead of refusing the flag.
+    for args in [
+        &[
+            "domains",
+            "add",
+            "x.example",
+            "--company",
+            "C",
+            "--config",
+            "nowhere.yaml",
+        ][..],
+        &["domains", "list", "--json", "--config", "nowhere.yaml"],
+        &["launch", "--port", "8005", "--config", "nowhere.yaml"],
+        &["migrate", "--config=nowhere.yaml"],
+    ] {
+        let err = usage_error(args, &["nowhere.yaml"]);
+        assert!(!err.contains("Unrecognized argument"), "{args:?}: {err}");
+    }
+    usage_error(
+        &["migrate", "--config", "a.yaml", "--config", "b.yaml"],
+        &["--config given more than once"],
+    );
+}

@@ -96,9 +96,10 @@ fn the_go_originals_template_loads_unchanged() {
         "null pool values"
     );
 
-    // No new section: a bootstrap-mode service.
+    // No new section: a bootstrap-mode service that observes the ring, healing off.
     assert_eq!(s.scheduler.mode, SchedulerMode::Bootstrap);
     assert_eq!(s.scheduler.interval, Duration::from_secs(900));
+    assert!(s.scheduler.observe && !s.scheduler.heal);
     assert!(s.leader_election.enabled);
     assert_eq!(s.http.api_token, None);
 }

@@ -4,9 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp8::{Broker, ConsumeOptions, ConsumerHandle};
+use amqp8::{Broker, ConsumeOptions, ConsumerHandle, Handler};
 use config8::{SchedulerMode, Settings};
-use db8::{ChangeFeed, DomainRepository, LeaderLock, WorkflowRepository};
+use db8::{ChangeFeed, DomainRepository, LeaderLock, RingRepository, WorkflowRepository};
 use model8::RESULT_QUEUE;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,11 +21,13 @@ use crate::engine::{Engine, EngineParts};
 use crate::error::ControllerError;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::ring::{RingHandler, ring_stages, stall_loop};
 use crate::role::{Role, RoleWatch};
 use crate::scan_now::ScanNow;
 use crate::scheduler;
 use crate::topology::{
-    CHAIN_NOTIFY_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, has_chain_stage, topology,
+    CHAIN_NOTIFY_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, RING_QUEUE, has_chain_stage,
+    topology,
 };
 use crate::tuning::Tuning;
 use crate::waking::WakingWorkflows;
@@ -56,6 +58,9 @@ pub struct Deps {
     pub settings: watch::Receiver<Arc<Settings>>,
     /// Metrics to update.
     pub metrics: Arc<Metrics>,
+    /// Where bootstrap mode records the scanners' ring (`Scheduler.observe`); `None`
+    /// does not follow it.
+    pub ring: Option<Arc<dyn RingRepository>>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -76,6 +81,7 @@ pub struct Controller {
     mode: SchedulerMode,
     leader: Option<Arc<dyn LeaderLock>>,
     changes: Arc<dyn ChangeFeed>,
+    ring: Option<Arc<dyn RingRepository>>,
     role: watch::Sender<Role>,
     shutdown: watch::Sender<bool>,
 }
@@ -131,6 +137,7 @@ impl Controller {
             mode,
             leader,
             changes: deps.changes,
+            ring: deps.ring,
             role,
             shutdown,
         })
@@ -200,8 +207,30 @@ impl Controller {
             l.step().await;
         }
 
+        // Managed mode consumes the results; bootstrap mode follows the ring
+        // (CONTRACT 3c) when it observes.
+        let ring = match (&self.ring, mode) {
+            (Some(repo), SchedulerMode::Bootstrap) if settings.scheduler.observe => {
+                Some((repo.clone(), ring_stages(&settings)))
+            }
+            _ => None,
+        };
         let consumer = if mode == SchedulerMode::Managed {
             match self.start_consumer(&settings).await? {
+                Some(c) => Some(c),
+                None => return Ok(()),
+            }
+        } else if let Some((repo, stages)) = &ring {
+            let handler = RingHandler::new(engine.clone(), repo.clone(), stages.clone());
+            let options = ConsumeOptions {
+                queue: RING_QUEUE.into(),
+                tag: "corchestratorm8.ring".into(),
+                prefetch: 1,
+                autoack: false,
+                max_redeliveries: self.engine.tuning.max_redeliveries,
+                dead_letter: None,
+            };
+            match self.consume_retrying(options, Arc::new(handler)).await? {
                 Some(c) => Some(c),
                 None => return Ok(()),
             }
@@ -241,6 +270,10 @@ impl Controller {
                     engine.clone(),
                     Some(Bootstrap::default()),
                 )));
+                if let Some((repo, stages)) = ring {
+                    let heal = settings.scheduler.heal;
+                    tasks.push(tokio::spawn(stall_loop(engine.clone(), repo, stages, heal)));
+                }
             }
             SchedulerMode::Managed => {
                 tasks.push(tokio::spawn(scheduler::tick_loop(engine.clone(), None)));
@@ -364,7 +397,7 @@ impl Controller {
     async fn consume_retrying(
         &self,
         options: ConsumeOptions,
-        handler: Arc<dyn amqp8::Handler>,
+        handler: Arc<dyn Handler>,
     ) -> Result<Option<ConsumerHandle>, ControllerError> {
         let mut shutdown = self.engine.shutdown.clone();
         let mut failures = Pressure::default();

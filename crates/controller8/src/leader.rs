@@ -493,6 +493,7 @@ mod tests {
                 clock: Arc::new(TokioClock::new()),
                 settings: settings_rx,
                 metrics: Arc::new(Metrics::new()),
+                ring: None,
             },
             Tuning::default(),
         )

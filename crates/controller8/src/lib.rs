@@ -16,6 +16,8 @@ mod error;
 pub mod http;
 mod leader;
 mod metrics;
+mod ring;
+mod ring_metrics;
 mod role;
 mod scan_now;
 mod scheduler;
@@ -34,7 +36,7 @@ pub use scan_now::{ScanNow, ScanNowError};
 pub use topology::{
     CHAIN_NOTIFY_QUEUE, CHAIN_NOTIFY_TTL_MS, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE,
     DEAD_LETTER_ROUTING_KEY, KICKOFF_ROUTING_KEY, NOTIFICATION_EXCHANGE, NOTIFY_COMPLETED_KEY,
-    NOTIFY_FAILED_KEY, RESULT_BINDING, RESULT_EXCHANGE, has_chain_stage, kickoff_exchange,
-    topology,
+    NOTIFY_FAILED_KEY, RESULT_BINDING, RESULT_EXCHANGE, RING_EXCHANGE, RING_KICKOFF_BINDING,
+    RING_QUEUE, has_chain_stage, kickoff_exchange, topology,
 };
 pub use tuning::Tuning;

@@ -86,6 +86,8 @@ pub struct Metrics {
     tick_duration: Histogram,
     leader: Gauge,
     http_requests: Family<HttpLabels, Counter>,
+    /// The observed ring's metrics (bootstrap mode).
+    pub(crate) ring: crate::ring_metrics::RingMetrics,
 }
 
 impl Default for Metrics {
@@ -102,7 +104,9 @@ impl Metrics {
     /// A registry with every metric at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
+        let ring = crate::ring_metrics::RingMetrics::registered(&mut registry);
         let m = Metrics {
+            ring,
             workflows_started: Counter::default(),
             workflows_completed: Counter::default(),
             workflows_failed: Counter::default(),

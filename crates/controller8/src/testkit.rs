@@ -652,4 +652,21 @@ impl WorkflowRepository for FailingResults {
     ) -> Result<model8::WorkflowView, DbError> {
         self.inner.resume(id, now).await
     }
+
+    async fn retry(
+        &self,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<model8::WorkflowView, DbError> {
+        self.inner.retry(id, now).await
+    }
+
+    async fn changed_since(
+        &self,
+        since: DateTime<Utc>,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<model8::WorkflowView>, DbError> {
+        self.inner.changed_since(since, after, limit).await
+    }
 }

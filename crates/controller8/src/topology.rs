@@ -37,6 +37,14 @@ pub const CHAIN_NOTIFY_QUEUE: &str = "qorchestratorm8.notifications";
 /// `x-message-ttl` of [`CHAIN_NOTIFY_QUEUE`] (1 min): notifications waiting while no
 /// orchestrator consumes are dropped, not piled up.
 pub const CHAIN_NOTIFY_TTL_MS: i64 = 60_000;
+/// Bootstrap mode with `Scheduler.observe`: the orchestrator's own queue following the
+/// scanners' ring (durable, no length limit, so it never refuses a publish).
+pub const RING_QUEUE: &str = "qorchestratorm8.ring";
+/// The exchange the scanners' kick-offs and chain messages go through.
+pub const RING_EXCHANGE: &str = "cptm8";
+/// The binding of [`RING_QUEUE`] on [`RING_EXCHANGE`] (and on the kick-off exchange):
+/// every scanner's kick-off.
+pub const RING_KICKOFF_BINDING: &str = "cptm8.*.get.scan";
 /// Routing key of the bootstrap kick-off.
 pub const KICKOFF_ROUTING_KEY: &str = "cptm8.asmm8.get.scan";
 /// The service section whose `Queue[0]` names the kick-off's exchange.
@@ -76,7 +84,10 @@ pub fn has_chain_stage(settings: &Settings) -> bool {
 ///   [`RESULT_BINDING`] (its dead letters going to [`DEAD_LETTER_EXCHANGE`]), unless a
 ///   service section declares that queue itself (then as configured, plus the
 ///   binding), and [`DEAD_LETTER_QUEUE`] bound to [`DEAD_LETTER_EXCHANGE`]; with a
-///   chain stage, [`CHAIN_NOTIFY_QUEUE`] bound to [`NOTIFICATION_EXCHANGE`] with `app.#`.
+///   chain stage, [`CHAIN_NOTIFY_QUEUE`] bound to [`NOTIFICATION_EXCHANGE`] with `app.#`;
+/// - bootstrap mode with `Scheduler.observe`: [`RING_QUEUE`] bound with
+///   [`RING_KICKOFF_BINDING`] on [`RING_EXCHANGE`] (and the kick-off's exchange) and
+///   with `app.#` on [`NOTIFICATION_EXCHANGE`].
 pub fn topology(settings: &Settings) -> Topology {
     let o = &settings.orchestrator;
     let managed = settings.scheduler.mode == SchedulerMode::Managed;
@@ -166,6 +177,29 @@ pub fn topology(settings: &Settings) -> Topology {
         exchanges
             .entry(kickoff_exchange(settings))
             .or_insert_with(|| "topic".into());
+        if settings.scheduler.observe {
+            let on = BTreeSet::from([RING_EXCHANGE.to_owned(), kickoff_exchange(settings)]);
+            for e in &on {
+                exchanges.entry(e.clone()).or_insert_with(|| "topic".into());
+            }
+            exchanges
+                .entry(NOTIFICATION_EXCHANGE.into())
+                .or_insert_with(|| "topic".into());
+            if queues.insert(RING_QUEUE.into()) {
+                t.queues.push(QueueDecl {
+                    name: RING_QUEUE.into(),
+                    arguments: BTreeMap::new(),
+                });
+            }
+            for e in on {
+                bindings.insert((e, RING_QUEUE.into(), RING_KICKOFF_BINDING.into()));
+            }
+            bindings.insert((
+                NOTIFICATION_EXCHANGE.into(),
+                RING_QUEUE.into(),
+                model8::PLATFORM_NOTIFICATION_BINDING.into(),
+            ));
+        }
     }
 
     t.exchanges = exchanges
@@ -219,8 +253,27 @@ mod tests {
     }
 
     #[test]
-    fn bootstrap_declares_the_sections_but_no_result_queue() {
+    fn bootstrap_observing_adds_its_ring_queue_bound_to_kickoffs_and_notifications() {
         let t = topology(&go_like());
+        let q: Vec<_> = t.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(q, ["qasmm8", "qreportingm8", RING_QUEUE]);
+        // No length limit: it never refuses a publish that other queues took.
+        assert!(t.queues[2].arguments.is_empty());
+        for (exchange, key) in [("cptm8", "cptm8.*.get.scan"), ("notification", "app.#")] {
+            assert!(t.bindings.contains(&BindingDecl {
+                exchange: exchange.into(),
+                queue: RING_QUEUE.into(),
+                routing_key: key.into()
+            }));
+        }
+        assert_eq!(t.bindings.len(), 4);
+    }
+
+    #[test]
+    fn bootstrap_declares_the_sections_but_no_result_queue() {
+        let mut s = go_like();
+        s.scheduler.observe = false;
+        let t = topology(&s);
         let ex: Vec<_> = t
             .exchanges
             .iter()

@@ -36,6 +36,9 @@ pub struct Tuning {
     /// How long a chain report with no running attempt waits while its stage's job may
     /// be on its way to being recorded as running (5 s) before it counts as unsolicited.
     pub chain_record_wait: Duration,
+    /// Bootstrap mode with `Scheduler.observe`: how often the leader looks for ring
+    /// stages silent past their timeout (500 ms).
+    pub ring_check: Duration,
 }
 
 impl Default for Tuning {
@@ -51,6 +54,7 @@ impl Default for Tuning {
             db_outage_patience: Duration::from_secs(60),
             chain_error_window: model8::chain::ERROR_WINDOW,
             chain_record_wait: Duration::from_secs(5),
+            ring_check: Duration::from_millis(500),
         }
     }
 }

@@ -153,4 +153,20 @@ impl WorkflowRepository for WakingWorkflows {
         self.engine.dispatch_wake.now();
         Ok(v)
     }
+
+    async fn retry(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
+        let v = self.repo().retry(id, now).await?;
+        tracing::info!(workflow = %id, "workflow retried by an operator");
+        self.engine.dispatch_wake.now();
+        Ok(v)
+    }
+
+    async fn changed_since(
+        &self,
+        since: DateTime<Utc>,
+        after: Option<WorkflowId>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowView>, DbError> {
+        self.repo().changed_since(since, after, limit).await
+    }
 }

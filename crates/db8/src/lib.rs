@@ -12,6 +12,7 @@ mod error;
 mod memory;
 mod pg;
 mod plan;
+mod ring;
 mod time;
 mod traits;
 

@@ -10,10 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use model8::{Domain8, DomainRef, PostDomain8, WorkflowId, WorkflowStatus, WorkflowView};
+use model8::{
+    Domain8, DomainRef, PostDomain8, WorkflowId, WorkflowKind, WorkflowStatus, WorkflowView,
+};
 use uuid::Uuid;
 
 use crate::error::DbError;
+pub use crate::ring::{RingApplied, RingEvent, RingMessage, RingStage, RingStall, StalledStage};
 
 /// Access to the `cptm8domain` table.
 #[async_trait]
@@ -127,11 +130,40 @@ pub enum Transition {
     WorkflowFailed,
 }
 
-/// Filter for [`WorkflowRepository::list`].
+/// A position in the newest-first listing of workflows: the last workflow of a page.
+/// [`WorkflowFilter::after`] lists the workflows strictly after it (older, or as old
+/// with a smaller id), so pages stay stable while new workflows are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// `created_at` of the last workflow of the previous page (database precision).
+    pub created_at: DateTime<Utc>,
+    /// Its id.
+    pub id: WorkflowId,
+}
+
+impl ListCursor {
+    /// The cursor after `view`.
+    pub fn after(view: &WorkflowView) -> Self {
+        ListCursor {
+            created_at: view.created_at.to_utc(),
+            id: view.id,
+        }
+    }
+}
+
+/// Filter for [`WorkflowRepository::list`]. The conditions combine (and).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkflowFilter {
     /// Only workflows in this status.
     pub status: Option<WorkflowStatus>,
+    /// Only workflows of this kind.
+    pub kind: Option<WorkflowKind>,
+    /// Only workflows one of whose domains has exactly this name.
+    pub domain: Option<String>,
+    /// Only workflows one of whose domains belongs to exactly this company.
+    pub company: Option<String>,
+    /// Only workflows after this position (keyset pagination).
+    pub after: Option<ListCursor>,
     /// At most this many, newest first (`None`: the implementation's default, 100).
     pub limit: Option<usize>,
 }
@@ -250,6 +282,28 @@ pub trait WorkflowRepository: Send + Sync {
 
     /// Resumes a `paused` workflow; [`DbError::InvalidState`] otherwise.
     async fn resume(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError>;
+
+    /// Runs a `failed` or `cancelled` managed workflow again from its first unfinished
+    /// stages: completed stages are kept; every other stage starts afresh (attempt 0,
+    /// no times, no detail), pending when its dependencies are all completed, else
+    /// waiting. The workflow becomes `running` (`pending` when no stage had
+    /// completed) and active again (a one-domain workflow takes its domain back:
+    /// [`DbError::Conflict`] when the domain has another active workflow).
+    /// [`DbError::InvalidState`] in any other status or for an observed workflow,
+    /// [`DbError::NotFound`] when absent.
+    async fn retry(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError>;
+
+    /// The workflows changed at or after `since` (their `updated_at`), in the order
+    /// of (`updated_at`, id), at most `limit`; with `after`, only those after the
+    /// position (`since`, `after`) in that order (the next page). What the API's event
+    /// stream sends. Cheap: it reads the active workflows and those that ended since
+    /// then, never the whole history.
+    async fn changed_since(
+        &self,
+        since: DateTime<Utc>,
+        after: Option<WorkflowId>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowView>, DbError>;
 }
 
 /// A session-level leadership lock. Only one holder at a time across processes.
@@ -297,4 +351,41 @@ pub trait DbHealth: Send + Sync {
     async fn ping(&self) -> Result<(), DbError>;
     /// Pool statistics.
     fn pool_stats(&self) -> PoolStats;
+}
+
+/// The observed ring of bootstrap mode (CONTRACT 3c), recorded as workflows of kind
+/// `observed` (listed by [`WorkflowRepository::list`] like the others).
+#[async_trait]
+pub trait RingRepository: Send + Sync {
+    /// Applies one message seen on the ring, in one transaction with its key: a key
+    /// already applied changes nothing ([`RingApplied::Duplicate`]). Messages are
+    /// applied one at a time, whichever replica calls.
+    async fn ring_apply(
+        &self,
+        ring: &[RingStage],
+        event: &RingEvent,
+    ) -> Result<RingApplied, DbError>;
+
+    /// Marks the running stages of the open cycle silent past their timeout as
+    /// `stalled` and returns them (each once).
+    async fn ring_stalls(
+        &self,
+        ring: &[RingStage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RingStall>, DbError>;
+
+    /// The stalled stages of the open cycle (for healing).
+    async fn ring_stalled(&self, ring: &[RingStage]) -> Result<Vec<StalledStage>, DbError>;
+
+    /// Healing gave up on stalled `stage` of the open cycle `cycle` (it kicked the next
+    /// stage): the stage is failed with `message`. `false` when it was no longer
+    /// stalled (its chain message came meanwhile).
+    async fn ring_give_up(
+        &self,
+        ring: &[RingStage],
+        cycle: WorkflowId,
+        stage: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, DbError>;
 }

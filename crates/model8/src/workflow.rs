@@ -54,6 +54,9 @@ pub enum StageStatus {
     Pending,
     /// Published and confirmed; a result is awaited until the stage's deadline.
     Running,
+    /// An observed ring stage (bootstrap mode) with no chain message within its
+    /// timeout: still awaited, and reported (CONTRACT 3c).
+    Stalled,
     /// Reported completed.
     Completed,
     /// Failed for good (attempts exhausted).
@@ -92,7 +95,7 @@ str_enum!(WorkflowStatus, "workflow status",
     Pending => "pending", Running => "running", Paused => "paused",
     Completed => "completed", Failed => "failed", Cancelled => "cancelled");
 str_enum!(StageStatus, "stage status",
-    Waiting => "waiting", Pending => "pending", Running => "running",
+    Waiting => "waiting", Pending => "pending", Running => "running", Stalled => "stalled",
     Completed => "completed", Failed => "failed", Cancelled => "cancelled");
 str_enum!(WorkflowKind, "workflow kind", Managed => "managed", Observed => "observed");
 str_enum!(StageOutcome, "stage outcome", Completed => "completed", Failed => "failed");

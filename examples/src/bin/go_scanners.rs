@@ -36,7 +36,7 @@ struct Args {
     /// the next scanner's kick-off)
     #[argh(option)]
     publisher: Vec<String>,
-    /// failure on demand, SCANNER:KIND[:RUNS], e.g. naabum8:soft:1 (repeatable)
+    /// failure on demand, SCANNER:KIND or SCANNER:KIND:RUNS, e.g. naabum8:soft:1 (repeatable)
     #[argh(option)]
     fail: Vec<String>,
     /// duration of a scan in milliseconds (default 500)

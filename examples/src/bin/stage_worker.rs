@@ -35,6 +35,9 @@ cptm8_examples::worker_args! {
         /// from this attempt on every scan succeeds; 0: never forced (default 0)
         #[argh(option, default = "0")]
         succeed_at_attempt: u32,
+        /// the error message of a simulated failure (default: a fixed text)
+        #[argh(option)]
+        failure_message: Option<String>,
     }
 }
 
@@ -52,7 +55,8 @@ fn run(args: Args) -> Result<(), Failure> {
         args.lost_rate,
         args.succeed_at_attempt,
     )
-    .map_err(|e| Failure::Usage(e.to_string()))?;
+    .map_err(|e| Failure::Usage(e.to_string()))?
+    .with_failure_message(args.failure_message.clone());
     let settings = runner::load_settings(PROGRAM, o.config.clone())?;
     let _log = runner::init_logging(&settings)?;
 

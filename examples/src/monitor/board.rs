@@ -102,6 +102,7 @@ fn stage_event(name: &str, before: Option<&StageView>, s: &StageView) -> Option<
         ),
         StageStatus::Running if retry => format!("running attempt {} (retry)", s.attempt),
         StageStatus::Running => format!("running attempt {}", s.attempt),
+        StageStatus::Stalled => format!("STALLED (attempt {}, silent past its timeout)", s.attempt),
         StageStatus::Completed => format!("completed (attempt {})", s.attempt),
         StageStatus::Failed => format!("FAILED after {} attempts", s.attempt),
         StageStatus::Cancelled => "cancelled".to_owned(),
@@ -124,13 +125,15 @@ pub fn short(id: WorkflowId) -> String {
 }
 
 /// A stage cell: `wait`, `ready`, `run #2`, `retry #3` (backoff before attempt 3),
-/// `done` or `done (2)`, `FAILED (3)`, `cancel`.
+/// `STALL #1` (an observed ring stage silent past its timeout), `done` or `done (2)`,
+/// `FAILED (3)`, `cancel`.
 pub fn cell(s: &StageView) -> String {
     match s.status {
         StageStatus::Waiting => "wait".into(),
         StageStatus::Pending if s.attempt == 0 => "ready".into(),
         StageStatus::Pending => format!("retry #{}", s.attempt + 1),
         StageStatus::Running => format!("run #{}", s.attempt),
+        StageStatus::Stalled => format!("STALL #{}", s.attempt),
         StageStatus::Completed if s.attempt <= 1 => "done".into(),
         StageStatus::Completed => format!("done ({})", s.attempt),
         StageStatus::Failed => format!("FAILED ({})", s.attempt),

@@ -9,7 +9,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use amqp8::{Broker, Message, RabbitBroker};
+use std::sync::Arc;
+
+use amqp8::{
+    Broker, ConsumeOptions, ConsumerHandle, Decision, Message, RabbitBroker, Topology, handler_fn,
+};
 use tokio::sync::mpsc;
 
 /// How long any awaited condition may take.
@@ -126,4 +130,35 @@ pub async fn wait_queue(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Declares `topology` and collects what arrives on its queue `queue` (acked), in order.
+pub async fn collect_queue(
+    b: &RabbitBroker,
+    topology: &Topology,
+    queue: &str,
+) -> (mpsc::UnboundedReceiver<Message>, ConsumerHandle) {
+    b.declare(topology).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let h = b
+        .consume(
+            ConsumeOptions {
+                queue: queue.into(),
+                tag: "test".into(),
+                prefetch: 50,
+                autoack: false,
+                max_redeliveries: 5,
+                dead_letter: None,
+            },
+            Arc::new(handler_fn(move |m: Message| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(m);
+                    Ok(Decision::Ack)
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    (rx, h)
 }

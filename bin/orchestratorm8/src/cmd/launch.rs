@@ -191,6 +191,7 @@ async fn serve(
         clock: clock.clone(),
         settings: settings_rx.clone(),
         metrics: metrics.clone(),
+        ring: Some(store.clone()),
     })
     .map_err(controller_failure)?;
 

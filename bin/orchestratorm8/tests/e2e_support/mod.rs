@@ -80,6 +80,17 @@ impl Env {
         self.db.psql(sql)
     }
 
+    /// The scanners' chain messages recorded by the ring observer (keys in
+    /// `orchestratorm8_ring_message` on a kick-off key, not sent by the orchestrator).
+    pub fn chain_messages_recorded(&self) -> usize {
+        self.psql(
+            "SELECT count(*) FROM orchestratorm8_ring_message \
+             WHERE key LIKE 'cptm8.%' AND key NOT LIKE '%|orchestratorm8|%'",
+        )
+        .parse()
+        .unwrap()
+    }
+
     /// Inserts `n` enabled domains `d<i>.<prefix>.example.com` in one statement.
     pub fn insert_domains(&self, prefix: &str, n: usize) {
         self.psql(&format!(

@@ -89,6 +89,7 @@ fn start_with_broker(
             clock: clock.clone(),
             settings: settings_rx,
             metrics: Arc::new(Metrics::new()),
+            ring: Some(Arc::new(store.clone())),
         },
         tuning,
     )
@@ -189,8 +190,11 @@ async fn bootstrap_kicks_off_on_none_to_some_exactly_once_per_transition() {
         "no domain, no kick-off"
     );
     assert!(
-        b.health().consumers.is_empty(),
-        "bootstrap mode consumes nothing"
+        b.health()
+            .consumers
+            .iter()
+            .all(|c| c.queue == crate::topology::RING_QUEUE),
+        "bootstrap mode consumes nothing but its ring queue"
     );
 
     // none -> some: published at once (change feed), not at the 15-minute tick.
@@ -646,6 +650,7 @@ async fn an_invalid_pipeline_is_a_configuration_error() {
         clock: Arc::new(crate::clock::SystemClock),
         settings: rx,
         metrics: Arc::new(Metrics::new()),
+        ring: None,
     })
     .unwrap_err();
     assert!(

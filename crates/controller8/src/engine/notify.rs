@@ -66,12 +66,19 @@ impl Engine {
             }
         };
         let n = notification(id, &domains, &ending);
+        self.publish_notification(n, &format!("workflow {id}"))
+            .await;
+    }
+
+    /// Publishes a platform notification on its routing key (`app.<kind>.<severity>`)
+    /// with `source: orchestratorm8`. Best effort: a failure is logged with `about`.
+    pub(crate) async fn publish_notification(&self, n: Notification8, about: &str) {
         let key = n.platform_routing_key();
         let key = key.as_str();
         let body = match AmqpM8Message::new(key, Some(n)).to_vec() {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(workflow = %id, error = %e, "cannot encode a notification");
+                tracing::error!(about, error = %e, "cannot encode a notification");
                 return;
             }
         };
@@ -81,16 +88,24 @@ impl Engine {
             .await
         {
             Ok(PublishOutcome::Confirmed) => {
-                tracing::debug!(workflow = %id, routing_key = key, "notification sent");
+                tracing::debug!(about, routing_key = key, "notification sent");
             }
             Ok(PublishOutcome::Unroutable) => {
-                tracing::debug!(workflow = %id, routing_key = key, "notification unroutable: no queue bound on the notification exchange");
+                tracing::debug!(
+                    about,
+                    routing_key = key,
+                    "notification unroutable: no queue bound on the notification exchange"
+                );
             }
             Ok(PublishOutcome::Nacked) => {
-                tracing::warn!(workflow = %id, routing_key = key, "notification refused by the broker (queue full)");
+                tracing::warn!(
+                    about,
+                    routing_key = key,
+                    "notification refused by the broker (queue full)"
+                );
             }
             Err(e) => {
-                tracing::warn!(workflow = %id, routing_key = key, error = %e, "notification could not be published");
+                tracing::warn!(about, routing_key = key, error = %e, "notification could not be published");
             }
         }
     }

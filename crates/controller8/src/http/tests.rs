@@ -509,17 +509,18 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
             .await
             .assert_error(StatusCode::NOT_FOUND, "not_found");
     }
-    for (method, path) in [
-        ("POST", "/health".to_owned()),
-        ("DELETE", "/ready".to_owned()),
-        ("PUT", "/metrics".to_owned()),
-        ("DELETE", API.to_owned()),
-        ("POST", format!("{API}/{}", Uuid::new_v4())),
-        ("GET", format!("{API}/{}/cancel", Uuid::new_v4())),
+    for (method, path, allow) in [
+        ("POST", "/health".to_owned(), "GET"),
+        ("DELETE", "/ready".to_owned(), "GET"),
+        ("PUT", "/metrics".to_owned(), "GET"),
+        ("TRACE", "/".to_owned(), "GET"),
+        ("DELETE", API.to_owned(), "GET, POST"),
+        ("POST", format!("{API}/{}", Uuid::new_v4()), "GET"),
+        ("GET", format!("{API}/{}/cancel", Uuid::new_v4()), "POST"),
     ] {
-        send(&routes, method, &path, |r| r)
-            .await
-            .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        let r = send(&routes, method, &path, |r| r).await;
+        r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        assert_eq!(r.headers.get("allow").unwrap(), allow, "{method} {path}");
     }
 }
 
@@ -1422,4 +1423,314 @@ async fn a_refused_broker_connection_is_unready_with_a_fixed_warning() {
     let r = get(&fx.routes(), "/ready").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(r.json().get("warnings").is_none(), "{}", r.text);
+}
+
+// ----- issue 15: filters, cursor, retry, OpenAPI, console, events --------------------
+
+/// The OpenAPI document as JSON.
+fn openapi_doc() -> Value {
+    serde_json::from_str(openapi::DOCUMENT).expect("the OpenAPI document is JSON")
+}
+
+#[tokio::test]
+async fn openapi_describes_exactly_the_routes() {
+    let doc = openapi_doc();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut described = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            described.push((
+                op["operationId"].as_str().unwrap().to_owned(),
+                method.clone(),
+                path.clone(),
+            ));
+        }
+    }
+    let mut routes: Vec<(String, String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.name.into(), r.method.into(), r.path.into()))
+        .collect();
+    described.sort();
+    routes.sort();
+    assert_eq!(described, routes, "the OpenAPI document and ROUTES differ");
+
+    // Every route of the table is served (not the "no such route" fallback), and
+    // answers a status the document lists for it.
+    let (fx, routes, id) = Fx::with_workflow().await;
+    for r in ROUTES.iter().filter(|r| r.name != "events") {
+        let path = r.path.replace("{id}", &id.to_string());
+        let reply = match r.method {
+            "get" => get(&routes, &path).await,
+            _ => post_json(&routes, &path, "{}").await,
+        };
+        assert!(
+            !reply.text.contains("no such route") && reply.status != StatusCode::METHOD_NOT_ALLOWED,
+            "{} {path}: {} {}",
+            r.method,
+            reply.status,
+            reply.text
+        );
+        let op = &doc["paths"][r.path][r.method];
+        assert!(
+            op["responses"][reply.status.as_str()].is_object(),
+            "{} {path}: status {} not documented",
+            r.method,
+            reply.status
+        );
+    }
+    drop(fx);
+}
+
+#[tokio::test]
+async fn served_bodies_match_the_openapi_schemas() {
+    use openapi::validate::check;
+    let doc = openapi_doc();
+    let (_fx, routes, id) = Fx::with_workflow().await;
+    let schema = "/components/schemas/Workflow";
+    let list = get(&routes, API).await;
+    assert_eq!(list.status, StatusCode::OK);
+    for v in list.json().as_array().unwrap() {
+        assert_eq!(check(&doc, schema, v), Vec::<String>::new(), "{v}");
+    }
+    let one = get(&routes, &format!("{API}/{id}")).await.json();
+    assert_eq!(check(&doc, schema, &one), Vec::<String>::new());
+    // Every field of the model's view, set, is described.
+    let mut view: WorkflowView = serde_json::from_value(one).unwrap();
+    view.stages[0].started_at = Some(GoTime::from_utc(t0()));
+    view.stages[0].finished_at = Some(GoTime::from_utc(t0()));
+    view.stages[0].detail = Some(json!({"error": "<script>", "n": 1}));
+    view.kind = model8::WorkflowKind::Observed;
+    let full = serde_json::to_value(&view).unwrap();
+    assert_eq!(check(&doc, schema, &full), Vec::<String>::new());
+    // A field the document does not know fails.
+    let mut extra = full.clone();
+    extra["stages"][0]["queue"] = json!("qasmm8");
+    assert_eq!(check(&doc, schema, &extra).len(), 1);
+    // Errors, health and readiness.
+    let err = get(&routes, &format!("{API}/nope")).await;
+    assert_eq!(
+        check(&doc, "/components/schemas/Error", &err.json()),
+        Vec::<String>::new()
+    );
+    let health = get(&routes, "/health").await.json();
+    assert_eq!(
+        check(&doc, "/components/schemas/Health", &health),
+        Vec::<String>::new()
+    );
+    let ready = get(&routes, "/ready").await.json();
+    assert_eq!(
+        check(&doc, "/components/schemas/Ready", &ready),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn list_pages_with_x_next_cursor_and_filters() {
+    let fx = Fx::new().await;
+    let routes = fx.routes();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(new_workflow(&fx.store, Uuid::new_v4(), &format!("d{i}.example")).await);
+    }
+    let mut seen = Vec::new();
+    let mut path = format!("{API}?limit=2");
+    let mut pages = 0;
+    loop {
+        let r = get(&routes, &path).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        pages += 1;
+        for v in r.json().as_array().unwrap() {
+            seen.push(v["id"].as_str().unwrap().to_owned());
+        }
+        match r.headers.get("x-next-cursor") {
+            Some(c) => path = format!("{API}?limit=2&cursor={}", c.to_str().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    let mut want: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    let r = get(&routes, &format!("{API}?cursor=abc")).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    let r = get(
+        &routes,
+        &format!("{API}?domain=D3.Example&kind=managed&company=ACME"),
+    )
+    .await;
+    let list = r.json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["domains"][0], "d3.example");
+    assert!(r.headers.get("x-next-cursor").is_none());
+    let r = get(&routes, &format!("{API}?kind=observed")).await;
+    assert_eq!(r.json(), json!([]));
+}
+
+#[tokio::test]
+async fn retry_is_202_for_a_cancelled_workflow_and_409_otherwise() {
+    let (_fx, routes, id) = Fx::with_workflow().await;
+    let msg = act(&routes, id, "retry")
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+    assert!(msg.contains("it is pending"), "{msg}");
+    assert_eq!(act(&routes, id, "cancel").await.status, StatusCode::OK);
+    let r = act(&routes, id, "retry").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.json()["status"], "pending");
+    assert_eq!(r.json()["stages"][0]["status"], "pending");
+    act(&routes, Uuid::new_v4(), "retry")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn every_response_has_the_security_headers() {
+    let (_fx, routes, _) = Fx::with_workflow().await;
+    for path in ["/", "/console.js", "/health", API, "/nope"] {
+        let r = get(&routes, path).await;
+        let h = |n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        let csp = h("content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(
+            h("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn console_renders_hostile_details_and_names_as_text() {
+    let fx = Fx::new().await;
+    let routes = fx.routes();
+    let hostile = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>";
+    let id = new_workflow(&fx.store, Uuid::new_v4(), hostile).await;
+    let page = get(&routes, "/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        page.text.contains(&id.to_string()),
+        "the open API's list is rendered"
+    );
+    assert!(!page.text.contains("<script>alert"), "{}", page.text);
+    assert!(!page.text.contains("<img src=x"), "{}", page.text);
+    assert!(
+        page.text
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img")
+    );
+    // No inline script: the only script is the same-origin file.
+    assert_eq!(page.text.matches("<script").count(), 1);
+    assert!(
+        page.text
+            .contains("<script src=\"/console.js\" defer></script>")
+    );
+    // With a token configured, the page is open but lists nothing.
+    fx.set_token(Some(TOKEN));
+    let page = get(&routes, "/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.text.contains(&id.to_string()));
+    assert!(page.text.contains("token-notice"));
+    // A bad filter is a 400 page.
+    fx.set_token(None);
+    let page = get(&routes, "/?status=done").await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.text.contains("&quot;done&quot;"), "{}", page.text);
+}
+
+/// Reads from `stream` until `needle` appears (30 s at most); returns what was read.
+async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String {
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&buf).contains(needle) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no {needle:?} within 30 s: {}",
+            String::from_utf8_lossy(&buf)
+        )
+    });
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+async fn open_events(addr: std::net::SocketAddr, extra: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /api/orchestratorm8/events HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn events_stream_workflow_changes_and_resume_with_last_event_id() {
+    let served = Served::start(|_| {}).await;
+    let store = served.fx.store.clone();
+    let id = new_workflow(&store, Uuid::new_v4(), "a.example.com").await;
+    let mut s = open_events(served.addr, "").await;
+    let head = read_until(&mut s, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    // Created before the stream's start (the clock's now): not sent. Paused after: sent.
+    store
+        .pause(id, t0() + chrono::Duration::minutes(6))
+        .await
+        .unwrap();
+    let got = read_until(&mut s, "\"status\":\"paused\"").await;
+    assert!(got.contains("event:workflow"), "{got}");
+    let event_id = got
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .expect("an id")
+        .trim()
+        .to_owned();
+    drop(s);
+    // Resuming from that id sends the change again (at least once), then the next.
+    let mut s = open_events(served.addr, &format!("Last-Event-ID: {event_id}\r\n")).await;
+    read_until(&mut s, "\"status\":\"paused\"").await;
+    store
+        .resume(id, t0() + chrono::Duration::minutes(7))
+        .await
+        .unwrap();
+    read_until(&mut s, "\"status\":\"pending\"").await;
+    drop(s);
+    // A token protects the stream; a bad Last-Event-ID is a 400.
+    served.fx.set_token(Some(TOKEN));
+    let mut s = open_events(served.addr, "").await;
+    assert!(
+        read_until(&mut s, "\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    let mut s = open_events(
+        served.addr,
+        &format!("Authorization: Bearer {TOKEN}\r\nLast-Event-ID: soon\r\n"),
+    )
+    .await;
+    assert!(
+        read_until(&mut s, "\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    served.stop().await;
 }

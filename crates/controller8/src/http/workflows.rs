@@ -2,11 +2,11 @@
 
 use std::str::FromStr;
 
-use db8::WorkflowFilter;
-use model8::{WorkflowId, WorkflowStatus};
+use db8::{ListCursor, WorkflowFilter};
+use model8::{WorkflowId, WorkflowKind, WorkflowStatus, WorkflowView};
 use serde::Deserialize;
 use uuid::Uuid;
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use super::body::{BodyStream, read_json};
@@ -24,6 +24,7 @@ pub(crate) enum Action {
     Cancel,
     Pause,
     Resume,
+    Retry,
 }
 
 impl FromStr for Action {
@@ -34,6 +35,7 @@ impl FromStr for Action {
             "cancel" => Ok(Action::Cancel),
             "pause" => Ok(Action::Pause),
             "resume" => Ok(Action::Resume),
+            "retry" => Ok(Action::Retry),
             _ => Err(()),
         }
     }
@@ -46,6 +48,7 @@ impl Action {
             Action::Cancel => "workflows.cancel",
             Action::Pause => "workflows.pause",
             Action::Resume => "workflows.resume",
+            Action::Retry => "workflows.retry",
         }
     }
 }
@@ -55,12 +58,19 @@ fn parse_id(raw: &str) -> Result<WorkflowId, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("invalid workflow id {raw:?}: not a UUID")))
 }
 
-fn parse_filter(query: &[(String, String)]) -> Result<WorkflowFilter, ApiError> {
+/// The query parameters of the list.
+const LIST_PARAMS: &str = "status, kind, domain, company, cursor, limit";
+
+fn invalid(key: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("invalid query parameter {key}: {e}"))
+}
+
+pub(crate) fn parse_filter(query: &[(String, String)]) -> Result<WorkflowFilter, ApiError> {
     let mut filter = WorkflowFilter {
-        status: None,
         limit: Some(DEFAULT_LIMIT),
+        ..Default::default()
     };
-    let mut seen = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
     for (key, value) in query {
         if seen.contains(&key.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -69,11 +79,21 @@ fn parse_filter(query: &[(String, String)]) -> Result<WorkflowFilter, ApiError> 
         }
         match key.as_str() {
             "status" => {
-                filter.status = Some(value.parse::<WorkflowStatus>().map_err(|e| {
-                    ApiError::bad_request(format!("invalid query parameter status: {e}"))
-                })?);
-                seen.push("status");
+                filter.status = Some(
+                    value
+                        .parse::<WorkflowStatus>()
+                        .map_err(|e| invalid(key, e))?,
+                );
             }
+            "kind" => {
+                filter.kind = Some(value.parse::<WorkflowKind>().map_err(|e| invalid(key, e))?);
+            }
+            "domain" => {
+                // Names are stored canonical (lower case).
+                filter.domain = Some(non_empty(key, value)?.to_lowercase());
+            }
+            "company" => filter.company = Some(non_empty(key, value)?.to_owned()),
+            "cursor" => filter.after = Some(decode_cursor(value)?),
             "limit" => {
                 let n = value
                     .parse::<usize>()
@@ -85,30 +105,98 @@ fn parse_filter(query: &[(String, String)]) -> Result<WorkflowFilter, ApiError> 
                         ))
                     })?;
                 filter.limit = Some(n);
-                seen.push("limit");
             }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?} (expected: status, limit)"
+                    "unknown query parameter {other:?} (expected: {LIST_PARAMS})"
                 )));
             }
         }
+        seen.push(key.as_str());
     }
     Ok(filter)
 }
 
-/// `GET /api/orchestratorm8/workflows[?status=S][&limit=N]`.
+fn non_empty<'a>(key: &str, value: &'a str) -> Result<&'a str, ApiError> {
+    if value.is_empty() {
+        Err(invalid(key, "empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// The opaque `cursor` of the list: the position after a workflow (its creation time
+/// in microseconds and its id), as 48 hexadecimal digits.
+pub(crate) fn encode_cursor(c: &ListCursor) -> String {
+    let mut bytes = c.created_at.timestamp_micros().to_be_bytes().to_vec();
+    bytes.extend_from_slice(c.id.as_bytes());
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(raw: &str) -> Result<ListCursor, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "invalid query parameter cursor {raw:?}: pass the X-Next-Cursor value of a previous page unchanged"
+        ))
+    };
+    if raw.len() != 48 || !raw.is_ascii() {
+        return Err(bad());
+    }
+    let bytes = (0..raw.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&raw[i..i + 2], 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let micros = i64::from_be_bytes(bytes[..8].try_into().map_err(|_| bad())?);
+    // Creation times the server writes are within years 1 to 9999 (PostgreSQL's
+    // range is wider; chrono's narrower).
+    let created_at = chrono::DateTime::from_timestamp_micros(micros)
+        .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
+        .ok_or_else(bad)?;
+    let id = Uuid::from_slice(&bytes[8..]).map_err(|_| bad())?;
+    Ok(ListCursor { created_at, id })
+}
+
+/// `GET /api/orchestratorm8/workflows[?status=S][&kind=K][&domain=D][&company=C]
+/// [&cursor=X][&limit=N]`: a page, newest first; `X-Next-Cursor` when more follow.
 pub(crate) async fn list(
     state: &HttpState,
     query: &[(String, String)],
 ) -> Result<Response, ApiError> {
     let filter = parse_filter(query)?;
-    let views = state
+    let views = list_page(state, filter).await?;
+    let mut res = json_response(StatusCode::OK, &views.0);
+    if let Some(next) = views.1 {
+        res.headers_mut().insert(
+            NEXT_CURSOR,
+            HeaderValue::from_str(&encode_cursor(&next)).map_err(|_| ApiError::internal())?,
+        );
+    }
+    Ok(res)
+}
+
+/// The header holding the cursor of the next page.
+pub(crate) const NEXT_CURSOR: &str = "x-next-cursor";
+
+/// One page of the list and, when more follow, the cursor after it (one more row is
+/// read to know).
+pub(crate) async fn list_page(
+    state: &HttpState,
+    mut filter: WorkflowFilter,
+) -> Result<(Vec<WorkflowView>, Option<ListCursor>), ApiError> {
+    let limit = filter.limit.unwrap_or(DEFAULT_LIMIT);
+    filter.limit = Some(limit + 1);
+    let mut views = state
         .workflows
         .list(&filter)
         .await
         .map_err(ApiError::from_db)?;
-    Ok(json_response(StatusCode::OK, &views))
+    let next = if views.len() > limit {
+        views.truncate(limit);
+        views.last().map(ListCursor::after)
+    } else {
+        None
+    };
+    Ok((views, next))
 }
 
 /// `GET /api/orchestratorm8/workflows/{id}`.
@@ -166,7 +254,8 @@ pub(crate) async fn create(
     Ok(json_response(StatusCode::ACCEPTED, &created))
 }
 
-/// `POST /api/orchestratorm8/workflows/{id}/{cancel|pause|resume}`.
+/// `POST /api/orchestratorm8/workflows/{id}/{cancel|pause|resume|retry}`: 200 (202
+/// for retry: the workflow runs again) and the workflow.
 pub(crate) async fn act(state: &HttpState, id: &str, action: Action) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
     let now = state.clock.now();
@@ -175,12 +264,18 @@ pub(crate) async fn act(state: &HttpState, id: &str, action: Action) -> Result<R
         Action::Cancel => repo.cancel(id, now).await,
         Action::Pause => repo.pause(id, now).await,
         Action::Resume => repo.resume(id, now).await,
+        Action::Retry => repo.retry(id, now).await,
     }
     .map_err(ApiError::from_db)?;
     if action == Action::Cancel {
         state.metrics.workflow_cancelled();
     }
-    Ok(json_response(StatusCode::OK, &view))
+    let status = if action == Action::Retry {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(status, &view))
 }
 
 #[cfg(test)]
@@ -195,19 +290,41 @@ mod tests {
     }
 
     #[test]
+    fn cursors_round_trip() {
+        let c = ListCursor {
+            created_at: chrono::DateTime::from_timestamp_micros(1_900_000_000_123_456).unwrap(),
+            id: Uuid::new_v4(),
+        };
+        let raw = encode_cursor(&c);
+        assert_eq!(raw.len(), 48);
+        let f = parse_filter(&q(&[
+            ("cursor", &raw),
+            ("kind", "observed"),
+            ("domain", "A.Example"),
+            ("company", "ACME"),
+        ]))
+        .unwrap();
+        assert_eq!(f.after, Some(c));
+        assert_eq!(f.kind, Some(WorkflowKind::Observed));
+        assert_eq!(f.domain.as_deref(), Some("a.example"));
+        assert_eq!(f.company.as_deref(), Some("ACME"));
+    }
+
+    #[test]
     fn filter_parsing() {
         assert_eq!(
             parse_filter(&[]).unwrap(),
             WorkflowFilter {
-                status: None,
-                limit: Some(DEFAULT_LIMIT)
+                limit: Some(DEFAULT_LIMIT),
+                ..Default::default()
             }
         );
         assert_eq!(
             parse_filter(&q(&[("status", "paused"), ("limit", "5")])).unwrap(),
             WorkflowFilter {
                 status: Some(WorkflowStatus::Paused),
-                limit: Some(5)
+                limit: Some(5),
+                ..Default::default()
             }
         );
         let e = parse_filter(&q(&[("status", "done")])).unwrap_err();
@@ -222,6 +339,13 @@ mod tests {
             q(&[("limit", "x")]),
             q(&[("stauts", "running")]),
             q(&[("status", "running"), ("status", "paused")]),
+            q(&[("kind", "other")]),
+            q(&[("domain", "")]),
+            q(&[("cursor", "x")]),
+            q(&[("cursor", &"z".repeat(48))]),
+            q(&[("cursor", &"é".repeat(24))]),
+            // Decodes, but to a time no workflow has (year -292,000).
+            q(&[("cursor", "b3f70d10406e13abf0a9ba50b03e9803466b4488d097b1ae")]),
         ] {
             assert_eq!(
                 parse_filter(&bad).unwrap_err().status,

@@ -15,10 +15,11 @@ use uuid::Uuid;
 use super::MemoryStore;
 use crate::error::DbError;
 use crate::plan::{active_domain, validate_batch};
+use crate::ring::{Cycle, CycleStage};
 use crate::time::{db_precision, plus};
 use crate::traits::{
-    ClaimedStage, Created, InitialClaim, NewWorkflow, StageKey, Transition, WorkflowFilter,
-    WorkflowRepository,
+    ClaimedStage, Created, InitialClaim, NewWorkflow, RingApplied, RingEvent, RingRepository,
+    RingStage, RingStall, StageKey, StalledStage, Transition, WorkflowFilter, WorkflowRepository,
 };
 
 /// Default and largest page of [`WorkflowRepository::list`].
@@ -32,6 +33,8 @@ pub(super) struct Workflows {
     by_domain: HashMap<Uuid, Vec<WorkflowId>>,
     /// The active single-domain workflow of a domain.
     active_single: HashMap<Uuid, WorkflowId>,
+    /// The keys of the ring messages applied.
+    ring_keys: std::collections::HashSet<String>,
 }
 
 struct Wf {
@@ -58,6 +61,8 @@ struct Stage {
     detail: Option<serde_json::Value>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// An observed stage's stall time.
+    stall_at: Option<DateTime<Utc>>,
 }
 
 impl Stage {
@@ -101,6 +106,15 @@ impl Wf {
                 })
                 .collect(),
         }
+    }
+
+    /// The names of its completed stages.
+    fn completed_stages(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .filter(|s| s.status == StageStatus::Completed)
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     fn stage_mut(&mut self, name: &str) -> Option<&mut Stage> {
@@ -221,6 +235,7 @@ impl MemoryStore {
                         detail: None,
                         started_at: None,
                         finished_at: None,
+                        stall_at: None,
                     }
                 })
                 .collect();
@@ -450,12 +465,7 @@ impl WorkflowRepository for MemoryStore {
         if detail.is_some() {
             s.detail = detail;
         }
-        let completed: Vec<String> = wf
-            .stages
-            .iter()
-            .filter(|s| s.status == StageStatus::Completed)
-            .map(|s| s.name.clone())
-            .collect();
+        let completed = wf.completed_stages();
         for s in &mut wf.stages {
             if s.status == StageStatus::Waiting
                 && s.depends_on.iter().all(|d| completed.contains(d))
@@ -545,11 +555,26 @@ impl WorkflowRepository for MemoryStore {
 
     async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError> {
         let state = self.state()?;
+        let after = filter.after.map(|c| (db_precision(c.created_at), c.id));
         let mut all: Vec<&Wf> = state
             .workflows
             .by_id
             .values()
             .filter(|w| filter.status.is_none_or(|s| w.status == s))
+            .filter(|w| filter.kind.is_none_or(|k| w.kind == k))
+            .filter(|w| {
+                filter
+                    .domain
+                    .as_ref()
+                    .is_none_or(|n| w.domains.iter().any(|d| &d.name == n))
+            })
+            .filter(|w| {
+                filter
+                    .company
+                    .as_ref()
+                    .is_none_or(|c| w.domains.iter().any(|d| &d.companyname == c))
+            })
+            .filter(|w| after.is_none_or(|a| (w.created_at, w.id) < a))
             .collect();
         all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         Ok(all
@@ -601,5 +626,245 @@ impl WorkflowRepository for MemoryStore {
         };
         wf.updated_at = now;
         Ok(wf.view())
+    }
+
+    async fn retry(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
+        let now = db_precision(now);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let wf = wfs.get(id)?;
+        if !matches!(
+            wf.status,
+            WorkflowStatus::Failed | WorkflowStatus::Cancelled
+        ) {
+            return Err(invalid_state(id, "retry", wf.status));
+        }
+        if wf.kind != WorkflowKind::Managed {
+            return Err(DbError::InvalidState(format!(
+                "cannot retry workflow {id}: it is an observed cycle"
+            )));
+        }
+        let single = match wf.domains.as_slice() {
+            [only] => Some(only.id),
+            _ => None,
+        };
+        if let Some(d) = single {
+            if wfs.active_single.contains_key(&d) {
+                return Err(DbError::Conflict(format!(
+                    "cannot retry workflow {id}: its domain has another active workflow"
+                )));
+            }
+            wfs.active_single.insert(d, id);
+        }
+        let wf = wfs.get_mut(id)?;
+        wf.active_domain = single;
+        wf.ended_at = None;
+        wf.updated_at = now;
+        let completed = wf.completed_stages();
+        wf.status = if completed.is_empty() {
+            WorkflowStatus::Pending
+        } else {
+            WorkflowStatus::Running
+        };
+        for s in wf
+            .stages
+            .iter_mut()
+            .filter(|s| s.status != StageStatus::Completed)
+        {
+            let due = s.depends_on.iter().all(|d| completed.contains(d));
+            s.status = if due {
+                StageStatus::Pending
+            } else {
+                StageStatus::Waiting
+            };
+            s.attempt = 0;
+            s.not_before = due.then_some(now);
+            s.deadline = None;
+            s.clear_claim();
+            s.detail = None;
+            s.started_at = None;
+            s.finished_at = None;
+        }
+        Ok(wf.view())
+    }
+
+    async fn changed_since(
+        &self,
+        since: DateTime<Utc>,
+        after: Option<WorkflowId>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowView>, DbError> {
+        let since = db_precision(since);
+        let state = self.state()?;
+        let mut changed: Vec<&Wf> = state
+            .workflows
+            .by_id
+            .values()
+            .filter(|w| match after {
+                None => w.updated_at >= since,
+                Some(a) => (w.updated_at, w.id) > (since, a),
+            })
+            .collect();
+        changed.sort_by_key(|w| (w.updated_at, w.id));
+        Ok(changed.into_iter().take(limit).map(Wf::view).collect())
+    }
+}
+
+impl Workflows {
+    /// The latest two observed cycles, newest first, with their stages in `ring` order.
+    fn ring_load(&self, ring: &[RingStage]) -> Vec<Cycle> {
+        let mut observed: Vec<&Wf> = self
+            .by_id
+            .values()
+            .filter(|w| w.kind == WorkflowKind::Observed)
+            .collect();
+        observed.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        observed
+            .into_iter()
+            .take(2)
+            .map(|w| Cycle {
+                id: w.id,
+                status: w.status,
+                created_at: w.created_at,
+                updated_at: w.updated_at,
+                ended_at: w.ended_at,
+                stages: ring
+                    .iter()
+                    .map(|r| {
+                        let s = w.stages.iter().find(|s| s.name == r.name);
+                        CycleStage {
+                            name: r.name.clone(),
+                            status: s.map_or(StageStatus::Waiting, |s| s.status),
+                            attempt: s.map_or(0, |s| s.attempt),
+                            started_at: s.and_then(|s| s.started_at),
+                            finished_at: s.and_then(|s| s.finished_at),
+                            stall_at: s.and_then(|s| s.stall_at),
+                            detail: s.and_then(|s| s.detail.clone()),
+                            stored: s.is_some(),
+                            dirty: false,
+                        }
+                    })
+                    .collect(),
+                new: false,
+                dirty: false,
+            })
+            .collect()
+    }
+
+    /// Writes back the changed cycles.
+    fn ring_store(&mut self, cycles: Vec<Cycle>) {
+        for c in cycles.into_iter().filter(|c| c.dirty) {
+            let stage = |i: usize, s: &CycleStage, names: &[String]| Stage {
+                name: s.name.clone(),
+                depends_on: i
+                    .checked_sub(1)
+                    .map(|p| vec![names[p].clone()])
+                    .unwrap_or_default(),
+                status: s.status,
+                attempt: s.attempt,
+                not_before: None,
+                deadline: None,
+                claim_owner: None,
+                claim_until: None,
+                detail: s.detail.clone(),
+                started_at: s.started_at,
+                finished_at: s.finished_at,
+                stall_at: s.stall_at,
+            };
+            let names: Vec<String> = c.stages.iter().map(|s| s.name.clone()).collect();
+            match self.by_id.get_mut(&c.id) {
+                Some(w) => {
+                    w.status = c.status;
+                    w.updated_at = c.updated_at;
+                    w.ended_at = c.ended_at;
+                    for (i, s) in c.stages.iter().enumerate().filter(|(_, s)| s.dirty) {
+                        let new = stage(i, s, &names);
+                        match w.stages.iter_mut().find(|x| x.name == s.name) {
+                            Some(x) => *x = new,
+                            None => w.stages.push(new),
+                        }
+                    }
+                }
+                None => {
+                    let stages = c
+                        .stages
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| stage(i, s, &names))
+                        .collect();
+                    self.by_id.insert(
+                        c.id,
+                        Wf {
+                            id: c.id,
+                            kind: WorkflowKind::Observed,
+                            status: c.status,
+                            created_at: c.created_at,
+                            updated_at: c.updated_at,
+                            ended_at: c.ended_at,
+                            active_domain: None,
+                            domains: Vec::new(),
+                            stages,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RingRepository for MemoryStore {
+    async fn ring_apply(
+        &self,
+        ring: &[RingStage],
+        event: &RingEvent,
+    ) -> Result<RingApplied, DbError> {
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        if !wfs.ring_keys.insert(event.key.clone()) {
+            return Ok(RingApplied::Duplicate);
+        }
+        let event = RingEvent {
+            at: db_precision(event.at),
+            ..event.clone()
+        };
+        let mut cycles = wfs.ring_load(ring);
+        let applied = crate::ring::apply(&mut cycles, ring, &event);
+        wfs.ring_store(cycles);
+        Ok(applied)
+    }
+
+    async fn ring_stalls(
+        &self,
+        ring: &[RingStage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RingStall>, DbError> {
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut cycles = wfs.ring_load(ring);
+        let stalls = crate::ring::stall(&mut cycles, db_precision(now));
+        wfs.ring_store(cycles);
+        Ok(stalls)
+    }
+
+    async fn ring_stalled(&self, ring: &[RingStage]) -> Result<Vec<StalledStage>, DbError> {
+        let state = self.state()?;
+        Ok(crate::ring::stalled(&state.workflows.ring_load(ring)))
+    }
+
+    async fn ring_give_up(
+        &self,
+        ring: &[RingStage],
+        cycle: WorkflowId,
+        stage: &str,
+        message: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, DbError> {
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut cycles = wfs.ring_load(ring);
+        let changed = crate::ring::give_up(&mut cycles, cycle, stage, message, db_precision(at));
+        wfs.ring_store(cycles);
+        Ok(changed)
     }
 }

@@ -43,6 +43,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "workflow kind and stage times",
         sql: include_str!("migrations/0005_workflow_kind_stage_times.sql"),
     },
+    Migration {
+        version: 6,
+        name: "observed ring",
+        sql: include_str!("migrations/0006_observed_ring.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).

@@ -6,6 +6,7 @@ mod domains;
 mod feed;
 mod lock;
 mod migrate;
+mod ring;
 mod workflows;
 
 use std::sync::{Arc, Mutex};

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use model8::{DomainRef, GoTime, StageStatus, StageView, WorkflowId, WorkflowStatus, WorkflowView};
+use model8::{
+    DomainRef, GoTime, StageStatus, StageView, WorkflowId, WorkflowKind, WorkflowStatus,
+    WorkflowView,
+};
 use tokio_postgres::{IsolationLevel, Row, Transaction};
 use uuid::Uuid;
 
@@ -50,6 +53,16 @@ fn plan_text(wf: &NewWorkflow) -> String {
     }
     out
 }
+
+/// The filters of the API's listing, `$1` to `$6` (status, kind, domain, company,
+/// cursor time, cursor id), on the workflow row `w`.
+const LIST_FILTER: &str = "($1::text IS NULL OR w.status = $1) \
+     AND ($2::text IS NULL OR w.kind = $2) \
+     AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM orchestratorm8_workflow_domain d \
+          WHERE d.workflow_id = w.id AND d.name = $3)) \
+     AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM orchestratorm8_workflow_domain d \
+          WHERE d.workflow_id = w.id AND d.companyname = $4)) \
+     AND ($5::timestamptz IS NULL OR (w.created_at, w.id) < ($5, $6::uuid))";
 
 /// The columns of a workflow row its view starts from, in the order
 /// [`PgStore::views`] reads them.
@@ -372,6 +385,114 @@ impl PgStore {
         Ok(out)
     }
 
+    /// Within `tx` (workflow `id` locked): the stages whose dependencies are all
+    /// completed and that are not due yet become pending at `now`.
+    async fn promote_due(
+        &self,
+        tx: &Transaction<'_>,
+        id: WorkflowId,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        // The stages whose dependencies are all completed become due: a row is
+        // created for each (a workflow with a plan), or its waiting row is updated (one
+        // created before plans were recorded).
+        tx.execute(
+            &format!(
+                "INSERT INTO orchestratorm8_stage_run \
+                   (workflow_id, stage, position, depends_on, status, not_before, updated_at) \
+                 SELECT $1, p.parts[1], (p.pos - 1)::int, p.parts[2:], 'pending', $2, $2 \
+                 FROM orchestratorm8_workflow w \
+                 CROSS JOIN LATERAL ( \
+                   SELECT string_to_array(u.e, E'\\x{us:02x}') AS parts, u.pos \
+                   FROM unnest(w.plan) WITH ORDINALITY AS u(e, pos)) p \
+                 WHERE w.id = $1 \
+                   AND NOT EXISTS (SELECT 1 FROM orchestratorm8_stage_run s \
+                                   WHERE s.workflow_id = $1 AND s.stage = p.parts[1]) \
+                   AND NOT EXISTS ( \
+                     SELECT 1 FROM unnest(p.parts[2:]) AS d(name) WHERE NOT EXISTS ( \
+                       SELECT 1 FROM orchestratorm8_stage_run c WHERE c.workflow_id = $1 \
+                         AND c.stage = d.name AND c.status = 'completed'))",
+                us = DEP_SEPARATOR as u32
+            ),
+            &[&id, &now],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE orchestratorm8_stage_run s SET status = 'pending', not_before = $2, \
+               updated_at = $2 \
+             WHERE s.workflow_id = $1 AND s.status = 'waiting' AND NOT EXISTS ( \
+               SELECT 1 FROM orchestratorm8_stage_run d \
+               WHERE d.workflow_id = $1 AND d.stage = ANY(s.depends_on) \
+                 AND d.status <> 'completed')",
+            &[&id, &now],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Within `tx` (workflow `id` locked, failed or cancelled): the workflow runs
+    /// again from its unfinished stages (see [`WorkflowRepository::retry`]).
+    async fn reopen(
+        &self,
+        tx: &Transaction<'_>,
+        id: WorkflowId,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let kind: String = tx
+            .query_one(
+                "SELECT kind FROM orchestratorm8_workflow WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if kind != WorkflowKind::Managed.as_str() {
+            return Err(DbError::InvalidState(format!(
+                "cannot retry workflow {id}: it is an observed cycle"
+            )));
+        }
+        // A one-domain workflow takes its domain back (the unique index refuses it
+        // while another workflow of the domain is active: a conflict).
+        tx.execute(
+            "UPDATE orchestratorm8_workflow w SET updated_at = $2, ended_at = NULL, \
+               status = CASE WHEN EXISTS (SELECT 1 FROM orchestratorm8_stage_run \
+                 WHERE workflow_id = $1 AND status = 'completed') THEN 'running' ELSE 'pending' END, \
+               active_domain = (SELECT CASE WHEN count(*) = 1 THEN min(domain_id::text)::uuid END \
+                 FROM orchestratorm8_workflow_domain WHERE workflow_id = $1) \
+             WHERE id = $1",
+            &[&id, &now],
+        )
+        .await
+        .map_err(|e| match self.err(e) {
+            DbError::Conflict(_) => DbError::Conflict(format!(
+                "cannot retry workflow {id}: its domain has another active workflow"
+            )),
+            other => other,
+        })?;
+        // A workflow with a plan keeps rows for its completed stages only; one
+        // created before plans were recorded has a row per stage, reset to waiting.
+        tx.execute(
+            "DELETE FROM orchestratorm8_stage_run s USING orchestratorm8_workflow w \
+             WHERE s.workflow_id = $1 AND w.id = $1 AND w.plan IS NOT NULL \
+               AND s.status <> 'completed'",
+            &[&id],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE orchestratorm8_stage_run SET status = 'waiting', attempt = 0, \
+               not_before = NULL, deadline = NULL, claim_owner = NULL, claim_until = NULL, \
+               detail = NULL, started_at = NULL, finished_at = NULL, updated_at = $2 \
+             WHERE workflow_id = $1 AND status <> 'completed'",
+            &[&id, &now],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        self.promote_due(tx, id, now).await
+    }
+
     /// Runs `change` on one locked workflow in a transaction and returns its view.
     async fn change_workflow(
         &self,
@@ -390,6 +511,7 @@ impl PgStore {
             return Err(invalid_state(id, action, status));
         }
         match action {
+            "retry" => self.reopen(&tx, id, now).await?,
             "cancel" => self.finish(&tx, id, WorkflowStatus::Cancelled, now).await?,
             "pause" => {
                 tx.execute(
@@ -710,42 +832,7 @@ impl WorkflowRepository for PgStore {
         if n == 0 {
             return Ok(Transition::Stale);
         }
-        // The stages whose dependencies are now all completed become due: a row is
-        // created for each (a workflow with a plan), or its waiting row is updated (one
-        // created before plans were recorded).
-        tx.execute(
-            &format!(
-                "INSERT INTO orchestratorm8_stage_run \
-                   (workflow_id, stage, position, depends_on, status, not_before, updated_at) \
-                 SELECT $1, p.parts[1], (p.pos - 1)::int, p.parts[2:], 'pending', $2, $2 \
-                 FROM orchestratorm8_workflow w \
-                 CROSS JOIN LATERAL ( \
-                   SELECT string_to_array(u.e, E'\\x{us:02x}') AS parts, u.pos \
-                   FROM unnest(w.plan) WITH ORDINALITY AS u(e, pos)) p \
-                 WHERE w.id = $1 \
-                   AND NOT EXISTS (SELECT 1 FROM orchestratorm8_stage_run s \
-                                   WHERE s.workflow_id = $1 AND s.stage = p.parts[1]) \
-                   AND NOT EXISTS ( \
-                     SELECT 1 FROM unnest(p.parts[2:]) AS d(name) WHERE NOT EXISTS ( \
-                       SELECT 1 FROM orchestratorm8_stage_run c WHERE c.workflow_id = $1 \
-                         AND c.stage = d.name AND c.status = 'completed'))",
-                us = DEP_SEPARATOR as u32
-            ),
-            &[&id, &now],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE orchestratorm8_stage_run s SET status = 'pending', not_before = $2, \
-               updated_at = $2 \
-             WHERE s.workflow_id = $1 AND s.status = 'waiting' AND NOT EXISTS ( \
-               SELECT 1 FROM orchestratorm8_stage_run d \
-               WHERE d.workflow_id = $1 AND d.stage = ANY(s.depends_on) \
-                 AND d.status <> 'completed')",
-            &[&id, &now],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
+        self.promote_due(&tx, id, now).await?;
         // Completed when every stage of the plan (of the rows, without a plan) is.
         let done: bool = tx
             .query_one(
@@ -855,15 +942,25 @@ impl WorkflowRepository for PgStore {
             .await
             .map_err(|e| self.err(e))?;
         let status = filter.status.map(|s| s.as_str());
+        let kind = filter.kind.map(|k| k.as_str());
+        let after_at = filter.after.map(|c| c.created_at);
+        let after_id = filter.after.map(|c| c.id);
         let limit = sql_limit(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT));
         let heads = tx
             .query(
                 &format!(
-                    "SELECT {HEAD} FROM orchestratorm8_workflow \
-                     WHERE ($1::text IS NULL OR status = $1) \
-                     ORDER BY created_at DESC, id DESC LIMIT $2"
+                    "SELECT {HEAD} FROM orchestratorm8_workflow w WHERE {LIST_FILTER} \
+                     ORDER BY w.created_at DESC, w.id DESC LIMIT $7"
                 ),
-                &[&status, &limit],
+                &[
+                    &status,
+                    &kind,
+                    &filter.domain,
+                    &filter.company,
+                    &after_at,
+                    &after_id,
+                    &limit,
+                ],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -901,5 +998,47 @@ impl WorkflowRepository for PgStore {
     async fn resume(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
         self.change_workflow(id, "resume", &[WorkflowStatus::Paused], now)
             .await
+    }
+
+    async fn retry(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
+        use WorkflowStatus::*;
+        self.change_workflow(id, "retry", &[Failed, Cancelled], now)
+            .await
+    }
+
+    async fn changed_since(
+        &self,
+        since: DateTime<Utc>,
+        after: Option<WorkflowId>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowView>, DbError> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.err(e))?;
+        // The active workflows (partial index on id) and those that ended since
+        // (index on ended_at: a terminal workflow's last change is its end).
+        let heads = tx
+            .query(
+                &format!(
+                    "SELECT {HEAD} FROM ( \
+                       SELECT * FROM orchestratorm8_workflow \
+                       WHERE ended_at IS NULL AND updated_at >= $1 \
+                       UNION ALL \
+                       SELECT * FROM orchestratorm8_workflow WHERE ended_at >= $1) w \
+                     WHERE $3::uuid IS NULL OR (updated_at, id) > ($1, $3) \
+                     ORDER BY updated_at, id LIMIT $2"
+                ),
+                &[&since, &sql_limit(limit), &after],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let views = self.views(&tx, &heads).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(views)
     }
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use db8::{
     ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, InitialClaim, LeaderLock,
-    NewWorkflow, StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
+    NewWorkflow, RingApplied, RingEvent, RingMessage, RingRepository, RingStage, StageKey,
+    StagePlan, Transition, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
 use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowKind, WorkflowStatus};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 pub struct Stores {
     pub domains: Arc<dyn DomainRepository>,
     pub workflows: Arc<dyn WorkflowRepository>,
+    pub ring: Arc<dyn RingRepository>,
     pub feed: Arc<dyn ChangeFeed>,
     pub health: Arc<dyn DbHealth>,
     /// Two contenders for the same leader lock.
@@ -58,9 +60,15 @@ macro_rules! conformance_suite {
             workflow_cancel_pause_resume,
             workflow_stage_times_and_detail,
             workflow_list_filter_and_limit,
+            workflow_list_filters_by_domain_company_kind,
+            workflow_list_pages_with_a_cursor,
+            workflow_retry,
+            workflow_changed_since,
             workflow_idle_domains,
             workflow_active_and_last_ended,
             workflow_in_flight_counts,
+            ring_observed_cycles,
+            ring_heal_gives_up_on_a_stalled_stage,
             leader_lock_contention,
             health_ping,
         );
@@ -186,15 +194,20 @@ async fn create(s: &Stores, x: &NewWorkflow) {
         .unwrap();
 }
 
-async fn stage_status(s: &Stores, id: Uuid) -> Vec<(String, StageStatus, u32)> {
+/// The stages of workflow `id` as `view` maps them.
+async fn stages_as<T>(s: &Stores, id: Uuid, view: impl Fn(model8::StageView) -> T) -> Vec<T> {
     s.workflows
         .get(id)
         .await
         .unwrap()
         .stages
         .into_iter()
-        .map(|v| (v.name, v.status, v.attempt))
+        .map(view)
         .collect()
+}
+
+async fn stage_status(s: &Stores, id: Uuid) -> Vec<(String, StageStatus, u32)> {
+    stages_as(s, id, |v| (v.name, v.status, v.attempt)).await
 }
 
 async fn wf_status(s: &Stores, id: Uuid) -> WorkflowStatus {
@@ -1162,14 +1175,7 @@ async fn stage_times(
     id: Uuid,
 ) -> Vec<(Option<i64>, Option<i64>, Option<serde_json::Value>)> {
     let at = |t: Option<GoTime>| t.map(|t| (t.to_utc() - t0_stored()).num_seconds());
-    s.workflows
-        .get(id)
-        .await
-        .unwrap()
-        .stages
-        .into_iter()
-        .map(|v| (at(v.started_at), at(v.finished_at), v.detail))
-        .collect()
+    stages_as(s, id, |v| (at(v.started_at), at(v.finished_at), v.detail)).await
 }
 
 pub async fn workflow_stage_times_and_detail(s: &Stores) {
@@ -1271,22 +1277,253 @@ pub async fn workflow_list_filter_and_limit(s: &Stores) {
     let cancelled = WorkflowFilter {
         status: Some(WorkflowStatus::Cancelled),
         limit: None,
+        ..Default::default()
     };
     assert_eq!(ids(w.list(&cancelled).await.unwrap()), [xs[3].id, xs[1].id]);
     let two = WorkflowFilter {
         status: None,
         limit: Some(2),
+        ..Default::default()
     };
     assert_eq!(ids(w.list(&two).await.unwrap()), [xs[4].id, xs[3].id]);
     let none = WorkflowFilter {
         status: Some(WorkflowStatus::Failed),
         limit: None,
+        ..Default::default()
     };
     assert!(w.list(&none).await.unwrap().is_empty());
     // The default page is 100.
     let many = diamond_wfs("m", 120);
     assert_eq!(w.create_workflows(&many, t0()).await.unwrap().len(), 120);
     assert_eq!(w.list(&WorkflowFilter::default()).await.unwrap().len(), 100);
+}
+
+pub async fn workflow_list_filters_by_domain_company_kind(s: &Stores) {
+    let w = &s.workflows;
+    let mut other = dref("b.example");
+    other.companyname = "Other Co".into();
+    let a = diamond_wf("a.example");
+    let b = wf(vec![other.clone()], diamond());
+    let both = wf(vec![dref("c.example"), other], diamond());
+    create_a_second_apart(s, &[a.clone(), b.clone(), both.clone()]).await;
+    let ids = |v: Vec<model8::WorkflowView>| v.into_iter().map(|v| v.id).collect::<Vec<_>>();
+    let list = |f: WorkflowFilter| async move { ids(w.list(&f).await.unwrap()) };
+    let by_domain = |d: &str| WorkflowFilter {
+        domain: Some(d.into()),
+        ..Default::default()
+    };
+    assert_eq!(list(by_domain("b.example")).await, [both.id, b.id]);
+    assert_eq!(list(by_domain("a.example")).await, [a.id]);
+    assert!(
+        list(by_domain("a.exampl")).await.is_empty(),
+        "exact names only"
+    );
+    let by_company = |c: &str| WorkflowFilter {
+        company: Some(c.into()),
+        ..Default::default()
+    };
+    assert_eq!(list(by_company("Other Co")).await, [both.id, b.id]);
+    assert_eq!(list(by_company("ACME")).await, [both.id, a.id]);
+    assert_eq!(
+        list(WorkflowFilter {
+            kind: Some(WorkflowKind::Managed),
+            ..Default::default()
+        })
+        .await,
+        [both.id, b.id, a.id]
+    );
+    assert!(
+        list(WorkflowFilter {
+            kind: Some(WorkflowKind::Observed),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    w.cancel(b.id, t0() + secs(5)).await.unwrap();
+    assert_eq!(
+        list(WorkflowFilter {
+            status: Some(WorkflowStatus::Pending),
+            company: Some("Other Co".into()),
+            domain: Some("c.example".into()),
+            ..Default::default()
+        })
+        .await,
+        [both.id]
+    );
+}
+
+pub async fn workflow_list_pages_with_a_cursor(s: &Stores) {
+    let w = &s.workflows;
+    // Seven workflows, five of them created at the same instant (ties broken by id).
+    let early = diamond_wfs("e", 2);
+    create_a_second_apart(s, &early).await;
+    let same = diamond_wfs("s", 5);
+    w.create_workflows(&same, t0() + secs(10)).await.unwrap();
+    let all: Vec<Uuid> = w
+        .list(&WorkflowFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(all.len(), 7);
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = w
+            .list(&WorkflowFilter {
+                after,
+                limit: Some(3),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        pages += 1;
+        if pages == 1 {
+            // Created while paging: newer than the cursor, so not in later pages.
+            w.create_workflows(&diamond_wfs("n", 2), t0() + secs(20))
+                .await
+                .unwrap();
+        }
+        after = Some(db8::ListCursor::after(page.last().unwrap()));
+        seen.extend(page.iter().map(|v| v.id));
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen, all,
+        "every workflow once, in order, despite the inserts"
+    );
+}
+
+pub async fn workflow_retry(s: &Stores) {
+    let w = &s.workflows;
+    // a completes, b fails for good (c cancelled with the workflow).
+    let x = diamond_wf("a.example");
+    create(s, &x).await;
+    let ka = start(s, x.id, "a", t0()).await;
+    w.complete_stage(&ka, None, t0() + secs(1)).await.unwrap();
+    let kb = start(s, x.id, "b", t0() + secs(2)).await;
+    w.fail_stage(&kb, Some(serde_json::json!("boom")), None, t0() + secs(3))
+        .await
+        .unwrap();
+    assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Failed);
+    // Only a failed or cancelled workflow can be retried.
+    let y = diamond_wf("b.example");
+    create(s, &y).await;
+    assert!(matches!(
+        w.retry(y.id, t0()).await,
+        Err(DbError::InvalidState(_))
+    ));
+    assert!(matches!(
+        w.retry(Uuid::new_v4(), t0()).await,
+        Err(DbError::NotFound(_))
+    ));
+    let v = w.retry(x.id, t0() + secs(10)).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Running);
+    assert_eq!(v.updated_at, GoTime::from_utc(t0_stored() + secs(10)));
+    assert_eq!(
+        stage_status(s, x.id).await,
+        [
+            ("a".into(), StageStatus::Completed, 1),
+            ("b".into(), StageStatus::Pending, 0),
+            ("c".into(), StageStatus::Pending, 0)
+        ]
+    );
+    assert_eq!(v.stages[1].detail, None);
+    assert_eq!(v.stages[1].finished_at, None);
+    assert!(w.any_active().await.unwrap());
+    // Its domain is busy again: no second workflow for it.
+    assert!(
+        w.create_workflows(&[diamond_wf_for(&x)], t0() + secs(11))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // It runs to completion with fresh attempts.
+    let kb = start(s, x.id, "b", t0() + secs(12)).await;
+    assert_eq!(kb.attempt, 1);
+    let kc = start(s, x.id, "c", t0() + secs(12)).await;
+    w.complete_stage(&kb, None, t0() + secs(13)).await.unwrap();
+    assert_eq!(
+        w.complete_stage(&kc, None, t0() + secs(14)).await.unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: true
+        }
+    );
+    assert!(matches!(
+        w.retry(x.id, t0() + secs(15)).await,
+        Err(DbError::InvalidState(_))
+    ));
+    // A cancelled workflow whose domain got another active workflow meanwhile: 409.
+    let z = diamond_wf("c.example");
+    create(s, &z).await;
+    w.cancel(z.id, t0() + secs(20)).await.unwrap();
+    let z2 = diamond_wf_for(&z);
+    w.create_workflows(std::slice::from_ref(&z2), t0() + secs(21))
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.retry(z.id, t0() + secs(22)).await,
+        Err(DbError::Conflict(_))
+    ));
+    assert_eq!(wf_status(s, z.id).await, WorkflowStatus::Cancelled);
+    w.cancel(z2.id, t0() + secs(23)).await.unwrap();
+    let v = w.retry(z.id, t0() + secs(24)).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Pending, "no stage had completed");
+    assert_eq!(
+        stage_status(s, z.id).await,
+        [
+            ("a".into(), StageStatus::Pending, 0),
+            ("b".into(), StageStatus::Waiting, 0),
+            ("c".into(), StageStatus::Waiting, 0)
+        ]
+    );
+}
+
+/// A new workflow of the diamond plan for the same domain as `x`.
+fn diamond_wf_for(x: &NewWorkflow) -> NewWorkflow {
+    wf(x.domains.clone(), diamond())
+}
+
+pub async fn workflow_changed_since(s: &Stores) {
+    let w = &s.workflows;
+    let xs = diamond_wfs("d", 3);
+    create_a_second_apart(s, &xs).await;
+    let ids = |v: Vec<model8::WorkflowView>| v.into_iter().map(|v| v.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(w.changed_since(t0(), None, 100).await.unwrap()),
+        [xs[0].id, xs[1].id, xs[2].id]
+    );
+    assert_eq!(
+        ids(w.changed_since(t0() + secs(1), None, 100).await.unwrap()),
+        [xs[1].id, xs[2].id]
+    );
+    // A stage starting, a workflow ending: changes, oldest first.
+    start(s, xs[0].id, "a", t0() + secs(10)).await;
+    w.cancel(xs[1].id, t0() + secs(11)).await.unwrap();
+    assert_eq!(
+        ids(w.changed_since(t0() + secs(5), None, 100).await.unwrap()),
+        [xs[0].id, xs[1].id]
+    );
+    assert_eq!(
+        ids(w.changed_since(t0() + secs(11), None, 100).await.unwrap()),
+        [xs[1].id]
+    );
+    assert_eq!(
+        ids(w.changed_since(t0() + secs(1), None, 1).await.unwrap()),
+        [xs[2].id]
+    );
+    assert!(
+        w.changed_since(t0() + secs(12), None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn workflow_idle_domains(s: &Stores) {
@@ -1423,4 +1660,186 @@ pub async fn health_ping(s: &Stores) {
     s.health.ping().await.unwrap();
     let stats = s.health.pool_stats();
     assert!(stats.idle <= stats.connections);
+}
+
+// ---------------------------------------------------------------- observed ring
+
+fn ring4() -> Vec<RingStage> {
+    ["asmm8", "naabum8", "katanam8", "num8"]
+        .map(|n| RingStage {
+            name: n.into(),
+            timeout: Duration::from_secs(60),
+        })
+        .to_vec()
+}
+
+fn ring_event(key: &str, at: i64, message: RingMessage) -> RingEvent {
+    RingEvent {
+        key: key.into(),
+        at: t0() + secs(at),
+        message,
+    }
+}
+
+fn ring_chain(from: &str, to: &str) -> RingMessage {
+    RingMessage::Chain {
+        from: from.into(),
+        to: to.into(),
+        payload: Some(model8::chain::ScanPayload {
+            status: model8::chain::ScanStatus::Complete,
+            message: format!("{from} done"),
+        }),
+    }
+}
+
+/// A full observed cycle, applied once per key, listed as kind observed; a stall is
+/// reported once and a late chain message still ends the stage.
+pub async fn ring_observed_cycles(s: &Stores) {
+    let r = ring4();
+    let apply = |e: RingEvent| {
+        let ring = s.ring.clone();
+        let r = r.clone();
+        async move { ring.ring_apply(&r, &e).await.unwrap() }
+    };
+    let kick = RingMessage::Kick {
+        stage: "asmm8".into(),
+    };
+    let started = apply(ring_event("k0", 0, kick.clone())).await;
+    let RingApplied::StageStarted {
+        cycle, new_cycle, ..
+    } = started
+    else {
+        panic!("{started:?}")
+    };
+    assert!(new_cycle);
+    assert_eq!(
+        apply(ring_event("k0", 0, kick)).await,
+        RingApplied::Duplicate
+    );
+    apply(ring_event("c1", 10, ring_chain("asmm8", "naabum8"))).await;
+    // The same message again (a redelivery) changes nothing.
+    assert_eq!(
+        apply(ring_event("c1", 10, ring_chain("asmm8", "naabum8"))).await,
+        RingApplied::Duplicate
+    );
+    // naabum8 silent past its 60 s: stalled once.
+    assert!(
+        s.ring
+            .ring_stalls(&r, t0() + secs(69))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stalls = s.ring.ring_stalls(&r, t0() + secs(71)).await.unwrap();
+    assert_eq!(stalls.len(), 1);
+    assert_eq!(
+        (stalls[0].cycle, stalls[0].stage.as_str()),
+        (cycle, "naabum8")
+    );
+    assert_eq!(stalls[0].silent_for, Duration::from_secs(61));
+    assert!(
+        s.ring
+            .ring_stalls(&r, t0() + secs(72))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let v = s.workflows.get(cycle).await.unwrap();
+    assert_eq!(v.kind, WorkflowKind::Observed);
+    assert_eq!(v.status, WorkflowStatus::Running);
+    let st: Vec<StageStatus> = v.stages.iter().map(|x| x.status).collect();
+    assert_eq!(
+        st,
+        [
+            StageStatus::Completed,
+            StageStatus::Stalled,
+            StageStatus::Waiting,
+            StageStatus::Waiting
+        ]
+    );
+    assert_eq!(v.stages[0].detail, Some(serde_json::json!("asmm8 done")));
+    assert_eq!(v.stages[0].started_at, Some(GoTime::from_utc(t0_stored())));
+    // Late, but it ends the stage; the ring goes on, and the last stage starts the
+    // next cycle.
+    apply(ring_event("c2", 80, ring_chain("naabum8", "katanam8"))).await;
+    apply(ring_event("c3", 90, ring_chain("katanam8", "num8"))).await;
+    let end = apply(ring_event("c4", 100, ring_chain("num8", "asmm8"))).await;
+    let RingApplied::StageEnded {
+        cycle_ended, next, ..
+    } = end
+    else {
+        panic!("{end:?}")
+    };
+    assert_eq!(cycle_ended, Some(WorkflowStatus::Completed));
+    let (second, first_stage) = next.unwrap();
+    assert_eq!(first_stage, "asmm8");
+    let all = s.workflows.list(&WorkflowFilter::default()).await.unwrap();
+    let ids: Vec<_> = all.iter().map(|w| (w.id, w.kind, w.status)).collect();
+    assert_eq!(
+        ids,
+        [
+            (second, WorkflowKind::Observed, WorkflowStatus::Running),
+            (cycle, WorkflowKind::Observed, WorkflowStatus::Completed)
+        ]
+    );
+    let done = s.workflows.get(cycle).await.unwrap();
+    assert!(
+        done.stages
+            .iter()
+            .all(|x| x.status == StageStatus::Completed)
+    );
+    assert_eq!(
+        done.stages[3].finished_at,
+        Some(GoTime::from_utc(t0_stored() + secs(100)))
+    );
+}
+
+/// Healing's view: a stalled stage given up is failed, and the next stage's kick
+/// starts it; the cycle then ends failed.
+pub async fn ring_heal_gives_up_on_a_stalled_stage(s: &Stores) {
+    let r = ring4();
+    let apply = |e: RingEvent| {
+        let ring = s.ring.clone();
+        let r = r.clone();
+        async move { ring.ring_apply(&r, &e).await.unwrap() }
+    };
+    let kick = |stage: &str| RingMessage::Kick {
+        stage: stage.into(),
+    };
+    apply(ring_event("k0", 0, kick("asmm8"))).await;
+    assert_eq!(
+        s.ring.ring_stalls(&r, t0() + secs(61)).await.unwrap().len(),
+        1
+    );
+    let st = s.ring.ring_stalled(&r).await.unwrap();
+    let cycle = st[0].cycle;
+    assert!(
+        s.ring
+            .ring_give_up(&r, cycle, "asmm8", "gave up", t0() + secs(62))
+            .await
+            .unwrap()
+    );
+    assert!(s.ring.ring_stalled(&r).await.unwrap().is_empty());
+    let started = apply(ring_event("k1", 62, kick("naabum8"))).await;
+    assert!(
+        matches!(
+            started,
+            RingApplied::StageStarted {
+                new_cycle: false,
+                ..
+            }
+        ),
+        "{started:?}"
+    );
+    let v = s.workflows.get(cycle).await.unwrap();
+    assert_eq!(v.stages[0].status, StageStatus::Failed);
+    assert_eq!(v.stages[0].detail, Some(serde_json::json!("gave up")));
+    assert_eq!(v.stages[1].status, StageStatus::Running);
+    apply(ring_event("c2", 63, ring_chain("naabum8", "katanam8"))).await;
+    apply(ring_event("c3", 64, ring_chain("katanam8", "num8"))).await;
+    apply(ring_event("c4", 65, ring_chain("num8", "asmm8"))).await;
+    assert_eq!(
+        s.workflows.get(cycle).await.unwrap().status,
+        WorkflowStatus::Failed
+    );
 }
