@@ -2,25 +2,33 @@
 # The service's main job, end to end on this machine (docs/DEMO.md):
 #
 #   1. local PostgreSQL and RabbitMQ (scripts/services.sh installs/starts them);
-#   2. release build of orchestratorm8 and the examples (stage workers, monitor);
+#   2. release build of orchestratorm8 and the examples (scanners, workers, monitor);
 #   3. a fresh demo database `cptm8_demo` and RabbitMQ virtual host `cptm8_demo`
 #      (dropped and recreated on every run: nothing else is touched);
 #   4. `orchestratorm8 migrate`, then a few domains (`orchestratorm8 domains add`);
-#   5. `orchestratorm8 launch` in managed mode (examples/configs/demo.yaml: 8 s stage
-#      timeouts, 1-4 s backoffs) and one simulated stage worker per stage (asmm8,
-#      naabum8, katanam8, num8) that fails some scans and loses a few jobs, so that
-#      retries and timeouts show;
-#   6. the workflows' progress, polled every second from the workflow API.
+#   5. `orchestratorm8 launch` in managed mode driving the platform's scanners as they
+#      are (examples/configs/demo-platform.yaml: `protocol: chain` stages asmm8 ->
+#      naabum8 -> katanam8 -> num8, one cycle over every enabled domain, 6 s timeouts,
+#      1-4 s backoffs) and the four Go-scanner stand-ins (`go_scanners`, one process),
+#      whose only change is their `Publisher` line; naabum8 stalls once (publishes
+#      nothing: timed out, kicked again) and katanam8 fails hard once (app.error and an
+#      empty report: failed, retried after its backoff);
+#      with --per-domain instead: the per-domain pipeline (examples/configs/demo.yaml,
+#      8 s timeouts) with one simulated CONTRACT-3 stage worker per stage that fails
+#      some scans and loses a few jobs;
+#   6. the workflows' progress, polled every second from the workflow API, then the
+#      summary.
 #
 # Usage:
-#   bash scripts/demo.sh                         watch until Ctrl-C (stops everything)
-#   bash scripts/demo.sh --until-done [--timeout 180]
+#   bash scripts/demo.sh [--per-domain]          watch until Ctrl-C (stops everything)
+#   bash scripts/demo.sh [--per-domain] --until-done [--timeout 180]
 #                                                exit 0 once every seeded workflow is
 #                                                completed; non-zero with a summary on
 #                                                failure or timeout (tests, CI)
 # Environment:
 #   CPTM8_DEMO_PORT      HTTP port of the demo orchestrator (default 18005)
-#   CPTM8_DEMO_CONFIG    configuration file (default examples/configs/demo.yaml)
+#   CPTM8_DEMO_CONFIG    configuration file (default examples/configs/demo-platform.yaml,
+#                        with --per-domain examples/configs/demo.yaml)
 #   CPTM8_DEMO_DB        demo database, recreated (default cptm8_demo)
 #   CPTM8_DEMO_VHOST     demo RabbitMQ virtual host, recreated (default cptm8_demo)
 # Logs of every process: target/demo/*.log.
@@ -33,6 +41,7 @@ cd "$REPO_ROOT"
 export PATH="$PATH:/usr/sbin:/sbin"
 
 UNTIL_DONE=0
+PER_DOMAIN=0
 TIMEOUT=180
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -40,6 +49,7 @@ usage() {
 while (($#)); do
     case "$1" in
     --until-done) UNTIL_DONE=1 ;;
+    --per-domain) PER_DOMAIN=1 ;;
     --timeout)
         [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || die "--timeout needs a number of seconds (got '${2:-}')"
         TIMEOUT="$2"
@@ -62,7 +72,11 @@ PORT="${CPTM8_DEMO_PORT:-18005}"
 if ! [[ "$PORT" =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
     die "CPTM8_DEMO_PORT must be a port number, got '$PORT'"
 fi
-CONFIG="${CPTM8_DEMO_CONFIG:-examples/configs/demo.yaml}"
+if ((PER_DOMAIN)); then
+    CONFIG="${CPTM8_DEMO_CONFIG:-examples/configs/demo.yaml}"
+else
+    CONFIG="${CPTM8_DEMO_CONFIG:-examples/configs/demo-platform.yaml}"
+fi
 export CPTM8_DEMO_DB="${CPTM8_DEMO_DB:-cptm8_demo}"
 export CPTM8_DEMO_VHOST="${CPTM8_DEMO_VHOST:-cptm8_demo}"
 [[ "$CPTM8_DEMO_DB" =~ ^[a-z_][a-z0-9_]*$ ]] || die "CPTM8_DEMO_DB must be a plain lower-case name, got '$CPTM8_DEMO_DB'"
@@ -88,6 +102,13 @@ DOMAINS=(
 )
 EXPECTED=3
 STAGES=(asmm8 naabum8 katanam8 num8)
+# The platform part: one cycle over the enabled domains. Each stand-in scanner reports
+# to the orchestrator (the one line changed in each Go scanner's configuration).
+SCANNER_FLAGS=(--scan-ms 1500 --fail naabum8:soft:1 --fail katanam8:hard:1)
+for stage in "${STAGES[@]}"; do
+    SCANNER_FLAGS+=(--publisher "$stage=cptm8,cptm8.orchestratorm8.$stage.done,$stage")
+done
+((PER_DOMAIN)) || EXPECTED=1
 # Simulated scans: 0.4-1.5 s; a quarter fail and one in twenty is lost (acked without
 # a report: the stage times out); attempt 3 (the last, max_attempts) always succeeds.
 WORKER_FLAGS=(--min-ms 400 --max-ms 1500 --failure-rate 0.25 --lost-rate 0.05 --succeed-at-attempt 3)
@@ -231,7 +252,7 @@ step_services() {
 }
 
 step_build() {
-    announce "release build of orchestratorm8 and the examples (stage workers, monitor)"
+    announce "release build of orchestratorm8 and the examples (scanners, stage workers, monitor)"
     need_cmd cargo "install Rust (rustup) first; rust-toolchain.toml pins the version"
     cargo build --release -p orchestratorm8 -p cptm8-examples --bins
     local target
@@ -239,7 +260,7 @@ step_build() {
     BIN="$target/release/orchestratorm8"
     EXAMPLES="$target/release"
     local b
-    for b in "$BIN" "$EXAMPLES/stage_worker" "$EXAMPLES/demo_monitor"; do
+    for b in "$BIN" "$EXAMPLES/stage_worker" "$EXAMPLES/go_scanners" "$EXAMPLES/demo_monitor"; do
         [[ -x "$b" ]] || die "the build did not produce $b"
     done
 }
@@ -294,10 +315,22 @@ step_domains() {
 }
 
 step_launch() {
-    announce "orchestratorm8 launch (managed mode, http://127.0.0.1:$PORT) and the stage workers"
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
         die "port $PORT is in use; set CPTM8_DEMO_PORT to a free port"
     fi
+    if ((!PER_DOMAIN)); then
+        announce "orchestratorm8 launch (managed mode, chain stages, http://127.0.0.1:$PORT) and the Go-scanner stand-ins"
+        log "the one change per scanner (orchestratorm8 config check prints it):"
+        "$BIN" config check --config "$CONFIG" | grep 'Publisher:' || true
+        log "on demand: naabum8 stalls on its first run, katanam8 fails hard on its first run"
+        start orchestratorm8 "$DEMO_DIR/orchestratorm8.log" \
+            "$BIN" launch --ip 127.0.0.1 --port "$PORT" --config "$CONFIG"
+        ORCH_PID="$LAST_PID"
+        start scanners "$DEMO_DIR/scanners.log" \
+            "$EXAMPLES/go_scanners" --config "$CONFIG" "${SCANNER_FLAGS[@]}"
+        return
+    fi
+    announce "orchestratorm8 launch (managed mode, per domain, http://127.0.0.1:$PORT) and the stage workers"
     start orchestratorm8 "$DEMO_DIR/orchestratorm8.log" \
         "$BIN" launch --ip 127.0.0.1 --port "$PORT" --config "$CONFIG"
     ORCH_PID="$LAST_PID"
@@ -345,6 +378,15 @@ take_demo_lock() {
 }
 
 main() {
+    if ((PER_DOMAIN)); then
+        printf '==> demo: managed mode, one workflow per domain, CONTRACT-3 stage workers\n'
+    else
+        printf '==> demo: managed mode driving the platform'"'"'s scanners as they are (Go-scanner\n'
+        printf '    stand-ins, only their Publisher line changed): one cycle asmm8 -> naabum8 ->\n'
+        printf '    katanam8 -> num8; naabum8 stalls once (timed out, kicked again), katanam8\n'
+        printf '    fails hard once (retried after its backoff); then the summary.\n'
+        printf '    (bash scripts/demo.sh --per-domain: the per-domain pipeline)\n'
+    fi
     take_demo_lock
     trap cleanup EXIT
     trap 'exit 130' INT

@@ -37,7 +37,7 @@ set -euo pipefail
 cd "$REPO_ROOT"
 
 LOCK_FILE=/tmp/cptm8-services.lock
-TESTS=(fault_broker fault_postgres fault_kill fault_fast_worker fault_ring)
+TESTS=(fault_broker fault_postgres fault_kill fault_fast_worker fault_ring fault_chain)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }

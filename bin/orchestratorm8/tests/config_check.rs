@@ -272,3 +272,35 @@ fn a_user_name_equal_to_a_password_is_redacted_another_is_shown() {
     assert!(rabbit.contains("username: '***'"), "{stdout}");
     assert!(rabbit.contains("password: '***'"), "{stdout}");
 }
+
+#[test]
+fn chain_stages_get_their_publisher_line_and_per_domain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = "Scheduler: {mode: managed}\nWorkflow:\n  granularity: per_cycle\n  stages:\n    - {name: asmm8, protocol: chain}\n    - {name: naabum8, protocol: chain, depends_on: [asmm8]}\n    - {name: custom, depends_on: [naabum8]}\n";
+    let f = write(dir.path(), "chain.yaml", chain);
+    let out = check(&["--config", f.to_str().unwrap()], &[], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for stage in ["asmm8", "naabum8"] {
+        let line = format!(
+            "#   {stage}: Publisher: [\"cptm8\", \"cptm8.orchestratorm8.{stage}.done\", \"{stage}\"]\n"
+        );
+        assert!(stdout.contains(&line), "{line} missing from\n{stdout}");
+    }
+    assert!(!stdout.contains("custom: Publisher"), "{stdout}");
+    assert!(stdout.contains("protocol: chain"), "{stdout}");
+
+    let f = write(
+        dir.path(),
+        "per_domain.yaml",
+        &chain.replace("per_cycle", "per_domain"),
+    );
+    let out = check(&["--config", f.to_str().unwrap()], &[], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Workflow.stages[0].protocol") && stderr.contains("\"asmm8\""),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("Publisher"));
+}

@@ -160,7 +160,7 @@ pub fn diff(old: &Settings, new: &Settings) -> ChangeReport {
             prefix,
             o,
             n,
-            [exchange, routing_key, depends_on]
+            [exchange, routing_key, depends_on, protocol]
         );
         fields!(live, prefix, o, n, [timeout, max_attempts, max_in_flight]);
         fields!(

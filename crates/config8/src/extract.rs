@@ -672,6 +672,15 @@ fn stage(
     }
     b.finish(ctx);
     let max_in_flight = s.get(ctx, "max_in_flight", dflt.max_in_flight, uint(0, COUNT_MAX));
+    let protocol = s.get(
+        ctx,
+        "protocol",
+        dflt.protocol,
+        one_of(&[
+            ("report", StageProtocol::Report),
+            ("chain", StageProtocol::Chain),
+        ]),
+    );
     s.finish(ctx);
     Some(StageSettings {
         name: name?,
@@ -686,6 +695,7 @@ fn stage(
             multiplier,
         },
         max_in_flight,
+        protocol,
     })
 }
 

@@ -330,6 +330,31 @@ pub struct StageSettings {
     pub backoff: BackoffSettings,
     /// `max_in_flight`: jobs of this stage out at once; 0 = no limit.
     pub max_in_flight: u32,
+    /// `protocol`: how the stage's worker is driven (default `report`).
+    pub protocol: StageProtocol,
+}
+
+/// `Workflow.stages[].protocol`: how a stage's worker is driven.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageProtocol {
+    /// A worker of CONTRACT section 3: a job with a payload, reports naming the
+    /// workflow and attempt.
+    #[default]
+    Report,
+    /// An unmodified CPTM8 Go scanner (CONTRACT 3b): the Go kick-off without payload,
+    /// its `Publisher` message as the report, at most one job in flight.
+    Chain,
+}
+
+impl StageProtocol {
+    /// The configuration value (`report`, `chain`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageProtocol::Report => "report",
+            StageProtocol::Chain => "chain",
+        }
+    }
 }
 
 /// `backoff` of a stage.
@@ -636,6 +661,7 @@ impl StageSettings {
             max_attempts: 3,
             backoff: BackoffSettings::default(),
             max_in_flight: 0,
+            protocol: StageProtocol::Report,
         }
     }
 

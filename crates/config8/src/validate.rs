@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::render::{scrub_str, secrets};
-use crate::settings::{ArgValue, ExchangeKind, SchedulerMode, Settings, StageSettings};
+use crate::settings::{
+    ArgValue, ExchangeKind, Granularity, SchedulerMode, Settings, StageProtocol, StageSettings,
+};
 use crate::tree::{Ctx, KeyPath};
 
 /// Records every cross-value problem and warning of `s`.
@@ -19,6 +21,22 @@ pub(crate) fn check(ctx: &mut Ctx, s: &Settings) {
             &stages_path,
             "got an empty list, expected at least one stage in managed mode (leave it out for the default pipeline)",
         );
+    }
+
+    if s.scheduler.mode == SchedulerMode::Managed
+        && s.workflow.granularity == Granularity::PerDomain
+    {
+        for (i, stage) in s.workflow.stages.iter().enumerate() {
+            if stage.protocol == StageProtocol::Chain {
+                ctx.problem(
+                    &stages_path.index(i).key("protocol"),
+                    format!(
+                        "stage {:?} has protocol chain, which needs Workflow.granularity: per_cycle (a chain scanner scans every enabled domain), got per_domain",
+                        stage.name
+                    ),
+                );
+            }
+        }
     }
 
     let exchanges_path = KeyPath::default().key("ORCHESTRATORM8").key("Exchanges");

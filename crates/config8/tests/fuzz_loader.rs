@@ -222,6 +222,7 @@ const KEYS: &[&str] = &[
     "max",
     "multiplier",
     "max_in_flight",
+    "protocol",
     "HTTP",
     "body_limit",
     "LeaderElection",

@@ -759,3 +759,46 @@ Workflow: {stages: [{name: a, routing_key: "a.Mq-Secret-8"}]}
         assert!(w.contains("***"), "{w}");
     }
 }
+
+#[test]
+fn stage_protocols_and_chain_needs_per_cycle() {
+    let s = load_ok(
+        r#"
+Scheduler: {mode: managed}
+Workflow:
+  granularity: per_cycle
+  stages:
+    - {name: asmm8, protocol: chain}
+    - {name: custom, depends_on: [asmm8]}
+"#,
+        &Env::empty(),
+    )
+    .settings;
+    assert_eq!(s.stage("asmm8").unwrap().protocol, StageProtocol::Chain);
+    assert_eq!(s.stage("custom").unwrap().protocol, StageProtocol::Report);
+    let p = problems(
+        r#"
+Scheduler: {mode: managed}
+Workflow:
+  stages:
+    - {name: asmm8}
+    - {name: naabum8, protocol: chain, depends_on: [asmm8]}
+"#,
+        &Env::empty(),
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains("Workflow.stages[1].protocol")
+            && p[0].contains("naabum8")
+            && p[0].contains("per_cycle"),
+        "{p:?}"
+    );
+    let p = problems(
+        "Workflow:\n  stages:\n    - {name: a, protocol: carrier-pigeon}\n",
+        &Env::empty(),
+    );
+    assert!(
+        p[0].contains("protocol") && p[0].contains("carrier-pigeon"),
+        "{p:?}"
+    );
+}

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::bootstrap::Bootstrap;
 use crate::clock::Clock;
 use crate::engine::backoff::Pressure;
+use crate::engine::error_feed::ErrorFeedHandler;
 use crate::engine::results::ResultHandler;
 use crate::engine::starter::EngineScanNow;
 use crate::engine::{Engine, EngineParts};
@@ -24,7 +25,10 @@ use crate::ring::{RingHandler, ring_stages, stall_loop};
 use crate::role::{Role, RoleWatch};
 use crate::scan_now::ScanNow;
 use crate::scheduler;
-use crate::topology::{DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, RING_QUEUE, topology};
+use crate::topology::{
+    CHAIN_NOTIFY_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, RING_QUEUE, has_chain_stage,
+    topology,
+};
 use crate::tuning::Tuning;
 use crate::waking::WakingWorkflows;
 
@@ -233,6 +237,24 @@ impl Controller {
         } else {
             None
         };
+        // Chain stages: the platform's error notifications, for empty reports.
+        let error_feed = if mode == SchedulerMode::Managed && has_chain_stage(&settings) {
+            let options = ConsumeOptions {
+                queue: CHAIN_NOTIFY_QUEUE.into(),
+                tag: "corchestratorm8-notifications".into(),
+                prefetch: self.engine.tuning.result_prefetch,
+                autoack: false,
+                max_redeliveries: self.engine.tuning.max_redeliveries,
+                dead_letter: None,
+            };
+            let handler = Arc::new(ErrorFeedHandler::new(self.engine.clone()));
+            match self.consume_retrying(options, handler).await? {
+                Some(c) => Some(c),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
 
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         // Leadership is given up last, after the work in progress is finished.
@@ -267,6 +289,9 @@ impl Controller {
         let grace = engine.tuning.shutdown_grace;
         let stop_consumer = async {
             if let Some(c) = &consumer {
+                c.stop(grace).await;
+            }
+            if let Some(c) = &error_feed {
                 c.stop(grace).await;
             }
         };
@@ -392,7 +417,7 @@ impl Controller {
                 }
                 Err(e) if e.is_transient() => {
                     let d = failures.refused();
-                    tracing::warn!(queue = %options.queue, error = %e, retry_in = ?d, "cannot start the consumer; retrying");
+                    tracing::warn!(queue = %options.queue, error = %e, retry_in = ?d, "cannot start a consumer; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
                         _ = shutdown.wait_for(|s| *s) => return Ok(None),
@@ -400,7 +425,7 @@ impl Controller {
                 }
                 Err(source) => {
                     return Err(ControllerError::Consume {
-                        queue: options.queue,
+                        queue: options.queue.clone(),
                         source,
                     });
                 }

@@ -77,6 +77,7 @@ pub struct Metrics {
     stage_publish_unroutable: Family<StageLabel, Counter>,
     stage_retries: Family<StageLabel, Counter>,
     stage_timeouts: Family<StageLabel, Counter>,
+    stage_reports_unsolicited: Family<StageLabel, Counter>,
     results_consumed: Family<OutcomeLabel, Counter>,
     results_stale: Counter,
     messages_dead_lettered: Counter,
@@ -115,6 +116,7 @@ impl Metrics {
             stage_publish_unroutable: Family::default(),
             stage_retries: Family::default(),
             stage_timeouts: Family::default(),
+            stage_reports_unsolicited: Family::default(),
             results_consumed: Family::default(),
             results_stale: Counter::default(),
             messages_dead_lettered: Counter::default(),
@@ -173,6 +175,11 @@ impl Metrics {
             m.stage_timeouts.clone(),
         );
         r.register(
+            "stage_reports_unsolicited",
+            "Reports of a chain stage that arrived while none of its attempts was running (acked, never applied)",
+            m.stage_reports_unsolicited.clone(),
+        );
+        r.register(
             "results_consumed",
             "Stage results applied, by reported outcome",
             m.results_consumed.clone(),
@@ -227,6 +234,7 @@ impl Metrics {
                 &self.stage_publish_unroutable,
                 &self.stage_retries,
                 &self.stage_timeouts,
+                &self.stage_reports_unsolicited,
             ] {
                 drop(f.get_or_create(&l));
             }
@@ -282,6 +290,13 @@ impl Metrics {
     /// An attempt of `stage` passed its deadline.
     pub fn stage_timed_out(&self, stage: &str) {
         self.stage_timeouts.get_or_create(&stage_label(stage)).inc();
+    }
+
+    /// A report of chain stage `stage` arrived while none of its attempts was running.
+    pub fn stage_report_unsolicited(&self, stage: &str) {
+        self.stage_reports_unsolicited
+            .get_or_create(&stage_label(stage))
+            .inc();
     }
 
     /// A stage result with this outcome was applied.

@@ -28,6 +28,15 @@ pub const NOTIFY_COMPLETED_KEY: &str = "app.message.normal";
 /// Routing key of the notification sent when a workflow fails: the platform's
 /// `app.error.high` (type `system_error`, severity `high`, e-mailed by the platform).
 pub const NOTIFY_FAILED_KEY: &str = "app.error.high";
+/// The orchestrator's own queue of platform notifications (`app.#` on
+/// [`NOTIFICATION_EXCHANGE`]), declared in managed mode when a stage has `protocol:
+/// chain`. No length limit and no overflow policy (a `reject-publish` queue on a shared
+/// routing key makes the broker nack publishes other queues received); messages
+/// expire after [`CHAIN_NOTIFY_TTL_MS`], as only the last seconds matter.
+pub const CHAIN_NOTIFY_QUEUE: &str = "qorchestratorm8.notifications";
+/// `x-message-ttl` of [`CHAIN_NOTIFY_QUEUE`] (1 min): notifications waiting while no
+/// orchestrator consumes are dropped, not piled up.
+pub const CHAIN_NOTIFY_TTL_MS: i64 = 60_000;
 /// Bootstrap mode with `Scheduler.observe`: the orchestrator's own queue following the
 /// scanners' ring (durable, no length limit, so it never refuses a publish).
 pub const RING_QUEUE: &str = "qorchestratorm8.ring";
@@ -54,6 +63,15 @@ pub fn kickoff_exchange(settings: &Settings) -> String {
         )
 }
 
+/// Whether a stage of the pipeline has `protocol: chain`.
+pub fn has_chain_stage(settings: &Settings) -> bool {
+    settings
+        .workflow
+        .stages
+        .iter()
+        .any(|s| s.protocol == config8::StageProtocol::Chain)
+}
+
 /// Everything to declare for `settings`.
 ///
 /// - every exchange of `ORCHESTRATORM8.Exchanges` with its kind;
@@ -65,7 +83,8 @@ pub fn kickoff_exchange(settings: &Settings) -> String {
 /// - managed mode only: [`RESULT_QUEUE`] bound to [`RESULT_EXCHANGE`] with
 ///   [`RESULT_BINDING`] (its dead letters going to [`DEAD_LETTER_EXCHANGE`]), unless a
 ///   service section declares that queue itself (then as configured, plus the
-///   binding), and [`DEAD_LETTER_QUEUE`] bound to [`DEAD_LETTER_EXCHANGE`];
+///   binding), and [`DEAD_LETTER_QUEUE`] bound to [`DEAD_LETTER_EXCHANGE`]; with a
+///   chain stage, [`CHAIN_NOTIFY_QUEUE`] bound to [`NOTIFICATION_EXCHANGE`] with `app.#`;
 /// - bootstrap mode with `Scheduler.observe`: [`RING_QUEUE`] bound with
 ///   [`RING_KICKOFF_BINDING`] on [`RING_EXCHANGE`] (and the kick-off's exchange) and
 ///   with `app.#` on [`NOTIFICATION_EXCHANGE`].
@@ -140,6 +159,20 @@ pub fn topology(settings: &Settings) -> Topology {
             DEAD_LETTER_QUEUE.into(),
             DEAD_LETTER_ROUTING_KEY.into(),
         ));
+        if has_chain_stage(settings) && queues.insert(CHAIN_NOTIFY_QUEUE.into()) {
+            t.queues.push(QueueDecl {
+                name: CHAIN_NOTIFY_QUEUE.into(),
+                arguments: BTreeMap::from([(
+                    "x-message-ttl".to_owned(),
+                    ArgValue::Int(CHAIN_NOTIFY_TTL_MS),
+                )]),
+            });
+            bindings.insert((
+                NOTIFICATION_EXCHANGE.into(),
+                CHAIN_NOTIFY_QUEUE.into(),
+                model8::PLATFORM_NOTIFICATION_BINDING.into(),
+            ));
+        }
     } else {
         exchanges
             .entry(kickoff_exchange(settings))
@@ -302,6 +335,35 @@ mod tests {
                 routing_key: k.into()
             }));
         }
+    }
+
+    #[test]
+    fn a_chain_stage_adds_a_notification_queue_without_limits() {
+        let mut s = go_like();
+        s.scheduler.mode = SchedulerMode::Managed;
+        assert!(
+            !topology(&s)
+                .queues
+                .iter()
+                .any(|q| q.name == CHAIN_NOTIFY_QUEUE)
+        );
+        s.workflow.stages[1].protocol = config8::StageProtocol::Chain;
+        let t = topology(&s);
+        let q = t
+            .queues
+            .iter()
+            .find(|q| q.name == CHAIN_NOTIFY_QUEUE)
+            .unwrap();
+        assert_eq!(
+            q.arguments.keys().collect::<Vec<_>>(),
+            ["x-message-ttl"],
+            "no x-max-length, no x-overflow"
+        );
+        assert!(t.bindings.contains(&BindingDecl {
+            exchange: NOTIFICATION_EXCHANGE.into(),
+            queue: CHAIN_NOTIFY_QUEUE.into(),
+            routing_key: "app.#".into()
+        }));
     }
 
     #[test]

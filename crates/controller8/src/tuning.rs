@@ -29,6 +29,13 @@ pub struct Tuning {
     /// How long the result handler waits for an unavailable database, retrying, before
     /// returning the delivery to the queue (60 s).
     pub db_outage_patience: Duration,
+    /// How far apart an empty chain report and an `app.error.*` notification of the
+    /// same scanner may arrive and still make one hard failure (5 s,
+    /// `model8::chain::ERROR_WINDOW`); an empty report waits this long for one.
+    pub chain_error_window: Duration,
+    /// How long a chain report with no running attempt waits while its stage's job may
+    /// be on its way to being recorded as running (5 s) before it counts as unsolicited.
+    pub chain_record_wait: Duration,
     /// Bootstrap mode with `Scheduler.observe`: how often the leader looks for ring
     /// stages silent past their timeout (500 ms).
     pub ring_check: Duration,
@@ -45,6 +52,8 @@ impl Default for Tuning {
             result_prefetch: 64,
             max_redeliveries: 20,
             db_outage_patience: Duration::from_secs(60),
+            chain_error_window: model8::chain::ERROR_WINDOW,
+            chain_record_wait: Duration::from_secs(5),
             ring_check: Duration::from_millis(500),
         }
     }

@@ -173,6 +173,16 @@ pub fn free_port() -> u16 {
 
 /// A minimal HTTP/1.1 GET on 127.0.0.1:`port`: status and body.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, None).await
+}
+
+/// A minimal HTTP/1.1 request on 127.0.0.1:`port` (`body`: JSON): status and body.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(
         Duration::from_secs(5),
@@ -180,8 +190,18 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     )
     .await
     .map_err(|_| std::io::Error::other("connect timed out"))??;
+    let content = body.map_or_else(String::new, |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )
+    });
+    let head_end = if body.is_some() { "" } else { "\r\n" };
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{head_end}{content}"
+        )
+        .as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();

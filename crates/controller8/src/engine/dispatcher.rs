@@ -10,14 +10,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use amqp8::{AmqpError, OutgoingMessage, PublishOutcome};
+use amqp8::{AmqpError, PublishOutcome};
 use chrono::{DateTime, Utc};
 use config8::StageSettings;
 use db8::{ClaimedStage, DbError, StageKey};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use model8::{AmqpM8Message, StageJob};
 
 use super::backoff::Pressure;
 use super::{Engine, lock, plus};
@@ -329,20 +328,11 @@ impl Engine {
             self.release(&stage.name, &keys, self.now()).await;
             return Ok(Published::default());
         }
+        let protocol = super::protocol::of(stage.protocol);
         let mut messages = Vec::with_capacity(batch.len());
         for c in batch {
-            let job = StageJob {
-                workflow_id: c.key.workflow_id,
-                stage: c.key.stage.clone(),
-                attempt: c.key.attempt,
-                domains: c.domains,
-            };
-            match AmqpM8Message::new(stage.routing_key.clone(), Some(job)).to_vec() {
-                Ok(body) => messages.push(OutgoingMessage::new(
-                    stage.exchange.clone(),
-                    stage.routing_key.clone(),
-                    body,
-                )),
+            match protocol.job(stage, c) {
+                Ok(m) => messages.push(m),
                 Err(e) => {
                     self.release(&stage.name, &keys, self.now()).await;
                     return Err(AmqpError::Encode(e.to_string()).into());

@@ -6,9 +6,13 @@
 //! [`crate::scheduler`]. The steps are unit-tested on the in-memory implementations.
 
 pub(crate) mod backoff;
+#[cfg(test)]
+mod chain_tests;
 pub(crate) mod dispatcher;
+pub(crate) mod error_feed;
 pub(crate) mod notify;
 pub(crate) mod pipeline;
+pub(crate) mod protocol;
 pub(crate) mod results;
 pub(crate) mod starter;
 #[cfg(test)]
@@ -114,6 +118,10 @@ pub(crate) struct Engine {
     start: Arc<Settings>,
     /// The pipeline at start.
     plan: Plan,
+    /// Recent `app.error.*` notifications per source (chain stages' hard failures).
+    pub(crate) recent_errors: Mutex<model8::chain::RecentErrors>,
+    /// Woken when an `app.error.*` notification is recorded.
+    pub(crate) error_seen: Notify,
 }
 
 impl std::fmt::Debug for Engine {
@@ -151,13 +159,17 @@ impl Engine {
             settings: parts.settings,
             role: parts.role,
             shutdown: parts.shutdown,
-            tuning: parts.tuning,
             owner: Uuid::new_v4(),
             dispatch_wake: Wake::default(),
             start_wake: Wake::default(),
             pressure: Mutex::new(HashMap::new()),
             unsettled: Mutex::new(Vec::new()),
             id_seq: AtomicU64::new(0),
+            recent_errors: Mutex::new(model8::chain::RecentErrors::new(
+                parts.tuning.chain_error_window,
+            )),
+            error_seen: Notify::new(),
+            tuning: parts.tuning,
             start,
             plan,
         })
@@ -235,6 +247,7 @@ impl Engine {
 }
 
 /// `start` with the live values of the settings that apply without restart.
+/// The in-flight limit is the one the stage's protocol implies (a chain stage: 1).
 fn with_live_tunables(start: &StageSettings, live: &Settings) -> StageSettings {
     let mut s = start.clone();
     if let Some(l) = live.stage(&start.name) {
@@ -243,6 +256,7 @@ fn with_live_tunables(start: &StageSettings, live: &Settings) -> StageSettings {
         s.backoff = l.backoff.clone();
         s.max_in_flight = l.max_in_flight;
     }
+    s.max_in_flight = protocol::of(s.protocol).in_flight_limit(s.max_in_flight);
     s
 }
 

@@ -19,11 +19,12 @@ use std::time::Duration;
 
 use amqp8::{Decision, Delivery, Handler, HandlerError};
 use async_trait::async_trait;
-use db8::{DbError, StageKey, Transition};
-use model8::{AmqpM8Message, StageOutcome, StageResult, StageStatus};
+use db8::{DbError, StageKey, Transition, WorkflowFilter};
+use model8::{StageOutcome, StageStatus, WorkflowStatus};
 
-use super::Engine;
 use super::notify::Ending;
+use super::protocol::{self, Match, Report, Verdict};
+use super::{Engine, lock};
 
 /// Backoff of the result handler while the database is unavailable (a transient
 /// error): first delay and cap.
@@ -75,32 +76,20 @@ pub(crate) struct CheckedResult {
     pub(crate) detail: Option<serde_json::Value>,
 }
 
-/// Checks a delivery's routing key and body; `Err` is the dead-letter reason.
+/// Checks a report-protocol delivery's routing key and body; `Err` is the dead-letter
+/// reason.
+#[cfg(test)]
 pub(crate) fn check(routing_key: &str, body: &[u8]) -> Result<CheckedResult, String> {
-    let (stage, outcome) =
-        StageOutcome::parse_routing_key(routing_key).map_err(|e| e.to_string())?;
-    let envelope = AmqpM8Message::<StageResult>::from_slice(body).map_err(|e| e.to_string())?;
-    let result = envelope
-        .payload
-        .ok_or_else(|| "message has no payload (expected a stage result)".to_owned())?;
-    if result.stage != stage {
-        return Err(format!(
-            "routing key {routing_key:?} names stage {stage:?} but the payload names stage {:?}",
-            result.stage
-        ));
+    use super::protocol::{Match, Protocol, ReportProtocol, Verdict};
+    let r = ReportProtocol.decode(routing_key, body)?;
+    match (r.matched, r.verdict) {
+        (Match::Attempt(key), Verdict::Outcome { outcome, detail }) => Ok(CheckedResult {
+            key,
+            outcome,
+            detail,
+        }),
+        other => unreachable!("the report protocol names its attempt: {other:?}"),
     }
-    if result.attempt == 0 {
-        return Err("attempt 0 is not an attempt (attempts start at 1)".into());
-    }
-    Ok(CheckedResult {
-        key: StageKey {
-            workflow_id: result.workflow_id,
-            stage,
-            attempt: result.attempt,
-        },
-        outcome,
-        detail: result.detail,
-    })
 }
 
 /// A short text for the failure reason of a worker's detail.
@@ -299,11 +288,134 @@ impl Engine {
     }
 }
 
+/// Why a report could not be resolved to an attempt and an outcome.
+#[derive(Debug)]
+enum Unresolved {
+    /// A chain report while none of its stage's attempts runs: counted, acked.
+    Unsolicited(String),
+    /// The database failed, or shutdown began while waiting: returned to the queue.
+    Retry(String),
+}
+
+impl Engine {
+    /// The protocol of the stage a result routing key names (`report` for a key that
+    /// names no stage of the pipeline: its checks then refuse what is malformed).
+    pub(crate) fn protocol_of_key(&self, routing_key: &str) -> &'static dyn protocol::Protocol {
+        let protocol = model8::chain::parse_report_key(routing_key)
+            .and_then(|(stage, _)| self.plan().stage(stage))
+            .map(|s| s.protocol)
+            .unwrap_or_default();
+        protocol::of(protocol)
+    }
+
+    /// The running attempt of `stage`, in a running or paused workflow (a chain stage
+    /// has at most one). While none runs but the stage is pending in an active
+    /// workflow (its job may be published and not yet recorded as running), looks
+    /// again, for at most `Tuning::chain_record_wait`.
+    pub(crate) async fn running_attempt(&self, stage: &str) -> Result<Option<StageKey>, DbError> {
+        let give_up = tokio::time::Instant::now() + self.tuning.chain_record_wait;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let mut pending = false;
+            for status in [
+                WorkflowStatus::Running,
+                WorkflowStatus::Paused,
+                WorkflowStatus::Pending,
+            ] {
+                let filter = WorkflowFilter {
+                    status: Some(status),
+                    ..WorkflowFilter::default()
+                };
+                for w in self.workflows.list(&filter).await? {
+                    for s in w.stages.iter().filter(|s| s.name == stage) {
+                        match s.status {
+                            StageStatus::Running => {
+                                return Ok(Some(StageKey {
+                                    workflow_id: w.id,
+                                    stage: stage.to_owned(),
+                                    attempt: s.attempt,
+                                }));
+                            }
+                            StageStatus::Pending => pending = true,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            if !pending || tokio::time::Instant::now() >= give_up || self.stopping() {
+                return Ok(None);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The message of an `app.error.*` notification from `source` that arrived within
+    /// the error window of now, waiting for the rest of the window if none has yet.
+    /// `None` when none came; `Err` when shutdown began meanwhile.
+    pub(crate) async fn error_near_now(&self, source: &str) -> Result<Option<String>, ()> {
+        let arrived = self.now();
+        let give_up = tokio::time::Instant::now() + self.tuning.chain_error_window;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let seen = self.error_seen.notified();
+            if let Some(m) = lock(&self.recent_errors).find(source, arrived) {
+                return Ok(Some(m.to_owned()));
+            }
+            tokio::select! {
+                () = seen => {}
+                () = tokio::time::sleep_until(give_up) => {
+                    return Ok(lock(&self.recent_errors).find(source, arrived).map(str::to_owned));
+                }
+                _ = shutdown.wait_for(|s| *s) => return Err(()),
+            }
+        }
+    }
+
+    /// Records an `app.error.*` notification from `source` (arrived now) and wakes
+    /// the reports waiting for one.
+    pub(crate) fn error_arrived(&self, source: &str, message: &str) {
+        lock(&self.recent_errors).record(source, self.now(), message);
+        self.error_seen.notify_waiters();
+    }
+
+    /// Resolves a decoded report to the attempt it is about and its outcome.
+    async fn resolve(&self, report: Report) -> Result<CheckedResult, Unresolved> {
+        let key = match report.matched {
+            Match::Attempt(key) => key,
+            Match::RunningOf(stage) => match self.running_attempt(&stage).await {
+                Ok(Some(key)) => key,
+                Ok(None) => return Err(Unresolved::Unsolicited(stage)),
+                Err(e) => return Err(Unresolved::Retry(e.to_string())),
+            },
+        };
+        let (outcome, detail) = match report.verdict {
+            Verdict::Outcome { outcome, detail } => (outcome, detail),
+            Verdict::CompletedUnlessError { source } => {
+                let error = self
+                    .error_near_now(&source)
+                    .await
+                    .map_err(|()| Unresolved::Retry("shutting down".into()))?;
+                match protocol::chain_verdict(model8::chain::outcome(None, error.as_deref())) {
+                    Verdict::Outcome { outcome, detail } => (outcome, detail),
+                    Verdict::CompletedUnlessError { .. } => unreachable!("decided"),
+                }
+            }
+        };
+        Ok(CheckedResult {
+            key,
+            outcome,
+            detail,
+        })
+    }
+}
+
 #[async_trait]
 impl Handler for ResultHandler {
     async fn handle(&self, delivery: &mut Delivery) -> Result<Decision, HandlerError> {
-        let checked = match check(&delivery.routing_key, &delivery.body) {
-            Ok(c) => c,
+        let protocol = self.engine.protocol_of_key(&delivery.routing_key);
+        let report = match protocol.decode(&delivery.routing_key, &delivery.body) {
+            Ok(r) => r,
             Err(reason) => {
                 self.engine.metrics.message_dead_lettered();
                 tracing::warn!(
@@ -311,6 +423,21 @@ impl Handler for ResultHandler {
                     "malformed stage result dead-lettered"
                 );
                 return Ok(Decision::DeadLetter(reason));
+            }
+        };
+        let checked = match self.engine.resolve(report).await {
+            Ok(c) => c,
+            Err(Unresolved::Unsolicited(stage)) => {
+                self.engine.metrics.stage_report_unsolicited(&stage);
+                tracing::info!(
+                    stage = %stage, routing_key = %delivery.routing_key,
+                    "report of a chain stage while none of its attempts runs: ignored"
+                );
+                return Ok(Decision::Ack);
+            }
+            Err(Unresolved::Retry(e)) => {
+                tracing::warn!(routing_key = %delivery.routing_key, error = %e, "stage report returned to the queue");
+                return Err(HandlerError(format!("cannot match the stage report: {e}")));
             }
         };
         match self.engine.apply_result_patiently(&checked).await {
@@ -329,6 +456,8 @@ impl Handler for ResultHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use model8::AmqpM8Message;
 
     fn body(payload: serde_json::Value) -> Vec<u8> {
         AmqpM8Message::with_source("k", Some(payload), "asmm8")
