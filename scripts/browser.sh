@@ -133,7 +133,8 @@ schema_test() {
         --exclude-path /api/orchestratorm8/events \
         --max-examples 30 \
         --request-timeout 10 \
-        --max-time 150
+        --max-time 150 \
+        --seed 15
 }
 
 main() {

@@ -677,6 +677,10 @@ async fn scan_now_rejects_bad_bodies_without_calling_the_engine() {
         (r#"{"domain_ids": [42]}"#, "invalid JSON"),
         (r#"{"domain_ids": "#, "invalid JSON"),
         (r#"[1,2]"#, "invalid JSON"),
+        // An array of the fields would otherwise read as {"domain_ids": null}: every
+        // domain (found by schemathesis).
+        (r#"[null]"#, "expected an object"),
+        (r#"null"#, "expected an object"),
     ] {
         let msg = post_json(&routes, API, body)
             .await
