@@ -6,8 +6,8 @@
 //!
 //! Every route is listed in [`ROUTES`]; a test checks that the OpenAPI document
 //! describes exactly those. Every error has the shape `{"error", "code", "status"}`
-//! ([`ApiError`]). Every response carries the security headers of [`secure`]. Build
-//! an [`HttpState`], then either [`serve`] it (binds, returns the bound address and
+//! ([`ApiError`]). Every response carries the security headers
+//! ([`CONTENT_SECURITY_POLICY`], `nosniff`, ...). Build an [`HttpState`], then either [`serve`] it (binds, returns the bound address and
 //! the server future) or take the [`routes`] filter (tests).
 
 mod auth;
