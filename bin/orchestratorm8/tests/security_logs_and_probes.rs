@@ -169,6 +169,7 @@ fn no_secret_in_debug_logs_or_probe_bodies() {
                 clock: Arc::new(SystemClock),
                 downstream_queues: vec!["cptm8_sec_no_such_queue".into()],
                 managed: false,
+                stages: vec![],
                 timeouts: HttpTimeouts {
                     check: Duration::from_secs(3),
                     ..HttpTimeouts::default()

@@ -212,6 +212,7 @@ async fn serve(
             .filter(|q| q != model8::RESULT_QUEUE)
             .collect(),
         managed: settings.scheduler.mode == SchedulerMode::Managed,
+        stages: http::StageInfo::from_settings(&settings),
         timeouts: HttpTimeouts::default(),
     };
     let (bound, http_done) = http::serve(addr, state, stopped())

@@ -77,6 +77,15 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     } else {
         &buf
     };
-    serde_json::from_slice(bytes)
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // Every body of the API is an object: serde would also read a struct from an
+    // array of its fields (`[null]` as `{"domain_ids": null}`, "scan everything").
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: expected an object, e.g. {}",
+        ));
+    }
+    serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }

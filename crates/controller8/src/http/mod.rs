@@ -6,8 +6,8 @@
 //!
 //! Every route is listed in [`ROUTES`]; a test checks that the OpenAPI document
 //! describes exactly those. Every error has the shape `{"error", "code", "status"}`
-//! ([`ApiError`]). Every response carries the security headers of [`secure`]. Build
-//! an [`HttpState`], then either [`serve`] it (binds, returns the bound address and
+//! ([`ApiError`]). Every response carries the security headers
+//! ([`CONTENT_SECURITY_POLICY`], `nosniff`, ...). Build an [`HttpState`], then either [`serve`] it (binds, returns the bound address and
 //! the server future) or take the [`routes`] filter (tests).
 
 mod auth;
@@ -18,6 +18,7 @@ mod events;
 mod openapi;
 mod probes;
 mod server;
+mod stages;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -34,7 +35,7 @@ use warp::reply::Response;
 
 pub use error::ApiError;
 pub use server::{HttpError, serve};
-pub use state::{HttpState, HttpTimeouts, api_is_open, follow_settings};
+pub use state::{HttpState, HttpTimeouts, StageInfo, api_is_open, follow_settings};
 
 use body::BodyStream;
 use workflows::Action;
@@ -67,6 +68,7 @@ pub const ROUTES: &[Route] = &[
     route("metrics", "get", "/metrics"),
     route("openapi", "get", "/api/orchestratorm8/openapi.json"),
     route("events", "get", "/api/orchestratorm8/events"),
+    route("stages", "get", "/api/orchestratorm8/stages"),
     route("workflows.list", "get", "/api/orchestratorm8/workflows"),
     route("workflows.create", "post", "/api/orchestratorm8/workflows"),
     route("workflows.get", "get", "/api/orchestratorm8/workflows/{id}"),
@@ -242,6 +244,17 @@ pub fn routes(state: HttpState) -> BoxedFilter<(Response,)> {
             })
             .await
         });
+    let stages_route = warp::path!("api" / "orchestratorm8" / "stages")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::header::headers_cloned())
+        .then(|s: Arc<HttpState>, h: HeaderMap| async move {
+            finish(&s, "stages", async {
+                authorize(&s, &h)?;
+                stages::stages(&s).await
+            })
+            .await
+        });
     let openapi_route = warp::path!("api" / "orchestratorm8" / "openapi.json")
         .and(warp::get())
         .and(with_state.clone())
@@ -284,6 +297,8 @@ pub fn routes(state: HttpState) -> BoxedFilter<(Response,)> {
         .or(events)
         .unify()
         .or(openapi_route)
+        .unify()
+        .or(stages_route)
         .unify()
         .or(console_page)
         .unify()

@@ -63,6 +63,42 @@ impl Default for HttpTimeouts {
     }
 }
 
+/// One configured stage as `GET /api/orchestratorm8/stages` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageInfo {
+    /// Stage name (`Workflow.stages[].name`).
+    pub name: String,
+    /// The queue of the stage's service section, when the configuration has one.
+    pub queue: Option<String>,
+    /// The queue's `x-max-length` argument, when set (the Go services' backpressure).
+    pub queue_max_length: Option<u32>,
+    /// `max_in_flight` (0: no limit).
+    pub max_in_flight: u32,
+}
+
+impl StageInfo {
+    /// The stages of `settings`' `Workflow.stages`, in order.
+    pub fn from_settings(settings: &config8::Settings) -> Vec<StageInfo> {
+        settings
+            .workflow
+            .stages
+            .iter()
+            .map(|st| {
+                let q = settings.orchestrator.queues.get(&st.name);
+                StageInfo {
+                    name: st.name.clone(),
+                    queue: q.map(|q| q.queue.clone()),
+                    queue_max_length: q.and_then(|q| match q.queue_arguments.get("x-max-length") {
+                        Some(config8::ArgValue::Int(n)) => u32::try_from(*n).ok(),
+                        _ => None,
+                    }),
+                    max_in_flight: st.max_in_flight,
+                }
+            })
+            .collect()
+    }
+}
+
 /// Everything the HTTP handlers need. Cheap to share: it is wrapped in an `Arc` by
 /// [`routes`](super::routes) and [`serve`](super::serve).
 #[derive(Clone)]
@@ -89,6 +125,8 @@ pub struct HttpState {
     pub downstream_queues: Vec<String>,
     /// Managed mode: `/ready` then also checks the stage-result consumer.
     pub managed: bool,
+    /// The configured stages (`GET /api/orchestratorm8/stages`), as at start.
+    pub stages: Vec<StageInfo>,
     /// Time limits.
     pub timeouts: HttpTimeouts,
 }

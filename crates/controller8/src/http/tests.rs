@@ -205,6 +205,20 @@ impl Fx {
             clock: Arc::new(ManualClock::new(t0() + chrono::Duration::minutes(5))),
             downstream_queues: vec!["qasmm8".into(), "qnaabum8".into(), "qmissing".into()],
             managed: false,
+            stages: vec![
+                StageInfo {
+                    name: "asmm8".into(),
+                    queue: Some("qasmm8".into()),
+                    queue_max_length: Some(1),
+                    max_in_flight: 1,
+                },
+                StageInfo {
+                    name: "naabum8".into(),
+                    queue: Some("qmissing".into()),
+                    queue_max_length: None,
+                    max_in_flight: 0,
+                },
+            ],
             timeouts: HttpTimeouts {
                 request: Duration::from_secs(10),
                 check: Duration::from_millis(500),
@@ -663,6 +677,10 @@ async fn scan_now_rejects_bad_bodies_without_calling_the_engine() {
         (r#"{"domain_ids": [42]}"#, "invalid JSON"),
         (r#"{"domain_ids": "#, "invalid JSON"),
         (r#"[1,2]"#, "invalid JSON"),
+        // An array of the fields would otherwise read as {"domain_ids": null}: every
+        // domain (found by schemathesis).
+        (r#"[null]"#, "expected an object"),
+        (r#"null"#, "expected an object"),
     ] {
         let msg = post_json(&routes, API, body)
             .await
@@ -1733,4 +1751,40 @@ async fn events_stream_workflow_changes_and_resume_with_last_event_id() {
             .starts_with("HTTP/1.1 400")
     );
     served.stop().await;
+}
+
+#[tokio::test]
+async fn stages_report_queues_in_flight_and_backpressure() {
+    let (fx, routes, id) = Fx::with_workflow().await;
+    let doc = openapi_doc();
+    let r = get(&routes, "/api/orchestratorm8/stages").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    for st in v.as_array().unwrap() {
+        assert_eq!(
+            openapi::validate::check(&doc, "/components/schemas/StageState", st),
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(v[0]["name"], "asmm8");
+    assert_eq!(v[0]["consumers"], 1);
+    assert_eq!(v[0]["queue_depth"], 0);
+    assert_eq!(v[0]["in_flight"], 0);
+    assert_eq!(v[0]["backpressure"], Value::Null);
+    assert_eq!(v[1]["consumers"], Value::Null, "qmissing cannot be checked");
+    // One attempt of asmm8 claimed: the stage is at its max_in_flight of 1.
+    let now = t0() + chrono::Duration::minutes(5);
+    let claimed = fx
+        .store
+        .claim_due("asmm8", Uuid::new_v4(), now, Duration::from_secs(600), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].key.workflow_id, id);
+    let v = get(&routes, "/api/orchestratorm8/stages").await.json();
+    assert_eq!(v[0]["in_flight"], 1);
+    assert_eq!(v[0]["backpressure"], "max_in_flight");
+    fx.set_token(Some(TOKEN));
+    get(&routes, "/api/orchestratorm8/stages")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }

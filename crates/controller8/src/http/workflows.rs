@@ -117,9 +117,13 @@ pub(crate) fn parse_filter(query: &[(String, String)]) -> Result<WorkflowFilter,
     Ok(filter)
 }
 
+/// A text filter: not empty, and without NUL (which no stored text holds, and which
+/// PostgreSQL refuses in a parameter).
 fn non_empty<'a>(key: &str, value: &'a str) -> Result<&'a str, ApiError> {
     if value.is_empty() {
         Err(invalid(key, "empty"))
+    } else if value.contains('\0') {
+        Err(invalid(key, "contains a NUL character"))
     } else {
         Ok(value)
     }
@@ -341,6 +345,8 @@ mod tests {
             q(&[("status", "running"), ("status", "paused")]),
             q(&[("kind", "other")]),
             q(&[("domain", "")]),
+            q(&[("company", "a\0b")]),
+            q(&[("domain", "\0")]),
             q(&[("cursor", "x")]),
             q(&[("cursor", &"z".repeat(48))]),
             q(&[("cursor", &"é".repeat(24))]),

@@ -221,18 +221,24 @@
 
   // ---- stages and replicas (GET /ready, open)
   function inflight() {
-    const counts = new Map();
-    for (const v of st.views.values()) {
-      for (const s of v.stages) {
-        if (s.status === 'running') counts.set(s.name, (counts.get(s.name) || 0) + 1);
-      }
-    }
-    const body = $('inflight-rows');
+    // The stages view is refreshed from GET /api/orchestratorm8/stages (every 5 s).
+  }
+  async function stages() {
+    let r;
+    try { r = await api('GET', API + '/stages'); } catch (e) { return; }
+    if (!r.res.ok || !Array.isArray(r.data)) return;
+    const body = $('stage-rows');
     body.textContent = '';
-    for (const [name, n] of counts) {
+    const unknown = (n) => (n === null || n === undefined ? 'unknown' : n);
+    for (const s of r.data) {
       const tr = el('tr');
-      tr.appendChild(el('td', name));
-      tr.appendChild(el('td', n));
+      tr.appendChild(el('td', s.name));
+      tr.appendChild(el('td', s.queue || ''));
+      tr.appendChild(el('td', unknown(s.queue_depth) + (s.queue_max_length ? ' / ' + s.queue_max_length : '')));
+      tr.appendChild(el('td', unknown(s.consumers)));
+      tr.appendChild(el('td', s.in_flight));
+      tr.appendChild(el('td', s.max_in_flight ? s.max_in_flight : 'no limit'));
+      tr.appendChild(el('td', s.backpressure || 'none', s.backpressure ? 'st-paused' : ''));
       body.appendChild(tr);
     }
   }
@@ -243,7 +249,7 @@
     const badge = $('replica');
     badge.textContent = 'this replica: ' + r.data.role + ', ' + r.data.status;
     badge.className = 'badge ' + r.data.role;
-    const q = $('stage-rows');
+    const q = $('queue-rows');
     q.textContent = '';
     for (const [name, n] of Object.entries(r.data.consumers || {})) {
       const tr = el('tr');
@@ -338,6 +344,7 @@
   if (token()) $('forget-token').hidden = false;
   if (open || token()) load(params.get('cursor')); else askToken();
   ready();
-  setInterval(ready, 5000);
+  stages();
+  setInterval(() => { ready(); if (open || token()) stages(); }, 5000);
   live();
 })();
