@@ -260,7 +260,7 @@ async fn a_malformed_result_is_dead_lettered_while_the_service_keeps_running() {
         assert_eq!(out, amqp8::PublishOutcome::Confirmed);
     }
     eventually("dead-lettered", LIMIT, async || {
-        client.depth("qorchestratorm8.dlq").await == 2
+        client.ready("qorchestratorm8.dlq").await == 2
     })
     .await;
     assert_eq!(client.depth("qorchestratorm8").await, 0, "not requeued");

@@ -185,7 +185,7 @@ async fn expect_jobs(env: &Env, client: &e2e_support::Client, replicas: &[Servic
     let alive: Vec<usize> = (0..replicas.len()).collect();
     let deadline = Instant::now() + LIMIT;
     loop {
-        let depth = client.depth(STAGE1_QUEUE).await;
+        let depth = client.ready(STAGE1_QUEUE).await;
         assert!(depth <= n, "{depth} jobs in {STAGE1_QUEUE}, expected {n}");
         if depth == n {
             break;
@@ -199,7 +199,7 @@ async fn expect_jobs(env: &Env, client: &e2e_support::Client, replicas: &[Servic
     }
     let until = Instant::now() + STABLE;
     while Instant::now() < until {
-        let depth = client.depth(STAGE1_QUEUE).await;
+        let depth = client.ready(STAGE1_QUEUE).await;
         assert_eq!(depth, n, "{STAGE1_QUEUE} changed after reaching {n}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -643,7 +643,7 @@ async fn a_result_arriving_while_the_database_is_read_only_waits_and_is_applied_
     eventually(
         "the result retried on the read-only database",
         LIMIT,
-        async || read_only_retries() >= 3 || client.depth("qorchestratorm8.dlq").await > 0,
+        async || read_only_retries() >= 3 || client.ready("qorchestratorm8.dlq").await > 0,
     )
     .await;
     assert_eq!(
@@ -659,7 +659,7 @@ async fn a_result_arriving_while_the_database_is_read_only_waits_and_is_applied_
 
     set_read_only(&env, false);
     eventually("stage a completed, stage b published", LIMIT, async || {
-        client.depth("qb").await == 1
+        client.ready("qb").await == 1
     })
     .await;
     assert_eq!(
@@ -764,7 +764,7 @@ async fn throughput_samples() {
         env.insert_domains("load", n);
         let limit = Duration::from_secs(600);
         eventually("every stage-1 job", limit, async || {
-            client.depth(STAGE1_QUEUE).await as usize == n
+            client.ready(STAGE1_QUEUE).await as usize == n
         })
         .await;
         let publish = started.elapsed();
