@@ -77,17 +77,35 @@ fn config_check_shows_no_secret_however_it_is_given() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout.matches("'***'").count(), 4, "{stdout}");
 
-    // Invalid configurations: the secrets around the errors stay hidden, and so do
-    // secret values that are themselves invalid.
-    for extra in [
-        "Scheduler: {interval: 1d}\n",
-        "Database2: {password: x}\n",
-        "APP_ENV: prod\nRabbitMQ2: 1\n",
+    // Invalid configurations (exit 2, the error path, naming the key): the secrets
+    // around the errors stay hidden, and so do secret values that are themselves
+    // invalid.
+    for (extra, key) in [
+        (
+            "Scheduler: {interval: 1d}\n",
+            "Scheduler.interval: got \"1d\"",
+        ),
+        ("APP_ENV: prod\n", "APP_ENV: got \"prod\""),
+        ("Workflow: {stages: 5}\n", "Workflow.stages: got 5"),
     ] {
         std::fs::write(&file, secrets_file(extra)).unwrap();
         let (code, _, stderr) = clean(&["config", "check", "--config", f], &[], dir.path());
-        assert!(matches!(code, Some(0) | Some(2)), "{stderr}");
+        assert_eq!(code, Some(2), "{extra}: {stderr}");
+        assert!(stderr.contains("is invalid"), "{extra}: {stderr}");
+        assert!(stderr.contains(key), "{extra}: {stderr}");
     }
+    // A warning only (an unknown key): exit 0, the warning shown, no secret either.
+    std::fs::write(
+        &file,
+        secrets_file("Database2: {password: x}\nRabbitMQ2: 1\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = clean(&["config", "check", "--config", f], &[], dir.path());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Database2: unknown key, ignored"),
+        "{stderr}"
+    );
     std::fs::write(
         &file,
         format!(
