@@ -330,6 +330,22 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_segment_is_a_warning_and_the_variable_is_ignored() {
+        for var in [
+            "ORCHESTRATORM8__DATABASE____PORT",
+            "ORCHESTRATORM8__DATABASE__PORT__",
+            "ORCHESTRATORM8____DATABASE__PORT",
+        ] {
+            let (m, ctx) = apply("Database: {port: 1}", &Env::empty().with(var, "7"));
+            assert!(ctx.problems.is_empty(), "{var}: {:?}", ctx.problems);
+            assert_eq!(ctx.warnings.len(), 1, "{var}");
+            let w = ctx.warnings[0].to_string();
+            assert!(w.contains(var) && w.contains("empty key segment"), "{w}");
+            assert_eq!(m, yaml("Database: {port: 1}"), "{var}: nothing set");
+        }
+    }
+
+    #[test]
     fn ambiguous_keys_are_problems() {
         let (_, ctx) = apply(
             "a.b: 1\na-b: 2",
