@@ -159,9 +159,7 @@ fn stamps(log: &str, what: &str) -> Vec<String> {
 /// `orchestratorm8_leader` as `/metrics` reports it.
 async fn leader_gauge(svc: &Service) -> Option<u8> {
     let (_, text) = http_get(svc.port, "/metrics").await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("orchestratorm8_leader "))
-        .and_then(|v| v.trim().parse().ok())
+    controller8::Metrics::sample(&text, "orchestratorm8_leader").map(|v| v as u8)
 }
 
 /// The backend pids holding an advisory lock in the test database.
@@ -533,12 +531,11 @@ async fn every_queue_quorum_as_on_a_cluster_workflows_complete_and_dead_letters_
             "the same from either replica"
         );
         let (_, text) = http_get(r.port, "/metrics").await.unwrap();
-        let completed: u64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(r#"orchestratorm8_results_consumed_total{outcome="completed"} "#)
-            })
-            .map_or(0, |v| v.trim().parse().unwrap());
+        let completed = controller8::Metrics::sample(
+            &text,
+            r#"orchestratorm8_results_consumed_total{outcome="completed"}"#,
+        )
+        .map_or(0, |v| v as u64);
         applied.push(completed);
     }
     assert_eq!(
