@@ -387,3 +387,25 @@ fn launch_at_log_level_0_logs_no_secret() {
     assert_eq!(mode(&dir.path().join("log/orchestratorm8.log")), 0o640);
     assert_eq!(mode(&dir.path().join("log")), 0o750);
 }
+
+/// The guard of every test above, tested against a planted violation: a canary put
+/// where the binary shows it by design (a key that is no secret, so `config check`
+/// prints it) must make `assert_no_canary` fail on that very output.
+#[test]
+fn the_canary_guard_fires_on_a_planted_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    let planted = canary("planted");
+    std::fs::write(&file, format!("Log: {{apm_service_name: \"{planted}\"}}\n")).unwrap();
+    let out = cli(
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[],
+        Some(dir.path()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let caught = std::panic::catch_unwind(|| assert_no_canary("stdout of config check", &stdout));
+    assert!(caught.is_err(), "the guard missed {planted} in: {stdout}");
+    // And it stays quiet on the same output without the canary.
+    assert_no_canary("stdout without the canary", &stdout.replace(&planted, "x"));
+}
