@@ -138,27 +138,42 @@ main() {
         log "skipped (CPTM8_SKIP_MUTANTS=1)"
         return 0
     fi
-    local bin
-    bin="$(ensure_cargo_mutants)"
-
-    local rc=0 scope
+    local scope
     for scope in "${scopes[@]}"; do
         scope_args "$scope" >/dev/null
-        if ((list)); then
-            run_scope "$bin" "$scope" --list || rc=1
-        elif ((in_diff)); then
-            local merge_base diff
-            merge_base="$(git merge-base HEAD "$base" 2>/dev/null)" ||
-                die "no merge base between HEAD and '$base'"
-            diff="$REPO_ROOT/target/mutants/$scope.diff"
+    done
+
+    # --in-diff: the diff of each scope's files since the merge base; a scope whose
+    # files did not change costs nothing (cargo-mutants is not even installed).
+    local -A diffs=()
+    if ((in_diff)); then
+        local merge_base
+        if ! merge_base="$(git merge-base HEAD "$base" 2>/dev/null)"; then
+            log "no merge base between HEAD and '$base' (a shallow clone?); nothing to compare, skipped"
+            return 0
+        fi
+        for scope in "${scopes[@]}"; do
+            local diff="$REPO_ROOT/target/mutants/$scope.diff"
             mkdir -p "$(dirname "$diff")"
             # shellcheck disable=SC2046 # one path per word, by design
             git diff "$merge_base" -- $(scope_files "$scope") >"$diff"
-            if [[ ! -s "$diff" ]]; then
-                log "$scope: no change since $base in its files; nothing to mutate"
-                continue
+            if [[ -s "$diff" ]]; then
+                diffs[$scope]="$diff"
+            else
+                log "$scope: no change since the merge base with $base in its files; nothing to mutate"
             fi
-            run_scope "$bin" "$scope" --in-diff "$diff" || rc=1
+        done
+        ((${#diffs[@]})) || return 0
+    fi
+
+    local bin rc=0
+    bin="$(ensure_cargo_mutants)"
+    for scope in "${scopes[@]}"; do
+        if ((list)); then
+            run_scope "$bin" "$scope" --list || rc=1
+        elif ((in_diff)); then
+            [[ -n "${diffs[$scope]:-}" ]] || continue
+            run_scope "$bin" "$scope" --in-diff "${diffs[$scope]}" || rc=1
         else
             run_scope "$bin" "$scope" || rc=1
         fi
