@@ -98,7 +98,7 @@ run_scope() {
     # Arguments after `--` go to cargo test; ours must come before them.
     local pre=() post=() seen=0 a
     for a in "${args[@]}"; do
-        if [[ "$a" == "--" ]]; then
+        if [[ "$a" == "--" ]] && ((!seen)); then
             seen=1
         elif ((seen)); then
             post+=("$a")
