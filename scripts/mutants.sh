@@ -107,8 +107,26 @@ run_scope() {
         fi
     done
     log "$scope: cargo mutants ${pre[*]} $* (jobs $JOBS, timeout ${TIMEOUT}s)"
+    local rc=0
     "$bin" mutants --no-shuffle --jobs "$JOBS" --timeout "$TIMEOUT" --output "$out" \
-        "${pre[@]}" "$@" ${post[@]+-- "${post[@]}"}
+        "${pre[@]}" "$@" ${post[@]+-- "${post[@]}"} || rc=$?
+    summarize "$scope" "$out/mutants.out/outcomes.json"
+    return "$rc"
+}
+
+# summarize SCOPE OUTCOMES_JSON: one line with the counts and the caught ratio
+# (caught / (caught + missed + timeout); unviable mutants do not count).
+summarize() {
+    [[ -f "$2" ]] || return 0
+    python3 - "$1" "$2" <<'PY' | sed "s/^/$SCRIPT_NAME: /"
+import json, sys
+d = json.load(open(sys.argv[2]))
+c, m, t, u = (d.get(k, 0) for k in ("caught", "missed", "timeout", "unviable"))
+viable = c + m + t
+ratio = f"{100 * c / viable:.0f}%" if viable else "n/a"
+print(f"{sys.argv[1]}: {d.get('total_mutants', 0)} mutants: {c} caught, {m} missed, "
+      f"{t} timeout, {u} unviable; caught ratio {ratio}")
+PY
 }
 
 main() {
