@@ -279,6 +279,9 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
         stage_a(&h, job.workflow_id).await,
         (StageStatus::Pending, 1)
     );
+    // A reported failure is a retry, not a time-out.
+    h.assert_metrics(&["orchestratorm8_stage_retries_total{stage=\"a\"} 1"]);
+    h.assert_no_metric("orchestratorm8_stage_timeouts_total{stage=\"a\"} 1");
     // Backoff initial 10 s with equal jitter: due in [5 s, 10 s].
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     h.advance(Duration::from_millis(4_900));
