@@ -298,6 +298,21 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
     assert_eq!(h.take_jobs("b").len(), 1);
 }
 
+/// The sweep reads timed-out attempts 500 at a time: 501 take two pages, in one sweep.
+#[tokio::test]
+async fn one_sweep_expires_more_than_a_page_of_timed_out_attempts() {
+    let mut s = chain();
+    s.workflow.stages[0].timeout = Duration::from_secs(30);
+    let h = Harness::new(s).await;
+    h.add_domains(501).await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    assert_eq!(h.take_jobs("a").len(), 501);
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 501);
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     let mut s = chain();
