@@ -358,5 +358,21 @@ mod tests {
     fn debug_shows_no_values() {
         let env = Env::empty().with("PW", "hunter2");
         assert!(!format!("{env:?}").contains("hunter2"));
+        assert_eq!(format!("{env:?}"), r#"Env { names: ["PW"] }"#);
+    }
+
+    #[test]
+    fn built_from_the_process_or_from_pairs() {
+        let env: Env = [("A", "1"), ("B", "2")].into_iter().collect();
+        assert_eq!(
+            (env.get("A"), env.get("B"), env.get("C")),
+            (Some("1"), Some("2"), None)
+        );
+        let process = Env::from_process();
+        let (name, value) = std::env::vars()
+            .next()
+            .expect("a test runs with some variable");
+        assert_eq!(process.get(&name), Some(value.as_str()));
+        assert_eq!(resolve_path(Some("x.yaml".into())), PathBuf::from("x.yaml"));
     }
 }
