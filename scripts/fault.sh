@@ -10,7 +10,7 @@
 #   --rounds N kill -9 rounds (default 20; env FAULT_KILL_ROUNDS)
 #   --seed N   seed of the kill -9 test's random kill points (env FAULT_SEED); every run
 #              prints the seed it used
-#   --list     list the tests and exit
+#   --list     list the tests (the FILTERs select) and exit
 #
 # The orchestrator logs of every test are copied to target/fault/<test>/ (env
 # FAULT_LOGS_DIR overrides); a failed test's are also kept where it says.
@@ -28,8 +28,8 @@
 # cluster serving port 5432 (found with pg_lsclusters, passed to the tests as
 # CPTM8_PG_CLUSTER="<version> <name>"), and what scripts/services.sh sets up.
 #
-# Exit status: 0 when every test passed, 1 when one failed (the tests are named), 2 on
-# a usage error.
+# Exit status: 0 when every selected test ran and passed, 1 when one failed (the tests
+# are named), 2 on a usage error, a FILTER selecting no test among them.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -137,10 +137,31 @@ done
 
 need_cmd cargo "install Rust (rustup) first; rust-toolchain.toml pins the version"
 
-if ((list)); then
+# matching_tests T: the fault tests of file T the filters select, one per line.
+matching_tests() {
+    cargo test -q -p orchestratorm8 --test "$1" -- --ignored --list "${filters[@]}" 2>/dev/null |
+        sed -n "s/: test\$//p"
+}
+
+# Counts the selected tests of every file into MATCHED; a selection of none is a usage
+# error (exit 2): zero tests run must never read as "every fault test passed".
+declare -A MATCHED=()
+count_matches() {
+    local t total=0
     for t in "${TESTS[@]}"; do
-        cargo test -q -p orchestratorm8 --test "$t" -- --ignored --list 2>/dev/null |
-            sed -n "s/: test\$//p" | sed "s|^|$t::|"
+        MATCHED[$t]="$(matching_tests "$t" | grep -c . || true)"
+        total=$((total + MATCHED[$t]))
+    done
+    if ((total == 0)); then
+        echo "fault: no fault test matches '${filters[*]}' (see --list)" >&2
+        exit 2
+    fi
+}
+
+if ((list)); then
+    count_matches
+    for t in "${TESTS[@]}"; do
+        matching_tests "$t" | sed "s|^|$t::|"
     done
     exit 0
 fi
@@ -157,6 +178,7 @@ start="$(now_ms)"
 log "building the test binaries"
 cargo test -q -p orchestratorm8 "${TESTS[@]/#/--test=}" --no-run ||
     die "the fault tests do not build"
+count_matches
 bash scripts/services.sh >/dev/null || die "PostgreSQL/RabbitMQ are not available (scripts/services.sh)"
 # The watermark to put back if a run is interrupted during the memory alarm.
 wm="$(rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().' 2>/dev/null | tr -d '[:space:]' || true)"
@@ -179,10 +201,22 @@ failed=()
 summary=()
 for t in "${TESTS[@]}"; do
     t0="$(now_ms)"
-    printf '\n==> %s\n' "$t"
+    if ((MATCHED[$t] == 0)); then
+        summary+=("$(printf '  %-15s none selected' "$t")")
+        continue
+    fi
+    printf '\n==> %s (%d tests)\n' "$t" "${MATCHED[$t]}"
     rc=0
+    out="$FAULT_LOGS_DIR/$t.out"
     cargo test -q -p orchestratorm8 --test "$t" -- --ignored --test-threads=1 --nocapture \
-        "${filters[@]}" || rc=$?
+        "${filters[@]}" 2>&1 | tee "$out" || rc=$?
+    # Every selected test ran and passed (not fewer: a test the harness skipped
+    # would otherwise pass unseen).
+    passed="$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$out" | tail -n 1)"
+    if ((rc == 0)) && [[ "${passed:-0}" != "${MATCHED[$t]}" ]]; then
+        warn "$t: ${passed:-0} tests passed, ${MATCHED[$t]} were selected"
+        rc=1
+    fi
     if ((rc == 0)); then
         summary+=("$(printf '  %-15s ok      %6ss' "$t" "$(elapsed_s "$t0")")")
     else

@@ -2,6 +2,13 @@
 """Checks a rendered Kubernetes overlay of orchestratorm8 against the deployment policy.
 
 Usage: manifest-policy.py OVERLAY RENDERED.yaml [ENV_OUT]
+       manifest-policy.py --self-test OVERLAY RENDERED.yaml
+
+--self-test proves the policy can fail: the rendered overlay must pass, and each of a
+list of planted violations (a literal secret in the configuration file, in an
+`ORCHESTRATORM8__` override of the ConfigMap or of the container's env, a lost probe...)
+must be reported; it also checks that every field of config8's `Secret` type
+(crates/config8/src/settings.rs) is one the policy knows as secret.
 
 The schema validation (kubernetes-validate) tells whether the objects are well formed;
 this tells whether they say what docs/DEPLOYMENT.md promises: probes, ports, security
@@ -14,6 +21,9 @@ the configuration file next to it (ENV_OUT with suffix .configuration.yaml), so 
 `orchestratorm8 config check` can load exactly what the pod would load.
 """
 
+import copy
+import os
+import re
 import sys
 
 import yaml
@@ -23,6 +33,19 @@ PORT = 8005
 SECRET_KEYS = {"POSTGRESQL_PASSWORD", "RABBITMQ_PASSWORD", "ORCHESTRATORM8_API_TOKEN"}
 GO_TOP_LEVEL = {"APP_ENV", "LOG_LEVEL", "ORCHESTRATORM8", "Database", "RabbitMQ"}
 NEW_SECTIONS = {"Scheduler", "Workflow", "HTTP", "LeaderElection"}
+# Every key of the configuration file that config8 holds in its `Secret` type (checked
+# against crates/config8/src/settings.rs by --self-test): each must be a ${VAR}
+# placeholder when set, whether in the file or through an ORCHESTRATORM8__ override.
+SECRET_CONFIG_KEYS = {
+    ("Database", "password"),
+    ("RabbitMQ", "password"),
+    ("HTTP", "api_token"),
+    ("Log", "apm_secret_token"),
+}
+REQUIRED_SECRET_KEYS = {("Database", "password"), ("RabbitMQ", "password")}
+PLACEHOLDER = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+# user:password@ in a URL (ORCHESTRATORM8.Services, Log.apm_server_url...).
+URL_USERINFO = re.compile(r"://[^/@\s:]*:([^/@\s]*)@")
 
 failures = []
 
@@ -115,11 +138,16 @@ def check_config(objs, pod, container):
     conf = conf if isinstance(conf, dict) else {}
     missing = sorted((GO_TOP_LEVEL | NEW_SECTIONS) - conf.keys())
     check(not missing, f"configuration.yaml has every section (missing: {missing})")
-    for key in ("password",):
-        for section in ("Database", "RabbitMQ"):
-            value = dig(conf, section, key)
-            check(isinstance(value, str) and value.startswith("${") and value.endswith("}"),
-                  f"{section}.{key} is a ${{VAR}} placeholder, not a literal")
+    for section, key in sorted(SECRET_CONFIG_KEYS):
+        value = dig(conf, section, key)
+        if value is None and (section, key) not in REQUIRED_SECRET_KEYS:
+            continue
+        check(isinstance(value, str) and PLACEHOLDER.match(value),
+              f"{section}.{key} is a ${{VAR}} placeholder, not a literal")
+    for path, value in strings(conf):
+        m = URL_USERINFO.search(value)
+        check(not m or PLACEHOLDER.match(m.group(1)) or m.group(1) == "",
+              f"{path}: no literal password in a URL")
     check(dig(conf, "LeaderElection", "enabled") is True, "LeaderElection.enabled true")
     check(dig(conf, "Log", "file") is None, "Log.file empty (read-only root filesystem)")
     env = {}
@@ -129,16 +157,42 @@ def check_config(objs, pod, container):
             data = cms[name].get("data", {})
             leaked = sorted(SECRET_KEYS & data.keys())
             check(not leaked, f"no secret in ConfigMap {name} ({leaked})")
+            for key, value in data.items():
+                check(not secret_override(key) or PLACEHOLDER.match(str(value)),
+                      f"ConfigMap {name}: {key} overrides a secret with a literal")
             env.update(data)
+    for e in container.get("env", []):
+        key = e.get("name", "")
+        check(not secret_override(key) or "value" not in e,
+              f"container env {key} overrides a secret with a literal value")
     return text, env
 
 
-def main():
-    if len(sys.argv) not in (3, 4):
-        sys.exit(__doc__)
-    overlay, rendered = sys.argv[1], sys.argv[2]
-    with open(rendered) as f:
-        objs = [o for o in yaml.safe_load_all(f) if o]
+def strings(obj, path=""):
+    """Every string of a parsed YAML document, with its dotted path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from strings(v, f"{path}[{i}]")
+    elif isinstance(obj, str):
+        yield path, obj
+
+
+def secret_override(env_key):
+    """Whether ENV_KEY is an ORCHESTRATORM8__SECTION__KEY override of a secret key
+    (config8 matches sections and keys without regard to case)."""
+    parts = env_key.split("__")
+    if len(parts) < 3 or parts[0] != "ORCHESTRATORM8":
+        return False
+    wanted = {(s.lower(), k.lower()) for s, k in SECRET_CONFIG_KEYS}
+    return (parts[1].lower(), parts[2].lower()) in wanted
+
+
+def evaluate(overlay, objs):
+    """Runs every check on the rendered objects; (failures, kinds, text, env)."""
+    failures.clear()
     kinds = sorted(o.get("kind", "?") for o in objs)
     for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount"):
         check(kind in kinds, f"has a {kind}")
@@ -163,9 +217,105 @@ def main():
     if overlay in ("staging", "prod"):
         check(not secrets, f"{overlay} commits no Secret (found {len(secrets)})")
     text, env = check_config(objs, pod, container)
+    return list(failures), kinds, text, env
 
-    if failures:
-        for what in failures:
+
+def self_test(overlay, objs):
+    """The policy passes the rendered overlay and fails each planted violation."""
+    found, _, _, _ = evaluate(overlay, objs)
+    if found:
+        sys.exit(f"self-test {overlay}: the unplanted overlay fails: {found}")
+
+    def configmap(o):
+        return next(c for c in o if c.get("kind") == "ConfigMap"
+                    and "configuration.yaml" in c.get("data", {}))
+
+    def env_configmap(o):
+        return next(c for c in o if c.get("kind") == "ConfigMap"
+                    and "configuration.yaml" not in c.get("data", {}))
+
+    def container(o):
+        dep = next(d for d in o if d.get("kind") == "Deployment")
+        return dep["spec"]["template"]["spec"]["containers"][0]
+
+    def edit_conf(section, key, value):
+        def plant(o):
+            cm = configmap(o)
+            conf = yaml.safe_load(cm["data"]["configuration.yaml"])
+            conf.setdefault(section, {})[key] = value
+            cm["data"]["configuration.yaml"] = yaml.safe_dump(conf)
+        return plant
+
+    def set_env_cm(key, value):
+        return lambda o: env_configmap(o)["data"].__setitem__(key, value)
+
+    def set_container_env(key, value):
+        return lambda o: container(o).setdefault("env", []).append({"name": key, "value": value})
+
+    plants = [
+        ("literal HTTP.api_token", edit_conf("HTTP", "api_token", "s3cr3t-token"),
+         "HTTP.api_token is a ${VAR} placeholder"),
+        ("literal Database.password", edit_conf("Database", "password", "pw"),
+         "Database.password is a ${VAR} placeholder"),
+        ("literal RabbitMQ.password", edit_conf("RabbitMQ", "password", "pw"),
+         "RabbitMQ.password is a ${VAR} placeholder"),
+        ("literal Log.apm_secret_token", edit_conf("Log", "apm_secret_token", "apm"),
+         "Log.apm_secret_token is a ${VAR} placeholder"),
+        ("placeholder with a literal tail", edit_conf("HTTP", "api_token", "${TOKEN}x"),
+         "HTTP.api_token is a ${VAR} placeholder"),
+        ("password in a service URL",
+         edit_conf("ORCHESTRATORM8", "Services", {"asmm8": "http://u:pw@asmm8:8000/"}),
+         "no literal password in a URL"),
+        ("ORCHESTRATORM8__HTTP__API_TOKEN in the ConfigMap",
+         set_env_cm("ORCHESTRATORM8__HTTP__API_TOKEN", "s3cr3t-token"),
+         "ORCHESTRATORM8__HTTP__API_TOKEN overrides a secret"),
+        ("ORCHESTRATORM8__database__Password in the ConfigMap",
+         set_env_cm("ORCHESTRATORM8__database__Password", "pw"),
+         "ORCHESTRATORM8__database__Password overrides a secret"),
+        ("ORCHESTRATORM8__LOG__APM_SECRET_TOKEN as a container env value",
+         set_container_env("ORCHESTRATORM8__LOG__APM_SECRET_TOKEN", "apm"),
+         "ORCHESTRATORM8__LOG__APM_SECRET_TOKEN overrides a secret with a literal value"),
+        ("POSTGRESQL_PASSWORD in the ConfigMap", set_env_cm("POSTGRESQL_PASSWORD", "pw"),
+         "no secret in ConfigMap"),
+        ("no readiness probe", lambda o: container(o).pop("readinessProbe"),
+         "readiness probe GET /ready"),
+    ]
+    for what, plant, expected in plants:
+        planted = copy.deepcopy(objs)
+        plant(planted)
+        found, _, _, _ = evaluate(overlay, planted)
+        if not any(expected in f for f in found):
+            sys.exit(f"self-test {overlay}: planted {what}: expected a failure "
+                     f"containing {expected!r}, got {found}")
+
+    # Every `Secret` field of config8 is one the policy knows.
+    settings = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "..", "crates", "config8", "src", "settings.rs")
+    with open(settings) as f:
+        fields = set(re.findall(r"pub (\w+): (?:Option<)?Secret\b", f.read()))
+    if not fields:
+        sys.exit(f"self-test: no Secret field found in {settings}")
+    unknown = sorted(fields - {k for _, k in SECRET_CONFIG_KEYS})
+    if unknown:
+        sys.exit(f"self-test: config8 Secret fields unknown to SECRET_CONFIG_KEYS: {unknown}")
+    print(f"policy self-test ok: {overlay}: {len(plants)} planted violations reported; "
+          f"Secret fields {sorted(fields)} covered")
+
+
+def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--self-test":
+        with open(sys.argv[3]) as f:
+            self_test(sys.argv[2], [o for o in yaml.safe_load_all(f) if o])
+        return
+    if len(sys.argv) not in (3, 4):
+        sys.exit(__doc__)
+    overlay, rendered = sys.argv[1], sys.argv[2]
+    with open(rendered) as f:
+        objs = [o for o in yaml.safe_load_all(f) if o]
+    failures_found, kinds, text, env = evaluate(overlay, objs)
+
+    if failures_found:
+        for what in failures_found:
             print(f"POLICY FAIL {overlay}: {what}")
         sys.exit(1)
     print(f"policy ok: {overlay}: {len(objs)} objects ({', '.join(kinds)})")

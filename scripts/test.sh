@@ -15,6 +15,10 @@
 #   deploy     scripts/validate-manifests.sh: Kubernetes overlays rendered and validated
 #              offline, each overlay's configuration loaded by the built binary, the
 #              Dockerfile and compose file linted, every script shellchecked
+#   mutants    scripts/mutants.sh --in-diff main: mutation testing (cargo-mutants) of the
+#              lines this branch changed since its merge base with main, in the scoped
+#              pure modules (docs/TESTING.md); nothing to do on main itself.
+#              CPTM8_SKIP_MUTANTS=1 skips it (the summary says so)
 #   fault      scripts/fault.sh --quick: the fault-injection suite (docs/FAULTS.md),
 #              3 kill -9 rounds; it restarts and stops the local RabbitMQ and
 #              PostgreSQL, so it runs last, alone. Needs root (rabbitmqctl,
@@ -91,6 +95,11 @@ main() {
     step doc env RUSTDOCFLAGS="${RUSTDOCFLAGS:+$RUSTDOCFLAGS }-D warnings" cargo doc --workspace --no-deps
     step browser bash scripts/browser.sh
     step deploy deploy_step
+    if [[ "${CPTM8_SKIP_MUTANTS:-}" == "1" ]]; then
+        SUMMARY+=("$(printf '  %-9s SKIPPED (CPTM8_SKIP_MUTANTS=1)' mutants)")
+    else
+        step mutants bash scripts/mutants.sh --in-diff main
+    fi
     if [[ "${CPTM8_SKIP_FAULT:-}" == "1" ]]; then
         SUMMARY+=("$(printf '  %-9s SKIPPED (CPTM8_SKIP_FAULT=1)' fault)")
     else

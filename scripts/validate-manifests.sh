@@ -9,7 +9,8 @@
 #      an object kind without a schema is an error too), for the oldest and newest
 #      Kubernetes versions we support;
 #   3. check the rendered objects against the deployment policy of docs/DEPLOYMENT.md
-#      (scripts/manifest-policy.py: probes, security context, replicas, secrets...);
+#      (scripts/manifest-policy.py: probes, security context, replicas, secrets...),
+#      and that the policy reports planted violations (manifest-policy.py --self-test);
 #   4. when ORCHESTRATORM8_BIN names a built orchestratorm8, load each overlay's
 #      configuration file with `orchestratorm8 config check` in the environment the pod
 #      would have (secret values replaced by placeholders);
@@ -80,6 +81,10 @@ validate_overlay() {
     log "$overlay: $count object validations passed (strict schemas of Kubernetes ${K8S_VERSIONS[*]})"
     "$TOOLS/python" scripts/manifest-policy.py "$overlay" "$rendered" "$OUT/$overlay.env" |
         sed "s/^/$SCRIPT_NAME: /" || die "$overlay: policy check failed"
+    # The policy is a guard: it must report each planted violation (a literal secret in
+    # the file or in an ORCHESTRATORM8__ override...) on this overlay.
+    "$TOOLS/python" scripts/manifest-policy.py --self-test "$overlay" "$rendered" |
+        sed "s/^/$SCRIPT_NAME: /" || die "$overlay: the policy missed a planted violation"
     if [[ -n "${ORCHESTRATORM8_BIN:-}" ]]; then
         config_check_overlay "$overlay"
     fi

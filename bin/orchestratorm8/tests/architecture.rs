@@ -86,24 +86,89 @@ fn crate_dependency_rules_hold() {
     }
 }
 
+/// External crates by family, with the workspace packages allowed to take each family
+/// as a normal dependency. A package outside the list that takes one breaks an
+/// invariant: the data layer knows nothing of AMQP or HTTP, the broker layer nothing of
+/// SQL, the engine no driver at all (docs/ARCHITECTURE.md).
+const DRIVER_FAMILIES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "PostgreSQL driver",
+        &[
+            "tokio-postgres",
+            "postgres",
+            "bb8-postgres",
+            "postgres-native-tls",
+            "postgres-types",
+            "sqlx",
+            "diesel",
+        ],
+        &["db8", "bench8"],
+    ),
+    ("AMQP driver", &["amqprs", "lapin"], &["amqp8", "bench8"]),
+    (
+        "HTTP server",
+        &["warp", "hyper", "hyper-util", "axum", "actix-web"],
+        &["controller8"],
+    ),
+];
+
+/// model8 is the vocabulary and performs no I/O: an allow-list, so that any new
+/// dependency is a decision someone writes down here.
+const MODEL8_EXTERNAL: &[&str] = &["chrono", "idna", "serde", "serde_json", "thiserror", "uuid"];
+
+/// Every breach of the external-dependency rules in `cargo metadata` output.
+fn dependency_violations(
+    pkgs: &BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (krate, (_, external)) in pkgs {
+        for (family, names, allowed) in DRIVER_FAMILIES {
+            if allowed.contains(&krate.as_str()) {
+                continue;
+            }
+            for dep in external.iter().filter(|d| names.contains(&d.as_str())) {
+                out.push(format!("{krate} takes the {family} `{dep}`"));
+            }
+        }
+    }
+    let (_, model8) = &pkgs["model8"];
+    for dep in model8.difference(&set(MODEL8_EXTERNAL)) {
+        out.push(format!(
+            "model8 takes `{dep}`, not on its no-I/O allow-list"
+        ));
+    }
+    out
+}
+
 #[test]
-fn model8_has_no_io_dependencies() {
-    let pkgs = packages();
-    let (_, external) = &pkgs["model8"];
-    let io = [
-        "tokio",
-        "amqprs",
-        "tokio-postgres",
-        "bb8",
-        "warp",
-        "notify",
-        "reqwest",
-        "hyper",
-    ];
-    for dep in io {
+fn external_dependency_rules_hold() {
+    let violations = dependency_violations(&packages());
+    assert!(
+        violations.is_empty(),
+        "{violations:#?} (docs/ARCHITECTURE.md)"
+    );
+}
+
+#[test]
+fn dependency_guard_fires_on_planted_violations() {
+    let real = packages();
+    for (krate, dep) in [
+        ("db8", "amqprs"),
+        ("amqp8", "tokio-postgres"),
+        ("controller8", "bb8-postgres"),
+        ("controller8", "amqprs"),
+        ("config8", "warp"),
+        ("model8", "tokio"),
+        ("model8", "notify"),
+    ] {
+        let mut planted = real.clone();
+        planted.get_mut(krate).unwrap().1.insert(dep.to_owned());
+        let violations = dependency_violations(&planted);
         assert!(
-            !external.contains(dep),
-            "model8 must do no I/O but depends on {dep}"
+            violations
+                .iter()
+                .any(|v| v.starts_with(&format!("{krate} takes")) && v.contains(dep)),
+            "{dep} planted into {krate} went unnoticed: {violations:?}"
         );
     }
 }
@@ -119,32 +184,312 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn controller8_names_no_concrete_implementation() {
+fn is_ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The names of the concrete implementations of `krate` (db8 or amqp8) under `root`:
+/// every top-level `pub` item and `pub use` name of its PostgreSQL/RabbitMQ and
+/// in-memory modules, and the public module names themselves. Derived from the sources,
+/// so that a new concrete type is covered without editing this test.
+fn concrete_names(root: &Path, krate: &str) -> BTreeSet<String> {
+    let src = root.join(format!("crates/{krate}/src"));
+    let mut names = BTreeSet::new();
+    for module in ["pg", "rabbit", "memory"] {
+        let dir = src.join(module);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        rust_sources(&dir, &mut files);
+        for f in files.iter().filter(|f| !f.ends_with("tests.rs")) {
+            let text = std::fs::read_to_string(f).unwrap();
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix("pub ") else {
+                    continue;
+                };
+                let rest = rest.trim_start_matches("async ");
+                if let Some(used) = rest.strip_prefix("use ") {
+                    // `pub use a::{B, C};` / `pub use a::B;`: the names exported.
+                    let last = used.rsplit("::").next().unwrap_or(used);
+                    for n in last
+                        .split(|c: char| !is_ident_char(c))
+                        .filter(|n| !n.is_empty())
+                    {
+                        names.insert(n.to_owned());
+                    }
+                    continue;
+                }
+                for kind in [
+                    "struct ", "enum ", "fn ", "type ", "trait ", "const ", "static ",
+                ] {
+                    if let Some(item) = rest.strip_prefix(kind) {
+                        let name: String = item.chars().take_while(|c| is_ident_char(*c)).collect();
+                        names.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    // Public concrete modules (`pub mod memory;` in amqp8) are concrete as a path.
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    for module in ["pg", "rabbit", "memory"] {
+        if lib.contains(&format!("pub mod {module};")) {
+            names.insert(module.to_owned());
+        }
+    }
+    names.remove("");
+    names
+}
+
+/// `text` without its test code: `#[cfg(test)] mod x { ... }` blocks and
+/// `#[cfg(test)] mod x;` declarations (the declared file is skipped by name).
+fn without_test_code(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        let trimmed = after.trim_start();
+        let decl_end = trimmed.find(['{', ';']).unwrap_or(trimmed.len());
+        if trimmed.starts_with("mod ") && trimmed[decl_end..].starts_with('{') {
+            let body = &trimmed[decl_end..];
+            let mut depth = 0usize;
+            let mut end = body.len();
+            for (i, c) in body.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            rest = &body[end..];
+        } else {
+            // An attribute on anything else (a `mod tests;` declaration, an item):
+            // drop the attribute's item up to its `;` or keep scanning.
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every name a path rooted at `krate::` reaches in `text`: `krate::a::B`,
+/// `use krate::{a, b::{C, D as E}, *}` (aliases are not names of the crate).
+fn paths_from(text: &str, krate: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let needle = format!("{krate}::");
+    let mut from = 0;
+    while let Some(found) = text[from..].find(&needle) {
+        let at = from + found;
+        from = at + needle.len();
+        if text[..at].chars().next_back().is_some_and(is_ident_char) {
+            continue; // `xdb8::` is another crate
+        }
+        let chars: Vec<char> = text[from..].chars().collect();
+        // `krate::{` opens a group straight away.
+        let opens = chars.first() == Some(&'{');
+        let (mut i, mut depth, mut after_as) = (usize::from(opens), usize::from(opens), false);
+        loop {
+            while depth > 0 && i < chars.len() && chars[i].is_whitespace() {
+                i += 1;
+            }
+            let start = i;
+            while i < chars.len() && (is_ident_char(chars[i]) || chars[i] == '*') {
+                i += 1;
+            }
+            let ident: String = chars[start..i].iter().collect();
+            let empty = ident.is_empty();
+            if ident == "as" {
+                after_as = true;
+            } else if !empty {
+                if !after_as {
+                    names.push(ident);
+                }
+                after_as = false;
+            }
+            while depth > 0 && i < chars.len() && chars[i].is_whitespace() {
+                i += 1;
+            }
+            if i >= chars.len() {
+                break;
+            }
+            if chars[i..].starts_with(&[':', ':', '{']) {
+                depth += 1;
+                i += 3;
+            } else if chars[i..].starts_with(&[':', ':']) {
+                i += 2;
+            } else if depth > 0 && chars[i] == ',' {
+                i += 1;
+            } else if depth > 0 && chars[i] == '}' {
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    break;
+                }
+            } else if depth > 0 && empty {
+                i += 1; // anything else inside a group (a comment): step over it
+            } else if depth == 0 {
+                break;
+            }
+        }
+    }
+    names
+}
+
+/// Every place under `root`'s controller8 sources (test code aside) that names a
+/// concrete db8/amqp8 implementation or a driver crate.
+fn concrete_name_violations(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
-    rust_sources(&workspace_root().join("crates/controller8/src"), &mut files);
-    assert!(!files.is_empty());
-    // Concrete PostgreSQL/RabbitMQ types and drivers: only the binary may use them.
-    let forbidden = [
-        "PgStore",
-        "PgLeaderLock",
-        "PgChangeFeed",
+    rust_sources(&root.join("crates/controller8/src"), &mut files);
+    assert!(
+        !files.is_empty(),
+        "no controller8 sources under {}",
+        root.display()
+    );
+    let concrete: Vec<(&str, BTreeSet<String>)> = ["db8", "amqp8"]
+        .into_iter()
+        .map(|k| (k, concrete_names(root, k)))
+        .collect();
+    for (k, names) in &concrete {
+        assert!(
+            names.len() >= 3,
+            "too few concrete names found in {k}: {names:?}"
+        );
+    }
+    let drivers = [
         "tokio_postgres",
         "bb8_postgres",
+        "postgres_native_tls",
         "amqprs",
-        "AmqpBroker",
-        "amqp8::connect",
+        "lapin",
     ];
+    let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        for word in forbidden {
+        let name = f.file_name().unwrap().to_string_lossy();
+        if name == "tests.rs" || name == "testkit.rs" {
+            continue;
+        }
+        let text = without_test_code(&std::fs::read_to_string(&f).unwrap());
+        let idents: BTreeSet<&str> = text.split(|c: char| !is_ident_char(c)).collect();
+        for (krate, names) in &concrete {
+            for path_name in paths_from(&text, krate) {
+                if names.contains(&path_name) {
+                    out.push(format!("{}: `{krate}::…{path_name}`", f.display()));
+                }
+                if path_name == "*" {
+                    out.push(format!(
+                        "{}: a glob import from {krate} hides which names it uses",
+                        f.display()
+                    ));
+                }
+            }
+            // Type names (capitalised) anywhere, however they were imported.
+            for n in names
+                .iter()
+                .filter(|n| n.starts_with(|c: char| c.is_ascii_uppercase()))
+            {
+                if idents.contains(n.as_str()) {
+                    out.push(format!("{}: names `{n}` ({krate})", f.display()));
+                }
+            }
+        }
+        for d in drivers {
+            if idents.contains(d) {
+                out.push(format!("{}: names the driver `{d}`", f.display()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn controller8_names_no_concrete_implementation() {
+    let root = workspace_root();
+    for (krate, must) in [
+        (
+            "db8",
+            &["PgStore", "PgLeaderLock", "PgChangeFeed", "MemoryStore"][..],
+        ),
+        (
+            "amqp8",
+            &["RabbitBroker", "connect", "MemoryBroker", "memory"][..],
+        ),
+    ] {
+        let names = concrete_names(&root, krate);
+        for m in must {
             assert!(
-                !text.contains(word),
-                "{} names the concrete `{word}`; controller8 must use db8/amqp8 traits",
-                f.display()
+                names.contains(*m),
+                "{krate}: `{m}` not derived from the sources: {names:?}"
             );
         }
     }
+    let violations = concrete_name_violations(&root);
+    assert!(
+        violations.is_empty(),
+        "controller8 must use db8/amqp8 traits (docs/ARCHITECTURE.md): {violations:#?}"
+    );
+}
+
+/// Copies the sources the guard reads into a temporary tree.
+fn source_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = workspace_root();
+    for krate in ["db8", "amqp8", "controller8"] {
+        let mut files = Vec::new();
+        let src = root.join(format!("crates/{krate}/src"));
+        rust_sources(&src, &mut files);
+        for f in files {
+            let to = dir.path().join(f.strip_prefix(&root).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&f, &to).unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn concrete_name_guard_fires_on_planted_violations() {
+    let plants = [
+        "use amqp8::{connect};\n",
+        "use amqp8::{Broker, connect as dial};\n",
+        "fn f() { let _ = amqp8::connect; }\n",
+        "use amqp8::RabbitBroker;\n",
+        "use amqp8::*;\n",
+        "use db8::{\n    DbError,\n    PgStore,\n};\n",
+        "fn f(_: db8::PgLeaderLock) {}\n",
+        "fn f() { let _ = db8::MemoryStore::new(); }\n",
+        "use amqp8::memory::MemoryBroker;\n",
+        "fn f() -> Option<RabbitBroker> { None }\n",
+        "use tokio_postgres::Client;\n",
+        "use amqprs::channel::Channel;\n",
+        "#[cfg(test)]\nmod t;\nuse db8::PgChangeFeed;\n",
+    ];
+    let copy = source_copy();
+    assert!(
+        concrete_name_violations(copy.path()).is_empty(),
+        "the unplanted copy must pass"
+    );
+    let target = copy.path().join("crates/controller8/src/scheduler.rs");
+    let original = std::fs::read_to_string(&target).unwrap();
+    for plant in plants {
+        std::fs::write(&target, format!("{original}\n{plant}")).unwrap();
+        let violations = concrete_name_violations(copy.path());
+        assert!(!violations.is_empty(), "planted {plant:?} went unnoticed");
+    }
+    // Test code may use the in-memory twins, and only test code.
+    std::fs::write(
+        &target,
+        format!("{original}\n#[cfg(test)]\nmod planted {{\n    use db8::MemoryStore;\n    use amqp8::memory::MemoryBroker;\n}}\n"),
+    )
+    .unwrap();
+    assert_eq!(concrete_name_violations(copy.path()), Vec::<String>::new());
 }
 
 #[test]

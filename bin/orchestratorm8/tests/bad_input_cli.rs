@@ -373,3 +373,51 @@ fn config_is_accepted_after_a_subcommands_options() {
         &["--config given more than once"],
     );
 }
+
+/// docs/BAD_INPUT.md §1, the RabbitMQ row: port 0 is refused by the configuration
+/// loader (exit 2 naming the key, from `config check` and `launch` alike); a `tls_ca`
+/// that does not exist passes the loader and is refused when `launch` builds the
+/// broker endpoint: exit 2 too (a configuration error, not retried), naming the key
+/// and the file.
+#[test]
+fn launch_with_a_bad_rabbitmq_port_or_tls_ca_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.yaml");
+    std::fs::write(&zero, "RabbitMQ: {port: 0}\n").unwrap();
+    for cmd in [&["config", "check"][..], &["launch", "--port", "0"][..]] {
+        let mut args: Vec<&OsStr> = cmd.iter().map(OsStr::new).collect();
+        args.extend([OsStr::new("--config"), zero.as_os_str()]);
+        usage_error(
+            &args,
+            &["RabbitMQ.port: got 0, expected an integer between 1 and 65535"],
+        );
+    }
+
+    let (_db, _dir, cfg) = database_and_config(
+        "",
+        "RabbitMQ:\n  tls: true\n  tls_ca: /nonexistent/ca.pem\n",
+    );
+    let migrate = run(&["migrate", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(migrate.status.code(), Some(0), "{}", text(&migrate.stderr));
+    let mut child = common::launch(common::BIN, &cfg, common::free_port())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("launch with a missing RabbitMQ.tls_ca still runs after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("RabbitMQ.tls_ca"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+}

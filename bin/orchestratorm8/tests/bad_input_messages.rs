@@ -139,7 +139,7 @@ async fn malformed_reports_are_dead_lettered_with_their_reason() {
     }
     let n = cases.len() as u32;
     eventually("every bad report dead-lettered", LIMIT, async || {
-        client.depth("qorchestratorm8.dlq").await == n
+        client.ready("qorchestratorm8.dlq").await == n
     })
     .await;
     assert_eq!(client.depth("qorchestratorm8").await, 0, "none requeued");

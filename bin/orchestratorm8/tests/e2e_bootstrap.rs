@@ -29,13 +29,13 @@ async fn kick_off_within_two_seconds_of_the_first_enabled_domain_and_again_after
 
     // No domain: no kick-off.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(client.depth("qasmm8").await, 0);
+    assert_eq!(client.ready("qasmm8").await, 0);
 
     // none -> some.
     let inserted = Instant::now();
     env.insert_domains("first", 1);
     eventually("first kick-off", Duration::from_secs(2), async || {
-        client.depth("qasmm8").await == 1
+        client.ready("qasmm8").await == 1
     })
     .await;
     let took = inserted.elapsed();
@@ -123,10 +123,71 @@ async fn a_full_asmm8_queue_means_the_pipeline_is_busy_not_an_error() {
         async || svc.logs().contains("the pipeline is busy"),
     )
     .await;
-    assert_eq!(client.depth("qasmm8").await, 1);
+    assert_eq!(client.ready("qasmm8").await, 1);
     let (status, _) = svc.get("/ready").await;
     assert_eq!(status, 200, "still ready");
     assert!(!svc.logs().contains("ERROR"), "{}", svc.logs());
     let (code, _) = svc.terminate();
     assert_eq!(code, Some(0));
+}
+
+/// `Client::depth` carries every "nothing requeued / dead-lettered" assertion of the
+/// end-to-end tests: it must count a message a consumer holds unsettled (a redelivery
+/// in flight), and fail, never read 0, for a queue that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_depth_counts_unsettled_messages_and_fails_on_a_missing_queue() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let env = Env::new();
+    let client = env.client().await;
+    e2e_support::bind_queue(&client.broker, "cptm8", "qdepth", "depth.#").await;
+    for body in ["1", "2"] {
+        let out = client
+            .broker
+            .publish(amqp8::OutgoingMessage::new("cptm8", "depth.x", body.into()))
+            .await
+            .unwrap();
+        assert_eq!(out, amqp8::PublishOutcome::Confirmed);
+    }
+    assert_eq!(client.depth("qdepth").await, 2);
+
+    // A consumer takes one message and holds it, unsettled, until released.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let (r, t) = (release.clone(), taken.clone());
+    let handle = client
+        .broker
+        .consume(
+            e2e_support::consume_options("qdepth", "test-holder", 1),
+            Arc::new(amqp8::handler_fn(move |_m: amqp8::Message| {
+                let (r, t) = (r.clone(), t.clone());
+                async move {
+                    t.fetch_add(1, Ordering::SeqCst);
+                    r.acquire().await.unwrap().forget();
+                    Ok(amqp8::Decision::Ack)
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "one message delivered",
+        Duration::from_secs(30),
+        async || taken.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    assert_eq!(client.ready("qdepth").await, 1, "one ready, one held");
+    assert_eq!(client.depth("qdepth").await, 2, "the held one counts");
+    release.add_permits(2);
+    eventually("both settled", Duration::from_secs(30), async || {
+        client.depth("qdepth").await == 0
+    })
+    .await;
+    handle.stop(Duration::from_secs(5)).await;
+
+    let missing = e2e_support::queue_depth(&client.vhost, "qno_such_queue").unwrap_err();
+    assert!(missing.contains("no queue qno_such_queue"), "{missing}");
+    let no_vhost = e2e_support::queue_depth("no-such-vhost-o8", "qdepth").unwrap_err();
+    assert!(!no_vhost.is_empty());
 }

@@ -88,7 +88,8 @@ async fn a_three_stage_pipeline_runs_to_completion() {
     );
     let text = metrics(&svc).await;
     assert!(
-        text.contains("orchestratorm8_workflows_completed_total 5"),
+        controller8::Metrics::sample(&text, "orchestratorm8_workflows_completed_total")
+            == Some(5.0),
         "{text}"
     );
     let (code, _) = svc.terminate();
@@ -129,7 +130,8 @@ async fn a_stage_failing_once_then_succeeding() {
     assert_eq!(attempts, [1, 2]);
     let text = metrics(&svc).await;
     assert!(
-        text.contains("orchestratorm8_stage_retries_total{stage=\"a\"} 1"),
+        controller8::Metrics::sample(&text, "orchestratorm8_stage_retries_total{stage=\"a\"}")
+            == Some(1.0),
         "{text}"
     );
     let (code, _) = svc.terminate();
@@ -171,11 +173,12 @@ async fn a_stage_timing_out_until_max_attempts_fails_the_workflow_and_notifies()
     assert!(n[0].message.contains("timed out"), "{}", n[0].message);
     let text = metrics(&svc).await;
     assert!(
-        text.contains("orchestratorm8_stage_timeouts_total{stage=\"a\"} 2"),
+        controller8::Metrics::sample(&text, "orchestratorm8_stage_timeouts_total{stage=\"a\"}")
+            == Some(2.0),
         "{text}"
     );
     assert!(
-        text.contains("orchestratorm8_workflows_failed_total 1"),
+        controller8::Metrics::sample(&text, "orchestratorm8_workflows_failed_total") == Some(1.0),
         "{text}"
     );
     let (code, _) = svc.terminate();
@@ -213,12 +216,12 @@ async fn a_backpressured_max_length_one_queue_drains() {
         "no job was lost and retried"
     );
     let text = metrics(&svc).await;
-    let nacks: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("orchestratorm8_stage_publish_nacks_total{stage=\"a\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(nacks > 0, "the queue did push back:\n{text}");
+    let nacks = controller8::Metrics::sample(
+        &text,
+        "orchestratorm8_stage_publish_nacks_total{stage=\"a\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(nacks > 0.0, "the queue did push back:\n{text}");
     let (code, _) = svc.terminate();
     assert_eq!(code, Some(0));
 }
@@ -245,7 +248,7 @@ async fn a_malformed_result_is_dead_lettered_while_the_service_keeps_running() {
         assert_eq!(out, amqp8::PublishOutcome::Confirmed);
     }
     eventually("dead-lettered", LIMIT, async || {
-        client.depth("qorchestratorm8.dlq").await == 2
+        client.ready("qorchestratorm8.dlq").await == 2
     })
     .await;
     assert_eq!(client.depth("qorchestratorm8").await, 0, "not requeued");
@@ -274,7 +277,8 @@ async fn a_malformed_result_is_dead_lettered_while_the_service_keeps_running() {
     .await;
     let text = metrics(&svc).await;
     assert!(
-        text.contains("orchestratorm8_messages_dead_lettered_total 2"),
+        controller8::Metrics::sample(&text, "orchestratorm8_messages_dead_lettered_total")
+            == Some(2.0),
         "{text}"
     );
     let (code, _) = svc.terminate();

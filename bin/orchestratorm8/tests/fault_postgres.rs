@@ -75,6 +75,9 @@ async fn postgres_restarted_and_stopped_mid_cycle_every_workflow_completes_once(
     .await;
     let in_flight = not_completed(&env);
     assert!(in_flight > 0, "the stop must hit running workflows");
+    let text = http_get(svc.port, "/metrics").await.unwrap().1;
+    let stale_before = metric(&text, "orchestratorm8_results_stale_total").unwrap_or(0.0);
+    let replayed = seen[0].lock().unwrap()[0].clone();
     let pg = Postgres::stop();
     let stopped = Instant::now();
     let (_, body) = ready_until(
@@ -87,6 +90,21 @@ async fn postgres_restarted_and_stopped_mid_cycle_every_workflow_completes_once(
     eprintln!("/ready {:.1?} after the stop: {body}", stopped.elapsed());
     assert_eq!(body["status"], "not ready");
     assert_eq!(body["checks"]["rabbitmq"], "healthy", "{body}");
+    // A result reported while the database is down (a second report of a stage-a job,
+    // so it is known to arrive now, whatever the workers have left to report): it can
+    // be neither applied nor dropped, so the result queue holds it (ready or
+    // unacknowledged) for the whole outage, and nothing is dead-lettered.
+    e2e_support::report(
+        &run.client.broker,
+        &replayed,
+        model8::StageOutcome::Completed,
+    )
+    .await;
+    let held = || async { run.client.depth("qorchestratorm8").await };
+    assert!(
+        held().await >= 1,
+        "the result is held while the database is down"
+    );
     // Down for a while (the scenario): the service stays up, workers keep reporting.
     while stopped.elapsed() < Duration::from_secs(5) {
         let (h, _) = http_get(svc.port, "/health")
@@ -95,6 +113,12 @@ async fn postgres_restarted_and_stopped_mid_cycle_every_workflow_completes_once(
         assert_eq!(h, 200);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert!(held().await >= 1, "still held after 5 s down");
+    assert_eq!(
+        run.client.ready("qorchestratorm8.dlq").await,
+        0,
+        "nothing dead-lettered"
+    );
     pg.start();
     ready_until(svc.port, "ready again", Duration::from_secs(60), |s, b| {
         s == 200 && b["role"] == "leader"
@@ -108,6 +132,23 @@ async fn postgres_restarted_and_stopped_mid_cycle_every_workflow_completes_once(
     eprintln!(
         "all 30 workflows completed {:.1?} after the stop",
         stopped.elapsed()
+    );
+    // The held result was examined once the database was back: a second report of
+    // a job is stale (counted), then the queue is empty.
+    eventually(
+        "the held result handled",
+        Duration::from_secs(60),
+        async || {
+            let text = http_get(svc.port, "/metrics").await.unwrap().1;
+            metric(&text, "orchestratorm8_results_stale_total").unwrap_or(0.0) >= stale_before + 1.0
+                && held().await == 0
+        },
+    )
+    .await;
+    assert_eq!(
+        run.client.ready("qorchestratorm8.dlq").await,
+        0,
+        "nothing dead-lettered"
     );
 
     // 3. The change feed listens again: new domains get their workflows without

@@ -159,9 +159,7 @@ fn stamps(log: &str, what: &str) -> Vec<String> {
 /// `orchestratorm8_leader` as `/metrics` reports it.
 async fn leader_gauge(svc: &Service) -> Option<u8> {
     let (_, text) = http_get(svc.port, "/metrics").await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("orchestratorm8_leader "))
-        .and_then(|v| v.trim().parse().ok())
+    controller8::Metrics::sample(&text, "orchestratorm8_leader").map(|v| v as u8)
 }
 
 /// The backend pids holding an advisory lock in the test database.
@@ -185,7 +183,7 @@ async fn expect_jobs(env: &Env, client: &e2e_support::Client, replicas: &[Servic
     let alive: Vec<usize> = (0..replicas.len()).collect();
     let deadline = Instant::now() + LIMIT;
     loop {
-        let depth = client.depth(STAGE1_QUEUE).await;
+        let depth = client.ready(STAGE1_QUEUE).await;
         assert!(depth <= n, "{depth} jobs in {STAGE1_QUEUE}, expected {n}");
         if depth == n {
             break;
@@ -199,7 +197,7 @@ async fn expect_jobs(env: &Env, client: &e2e_support::Client, replicas: &[Servic
     }
     let until = Instant::now() + STABLE;
     while Instant::now() < until {
-        let depth = client.depth(STAGE1_QUEUE).await;
+        let depth = client.ready(STAGE1_QUEUE).await;
         assert_eq!(depth, n, "{STAGE1_QUEUE} changed after reaching {n}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -533,12 +531,11 @@ async fn every_queue_quorum_as_on_a_cluster_workflows_complete_and_dead_letters_
             "the same from either replica"
         );
         let (_, text) = http_get(r.port, "/metrics").await.unwrap();
-        let completed: u64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(r#"orchestratorm8_results_consumed_total{outcome="completed"} "#)
-            })
-            .map_or(0, |v| v.trim().parse().unwrap());
+        let completed = controller8::Metrics::sample(
+            &text,
+            r#"orchestratorm8_results_consumed_total{outcome="completed"}"#,
+        )
+        .map_or(0, |v| v as u64);
         applied.push(completed);
     }
     assert_eq!(
@@ -643,7 +640,7 @@ async fn a_result_arriving_while_the_database_is_read_only_waits_and_is_applied_
     eventually(
         "the result retried on the read-only database",
         LIMIT,
-        async || read_only_retries() >= 3 || client.depth("qorchestratorm8.dlq").await > 0,
+        async || read_only_retries() >= 3 || client.ready("qorchestratorm8.dlq").await > 0,
     )
     .await;
     assert_eq!(
@@ -659,7 +656,7 @@ async fn a_result_arriving_while_the_database_is_read_only_waits_and_is_applied_
 
     set_read_only(&env, false);
     eventually("stage a completed, stage b published", LIMIT, async || {
-        client.depth("qb").await == 1
+        client.ready("qb").await == 1
     })
     .await;
     assert_eq!(
@@ -764,7 +761,7 @@ async fn throughput_samples() {
         env.insert_domains("load", n);
         let limit = Duration::from_secs(600);
         eventually("every stage-1 job", limit, async || {
-            client.depth(STAGE1_QUEUE).await as usize == n
+            client.ready(STAGE1_QUEUE).await as usize == n
         })
         .await;
         let publish = started.elapsed();

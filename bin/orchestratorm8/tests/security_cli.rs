@@ -77,17 +77,35 @@ fn config_check_shows_no_secret_however_it_is_given() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout.matches("'***'").count(), 4, "{stdout}");
 
-    // Invalid configurations: the secrets around the errors stay hidden, and so do
-    // secret values that are themselves invalid.
-    for extra in [
-        "Scheduler: {interval: 1d}\n",
-        "Database2: {password: x}\n",
-        "APP_ENV: prod\nRabbitMQ2: 1\n",
+    // Invalid configurations (exit 2, the error path, naming the key): the secrets
+    // around the errors stay hidden, and so do secret values that are themselves
+    // invalid.
+    for (extra, key) in [
+        (
+            "Scheduler: {interval: 1d}\n",
+            "Scheduler.interval: got \"1d\"",
+        ),
+        ("APP_ENV: prod\n", "APP_ENV: got \"prod\""),
+        ("Workflow: {stages: 5}\n", "Workflow.stages: got 5"),
     ] {
         std::fs::write(&file, secrets_file(extra)).unwrap();
         let (code, _, stderr) = clean(&["config", "check", "--config", f], &[], dir.path());
-        assert!(matches!(code, Some(0) | Some(2)), "{stderr}");
+        assert_eq!(code, Some(2), "{extra}: {stderr}");
+        assert!(stderr.contains("is invalid"), "{extra}: {stderr}");
+        assert!(stderr.contains(key), "{extra}: {stderr}");
     }
+    // A warning only (an unknown key): exit 0, the warning shown, no secret either.
+    std::fs::write(
+        &file,
+        secrets_file("Database2: {password: x}\nRabbitMQ2: 1\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = clean(&["config", "check", "--config", f], &[], dir.path());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Database2: unknown key, ignored"),
+        "{stderr}"
+    );
     std::fs::write(
         &file,
         format!(
@@ -368,4 +386,26 @@ fn launch_at_log_level_0_logs_no_secret() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("log/orchestratorm8.log")), 0o640);
     assert_eq!(mode(&dir.path().join("log")), 0o750);
+}
+
+/// The guard of every test above, tested against a planted violation: a canary put
+/// where the binary shows it by design (a key that is no secret, so `config check`
+/// prints it) must make `assert_no_canary` fail on that very output.
+#[test]
+fn the_canary_guard_fires_on_a_planted_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    let planted = canary("planted");
+    std::fs::write(&file, format!("Log: {{apm_service_name: \"{planted}\"}}\n")).unwrap();
+    let out = cli(
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[],
+        Some(dir.path()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let caught = std::panic::catch_unwind(|| assert_no_canary("stdout of config check", &stdout));
+    assert!(caught.is_err(), "the guard missed {planted} in: {stdout}");
+    // And it stays quiet on the same output without the canary.
+    assert_no_canary("stdout without the canary", &stdout.replace(&planted, "x"));
 }

@@ -233,6 +233,22 @@ mod tests {
     }
 
     #[test]
+    fn a_report_with_any_change_is_not_empty() {
+        let one = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let live = ChangeReport {
+            live: one(&["LOG_LEVEL"]),
+            restart_required: vec![],
+        };
+        let restart = ChangeReport {
+            live: vec![],
+            restart_required: one(&["Database.port"]),
+        };
+        assert!(!live.is_empty() && !live.needs_restart());
+        assert!(!restart.is_empty() && restart.needs_restart());
+        assert!(ChangeReport::default().is_empty());
+    }
+
+    #[test]
     fn live_changes_are_told_apart_from_restart_ones() {
         let old = Settings::default();
         let mut new = old.clone();

@@ -256,6 +256,20 @@ mod tests {
     }
 
     #[test]
+    fn unit_boundaries_take_the_larger_unit() {
+        for (d, want) in [
+            (Duration::from_nanos(999), "999ns"),
+            (Duration::from_micros(1), "1µs"),
+            (Duration::from_nanos(999_999), "999.999µs"),
+            (Duration::from_millis(1), "1ms"),
+            (Duration::from_nanos(999_999_999), "999.999999ms"),
+            (Duration::from_secs(1), "1s"),
+        ] {
+            assert_eq!(format(d), want, "{d:?}");
+        }
+    }
+
+    #[test]
     fn formats_like_go() {
         assert_eq!(format(Duration::ZERO), "0s");
         assert_eq!(format(Duration::from_nanos(7)), "7ns");

@@ -330,6 +330,22 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_segment_is_a_warning_and_the_variable_is_ignored() {
+        for var in [
+            "ORCHESTRATORM8__DATABASE____PORT",
+            "ORCHESTRATORM8__DATABASE__PORT__",
+            "ORCHESTRATORM8____DATABASE__PORT",
+        ] {
+            let (m, ctx) = apply("Database: {port: 1}", &Env::empty().with(var, "7"));
+            assert!(ctx.problems.is_empty(), "{var}: {:?}", ctx.problems);
+            assert_eq!(ctx.warnings.len(), 1, "{var}");
+            let w = ctx.warnings[0].to_string();
+            assert!(w.contains(var) && w.contains("empty key segment"), "{w}");
+            assert_eq!(m, yaml("Database: {port: 1}"), "{var}: nothing set");
+        }
+    }
+
+    #[test]
     fn ambiguous_keys_are_problems() {
         let (_, ctx) = apply(
             "a.b: 1\na-b: 2",
@@ -342,5 +358,21 @@ mod tests {
     fn debug_shows_no_values() {
         let env = Env::empty().with("PW", "hunter2");
         assert!(!format!("{env:?}").contains("hunter2"));
+        assert_eq!(format!("{env:?}"), r#"Env { names: ["PW"] }"#);
+    }
+
+    #[test]
+    fn built_from_the_process_or_from_pairs() {
+        let env: Env = [("A", "1"), ("B", "2")].into_iter().collect();
+        assert_eq!(
+            (env.get("A"), env.get("B"), env.get("C")),
+            (Some("1"), Some("2"), None)
+        );
+        let process = Env::from_process();
+        let (name, value) = std::env::vars()
+            .next()
+            .expect("a test runs with some variable");
+        assert_eq!(process.get(&name), Some(value.as_str()));
+        assert_eq!(resolve_path(Some("x.yaml".into())), PathBuf::from("x.yaml"));
     }
 }

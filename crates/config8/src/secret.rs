@@ -66,5 +66,6 @@ mod tests {
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
         assert_eq!(s.expose(), "hunter2");
         assert_eq!(Secret::default().to_string(), "");
+        assert!(!s.is_empty() && Secret::default().is_empty());
     }
 }

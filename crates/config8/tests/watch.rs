@@ -106,6 +106,29 @@ async fn a_broken_edit_keeps_the_last_good_configuration_until_fixed() {
     handle.stop();
 }
 
+/// docs/BAD_INPUT.md §1: a file emptied (a save caught half-way: truncated, not yet
+/// written) is rejected; the running configuration stays until a whole file arrives.
+#[tokio::test]
+async fn an_emptied_file_never_replaces_the_running_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("configuration.yaml");
+    let (mut rx, handle) = start(dir.path(), &config(1));
+    let mut status = handle.status();
+
+    std::fs::write(&file, "").unwrap();
+    let st = status_until(&mut status, |s| s.last_error.is_some()).await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "nothing published for an empty file"
+    );
+    assert_eq!(rx.borrow().log_level, LogLevel::Info);
+    assert_eq!(st.published, 0);
+
+    std::fs::write(&file, config(0)).unwrap();
+    assert_eq!(next(&mut rx).await.log_level, LogLevel::Debug);
+    handle.stop();
+}
+
 #[tokio::test]
 async fn an_editors_write_then_rename_save_arrives() {
     let dir = tempfile::tempdir().unwrap();

@@ -478,9 +478,37 @@ fn scrape_registry(s: &ScrapeSnapshot) -> Registry {
     r
 }
 
+impl Metrics {
+    /// The value of one sample of an exposition `text` (what [`Metrics::encode`] writes):
+    /// the line whose series, `name` or `name{labels}` exactly as written, is `series`.
+    /// `None` when there is no such line or its value is not a number. An exact match,
+    /// unlike a prefix or substring search (`…_total 5` would also find `…_total 50`):
+    /// for tests and tools that read `/metrics`.
+    pub fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_matches_the_series_exactly() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total 50\n\
+                    a_total{stage=\"a\"} 5\na_total{stage=\"ab\"} 7\nb 1.5\n# EOF\n";
+        assert_eq!(Metrics::sample(text, "a_total"), Some(50.0));
+        assert_eq!(Metrics::sample(text, "a_total{stage=\"a\"}"), Some(5.0));
+        assert_eq!(Metrics::sample(text, "a_total{stage=\"ab\"}"), Some(7.0));
+        assert_eq!(Metrics::sample(text, "b"), Some(1.5));
+        assert_eq!(Metrics::sample(text, "a"), None, "a prefix is not a series");
+        assert_eq!(Metrics::sample(text, "a_total{stage="), None);
+        assert_eq!(Metrics::sample(text, "EOF"), None);
+    }
     use amqp8::{ConsumerHealth, PoolStats};
     use chrono::Utc;
 

@@ -25,3 +25,20 @@ impl Role {
 
 /// The current role, observable by the scheduler, `/ready` and `/metrics`.
 pub type RoleWatch = watch::Receiver<Role>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_named_as_in_the_probes_and_metrics() {
+        assert_eq!(Role::Leader.as_str(), "leader");
+        assert_eq!(Role::Standby.as_str(), "standby");
+        for role in [Role::Leader, Role::Standby] {
+            assert_eq!(
+                serde_json::to_value(role).unwrap(),
+                serde_json::json!(role.as_str())
+            );
+        }
+    }
+}

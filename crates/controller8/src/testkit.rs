@@ -423,14 +423,23 @@ impl Harness {
     pub(crate) fn assert_metrics(&self, lines: &[&str]) {
         let text = self.metrics_text();
         for line in lines {
-            assert!(text.contains(line), "{line:?} missing in\n{text}");
+            let (series, want) = expected_sample(line);
+            let got = crate::Metrics::sample(&text, series);
+            match want {
+                Some(v) => assert_eq!(got, Some(v), "{line:?} in\n{text}"),
+                None => assert!(got.is_some(), "{series:?} missing in\n{text}"),
+            }
         }
     }
 
-    /// Asserts that the metrics exposition does not have `line`.
+    /// Asserts that the metrics exposition does not have the sample `line` (that series
+    /// with that value; the series may be absent or have another value).
     pub(crate) fn assert_no_metric(&self, line: &str) {
         let text = self.metrics_text();
-        assert!(!text.contains(line), "{line:?} in\n{text}");
+        let (series, want) = expected_sample(line);
+        let got = crate::Metrics::sample(&text, series);
+        assert!(want.is_some(), "{line:?}: name a value");
+        assert_ne!(got, want, "{line:?} in\n{text}");
     }
 
     /// Hands a delivery to the result handler, as the consumer does, and returns how
@@ -668,5 +677,14 @@ impl WorkflowRepository for FailingResults {
         limit: usize,
     ) -> Result<Vec<model8::WorkflowView>, DbError> {
         self.inner.changed_since(since, after, limit).await
+    }
+}
+
+/// `name{labels} value` as (series, value); a line without a value names only the
+/// series (present with any value).
+fn expected_sample(line: &str) -> (&str, Option<f64>) {
+    match line.rsplit_once(' ').map(|(s, v)| (s, v.parse::<f64>())) {
+        Some((series, Ok(v))) => (series, Some(v)),
+        _ => (line, None),
     }
 }

@@ -130,9 +130,81 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
         "verify-full with the system roots: {r:?}"
     );
     let r = connect(&with(&db, "127.0.0.1", SslMode::VerifyFull, None)).await;
+    assert!(r.is_err(), "verify-full to 127.0.0.1 with the system roots");
+    // That the refusal is the host name's, not the chain's, needs a store that trusts
+    // the certificate: system_roots_trusting_the_certificate_still_check_the_host_name.
+}
+
+/// Set in the child process that runs [`host_name_with_system_roots_child`].
+const CHILD: &str = "CPTM8_TLS_SYSTEM_ROOTS_CHILD";
+
+/// With the system's roots (no `sslrootcert`) trusting the server's certificate, the
+/// host name still decides `verify-full`. The roots are OpenSSL's default store, read
+/// from `SSL_CERT_FILE` / `SSL_CERT_DIR`: a child process of this test binary runs
+/// with both pointing at a temporary store holding only the server's certificate, so
+/// that neither this process's environment nor the machine's store is touched.
+#[tokio::test]
+async fn system_roots_trusting_the_certificate_still_check_the_host_name() {
+    let db = TestDb::create().await;
+    let cert = server_certificate(&db).await;
+    drop(db);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("roots.pem");
+    std::fs::copy(&cert, &bundle).unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "host_name_with_system_roots_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD, &cert)
+        .env("SSL_CERT_FILE", &bundle)
+        .env("SSL_CERT_DIR", &certs)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        r.is_err(),
-        "the host name is checked with the system roots too"
+        stdout.contains("1 passed"),
+        "the child ran no test: {stdout}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by system_roots_trusting_the_certificate_still_check_the_host_name"]
+async fn host_name_with_system_roots_child() {
+    let Some(cert) = std::env::var_os(CHILD) else {
+        eprintln!(
+            "SKIPPED: only meaningful as the child of system_roots_trusting_the_certificate_still_check_the_host_name ({CHILD} unset)"
+        );
+        return;
+    };
+    let cert = Path::new(&cert);
+    assert!(
+        system_trusts(cert),
+        "the temporary store (SSL_CERT_FILE) must trust {}",
+        cert.display()
+    );
+    let db = TestDb::create().await;
+    connect(&with(&db, "127.0.0.1", SslMode::VerifyCa, None))
+        .await
+        .expect("verify-ca: the system roots trust the chain");
+    connect(&with(&db, "localhost", SslMode::VerifyFull, None))
+        .await
+        .expect("verify-full to the name on the certificate");
+    let err = connect(&with(&db, "127.0.0.1", SslMode::VerifyFull, None))
+        .await
+        .expect_err("verify-full to a host the certificate does not name");
+    assert!(
+        err.to_lowercase().contains("hostname mismatch")
+            || err.to_lowercase().contains("ip address mismatch"),
+        "refused for the host name, the chain being trusted: {err}"
     );
 }
 

@@ -289,6 +289,40 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_inclusive() {
+        // A 63-character label and a 200-character name are the largest allowed.
+        let label = "a".repeat(63);
+        assert_eq!(
+            DomainName::parse(&format!("{label}.com"))
+                .unwrap()
+                .as_str()
+                .len(),
+            67
+        );
+        let name = format!("{label}.{label}.{label}.abcdefgh");
+        assert_eq!(name.len(), MAX_NAME_LEN);
+        assert_eq!(DomainName::parse(&name).unwrap().into_string(), name);
+        let over = format!("x{name}");
+        assert!(matches!(
+            DomainName::parse(&over),
+            Err(DomainNameError::TooLong { len: 201, .. })
+        ));
+        let company = "c".repeat(MAX_COMPANY_LEN);
+        assert_eq!(CompanyName::parse(&company).unwrap().into_string(), company);
+    }
+
+    #[test]
+    fn shown_as_the_canonical_name() {
+        let d = DomainName::parse(" Example.COM ").unwrap();
+        assert_eq!(d.to_string(), "example.com");
+        assert_eq!(format!("<{d}>"), "<example.com>");
+        assert_eq!(
+            CompanyName::parse("  ACME Ltd ").unwrap().into_string(),
+            "ACME Ltd"
+        );
+    }
+
+    #[test]
     fn company_limits() {
         assert!(CompanyName::parse("ACME Ltd").is_ok());
         assert!(CompanyName::parse("").is_err());

@@ -240,6 +240,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn terminal_statuses() {
+        use StageStatus as S;
+        use WorkflowStatus as W;
+        for (s, terminal) in [
+            (S::Waiting, false),
+            (S::Pending, false),
+            (S::Running, false),
+            (S::Completed, true),
+            (S::Failed, true),
+            (S::Cancelled, true),
+        ] {
+            assert_eq!(s.is_terminal(), terminal, "{s:?}");
+        }
+        for (w, terminal) in [
+            (W::Pending, false),
+            (W::Running, false),
+            (W::Paused, false),
+            (W::Completed, true),
+            (W::Failed, true),
+            (W::Cancelled, true),
+        ] {
+            assert_eq!(w.is_terminal(), terminal, "{w:?}");
+        }
+    }
+
+    #[test]
     fn routing_keys_round_trip() {
         let k = StageOutcome::Completed.routing_key("asmm8");
         assert_eq!(k, "cptm8.orchestratorm8.asmm8.completed");

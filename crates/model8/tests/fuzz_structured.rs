@@ -202,8 +202,110 @@ fn is_text(v: Option<&Value>) -> bool {
 
 fn valid_timestamp(v: Option<&Value>) -> bool {
     match v {
-        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+        Some(Value::String(s)) => is_rfc3339(s),
         _ => false,
+    }
+}
+
+/// RFC 3339 section 5.6 `date-time`, written from the grammar, independently of the
+/// parser the decoder uses (chrono): `YYYY-MM-DD`, `T` (or `t`, or a space: section
+/// 5.6's note allows another separator and chrono takes a space), `hh:mm:ss` with an
+/// optional `.` and one or more digits, then `Z`/`z` or `+hh:mm`/`-hh:mm`. Days are
+/// checked against the month and leap years; hours 00-23, minutes 00-59, seconds
+/// 00-60 (60: a leap second, which the grammar allows in any minute); offset hours
+/// 00-23, minutes 00-59.
+fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |from: usize, n: usize| -> Option<u32> {
+        let part = b.get(from..from + n)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0, |acc, d| acc * 10 + u32::from(d - b'0')))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let (Some(year), Some(month), Some(day)) = (digits(0, 4), digits(5, 2), digits(8, 2)) else {
+        return false;
+    };
+    if !at(4, b'-') || !at(7, b'-') || !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
+        return false;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    if day == 0 || day > days_in_month {
+        return false;
+    }
+    let (Some(hour), Some(minute), Some(second)) = (digits(11, 2), digits(14, 2), digits(17, 2))
+    else {
+        return false;
+    };
+    if !at(13, b':') || !at(16, b':') || hour > 23 || minute > 59 || second > 60 {
+        return false;
+    }
+    let mut i = 19;
+    if at(i, b'.') {
+        let fraction = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if fraction == 0 {
+            return false;
+        }
+        i += 1 + fraction;
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            let (Some(oh), Some(om)) = (digits(i + 1, 2), digits(i + 4, 2)) else {
+                return false;
+            };
+            at(i + 3, b':') && oh <= 23 && om <= 59 && i + 6 == b.len()
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn the_timestamp_model_on_known_cases() {
+    for ok in [
+        TIMESTAMP,
+        "2025-11-19T10:00:00Z",
+        "2025-11-19t10:00:00z",
+        "2025-11-19 10:00:00+00:00",
+        "2024-02-29T23:59:60.5-23:59",
+        "2025-12-31T00:00:00.123456789012+05:30",
+    ] {
+        assert!(is_rfc3339(ok), "{ok} is RFC 3339");
+        assert!(ok.parse::<GoTime>().is_ok(), "{ok} must be accepted");
+    }
+    for bad in [
+        "",
+        "2025-11-19",
+        "2025-11-19T10:00:00",
+        "2025-11-19T10:00Z",
+        "2025-11-19T10:00:00.Z",
+        "2025-02-29T10:00:00Z",
+        "2025-04-31T10:00:00Z",
+        "2025-13-01T10:00:00Z",
+        "2025-00-01T10:00:00Z",
+        "2025-11-00T10:00:00Z",
+        "2025-11-19T24:00:00Z",
+        "2025-11-19T10:60:00Z",
+        "2025-11-19T10:00:61Z",
+        "2025-11-19T10:00:00+24:00",
+        "2025-11-19T10:00:00+01:60",
+        "2025-11-19T10:00:00+0100",
+        "2025-11-19T10:00:00+01",
+        "2025-11-19T10:00:00Zjunk",
+        "2025-11-19X10:00:00Z",
+        "25-11-19T10:00:00Z",
+        "2025-1-19T10:00:00Z",
+        "1732010400",
+    ] {
+        assert!(!is_rfc3339(bad), "{bad} is not RFC 3339");
+        assert!(bad.parse::<GoTime>().is_err(), "{bad} must be refused");
     }
 }
 
@@ -292,6 +394,11 @@ proptest! {
         let job = object(vec![("workflow_id", w), ("stage", s), ("attempt", a), ("domains", d)], None);
         let _ = serde_json::from_value::<StageJob>(job.clone());
         let _ = serde_json::from_slice::<StageJob>(&serde_json::to_vec(&job).unwrap());
+    }
+
+    #[test]
+    fn timestamps_are_accepted_exactly_when_rfc3339(s in timestamp_text()) {
+        prop_assert_eq!(s.parse::<GoTime>().is_ok(), is_rfc3339(&s), "{:?}", s);
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Env {
             .expect("connect to RabbitMQ");
         Client {
             broker: Arc::new(broker),
+            vhost: self.name.clone(),
         }
     }
 }
@@ -286,6 +287,8 @@ pub enum Act {
 #[derive(Clone)]
 pub struct Client {
     pub broker: Arc<RabbitBroker>,
+    /// The test's virtual host (for `rabbitmqctl`).
+    pub vhost: String,
 }
 
 /// The jobs a test worker received, in order.
@@ -307,12 +310,28 @@ impl Client {
         self.collect(NOTIFY_QUEUE).await
     }
 
-    /// Ready messages in `queue` (0 when it does not exist).
+    /// Every message `queue` holds: ready ones and those delivered to a consumer and
+    /// not yet settled (a message being redelivered is one of those), as `rabbitmqctl
+    /// list_queues` reports them (about a second per call). Panics when the queue does
+    /// not exist or `rabbitmqctl` fails: a "nothing requeued" assertion on a renamed
+    /// queue or an unreachable broker must fail, not read 0.
     pub async fn depth(&self, queue: &str) -> u32 {
+        let (vhost, q) = (self.vhost.clone(), queue.to_owned());
+        tokio::task::spawn_blocking(move || queue_depth(&vhost, &q))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("depth of {queue}: {e}"))
+    }
+
+    /// Ready messages of `queue` (an AMQP passive declare: fast, but blind to messages
+    /// delivered and not yet settled; for queues nothing consumes, polled under a time
+    /// limit). Panics when the queue does not exist or the broker errs.
+    pub async fn ready(&self, queue: &str) -> u32 {
         self.broker
             .queue_info(queue)
             .await
-            .map_or(0, |i| i.messages)
+            .unwrap_or_else(|e| panic!("ready messages of {queue}: {e}"))
+            .messages
     }
 
     /// Collects every message of `queue` (routing key, body) into the returned list.
@@ -395,6 +414,37 @@ pub fn consume_options(queue: &str, tag: &str, prefetch: u16) -> ConsumeOptions 
         max_redeliveries: 100,
         dead_letter: None,
     }
+}
+
+/// Ready plus unacknowledged messages of `queue` on virtual host `vhost`, from
+/// `rabbitmqctl list_queues`; an error when the command fails or lists no such queue.
+pub fn queue_depth(vhost: &str, queue: &str) -> Result<u32, String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "-p", vhost, "--no-table-headers"])
+        .args(["name", "messages_ready", "messages_unacknowledged"])
+        .output()
+        .map_err(|e| format!("rabbitmqctl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "rabbitmqctl list_queues -p {vhost}: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if let [name, ready, unacked] = cols[..]
+            && name == queue
+        {
+            let n = |s: &str| {
+                s.trim()
+                    .parse::<u32>()
+                    .map_err(|e| format!("{line:?}: {e}"))
+            };
+            return Ok(n(ready)? + n(unacked)?);
+        }
+    }
+    Err(format!("no queue {queue} on virtual host {vhost}:\n{text}"))
 }
 
 /// Consumes `queue` on `broker`, `prefetch` at a time: `each` sees every message, which

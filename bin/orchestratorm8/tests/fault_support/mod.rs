@@ -415,11 +415,10 @@ pub fn completion_notices(got: &[amqp8::Message]) -> Vec<String> {
         .collect()
 }
 
-/// A metric's value from a `/metrics` text (`None` when absent).
+/// A metric's value from a `/metrics` text (`None` when absent): the sample whose
+/// series is exactly `name` (see `controller8::Metrics::sample`).
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+    controller8::Metrics::sample(text, name)
 }
 
 /// Prints how long a fault test ran, not counting the wait for the service lock

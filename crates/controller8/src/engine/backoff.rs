@@ -145,6 +145,15 @@ mod tests {
     }
 
     #[test]
+    fn draws_spread_over_zero_to_one() {
+        let draws: Vec<f64> = (0..1000).map(|_| draw()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)), "{draws:?}");
+        // A constant or a narrow draw would not jitter: with 1000 uniform draws, each
+        // bound below fails with a probability under 1e-45.
+        assert!(draws.iter().any(|u| *u < 0.1) && draws.iter().any(|u| *u > 0.9));
+    }
+
+    #[test]
     fn pressure_doubles_to_thirty_seconds() {
         let mut p = Pressure::default();
         let got: Vec<u64> = (0..7).map(|_| p.refused().as_secs()).collect();

@@ -180,6 +180,27 @@ mod tests {
         assert!(plan.stage("nope").is_none());
     }
 
+    /// 40 diamonds in a row: each stage is reached by two paths, so a search that
+    /// visited a finished stage again would take 2^40 steps.
+    #[test]
+    fn a_deep_diamond_chain_is_validated_at_once() {
+        let mut stages = vec![stage("s0", &[])];
+        for i in 1..=40 {
+            let prev = format!("s{}", i - 1);
+            let (a, b) = (format!("a{i}"), format!("b{i}"));
+            stages.push(stage(&a, &[&prev]));
+            stages.push(stage(&b, &[&prev]));
+            stages.push(stage(&format!("s{i}"), &[&a, &b]));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let settings = wf(stages);
+        std::thread::spawn(move || tx.send(Plan::new(&settings).map(|p| p.stages().len())));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("validated within 20 s");
+        assert_eq!(got, Ok(121));
+    }
+
     #[test]
     fn refuses_cycles_naming_them() {
         let e = Plan::new(&wf(vec![

@@ -279,6 +279,9 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
         stage_a(&h, job.workflow_id).await,
         (StageStatus::Pending, 1)
     );
+    // A reported failure is a retry, not a time-out.
+    h.assert_metrics(&["orchestratorm8_stage_retries_total{stage=\"a\"} 1"]);
+    h.assert_no_metric("orchestratorm8_stage_timeouts_total{stage=\"a\"} 1");
     // Backoff initial 10 s with equal jitter: due in [5 s, 10 s].
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
     h.advance(Duration::from_millis(4_900));
@@ -293,6 +296,21 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
     h.report(&retry, StageOutcome::Completed).await;
     h.engine.dispatch().await.unwrap();
     assert_eq!(h.take_jobs("b").len(), 1);
+}
+
+/// The sweep reads timed-out attempts 500 at a time: 501 take two pages, in one sweep.
+#[tokio::test]
+async fn one_sweep_expires_more_than_a_page_of_timed_out_attempts() {
+    let mut s = chain();
+    s.workflow.stages[0].timeout = Duration::from_secs(30);
+    let h = Harness::new(s).await;
+    h.add_domains(501).await;
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    assert_eq!(h.take_jobs("a").len(), 501);
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 501);
+    assert_eq!(h.engine.expire_timeouts().await.unwrap(), 0);
 }
 
 #[tokio::test]

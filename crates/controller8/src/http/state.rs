@@ -201,6 +201,24 @@ mod tests {
         }
     }
 
+    /// The limits `launch` serves with (it takes these defaults), pinned to what
+    /// docs/HTTP.md and docs/BAD_INPUT.md §3 promise: the tests of the behaviour run with
+    /// shorter ones, so only this test notices a changed default.
+    #[test]
+    fn the_served_limits_are_the_documented_defaults() {
+        let t = HttpTimeouts::default();
+        assert_eq!(t.request, Duration::from_secs(10));
+        assert_eq!(t.check, Duration::from_secs(2));
+        assert_eq!(t.drain, Duration::from_secs(5));
+        assert_eq!(t.header_read, Duration::from_secs(10));
+        assert_eq!(t.write, Duration::from_secs(10));
+        assert_eq!(t.max_age, Duration::from_secs(120));
+        assert_eq!(t.max_connections, 256);
+        assert_eq!(super::super::server::MAX_HEAD_BYTES, 16 * 1024);
+        assert_eq!(HttpSettings::default().body_limit, 64 * 1024);
+        assert!(HttpSettings::default().api_token.is_none());
+    }
+
     #[test]
     fn open_when_token_absent_or_empty() {
         assert!(api_is_open(&http(None)));
