@@ -165,14 +165,21 @@ pub fn is_open(windows: &[ScanWindow], t: DateTime<Utc>) -> bool {
     windows.is_empty() || windows.iter().any(|w| w.open_at(t).is_some())
 }
 
-/// When publishing is closed at `t`: the time the first of `windows` opens next
-/// (`None` when publishing is open at `t`, or no window opens within eight days, which
-/// only a window with no valid opening can cause).
+/// When publishing is closed at `t` under `windows`: the time the first of them opens
+/// next (`None` while publishing is open). A window always opens within eight days;
+/// should none (a window with no valid opening), `t` plus one day is given, so that a
+/// caller looks again then.
 pub fn closed_until(windows: &[ScanWindow], t: DateTime<Utc>) -> Option<DateTime<Utc>> {
     if is_open(windows, t) {
         return None;
     }
-    windows.iter().filter_map(|w| w.next_open_after(t)).min()
+    Some(
+        windows
+            .iter()
+            .filter_map(|w| w.next_open_after(t))
+            .min()
+            .unwrap_or(t + chrono::TimeDelta::days(1)),
+    )
 }
 
 #[cfg(test)]

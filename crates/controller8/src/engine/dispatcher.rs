@@ -149,6 +149,12 @@ impl Engine {
             if budget == Some(0) {
                 continue;
             }
+            if let Some(opens) = self.window_closed_until(&stage.name, self.now()) {
+                // Outside the stage's scan windows: nothing is claimed; the loop
+                // sleeps until the next window opens (or something else wakes it).
+                self.dispatch_wake.at(opens);
+                continue;
+            }
             match self.dispatch_stage(stage, budget).await {
                 Ok(o) => {
                     report.published += o.confirmed;
@@ -327,6 +333,14 @@ impl Engine {
             // Leadership lost (or shutting down) between claim and publish: give the
             // work back at once rather than publish as a non-leader.
             self.release(&stage.name, &keys, self.now()).await;
+            return Ok(Published::default());
+        }
+        if let Some(opens) = self.window_closed_until(&stage.name, self.now()) {
+            // Every publish passes here (the dispatcher's rounds and the starter's
+            // publish at creation): a batch claimed just before the stage's window
+            // closed is given back, to be published when it opens again.
+            self.release(&stage.name, &keys, self.now()).await;
+            self.dispatch_wake.at(opens);
             return Ok(Published::default());
         }
         let mut messages = Vec::with_capacity(batch.len());

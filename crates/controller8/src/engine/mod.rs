@@ -14,6 +14,8 @@ pub(crate) mod starter;
 #[cfg(test)]
 mod tests;
 pub(crate) mod timeouts;
+#[cfg(test)]
+mod window_tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -197,6 +199,17 @@ impl Engine {
             Some(s) => with_live_tunables(s, &self.settings()),
             None => StageSettings::new(name, config8::DEFAULT_EXCHANGE),
         }
+    }
+
+    /// When stage `name` may not publish at `now` (outside every one of its scan
+    /// windows, read live): the time its next window opens. `None`: it may publish.
+    pub(crate) fn window_closed_until(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let settings = self.settings();
+        config8::window::closed_until(settings.workflow.windows_of(name), now)
     }
 
     /// Whether this replica may schedule and publish now.

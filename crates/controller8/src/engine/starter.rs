@@ -266,8 +266,8 @@ impl Engine {
     }
 
     /// The claim new workflows are created with: the stages without dependencies
-    /// that take full batches now (no backpressure) and have no `max_in_flight`
-    /// limit, as leader; `None` when there is none.
+    /// that take full batches now (no backpressure), have no `max_in_flight` limit
+    /// and are inside their scan windows, as leader; `None` when there is none.
     fn initial_claim(&self, stages: &[StageSettings]) -> Option<InitialClaim> {
         if !self.is_leader() || self.stopping() {
             return None;
@@ -279,6 +279,7 @@ impl Engine {
                 s.depends_on.is_empty()
                     && s.max_in_flight == 0
                     && self.takes_full_batches(&s.name, now)
+                    && self.window_closed_until(&s.name, now).is_none()
             })
             .map(|s| s.name.clone())
             .collect();
