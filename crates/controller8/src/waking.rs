@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use crate::engine::Engine;
 
-/// Delegates everything to the engine's repository.
+/// Delegates everything to the engine's repository; the views it returns show the
+/// stages waiting for their scan window ([`Engine::annotate_windows`]).
 pub(crate) struct WakingWorkflows {
     pub(crate) engine: Arc<Engine>,
 }
@@ -127,11 +128,16 @@ impl WorkflowRepository for WakingWorkflows {
     }
 
     async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError> {
-        self.repo().list(filter).await
+        let mut views = self.repo().list(filter).await?;
+        self.engine.annotate_windows(&mut views);
+        Ok(views)
     }
 
     async fn get(&self, id: WorkflowId) -> Result<WorkflowView, DbError> {
-        self.repo().get(id).await
+        let mut view = self.repo().get(id).await?;
+        self.engine
+            .annotate_windows(std::slice::from_mut(&mut view));
+        Ok(view)
     }
 
     async fn cancel(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {

@@ -190,6 +190,11 @@ pub struct StageView {
     pub status: StageStatus,
     /// Attempts made so far (0 before the first publish).
     pub attempt: u32,
+    /// "Waiting for window until T": set when the stage is due (`pending`, its workflow
+    /// not paused) but outside its scan windows (`Workflow.windows`); the time its next
+    /// window opens. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_window_until: Option<GoTime>,
 }
 
 /// A workflow as the API shows it.

@@ -278,6 +278,7 @@ mod tests {
                     name: (*n).into(),
                     status: *s,
                     attempt: *a,
+                    waiting_for_window_until: None,
                 })
                 .collect(),
         }

@@ -212,6 +212,35 @@ impl Engine {
         config8::window::closed_until(settings.workflow.windows_of(name), now)
     }
 
+    /// Sets [`model8::StageView::waiting_for_window_until`] on the due (`pending`)
+    /// stages of active (`pending` or `running`) workflows that are outside their scan
+    /// windows now.
+    pub(crate) fn annotate_windows(&self, views: &mut [model8::WorkflowView]) {
+        use model8::{GoTime, StageStatus, WorkflowStatus};
+        let settings = self.settings();
+        let now = self.now();
+        if settings.workflow.windows.is_empty()
+            && settings.workflow.stages.iter().all(|s| s.windows.is_none())
+        {
+            return;
+        }
+        let mut closed: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
+        for v in views {
+            if !matches!(v.status, WorkflowStatus::Pending | WorkflowStatus::Running) {
+                continue;
+            }
+            for s in &mut v.stages {
+                if s.status != StageStatus::Pending {
+                    continue;
+                }
+                let until = *closed.entry(s.name.clone()).or_insert_with(|| {
+                    config8::window::closed_until(settings.workflow.windows_of(&s.name), now)
+                });
+                s.waiting_for_window_until = until.map(GoTime::from_utc);
+            }
+        }
+    }
+
     /// Whether this replica may schedule and publish now.
     pub(crate) fn is_leader(&self) -> bool {
         *self.role.borrow() == Role::Leader

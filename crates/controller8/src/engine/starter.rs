@@ -45,6 +45,7 @@ fn created_view(new: &NewWorkflow, now: DateTime<Utc>) -> WorkflowView {
                     StageStatus::Waiting
                 },
                 attempt: 0,
+                waiting_for_window_until: None,
             })
             .collect(),
     }
@@ -489,6 +490,8 @@ impl ScanNow for EngineScanNow {
         &self,
         domain_ids: Option<Vec<Uuid>>,
     ) -> Result<Vec<WorkflowView>, ScanNowError> {
-        self.0.scan(domain_ids).await
+        let mut views = self.0.scan(domain_ids).await?;
+        self.0.annotate_windows(&mut views);
+        Ok(views)
     }
 }

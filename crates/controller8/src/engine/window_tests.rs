@@ -176,3 +176,33 @@ async fn a_window_across_midnight_on_a_daylight_saving_day() {
         Some(Utc.with_ymd_and_hms(2025, 11, 9, 3, 0, 0).unwrap())
     );
 }
+
+#[tokio::test]
+async fn the_api_views_show_waiting_for_window_until() {
+    use db8::WorkflowRepository as _;
+    let mut s = chain();
+    s.workflow.windows = vec![window(&[Weekday::Wed], "10:30", "11:00", "UTC")];
+    let h = Harness::new(s).await;
+    h.add_domain("example.com").await;
+    h.engine.start_workflows().await.unwrap();
+    let api = crate::waking::WakingWorkflows {
+        engine: h.engine.clone(),
+    };
+    let v = &api.list(&Default::default()).await.unwrap()[0];
+    let until = v.stages[0]
+        .waiting_for_window_until
+        .as_ref()
+        .map(|t| t.to_utc());
+    assert_eq!(until, Some(at(10, 30, 0)));
+    assert_eq!(v.stages[1].waiting_for_window_until, None, "b is not due");
+    let json = serde_json::to_value(v).unwrap();
+    assert!(
+        json["stages"][0]["waiting_for_window_until"].is_string(),
+        "{json}"
+    );
+    assert!(json["stages"][1].get("waiting_for_window_until").is_none());
+    // Inside the window (and once published) the field is gone.
+    h.advance(Duration::from_secs(30 * 60));
+    let v = api.get(v.id).await.unwrap();
+    assert_eq!(v.stages[0].waiting_for_window_until, None);
+}

@@ -88,6 +88,7 @@ impl Wf {
                     name: s.name.clone(),
                     status: s.status,
                     attempt: s.attempt,
+                    waiting_for_window_until: None,
                 })
                 .collect(),
         }

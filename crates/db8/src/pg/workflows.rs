@@ -219,6 +219,7 @@ impl PgStore {
                 name: r.get(1),
                 status: parse::<StageStatus>(r.get(2))?,
                 attempt: attempt_of(r.get(3)),
+                waiting_for_window_until: None,
             });
         }
         heads
