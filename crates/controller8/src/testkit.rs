@@ -576,6 +576,20 @@ impl WorkflowRepository for FailingResults {
     ) -> Result<Vec<ClaimedStage>, DbError> {
         self.inner.claim_due(stage, owner, now, lease, limit).await
     }
+
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: uuid::Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        self.inner
+            .claim_due_fair(stage, owner, now, lease, limit, weights)
+            .await
+    }
     async fn mark_running(
         &self,
         keys: &[StageKey],

@@ -85,6 +85,20 @@ impl WorkflowRepository for WakingWorkflows {
         self.repo().claim_due(stage, owner, now, lease, limit).await
     }
 
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        self.repo()
+            .claim_due_fair(stage, owner, now, lease, limit, weights)
+            .await
+    }
+
     async fn mark_running(
         &self,
         keys: &[StageKey],

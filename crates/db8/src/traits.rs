@@ -4,7 +4,7 @@
 //! Times are passed in by the caller (never read from the database clock), so the
 //! in-memory and PostgreSQL implementations behave identically under a test clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -191,6 +191,26 @@ pub trait WorkflowRepository: Send + Sync {
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
+    ) -> Result<Vec<ClaimedStage>, DbError>;
+
+    /// [`WorkflowRepository::claim_due`] in the fair order of `Workflow.fairness:
+    /// company`: the due attempts are grouped by the company of their workflow's first
+    /// domain (`companyname`; the empty name, for domains without a company, is one
+    /// company of its own) and the `k`-th oldest due attempt of a company (from 0) is
+    /// ranked `(in_flight + k) / weight`, where `in_flight` is how many attempts of
+    /// `stage` of that company are claimed or running now and `weight` is
+    /// `weights[company]` (1 when absent). The lowest ranks are claimed first (ties:
+    /// oldest first). Every claim so takes the companies in turn, each in proportion
+    /// to its weight, and the order depends only on the stored state, so it stays
+    /// fair across restarts and failovers.
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &BTreeMap<String, u32>,
     ) -> Result<Vec<ClaimedStage>, DbError>;
 
     /// After a confirmed publish: the claimed attempts become `running` with the given

@@ -244,7 +244,7 @@ impl Engine {
                 && self.is_leader();
             if can_claim {
                 want = limit.min(remaining);
-                claiming = Some(Box::pin(self.claim(&stage.name, want)));
+                claiming = Some(Box::pin(self.claim(stage, want)));
             }
             if claiming.is_none() && publishing.is_empty() && recording.is_empty() {
                 break;
@@ -306,17 +306,40 @@ impl Engine {
         }
     }
 
-    /// Claims up to `want` due attempts of `stage`.
-    async fn claim(&self, stage: &str, want: usize) -> Result<Vec<ClaimedStage>, DbError> {
+    /// Claims up to `want` due attempts of `stage`: oldest first, or, with
+    /// `Workflow.fairness: company` and a `max_in_flight` limit, in the fair order
+    /// across companies ([`db8::WorkflowRepository::claim_due_fair`]). Without a limit
+    /// every due attempt is claimed anyway, and the cheaper oldest-first claim is kept.
+    async fn claim(
+        &self,
+        stage: &StageSettings,
+        want: usize,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
         let started = std::time::Instant::now();
-        let claimed = self
-            .workflows
-            .claim_due(stage, self.owner, self.now(), self.tuning.claim_lease, want)
-            .await;
+        let settings = self.settings();
+        let (name, now, lease) = (stage.name.as_str(), self.now(), self.tuning.claim_lease);
+        let claimed = if settings.workflow.fairness == config8::Fairness::Company
+            && stage.max_in_flight > 0
+        {
+            self.workflows
+                .claim_due_fair(
+                    name,
+                    self.owner,
+                    now,
+                    lease,
+                    want,
+                    &settings.workflow.company_weights,
+                )
+                .await
+        } else {
+            self.workflows
+                .claim_due(name, self.owner, now, lease, want)
+                .await
+        };
         if let Ok(c) = &claimed
             && !c.is_empty()
         {
-            tracing::debug!(stage, claimed = c.len(), elapsed = ?started.elapsed(), "claimed stage attempts");
+            tracing::debug!(stage = name, claimed = c.len(), elapsed = ?started.elapsed(), "claimed stage attempts");
         }
         claimed
     }

@@ -7,6 +7,8 @@
 
 pub(crate) mod backoff;
 pub(crate) mod dispatcher;
+#[cfg(test)]
+mod fairness_tests;
 pub(crate) mod notify;
 pub(crate) mod pipeline;
 pub(crate) mod results;

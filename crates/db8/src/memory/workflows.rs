@@ -1,7 +1,7 @@
 //! [`WorkflowRepository`] in memory: the same state machine as the SQL of
 //! `crate::pg::workflows`, written in Rust.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -341,6 +341,75 @@ impl WorkflowRepository for MemoryStore {
         due.truncate(limit);
         let mut claimed = Vec::with_capacity(due.len());
         for (_, id) in due {
+            let wf = wfs.by_id.get_mut(&id).expect("listed above");
+            let s = wf.stage_mut(stage).expect("listed above");
+            s.claim_owner = Some(owner);
+            s.claim_until = Some(until);
+            claimed.push(ClaimedStage {
+                key: StageKey {
+                    workflow_id: id,
+                    stage: stage.to_owned(),
+                    attempt: s.attempt + 1,
+                },
+                domains: wf.domains.clone(),
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        let now = db_precision(now);
+        let until = db_precision(plus(now, lease));
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let company = |w: &Wf| {
+            w.domains
+                .first()
+                .map(|d| d.companyname.clone())
+                .unwrap_or_default()
+        };
+        // Per company: attempts of `stage` claimed or running now, and the due ones.
+        let mut busy: HashMap<String, u64> = HashMap::new();
+        let mut due: HashMap<String, Vec<(DateTime<Utc>, WorkflowId)>> = HashMap::new();
+        for w in wfs.by_id.values() {
+            let Some(s) = w.stages.iter().find(|s| s.name == stage) else {
+                continue;
+            };
+            let claimed =
+                s.status == StageStatus::Pending && s.claim_until.is_some_and(|u| u > now);
+            if s.status == StageStatus::Running || claimed {
+                *busy.entry(company(w)).or_insert(0) += 1;
+            }
+            if matches!(w.status, WorkflowStatus::Pending | WorkflowStatus::Running)
+                && s.status == StageStatus::Pending
+                && !claimed
+                && let Some(nb) = s.not_before.filter(|nb| *nb <= now)
+            {
+                due.entry(company(w)).or_default().push((nb, w.id));
+            }
+        }
+        // Rank (in_flight + k) / weight, then oldest first: as the PostgreSQL query.
+        let mut ranked: Vec<(f64, DateTime<Utc>, WorkflowId)> = Vec::new();
+        for (c, mut items) in due {
+            items.sort();
+            let b = busy.get(&c).copied().unwrap_or(0) as f64;
+            let w = f64::from(weights.get(&c).copied().unwrap_or(1).max(1));
+            for (k, (nb, id)) in items.into_iter().enumerate() {
+                ranked.push(((b + k as f64) / w, nb, id));
+            }
+        }
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        ranked.truncate(limit);
+        let mut claimed = Vec::with_capacity(ranked.len());
+        for (_, _, id) in ranked {
             let wf = wfs.by_id.get_mut(&id).expect("listed above");
             let s = wf.stage_mut(stage).expect("listed above");
             s.claim_owner = Some(owner);

@@ -6,7 +6,7 @@
 //! Transitions re-check the state they expect in their `WHERE` clause, so a duplicate
 //! or stale caller changes nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -560,42 +560,86 @@ impl WorkflowRepository for PgStore {
             )
             .await
             .map_err(|e| self.err(e))?;
-        let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
-            .iter()
-            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1)) + 1))
-            .collect();
-        claimed.sort();
-        let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
-        let mut domains: HashMap<Uuid, Vec<DomainRef>> = HashMap::new();
-        if !ids.is_empty() {
-            for r in conn
-                .query(
-                    "SELECT workflow_id, domain_id, name, companyname \
-                     FROM orchestratorm8_workflow_domain WHERE workflow_id = ANY($1) \
-                     ORDER BY workflow_id, position",
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.err(e))?
-            {
-                domains.entry(r.get(0)).or_default().push(DomainRef {
-                    id: r.get(1),
-                    name: r.get(2),
-                    companyname: r.get(3),
-                });
-            }
+        self.claimed_with_domains(&conn, &rows, stage).await
+    }
+
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        Ok(claimed
-            .into_iter()
-            .map(|(_, id, attempt)| ClaimedStage {
-                key: StageKey {
-                    workflow_id: id,
-                    stage: stage.to_owned(),
-                    attempt,
-                },
-                domains: domains.remove(&id).unwrap_or_default(),
-            })
-            .collect())
+        let until = plus(now, lease);
+        let (companies, factors): (Vec<&str>, Vec<f64>) = weights
+            .iter()
+            .map(|(c, w)| (c.as_str(), f64::from((*w).max(1))))
+            .unzip();
+        let conn = self.conn().await?;
+        // Ranked without locks (window functions cannot lock), then the picked rows
+        // are locked and re-checked as in `claim_due`; a row taken meanwhile is
+        // skipped (the claim returns fewer).
+        let rows = conn
+            .query(
+                "WITH due AS ( \
+                   SELECT s.workflow_id, s.not_before, d.companyname AS company, \
+                          row_number() OVER (PARTITION BY d.companyname \
+                                             ORDER BY s.not_before, s.workflow_id) - 1 AS k \
+                   FROM orchestratorm8_stage_run s \
+                   JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
+                   JOIN orchestratorm8_workflow_domain d \
+                     ON d.workflow_id = s.workflow_id AND d.position = 0 \
+                   WHERE s.stage = $1 AND s.status = 'pending' AND s.not_before <= $2 \
+                     AND (s.claim_until IS NULL OR s.claim_until <= $2) \
+                     AND w.status IN ('pending', 'running') \
+                 ), busy AS ( \
+                   SELECT d.companyname AS company, count(*) AS n \
+                   FROM orchestratorm8_stage_run s \
+                   JOIN orchestratorm8_workflow_domain d \
+                     ON d.workflow_id = s.workflow_id AND d.position = 0 \
+                   WHERE s.stage = $1 \
+                     AND (s.status = 'running' OR (s.status = 'pending' AND s.claim_until > $2)) \
+                   GROUP BY d.companyname \
+                 ), weight AS ( \
+                   SELECT * FROM unnest($6::text[], $7::float8[]) AS t(company, w) \
+                 ), pick AS ( \
+                   SELECT due.workflow_id FROM due \
+                   LEFT JOIN busy ON busy.company = due.company \
+                   LEFT JOIN weight ON weight.company = due.company \
+                   ORDER BY (coalesce(busy.n, 0) + due.k)::float8 / coalesce(weight.w, 1), \
+                            due.not_before, due.workflow_id \
+                   LIMIT $3 \
+                 ), locked AS ( \
+                   SELECT s.workflow_id FROM orchestratorm8_stage_run s \
+                   JOIN pick ON pick.workflow_id = s.workflow_id \
+                   JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
+                   WHERE s.stage = $1 AND s.status = 'pending' AND s.not_before <= $2 \
+                     AND (s.claim_until IS NULL OR s.claim_until <= $2) \
+                     AND w.status IN ('pending', 'running') \
+                   FOR UPDATE OF s SKIP LOCKED \
+                   FOR SHARE OF w SKIP LOCKED \
+                 ) \
+                 UPDATE orchestratorm8_stage_run s SET claim_owner = $4, claim_until = $5 \
+                 FROM locked WHERE s.workflow_id = locked.workflow_id AND s.stage = $1 \
+                 RETURNING s.workflow_id, s.attempt, s.not_before",
+                &[
+                    &stage,
+                    &now,
+                    &sql_limit(limit),
+                    &owner,
+                    &until,
+                    &companies,
+                    &factors,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        self.claimed_with_domains(&conn, &rows, stage).await
     }
 
     async fn mark_running(
@@ -892,5 +936,53 @@ impl WorkflowRepository for PgStore {
     async fn resume(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
         self.change_workflow(id, "resume", &[WorkflowStatus::Paused], now)
             .await
+    }
+}
+
+impl PgStore {
+    /// The claimed attempts of `stage` (rows of `workflow_id, attempt, not_before`),
+    /// oldest first, with their workflows' domains.
+    async fn claimed_with_domains(
+        &self,
+        conn: &tokio_postgres::Client,
+        rows: &[Row],
+        stage: &str,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
+            .iter()
+            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1)) + 1))
+            .collect();
+        claimed.sort();
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
+        let mut domains: HashMap<Uuid, Vec<DomainRef>> = HashMap::new();
+        if !ids.is_empty() {
+            for r in conn
+                .query(
+                    "SELECT workflow_id, domain_id, name, companyname \
+                     FROM orchestratorm8_workflow_domain WHERE workflow_id = ANY($1) \
+                     ORDER BY workflow_id, position",
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| self.err(e))?
+            {
+                domains.entry(r.get(0)).or_default().push(DomainRef {
+                    id: r.get(1),
+                    name: r.get(2),
+                    companyname: r.get(3),
+                });
+            }
+        }
+        Ok(claimed
+            .into_iter()
+            .map(|(_, id, attempt)| ClaimedStage {
+                key: StageKey {
+                    workflow_id: id,
+                    stage: stage.to_owned(),
+                    attempt,
+                },
+                domains: domains.remove(&id).unwrap_or_default(),
+            })
+            .collect())
     }
 }
