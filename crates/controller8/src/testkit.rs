@@ -566,6 +566,14 @@ impl WorkflowRepository for FailingResults {
     ) -> Result<std::collections::HashMap<String, u64>, DbError> {
         self.inner.in_flight_counts(now).await
     }
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        self.inner.prune_finished(ended_before, limit).await
+    }
+
     async fn claim_due(
         &self,
         stage: &str,

@@ -74,6 +74,14 @@ impl WorkflowRepository for WakingWorkflows {
         self.repo().in_flight_counts(now).await
     }
 
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        self.repo().prune_finished(ended_before, limit).await
+    }
+
     async fn claim_due(
         &self,
         stage: &str,

@@ -172,6 +172,19 @@ pub trait WorkflowRepository: Send + Sync {
         limit: usize,
     ) -> Result<Vec<DomainRef>, DbError>;
 
+    /// Retention: deletes at most `limit` finished (terminal) workflows that ended
+    /// before `ended_before`, oldest first, with their stage runs and domains, in one
+    /// short transaction; never an active one, and a workflow being changed (locked)
+    /// now is skipped (taken by a later call). Before they go, each of their domains'
+    /// latest end is kept (a small per-domain record), so that
+    /// [`WorkflowRepository::idle_domains`] and [`WorkflowRepository::last_ended_at`]
+    /// answer as if they were still there. Returns how many were deleted.
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError>;
+
     /// Whether any workflow is active (non-terminal); used by `per_cycle`.
     async fn any_active(&self) -> Result<bool, DbError>;
 

@@ -29,6 +29,9 @@ pub(super) struct Workflows {
     by_domain: HashMap<Uuid, Vec<WorkflowId>>,
     /// The active single-domain workflow of a domain.
     active_single: HashMap<Uuid, WorkflowId>,
+    /// Per domain, the latest end of its workflows deleted by retention
+    /// (`orchestratorm8_domain_last_ended`).
+    last_ended: HashMap<Uuid, DateTime<Utc>>,
 }
 
 struct Wf {
@@ -257,13 +260,14 @@ impl WorkflowRepository for MemoryStore {
         let state = self.state()?;
         let wfs = &state.workflows;
         let busy = |id: &Uuid| {
-            wfs.by_domain.get(id).is_some_and(|ids| {
-                ids.iter().any(|w| {
-                    wfs.by_id[w]
-                        .ended_at
-                        .is_none_or(|ended| ended > ended_before)
+            wfs.last_ended.get(id).is_some_and(|e| *e > ended_before)
+                || wfs.by_domain.get(id).is_some_and(|ids| {
+                    ids.iter().any(|w| {
+                        wfs.by_id[w]
+                            .ended_at
+                            .is_none_or(|ended| ended > ended_before)
+                    })
                 })
-            })
         };
         let start = match after {
             Some(a) => std::ops::Bound::Excluded(a),
@@ -289,13 +293,45 @@ impl WorkflowRepository for MemoryStore {
     }
 
     async fn last_ended_at(&self) -> Result<Option<DateTime<Utc>>, DbError> {
-        Ok(self
-            .state()?
-            .workflows
+        let state = self.state()?;
+        let wfs = &state.workflows;
+        Ok(wfs
             .by_id
             .values()
             .filter_map(|w| w.ended_at)
+            .chain(wfs.last_ended.values().copied())
             .max())
+    }
+
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        let ended_before = db_precision(ended_before);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut old: Vec<(DateTime<Utc>, WorkflowId)> = wfs
+            .by_id
+            .values()
+            .filter_map(|w| w.ended_at.filter(|e| *e < ended_before).map(|e| (e, w.id)))
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        for (ended, id) in &old {
+            let w = wfs.by_id.remove(id).expect("listed above");
+            for d in &w.domains {
+                let last = wfs.last_ended.entry(d.id).or_insert(*ended);
+                *last = (*last).max(*ended);
+                if let Some(ids) = wfs.by_domain.get_mut(&d.id) {
+                    ids.retain(|x| x != id);
+                    if ids.is_empty() {
+                        wfs.by_domain.remove(&d.id);
+                    }
+                }
+            }
+        }
+        Ok(old.len() as u64)
     }
 
     async fn in_flight_counts(&self, now: DateTime<Utc>) -> Result<HashMap<String, u64>, DbError> {

@@ -38,6 +38,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "cheaper dispatch",
         sql: include_str!("migrations/0004_cheaper_dispatch.sql"),
     },
+    Migration {
+        version: 7,
+        name: "retention",
+        sql: include_str!("migrations/0007_retention.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).

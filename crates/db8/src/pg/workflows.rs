@@ -469,6 +469,8 @@ impl WorkflowRepository for PgStore {
                    LIMIT 1) b ON true \
                  WHERE d.enabled AND d.id IS NOT NULL AND ($2::uuid IS NULL OR d.id > $2) \
                    AND b.busy IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM orchestratorm8_domain_last_ended le \
+                                   WHERE le.domain_id = d.id AND le.ended_at > $1) \
                  ORDER BY d.id LIMIT $3",
                 &[&ended_before, &after, &sql_limit(limit)],
             )
@@ -500,10 +502,60 @@ impl WorkflowRepository for PgStore {
     async fn last_ended_at(&self) -> Result<Option<DateTime<Utc>>, DbError> {
         let conn = self.conn().await?;
         let row = conn
-            .query_one("SELECT max(ended_at) FROM orchestratorm8_workflow", &[])
+            .query_one(
+                "SELECT greatest( \
+                   (SELECT max(ended_at) FROM orchestratorm8_workflow), \
+                   (SELECT max(ended_at) FROM orchestratorm8_domain_last_ended))",
+                &[],
+            )
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))
+    }
+
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let conn = self.conn().await?;
+        // One statement, one short transaction: the oldest finished workflows are
+        // locked (skipping any being changed now: a result, a retry), their domains'
+        // latest end is kept, then their rows go. The row lock re-checks `ended_at`,
+        // so a workflow made active again meanwhile (retried) is left alone.
+        let row = conn
+            .query_one(
+                "WITH victim AS ( \
+                   SELECT id, ended_at FROM orchestratorm8_workflow \
+                   WHERE ended_at IS NOT NULL AND ended_at < $1 \
+                   ORDER BY ended_at LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED \
+                 ), kept AS ( \
+                   INSERT INTO orchestratorm8_domain_last_ended AS le (domain_id, ended_at) \
+                   SELECT wd.domain_id, max(v.ended_at) FROM victim v \
+                   JOIN orchestratorm8_workflow_domain wd ON wd.workflow_id = v.id \
+                   GROUP BY wd.domain_id \
+                   ON CONFLICT (domain_id) DO UPDATE \
+                     SET ended_at = greatest(le.ended_at, excluded.ended_at) \
+                 ), runs AS ( \
+                   DELETE FROM orchestratorm8_stage_run s USING victim v \
+                   WHERE s.workflow_id = v.id \
+                 ), doms AS ( \
+                   DELETE FROM orchestratorm8_workflow_domain d USING victim v \
+                   WHERE d.workflow_id = v.id \
+                 ), gone AS ( \
+                   DELETE FROM orchestratorm8_workflow w USING victim v \
+                   WHERE w.id = v.id RETURNING 1 \
+                 ) \
+                 SELECT count(*) FROM gone",
+                &[&ended_before, &sql_limit(limit)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     async fn in_flight_counts(&self, now: DateTime<Utc>) -> Result<HashMap<String, u64>, DbError> {

@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             workflow_cancel_pause_resume,
             workflow_list_filter_and_limit,
             workflow_idle_domains,
+            workflow_prune_finished_keeps_the_cool_down,
             workflow_active_and_last_ended,
             workflow_in_flight_counts,
             leader_lock_contention,
@@ -1397,5 +1398,81 @@ pub async fn workflow_claim_fair_follows_weights(s: &Stores) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------- retention
+
+pub async fn workflow_prune_finished_keeps_the_cool_down(s: &Stores) {
+    let (d, w) = (&s.domains, &s.workflows);
+    let mut r = Vec::new();
+    for i in 0..4 {
+        let row = d
+            .insert(&post(&format!("p{i}.example"), "ACME"))
+            .await
+            .unwrap();
+        r.push(DomainRef::from(row));
+    }
+    // p0: finished at t0+10 and again at t0+30 (two workflows). p1: finished at
+    // t0+20. p2: active since t0. p3: a cycle with p1, finished at t0+40.
+    let p0a = wf(vec![r[0].clone()], diamond());
+    let p1 = wf(vec![r[1].clone()], diamond());
+    let p2 = wf(vec![r[2].clone()], diamond());
+    w.create_workflows(&[p0a.clone(), p1.clone(), p2.clone()], t0())
+        .await
+        .unwrap();
+    w.cancel(p0a.id, t0() + secs(10)).await.unwrap();
+    w.cancel(p1.id, t0() + secs(20)).await.unwrap();
+    let p0b = wf(vec![r[0].clone()], diamond());
+    w.create_workflows(std::slice::from_ref(&p0b), t0() + secs(25))
+        .await
+        .unwrap();
+    w.cancel(p0b.id, t0() + secs(30)).await.unwrap();
+    let cycle = wf(vec![r[3].clone(), r[1].clone()], diamond());
+    w.create_workflows(std::slice::from_ref(&cycle), t0() + secs(35))
+        .await
+        .unwrap();
+    w.cancel(cycle.id, t0() + secs(40)).await.unwrap();
+    let idle_before: Vec<Vec<DomainRef>> = {
+        let mut v = Vec::new();
+        for t in [5, 15, 25, 35, 45] {
+            v.push(w.idle_domains(t0() + secs(t), None, 100).await.unwrap());
+        }
+        v
+    };
+
+    // Nothing ended before t0+10.
+    assert_eq!(w.prune_finished(t0() + secs(10), 100).await.unwrap(), 0);
+    // In small batches, oldest first: p0a, then p1.
+    assert_eq!(w.prune_finished(t0() + secs(35), 1).await.unwrap(), 1);
+    assert!(matches!(w.get(p0a.id).await, Err(DbError::NotFound(_))));
+    assert!(w.get(p1.id).await.is_ok());
+    assert_eq!(w.prune_finished(t0() + secs(35), 100).await.unwrap(), 2);
+    assert!(matches!(w.get(p1.id).await, Err(DbError::NotFound(_))));
+    assert!(matches!(w.get(p0b.id).await, Err(DbError::NotFound(_))));
+    // Everything finished goes (the cycle too); the active workflow never does.
+    assert_eq!(w.prune_finished(t0() + secs(3600), 100).await.unwrap(), 1);
+    assert_eq!(w.prune_finished(t0() + secs(3600), 100).await.unwrap(), 0);
+    assert_eq!(wf_status(s, p2.id).await, WorkflowStatus::Pending);
+    let left: Vec<Uuid> = w
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(left, [p2.id]);
+
+    // The cool-downs answer as before the workflows went.
+    for (i, t) in [5, 15, 25, 35, 45].into_iter().enumerate() {
+        assert_eq!(
+            w.idle_domains(t0() + secs(t), None, 100).await.unwrap(),
+            idle_before[i],
+            "idle domains at t0+{t}"
+        );
+    }
+    assert_eq!(
+        w.last_ended_at().await.unwrap(),
+        Some(t0_stored() + secs(40))
     );
 }
