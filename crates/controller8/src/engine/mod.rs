@@ -12,6 +12,9 @@ mod fairness_tests;
 pub(crate) mod notify;
 pub(crate) mod pipeline;
 pub(crate) mod results;
+pub(crate) mod retention;
+#[cfg(test)]
+mod retention_tests;
 pub(crate) mod starter;
 #[cfg(test)]
 mod tests;
