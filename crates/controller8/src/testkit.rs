@@ -574,6 +574,10 @@ impl WorkflowRepository for FailingResults {
         self.inner.prune_finished(ended_before, limit).await
     }
 
+    async fn mark_requested(&self, ids: &[model8::WorkflowId]) -> Result<u64, DbError> {
+        self.inner.mark_requested(ids).await
+    }
+
     async fn claim_due(
         &self,
         stage: &str,

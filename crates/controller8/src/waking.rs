@@ -82,6 +82,10 @@ impl WorkflowRepository for WakingWorkflows {
         self.repo().prune_finished(ended_before, limit).await
     }
 
+    async fn mark_requested(&self, ids: &[model8::WorkflowId]) -> Result<u64, DbError> {
+        self.repo().mark_requested(ids).await
+    }
+
     async fn claim_due(
         &self,
         stage: &str,

@@ -172,6 +172,11 @@ pub trait WorkflowRepository: Send + Sync {
         limit: usize,
     ) -> Result<Vec<DomainRef>, DbError>;
 
+    /// Marks workflows as started on request ("scan now"): with
+    /// [`WorkflowRepository::claim_due_fair`] their attempts go ahead of every other
+    /// due attempt. Returns how many were marked.
+    async fn mark_requested(&self, ids: &[WorkflowId]) -> Result<u64, DbError>;
+
     /// Retention: deletes at most `limit` finished (terminal) workflows that ended
     /// before `ended_before`, oldest first, with their stage runs and domains, in one
     /// short transaction; never an active one, and a workflow being changed (locked)
@@ -212,7 +217,8 @@ pub trait WorkflowRepository: Send + Sync {
     /// company of its own) and the `k`-th oldest due attempt of a company (from 0) is
     /// ranked `(in_flight + k) / weight`, where `in_flight` is how many attempts of
     /// `stage` of that company are claimed or running now and `weight` is
-    /// `weights[company]` (1 when absent). The lowest ranks are claimed first (ties:
+    /// `weights[company]` (1 when absent). Attempts of workflows marked with
+    /// [`WorkflowRepository::mark_requested`] come first, then the lowest ranks (ties:
     /// oldest first). Every claim so takes the companies in turn, each in proportion
     /// to its weight, and the order depends only on the stored state, so it stays
     /// fair across restarts and failovers.

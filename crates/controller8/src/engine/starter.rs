@@ -491,6 +491,10 @@ impl ScanNow for EngineScanNow {
         domain_ids: Option<Vec<Uuid>>,
     ) -> Result<Vec<WorkflowView>, ScanNowError> {
         let mut views = self.0.scan(domain_ids).await?;
+        // Ahead of the backlog where slots are shared fairly (a claim between the
+        // creation and this mark takes them in the usual order).
+        let ids: Vec<Uuid> = views.iter().map(|v| v.id).collect();
+        self.0.workflows.mark_requested(&ids).await?;
         self.0.annotate_windows(&mut views);
         Ok(views)
     }

@@ -41,6 +41,8 @@ struct Wf {
     updated_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
     active_domain: Option<Uuid>,
+    /// Started on request ("scan now"): ahead of the backlog in fair claims.
+    requested: bool,
     domains: Vec<DomainRef>,
     stages: Vec<Stage>,
 }
@@ -221,6 +223,7 @@ impl MemoryStore {
                     updated_at: now,
                     ended_at: None,
                     active_domain: single,
+                    requested: false,
                     domains: new.domains.clone(),
                     stages,
                 },
@@ -301,6 +304,18 @@ impl WorkflowRepository for MemoryStore {
             .filter_map(|w| w.ended_at)
             .chain(wfs.last_ended.values().copied())
             .max())
+    }
+
+    async fn mark_requested(&self, ids: &[WorkflowId]) -> Result<u64, DbError> {
+        let mut state = self.state()?;
+        let mut n = 0;
+        for id in ids {
+            if let Some(w) = state.workflows.by_id.get_mut(id) {
+                w.requested = true;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn prune_finished(
@@ -414,7 +429,7 @@ impl WorkflowRepository for MemoryStore {
         };
         // Per company: attempts of `stage` claimed or running now, and the due ones.
         let mut busy: HashMap<String, u64> = HashMap::new();
-        let mut due: HashMap<String, Vec<(DateTime<Utc>, WorkflowId)>> = HashMap::new();
+        let mut due: HashMap<String, Vec<(DateTime<Utc>, WorkflowId, bool)>> = HashMap::new();
         for w in wfs.by_id.values() {
             let Some(s) = w.stages.iter().find(|s| s.name == stage) else {
                 continue;
@@ -429,23 +444,31 @@ impl WorkflowRepository for MemoryStore {
                 && !claimed
                 && let Some(nb) = s.not_before.filter(|nb| *nb <= now)
             {
-                due.entry(company(w)).or_default().push((nb, w.id));
+                due.entry(company(w))
+                    .or_default()
+                    .push((nb, w.id, w.requested));
             }
         }
-        // Rank (in_flight + k) / weight, then oldest first: as the PostgreSQL query.
-        let mut ranked: Vec<(f64, DateTime<Utc>, WorkflowId)> = Vec::new();
+        // Requested first, then rank (in_flight + k) / weight, then oldest first: as the
+        // PostgreSQL query.
+        let mut ranked: Vec<(bool, f64, DateTime<Utc>, WorkflowId)> = Vec::new();
         for (c, mut items) in due {
             items.sort();
             let b = busy.get(&c).copied().unwrap_or(0) as f64;
             let w = f64::from(weights.get(&c).copied().unwrap_or(1).max(1));
-            for (k, (nb, id)) in items.into_iter().enumerate() {
-                ranked.push(((b + k as f64) / w, nb, id));
+            for (k, (nb, id, requested)) in items.into_iter().enumerate() {
+                ranked.push((!requested, (b + k as f64) / w, nb, id));
             }
         }
-        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        ranked.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
         ranked.truncate(limit);
         let mut claimed = Vec::with_capacity(ranked.len());
-        for (_, _, id) in ranked {
+        for (_, _, _, id) in ranked {
             let wf = wfs.by_id.get_mut(&id).expect("listed above");
             let s = wf.stage_mut(stage).expect("listed above");
             s.claim_owner = Some(owner);

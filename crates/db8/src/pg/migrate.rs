@@ -40,7 +40,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 7,
-        name: "retention",
+        name: "retention and scan-now mark",
         sql: include_str!("migrations/0007_retention.sql"),
     },
 ];

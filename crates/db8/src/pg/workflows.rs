@@ -513,6 +513,19 @@ impl WorkflowRepository for PgStore {
         Ok(row.get(0))
     }
 
+    async fn mark_requested(&self, ids: &[WorkflowId]) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let conn = self.conn().await?;
+        conn.execute(
+            "UPDATE orchestratorm8_workflow SET requested = true WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| self.err(e))
+    }
+
     async fn prune_finished(
         &self,
         ended_before: DateTime<Utc>,
@@ -639,7 +652,7 @@ impl WorkflowRepository for PgStore {
         let rows = conn
             .query(
                 "WITH due AS ( \
-                   SELECT s.workflow_id, s.not_before, d.companyname AS company, \
+                   SELECT s.workflow_id, s.not_before, d.companyname AS company, w.requested, \
                           row_number() OVER (PARTITION BY d.companyname \
                                              ORDER BY s.not_before, s.workflow_id) - 1 AS k \
                    FROM orchestratorm8_stage_run s \
@@ -663,7 +676,8 @@ impl WorkflowRepository for PgStore {
                    SELECT due.workflow_id FROM due \
                    LEFT JOIN busy ON busy.company = due.company \
                    LEFT JOIN weight ON weight.company = due.company \
-                   ORDER BY (coalesce(busy.n, 0) + due.k)::float8 / coalesce(weight.w, 1), \
+                   ORDER BY NOT due.requested, \
+                            (coalesce(busy.n, 0) + due.k)::float8 / coalesce(weight.w, 1), \
                             due.not_before, due.workflow_id \
                    LIMIT $3 \
                  ), locked AS ( \

@@ -1371,6 +1371,16 @@ pub async fn workflow_claim_fair_takes_companies_in_turn(s: &Stores) {
     // Those are in flight now (BIG 2, SMALL 1, none 1): SMALL's turn before BIG's
     // third, though BIG's are older.
     assert_eq!(fair_ids(s, now, 2, &w).await, ids(&[&small[1], &big[2]]));
+    // "Scan now" work goes ahead of the backlog: BIG's newest workflow before its
+    // three older ones.
+    let mut asked = company_wfs("BIG", 1).remove(0);
+    asked.domains[0].name = "asked.big.example".into();
+    s.workflows
+        .create_workflows(std::slice::from_ref(&asked), t0() + secs(10))
+        .await
+        .unwrap();
+    assert_eq!(s.workflows.mark_requested(&[asked.id]).await.unwrap(), 1);
+    assert_eq!(fair_ids(s, now, 1, &w).await, ids(&[&asked]));
     // Only BIG is left: all of it.
     assert_eq!(
         fair_ids(s, now, 10, &w).await,
