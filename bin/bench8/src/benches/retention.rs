@@ -23,7 +23,7 @@ use model8::DomainRef;
 use super::Outcomes;
 use crate::ctx::Ctx;
 use crate::report::{Better, Failure, Measured, Spec};
-use crate::services::{TempDatabase, lock_shared};
+use crate::services::TempDatabase;
 
 /// The rows.
 pub const SPECS: &[Spec] = &[Spec {
@@ -44,11 +44,7 @@ const TABLES: &[&str] = &[
 
 /// Runs the benchmark.
 pub async fn run(ctx: &Ctx) -> Outcomes {
-    let _lock = lock_shared(Duration::from_secs(600)).await?;
-    let db = TempDatabase::create().await?;
-    let result = measure(ctx, &db).await;
-    db.drop_now().await;
-    result
+    TempDatabase::with(async |db| measure(ctx, db).await).await
 }
 
 fn workflows(prefix: &str, n: usize) -> Vec<NewWorkflow> {

@@ -34,6 +34,34 @@ pub(super) struct Workflows {
     last_ended: HashMap<Uuid, DateTime<Utc>>,
 }
 
+impl Workflows {
+    /// Claims stage `stage` of the workflows `ids` (which have it) for `owner` until
+    /// `until`, in that order.
+    fn claim(
+        &mut self,
+        ids: impl Iterator<Item = WorkflowId>,
+        stage: &str,
+        owner: Uuid,
+        until: DateTime<Utc>,
+    ) -> Vec<ClaimedStage> {
+        ids.map(|id| {
+            let wf = self.by_id.get_mut(&id).expect("listed by the caller");
+            let s = wf.stage_mut(stage).expect("listed by the caller");
+            s.claim_owner = Some(owner);
+            s.claim_until = Some(until);
+            ClaimedStage {
+                key: StageKey {
+                    workflow_id: id,
+                    stage: stage.to_owned(),
+                    attempt: s.attempt + 1,
+                },
+                domains: wf.domains.clone(),
+            }
+        })
+        .collect()
+    }
+}
+
 struct Wf {
     id: WorkflowId,
     status: WorkflowStatus,
@@ -390,22 +418,7 @@ impl WorkflowRepository for MemoryStore {
             .collect();
         due.sort();
         due.truncate(limit);
-        let mut claimed = Vec::with_capacity(due.len());
-        for (_, id) in due {
-            let wf = wfs.by_id.get_mut(&id).expect("listed above");
-            let s = wf.stage_mut(stage).expect("listed above");
-            s.claim_owner = Some(owner);
-            s.claim_until = Some(until);
-            claimed.push(ClaimedStage {
-                key: StageKey {
-                    workflow_id: id,
-                    stage: stage.to_owned(),
-                    attempt: s.attempt + 1,
-                },
-                domains: wf.domains.clone(),
-            });
-        }
-        Ok(claimed)
+        Ok(wfs.claim(due.into_iter().map(|(_, id)| id), stage, owner, until))
     }
 
     async fn claim_due_fair(
@@ -467,22 +480,12 @@ impl WorkflowRepository for MemoryStore {
                 .then(a.3.cmp(&b.3))
         });
         ranked.truncate(limit);
-        let mut claimed = Vec::with_capacity(ranked.len());
-        for (_, _, _, id) in ranked {
-            let wf = wfs.by_id.get_mut(&id).expect("listed above");
-            let s = wf.stage_mut(stage).expect("listed above");
-            s.claim_owner = Some(owner);
-            s.claim_until = Some(until);
-            claimed.push(ClaimedStage {
-                key: StageKey {
-                    workflow_id: id,
-                    stage: stage.to_owned(),
-                    attempt: s.attempt + 1,
-                },
-                domains: wf.domains.clone(),
-            });
-        }
-        Ok(claimed)
+        Ok(wfs.claim(
+            ranked.into_iter().map(|(_, _, _, id)| id),
+            stage,
+            owner,
+            until,
+        ))
     }
 
     async fn mark_running(
