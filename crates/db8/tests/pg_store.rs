@@ -255,6 +255,7 @@ async fn a_configured_schema_is_created_and_used() {
         tables,
         [
             "cptm8 \"orch\".cptm8domain",
+            "cptm8 \"orch\".orchestratorm8_domain_last_ended",
             "cptm8 \"orch\".orchestratorm8_schema_migrations",
             "cptm8 \"orch\".orchestratorm8_stage_run",
             "cptm8 \"orch\".orchestratorm8_workflow",
