@@ -120,6 +120,18 @@ pub struct TempDatabase {
 }
 
 impl TempDatabase {
+    /// Runs `measure` on a fresh database under the shared service lock (waiting at
+    /// most 10 minutes for it), and drops the database afterwards whatever happened.
+    pub async fn with<T>(
+        measure: impl AsyncFnOnce(&TempDatabase) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let _lock = lock_shared(Duration::from_secs(600)).await?;
+        let db = TempDatabase::create().await?;
+        let result = measure(&db).await;
+        db.drop_now().await;
+        result
+    }
+
     /// Creates `bench_<random>`.
     pub async fn create() -> Result<TempDatabase, Failure> {
         let name = format!("bench_{}", unique_suffix());

@@ -304,3 +304,51 @@ fn chain_stages_get_their_publisher_line_and_per_domain_is_refused() {
     );
     assert!(!text(&out.stdout).contains("Publisher"));
 }
+
+#[test]
+fn bad_windows_and_retention_exit_2_naming_the_key_path_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "windows.yaml",
+        r#"
+Workflow:
+  fairness: company
+  retention: "30d"
+  windows:
+    - { days: [mon, someday], from: "22:00", to: "06:00", timezone: "Mars/Olympus" }
+    - { from: "9:00", to: "10:00" }
+    - { from: "08:00", to: "08:00" }
+"#,
+    );
+    let out = check(&["--config", file.to_str().unwrap()], &[], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "Workflow.windows[0].days[1]: got \"someday\"",
+        "Workflow.windows[0].timezone: got \"Mars/Olympus\", expected an IANA time zone name",
+        "Workflow.windows[1].from: got \"9:00\", expected a local time HH:MM",
+        "Workflow.windows[2].to: got \"08:00\", the same as from",
+    ] {
+        assert!(stderr.contains(expected), "{expected} missing in {stderr}");
+    }
+
+    // The same keys with good values pass and are printed back.
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        r#"
+Workflow:
+  fairness: company
+  retention: "30d"
+  windows:
+    - { days: [sat, sun], from: "22:00", to: "06:00", timezone: "Europe/Madrid" }
+"#,
+    );
+    let out = check(&["--config", good.to_str().unwrap()], &[], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("fairness: company"), "{stdout}");
+    assert!(stdout.contains("retention: 720h0m0s"), "{stdout}");
+    assert!(stdout.contains("timezone: Europe/Madrid"), "{stdout}");
+}

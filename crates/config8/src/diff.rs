@@ -7,8 +7,9 @@ use crate::settings::Settings;
 /// The key paths that differ between two configurations, split by how they apply.
 ///
 /// Live (applied by the running service): `LOG_LEVEL`, `Scheduler.interval`,
-/// `Workflow.rescan_after`, a stage's `timeout`, `max_attempts`, `backoff.*` and
-/// `max_in_flight`, `HTTP.api_token`, and `ORCHESTRATORM8.Services` (informational only).
+/// `Workflow.rescan_after`, `fairness`, `company_weights`, `windows` and `retention`, a
+/// stage's `timeout`, `max_attempts`, `backoff.*`, `max_in_flight` and `windows`,
+/// `HTTP.api_token`, and `ORCHESTRATORM8.Services` (informational only).
 /// Everything else needs a restart: connections (`Database`, `RabbitMQ`), topology
 /// (`ORCHESTRATORM8.Exchanges` and service sections), `APP_ENV`, `Scheduler.mode`,
 /// `Workflow.granularity`, stages added or removed or with another exchange, routing
@@ -134,7 +135,13 @@ pub fn diff(old: &Settings, new: &Settings) -> ChangeReport {
         new.workflow,
         [granularity]
     );
-    fields!(live, "Workflow", old.workflow, new.workflow, [rescan_after]);
+    fields!(
+        live,
+        "Workflow",
+        old.workflow,
+        new.workflow,
+        [rescan_after, fairness, company_weights, windows, retention]
+    );
     let old_names: BTreeSet<&str> = old
         .workflow
         .stages
@@ -162,7 +169,13 @@ pub fn diff(old: &Settings, new: &Settings) -> ChangeReport {
             n,
             [exchange, routing_key, depends_on, protocol]
         );
-        fields!(live, prefix, o, n, [timeout, max_attempts, max_in_flight]);
+        fields!(
+            live,
+            prefix,
+            o,
+            n,
+            [timeout, max_attempts, max_in_flight, windows]
+        );
         fields!(
             live,
             format!("{prefix}.backoff"),

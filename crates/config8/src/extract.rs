@@ -16,6 +16,7 @@ use crate::tree::{
     Ctx, KeyPath, Section, boolean, duration_at_least, float, go_duration, int, key_text,
     mapping_entries, non_empty, one_of, string, structured, uint,
 };
+use crate::window::ScanWindow;
 
 const PORT_MAX: i64 = 65535;
 /// Largest count accepted for pool sizes, attempts and the like.
@@ -595,11 +596,155 @@ fn workflow(
             }
         },
     };
+    let fairness = s.get(
+        ctx,
+        "fairness",
+        d.fairness,
+        one_of(&[("none", Fairness::None), ("company", Fairness::Company)]),
+    );
+    let company_weights = match s.take(ctx, "company_weights") {
+        None => BTreeMap::new(),
+        Some((path, value)) => string_map(
+            ctx,
+            &path,
+            value,
+            "a weight (a whole number from 1 to 1000)",
+            |v| uint(1, 1000)(v),
+        ),
+    };
+    let windows = match s.take(ctx, "windows") {
+        None => Vec::new(),
+        Some((path, value)) => windows(ctx, &path, value),
+    };
+    let retention = s.get(ctx, "retention", d.retention, days_or_go_duration);
     WorkflowSettings {
         granularity,
         rescan_after,
         stages,
+        fairness,
+        company_weights,
+        windows,
+        retention,
     }
+}
+
+/// A Go duration, or whole days first (`"30d"`, `"1d12h"`): the `d` unit the Go
+/// syntax lacks, for retention periods.
+fn days_or_go_duration(v: &Value) -> Result<Duration, String> {
+    const EXPECTED: &str =
+        "a Go duration such as \"720h\", or days such as \"30d\" (\"0s\" keeps everything)";
+    if let Value::String(text) = v {
+        let t = text.trim();
+        let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && t[digits..].starts_with('d') {
+            let days: u64 = t[..digits].parse().map_err(|_| EXPECTED.to_owned())?;
+            let rest = &t[digits + 1..];
+            let extra = if rest.is_empty() {
+                Duration::ZERO
+            } else {
+                crate::duration::parse(rest).map_err(|e| format!("{EXPECTED}: {e}"))?
+            };
+            return days
+                .checked_mul(24 * 3600)
+                .map(Duration::from_secs)
+                .and_then(|d| d.checked_add(extra))
+                .filter(|d| *d <= crate::duration::MAX)
+                .ok_or_else(|| format!("{EXPECTED}: out of range"));
+        }
+    }
+    go_duration(v).map_err(|_| EXPECTED.to_owned())
+}
+
+/// A list of scan windows (`Workflow.windows`, `Workflow.stages[].windows`); null is
+/// empty. Every bad value is a problem naming its key path.
+fn windows(ctx: &mut Ctx, path: &KeyPath, value: Value) -> Vec<ScanWindow> {
+    let items = match structured(value) {
+        Value::Null => return Vec::new(),
+        Value::Sequence(items) => items,
+        other => {
+            ctx.bad(
+                path,
+                &other,
+                "a list of windows such as [{days: [mon, fri], from: \"22:00\", to: \"06:00\", timezone: Europe/Madrid}]",
+            );
+            return Vec::new();
+        }
+    };
+    const TIME: &str = "a local time HH:MM or HH:MM:SS (24-hour clock), e.g. \"22:00\"";
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let wpath = path.index(i);
+        let mut s = Section::new(ctx, wpath.clone(), Some(item));
+        if !s.present {
+            ctx.problem(&wpath, "a window needs at least from and to");
+            continue;
+        }
+        let days = match s.take(ctx, "days") {
+            None => Vec::new(),
+            Some((p, v)) => {
+                let given = match &v {
+                    Value::Sequence(items) => items.len(),
+                    _ => 0,
+                };
+                let days = list(ctx, &p, v, "days", |d| {
+                    match d {
+                        Value::String(t) => crate::window::parse_day(t),
+                        _ => None,
+                    }
+                    .ok_or_else(|| "a day: mon, tue, wed, thu, fri, sat or sun".to_owned())
+                });
+                if given == 0 && days.is_empty() {
+                    ctx.problem(&p, "an empty list of days never opens: list days, or leave days out for every day");
+                }
+                days
+            }
+        };
+        let time = |s: &mut Section, ctx: &mut Ctx, name: &str| match s.take(ctx, name) {
+            None | Some((_, Value::Null)) => {
+                ctx.problem(&wpath.key(name), format!("missing: expected {TIME}"));
+                None
+            }
+            Some((p, v)) => {
+                let t = match &v {
+                    Value::String(t) => crate::window::parse_time(t),
+                    _ => None,
+                };
+                if t.is_none() {
+                    ctx.bad(&p, &v, TIME);
+                }
+                t
+            }
+        };
+        let from = time(&mut s, ctx, "from");
+        let to = time(&mut s, ctx, "to");
+        let timezone = s.get(ctx, "timezone", chrono_tz::UTC, |v| match v {
+            Value::String(t) => t.trim().parse::<chrono_tz::Tz>().map_err(|_| {
+                "an IANA time zone name such as \"Europe/Madrid\" or \"UTC\"".to_owned()
+            }),
+            _ => Err("an IANA time zone name such as \"Europe/Madrid\" or \"UTC\"".to_owned()),
+        });
+        s.finish(ctx);
+        let (Some(from), Some(to)) = (from, to) else {
+            continue;
+        };
+        if from == to {
+            ctx.problem(
+                &wpath.key("to"),
+                format!(
+                    "got {:?}, the same as from: a window needs from and to apart (leave windows out to always allow)",
+                    crate::window::format_time(to)
+                ),
+            );
+            continue;
+        }
+        out.push(ScanWindow {
+            days,
+            from,
+            to,
+            timezone,
+        });
+    }
+    out
 }
 
 fn stage(
@@ -681,6 +826,10 @@ fn stage(
             ("chain", StageProtocol::Chain),
         ]),
     );
+    let windows = match s.take(ctx, "windows") {
+        None | Some((_, Value::Null)) => None,
+        Some((p, v)) => Some(windows(ctx, &p, v)),
+    };
     s.finish(ctx);
     Some(StageSettings {
         name: name?,
@@ -696,6 +845,7 @@ fn stage(
         },
         max_in_flight,
         protocol,
+        windows,
     })
 }
 

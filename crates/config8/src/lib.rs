@@ -54,6 +54,7 @@ mod settings;
 mod tree;
 mod validate;
 mod watch;
+pub mod window;
 
 pub use diff::{ChangeReport, diff};
 pub use env::{
@@ -65,3 +66,4 @@ pub use render::render_redacted;
 pub use secret::Secret;
 pub use settings::*;
 pub use watch::{WatchHandle, WatchOptions, WatchStatus, watch, watch_with};
+pub use window::ScanWindow;

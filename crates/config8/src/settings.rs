@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::secret::Secret;
+use crate::window::ScanWindow;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -297,6 +298,32 @@ pub struct WorkflowSettings {
     pub rescan_after: Duration,
     /// `stages`, validated: names unique, dependencies known and acyclic.
     pub stages: Vec<StageSettings>,
+    /// `fairness`: how a stage's slots are shared when its `max_in_flight` binds.
+    pub fairness: Fairness,
+    /// `company_weights`: with `fairness: company`, a company's share of the slots
+    /// relative to the others (default 1 each; the key `""` weights the domains with
+    /// no company).
+    pub company_weights: BTreeMap<String, u32>,
+    /// `windows`: when stage jobs may be published (every stage without windows of its
+    /// own); empty: always.
+    pub windows: Vec<ScanWindow>,
+    /// `retention`: finished workflows older than this are deleted by the leader (30
+    /// days); zero keeps everything.
+    #[serde(serialize_with = "crate::duration::serialize")]
+    pub retention: Duration,
+}
+
+/// `Workflow.fairness`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fairness {
+    /// Oldest first (the due time, then the workflow id).
+    #[default]
+    None,
+    /// When a stage's `max_in_flight` binds, its slots go round-robin across
+    /// `companyname` values (no company is one company), weighted by
+    /// `company_weights`.
+    Company,
 }
 
 /// `Workflow.granularity`.
@@ -330,6 +357,9 @@ pub struct StageSettings {
     pub backoff: BackoffSettings,
     /// `max_in_flight`: jobs of this stage out at once; 0 = no limit.
     pub max_in_flight: u32,
+    /// `windows`: when this stage's jobs may be published, replacing
+    /// `Workflow.windows`; `None` (absent): `Workflow.windows` applies.
+    pub windows: Option<Vec<ScanWindow>>,
     /// `protocol`: how the stage's worker is driven (default `report`).
     pub protocol: StageProtocol,
 }
@@ -618,8 +648,32 @@ impl Default for SchedulerSettings {
     }
 }
 
+/// The default `Workflow.retention`: 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl WorkflowSettings {
+    /// The scan windows that apply to stage `name`: its own when it has some, else
+    /// `Workflow.windows`.
+    pub fn windows_of(&self, name: &str) -> &[ScanWindow] {
+        self.stages
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.windows.as_deref())
+            .unwrap_or(&self.windows)
+    }
+
+    /// The weight of company `name` (`None`: no company) under `company_weights`.
+    pub fn company_weight(&self, name: Option<&str>) -> u32 {
+        self.company_weights
+            .get(name.unwrap_or(""))
+            .copied()
+            .unwrap_or(1)
+    }
+}
+
 impl Default for WorkflowSettings {
-    /// per_domain, no cool-down, the [`DEFAULT_PIPELINE`] publishing to `cptm8`.
+    /// per_domain, no cool-down, the [`DEFAULT_PIPELINE`] publishing to `cptm8`, no
+    /// fairness, no windows, [`DEFAULT_RETENTION`].
     fn default() -> Self {
         WorkflowSettings::default_for(&OrchestratorSettings::default())
     }
@@ -643,6 +697,10 @@ impl WorkflowSettings {
                     stage
                 })
                 .collect(),
+            fairness: Fairness::None,
+            company_weights: BTreeMap::new(),
+            windows: Vec::new(),
+            retention: DEFAULT_RETENTION,
         }
     }
 }
@@ -662,6 +720,7 @@ impl StageSettings {
             backoff: BackoffSettings::default(),
             max_in_flight: 0,
             protocol: StageProtocol::Report,
+            windows: None,
         }
     }
 

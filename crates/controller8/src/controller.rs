@@ -264,6 +264,7 @@ impl Controller {
             engine.clone(),
             self.changes.clone(),
         )));
+        tasks.push(tokio::spawn(scheduler::retention_loop(engine.clone())));
         match mode {
             SchedulerMode::Bootstrap => {
                 tasks.push(tokio::spawn(scheduler::tick_loop(

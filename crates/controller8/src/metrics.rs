@@ -72,6 +72,7 @@ pub struct Metrics {
     workflows_completed: Counter,
     workflows_failed: Counter,
     workflows_cancelled: Counter,
+    workflows_pruned: Counter,
     stage_publishes: Family<StageLabel, Counter>,
     stage_publish_nacks: Family<StageLabel, Counter>,
     stage_publish_unroutable: Family<StageLabel, Counter>,
@@ -111,6 +112,7 @@ impl Metrics {
             workflows_completed: Counter::default(),
             workflows_failed: Counter::default(),
             workflows_cancelled: Counter::default(),
+            workflows_pruned: Counter::default(),
             stage_publishes: Family::default(),
             stage_publish_nacks: Family::default(),
             stage_publish_unroutable: Family::default(),
@@ -133,6 +135,11 @@ impl Metrics {
             "workflows_started",
             "Workflows created",
             m.workflows_started.clone(),
+        );
+        r.register(
+            "workflows_pruned",
+            "Finished workflows deleted by retention (Workflow.retention)",
+            m.workflows_pruned.clone(),
         );
         r.register(
             "workflows_completed",
@@ -244,6 +251,11 @@ impl Metrics {
     /// `count` workflows were created.
     pub fn workflows_started(&self, count: u64) {
         self.workflows_started.inc_by(count);
+    }
+
+    /// `count` finished workflows were deleted by retention.
+    pub fn workflows_pruned(&self, count: u64) {
+        self.workflows_pruned.inc_by(count);
     }
 
     /// A workflow completed (its last stage completed).

@@ -7,6 +7,8 @@
 //! - the **dispatch loop** (managed mode, leader only): timeouts and stage dispatch,
 //!   woken by new workflows, results, resumes, retry and deadline times, the end of a
 //!   backpressure pause, and at least every `Tuning::due_poll`;
+//! - the **retention loop** (leader only, both modes): deletes old finished workflows
+//!   when this replica becomes leader and every minute (`Workflow.retention`);
 //! - the **feed loop**: turns domain change events into wake-ups of the tick loop,
 //!   resubscribing (with a resync) when the feed fails.
 
@@ -164,6 +166,30 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
         tokio::select! {
             _ = tokio::time::sleep(until(now, next)) => {}
             _ = engine.dispatch_wake.notified() => {}
+            r = role.changed(), if role_open => role_open = r.is_ok(),
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+}
+
+/// The retention loop: a [`Engine::prune`] pass when this replica becomes leader and
+/// every [`RETENTION_EVERY`](crate::engine::retention::RETENTION_EVERY); a failure is
+/// logged and retried at the next pass.
+pub(crate) async fn retention_loop(engine: Arc<Engine>) {
+    let mut role = engine.role.clone();
+    let mut shutdown = engine.shutdown.clone();
+    let mut role_open = true;
+    loop {
+        if engine.stopping() {
+            break;
+        }
+        if engine.is_leader()
+            && let Err(e) = engine.prune().await
+        {
+            tracing::warn!(error = %e, "retention pass failed; retried at the next one");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::engine::retention::RETENTION_EVERY) => {}
             r = role.changed(), if role_open => role_open = r.is_ok(),
             _ = shutdown.wait_for(|s| *s) => break,
         }

@@ -577,6 +577,18 @@ impl WorkflowRepository for FailingResults {
     ) -> Result<std::collections::HashMap<String, u64>, DbError> {
         self.inner.in_flight_counts(now).await
     }
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        self.inner.prune_finished(ended_before, limit).await
+    }
+
+    async fn mark_requested(&self, ids: &[model8::WorkflowId]) -> Result<u64, DbError> {
+        self.inner.mark_requested(ids).await
+    }
+
     async fn claim_due(
         &self,
         stage: &str,
@@ -586,6 +598,20 @@ impl WorkflowRepository for FailingResults {
         limit: usize,
     ) -> Result<Vec<ClaimedStage>, DbError> {
         self.inner.claim_due(stage, owner, now, lease, limit).await
+    }
+
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: uuid::Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        self.inner
+            .claim_due_fair(stage, owner, now, lease, limit, weights)
+            .await
     }
     async fn mark_running(
         &self,

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use crate::engine::Engine;
 
-/// Delegates everything to the engine's repository.
+/// Delegates everything to the engine's repository; the views it returns show the
+/// stages waiting for their scan window ([`Engine::annotate_windows`]).
 pub(crate) struct WakingWorkflows {
     pub(crate) engine: Arc<Engine>,
 }
@@ -73,6 +74,18 @@ impl WorkflowRepository for WakingWorkflows {
         self.repo().in_flight_counts(now).await
     }
 
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        self.repo().prune_finished(ended_before, limit).await
+    }
+
+    async fn mark_requested(&self, ids: &[model8::WorkflowId]) -> Result<u64, DbError> {
+        self.repo().mark_requested(ids).await
+    }
+
     async fn claim_due(
         &self,
         stage: &str,
@@ -82,6 +95,20 @@ impl WorkflowRepository for WakingWorkflows {
         limit: usize,
     ) -> Result<Vec<ClaimedStage>, DbError> {
         self.repo().claim_due(stage, owner, now, lease, limit).await
+    }
+
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        self.repo()
+            .claim_due_fair(stage, owner, now, lease, limit, weights)
+            .await
     }
 
     async fn mark_running(
@@ -127,11 +154,16 @@ impl WorkflowRepository for WakingWorkflows {
     }
 
     async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError> {
-        self.repo().list(filter).await
+        let mut views = self.repo().list(filter).await?;
+        self.engine.annotate_windows(&mut views);
+        Ok(views)
     }
 
     async fn get(&self, id: WorkflowId) -> Result<WorkflowView, DbError> {
-        self.repo().get(id).await
+        let mut view = self.repo().get(id).await?;
+        self.engine
+            .annotate_windows(std::slice::from_mut(&mut view));
+        Ok(view)
     }
 
     async fn cancel(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {

@@ -4,7 +4,7 @@
 //! Times are passed in by the caller (never read from the database clock), so the
 //! in-memory and PostgreSQL implementations behave identically under a test clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -204,6 +204,24 @@ pub trait WorkflowRepository: Send + Sync {
         limit: usize,
     ) -> Result<Vec<DomainRef>, DbError>;
 
+    /// Marks workflows as started on request ("scan now"): with
+    /// [`WorkflowRepository::claim_due_fair`] their attempts go ahead of every other
+    /// due attempt. Returns how many were marked.
+    async fn mark_requested(&self, ids: &[WorkflowId]) -> Result<u64, DbError>;
+
+    /// Retention: deletes at most `limit` finished (terminal) workflows that ended
+    /// before `ended_before`, oldest first, with their stage runs and domains, in one
+    /// short transaction; never an active one, and a workflow being changed (locked)
+    /// now is skipped (taken by a later call). Before they go, each of their domains'
+    /// latest end is kept (a small per-domain record), so that
+    /// [`WorkflowRepository::idle_domains`] and [`WorkflowRepository::last_ended_at`]
+    /// answer as if they were still there. Returns how many were deleted.
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError>;
+
     /// Whether any workflow is active (non-terminal); used by `per_cycle`.
     async fn any_active(&self) -> Result<bool, DbError>;
 
@@ -223,6 +241,27 @@ pub trait WorkflowRepository: Send + Sync {
         now: DateTime<Utc>,
         lease: Duration,
         limit: usize,
+    ) -> Result<Vec<ClaimedStage>, DbError>;
+
+    /// [`WorkflowRepository::claim_due`] in the fair order of `Workflow.fairness:
+    /// company`: the due attempts are grouped by the company of their workflow's first
+    /// domain (`companyname`; the empty name, for domains without a company, is one
+    /// company of its own) and the `k`-th oldest due attempt of a company (from 0) is
+    /// ranked `(in_flight + k) / weight`, where `in_flight` is how many attempts of
+    /// `stage` of that company are claimed or running now and `weight` is
+    /// `weights[company]` (1 when absent). Attempts of workflows marked with
+    /// [`WorkflowRepository::mark_requested`] come first, then the lowest ranks (ties:
+    /// oldest first). Every claim so takes the companies in turn, each in proportion
+    /// to its weight, and the order depends only on the stored state, so it stays
+    /// fair across restarts and failovers.
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &BTreeMap<String, u32>,
     ) -> Result<Vec<ClaimedStage>, DbError>;
 
     /// After a confirmed publish: the claimed attempts become `running` with the given

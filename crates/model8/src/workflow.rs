@@ -214,6 +214,11 @@ pub struct StageView {
     /// (a time-out); `null` when none was given. Free-form text or JSON: render as
     /// text.
     pub detail: Option<serde_json::Value>,
+    /// "Waiting for window until T": set when the stage is due (`pending`, its workflow
+    /// not paused) but outside its scan windows (`Workflow.windows`); the time its next
+    /// window opens. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_window_until: Option<GoTime>,
 }
 
 /// A workflow as the API shows it.

@@ -285,6 +285,7 @@ mod tests {
                     started_at: None,
                     finished_at: None,
                     detail: None,
+                    waiting_for_window_until: None,
                 })
                 .collect(),
         }

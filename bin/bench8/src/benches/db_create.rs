@@ -8,7 +8,7 @@
 //! ALL)`: same columns, defaults, checks and indexes; no foreign keys), in one
 //! transaction. Goal: within 3x (ratio >= 0.333).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use db8::{NewWorkflow, StagePlan, WorkflowRepository};
 use model8::DomainRef;
@@ -17,7 +17,7 @@ use super::Outcomes;
 use crate::ctx::{Ctx, list, median};
 use crate::floors::pg::{copy_in, copy_out};
 use crate::report::{Better, Failure, Measured, Spec};
-use crate::services::{TempDatabase, lock_shared};
+use crate::services::TempDatabase;
 use crate::workload::insert_domains;
 
 /// The rows.
@@ -31,11 +31,7 @@ pub const SPECS: &[Spec] = &[Spec {
 
 /// Runs the benchmark.
 pub async fn run(ctx: &Ctx) -> Outcomes {
-    let _lock = lock_shared(Duration::from_secs(600)).await?;
-    let db = TempDatabase::create().await?;
-    let result = measure(ctx, &db).await;
-    db.drop_now().await;
-    result
+    TempDatabase::with(async |db| measure(ctx, db).await).await
 }
 
 /// The workflows of `domains`, one per domain, with the default pipeline.

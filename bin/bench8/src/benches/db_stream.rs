@@ -21,7 +21,7 @@ use crate::cli::ChildDbStreamArgs;
 use crate::ctx::{Ctx, list, median};
 use crate::floors::pg::psql_copy_out;
 use crate::report::{Better, Failure, Measured, Spec};
-use crate::services::{TempDatabase, lock_shared};
+use crate::services::TempDatabase;
 use crate::workload::insert_domains;
 
 /// The rows.
@@ -57,11 +57,7 @@ struct ChildReport {
 
 /// Runs the benchmark.
 pub async fn run(ctx: &Ctx) -> Outcomes {
-    let _lock = lock_shared(Duration::from_secs(600)).await?;
-    let db = TempDatabase::create().await?;
-    let result = measure(ctx, &db).await;
-    db.drop_now().await;
-    result
+    TempDatabase::with(async |db| measure(ctx, db).await).await
 }
 
 async fn measure(ctx: &Ctx, db: &TempDatabase) -> Outcomes {

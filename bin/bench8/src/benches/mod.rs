@@ -7,7 +7,9 @@ pub mod amqp_publish;
 pub mod amqp_recovery;
 pub mod db_create;
 pub mod db_stream;
+pub mod fairness;
 pub mod managed;
+pub mod retention;
 
 use crate::ctx::Ctx;
 use crate::report::{Failure, Measured, Row, Spec};
@@ -58,6 +60,16 @@ pub const ALL: &[Bench] = &[
         about: "orchestratorm8 launch, managed per_domain: 100,000 domains to stage-1 jobs; RSS, idle CPU",
         specs: managed::SPECS,
     },
+    Bench {
+        name: "fairness",
+        about: "Workflow.fairness: company: small company's p99 wait behind 20,000 domains, max_in_flight 10, vs its fair share",
+        specs: fairness::SPECS,
+    },
+    Bench {
+        name: "retention",
+        about: "db8 prune_finished of 1,000,000 finished workflows beside a 10,000-workflow fan-out vs the fan-out alone; tables afterwards",
+        specs: retention::SPECS,
+    },
 ];
 
 /// Runs `bench` and turns its outcomes into rows, one per spec.
@@ -69,6 +81,8 @@ pub async fn run(bench: &Bench, ctx: &Ctx) -> Vec<Row> {
         "amqp_consume" => amqp_consume::run(ctx).await,
         "amqp_recovery" => amqp_recovery::run(ctx).await,
         "managed" => managed::run(ctx).await,
+        "fairness" => fairness::run(ctx).await,
+        "retention" => retention::run(ctx).await,
         other => Err(Failure::Error(format!("no runner for {other}"))),
     };
     rows(bench.specs, outcomes)

@@ -148,6 +148,12 @@ impl Engine {
             if budget == Some(0) {
                 continue;
             }
+            if let Some(opens) = self.window_closed_until(&stage.name, self.now()) {
+                // Outside the stage's scan windows: nothing is claimed; the loop
+                // sleeps until the next window opens (or something else wakes it).
+                self.dispatch_wake.at(opens);
+                continue;
+            }
             match self.dispatch_stage(stage, budget).await {
                 Ok(o) => {
                     report.published += o.confirmed;
@@ -237,7 +243,7 @@ impl Engine {
                 && self.is_leader();
             if can_claim {
                 want = limit.min(remaining);
-                claiming = Some(Box::pin(self.claim(&stage.name, want)));
+                claiming = Some(Box::pin(self.claim(stage, want)));
             }
             if claiming.is_none() && publishing.is_empty() && recording.is_empty() {
                 break;
@@ -299,17 +305,40 @@ impl Engine {
         }
     }
 
-    /// Claims up to `want` due attempts of `stage`.
-    async fn claim(&self, stage: &str, want: usize) -> Result<Vec<ClaimedStage>, DbError> {
+    /// Claims up to `want` due attempts of `stage`: oldest first, or, with
+    /// `Workflow.fairness: company` and a `max_in_flight` limit, in the fair order
+    /// across companies ([`db8::WorkflowRepository::claim_due_fair`]). Without a limit
+    /// every due attempt is claimed anyway, and the cheaper oldest-first claim is kept.
+    async fn claim(
+        &self,
+        stage: &StageSettings,
+        want: usize,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
         let started = std::time::Instant::now();
-        let claimed = self
-            .workflows
-            .claim_due(stage, self.owner, self.now(), self.tuning.claim_lease, want)
-            .await;
+        let settings = self.settings();
+        let (name, now, lease) = (stage.name.as_str(), self.now(), self.tuning.claim_lease);
+        let claimed = if settings.workflow.fairness == config8::Fairness::Company
+            && stage.max_in_flight > 0
+        {
+            self.workflows
+                .claim_due_fair(
+                    name,
+                    self.owner,
+                    now,
+                    lease,
+                    want,
+                    &settings.workflow.company_weights,
+                )
+                .await
+        } else {
+            self.workflows
+                .claim_due(name, self.owner, now, lease, want)
+                .await
+        };
         if let Ok(c) = &claimed
             && !c.is_empty()
         {
-            tracing::debug!(stage, claimed = c.len(), elapsed = ?started.elapsed(), "claimed stage attempts");
+            tracing::debug!(stage = name, claimed = c.len(), elapsed = ?started.elapsed(), "claimed stage attempts");
         }
         claimed
     }
@@ -326,6 +355,14 @@ impl Engine {
             // Leadership lost (or shutting down) between claim and publish: give the
             // work back at once rather than publish as a non-leader.
             self.release(&stage.name, &keys, self.now()).await;
+            return Ok(Published::default());
+        }
+        if let Some(opens) = self.window_closed_until(&stage.name, self.now()) {
+            // Every publish passes here (the dispatcher's rounds and the starter's
+            // publish at creation): a batch claimed just before the stage's window
+            // closed is given back, to be published when it opens again.
+            self.release(&stage.name, &keys, self.now()).await;
+            self.dispatch_wake.at(opens);
             return Ok(Published::default());
         }
         let protocol = super::protocol::of(stage.protocol);

@@ -10,14 +10,21 @@ pub(crate) mod backoff;
 mod chain_tests;
 pub(crate) mod dispatcher;
 pub(crate) mod error_feed;
+#[cfg(test)]
+mod fairness_tests;
 pub(crate) mod notify;
 pub(crate) mod pipeline;
 pub(crate) mod protocol;
 pub(crate) mod results;
+pub(crate) mod retention;
+#[cfg(test)]
+mod retention_tests;
 pub(crate) mod starter;
 #[cfg(test)]
 mod tests;
 pub(crate) mod timeouts;
+#[cfg(test)]
+mod window_tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -208,6 +215,46 @@ impl Engine {
         match self.plan.stage(name) {
             Some(s) => with_live_tunables(s, &self.settings()),
             None => StageSettings::new(name, config8::DEFAULT_EXCHANGE),
+        }
+    }
+
+    /// When stage `name` may not publish at `now` (outside every one of its scan
+    /// windows, read live): the time its next window opens. `None`: it may publish.
+    pub(crate) fn window_closed_until(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let settings = self.settings();
+        config8::window::closed_until(settings.workflow.windows_of(name), now)
+    }
+
+    /// Sets [`model8::StageView::waiting_for_window_until`] on the due (`pending`)
+    /// stages of active (`pending` or `running`) workflows that are outside their scan
+    /// windows now.
+    pub(crate) fn annotate_windows(&self, views: &mut [model8::WorkflowView]) {
+        use model8::{GoTime, StageStatus, WorkflowStatus};
+        let settings = self.settings();
+        let now = self.now();
+        if settings.workflow.windows.is_empty()
+            && settings.workflow.stages.iter().all(|s| s.windows.is_none())
+        {
+            return;
+        }
+        let mut closed: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
+        for v in views {
+            if !matches!(v.status, WorkflowStatus::Pending | WorkflowStatus::Running) {
+                continue;
+            }
+            for s in &mut v.stages {
+                if s.status != StageStatus::Pending {
+                    continue;
+                }
+                let until = *closed.entry(s.name.clone()).or_insert_with(|| {
+                    config8::window::closed_until(settings.workflow.windows_of(&s.name), now)
+                });
+                s.waiting_for_window_until = until.map(GoTime::from_utc);
+            }
         }
     }
 

@@ -49,6 +49,7 @@ fn created_view(new: &NewWorkflow, now: DateTime<Utc>) -> WorkflowView {
                 started_at: None,
                 finished_at: None,
                 detail: None,
+                waiting_for_window_until: None,
             })
             .collect(),
     }
@@ -270,8 +271,8 @@ impl Engine {
     }
 
     /// The claim new workflows are created with: the stages without dependencies
-    /// that take full batches now (no backpressure) and have no `max_in_flight`
-    /// limit, as leader; `None` when there is none.
+    /// that take full batches now (no backpressure), have no `max_in_flight` limit
+    /// and are inside their scan windows, as leader; `None` when there is none.
     fn initial_claim(&self, stages: &[StageSettings]) -> Option<InitialClaim> {
         if !self.is_leader() || self.stopping() {
             return None;
@@ -283,6 +284,7 @@ impl Engine {
                 s.depends_on.is_empty()
                     && s.max_in_flight == 0
                     && self.takes_full_batches(&s.name, now)
+                    && self.window_closed_until(&s.name, now).is_none()
             })
             .map(|s| s.name.clone())
             .collect();
@@ -492,6 +494,12 @@ impl ScanNow for EngineScanNow {
         &self,
         domain_ids: Option<Vec<Uuid>>,
     ) -> Result<Vec<WorkflowView>, ScanNowError> {
-        self.0.scan(domain_ids).await
+        let mut views = self.0.scan(domain_ids).await?;
+        // Ahead of the backlog where slots are shared fairly (a claim between the
+        // creation and this mark takes them in the usual order).
+        let ids: Vec<Uuid> = views.iter().map(|v| v.id).collect();
+        self.0.workflows.mark_requested(&ids).await?;
+        self.0.annotate_windows(&mut views);
+        Ok(views)
     }
 }

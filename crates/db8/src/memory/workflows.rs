@@ -1,7 +1,7 @@
 //! [`WorkflowRepository`] in memory: the same state machine as the SQL of
 //! `crate::pg::workflows`, written in Rust.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,6 +35,37 @@ pub(super) struct Workflows {
     active_single: HashMap<Uuid, WorkflowId>,
     /// The keys of the ring messages applied.
     ring_keys: std::collections::HashSet<String>,
+    /// Per domain, the latest end of its workflows deleted by retention
+    /// (`orchestratorm8_domain_last_ended`).
+    last_ended: HashMap<Uuid, DateTime<Utc>>,
+}
+
+impl Workflows {
+    /// Claims stage `stage` of the workflows `ids` (which have it) for `owner` until
+    /// `until`, in that order.
+    fn claim(
+        &mut self,
+        ids: impl Iterator<Item = WorkflowId>,
+        stage: &str,
+        owner: Uuid,
+        until: DateTime<Utc>,
+    ) -> Vec<ClaimedStage> {
+        ids.map(|id| {
+            let wf = self.by_id.get_mut(&id).expect("listed by the caller");
+            let s = wf.stage_mut(stage).expect("listed by the caller");
+            s.claim_owner = Some(owner);
+            s.claim_until = Some(until);
+            ClaimedStage {
+                key: StageKey {
+                    workflow_id: id,
+                    stage: stage.to_owned(),
+                    attempt: s.attempt + 1,
+                },
+                domains: wf.domains.clone(),
+            }
+        })
+        .collect()
+    }
 }
 
 struct Wf {
@@ -45,6 +76,8 @@ struct Wf {
     updated_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
     active_domain: Option<Uuid>,
+    /// Started on request ("scan now"): ahead of the backlog in fair claims.
+    requested: bool,
     domains: Vec<DomainRef>,
     stages: Vec<Stage>,
 }
@@ -103,6 +136,7 @@ impl Wf {
                     started_at: s.started_at.map(GoTime::from_utc),
                     finished_at: s.finished_at.map(GoTime::from_utc),
                     detail: s.detail.clone(),
+                    waiting_for_window_until: None,
                 })
                 .collect(),
         }
@@ -249,6 +283,7 @@ impl MemoryStore {
                     updated_at: now,
                     ended_at: None,
                     active_domain: single,
+                    requested: false,
                     domains: new.domains.clone(),
                     stages,
                 },
@@ -288,13 +323,14 @@ impl WorkflowRepository for MemoryStore {
         let state = self.state()?;
         let wfs = &state.workflows;
         let busy = |id: &Uuid| {
-            wfs.by_domain.get(id).is_some_and(|ids| {
-                ids.iter().any(|w| {
-                    wfs.by_id[w]
-                        .ended_at
-                        .is_none_or(|ended| ended > ended_before)
+            wfs.last_ended.get(id).is_some_and(|e| *e > ended_before)
+                || wfs.by_domain.get(id).is_some_and(|ids| {
+                    ids.iter().any(|w| {
+                        wfs.by_id[w]
+                            .ended_at
+                            .is_none_or(|ended| ended > ended_before)
+                    })
                 })
-            })
         };
         let start = match after {
             Some(a) => std::ops::Bound::Excluded(a),
@@ -320,13 +356,57 @@ impl WorkflowRepository for MemoryStore {
     }
 
     async fn last_ended_at(&self) -> Result<Option<DateTime<Utc>>, DbError> {
-        Ok(self
-            .state()?
-            .workflows
+        let state = self.state()?;
+        let wfs = &state.workflows;
+        Ok(wfs
             .by_id
             .values()
             .filter_map(|w| w.ended_at)
+            .chain(wfs.last_ended.values().copied())
             .max())
+    }
+
+    async fn mark_requested(&self, ids: &[WorkflowId]) -> Result<u64, DbError> {
+        let mut state = self.state()?;
+        let mut n = 0;
+        for id in ids {
+            if let Some(w) = state.workflows.by_id.get_mut(id) {
+                w.requested = true;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        let ended_before = db_precision(ended_before);
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let mut old: Vec<(DateTime<Utc>, WorkflowId)> = wfs
+            .by_id
+            .values()
+            .filter_map(|w| w.ended_at.filter(|e| *e < ended_before).map(|e| (e, w.id)))
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        for (ended, id) in &old {
+            let w = wfs.by_id.remove(id).expect("listed above");
+            for d in &w.domains {
+                let last = wfs.last_ended.entry(d.id).or_insert(*ended);
+                *last = (*last).max(*ended);
+                if let Some(ids) = wfs.by_domain.get_mut(&d.id) {
+                    ids.retain(|x| x != id);
+                    if ids.is_empty() {
+                        wfs.by_domain.remove(&d.id);
+                    }
+                }
+            }
+        }
+        Ok(old.len() as u64)
     }
 
     async fn in_flight_counts(&self, now: DateTime<Utc>) -> Result<HashMap<String, u64>, DbError> {
@@ -370,22 +450,74 @@ impl WorkflowRepository for MemoryStore {
             .collect();
         due.sort();
         due.truncate(limit);
-        let mut claimed = Vec::with_capacity(due.len());
-        for (_, id) in due {
-            let wf = wfs.by_id.get_mut(&id).expect("listed above");
-            let s = wf.stage_mut(stage).expect("listed above");
-            s.claim_owner = Some(owner);
-            s.claim_until = Some(until);
-            claimed.push(ClaimedStage {
-                key: StageKey {
-                    workflow_id: id,
-                    stage: stage.to_owned(),
-                    attempt: s.attempt + 1,
-                },
-                domains: wf.domains.clone(),
-            });
+        Ok(wfs.claim(due.into_iter().map(|(_, id)| id), stage, owner, until))
+    }
+
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        let now = db_precision(now);
+        let until = db_precision(plus(now, lease));
+        let mut state = self.state()?;
+        let wfs = &mut state.workflows;
+        let company = |w: &Wf| {
+            w.domains
+                .first()
+                .map(|d| d.companyname.clone())
+                .unwrap_or_default()
+        };
+        // Per company: attempts of `stage` claimed or running now, and the due ones.
+        let mut busy: HashMap<String, u64> = HashMap::new();
+        let mut due: HashMap<String, Vec<(DateTime<Utc>, WorkflowId, bool)>> = HashMap::new();
+        for w in wfs.by_id.values() {
+            let Some(s) = w.stages.iter().find(|s| s.name == stage) else {
+                continue;
+            };
+            let claimed =
+                s.status == StageStatus::Pending && s.claim_until.is_some_and(|u| u > now);
+            if s.status == StageStatus::Running || claimed {
+                *busy.entry(company(w)).or_insert(0) += 1;
+            }
+            if matches!(w.status, WorkflowStatus::Pending | WorkflowStatus::Running)
+                && s.status == StageStatus::Pending
+                && !claimed
+                && let Some(nb) = s.not_before.filter(|nb| *nb <= now)
+            {
+                due.entry(company(w))
+                    .or_default()
+                    .push((nb, w.id, w.requested));
+            }
         }
-        Ok(claimed)
+        // Requested first, then rank (in_flight + k) / weight, then oldest first: as the
+        // PostgreSQL query.
+        let mut ranked: Vec<(bool, f64, DateTime<Utc>, WorkflowId)> = Vec::new();
+        for (c, mut items) in due {
+            items.sort();
+            let b = busy.get(&c).copied().unwrap_or(0) as f64;
+            let w = f64::from(weights.get(&c).copied().unwrap_or(1).max(1));
+            for (k, (nb, id, requested)) in items.into_iter().enumerate() {
+                ranked.push((!requested, (b + k as f64) / w, nb, id));
+            }
+        }
+        ranked.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
+        ranked.truncate(limit);
+        Ok(wfs.claim(
+            ranked.into_iter().map(|(_, _, _, id)| id),
+            stage,
+            owner,
+            until,
+        ))
     }
 
     async fn mark_running(

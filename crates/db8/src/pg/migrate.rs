@@ -48,6 +48,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "observed ring",
         sql: include_str!("migrations/0006_observed_ring.sql"),
     },
+    Migration {
+        version: 7,
+        name: "retention and scan-now mark",
+        sql: include_str!("migrations/0007_retention.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).

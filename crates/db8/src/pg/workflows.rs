@@ -6,7 +6,7 @@
 //! Transitions re-check the state they expect in their `WHERE` clause, so a duplicate
 //! or stale caller changes nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -240,6 +240,7 @@ impl PgStore {
                 started_at: r.get::<_, Option<DateTime<Utc>>>(5).map(GoTime::from_utc),
                 finished_at: r.get::<_, Option<DateTime<Utc>>>(6).map(GoTime::from_utc),
                 detail: r.get(7),
+                waiting_for_window_until: None,
             });
         }
         heads
@@ -598,6 +599,8 @@ impl WorkflowRepository for PgStore {
                    LIMIT 1) b ON true \
                  WHERE d.enabled AND d.id IS NOT NULL AND ($2::uuid IS NULL OR d.id > $2) \
                    AND b.busy IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM orchestratorm8_domain_last_ended le \
+                                   WHERE le.domain_id = d.id AND le.ended_at > $1) \
                  ORDER BY d.id LIMIT $3",
                 &[&ended_before, &after, &sql_limit(limit)],
             )
@@ -629,10 +632,73 @@ impl WorkflowRepository for PgStore {
     async fn last_ended_at(&self) -> Result<Option<DateTime<Utc>>, DbError> {
         let conn = self.conn().await?;
         let row = conn
-            .query_one("SELECT max(ended_at) FROM orchestratorm8_workflow", &[])
+            .query_one(
+                "SELECT greatest( \
+                   (SELECT max(ended_at) FROM orchestratorm8_workflow), \
+                   (SELECT max(ended_at) FROM orchestratorm8_domain_last_ended))",
+                &[],
+            )
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))
+    }
+
+    async fn mark_requested(&self, ids: &[WorkflowId]) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let conn = self.conn().await?;
+        conn.execute(
+            "UPDATE orchestratorm8_workflow SET requested = true WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    async fn prune_finished(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let conn = self.conn().await?;
+        // One statement, one short transaction: the oldest finished workflows are
+        // locked (skipping any being changed now: a result, a retry), their domains'
+        // latest end is kept, then their rows go. The row lock re-checks `ended_at`,
+        // so a workflow made active again meanwhile (retried) is left alone.
+        let row = conn
+            .query_one(
+                "WITH victim AS ( \
+                   SELECT id, ended_at FROM orchestratorm8_workflow \
+                   WHERE ended_at IS NOT NULL AND ended_at < $1 \
+                   ORDER BY ended_at LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED \
+                 ), kept AS ( \
+                   INSERT INTO orchestratorm8_domain_last_ended AS le (domain_id, ended_at) \
+                   SELECT wd.domain_id, max(v.ended_at) FROM victim v \
+                   JOIN orchestratorm8_workflow_domain wd ON wd.workflow_id = v.id \
+                   GROUP BY wd.domain_id \
+                   ON CONFLICT (domain_id) DO UPDATE \
+                     SET ended_at = greatest(le.ended_at, excluded.ended_at) \
+                 ), runs AS ( \
+                   DELETE FROM orchestratorm8_stage_run s USING victim v \
+                   WHERE s.workflow_id = v.id \
+                 ), doms AS ( \
+                   DELETE FROM orchestratorm8_workflow_domain d USING victim v \
+                   WHERE d.workflow_id = v.id \
+                 ), gone AS ( \
+                   DELETE FROM orchestratorm8_workflow w USING victim v \
+                   WHERE w.id = v.id RETURNING 1 \
+                 ) \
+                 SELECT count(*) FROM gone",
+                &[&ended_before, &sql_limit(limit)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     async fn in_flight_counts(&self, now: DateTime<Utc>) -> Result<HashMap<String, u64>, DbError> {
@@ -689,42 +755,87 @@ impl WorkflowRepository for PgStore {
             )
             .await
             .map_err(|e| self.err(e))?;
-        let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
-            .iter()
-            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1)) + 1))
-            .collect();
-        claimed.sort();
-        let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
-        let mut domains: HashMap<Uuid, Vec<DomainRef>> = HashMap::new();
-        if !ids.is_empty() {
-            for r in conn
-                .query(
-                    "SELECT workflow_id, domain_id, name, companyname \
-                     FROM orchestratorm8_workflow_domain WHERE workflow_id = ANY($1) \
-                     ORDER BY workflow_id, position",
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.err(e))?
-            {
-                domains.entry(r.get(0)).or_default().push(DomainRef {
-                    id: r.get(1),
-                    name: r.get(2),
-                    companyname: r.get(3),
-                });
-            }
+        self.claimed_with_domains(&conn, &rows, stage).await
+    }
+
+    async fn claim_due_fair(
+        &self,
+        stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        Ok(claimed
-            .into_iter()
-            .map(|(_, id, attempt)| ClaimedStage {
-                key: StageKey {
-                    workflow_id: id,
-                    stage: stage.to_owned(),
-                    attempt,
-                },
-                domains: domains.remove(&id).unwrap_or_default(),
-            })
-            .collect())
+        let until = plus(now, lease);
+        let (companies, factors): (Vec<&str>, Vec<f64>) = weights
+            .iter()
+            .map(|(c, w)| (c.as_str(), f64::from((*w).max(1))))
+            .unzip();
+        let conn = self.conn().await?;
+        // Ranked without locks (window functions cannot lock), then the picked rows
+        // are locked and re-checked as in `claim_due`; a row taken meanwhile is
+        // skipped (the claim returns fewer).
+        let rows = conn
+            .query(
+                "WITH due AS ( \
+                   SELECT s.workflow_id, s.not_before, d.companyname AS company, w.requested, \
+                          row_number() OVER (PARTITION BY d.companyname \
+                                             ORDER BY s.not_before, s.workflow_id) - 1 AS k \
+                   FROM orchestratorm8_stage_run s \
+                   JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
+                   JOIN orchestratorm8_workflow_domain d \
+                     ON d.workflow_id = s.workflow_id AND d.position = 0 \
+                   WHERE s.stage = $1 AND s.status = 'pending' AND s.not_before <= $2 \
+                     AND (s.claim_until IS NULL OR s.claim_until <= $2) \
+                     AND w.status IN ('pending', 'running') \
+                 ), busy AS ( \
+                   SELECT d.companyname AS company, count(*) AS n \
+                   FROM orchestratorm8_stage_run s \
+                   JOIN orchestratorm8_workflow_domain d \
+                     ON d.workflow_id = s.workflow_id AND d.position = 0 \
+                   WHERE s.stage = $1 \
+                     AND (s.status = 'running' OR (s.status = 'pending' AND s.claim_until > $2)) \
+                   GROUP BY d.companyname \
+                 ), weight AS ( \
+                   SELECT * FROM unnest($6::text[], $7::float8[]) AS t(company, w) \
+                 ), pick AS ( \
+                   SELECT due.workflow_id FROM due \
+                   LEFT JOIN busy ON busy.company = due.company \
+                   LEFT JOIN weight ON weight.company = due.company \
+                   ORDER BY NOT due.requested, \
+                            (coalesce(busy.n, 0) + due.k)::float8 / coalesce(weight.w, 1), \
+                            due.not_before, due.workflow_id \
+                   LIMIT $3 \
+                 ), locked AS ( \
+                   SELECT s.workflow_id FROM orchestratorm8_stage_run s \
+                   JOIN pick ON pick.workflow_id = s.workflow_id \
+                   JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
+                   WHERE s.stage = $1 AND s.status = 'pending' AND s.not_before <= $2 \
+                     AND (s.claim_until IS NULL OR s.claim_until <= $2) \
+                     AND w.status IN ('pending', 'running') \
+                   FOR UPDATE OF s SKIP LOCKED \
+                   FOR SHARE OF w SKIP LOCKED \
+                 ) \
+                 UPDATE orchestratorm8_stage_run s SET claim_owner = $4, claim_until = $5 \
+                 FROM locked WHERE s.workflow_id = locked.workflow_id AND s.stage = $1 \
+                 RETURNING s.workflow_id, s.attempt, s.not_before",
+                &[
+                    &stage,
+                    &now,
+                    &sql_limit(limit),
+                    &owner,
+                    &until,
+                    &companies,
+                    &factors,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        self.claimed_with_domains(&conn, &rows, stage).await
     }
 
     async fn mark_running(
@@ -1040,5 +1151,53 @@ impl WorkflowRepository for PgStore {
         let views = self.views(&tx, &heads).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(views)
+    }
+}
+
+impl PgStore {
+    /// The claimed attempts of `stage` (rows of `workflow_id, attempt, not_before`),
+    /// oldest first, with their workflows' domains.
+    async fn claimed_with_domains(
+        &self,
+        conn: &tokio_postgres::Client,
+        rows: &[Row],
+        stage: &str,
+    ) -> Result<Vec<ClaimedStage>, DbError> {
+        let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
+            .iter()
+            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1)) + 1))
+            .collect();
+        claimed.sort();
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
+        let mut domains: HashMap<Uuid, Vec<DomainRef>> = HashMap::new();
+        if !ids.is_empty() {
+            for r in conn
+                .query(
+                    "SELECT workflow_id, domain_id, name, companyname \
+                     FROM orchestratorm8_workflow_domain WHERE workflow_id = ANY($1) \
+                     ORDER BY workflow_id, position",
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| self.err(e))?
+            {
+                domains.entry(r.get(0)).or_default().push(DomainRef {
+                    id: r.get(1),
+                    name: r.get(2),
+                    companyname: r.get(3),
+                });
+            }
+        }
+        Ok(claimed
+            .into_iter()
+            .map(|(_, id, attempt)| ClaimedStage {
+                key: StageKey {
+                    workflow_id: id,
+                    stage: stage.to_owned(),
+                    attempt,
+                },
+                domains: domains.remove(&id).unwrap_or_default(),
+            })
+            .collect())
     }
 }

@@ -54,6 +54,8 @@ macro_rules! conformance_suite {
             workflow_join_waits_for_every_dependency,
             workflow_claim_filters,
             workflow_claim_lease_and_owner,
+            workflow_claim_fair_takes_companies_in_turn,
+            workflow_claim_fair_follows_weights,
             workflow_release,
             workflow_retry_then_fail,
             workflow_timed_out,
@@ -65,6 +67,7 @@ macro_rules! conformance_suite {
             workflow_retry,
             workflow_changed_since,
             workflow_idle_domains,
+            workflow_prune_finished_keeps_the_cool_down,
             workflow_active_and_last_ended,
             workflow_in_flight_counts,
             ring_observed_cycles,
@@ -1726,6 +1729,95 @@ pub async fn ring_observed_cycles(s: &Stores) {
     assert!(
         s.ring
             .ring_stalls(&r, t0() + secs(69))
+// ---------------------------------------------------------------- fairness
+
+/// Workflows of stage `a` only, one per new domain of `company`, `n` of them.
+fn company_wfs(company: &str, n: usize) -> Vec<NewWorkflow> {
+    (0..n)
+        .map(|i| {
+            let mut d = dref(&format!("{i}.{company}.example"));
+            d.companyname = company.into();
+            wf(vec![d], vec![stage("a", &[])])
+        })
+        .collect()
+}
+
+/// Fair-claims (at most `limit`) due stage `a` jobs at `now`; the ids claimed, as a
+/// set.
+async fn fair_ids(
+    s: &Stores,
+    now: DateTime<Utc>,
+    limit: usize,
+    weights: &std::collections::BTreeMap<String, u32>,
+) -> std::collections::BTreeSet<Uuid> {
+    s.workflows
+        .claim_due_fair("a", Uuid::new_v4(), now, LEASE, limit, weights)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.key.workflow_id)
+        .collect()
+}
+
+pub async fn workflow_claim_fair_takes_companies_in_turn(s: &Stores) {
+    // Six of BIG first, then two of SMALL, then one without a company: one second
+    // apart, due in that order.
+    let big = company_wfs("BIG", 6);
+    let small = company_wfs("SMALL", 2);
+    let none = company_wfs("", 1);
+    let all: Vec<NewWorkflow> = big.iter().chain(&small).chain(&none).cloned().collect();
+    create_a_second_apart(s, &all).await;
+    let now = t0() + secs(20);
+    let ids = |xs: &[&NewWorkflow]| {
+        xs.iter()
+            .map(|x| x.id)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let w = std::collections::BTreeMap::new();
+
+    // Oldest first would take four of BIG; the fair claim takes the oldest of each
+    // company (no company is one company of its own), then BIG's second.
+    assert_eq!(
+        fair_ids(s, now, 4, &w).await,
+        ids(&[&big[0], &small[0], &none[0], &big[1]])
+    );
+    // Those are in flight now (BIG 2, SMALL 1, none 1): SMALL's turn before BIG's
+    // third, though BIG's are older.
+    assert_eq!(fair_ids(s, now, 2, &w).await, ids(&[&small[1], &big[2]]));
+    // "Scan now" work goes ahead of the backlog: BIG's newest workflow before its
+    // three older ones.
+    let mut asked = company_wfs("BIG", 1).remove(0);
+    asked.domains[0].name = "asked.big.example".into();
+    s.workflows
+        .create_workflows(std::slice::from_ref(&asked), t0() + secs(10))
+        .await
+        .unwrap();
+    assert_eq!(s.workflows.mark_requested(&[asked.id]).await.unwrap(), 1);
+    assert_eq!(fair_ids(s, now, 1, &w).await, ids(&[&asked]));
+    // Only BIG is left: all of it.
+    assert_eq!(
+        fair_ids(s, now, 10, &w).await,
+        ids(&[&big[3], &big[4], &big[5]])
+    );
+    assert!(fair_ids(s, now, 10, &w).await.is_empty());
+}
+
+pub async fn workflow_claim_fair_follows_weights(s: &Stores) {
+    let big = company_wfs("BIG", 4);
+    let small = company_wfs("SMALL", 4);
+    let all: Vec<NewWorkflow> = big.iter().chain(&small).cloned().collect();
+    create_a_second_apart(s, &all).await;
+    let now = t0() + secs(20);
+    let weights: std::collections::BTreeMap<String, u32> = [("BIG".to_owned(), 3)].into();
+    // Three of BIG for one of SMALL.
+    let got = fair_ids(s, now, 4, &weights).await;
+    let expected: std::collections::BTreeSet<Uuid> =
+        [big[0].id, big[1].id, big[2].id, small[0].id].into();
+    assert_eq!(got, expected);
+    // Not due yet (before their creation) is never claimed.
+    assert!(
+        s.workflows
+            .claim_due_fair("a", Uuid::new_v4(), t0() - secs(1), LEASE, 10, &weights)
             .await
             .unwrap()
             .is_empty()
@@ -1841,5 +1933,80 @@ pub async fn ring_heal_gives_up_on_a_stalled_stage(s: &Stores) {
     assert_eq!(
         s.workflows.get(cycle).await.unwrap().status,
         WorkflowStatus::Failed
+}
+
+// ---------------------------------------------------------------- retention
+
+pub async fn workflow_prune_finished_keeps_the_cool_down(s: &Stores) {
+    let (d, w) = (&s.domains, &s.workflows);
+    let mut r = Vec::new();
+    for i in 0..4 {
+        let row = d
+            .insert(&post(&format!("p{i}.example"), "ACME"))
+            .await
+            .unwrap();
+        r.push(DomainRef::from(row));
+    }
+    // p0: finished at t0+10 and again at t0+30 (two workflows). p1: finished at
+    // t0+20. p2: active since t0. p3: a cycle with p1, finished at t0+40.
+    let p0a = wf(vec![r[0].clone()], diamond());
+    let p1 = wf(vec![r[1].clone()], diamond());
+    let p2 = wf(vec![r[2].clone()], diamond());
+    w.create_workflows(&[p0a.clone(), p1.clone(), p2.clone()], t0())
+        .await
+        .unwrap();
+    w.cancel(p0a.id, t0() + secs(10)).await.unwrap();
+    w.cancel(p1.id, t0() + secs(20)).await.unwrap();
+    let p0b = wf(vec![r[0].clone()], diamond());
+    w.create_workflows(std::slice::from_ref(&p0b), t0() + secs(25))
+        .await
+        .unwrap();
+    w.cancel(p0b.id, t0() + secs(30)).await.unwrap();
+    let cycle = wf(vec![r[3].clone(), r[1].clone()], diamond());
+    w.create_workflows(std::slice::from_ref(&cycle), t0() + secs(35))
+        .await
+        .unwrap();
+    w.cancel(cycle.id, t0() + secs(40)).await.unwrap();
+    let idle_before: Vec<Vec<DomainRef>> = {
+        let mut v = Vec::new();
+        for t in [5, 15, 25, 35, 45] {
+            v.push(w.idle_domains(t0() + secs(t), None, 100).await.unwrap());
+        }
+        v
+    };
+
+    // Nothing ended before t0+10.
+    assert_eq!(w.prune_finished(t0() + secs(10), 100).await.unwrap(), 0);
+    // In small batches, oldest first: p0a, then p1.
+    assert_eq!(w.prune_finished(t0() + secs(35), 1).await.unwrap(), 1);
+    assert!(matches!(w.get(p0a.id).await, Err(DbError::NotFound(_))));
+    assert!(w.get(p1.id).await.is_ok());
+    assert_eq!(w.prune_finished(t0() + secs(35), 100).await.unwrap(), 2);
+    assert!(matches!(w.get(p1.id).await, Err(DbError::NotFound(_))));
+    assert!(matches!(w.get(p0b.id).await, Err(DbError::NotFound(_))));
+    // Everything finished goes (the cycle too); the active workflow never does.
+    assert_eq!(w.prune_finished(t0() + secs(3600), 100).await.unwrap(), 1);
+    assert_eq!(w.prune_finished(t0() + secs(3600), 100).await.unwrap(), 0);
+    assert_eq!(wf_status(s, p2.id).await, WorkflowStatus::Pending);
+    let left: Vec<Uuid> = w
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(left, [p2.id]);
+
+    // The cool-downs answer as before the workflows went.
+    for (i, t) in [5, 15, 25, 35, 45].into_iter().enumerate() {
+        assert_eq!(
+            w.idle_domains(t0() + secs(t), None, 100).await.unwrap(),
+            idle_before[i],
+            "idle domains at t0+{t}"
+        );
+    }
+    assert_eq!(
+        w.last_ended_at().await.unwrap(),
+        Some(t0_stored() + secs(40))
     );
 }
