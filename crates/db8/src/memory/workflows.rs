@@ -929,6 +929,7 @@ impl Workflows {
                         Wf {
                             id: c.id,
                             kind: WorkflowKind::Observed,
+                            requested: false,
                             status: c.status,
                             created_at: c.created_at,
                             updated_at: c.updated_at,

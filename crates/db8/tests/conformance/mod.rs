@@ -1729,95 +1729,6 @@ pub async fn ring_observed_cycles(s: &Stores) {
     assert!(
         s.ring
             .ring_stalls(&r, t0() + secs(69))
-// ---------------------------------------------------------------- fairness
-
-/// Workflows of stage `a` only, one per new domain of `company`, `n` of them.
-fn company_wfs(company: &str, n: usize) -> Vec<NewWorkflow> {
-    (0..n)
-        .map(|i| {
-            let mut d = dref(&format!("{i}.{company}.example"));
-            d.companyname = company.into();
-            wf(vec![d], vec![stage("a", &[])])
-        })
-        .collect()
-}
-
-/// Fair-claims (at most `limit`) due stage `a` jobs at `now`; the ids claimed, as a
-/// set.
-async fn fair_ids(
-    s: &Stores,
-    now: DateTime<Utc>,
-    limit: usize,
-    weights: &std::collections::BTreeMap<String, u32>,
-) -> std::collections::BTreeSet<Uuid> {
-    s.workflows
-        .claim_due_fair("a", Uuid::new_v4(), now, LEASE, limit, weights)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.key.workflow_id)
-        .collect()
-}
-
-pub async fn workflow_claim_fair_takes_companies_in_turn(s: &Stores) {
-    // Six of BIG first, then two of SMALL, then one without a company: one second
-    // apart, due in that order.
-    let big = company_wfs("BIG", 6);
-    let small = company_wfs("SMALL", 2);
-    let none = company_wfs("", 1);
-    let all: Vec<NewWorkflow> = big.iter().chain(&small).chain(&none).cloned().collect();
-    create_a_second_apart(s, &all).await;
-    let now = t0() + secs(20);
-    let ids = |xs: &[&NewWorkflow]| {
-        xs.iter()
-            .map(|x| x.id)
-            .collect::<std::collections::BTreeSet<_>>()
-    };
-    let w = std::collections::BTreeMap::new();
-
-    // Oldest first would take four of BIG; the fair claim takes the oldest of each
-    // company (no company is one company of its own), then BIG's second.
-    assert_eq!(
-        fair_ids(s, now, 4, &w).await,
-        ids(&[&big[0], &small[0], &none[0], &big[1]])
-    );
-    // Those are in flight now (BIG 2, SMALL 1, none 1): SMALL's turn before BIG's
-    // third, though BIG's are older.
-    assert_eq!(fair_ids(s, now, 2, &w).await, ids(&[&small[1], &big[2]]));
-    // "Scan now" work goes ahead of the backlog: BIG's newest workflow before its
-    // three older ones.
-    let mut asked = company_wfs("BIG", 1).remove(0);
-    asked.domains[0].name = "asked.big.example".into();
-    s.workflows
-        .create_workflows(std::slice::from_ref(&asked), t0() + secs(10))
-        .await
-        .unwrap();
-    assert_eq!(s.workflows.mark_requested(&[asked.id]).await.unwrap(), 1);
-    assert_eq!(fair_ids(s, now, 1, &w).await, ids(&[&asked]));
-    // Only BIG is left: all of it.
-    assert_eq!(
-        fair_ids(s, now, 10, &w).await,
-        ids(&[&big[3], &big[4], &big[5]])
-    );
-    assert!(fair_ids(s, now, 10, &w).await.is_empty());
-}
-
-pub async fn workflow_claim_fair_follows_weights(s: &Stores) {
-    let big = company_wfs("BIG", 4);
-    let small = company_wfs("SMALL", 4);
-    let all: Vec<NewWorkflow> = big.iter().chain(&small).cloned().collect();
-    create_a_second_apart(s, &all).await;
-    let now = t0() + secs(20);
-    let weights: std::collections::BTreeMap<String, u32> = [("BIG".to_owned(), 3)].into();
-    // Three of BIG for one of SMALL.
-    let got = fair_ids(s, now, 4, &weights).await;
-    let expected: std::collections::BTreeSet<Uuid> =
-        [big[0].id, big[1].id, big[2].id, small[0].id].into();
-    assert_eq!(got, expected);
-    // Not due yet (before their creation) is never claimed.
-    assert!(
-        s.workflows
-            .claim_due_fair("a", Uuid::new_v4(), t0() - secs(1), LEASE, 10, &weights)
             .await
             .unwrap()
             .is_empty()
@@ -1933,6 +1844,102 @@ pub async fn ring_heal_gives_up_on_a_stalled_stage(s: &Stores) {
     assert_eq!(
         s.workflows.get(cycle).await.unwrap().status,
         WorkflowStatus::Failed
+    );
+}
+
+// ---------------------------------------------------------------- fairness
+
+/// Workflows of stage `a` only, one per new domain of `company`, `n` of them.
+fn company_wfs(company: &str, n: usize) -> Vec<NewWorkflow> {
+    (0..n)
+        .map(|i| {
+            let mut d = dref(&format!("{i}.{company}.example"));
+            d.companyname = company.into();
+            wf(vec![d], vec![stage("a", &[])])
+        })
+        .collect()
+}
+
+/// Fair-claims (at most `limit`) due stage `a` jobs at `now`; the ids claimed, as a
+/// set.
+async fn fair_ids(
+    s: &Stores,
+    now: DateTime<Utc>,
+    limit: usize,
+    weights: &std::collections::BTreeMap<String, u32>,
+) -> std::collections::BTreeSet<Uuid> {
+    s.workflows
+        .claim_due_fair("a", Uuid::new_v4(), now, LEASE, limit, weights)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.key.workflow_id)
+        .collect()
+}
+
+pub async fn workflow_claim_fair_takes_companies_in_turn(s: &Stores) {
+    // Six of BIG first, then two of SMALL, then one without a company: one second
+    // apart, due in that order.
+    let big = company_wfs("BIG", 6);
+    let small = company_wfs("SMALL", 2);
+    let none = company_wfs("", 1);
+    let all: Vec<NewWorkflow> = big.iter().chain(&small).chain(&none).cloned().collect();
+    create_a_second_apart(s, &all).await;
+    let now = t0() + secs(20);
+    let ids = |xs: &[&NewWorkflow]| {
+        xs.iter()
+            .map(|x| x.id)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let w = std::collections::BTreeMap::new();
+
+    // Oldest first would take four of BIG; the fair claim takes the oldest of each
+    // company (no company is one company of its own), then BIG's second.
+    assert_eq!(
+        fair_ids(s, now, 4, &w).await,
+        ids(&[&big[0], &small[0], &none[0], &big[1]])
+    );
+    // Those are in flight now (BIG 2, SMALL 1, none 1): SMALL's turn before BIG's
+    // third, though BIG's are older.
+    assert_eq!(fair_ids(s, now, 2, &w).await, ids(&[&small[1], &big[2]]));
+    // "Scan now" work goes ahead of the backlog: BIG's newest workflow before its
+    // three older ones.
+    let mut asked = company_wfs("BIG", 1).remove(0);
+    asked.domains[0].name = "asked.big.example".into();
+    s.workflows
+        .create_workflows(std::slice::from_ref(&asked), t0() + secs(10))
+        .await
+        .unwrap();
+    assert_eq!(s.workflows.mark_requested(&[asked.id]).await.unwrap(), 1);
+    assert_eq!(fair_ids(s, now, 1, &w).await, ids(&[&asked]));
+    // Only BIG is left: all of it.
+    assert_eq!(
+        fair_ids(s, now, 10, &w).await,
+        ids(&[&big[3], &big[4], &big[5]])
+    );
+    assert!(fair_ids(s, now, 10, &w).await.is_empty());
+}
+
+pub async fn workflow_claim_fair_follows_weights(s: &Stores) {
+    let big = company_wfs("BIG", 4);
+    let small = company_wfs("SMALL", 4);
+    let all: Vec<NewWorkflow> = big.iter().chain(&small).cloned().collect();
+    create_a_second_apart(s, &all).await;
+    let now = t0() + secs(20);
+    let weights: std::collections::BTreeMap<String, u32> = [("BIG".to_owned(), 3)].into();
+    // Three of BIG for one of SMALL.
+    let got = fair_ids(s, now, 4, &weights).await;
+    let expected: std::collections::BTreeSet<Uuid> =
+        [big[0].id, big[1].id, big[2].id, small[0].id].into();
+    assert_eq!(got, expected);
+    // Not due yet (before their creation) is never claimed.
+    assert!(
+        s.workflows
+            .claim_due_fair("a", Uuid::new_v4(), t0() - secs(1), LEASE, 10, &weights)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 // ---------------------------------------------------------------- retention
