@@ -256,6 +256,7 @@ async fn a_configured_schema_is_created_and_used() {
         [
             "cptm8 \"orch\".cptm8domain",
             "cptm8 \"orch\".orchestratorm8_domain_last_ended",
+            "cptm8 \"orch\".orchestratorm8_ring_message",
             "cptm8 \"orch\".orchestratorm8_schema_migrations",
             "cptm8 \"orch\".orchestratorm8_stage_run",
             "cptm8 \"orch\".orchestratorm8_workflow",

@@ -126,7 +126,7 @@
     tr.appendChild(el('td', v.updated_at));
     const stages = el('td');
     for (const s of v.stages) {
-      stages.appendChild(el('span', s.name + ' ' + s.status + (s.attempt > 1 ? ' ×' + s.attempt : ''), 'stage s-' + s.status));
+      stages.appendChild(el('span', s.name + ' ' + s.status + (s.attempt > 1 ? ' ×' + s.attempt : '') + (s.waiting_for_window_until ? ' (window opens ' + s.waiting_for_window_until + ')' : ''), 'stage s-' + s.status));
       stages.appendChild(document.createTextNode(' '));
     }
     tr.appendChild(stages);
@@ -201,7 +201,7 @@
     for (const s of v.stages) {
       const tr = el('tr');
       tr.appendChild(el('td', s.name));
-      tr.appendChild(el('td', s.status, 'st-' + s.status));
+      tr.appendChild(el('td', s.status + (s.waiting_for_window_until ? ', waiting for window until ' + s.waiting_for_window_until : ''), 'st-' + s.status));
       tr.appendChild(el('td', s.attempt));
       tr.appendChild(el('td', s.started_at || ''));
       tr.appendChild(el('td', s.finished_at || ''));
