@@ -232,6 +232,9 @@ async fn failures_are_reported_failed_with_the_error() {
             "1",
         ],
     );
+    // The worker declares its queue: a job published before then is unroutable.
+    let q = format!("q{stage}");
+    wait_queue(&b, &q, "a consumer", |_, c| c == 1, &w).await;
     let id = Uuid::new_v4();
     publish(
         &b,
@@ -257,7 +260,6 @@ async fn failures_are_reported_failed_with_the_error() {
     );
     drop(w);
     results_consumer.stop(Duration::from_secs(1)).await;
-    let q = format!("q{stage}");
     cleanup(&b, &[q.clone(), format!("{q}.dlq"), format!("r{stage}")]).await;
     b.close().await;
 }
@@ -292,6 +294,8 @@ async fn sigterm_returns_an_unfinished_job_to_the_queue_and_exits_cleanly() {
         ],
     );
     let q = format!("q{stage}");
+    // The worker declares its queue: a job published before then is unroutable.
+    wait_queue(&b, &q, "a consumer", |_, c| c == 1, &slow).await;
     let id = Uuid::new_v4();
     publish(
         &b,
