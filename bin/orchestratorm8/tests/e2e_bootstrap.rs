@@ -136,12 +136,30 @@ async fn a_full_asmm8_queue_means_the_pipeline_is_busy_not_an_error() {
 /// in flight), and fail, never read 0, for a queue that does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_depth_counts_unsettled_messages_and_fails_on_a_missing_queue() {
+    depth_is_live(false).await;
+}
+
+/// The same on a quorum queue, whose `rabbitmqctl list_queues` counts are metrics a few
+/// seconds old: read from them, the two messages just published counted 0 and 30 jobs
+/// just acked still counted 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_depth_is_live_on_a_quorum_queue() {
+    depth_is_live(true).await;
+}
+
+async fn depth_is_live(quorum: bool) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let env = Env::new();
     let client = env.client().await;
-    e2e_support::bind_queue(&client.broker, "cptm8", "qdepth", "depth.#").await;
+    let mut topology = amqp8::Topology::topic_queue("cptm8", "qdepth", "depth.#");
+    if quorum {
+        topology.queues[0]
+            .arguments
+            .insert("x-queue-type".into(), amqp8::ArgValue::Str("quorum".into()));
+    }
+    client.broker.declare(&topology).await.unwrap();
     for body in ["1", "2"] {
         let out = client
             .broker
@@ -185,6 +203,11 @@ async fn client_depth_counts_unsettled_messages_and_fails_on_a_missing_queue() {
     })
     .await;
     handle.stop(Duration::from_secs(5)).await;
+
+    if quorum {
+        // Settled at once, not when the metrics next refresh.
+        assert_eq!(client.depth("qdepth").await, 0);
+    }
 
     let missing = e2e_support::queue_depth(&client.vhost, "qno_such_queue").unwrap_err();
     assert!(missing.contains("no queue qno_such_queue"), "{missing}");

@@ -271,11 +271,6 @@ async fn drain_and_check_jobs(env: &Env, client: &e2e_support::Client, n: usize)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "KNOWN DEFECT, open: since Client::depth counts ready + unacked and no longer \
-            answers 0 on errors (issue 19), its last check finds the 30 stage-1 jobs back in \
-            `qa` (30 ready, 0 unacked, no consumer) after the collector took and acked \
-            them: either the collector's acks are lost when its consumer stops or the \
-            replicas published every job again. The old depth hid this. Run with --ignored."]
 async fn three_replicas_one_leader_kill_9_and_session_loss_take_over_without_duplicates() {
     let _serial = SERIAL.lock().await;
     let env = Env::new();

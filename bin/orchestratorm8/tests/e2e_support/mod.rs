@@ -416,35 +416,76 @@ pub fn consume_options(queue: &str, tag: &str, prefetch: u16) -> ConsumeOptions 
     }
 }
 
-/// Ready plus unacknowledged messages of `queue` on virtual host `vhost`, from
-/// `rabbitmqctl list_queues`; an error when the command fails or lists no such queue.
+/// Ready plus unacknowledged messages of `queue` on virtual host `vhost`, read live;
+/// an error when a command fails or lists no such queue.
+///
+/// `rabbitmqctl list_queues` is live for classic queues only: for a quorum queue its
+/// counts are metrics refreshed every few seconds (seen: 30 ready listed a second after
+/// the 30 were acked). A quorum queue's counts are therefore asked of its Raft state
+/// machine on the broker (`rabbit_fifo` queries through `rabbitmqctl eval`).
 pub fn queue_depth(vhost: &str, queue: &str) -> Result<u32, String> {
+    let listed = rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "-p",
+        vhost,
+        "--no-table-headers",
+        "name",
+        "type",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])?;
+    for line in listed.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if let [name, kind, ready, unacked] = cols[..]
+            && name == queue
+        {
+            return match kind.trim() {
+                "quorum" => quorum_depth(vhost, queue),
+                _ => Ok(count(line, ready)? + count(line, unacked)?),
+            };
+        }
+    }
+    Err(format!("no queue {queue} on virtual host {vhost}:\n{listed}"))
+}
+
+/// A quorum queue's ready plus checked-out messages, live from its Raft leader.
+fn quorum_depth(vhost: &str, queue: &str) -> Result<u32, String> {
+    let erlang = format!(
+        "{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"{vhost}\">>, queue, <<\"{queue}\">>)), \
+         L = amqqueue:get_pid(Q), \
+         {{ok, {{_, R}}, _}} = ra:local_query(L, fun rabbit_fifo:query_messages_ready/1), \
+         {{ok, {{_, U}}, _}} = ra:local_query(L, fun rabbit_fifo:query_messages_checked_out/1), \
+         io:format(\"~b ~b~n\", [R, U])."
+    );
+    let out = rabbitmqctl(&["-q", "eval", &erlang])?;
+    let line = out.lines().next().unwrap_or_default();
+    match line.split(' ').collect::<Vec<_>>()[..] {
+        [ready, unacked] => Ok(count(line, ready)? + count(line, unacked)?),
+        _ => Err(format!("quorum queue {queue}: unexpected answer {out:?}")),
+    }
+}
+
+fn count(line: &str, s: &str) -> Result<u32, String> {
+    s.trim()
+        .parse::<u32>()
+        .map_err(|e| format!("{line:?}: {e}"))
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let out = Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "-p", vhost, "--no-table-headers"])
-        .args(["name", "messages_ready", "messages_unacknowledged"])
+        .args(args)
         .output()
         .map_err(|e| format!("rabbitmqctl: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(
-            "rabbitmqctl list_queues -p {vhost}: {}{text}",
+            "rabbitmqctl {}: {}{text}",
+            args[..2].join(" "),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split('\t').collect();
-        if let [name, ready, unacked] = cols[..]
-            && name == queue
-        {
-            let n = |s: &str| {
-                s.trim()
-                    .parse::<u32>()
-                    .map_err(|e| format!("{line:?}: {e}"))
-            };
-            return Ok(n(ready)? + n(unacked)?);
-        }
-    }
-    Err(format!("no queue {queue} on virtual host {vhost}:\n{text}"))
+    Ok(text)
 }
 
 /// Consumes `queue` on `broker`, `prefetch` at a time: `each` sees every message, which
