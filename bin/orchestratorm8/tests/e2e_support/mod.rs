@@ -446,7 +446,9 @@ pub fn queue_depth(vhost: &str, queue: &str) -> Result<u32, String> {
             };
         }
     }
-    Err(format!("no queue {queue} on virtual host {vhost}:\n{listed}"))
+    Err(format!(
+        "no queue {queue} on virtual host {vhost}:\n{listed}"
+    ))
 }
 
 /// A quorum queue's ready plus checked-out messages, live from its Raft leader.
