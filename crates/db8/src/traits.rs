@@ -215,7 +215,9 @@ pub trait WorkflowRepository: Send + Sync {
     /// now is skipped (taken by a later call). Before they go, each of their domains'
     /// latest end is kept (a small per-domain record), so that
     /// [`WorkflowRepository::idle_domains`] and [`WorkflowRepository::last_ended_at`]
-    /// answer as if they were still there. Returns how many were deleted.
+    /// answer as if they were still there. The ring's message keys received before
+    /// `ended_before` go too, at most `limit` of them, oldest first (a redelivery of
+    /// one is then recorded again). Returns how many workflows were deleted.
     async fn prune_finished(
         &self,
         ended_before: DateTime<Utc>,

@@ -33,8 +33,9 @@ pub(super) struct Workflows {
     by_domain: HashMap<Uuid, Vec<WorkflowId>>,
     /// The active single-domain workflow of a domain.
     active_single: HashMap<Uuid, WorkflowId>,
-    /// The keys of the ring messages applied.
-    ring_keys: std::collections::HashSet<String>,
+    /// The keys of the ring messages applied, with when each was received
+    /// (`orchestratorm8_ring_message`).
+    ring_keys: HashMap<String, DateTime<Utc>>,
     /// Per domain, the latest end of its workflows deleted by retention
     /// (`orchestratorm8_domain_last_ended`).
     last_ended: HashMap<Uuid, DateTime<Utc>>,
@@ -405,6 +406,16 @@ impl WorkflowRepository for MemoryStore {
                     }
                 }
             }
+        }
+        let mut keys: Vec<(DateTime<Utc>, String)> = wfs
+            .ring_keys
+            .iter()
+            .filter(|(_, at)| **at < ended_before)
+            .map(|(k, at)| (*at, k.clone()))
+            .collect();
+        keys.sort();
+        for (_, k) in keys.into_iter().take(limit) {
+            wfs.ring_keys.remove(&k);
         }
         Ok(old.len() as u64)
     }
@@ -954,9 +965,11 @@ impl RingRepository for MemoryStore {
     ) -> Result<RingApplied, DbError> {
         let mut state = self.state()?;
         let wfs = &mut state.workflows;
-        if !wfs.ring_keys.insert(event.key.clone()) {
+        if wfs.ring_keys.contains_key(&event.key) {
             return Ok(RingApplied::Duplicate);
         }
+        wfs.ring_keys
+            .insert(event.key.clone(), db_precision(event.at));
         let event = RingEvent {
             at: db_precision(event.at),
             ..event.clone()

@@ -698,6 +698,16 @@ impl WorkflowRepository for PgStore {
             )
             .await
             .map_err(|e| self.err(e))?;
+        // The ring's message keys (redeliveries come within minutes, retention is
+        // days), as many at most, in a statement of their own.
+        conn.execute(
+            "DELETE FROM orchestratorm8_ring_message WHERE key IN ( \
+               SELECT key FROM orchestratorm8_ring_message WHERE received_at < $1 \
+               ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&ended_before, &sql_limit(limit)],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 

@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             workflow_in_flight_counts,
             ring_observed_cycles,
             ring_heal_gives_up_on_a_stalled_stage,
+            ring_keys_pruned_with_the_retention,
             leader_lock_contention,
             health_ping,
         );
@@ -1943,6 +1944,47 @@ pub async fn workflow_claim_fair_follows_weights(s: &Stores) {
 }
 
 // ---------------------------------------------------------------- retention
+
+/// Retention deletes the ring's message keys received before the cut-off, oldest
+/// first and at most `limit`: a redelivery of a pruned key is recorded again, a
+/// younger key is still a duplicate.
+pub async fn ring_keys_pruned_with_the_retention(s: &Stores) {
+    let r = ring4();
+    let apply = |e: RingEvent| {
+        let ring = s.ring.clone();
+        let r = r.clone();
+        async move { ring.ring_apply(&r, &e).await.unwrap() }
+    };
+    let kick = || RingMessage::Kick {
+        stage: "asmm8".into(),
+    };
+    apply(ring_event("k-old", 0, kick())).await;
+    apply(ring_event("c-mid", 10, ring_chain("asmm8", "naabum8"))).await;
+    apply(ring_event("c-new", 100, ring_chain("naabum8", "katanam8"))).await;
+    let before = t0() + secs(50);
+    // At most `limit`, oldest first: only k-old goes.
+    s.workflows.prune_finished(before, 1).await.unwrap();
+    assert_ne!(
+        apply(ring_event("k-old", 0, kick())).await,
+        RingApplied::Duplicate,
+        "a pruned key is recorded again"
+    );
+    assert_eq!(
+        apply(ring_event("c-mid", 10, ring_chain("asmm8", "naabum8"))).await,
+        RingApplied::Duplicate,
+        "beyond the limit: kept"
+    );
+    s.workflows.prune_finished(before, 100).await.unwrap();
+    assert_ne!(
+        apply(ring_event("c-mid", 10, ring_chain("asmm8", "naabum8"))).await,
+        RingApplied::Duplicate
+    );
+    assert_eq!(
+        apply(ring_event("c-new", 100, ring_chain("naabum8", "katanam8"))).await,
+        RingApplied::Duplicate,
+        "younger than the cut-off: kept"
+    );
+}
 
 pub async fn workflow_prune_finished_keeps_the_cool_down(s: &Stores) {
     let (d, w) = (&s.domains, &s.workflows);
