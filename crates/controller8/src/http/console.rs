@@ -58,21 +58,27 @@ pub(crate) fn style() -> Response {
     text(STYLE.to_owned(), "text/css; charset=utf-8")
 }
 
-/// One stage as the list shows it: `name status (attempt n)`.
+/// One stage as the list shows it: `name status ×attempt (window opens T)`, as the
+/// script renders it.
 fn stage_summary(v: &WorkflowView) -> String {
     v.stages
         .iter()
         .map(|s| {
+            let attempt = if s.attempt > 1 {
+                format!(" ×{}", s.attempt)
+            } else {
+                String::new()
+            };
+            let window = s
+                .waiting_for_window_until
+                .as_ref()
+                .map(|t| format!(" (window opens {})", escape(&t.to_string())))
+                .unwrap_or_default();
             format!(
-                "<span class=\"stage s-{}\">{} {}{}</span>",
+                "<span class=\"stage s-{}\">{} {}{attempt}{window}</span>",
                 s.status,
                 escape(&s.name),
                 s.status,
-                if s.attempt > 1 {
-                    format!(" ×{}", s.attempt)
-                } else {
-                    String::new()
-                }
             )
         })
         .collect::<Vec<_>>()
@@ -190,5 +196,33 @@ mod tests {
             "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img src=x onerror=&#39;y&#39;&gt;&amp;"
         );
         assert_eq!(url_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    /// The page without JavaScript says what the script says: attempts, and when a
+    /// stage waiting for its scan window may start.
+    #[test]
+    fn the_static_list_shows_attempts_and_the_window_wait() {
+        let view: WorkflowView = serde_json::from_value(serde_json::json!({
+            "id": "6f1c1d1e-0000-4000-8000-000000000001",
+            "kind": "managed",
+            "status": "running",
+            "created_at": "2026-12-02T10:00:00Z",
+            "updated_at": "2026-12-02T10:00:00Z",
+            "domains": ["a.example"],
+            "stages": [
+                {"name": "asmm8", "status": "completed", "attempt": 2, "started_at": null,
+                 "finished_at": null, "detail": null},
+                {"name": "naabum8", "status": "pending", "attempt": 0, "started_at": null,
+                 "finished_at": null, "detail": null,
+                 "waiting_for_window_until": "2026-12-02T22:00:00Z"}
+            ]
+        }))
+        .unwrap();
+        let html = stage_summary(&view);
+        assert!(html.contains(">asmm8 completed ×2</span>"), "{html}");
+        assert!(
+            html.contains(">naabum8 pending (window opens 2026-12-02T22:00:00Z)</span>"),
+            "{html}"
+        );
     }
 }
