@@ -4,6 +4,7 @@
 // the stage workers read), WORKER (the stage_worker binary), SHOTS (directory of the
 // screenshots), HOSTILE (the failure message the naabum8 worker reports).
 import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const { BASE, CONFIG, WORKER, SHOTS, HOSTILE } = process.env;
@@ -20,6 +21,15 @@ function worker(stage, extra) {
   workers.push(p);
   return p;
 }
+// Polls `cond` until it holds (at most TIMEOUT); throws naming `what` otherwise.
+async function until(cond, what) {
+  const deadline = Date.now() + TIMEOUT;
+  for (;;) {
+    try { if (await cond()) return; } catch (e) { /* not yet */ }
+    if (Date.now() > deadline) throw new Error('not within ' + TIMEOUT + ' ms: ' + what);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
 async function api(path) {
   const res = await fetch(BASE + path);
   return res.json();
@@ -31,7 +41,8 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
   const foreign = [];
   page.on('request', (r) => { if (!r.url().startsWith(BASE)) foreign.push(r.url()); });
   page.on('pageerror', (e) => { failures++; console.error('FAIL: page error ' + e.message); });
@@ -92,6 +103,50 @@ try {
   check(width <= 1280, 'fits 1280 px wide (scroll width ' + width + ')');
   check(foreign.length === 0, 'no request to another host: ' + foreign.join(', '));
   await page.screenshot({ path: SHOTS + '/console.png' });
+
+  // 7. A token set while the console runs (HTTP.api_token is live): the console asks
+  // for it once, keeps it in this tab only (sessionStorage), never puts it in a URL,
+  // and the server never logs it. The open configuration is put back afterwards.
+  const TOKEN = 'browser-token-' + process.pid + '-' + Date.now();
+  const original = readFileSync(CONFIG, 'utf8');
+  const withToken = original.replace(/^(\s*api_token:\s*)""/m, `$1"${TOKEN}"`);
+  check(withToken !== original, 'the configuration has an empty HTTP.api_token to set');
+  const urls = [];
+  try {
+    writeFileSync(CONFIG, withToken);
+    await until(async () => (await fetch(BASE + '/api/orchestratorm8/workflows')).status === 401,
+      'the API requires the token after the live reload');
+    page.on('request', (r) => urls.push(r.url()));
+    await page.reload();
+    await page.locator('#token-form').waitFor({ state: 'visible' });
+    check(await page.locator('#rows tr', { hasText: 'alpha.example' }).count() === 0,
+      'nothing is listed before the token is given');
+    await page.fill('#token', TOKEN);
+    await page.press('#token', 'Enter');
+    await page.locator('#rows tr', { hasText: 'alpha.example' }).first().waitFor();
+    check(await page.locator('#token-form').isHidden(), 'the token form closes once the token works');
+    check(await page.evaluate((k) => sessionStorage.getItem(k), 'orchestratorm8.token') === TOKEN,
+      'the token is kept in the tab (sessionStorage)');
+    check(await page.evaluate(() => localStorage.length === 0 && document.cookie === ''),
+      'the token is kept nowhere else (no localStorage, no cookie)');
+    // Kept for this tab: a reload lists at once, without asking.
+    await page.reload();
+    await page.locator('#rows tr', { hasText: 'alpha.example' }).first().waitFor();
+    check(await page.locator('#token-form').isHidden(), 'a reload of the tab does not ask again');
+    // Another tab asks again.
+    const other = await context.newPage();
+    await other.goto(BASE + '/');
+    await other.locator('#token-form').waitFor({ state: 'visible' });
+    check(true, 'another tab asks for the token');
+    await other.close();
+    check(urls.length > 0 && urls.every((u) => !u.includes(TOKEN)), 'the token is never in a URL');
+    const log = readFileSync(SHOTS + '/orchestratorm8.log', 'utf8');
+    check(!log.includes(TOKEN), 'the server never logs the token');
+  } finally {
+    writeFileSync(CONFIG, original);
+    await until(async () => (await fetch(BASE + '/api/orchestratorm8/workflows')).status === 200,
+      'the API is open again after the configuration is put back');
+  }
 } catch (e) {
   failures++;
   console.error('FAIL: ' + (e && e.stack ? e.stack : e));
