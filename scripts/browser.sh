@@ -86,15 +86,15 @@ start_server() {
     # The shared lock: tests that restart a service wait for this one.
     exec 8>>/tmp/cptm8-services.lock
     flock -s -w 300 8 || die "/tmp/cptm8-services.lock stayed locked exclusively for 300 s"
-    cargo build -p orchestratorm8 -p cptm8-examples --bin orchestratorm8 --bin stage_worker
+    cargo build -p orchestratorm8 -p demo8 --bin orchestratorm8 --bin stage_worker
     psql_admin -c "CREATE DATABASE $NAME" >/dev/null
     as_root rabbitmqctl -q add_vhost "$NAME" >/dev/null
     as_root rabbitmqctl -q set_permissions -p "$NAME" guest '.*' '.*' '.*' >/dev/null
     # The demo's configuration (managed mode, short backoffs, open API) on this run's
     # database and virtual host, with stage timeouts long enough that no job times out
     # before the test starts its workers.
-    sed -E 's/timeout: 8s\b/timeout: 300s/' examples/configs/demo.yaml >"$CONFIG"
-    grep -q 'timeout: 300s' "$CONFIG" || die "examples/configs/demo.yaml changed: stage timeouts not found"
+    sed -E 's/timeout: 8s\b/timeout: 300s/' tools/demo8/configs/demo.yaml >"$CONFIG"
+    grep -q 'timeout: 300s' "$CONFIG" || die "tools/demo8/configs/demo.yaml changed: stage timeouts not found"
     export CPTM8_DEMO_DB="$NAME" CPTM8_DEMO_VHOST="$NAME"
     local bin="$TARGET/debug/orchestratorm8"
     "$bin" migrate --config "$CONFIG" >/dev/null

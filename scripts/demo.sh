@@ -2,18 +2,18 @@
 # The service's main job, end to end on this machine (docs/DEMO.md):
 #
 #   1. local PostgreSQL and RabbitMQ (scripts/services.sh installs/starts them);
-#   2. release build of orchestratorm8 and the examples (scanners, workers, monitor);
+#   2. release build of orchestratorm8 and the demo tools (tools/demo8: scanners, workers, monitor);
 #   3. a fresh demo database `cptm8_demo` and RabbitMQ virtual host `cptm8_demo`
 #      (dropped and recreated on every run: nothing else is touched);
 #   4. `orchestratorm8 migrate`, then a few domains (`orchestratorm8 domains add`);
 #   5. `orchestratorm8 launch` in managed mode driving the platform's scanners as they
-#      are (examples/configs/demo-platform.yaml: `protocol: chain` stages asmm8 ->
+#      are (tools/demo8/configs/demo-platform.yaml: `protocol: chain` stages asmm8 ->
 #      naabum8 -> katanam8 -> num8, one cycle over every enabled domain, 6 s timeouts,
 #      1-4 s backoffs) and the four Go-scanner stand-ins (`go_scanners`, one process),
 #      whose only change is their `Publisher` line; naabum8 stalls once (publishes
 #      nothing: timed out, kicked again) and katanam8 fails hard once (app.error and an
 #      empty report: failed, retried after its backoff);
-#      with --per-domain instead: the per-domain pipeline (examples/configs/demo.yaml,
+#      with --per-domain instead: the per-domain pipeline (tools/demo8/configs/demo.yaml,
 #      8 s timeouts) with one simulated CONTRACT-3 stage worker per stage that fails
 #      some scans and loses a few jobs;
 #   6. the workflows' progress, polled every second from the workflow API, then the
@@ -27,8 +27,8 @@
 #                                                failure or timeout (tests, CI)
 # Environment:
 #   CPTM8_DEMO_PORT      HTTP port of the demo orchestrator (default 18005)
-#   CPTM8_DEMO_CONFIG    configuration file (default examples/configs/demo-platform.yaml,
-#                        with --per-domain examples/configs/demo.yaml)
+#   CPTM8_DEMO_CONFIG    configuration file (default tools/demo8/configs/demo-platform.yaml,
+#                        with --per-domain tools/demo8/configs/demo.yaml)
 #   CPTM8_DEMO_DB        demo database, recreated (default cptm8_demo)
 #   CPTM8_DEMO_VHOST     demo RabbitMQ virtual host, recreated (default cptm8_demo)
 # Logs of every process: target/demo/*.log.
@@ -73,9 +73,9 @@ if ! [[ "$PORT" =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
     die "CPTM8_DEMO_PORT must be a port number, got '$PORT'"
 fi
 if ((PER_DOMAIN)); then
-    CONFIG="${CPTM8_DEMO_CONFIG:-examples/configs/demo.yaml}"
+    CONFIG="${CPTM8_DEMO_CONFIG:-tools/demo8/configs/demo.yaml}"
 else
-    CONFIG="${CPTM8_DEMO_CONFIG:-examples/configs/demo-platform.yaml}"
+    CONFIG="${CPTM8_DEMO_CONFIG:-tools/demo8/configs/demo-platform.yaml}"
 fi
 export CPTM8_DEMO_DB="${CPTM8_DEMO_DB:-cptm8_demo}"
 export CPTM8_DEMO_VHOST="${CPTM8_DEMO_VHOST:-cptm8_demo}"
@@ -252,9 +252,9 @@ step_services() {
 }
 
 step_build() {
-    announce "release build of orchestratorm8 and the examples (scanners, stage workers, monitor)"
+    announce "release build of orchestratorm8 and the demo tools (scanners, stage workers, monitor)"
     need_cmd cargo "install Rust (rustup) first; rust-toolchain.toml pins the version"
-    cargo build --release -p orchestratorm8 -p cptm8-examples --bins
+    cargo build --release -p orchestratorm8 -p demo8 --bins
     local target
     target="$(cargo_target_dir)"
     BIN="$target/release/orchestratorm8"

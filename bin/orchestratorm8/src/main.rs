@@ -5,7 +5,6 @@
 
 mod cli;
 mod cmd;
-mod exit;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -14,7 +13,7 @@ use argh::{EarlyExit, FromArgs};
 
 fn main() -> ExitCode {
     match parse(std::env::args_os().collect()) {
-        Ok(cli) => exit::run(cli),
+        Ok(cli) => cmd::run(cli),
         Err(code) => code,
     }
 }

@@ -68,10 +68,8 @@ fn crate_dependency_rules_hold() {
         ("db8", &["model8", "config8"]),
         ("amqp8", &["model8", "config8"]),
         ("controller8", &["model8", "config8", "db8", "amqp8"]),
-        (
-            "cptm8-examples",
-            &["model8", "config8", "log8", "amqp8", "db8"],
-        ),
+        ("demo8", &["model8", "config8", "log8", "amqp8", "db8"]),
+        ("sibling_consumer", &["config8", "amqp8"]),
     ];
     for (krate, ok) in allowed {
         let (ours, _) = pkgs

@@ -1,5 +1,5 @@
 //! Managed mode on the platform as it is (CONTRACT 3b, issue 13): the real binary,
-//! RabbitMQ and PostgreSQL, and the Go-scanner stand-in (examples/src/scanner.rs)
+//! RabbitMQ and PostgreSQL, and the Go-scanner stand-in (tools/demo8/src/scanner.rs)
 //! whose only change is its `Publisher` line, driven through `protocol: chain` stages
 //! asmm8 → naabum8 → katanam8 → num8 with `granularity: per_cycle`.
 
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use chain_support::*;
 use common::{eventually, http_request};
-use cptm8_examples::scanner::RING;
-use cptm8_examples::scanner::Scanners;
+use demo8::scanner::RING;
+use demo8::scanner::Scanners;
 use e2e_support::{Env, Service};
 
 const SCAN: Duration = Duration::from_millis(200);

@@ -1,6 +1,6 @@
 //! End-to-end: bootstrap mode follows the scanners' own ring (CONTRACT 3c, issue 14)
 //! with the real binary, PostgreSQL, RabbitMQ and the Go-scanner stand-ins
-//! (`cptm8_examples::scanner`, run in this process) in their ring configuration.
+//! (`demo8::scanner`, run in this process) in their ring configuration.
 
 mod common;
 mod e2e_support;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, http_get};
-use cptm8_examples::scanner::{FaultPlan, FaultRule, Publisher, RING, ScannerConfig, Scanners};
+use demo8::scanner::{FaultPlan, FaultRule, Publisher, RING, ScannerConfig, Scanners};
 use e2e_support::{Env, Service};
 use serde_json::Value;
 

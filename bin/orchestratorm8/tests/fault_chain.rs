@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chain_support::{LIMIT, all_completed_first_time, cycle_is, each_once_in_order, stages};
 use common::eventually;
-use cptm8_examples::scanner::RING;
+use demo8::scanner::RING;
 use e2e_support::{Env, Service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, poll};
-use cptm8_examples::scanner::{Publisher, RING, ScannerConfig, Scanners};
+use demo8::scanner::{Publisher, RING, ScannerConfig, Scanners};
 use e2e_support::{Env, Service};
 use serde_json::Value;
 

@@ -28,7 +28,7 @@ const API_TOKEN: &str = "S3cr3t-canary-token-91ab";
 const APM_TOKEN: &str = "S3cr3t-canary-apm-5e0c";
 
 fn example(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/configs");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::read_to_string(p.join(name)).unwrap()
 }
 
@@ -54,7 +54,7 @@ fn env() -> Env {
 /// The shipped files, plus the Go file with every secret written literally (so that
 /// text mutations can move a secret's line around).
 fn bases() -> Vec<String> {
-    let go = example("go-original.yaml");
+    let go = example("examples/configs/go-original.yaml");
     let literal = go
         .replace("\"${POSTGRESQL_PASSWORD}\"", &format!("\"{PG_PASSWORD}\""))
         .replace("\"${RABBITMQ_PASSWORD}\"", MQ_PASSWORD)
@@ -63,9 +63,10 @@ fn bases() -> Vec<String> {
         );
     // The demo's RabbitMQ password is "guest", its user name too: a user name equal to
     // a secret is redacted as well, so give it a canary.
-    let demo = example("demo.yaml").replace("password: guest", &format!("password: {MQ_PASSWORD}"));
+    let demo = example("tools/demo8/configs/demo.yaml")
+        .replace("password: guest", &format!("password: {MQ_PASSWORD}"));
     assert!(demo.contains(MQ_PASSWORD));
-    vec![go, example("managed.yaml"), demo, literal]
+    vec![go, example("examples/configs/managed.yaml"), demo, literal]
 }
 
 // ----- what every answer must satisfy ----------------------------------------------------

@@ -5,8 +5,8 @@
 
 use std::io::Write;
 
+use super::Failure;
 use crate::cli::ConfigCheckArgs;
-use crate::exit::Failure;
 
 /// Runs the command.
 pub fn run(args: ConfigCheckArgs) -> Result<(), Failure> {

@@ -11,9 +11,9 @@ use db8::{DbError, DomainRepository, PgStore};
 use model8::{Domain8, PostDomain8};
 use uuid::Uuid;
 
+use super::Failure;
 use super::migrate::{connect, console_logging, db_failure, load_settings, runtime};
 use crate::cli::{DomainsArgs, DomainsCommand};
-use crate::exit::Failure;
 
 /// Runs the command.
 pub fn run(args: DomainsArgs) -> Result<(), Failure> {

@@ -23,9 +23,9 @@ use controller8::{Clock, Controller, ControllerError, Deps, Metrics, SystemClock
 use db8::{ChangeFeed, LeaderLock, PgChangeFeed, PgLeaderLock, PgStore};
 use tokio::sync::watch;
 
+use super::Failure;
 use crate::cli::LaunchArgs;
 use crate::cmd::migrate::db_failure;
-use crate::exit::Failure;
 
 /// Longest time between the shutdown signal and the end of the process.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use config8::{LogLevel, Settings};
 use db8::{DbError, PgStore};
 
+use super::Failure;
 use crate::cli::MigrateArgs;
-use crate::exit::Failure;
 
 /// Runs the command.
 pub fn run(args: MigrateArgs) -> Result<(), Failure> {

@@ -1,4 +1,4 @@
-//! Managed mode driving the Go-scanner stand-in (examples/src/scanner.rs, in-process)
+//! Managed mode driving the Go-scanner stand-in (tools/demo8/src/scanner.rs, in-process)
 //! through `protocol: chain` stages: configuration, start-up and probes shared by
 //! tests/e2e_chain.rs and tests/fault_chain.rs. Built on `common` and `e2e_support`.
 
@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amqp8::{Broker, ConsumerHandle, OutgoingMessage, PublishOutcome};
-use cptm8_examples::scanner::{
-    FaultPlan, FaultRule, Publisher, RING, RunRecord, ScannerConfig, Scanners,
-};
+use demo8::scanner::{FaultPlan, FaultRule, Publisher, RING, RunRecord, ScannerConfig, Scanners};
 
 use crate::common::{eventually, http_get};
 use crate::e2e_support::{Client, Collected, Env, Service};

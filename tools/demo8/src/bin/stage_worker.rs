@@ -14,15 +14,15 @@
 
 use std::process::ExitCode;
 
-use cptm8_examples::report::RetryPolicy;
-use cptm8_examples::runner::{self, Failure};
-use cptm8_examples::scan::{self, ScanSim};
-use cptm8_examples::stage_worker::{RESULT_EXCHANGE, StageWorker, StageWorkerConfig};
-use cptm8_examples::topology;
+use demo8::report::RetryPolicy;
+use demo8::runner::{self, Failure};
+use demo8::scan::{self, ScanSim};
+use demo8::stage_worker::{RESULT_EXCHANGE, StageWorker, StageWorkerConfig};
+use demo8::topology;
 
 const PROGRAM: &str = "stage_worker";
 
-cptm8_examples::worker_args! {
+demo8::worker_args! {
     /// Simulated CPTM8 stage worker for managed mode: consumes a stage's jobs, simulates a
     /// scan and reports the outcome to orchestratorm8.
     struct Args {

@@ -19,9 +19,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cptm8_examples::runner::{self, Failure};
-use cptm8_examples::scanner::{FaultPlan, FaultRule, Publisher, RING, ScannerConfig, Scanners};
-use cptm8_examples::shutdown;
+use demo8::runner::{self, Failure};
+use demo8::scanner::{FaultPlan, FaultRule, Publisher, RING, ScannerConfig, Scanners};
+use demo8::shutdown;
 
 const PROGRAM: &str = "go_scanners";
 

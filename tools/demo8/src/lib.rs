@@ -1,5 +1,5 @@
-//! `cptm8-examples`: sibling services and simulated CPTM8 stage workers, built only on
-//! the public crates (`model8`, `config8`, `log8`, `amqp8`).
+//! `demo8`: the tools of `scripts/demo.sh`: simulated CPTM8 stage workers, stand-ins for
+//! the Go scanners and the progress monitor, built only on the public crates.
 //!
 //! The binaries under `src/bin/` are thin `main` functions over this library:
 //!

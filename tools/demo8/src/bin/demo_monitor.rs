@@ -22,9 +22,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use argh::FromArgs;
-use cptm8_examples::monitor::board::{self, Board, Verdict};
-use cptm8_examples::monitor::http::Endpoint;
-use cptm8_examples::monitor::{FetchError, fetch_workflows, process_alive};
+use demo8::monitor::board::{self, Board, Verdict};
+use demo8::monitor::http::Endpoint;
+use demo8::monitor::{FetchError, fetch_workflows, process_alive};
 use model8::{GoTime, WorkflowView};
 
 /// Follows orchestratorm8's workflows (the demo's progress display).

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use amqp8::{Broker, ConsumerHandle, Message, OutgoingMessage, RabbitBroker, Topology};
-use cptm8_examples::report::{RetryPolicy, publish_confirmed};
+use demo8::report::{RetryPolicy, publish_confirmed};
 use model8::{AmqpM8Message, DomainRef, StageJob, StageResult};
 use tokio::sync::mpsc;
 use uuid::Uuid;

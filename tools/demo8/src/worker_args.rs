@@ -21,7 +21,7 @@ use crate::topology::{self, WorkerQueue};
 /// [`WorkerOptions`].
 ///
 /// ```ignore
-/// cptm8_examples::worker_args! {
+/// demo8::worker_args! {
 ///     /// What `--help` says this worker is.
 ///     struct Args {
 ///         /// share of scans that fail, 0 to 1 (default 0.1)
