@@ -104,6 +104,13 @@ try {
   check(foreign.length === 0, 'no request to another host: ' + foreign.join(', '));
   await page.screenshot({ path: SHOTS + '/console.png' });
 
+  // 6b. The replicas view lists every live replica (here the one, leading).
+  await page.goto(BASE + '/#replicas');
+  await page.locator('#replica-rows tr', { hasText: 'leader' }).first().waitFor();
+  check(await page.locator('#replica-rows tr').count() === 1, 'the replicas view lists the one replica, as leader');
+  await page.screenshot({ path: SHOTS + '/console-replicas.png' });
+  await page.goto(BASE + '/');
+
   // 7. A token set while the console runs (HTTP.api_token is live): the console asks
   // for it once, keeps it in this tab only (sessionStorage), never puts it in a URL,
   // and the server never logs it. The open configuration is put back afterwards.

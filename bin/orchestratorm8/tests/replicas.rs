@@ -172,6 +172,21 @@ fn lock_holders(env: &Env) -> Vec<i32> {
     out.lines().map(|l| l.trim().parse().unwrap()).collect()
 }
 
+/// The roles `GET /api/orchestratorm8/replicas` lists, in its order.
+async fn listed_roles(svc: &Service) -> Vec<String> {
+    let (status, v) = svc.get("/api/orchestratorm8/replicas").await;
+    if status != 200 {
+        return vec![format!("HTTP {status}")];
+    }
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["role"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn count(env: &Env, sql: &str) -> u64 {
     env.psql(sql).parse().unwrap()
 }
@@ -287,6 +302,11 @@ async fn three_replicas_one_leader_kill_9_and_session_loss_take_over_without_dup
         .await;
     }
     assert_eq!(lock_holders(&env).len(), 1, "one advisory lock holder");
+    // The replicas list (any replica answers): three, the leader first.
+    eventually("three replicas listed, one leading", LIMIT, async || {
+        listed_roles(&replicas[0]).await == ["leader", "standby", "standby"]
+    })
+    .await;
 
     // 20 domains: exactly 20 stage-1 jobs.
     let client = env.client().await;
@@ -300,6 +320,11 @@ async fn three_replicas_one_leader_kill_9_and_session_loss_take_over_without_dup
     let (new_leader, took) = wait_for_leader(&replicas, &alive, killed_at, TAKEOVER_LIMIT).await;
     eprintln!("replicas: takeover after kill -9 of the leader: {took:?}");
     assert_eq!(one_leader(&replicas, &alive, LIMIT).await, new_leader);
+    // The killed replica drops out of the list (silent for 15 s).
+    eventually("two replicas listed, one leading", LIMIT, async || {
+        listed_roles(&replicas[new_leader]).await == ["leader", "standby"]
+    })
+    .await;
     eventually("the new leader's gauge", LIMIT, async || {
         leader_gauge(&replicas[new_leader]).await == Some(1)
     })

@@ -162,6 +162,7 @@ fn no_secret_in_debug_logs_or_probe_bodies() {
                 workflows: store.clone(),
                 scan: Arc::new(NoScan),
                 db: store.clone(),
+                replicas: store.clone(),
                 broker: broker.clone(),
                 role,
                 metrics: Arc::new(Metrics::new()),

@@ -359,6 +359,23 @@ pub trait LeaderLock: Send + Sync {
     async fn release(&self) -> Result<(), DbError>;
 }
 
+/// The replicas that report themselves alive, for the API's replica list. Each replica
+/// writes its own row every few seconds ([`ReplicaRegistry::replica_beat`]); readers
+/// ask for those seen recently.
+#[async_trait]
+pub trait ReplicaRegistry: Send + Sync {
+    /// Inserts or updates `replica`'s row (its role and `seen_at`), and deletes the rows
+    /// of replicas not seen for a day before `replica.seen_at` (crashed ones).
+    async fn replica_beat(&self, replica: &model8::ReplicaView) -> Result<(), DbError>;
+    /// The replicas seen at or after `seen_after`: the leader first, then by name.
+    async fn replicas(
+        &self,
+        seen_after: DateTime<Utc>,
+    ) -> Result<Vec<model8::ReplicaView>, DbError>;
+    /// Deletes replica `id`'s row (a clean shutdown).
+    async fn replica_gone(&self, id: Uuid) -> Result<(), DbError>;
+}
+
 /// A change seen on the domain table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainChange {

@@ -28,6 +28,7 @@ pub mod chain;
 mod domain;
 mod envelope;
 mod notification;
+mod replica;
 mod time;
 mod workflow;
 
@@ -40,6 +41,7 @@ pub use notification::{
     PLATFORM_NOTIFICATION_BINDING, RoleType, Severity, parse_platform_routing_key,
     platform_routing_key,
 };
+pub use replica::{ReplicaRole, ReplicaView};
 pub use time::GoTime;
 pub use workflow::{
     DomainRef, RESULT_QUEUE, RoutingKeyError, StageJob, StageOutcome, StageResult, StageStatus,

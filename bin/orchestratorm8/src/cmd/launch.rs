@@ -199,11 +199,12 @@ async fn serve(
         workflows: controller.workflows(),
         scan: controller.scan_now(),
         db: store.clone(),
+        replicas: store.clone(),
         broker: broker.clone(),
         role: controller.role(),
         metrics: metrics.clone(),
         settings: http::follow_settings(settings_rx.clone(), |s: &Arc<Settings>| s.http.clone()),
-        clock,
+        clock: clock.clone(),
         downstream_queues: settings
             .orchestrator
             .queues
@@ -220,6 +221,13 @@ async fn serve(
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     tracing::info!(address = %bound, "orchestratorm8 running");
 
+    let beacon_task = tokio::spawn(controller8::replicas::beacon(
+        store.clone(),
+        controller.role(),
+        clock.clone(),
+        controller8::replicas::host_name(),
+        stopped(),
+    ));
     let mut controller_task = tokio::spawn(controller.run(stopped()));
     let mut http_task = tokio::spawn(http_done);
 
@@ -262,6 +270,8 @@ async fn serve(
             }
         }
     };
+    // The replica's row goes from the list (a short wait: the database may be away).
+    let _ = tokio::time::timeout(Duration::from_secs(2), beacon_task).await;
     controller_task.abort();
     http_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), broker.close()).await;

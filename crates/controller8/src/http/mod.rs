@@ -17,6 +17,7 @@ mod error;
 mod events;
 mod openapi;
 mod probes;
+mod replicas;
 mod server;
 mod stages;
 mod state;
@@ -69,6 +70,7 @@ pub const ROUTES: &[Route] = &[
     route("openapi", "get", "/api/orchestratorm8/openapi.json"),
     route("events", "get", "/api/orchestratorm8/events"),
     route("stages", "get", "/api/orchestratorm8/stages"),
+    route("replicas", "get", "/api/orchestratorm8/replicas"),
     route("workflows.list", "get", "/api/orchestratorm8/workflows"),
     route("workflows.create", "post", "/api/orchestratorm8/workflows"),
     route("workflows.get", "get", "/api/orchestratorm8/workflows/{id}"),
@@ -255,6 +257,17 @@ pub fn routes(state: HttpState) -> BoxedFilter<(Response,)> {
             })
             .await
         });
+    let replicas_route = warp::path!("api" / "orchestratorm8" / "replicas")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::header::headers_cloned())
+        .then(|s: Arc<HttpState>, h: HeaderMap| async move {
+            finish(&s, "replicas", async {
+                authorize(&s, &h)?;
+                replicas::replicas(&s).await
+            })
+            .await
+        });
     let openapi_route = warp::path!("api" / "orchestratorm8" / "openapi.json")
         .and(warp::get())
         .and(with_state.clone())
@@ -299,6 +312,8 @@ pub fn routes(state: HttpState) -> BoxedFilter<(Response,)> {
         .or(openapi_route)
         .unify()
         .or(stages_route)
+        .unify()
+        .or(replicas_route)
         .unify()
         .or(console_page)
         .unify()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use amqp8::Broker;
 use config8::HttpSettings;
-use db8::{DbHealth, WorkflowRepository};
+use db8::{DbHealth, ReplicaRegistry, WorkflowRepository};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -109,6 +109,8 @@ pub struct HttpState {
     pub scan: Arc<dyn ScanNow>,
     /// Database liveness (`/ready`) and pool statistics (`/metrics`).
     pub db: Arc<dyn DbHealth>,
+    /// The replicas list (`GET /api/orchestratorm8/replicas`).
+    pub replicas: Arc<dyn ReplicaRegistry>,
     /// Broker health (`/ready`, `/metrics`) and downstream queue counts (`/ready`).
     pub broker: Arc<dyn Broker>,
     /// Current leadership role.

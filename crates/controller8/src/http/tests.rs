@@ -198,6 +198,7 @@ impl Fx {
             workflows: Arc::new(store.clone()),
             scan: scan.clone(),
             db: Arc::new(store.clone()),
+            replicas: Arc::new(store.clone()),
             broker: broker.as_dyn(),
             role: role_rx,
             metrics: metrics.clone(),
@@ -1785,6 +1786,56 @@ async fn stages_report_queues_in_flight_and_backpressure() {
     assert_eq!(v[0]["backpressure"], "max_in_flight");
     fx.set_token(Some(TOKEN));
     get(&routes, "/api/orchestratorm8/stages")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn replicas_lists_the_live_ones_leader_first_as_described() {
+    use db8::ReplicaRegistry;
+    use model8::{GoTime, ReplicaRole, ReplicaView};
+    let fx = Fx::new().await;
+    let routes = fx.routes();
+    // The fixture's clock stands at t0 + 5 min.
+    let now = t0() + chrono::Duration::minutes(5);
+    let row = |name: &str, role, seen_secs_ago: i64| ReplicaView {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        role,
+        version: "0.1.0".into(),
+        started_at: GoTime::from_utc(t0()),
+        seen_at: GoTime::from_utc(now - chrono::Duration::seconds(seen_secs_ago)),
+    };
+    for r in [
+        row("b-standby", ReplicaRole::Standby, 1),
+        row("a-leader", ReplicaRole::Leader, 3),
+        row("c-gone", ReplicaRole::Standby, 60),
+    ] {
+        fx.store.replica_beat(&r).await.unwrap();
+    }
+    let r = get(&routes, "/api/orchestratorm8/replicas").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    let doc = openapi_doc();
+    for x in v.as_array().unwrap() {
+        assert_eq!(
+            openapi::validate::check(&doc, "/components/schemas/Replica", x),
+            Vec::<String>::new()
+        );
+    }
+    let listed: Vec<(&str, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["name"].as_str().unwrap(), x["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("a-leader", "leader"), ("b-standby", "standby")],
+        "silent for 60 s: not listed"
+    );
+    fx.set_token(Some(TOKEN));
+    get(&routes, "/api/orchestratorm8/replicas")
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }

@@ -5,6 +5,7 @@
 pub(crate) mod domains;
 mod feed;
 mod lock;
+mod replicas;
 pub(crate) mod workflows;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ struct Shared {
 struct State {
     domains: BTreeMap<Uuid, Domain8>,
     workflows: workflows::Workflows,
+    replicas: std::collections::HashMap<Uuid, model8::ReplicaView>,
 }
 
 impl std::fmt::Debug for MemoryStore {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use db8::{
     ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, InitialClaim, LeaderLock,
-    NewWorkflow, RingApplied, RingEvent, RingMessage, RingRepository, RingStage, StageKey,
-    StagePlan, Transition, WorkflowFilter, WorkflowRepository,
+    NewWorkflow, ReplicaRegistry, RingApplied, RingEvent, RingMessage, RingRepository, RingStage,
+    StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
 use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowKind, WorkflowStatus};
@@ -25,6 +25,7 @@ pub struct Stores {
     pub domains: Arc<dyn DomainRepository>,
     pub workflows: Arc<dyn WorkflowRepository>,
     pub ring: Arc<dyn RingRepository>,
+    pub replicas: Arc<dyn ReplicaRegistry>,
     pub feed: Arc<dyn ChangeFeed>,
     pub health: Arc<dyn DbHealth>,
     /// Two contenders for the same leader lock.
@@ -74,6 +75,7 @@ macro_rules! conformance_suite {
             ring_heal_gives_up_on_a_stalled_stage,
             ring_keys_pruned_with_the_retention,
             leader_lock_contention,
+            replicas_listed_while_alive,
             health_ping,
         );
     };
@@ -1633,6 +1635,69 @@ pub async fn workflow_in_flight_counts(s: &Stores) {
 }
 
 // ---------------------------------------------------------------- lock and health
+
+/// Replicas are listed while they write their rows: the leader first, a role change
+/// seen, one not seen since the cut-off left out, one gone at shutdown removed, one
+/// silent for a day deleted by the next write.
+pub async fn replicas_listed_while_alive(s: &Stores) {
+    use model8::{ReplicaRole, ReplicaView};
+    let r = &s.replicas;
+    let replica = |name: &str, role, seen: i64| ReplicaView {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        role,
+        version: "0.1.0".into(),
+        started_at: GoTime::from_utc(t0()),
+        seen_at: GoTime::from_utc(t0() + secs(seen)),
+    };
+    let mut a = replica("a", ReplicaRole::Standby, 10);
+    let b = replica("b", ReplicaRole::Leader, 10);
+    let c = replica("c", ReplicaRole::Standby, 2);
+    for x in [&a, &b, &c] {
+        r.replica_beat(x).await.unwrap();
+    }
+    let names = |v: Vec<ReplicaView>| v.into_iter().map(|x| x.name).collect::<Vec<_>>();
+    assert_eq!(names(r.replicas(t0()).await.unwrap()), ["b", "a", "c"]);
+    // c not seen since t0+5: left out.
+    let live = r.replicas(t0() + secs(5)).await.unwrap();
+    let key = |x: &ReplicaView| (x.id, x.name.clone(), x.role, x.version.clone());
+    assert_eq!(live.iter().map(key).collect::<Vec<_>>(), [key(&b), key(&a)]);
+    // Kept at the database's precision (microseconds).
+    assert_eq!(
+        live[0].seen_at.to_utc().timestamp_micros(),
+        b.seen_at.to_utc().timestamp_micros()
+    );
+    // a becomes the leader, b steps down.
+    a.role = ReplicaRole::Leader;
+    a.seen_at = GoTime::from_utc(t0() + secs(20));
+    r.replica_beat(&a).await.unwrap();
+    r.replica_beat(&ReplicaView {
+        role: ReplicaRole::Standby,
+        seen_at: GoTime::from_utc(t0() + secs(20)),
+        ..b.clone()
+    })
+    .await
+    .unwrap();
+    let live = r.replicas(t0() + secs(15)).await.unwrap();
+    assert_eq!(
+        live.iter()
+            .map(|x| (x.name.as_str(), x.role))
+            .collect::<Vec<_>>(),
+        [("a", ReplicaRole::Leader), ("b", ReplicaRole::Standby)]
+    );
+    assert_eq!(
+        live[0].started_at.to_utc().timestamp_micros(),
+        a.started_at.to_utc().timestamp_micros(),
+        "the start is kept"
+    );
+    // b shuts down cleanly.
+    r.replica_gone(b.id).await.unwrap();
+    assert_eq!(names(r.replicas(t0()).await.unwrap()), ["a", "c"]);
+    // A day later, c (silent since t0+2) is deleted by a's next write.
+    a.seen_at = GoTime::from_utc(t0() + secs(2 + 86_400 + 1));
+    r.replica_beat(&a).await.unwrap();
+    assert_eq!(names(r.replicas(t0()).await.unwrap()), ["a"]);
+}
 
 pub async fn leader_lock_contention(s: &Stores) {
     let (a, b) = (&s.leader_a, &s.leader_b);

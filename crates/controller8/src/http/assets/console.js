@@ -257,14 +257,25 @@
       tr.appendChild(el('td', n === null ? 'unknown' : n));
       q.appendChild(tr);
     }
+    $('this-replica').textContent = 'This replica (' + location.host + '): ' + r.data.role + ', ' +
+      r.data.status + '; ' + Object.entries(r.data.checks || {}).map(([k, v]) => k + ': ' + v).join(', ');
+  }
+  // Every live replica (GET /api/orchestratorm8/replicas, with the token).
+  async function replicas() {
+    let r;
+    try { r = await api('GET', API + '/replicas'); } catch (e) { return; }
+    if (!r.res.ok || !Array.isArray(r.data)) return;
     const rep = $('replica-rows');
     rep.textContent = '';
-    const tr = el('tr');
-    tr.appendChild(el('td', location.host));
-    tr.appendChild(el('td', r.data.role));
-    tr.appendChild(el('td', r.data.status));
-    tr.appendChild(el('td', Object.entries(r.data.checks || {}).map(([k, v]) => k + ': ' + v).join(', ')));
-    rep.appendChild(tr);
+    for (const x of r.data) {
+      const tr = el('tr');
+      tr.appendChild(el('td', x.name));
+      tr.appendChild(el('td', x.role, 'badge ' + x.role));
+      tr.appendChild(el('td', x.version));
+      tr.appendChild(el('td', x.started_at));
+      tr.appendChild(el('td', x.seen_at));
+      rep.appendChild(tr);
+    }
   }
 
   // ---- live updates: the event stream, read with fetch (EventSource cannot send
@@ -345,6 +356,7 @@
   if (open || token()) load(params.get('cursor')); else askToken();
   ready();
   stages();
-  setInterval(() => { ready(); if (open || token()) stages(); }, 5000);
+  replicas();
+  setInterval(() => { ready(); if (open || token()) { stages(); replicas(); } }, 5000);
   live();
 })();
