@@ -1,8 +1,9 @@
 //! Per-consumer health counters, shared between a consumer's tasks and
 //! [`Broker::health`](crate::Broker::health) readers.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
@@ -114,24 +115,20 @@ impl ConsumerRegistry {
     pub(crate) fn add(&self, name: &str, queue: &str, autoack: bool) -> Arc<ConsumerStats> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(ConsumerStats::new(id, name, queue, autoack));
-        self.lock().push(stats.clone());
+        self.consumers.lock().push(stats.clone());
         stats
     }
 
     /// Forgets a stopped consumer.
     pub(crate) fn remove(&self, stats: &ConsumerStats) {
-        self.lock().retain(|c| c.id != stats.id);
+        self.consumers.lock().retain(|c| c.id != stats.id);
     }
 
     pub(crate) fn snapshot(&self) -> Vec<ConsumerHealth> {
-        self.lock().iter().map(|c| c.snapshot()).collect()
+        self.consumers.lock().iter().map(|c| c.snapshot()).collect()
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<ConsumerStats>> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ConsumerStats>>> {
-        self.consumers.lock().unwrap_or_else(|e| e.into_inner())
+        self.consumers.lock().clone()
     }
 }

@@ -10,9 +10,9 @@
 //! (oldest entries forgotten first); a process restart forgets it, which is what
 //! `x-delivery-count` covers on quorum queues. See docs/AMQP.md.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Identifies a message across redeliveries.
@@ -80,7 +80,7 @@ impl Redeliveries {
         if !redelivered && self.is_empty() {
             return 0;
         }
-        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.inner.lock();
         if !redelivered {
             // A first delivery: a stale count (same content published again) is reset.
             t.counts.remove(&key);
@@ -111,14 +111,14 @@ impl Redeliveries {
         if self.is_empty() {
             return;
         }
-        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.inner.lock();
         t.counts.remove(&key);
         self.len.store(t.counts.len(), Ordering::Relaxed);
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.inner.lock().unwrap().counts.len()
+        self.inner.lock().counts.len()
     }
 }
 

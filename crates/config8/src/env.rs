@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::tree::{Ctx, KeyPath, key_text, norm};
 
@@ -243,7 +243,7 @@ mod tests {
     use super::*;
 
     fn yaml(s: &str) -> Mapping {
-        serde_yaml::from_str(s).unwrap()
+        serde_norway::from_str(s).unwrap()
     }
 
     fn apply(doc: &str, env: &Env) -> (Mapping, Ctx) {

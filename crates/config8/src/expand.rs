@@ -7,7 +7,7 @@
 //!
 //! Names are `[A-Za-z_][A-Za-z0-9_]*`. Defaults are not expanded again.
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::env::Env;
 use crate::tree::{Ctx, KeyPath, key_text};
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn tree_errors_name_the_key() {
-        let mut v: Value = serde_yaml::from_str(
+        let mut v: Value = serde_norway::from_str(
             "Database:\n  password: \"${POSTGRESQL_PASSWORD}\"\n  list: [\"${HOST}\"]",
         )
         .unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::secret::Secret;
 use crate::settings::*;
@@ -376,7 +376,7 @@ fn queue_args(ctx: &mut Ctx, path: &KeyPath, value: Value) -> BTreeMap<String, A
         let p = path.key(&key);
         let v = match v {
             Value::String(s) if ctx.set_by_env(&p) => {
-                serde_yaml::from_str(&s).unwrap_or(Value::String(s))
+                serde_norway::from_str(&s).unwrap_or(Value::String(s))
             }
             v => v,
         };

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::env::{Env, apply_overrides};
 use crate::error::{ConfigError, Warning};
@@ -49,7 +49,7 @@ pub(crate) fn parse(text: &str, origin: Option<&Path>, env: &Env) -> Result<Load
         path: origin.map(Path::to_path_buf),
         problems,
     };
-    let mut root: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+    let mut root: Value = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
         path: origin.map(Path::to_path_buf),
         message: e.to_string(),
     })?;
@@ -92,7 +92,7 @@ pub(crate) fn parse(text: &str, origin: Option<&Path>, env: &Env) -> Result<Load
 }
 
 /// Reports every `<<` key that merging left in place: a merge key inside a merged
-/// mapping (`<<: {<<: x}`, `<<: [{<<: x}]`) is copied in as a plain key by serde_yaml
+/// mapping (`<<: {<<: x}`, `<<: [{<<: x}]`) is copied in as a plain key by serde_norway
 /// rather than merged. Accepting it would make a service or queue argument named `<<`,
 /// which no file can express (printing it gives a merge key again, so `config check`
 /// output would not load back).

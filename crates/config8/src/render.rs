@@ -1,6 +1,6 @@
 //! The effective configuration as YAML in the file's shape, with every secret redacted.
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::secret::Secret;
 use crate::settings::Settings;
@@ -12,14 +12,14 @@ use crate::settings::Settings;
 /// (say a password repeated in a URL of `Services`), and URL passwords
 /// (`scheme://user:password@host`) are redacted wherever they appear.
 pub fn render_redacted(settings: &Settings) -> String {
-    let mut value = serde_yaml::to_value(settings).expect("settings serialise to YAML");
+    let mut value = serde_norway::to_value(settings).expect("settings serialise to YAML");
     let secrets: Vec<&str> = secrets(settings)
         .into_iter()
         .map(Secret::expose)
         .filter(|s| !s.is_empty())
         .collect();
     scrub(&mut value, &secrets);
-    serde_yaml::to_string(&value).expect("a YAML value serialises")
+    serde_norway::to_string(&value).expect("a YAML value serialises")
 }
 
 /// Every secret of `s` (possibly empty ones).

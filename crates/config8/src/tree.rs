@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::duration;
 use crate::error::{Problem, Warning};
@@ -201,7 +201,7 @@ pub(crate) fn untag(value: Value) -> Value {
 /// `${VAR}`): parse it. Other values are returned as they are.
 pub(crate) fn structured(value: Value) -> Value {
     match untag(value) {
-        Value::String(s) => match serde_yaml::from_str::<Value>(&s) {
+        Value::String(s) => match serde_norway::from_str::<Value>(&s) {
             Ok(v @ (Value::Sequence(_) | Value::Mapping(_))) => v,
             _ => Value::String(s),
         },

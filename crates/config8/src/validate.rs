@@ -107,8 +107,10 @@ fn numeric_arguments_as_text(s: &Settings) -> Vec<(KeyPath, String)> {
                 .key(section)
                 .key("Queue-arguments")
                 .key(key);
-            let shown =
-                crate::tree::show(&serde_yaml::Value::String(scrub_str(text, &secrets)), false);
+            let shown = crate::tree::show(
+                &serde_norway::Value::String(scrub_str(text, &secrets)),
+                false,
+            );
             let hint = if text.trim().parse::<i64>().is_ok() {
                 format!(" (write {key}: {} without quotes)", text.trim())
             } else {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use config8::{ConfigError, Env, Loaded, Secret, Settings, from_yaml_str, render_redacted};
 use proptest::prelude::*;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 /// The common prefix of every canary: it must never appear in an error, warning or
 /// rendering.
@@ -483,7 +483,7 @@ fn edit() -> impl Strategy<Value = Edit> {
 /// Applies `edits` (each at the path chosen by its index) to the parsed `base`; secret
 /// values are left alone so that the canaries stay where they belong.
 fn edited(base: &str, edits: &[(prop::sample::Index, Edit)]) -> String {
-    let mut doc: Value = serde_yaml::from_str(base).unwrap();
+    let mut doc: Value = serde_norway::from_str(base).unwrap();
     for (at, e) in edits {
         let mut all = Vec::new();
         paths(&doc, &mut Vec::new(), &mut all);
@@ -512,7 +512,7 @@ fn edited(base: &str, edits: &[(prop::sample::Index, Edit)]) -> String {
             }
         }
     }
-    serde_yaml::to_string(&doc).unwrap()
+    serde_norway::to_string(&doc).unwrap()
 }
 
 /// A text mutation of a file.
@@ -663,7 +663,7 @@ proptest! {
 
     #[test]
     fn random_documents_of_known_keys_never_panic(doc in document()) {
-        let text = serde_yaml::to_string(&doc).unwrap();
+        let text = serde_norway::to_string(&doc).unwrap();
         let _ = check(&text, &env());
     }
 
@@ -703,7 +703,7 @@ proptest! {
 
     #[test]
     fn dollars_and_braces_in_values_round_trip(v in "[a-z${}:-]{0,14}") {
-        let text = format!("ORCHESTRATORM8:\n  Services:\n    asmm8: {}\n", serde_yaml::to_string(&v).unwrap().trim_end());
+        let text = format!("ORCHESTRATORM8:\n  Services:\n    asmm8: {}\n", serde_norway::to_string(&v).unwrap().trim_end());
         let env = Env::empty().with("a", "A").with("b", "");
         if let Ok(loaded) = check(&text, &env) {
             let again = from_yaml_str(&render_redacted(&loaded.settings), &Env::empty()).unwrap();

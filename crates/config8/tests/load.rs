@@ -592,7 +592,7 @@ Database: { port: "${PGPORT}" }
 
 #[test]
 fn a_merge_key_left_by_a_nested_merge_is_refused_with_its_path() {
-    // serde_yaml merges one level: the inner `<<` is copied in as a plain key. Loaded,
+    // serde_norway merges one level: the inner `<<` is copied in as a plain key. Loaded,
     // it would be a service named `<<`, which `config check` prints back as a merge key
     // (found by fuzz_loader: the printed configuration did not load back).
     for text in [

@@ -18,7 +18,8 @@
 //!
 //! The role is published on a watch channel for the engine, `/ready` and `/metrics`.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use db8::LeaderLock;
@@ -79,10 +80,6 @@ impl Leadership {
             .max(MIN_CHECK_INTERVAL)
     }
 
-    fn acquired(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.acquired.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn set(&self, role: Role) {
         // Only a real change notifies the watchers (the loops wake on role changes).
         let mut old = role;
@@ -108,7 +105,7 @@ impl Leadership {
         let interval = self.interval();
         let limit = check_timeout(interval);
         let current = *self.role.borrow();
-        let waiting_since = *self.acquired();
+        let waiting_since = *self.acquired.lock();
         let check = async {
             match (current, waiting_since) {
                 (Role::Leader, _) | (Role::Standby, Some(_)) => self.lock.is_held().await,
@@ -135,7 +132,7 @@ impl Leadership {
                 let now = Instant::now();
                 match waiting_since {
                     Some(since) if now.duration_since(since) >= grace => {
-                        *self.acquired() = None;
+                        *self.acquired.lock() = None;
                         Role::Leader
                     }
                     Some(_) => Role::Standby,
@@ -145,7 +142,7 @@ impl Leadership {
                             ?grace,
                             "leader lock taken; leading once a previous leader must have stepped down"
                         );
-                        *self.acquired() = Some(now);
+                        *self.acquired.lock() = Some(now);
                         Role::Standby
                     }
                 }
@@ -154,17 +151,17 @@ impl Leadership {
                 if waiting_since.is_some() {
                     tracing::warn!("leader lock lost while waiting to lead");
                 }
-                *self.acquired() = None;
+                *self.acquired.lock() = None;
                 Role::Standby
             }
             (Role::Standby, Ok(Err(e))) => {
                 tracing::debug!(error = %e, "cannot try the leader lock");
-                *self.acquired() = None;
+                *self.acquired.lock() = None;
                 Role::Standby
             }
             (Role::Standby, Err(_)) => {
                 tracing::debug!(timeout = ?limit, "leader lock attempt timed out");
-                *self.acquired() = None;
+                *self.acquired.lock() = None;
                 Role::Standby
             }
         };
@@ -176,7 +173,7 @@ impl Leadership {
     /// the engine stops before another replica can take the lock.
     pub(crate) async fn resign(&self) {
         let was = *self.role.borrow();
-        let waiting = self.acquired().take().is_some();
+        let waiting = self.acquired.lock().take().is_some();
         self.role
             .send_if_modified(|r| std::mem::replace(r, Role::Standby) != Role::Standby);
         self.metrics.set_role(Role::Standby);

@@ -12,7 +12,8 @@
 //!   guard remembers when the last span was handed over and, at shutdown, waits until
 //!   `flush_timeout` after it (not at all when nothing was sent recently).
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::span::{Attributes, Id, Record};
@@ -43,12 +44,12 @@ pub(crate) struct LastSent(Arc<Mutex<Option<Instant>>>);
 
 impl LastSent {
     fn mark(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self.0.lock() = Some(Instant::now());
     }
 
     /// Waits until `timeout` after the last hand-over, if that is still ahead.
     pub(crate) fn wait(&self, timeout: Duration) {
-        let last = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let last = *self.0.lock();
         if let Some(t) = last {
             let remaining = (t + timeout).saturating_duration_since(Instant::now());
             if !remaining.is_zero() {

@@ -17,11 +17,12 @@
 //! Failures come on demand, deterministically, from a [`FaultPlan`] (`--fail
 //! naabum8:soft:1`: the first run of naabum8 fails softly); see [`Fault`].
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use amqp8::{
@@ -511,10 +512,7 @@ impl Scanner {
     }
 
     fn record(&self, r: RunRecord) {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(r);
+        self.records.lock().push(r);
     }
 
     /// Publishes the `Publisher` message with `payload`.
@@ -611,10 +609,7 @@ impl Scanners {
 
     /// Every run so far, in the order they ended.
     pub fn records(&self) -> Vec<RunRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.records.lock().clone()
     }
 
     /// Stops consuming: in-flight scans may finish within `grace`, the others return

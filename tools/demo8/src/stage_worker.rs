@@ -13,9 +13,10 @@
 //! 5. ack the job. If the report cannot be confirmed, the job is requeued instead and
 //!    done again later; the orchestrator ignores a duplicate report, so that is safe.
 
+use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use amqp8::{Broker, Decision, Handler, HandlerError, Message, OutgoingMessage, handler_fn};
@@ -172,14 +173,14 @@ impl StageWorker {
         };
         let key = (job.workflow_id, job.attempt);
         let domains: Vec<&str> = job.domains.iter().map(|d| d.name.as_str()).collect();
-        if self.lock_reported().contains(&key) {
+        if self.reported.lock().contains(&key) {
             tracing::info!(workflow = %job.workflow_id, attempt = job.attempt,
                 "redelivered job already reported: acking it without scanning again");
             bump(&self.stats.duplicates);
             return Ok(Decision::Ack);
         }
         let plan = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rng = self.rng.lock();
             self.config.sim.plan(job.attempt, &mut *rng)
         };
         tracing::info!(workflow = %job.workflow_id, attempt = job.attempt, ?domains,
@@ -206,7 +207,7 @@ impl StageWorker {
         let message = self.report(&job, outcome, detail)?;
         match publish_confirmed(self.broker.as_ref(), message, self.config.retry).await {
             Ok(()) => {
-                self.lock_reported().insert(key);
+                self.reported.lock().insert(key);
                 bump(match outcome {
                     StageOutcome::Completed => &self.stats.completed,
                     StageOutcome::Failed => &self.stats.failed,
@@ -222,10 +223,6 @@ impl StageWorker {
                 Err(HandlerError(e.to_string()))
             }
         }
-    }
-
-    fn lock_reported(&self) -> std::sync::MutexGuard<'_, Reported> {
-        self.reported.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The job in a delivery, or why it is unreadable.

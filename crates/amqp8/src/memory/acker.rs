@@ -1,6 +1,7 @@
 //! Settling in-memory deliveries, and [`TestAcker`] for handler unit tests.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -149,14 +150,11 @@ impl TestAcker {
 
     /// How the acker was settled, if it was.
     pub fn get(&self) -> Option<Settlement> {
-        self.settled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.settled.lock().clone()
     }
 
     fn set(&self, s: Settlement) -> Result<(), AmqpError> {
-        let mut g = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.settled.lock();
         if let Some(previous) = &*g {
             panic!("TestAcker settled twice: {previous:?} then {s:?}");
         }

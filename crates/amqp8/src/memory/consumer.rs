@@ -1,8 +1,9 @@
 //! In-memory consumers: one task per consumer taking messages as prefetch allows and
 //! running them through the shared [`Dispatch`].
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +29,7 @@ struct MemConsumer {
 impl ConsumerControl for MemConsumer {
     async fn stop(&self, grace: Duration) {
         if !self.stop.is_cancelled() {
-            *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+            *self.grace.lock() = grace;
             self.stop.cancel();
         }
         self.done.cancelled().await;
@@ -156,7 +157,7 @@ impl Run {
             }
         }
         self.stats.set_active(false, false);
-        let grace = *self.grace.lock().unwrap_or_else(|e| e.into_inner());
+        let grace = *self.grace.lock();
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {

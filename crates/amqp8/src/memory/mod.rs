@@ -14,8 +14,9 @@ mod consumer;
 mod routing;
 mod state;
 
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -59,7 +60,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Wakes consumers and waiters after a change.
@@ -300,11 +301,7 @@ impl MemoryBroker {
 
     /// Every publish answered so far (not the failed ones), with its outcome, in order.
     pub fn published(&self) -> Vec<(OutgoingMessage, PublishOutcome)> {
-        self.inner
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.published.lock().clone()
     }
 
     /// Handler panics caught so far, over every running consumer.
@@ -382,11 +379,7 @@ impl MemoryBroker {
                 s.publish(stored, message.mandatory)?
             }
         };
-        self.inner
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((message, outcome));
+        self.inner.published.lock().push((message, outcome));
         self.inner.changed();
         Ok(outcome)
     }

@@ -4,37 +4,43 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rand::Rng;
 
-/// Delays between reconnection attempts.
-#[derive(Debug, Clone)]
+/// Delays between reconnection attempts: backon's doubling steps with ±20 % jitter.
+#[derive(Debug)]
 pub(crate) struct Backoff {
-    initial: Duration,
+    builder: ExponentialBuilder,
     max: Duration,
-    next: Duration,
+    steps: ExponentialBackoff,
 }
 
 impl Backoff {
     /// Starts at `initial`, doubles, never above `max`.
     pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        let max = max.max(initial);
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(initial)
+            .with_max_delay(max)
+            .with_factor(2.0)
+            .without_max_times();
         Backoff {
-            initial,
-            max: max.max(initial),
-            next: initial,
+            builder,
+            max,
+            steps: builder.build(),
         }
     }
 
     /// The delay before the next attempt: the current step with ±20 % jitter.
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
+        let step = self.steps.next().unwrap_or(self.max);
         let factor = rand::rng().random_range(0.8..1.2);
         step.mul_f64(factor).min(self.max)
     }
 
     /// After a success: start small again.
     pub(crate) fn reset(&mut self) {
-        self.next = self.initial;
+        self.steps = self.builder.build();
     }
 }
 

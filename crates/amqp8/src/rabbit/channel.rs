@@ -5,7 +5,8 @@
 //! drops the callback (and with it the sender) when the channel's dispatcher stops,
 //! whether the broker closed the channel or the connection died.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use amqprs::callbacks::ChannelCallback;
 use amqprs::channel::Channel;
@@ -33,11 +34,11 @@ pub(crate) struct CloseSlot(Arc<Mutex<Option<(u16, String)>>>);
 
 impl CloseSlot {
     pub(crate) fn get(&self) -> Option<(u16, String)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.lock().clone()
     }
 
     fn set(&self, code: u16, text: String) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, text));
+        *self.0.lock() = Some((code, text));
     }
 }
 

@@ -12,8 +12,9 @@
 //! cheaper, and what the consume benchmark measures); a handler with CPU-heavy work
 //! should move it to `tokio::task::spawn_blocking`.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amqprs::channel::{
@@ -130,7 +131,7 @@ struct Control {
 impl ConsumerControl for Control {
     async fn stop(&self, grace: Duration) {
         if !self.stop.is_cancelled() {
-            *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+            *self.grace.lock() = grace;
             self.stop.cancel();
         }
         let mut done = self.done.clone();
@@ -405,7 +406,7 @@ impl Supervisor {
     /// Lets handlers finish within the grace period; the rest are dropped (their
     /// messages return to the queue when the channel closes).
     async fn drain(&self, in_flight: &mut InFlight) {
-        let grace = *self.control.grace.lock().unwrap_or_else(|e| e.into_inner());
+        let grace = *self.control.grace.lock();
         if tokio::time::timeout(grace, async { while in_flight.next().await.is_some() {} })
             .await
             .is_err()

@@ -11,9 +11,10 @@ mod publisher;
 mod rpc;
 mod topology;
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use amqprs::channel::{ExchangeDeclareArguments, QueueDeclareArguments, QueueDeleteArguments};
@@ -146,29 +147,17 @@ impl Shared {
     }
 
     pub(crate) fn forget_exchange(&self, name: &str) {
-        self.exchanges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.exchanges.lock().remove(name);
     }
 
     fn know_exchange(&self, name: &str) {
-        self.exchanges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned());
+        self.exchanges.lock().insert(name.to_owned());
     }
 
     /// Checks (once, passively) that an exchange exists, so that a publish to a
     /// missing one fails on its own instead of closing the publisher's channel.
     async fn ensure_exchange(self: &Arc<Self>, name: &str) -> Result<(), AmqpError> {
-        if name.is_empty()
-            || self
-                .exchanges
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(name)
-        {
+        if name.is_empty() || self.exchanges.lock().contains(name) {
             return Ok(());
         }
         let n = name.to_owned();

@@ -6,9 +6,10 @@
 //! open a throw-away channel on a pooled connection. Every new connection has the
 //! registered topology declared on it before it is handed out (topology recovery).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amqprs::Close;
@@ -40,46 +41,32 @@ pub(crate) struct ConnStats {
 
 impl ConnStats {
     pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_error.lock().clone()
     }
 
     fn set_last_error(&self, e: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        *self.last_error.lock() = Some(e);
     }
 
     /// The broker's refusal of the latest connection attempt, if it was refused
     /// ([`AmqpError::AccessRefused`] or [`AmqpError::VhostNotAllowed`]).
     pub(crate) fn refusal(&self) -> Option<AmqpError> {
-        self.refusal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.refusal.lock().clone()
     }
 
     /// Records the outcome of a connection attempt: `Some(refusal)` or `None` (it
     /// connected, or failed for another reason). Returns the refusal that was
     /// recorded before.
     fn set_refusal(&self, refusal: Option<AmqpError>) -> Option<AmqpError> {
-        std::mem::replace(
-            &mut *self.refusal.lock().unwrap_or_else(|e| e.into_inner()),
-            refusal,
-        )
+        std::mem::replace(&mut *self.refusal.lock(), refusal)
     }
 
     pub(crate) fn blocked_reason(&self) -> Option<String> {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .next()
-            .cloned()
+        self.blocked.lock().values().next().cloned()
     }
 
     fn set_blocked(&self, id: u64, reason: Option<String>) {
-        let mut b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.blocked.lock();
         match reason {
             Some(r) => {
                 b.insert(id, r);

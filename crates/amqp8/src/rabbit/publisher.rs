@@ -18,9 +18,10 @@
 //!   once with [`AmqpError::AccessRefused`] / [`AmqpError::VhostNotAllowed`]; the lane
 //!   keeps trying to connect every few seconds.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments};
@@ -137,7 +138,7 @@ impl Batch {
     }
 
     fn set(&self, i: usize, outcome: Outcome) {
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.state.lock();
         if g.0[i].is_none() {
             g.0[i] = Some(outcome);
             g.1 -= 1;
@@ -150,7 +151,7 @@ impl Batch {
     async fn wait(&self) -> Vec<Outcome> {
         loop {
             {
-                let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut g = self.state.lock();
                 if g.1 == 0 {
                     return std::mem::take(&mut g.0)
                         .into_iter()

@@ -3,7 +3,7 @@
 //! connection, so a broker that restarted (or lost a non-durable object) gets them
 //! back before anything is published or consumed.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use amqprs::channel::{
     Channel, ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
@@ -111,14 +111,10 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Topology> {
-        self.declared.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Remembers an object the broker accepted (replacing an older declaration of the
     /// same exchange or queue).
     pub(crate) fn remember(&self, item: &Item) {
-        let mut t = self.lock();
+        let mut t = self.declared.lock();
         match item {
             Item::Exchange(e) => {
                 t.exchanges.retain(|x| x.name != e.name);
@@ -138,14 +134,14 @@ impl Registry {
 
     /// Forgets a deleted queue and its bindings.
     pub(crate) fn forget_queue(&self, queue: &str) {
-        let mut t = self.lock();
+        let mut t = self.declared.lock();
         t.queues.retain(|q| q.name != queue);
         t.bindings.retain(|b| b.queue != queue);
     }
 
     /// What would be declared on a new connection.
     pub(crate) fn snapshot(&self) -> Topology {
-        self.lock().clone()
+        self.declared.lock().clone()
     }
 
     /// Declares everything remembered on a new connection. Failures are logged: a

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 
 use super::backoff::Pressure;
-use super::{Engine, lock, plus};
+use super::{Engine, plus};
 
 /// Batches of one stage published at once (each up to `Tuning::publish_batch` jobs).
 const PIPELINE_DEPTH: usize = 2;
@@ -177,7 +177,8 @@ impl Engine {
 
     /// The time before which `stage` is paused by backpressure, if it is.
     pub(crate) fn paused_until(&self, stage: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        lock(&self.pressure)
+        self.pressure
+            .lock()
             .get(stage)
             .and_then(|p| p.until)
             .filter(|u| *u > now)
@@ -186,7 +187,7 @@ impl Engine {
     /// A result of `stage` arrived: one of its workers took a job off its queue, so
     /// there is room again. Ends the backpressure pause and wakes the dispatcher.
     pub(crate) fn stage_has_room(&self, stage: &str) {
-        if let Some(p) = lock(&self.pressure).get_mut(stage) {
+        if let Some(p) = self.pressure.lock().get_mut(stage) {
             p.backoff = Pressure::default();
             p.until = None;
         }
@@ -197,13 +198,14 @@ impl Engine {
     /// size is back to the full [`Tuning::publish_batch`](crate::tuning::Tuning) after
     /// one.
     pub(super) fn takes_full_batches(&self, stage: &str, now: DateTime<Utc>) -> bool {
-        lock(&self.pressure).get(stage).is_none_or(|p| {
+        self.pressure.lock().get(stage).is_none_or(|p| {
             p.until.is_none_or(|u| u <= now) && p.batch >= self.tuning.publish_batch
         })
     }
 
     fn batch_limit(&self, stage: &str) -> usize {
-        lock(&self.pressure)
+        self.pressure
+            .lock()
             .get(stage)
             .map_or(self.tuning.publish_batch, |p| p.batch)
             .clamp(1, self.tuning.publish_batch.max(1))
@@ -437,7 +439,7 @@ impl Engine {
                      recorded when the database answers again (if it answers within the \
                      lease; else their claims expire and they are published again)"
                 );
-                lock(&self.unsettled).push(Unsettled::Running {
+                self.unsettled.lock().push(Unsettled::Running {
                     keys: p.confirmed.clone(),
                     deadline,
                     since: now,
@@ -513,7 +515,7 @@ impl Engine {
                 "could not release claimed stage attempts; released when the database \
                  answers again (or retried when their claims expire)"
             );
-            lock(&self.unsettled).push(Unsettled::Release {
+            self.unsettled.lock().push(Unsettled::Release {
                 stage: stage.to_owned(),
                 keys: keys.to_vec(),
                 since: now,
@@ -525,7 +527,7 @@ impl Engine {
     /// (the database is still away) and keeps the rest. Entries older than the claim
     /// lease are dropped: their claims expired and the attempts are claimed again.
     async fn settle(&self) -> Result<(), DbError> {
-        let pending = std::mem::take(&mut *lock(&self.unsettled));
+        let pending = std::mem::take(&mut *self.unsettled.lock());
         if pending.is_empty() {
             return Ok(());
         }
@@ -573,7 +575,7 @@ impl Engine {
             None => Ok(()),
             Some((u, e)) => {
                 let mut keep: Vec<Unsettled> = std::iter::once(u).chain(rest).collect();
-                let mut all = lock(&self.unsettled);
+                let mut all = self.unsettled.lock();
                 keep.append(&mut all);
                 *all = keep;
                 Err(e)
@@ -586,7 +588,7 @@ impl Engine {
     /// `accepted`. The first occurrence of an episode is logged with its real cause.
     fn refused(&self, stage: &str, accepted: usize, cause: Refusal<'_>, settings: &StageSettings) {
         let now = self.now();
-        let mut all = lock(&self.pressure);
+        let mut all = self.pressure.lock();
         let p = all
             .entry(stage.to_owned())
             .or_insert_with(|| StagePressure {
@@ -635,7 +637,7 @@ impl Engine {
     }
 
     fn confirmed_all(&self, stage: &str) {
-        let mut all = lock(&self.pressure);
+        let mut all = self.pressure.lock();
         if let Some(p) = all.get_mut(stage) {
             if p.logged {
                 tracing::info!(stage, "stage jobs are accepted again");

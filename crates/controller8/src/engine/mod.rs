@@ -26,9 +26,10 @@ pub(crate) mod timeouts;
 #[cfg(test)]
 mod window_tests;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use amqp8::Broker;
@@ -68,7 +69,7 @@ impl Wake {
     /// is seen in time without waking it (a batch of 2,000 deadlines recorded during a
     /// bulk publish is then one wake-up, not one per batch).
     pub(crate) fn at(&self, t: DateTime<Utc>) {
-        let mut due = lock(&self.due);
+        let mut due = self.due.lock();
         let earlier = due.first().is_none_or(|first| t < *first);
         due.insert(t);
         while due.len() > Self::CAPACITY {
@@ -83,7 +84,7 @@ impl Wake {
     /// The earliest remembered due time after `now`, forgetting those at or before it
     /// (the round that runs at `now` handles them).
     pub(crate) fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut due = lock(&self.due);
+        let mut due = self.due.lock();
         while due.first().is_some_and(|t| *t <= now) {
             due.pop_first();
         }
@@ -326,9 +327,4 @@ pub(crate) fn minus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 /// How long from `now` until `t` (zero when past).
 pub(crate) fn until(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
     (t - now).to_std().unwrap_or(Duration::ZERO)
-}
-
-/// Locks a mutex, recovering from poisoning.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

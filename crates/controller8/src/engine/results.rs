@@ -22,9 +22,9 @@ use async_trait::async_trait;
 use db8::{DbError, StageKey, Transition, WorkflowFilter};
 use model8::{StageOutcome, StageStatus, WorkflowStatus};
 
+use super::Engine;
 use super::notify::Ending;
 use super::protocol::{self, Match, Report, Verdict};
-use super::{Engine, lock};
 
 /// Backoff of the result handler while the database is unavailable (a transient
 /// error): first delay and cap.
@@ -359,13 +359,13 @@ impl Engine {
         let mut shutdown = self.shutdown.clone();
         loop {
             let seen = self.error_seen.notified();
-            if let Some(m) = lock(&self.recent_errors).find(source, arrived) {
+            if let Some(m) = self.recent_errors.lock().find(source, arrived) {
                 return Ok(Some(m.to_owned()));
             }
             tokio::select! {
                 () = seen => {}
                 () = tokio::time::sleep_until(give_up) => {
-                    return Ok(lock(&self.recent_errors).find(source, arrived).map(str::to_owned));
+                    return Ok(self.recent_errors.lock().find(source, arrived).map(str::to_owned));
                 }
                 _ = shutdown.wait_for(|s| *s) => return Err(()),
             }
@@ -375,7 +375,9 @@ impl Engine {
     /// Records an `app.error.*` notification from `source` (arrived now) and wakes
     /// the reports waiting for one.
     pub(crate) fn error_arrived(&self, source: &str, message: &str) {
-        lock(&self.recent_errors).record(source, self.now(), message);
+        self.recent_errors
+            .lock()
+            .record(source, self.now(), message);
         self.error_seen.notify_waiters();
     }
 

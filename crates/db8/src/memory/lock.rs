@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{MemoryStore, lock};
+use super::MemoryStore;
 use crate::error::DbError;
 use crate::traits::LeaderLock;
 
@@ -11,7 +11,7 @@ use crate::traits::LeaderLock;
 impl LeaderLock for MemoryStore {
     async fn try_acquire(&self) -> Result<bool, DbError> {
         self.check_available()?;
-        let mut holder = lock(&self.shared.leader);
+        let mut holder = self.shared.leader.lock();
         match *holder {
             Some(h) => Ok(h == self.identity),
             None => {
@@ -22,11 +22,11 @@ impl LeaderLock for MemoryStore {
     }
 
     async fn is_held(&self) -> Result<bool, DbError> {
-        Ok(*lock(&self.shared.leader) == Some(self.identity))
+        Ok(*self.shared.leader.lock() == Some(self.identity))
     }
 
     async fn release(&self) -> Result<(), DbError> {
-        let mut holder = lock(&self.shared.leader);
+        let mut holder = self.shared.leader.lock();
         if *holder == Some(self.identity) {
             *holder = None;
         }

@@ -8,9 +8,10 @@ mod lock;
 mod replicas;
 pub(crate) mod workflows;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use model8::Domain8;
@@ -107,7 +108,7 @@ impl MemoryStore {
     /// Simulates the server ending the leader's session (e.g. `pg_terminate_backend`):
     /// whoever holds the leader lock loses it.
     pub fn revoke_leadership(&self) {
-        *lock(&self.shared.leader) = None;
+        *self.shared.leader.lock() = None;
     }
 
     /// Sends [`DomainChange::Resync`] to every subscriber, as the PostgreSQL feed does
@@ -130,17 +131,12 @@ impl MemoryStore {
     /// The state, after checking availability.
     fn state(&self) -> Result<MutexGuard<'_, State>, DbError> {
         self.check_available()?;
-        Ok(lock(&self.shared.state))
+        Ok(self.shared.state.lock())
     }
 
     fn notify_changed(&self) {
         let _ = self.shared.changes.send(DomainChange::Changed);
     }
-}
-
-/// Locks a mutex, recovering from poisoning (a panicking test thread must not cascade).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait]

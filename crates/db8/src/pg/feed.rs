@@ -6,7 +6,8 @@
 //! into it. When the connection is lost, the listener reconnects with backoff and then
 //! emits [`DomainChange::Resync`], since notifications sent meanwhile are lost.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -63,7 +64,7 @@ struct Mailbox {
 impl Mailbox {
     /// Leaves an event; an unread `Changed` merges into it, `Resync` wins.
     fn put(&self, ev: DomainChange) {
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.slot.lock();
         if *slot != Some(DomainChange::Resync) {
             *slot = Some(ev);
         }
@@ -72,17 +73,17 @@ impl Mailbox {
     }
 
     fn close(&self) {
-        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *self.closed.lock() = true;
         self.wake.notify_one();
     }
 
     async fn next(&self) -> Option<DomainChange> {
         loop {
-            let ev = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let ev = self.slot.lock().take();
             if ev.is_some() {
                 return ev;
             }
-            if *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *self.closed.lock() {
                 return None;
             }
             // `notify_one` stores a permit when nobody waits: no wake-up is lost.

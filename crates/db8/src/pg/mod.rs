@@ -10,7 +10,8 @@ mod replicas;
 mod ring;
 mod workflows;
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bb8::{ErrorSink, Pool, PooledConnection, RunError};
@@ -73,7 +74,7 @@ impl ErrorSink<tokio_postgres::Error> for LogSink {
         let reason = conn::describe(&e);
         tracing::warn!(database = %self.label, error = %reason, "database connection failed");
         let refused = conn::is_refused(&e);
-        *self.failures.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((reason, refused));
+        *self.failures.last.lock() = Some((reason, refused));
         self.failures.happened.notify_waiters();
     }
 
@@ -191,11 +192,7 @@ impl PgStore {
     }
 
     fn last_failure(&self) -> Option<(String, bool)> {
-        self.failures
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.failures.last.lock().clone()
     }
 
     fn connect_failure(&self) -> DbError {

@@ -9,8 +9,9 @@
 //! Holds the EXCLUSIVE lock on /tmp/cptm8-services.lock throughout, and always starts
 //! the RabbitMQ application again, even when the benchmark fails.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amqp8::{ConsumeOptions, Decision, Delivery, Handler, HandlerError, Topology};
@@ -55,11 +56,7 @@ impl Handler for Recorder {
             .and_then(|r| r.strip_suffix('}'))
             .and_then(|n| n.parse::<u32>().ok())
         {
-            self.first
-                .lock()
-                .expect("recorder poisoned")
-                .entry(cycle)
-                .or_insert(now);
+            self.first.lock().entry(cycle).or_insert(now);
             self.arrived.notify_waiters();
         }
         Ok(Decision::Ack)
@@ -182,12 +179,7 @@ async fn wait_for_probe(
     let mut channel: Option<amqprs::channel::Channel> = None;
     let mut last_error = String::from("none");
     loop {
-        let arrived = recorder
-            .first
-            .lock()
-            .expect("recorder poisoned")
-            .get(&cycle)
-            .copied();
+        let arrived = recorder.first.lock().get(&cycle).copied();
         if let Some(at) = arrived {
             if let Some(ch) = channel.take() {
                 let _ = ch.close().await;

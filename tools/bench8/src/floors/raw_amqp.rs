@@ -5,8 +5,9 @@
 //! These are what a careful hand-written client achieves on the same broker: the
 //! throughput amqp8 is compared with.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amqprs::callbacks::ChannelCallback;
@@ -135,7 +136,7 @@ struct ConfirmCounter {
 
 impl ConfirmCounter {
     fn settle(&self, tag: u64, multiple: bool, ack: bool) {
-        let mut st = self.state.lock().expect("confirm state poisoned");
+        let mut st = self.state.lock();
         let settled: Vec<u64> = if multiple {
             st.outstanding.range(..=tag).copied().collect()
         } else if st.outstanding.contains(&tag) {
@@ -254,11 +255,7 @@ async fn publish_on(
             .map_err(|e| Failure::Error(e.to_string()))?;
         permit.forget();
         let tag = i as u64 + 1;
-        state
-            .lock()
-            .expect("confirm state poisoned")
-            .outstanding
-            .insert(tag);
+        state.lock().outstanding.insert(tag);
         channel
             .basic_publish(props.clone(), body.clone(), args.clone())
             .await
@@ -267,7 +264,7 @@ async fn publish_on(
     loop {
         let notified = done.notified();
         let (confirmed, nacked) = {
-            let st = state.lock().expect("confirm state poisoned");
+            let st = state.lock();
             (st.confirmed, st.nacked)
         };
         if confirmed + nacked >= total {
@@ -288,7 +285,7 @@ async fn publish_on(
             .await
             .is_err()
         {
-            let st = state.lock().expect("confirm state poisoned");
+            let st = state.lock();
             return Err(Failure::Error(format!(
                 "timed out after {timeout:?}: {} of {total} confirmed",
                 st.confirmed + st.nacked
