@@ -48,6 +48,7 @@ mod error;
 mod expand;
 mod extract;
 mod load;
+mod parts;
 mod render;
 mod secret;
 mod settings;
@@ -62,6 +63,10 @@ pub use env::{
 };
 pub use error::{ConfigError, Problem, Warning};
 pub use load::{Loaded, from_yaml_str, load, load_with};
+pub use parts::{
+    ByStage, EachKey, LiveLeaderElection, LiveScheduler, LiveSettings, LiveStage, LiveWorkflow,
+    RestartLeaderElection, RestartScheduler, RestartSettings, RestartStage, RestartWorkflow,
+};
 pub use render::render_redacted;
 pub use secret::Secret;
 pub use settings::*;

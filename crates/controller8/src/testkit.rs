@@ -391,10 +391,15 @@ impl Harness {
         self.clock.advance(d);
     }
 
-    pub(crate) fn update(&self, f: impl FnOnce(&mut Settings)) {
-        let mut s = (**self.settings.borrow()).clone();
+    /// Changes the settings as a reload does (no restart); what `config8::diff` reports
+    /// of the change.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Settings)) -> config8::ChangeReport {
+        let old = self.settings.borrow().clone();
+        let mut s = (*old).clone();
         f(&mut s);
+        let report = config8::diff(&old, &s);
         self.settings.send_replace(Arc::new(s));
+        report
     }
 
     pub(crate) fn take_jobs(&self, stage: &str) -> Vec<StageJob> {
