@@ -102,6 +102,70 @@ mod tests {
     }
 
     #[test]
+    fn the_http_body_limit_and_the_leader_check_interval_are_live() {
+        let old = Settings::default();
+        let mut new = old.clone();
+        new.http.body_limit = 1024;
+        new.leader_election.check_interval = Duration::from_secs(5);
+        let r = diff(&old, &new);
+        assert_eq!(r.live, ["HTTP.body_limit", "LeaderElection.check_interval"]);
+        assert!(!r.needs_restart(), "{r:?}");
+    }
+
+    #[test]
+    fn leader_election_enabled_and_lock_key_need_a_restart() {
+        let old = Settings::default();
+        let mut new = old.clone();
+        new.leader_election.enabled = false;
+        new.leader_election.lock_key = 7;
+        new.scheduler.heal = true;
+        new.log.console = false;
+        let r = diff(&old, &new);
+        assert_eq!(
+            r.restart_required,
+            [
+                "Scheduler.heal",
+                "LeaderElection.enabled",
+                "LeaderElection.lock_key",
+                "Log.console",
+            ]
+        );
+        assert!(r.live.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_stage_added_is_reported_once_as_needing_a_restart() {
+        let old = Settings::default();
+        let mut new = old.clone();
+        new.workflow
+            .stages
+            .push(crate::StageSettings::new("extra", "cptm8"));
+        let r = diff(&old, &new);
+        assert_eq!(r.restart_required, ["Workflow.stages.extra"]);
+        assert!(r.live.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn the_live_part_holds_exactly_the_live_keys() {
+        let s = Settings::default();
+        let (live, _) = s.split();
+        assert_eq!(live, s.live());
+        assert_eq!(live.http, s.http);
+        assert_eq!(
+            live.leader_election.check_interval,
+            s.leader_election.check_interval
+        );
+        let names: Vec<_> = live
+            .workflow
+            .stages
+            .0
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["asmm8", "naabum8", "katanam8", "num8"]);
+    }
+
+    #[test]
     fn restart_changes_name_their_keys() {
         let old = Settings::default();
         let mut new = old.clone();
