@@ -28,7 +28,9 @@ pub mod chain;
 mod domain;
 mod envelope;
 mod notification;
+pub mod stage_graph;
 mod time;
+pub mod topic;
 mod workflow;
 
 pub use domain::{

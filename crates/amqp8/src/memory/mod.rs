@@ -11,7 +11,6 @@
 
 mod acker;
 mod consumer;
-mod routing;
 mod state;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
