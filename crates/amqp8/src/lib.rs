@@ -8,13 +8,18 @@
 //! Architecture invariant: depends only on `model8` and `config8` among our crates;
 //! knows nothing of the database or HTTP. No global state: every handle is passed.
 
+// Helpers shared by the implementations are unused in a build with only one or none.
+#![cfg_attr(not(all(feature = "rabbitmq", feature = "memory")), allow(dead_code))]
+
 mod broker;
 mod dispatch;
 mod error;
 mod handler_fn;
 pub mod headers;
 mod health;
+#[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "rabbitmq")]
 mod rabbit;
 mod redelivery;
 mod service;
@@ -22,5 +27,6 @@ mod service;
 pub use broker::*;
 pub use error::AmqpError;
 pub use handler_fn::{Message, handler_fn};
+#[cfg(feature = "rabbitmq")]
 pub use rabbit::{RabbitBroker, connect};
 pub use service::DEFAULT_MAX_REDELIVERIES;

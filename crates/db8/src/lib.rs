@@ -8,15 +8,23 @@
 //! Architecture invariant: depends only on `model8` and `config8` among our crates;
 //! knows nothing of AMQP or HTTP.
 
+// Helpers shared by the implementations are unused in a build with only one or none.
+#![cfg_attr(not(all(feature = "postgres", feature = "memory")), allow(dead_code))]
+
 mod error;
+#[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "postgres")]
 mod pg;
 mod plan;
 mod ring;
+mod shared;
 mod time;
 mod traits;
 
 pub use error::DbError;
+#[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use pg::{Migration, PgChangeFeed, PgLeaderLock, PgStore};
 pub use traits::*;
