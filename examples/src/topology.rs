@@ -45,9 +45,9 @@ impl WorkerQueue {
                     .map_or_else(|| format!("c{service}"), |c| c.tag.clone()),
             },
             None => WorkerQueue {
-                queue: format!("q{service}"),
+                queue: model8::routing::service_queue(service),
                 exchange: config8::DEFAULT_EXCHANGE.into(),
-                bindings: vec![format!("cptm8.{service}.#")],
+                bindings: vec![model8::routing::service_binding(service)],
                 arguments: BTreeMap::new(),
                 prefetch: 1,
                 tag: format!("c{service}"),
@@ -57,7 +57,7 @@ impl WorkerQueue {
 
     /// The dead-letter queue of this worker: `<queue>.dlq`.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.queue)
+        model8::routing::dead_letter_queue(&self.queue)
     }
 
     /// Where [`amqp8::ConsumeOptions::dead_letter`] sends unreadable jobs:

@@ -63,10 +63,7 @@ pub(crate) enum Seen {
 
 /// The kick-off key's stage: `cptm8.<stage>.get.scan`.
 fn kicked_stage(routing_key: &str) -> Option<&str> {
-    routing_key
-        .strip_prefix("cptm8.")?
-        .strip_suffix(".get.scan")
-        .filter(|s| !s.is_empty() && !s.contains('.'))
+    model8::routing::parse_stage_job_key(routing_key)
 }
 
 /// Classifies a delivery of [`RING_QUEUE`](crate::topology::RING_QUEUE) received at `at`.

@@ -28,6 +28,7 @@ pub mod chain;
 mod domain;
 mod envelope;
 mod notification;
+pub mod routing;
 pub mod stage_graph;
 mod time;
 pub mod topic;
