@@ -5,6 +5,10 @@
 //! per-consumer health, and the [`Broker`] trait the layers above program against.
 //! [`memory::MemoryBroker`] implements the same trait in memory for unit tests.
 //!
+//! Features: `rabbitmq` (the amqprs implementation: [`RabbitBroker`], [`connect`]) and
+//! `memory` ([`memory::MemoryBroker`]), both by default; each builds on its own, and
+//! without either only the traits remain (what controller8 takes).
+//!
 //! Architecture invariant: depends only on `model8` and `config8` among our crates;
 //! knows nothing of the database or HTTP. No global state: every handle is passed.
 

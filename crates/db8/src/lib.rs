@@ -5,6 +5,11 @@
 //! in-memory implementation with the same behaviour (proven by one conformance suite),
 //! and embedded migrations.
 //!
+//! Features: `postgres` (the PostgreSQL implementation: `PgStore`, `PgLeaderLock`,
+//! `PgChangeFeed`, migrations) and `memory` (`MemoryStore`), both by default; each
+//! builds on its own, and without either only the traits remain (what controller8
+//! takes).
+//!
 //! Architecture invariant: depends only on `model8` and `config8` among our crates;
 //! knows nothing of AMQP or HTTP.
 
