@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp8::Broker;
+use amqp8::BrokerProbe;
 use config8::HttpSettings;
 use db8::{DbHealth, WorkflowRepository};
 use tokio::sync::watch;
@@ -109,8 +109,9 @@ pub struct HttpState {
     pub scan: Arc<dyn ScanNow>,
     /// Database liveness (`/ready`) and pool statistics (`/metrics`).
     pub db: Arc<dyn DbHealth>,
-    /// Broker health (`/ready`, `/metrics`) and downstream queue counts (`/ready`).
-    pub broker: Arc<dyn Broker>,
+    /// Broker health (`/ready`, `/metrics`) and downstream queue counts (`/ready`):
+    /// the probe part of the broker only.
+    pub broker: Arc<dyn BrokerProbe>,
     /// Current leadership role.
     pub role: RoleWatch,
     /// The metrics registry served on `/metrics`.

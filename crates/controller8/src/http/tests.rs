@@ -198,7 +198,7 @@ impl Fx {
             workflows: Arc::new(store.clone()),
             scan: scan.clone(),
             db: Arc::new(store.clone()),
-            broker: broker.as_dyn(),
+            broker: Arc::new(broker.clone()),
             role: role_rx,
             metrics: metrics.clone(),
             settings: settings_rx,
