@@ -5,6 +5,8 @@
 #   lockfile   Cargo.lock matches the manifests (the Docker build uses --locked)
 #   fmt        cargo fmt --all -- --check
 #   clippy     cargo clippy --workspace --all-targets -- -D warnings
+#   boundaries controller8 builds without any implementation of db8/amqp8, and each
+#              implementation feature of db8 and amqp8 builds on its own
 #   test       cargo test --workspace --all-targets --no-fail-fast
 #   doctest    cargo test --workspace --doc --no-fail-fast
 #   doc        cargo doc --workspace --no-deps with RUSTDOCFLAGS="-D warnings"
@@ -67,6 +69,14 @@ lockfile_step() {
     echo "Cargo.lock is up to date"
 }
 
+boundaries_step() {
+    cargo check -p controller8 --lib &&
+        cargo check -p db8 --lib --no-default-features --features postgres &&
+        cargo check -p db8 --lib --no-default-features --features memory &&
+        cargo check -p amqp8 --lib --no-default-features --features rabbitmq &&
+        cargo check -p amqp8 --lib --no-default-features --features memory
+}
+
 deploy_step() {
     local bin
     bin="$(cargo_target_dir)/debug/orchestratorm8"
@@ -90,6 +100,7 @@ main() {
     step lockfile lockfile_step
     step fmt cargo fmt --all -- --check
     step clippy cargo clippy --workspace --all-targets -- -D warnings
+    step boundaries boundaries_step
     step test cargo test --workspace --all-targets --no-fail-fast
     step doctest cargo test --workspace --doc --no-fail-fast
     step doc env RUSTDOCFLAGS="${RUSTDOCFLAGS:+$RUSTDOCFLAGS }-D warnings" cargo doc --workspace --no-deps

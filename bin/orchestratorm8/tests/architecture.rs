@@ -171,6 +171,128 @@ fn dependency_guard_fires_on_planted_violations() {
     }
 }
 
+/// A normal or dev dependency of a package on one of our crates, as `cargo metadata`
+/// gives it: (dependency, kind, whether it takes the default features, features).
+type FeatureUse = (String, String, bool, Vec<String>);
+
+/// controller8's dependencies on db8 and amqp8 with the features each takes.
+fn controller8_feature_uses() -> Vec<FeatureUse> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let controller8 = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "controller8")
+        .expect("controller8 in the workspace");
+    controller8["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["name"] == "db8" || d["name"] == "amqp8")
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_owned(),
+                d["kind"].as_str().unwrap_or("normal").to_owned(),
+                d["uses_default_features"].as_bool().unwrap_or(true),
+                d["features"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Every way controller8 takes an implementation of db8 or amqp8 outside its tests: a
+/// normal dependency with the default features (which hold the implementations) or
+/// with any feature. With none, `PgStore`, `RabbitBroker` and the in-memory twins do
+/// not exist for controller8's library, and naming one does not compile (`cargo check
+/// -p controller8 --lib`, in scripts/lint.sh and scripts/test.sh).
+fn feature_violations(uses: &[FeatureUse]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (dep, kind, default, features) in uses {
+        if kind == "dev" {
+            continue;
+        }
+        if *default {
+            out.push(format!("controller8 takes {dep} with its default features"));
+        }
+        for f in features {
+            out.push(format!("controller8 takes {dep} with feature `{f}`"));
+        }
+    }
+    out
+}
+
+#[test]
+fn controller8_takes_no_implementation_of_db8_or_amqp8() {
+    let uses = controller8_feature_uses();
+    for dep in ["db8", "amqp8"] {
+        assert!(
+            uses.iter().any(|(d, k, _, _)| d == dep && k == "normal"),
+            "controller8 depends on {dep}: {uses:?}"
+        );
+        assert!(
+            uses.iter()
+                .any(|(d, k, _, f)| d == dep && k == "dev" && f.contains(&"memory".to_owned())),
+            "controller8's tests take {dep}'s memory feature: {uses:?}"
+        );
+    }
+    let violations = feature_violations(&uses);
+    assert!(
+        violations.is_empty(),
+        "{violations:#?} (docs/ARCHITECTURE.md: controller8 takes the in-memory \
+         implementations only as dev-dependencies)"
+    );
+}
+
+#[test]
+fn feature_guard_fires_on_planted_violations() {
+    let real = controller8_feature_uses();
+    for (dep, plant) in [
+        ("db8", "postgres"),
+        ("db8", "memory"),
+        ("amqp8", "rabbitmq"),
+        ("amqp8", "memory"),
+        ("db8", "default"),
+    ] {
+        let mut planted = real.clone();
+        let normal = planted
+            .iter_mut()
+            .find(|(d, k, _, _)| d == dep && k == "normal")
+            .unwrap();
+        if plant == "default" {
+            normal.2 = true;
+        } else {
+            normal.3.push(plant.to_owned());
+        }
+        let violations = feature_violations(&planted);
+        assert!(
+            violations.iter().any(|v| v.contains(dep)),
+            "{dep}/{plant} planted went unnoticed: {violations:?}"
+        );
+    }
+}
+
 fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

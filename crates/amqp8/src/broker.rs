@@ -313,6 +313,29 @@ impl ConsumerHandle {
     }
 }
 
+/// What a health probe needs of the broker, and nothing more: queue counts and
+/// connection health. The HTTP layer's `/ready`, `/metrics` and stages page take this,
+/// not the whole [`Broker`]; every `Broker` is one.
+#[async_trait]
+pub trait BrokerProbe: Send + Sync {
+    /// Passive check of a queue ([`Broker::queue_info`]).
+    async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError>;
+
+    /// A snapshot of connection, consumer and pool health ([`Broker::health`]).
+    fn health(&self) -> BrokerHealth;
+}
+
+#[async_trait]
+impl<B: Broker + ?Sized> BrokerProbe for B {
+    async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
+        Broker::queue_info(self, queue).await
+    }
+
+    fn health(&self) -> BrokerHealth {
+        Broker::health(self)
+    }
+}
+
 /// RabbitMQ as the layers above see it.
 #[async_trait]
 pub trait Broker: Send + Sync {

@@ -1,19 +1,18 @@
 //! What changed between two configurations, and whether it can apply without a restart.
 
-use std::collections::BTreeSet;
-
+use crate::parts::Changes;
 use crate::settings::Settings;
 
 /// The key paths that differ between two configurations, split by how they apply.
 ///
-/// Live (applied by the running service): `LOG_LEVEL`, `Scheduler.interval`,
-/// `Workflow.rescan_after`, `fairness`, `company_weights`, `windows` and `retention`, a
-/// stage's `timeout`, `max_attempts`, `backoff.*`, `max_in_flight` and `windows`,
-/// `HTTP.api_token`, and `ORCHESTRATORM8.Services` (informational only).
-/// Everything else needs a restart: connections (`Database`, `RabbitMQ`), topology
-/// (`ORCHESTRATORM8.Exchanges` and service sections), `APP_ENV`, `Scheduler.mode`,
-/// `Workflow.granularity`, stages added or removed or with another exchange, routing
-/// key or dependencies, `HTTP.body_limit`, `LeaderElection`, `Log`.
+/// Derived from the two parts of [`Settings::split`]: a key of
+/// [`LiveSettings`](crate::LiveSettings) that changed is listed in `live`, a key of
+/// [`RestartSettings`](crate::RestartSettings) in `restart_required`. Live today:
+/// `LOG_LEVEL`, `Scheduler.interval`, `Workflow.rescan_after`, `fairness`,
+/// `company_weights`, `windows` and `retention`, a stage's `timeout`, `max_attempts`,
+/// `max_in_flight`, `windows` and `backoff.*`, `HTTP.api_token` and `body_limit`,
+/// `LeaderElection.check_interval`, and `ORCHESTRATORM8.Services` (informational only).
+/// Everything else needs a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeReport {
     /// Changed settings that apply live, as key paths (`Workflow.stages.asmm8.timeout`).
@@ -35,201 +34,15 @@ impl ChangeReport {
 }
 
 /// Compares two configurations. Paths name what changed, never the values (which may
-/// be secrets).
+/// be secrets). A stage added or removed is reported once, as needing a restart.
 pub fn diff(old: &Settings, new: &Settings) -> ChangeReport {
+    let ((old_live, old_restart), (new_live, new_restart)) = (old.split(), new.split());
     let mut r = ChangeReport::default();
-    macro_rules! fields {
-        ($list:ident, $prefix:expr, $o:expr, $n:expr, [$($f:ident $(= $name:literal)?),* $(,)?]) => {
-            $(
-                if $o.$f != $n.$f {
-                    let name = fields!(@name $f $(= $name)?);
-                    r.$list.push(format!("{}.{}", $prefix, name));
-                }
-            )*
-        };
-        (@name $f:ident = $name:literal) => { $name };
-        (@name $f:ident) => { stringify!($f) };
-    }
-
-    if old.app_env != new.app_env {
-        r.restart_required.push("APP_ENV".into());
-    }
-    if old.log_level != new.log_level {
-        r.live.push("LOG_LEVEL".into());
-    }
-
-    // ORCHESTRATORM8
-    let (o, n) = (&old.orchestrator, &new.orchestrator);
-    if o.services != n.services {
-        r.live.push("ORCHESTRATORM8.Services".into());
-    }
-    for name in changed_keys(&o.exchanges, &n.exchanges) {
-        r.restart_required
-            .push(format!("ORCHESTRATORM8.Exchanges.{name}"));
-    }
-    for name in changed_keys(&o.queues, &n.queues) {
-        r.restart_required.push(format!("ORCHESTRATORM8.{name}"));
-    }
-
-    fields!(
-        restart_required,
-        "Database",
-        old.database,
-        new.database,
-        [
-            location,
-            port,
-            schema,
-            database,
-            username,
-            password,
-            sslmode,
-            sslrootcert,
-            max_connections,
-            min_connections,
-            connection_timeout,
-            retry_attempts,
-            retry_delay,
-            migrate_on_start,
-        ]
-    );
-    fields!(
-        restart_required,
-        "RabbitMQ",
-        old.rabbitmq,
-        new.rabbitmq,
-        [
-            location, port, username, password, vhost, tls, tls_ca, heartbeat,
-        ]
-    );
-    fields!(
-        restart_required,
-        "RabbitMQ.pool",
-        old.rabbitmq.pool,
-        new.rabbitmq.pool,
-        [
-            max_connections,
-            min_connections,
-            max_idle_time = "pool.max_idle_time",
-            max_lifetime,
-            health_check_period,
-            connection_timeout,
-            retry_attempts,
-            retry_delay,
-        ]
-    );
-
-    fields!(
-        restart_required,
-        "Scheduler",
-        old.scheduler,
-        new.scheduler,
-        [mode, observe, heal]
-    );
-    fields!(live, "Scheduler", old.scheduler, new.scheduler, [interval]);
-
-    fields!(
-        restart_required,
-        "Workflow",
-        old.workflow,
-        new.workflow,
-        [granularity]
-    );
-    fields!(
-        live,
-        "Workflow",
-        old.workflow,
-        new.workflow,
-        [rescan_after, fairness, company_weights, windows, retention]
-    );
-    let old_names: BTreeSet<&str> = old
-        .workflow
-        .stages
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    let new_names: BTreeSet<&str> = new
-        .workflow
-        .stages
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
-    for name in old_names.symmetric_difference(&new_names) {
-        r.restart_required.push(format!("Workflow.stages.{name}"));
-    }
-    for o in &old.workflow.stages {
-        let Some(n) = new.workflow.stages.iter().find(|s| s.name == o.name) else {
-            continue;
-        };
-        let prefix = format!("Workflow.stages.{}", o.name);
-        fields!(
-            restart_required,
-            prefix,
-            o,
-            n,
-            [exchange, routing_key, depends_on, protocol]
-        );
-        fields!(
-            live,
-            prefix,
-            o,
-            n,
-            [timeout, max_attempts, max_in_flight, windows]
-        );
-        fields!(
-            live,
-            format!("{prefix}.backoff"),
-            o.backoff,
-            n.backoff,
-            [initial, max, multiplier]
-        );
-    }
-
-    fields!(live, "HTTP", old.http, new.http, [api_token]);
-    fields!(restart_required, "HTTP", old.http, new.http, [body_limit]);
-    fields!(
-        restart_required,
-        "LeaderElection",
-        old.leader_election,
-        new.leader_election,
-        [enabled, lock_key, check_interval,]
-    );
-    fields!(
-        restart_required,
-        "Log",
-        old.log,
-        new.log,
-        [
-            file,
-            apm_server_url,
-            apm_secret_token,
-            apm_service_name,
-            apm_flush_timeout,
-            console,
-            max_size_mb,
-            max_backups,
-        ]
-    );
+    old_restart.changes(&new_restart, "", &mut r.restart_required);
+    old_live.changes(&new_live, "", &mut r.live);
+    // What a restart applies anyway (a stage added or removed) is not also live.
+    r.live.retain(|p| !r.restart_required.contains(p));
     r
-}
-
-/// Keys added, removed or with another value.
-fn changed_keys<'a, V: PartialEq>(
-    old: &'a std::collections::BTreeMap<String, V>,
-    new: &'a std::collections::BTreeMap<String, V>,
-) -> BTreeSet<&'a str> {
-    let mut out = BTreeSet::new();
-    for (k, v) in old {
-        if new.get(k) != Some(v) {
-            out.insert(k.as_str());
-        }
-    }
-    for k in new.keys() {
-        if !old.contains_key(k) {
-            out.insert(k.as_str());
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -286,6 +99,70 @@ mod tests {
             ]
         );
         assert!(!r.needs_restart(), "{r:?}");
+    }
+
+    #[test]
+    fn the_http_body_limit_and_the_leader_check_interval_are_live() {
+        let old = Settings::default();
+        let mut new = old.clone();
+        new.http.body_limit = 1024;
+        new.leader_election.check_interval = Duration::from_secs(5);
+        let r = diff(&old, &new);
+        assert_eq!(r.live, ["HTTP.body_limit", "LeaderElection.check_interval"]);
+        assert!(!r.needs_restart(), "{r:?}");
+    }
+
+    #[test]
+    fn leader_election_enabled_and_lock_key_need_a_restart() {
+        let old = Settings::default();
+        let mut new = old.clone();
+        new.leader_election.enabled = false;
+        new.leader_election.lock_key = 7;
+        new.scheduler.heal = true;
+        new.log.console = false;
+        let r = diff(&old, &new);
+        assert_eq!(
+            r.restart_required,
+            [
+                "Scheduler.heal",
+                "LeaderElection.enabled",
+                "LeaderElection.lock_key",
+                "Log.console",
+            ]
+        );
+        assert!(r.live.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_stage_added_is_reported_once_as_needing_a_restart() {
+        let old = Settings::default();
+        let mut new = old.clone();
+        new.workflow
+            .stages
+            .push(crate::StageSettings::new("extra", "cptm8"));
+        let r = diff(&old, &new);
+        assert_eq!(r.restart_required, ["Workflow.stages.extra"]);
+        assert!(r.live.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn the_live_part_holds_exactly_the_live_keys() {
+        let s = Settings::default();
+        let (live, _) = s.split();
+        assert_eq!(live, s.live());
+        assert_eq!(live.http, s.http);
+        assert_eq!(
+            live.leader_election.check_interval,
+            s.leader_election.check_interval
+        );
+        let names: Vec<_> = live
+            .workflow
+            .stages
+            .0
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["asmm8", "naabum8", "katanam8", "num8"]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `ORCHESTRATORM8__...` environment overrides, Go durations, null meaning "default",
 //! every invalid value reported with its key path, unknown keys as warnings. [`watch`]
 //! publishes each new valid configuration of an edited file; [`diff`] tells what of a
-//! change applies live and what needs a restart. The rules are documented in
+//! change applies live and what needs a restart, derived from the two parts of
+//! [`Settings::split`]: [`LiveSettings`] (what the running service applies on reload) and
+//! [`RestartSettings`] (what waits for a restart). The rules are documented in
 //! `docs/CONFIGURATION.md`.
 //!
 //! ```
@@ -48,6 +50,7 @@ mod error;
 mod expand;
 mod extract;
 mod load;
+mod parts;
 mod render;
 mod secret;
 mod settings;
@@ -62,6 +65,10 @@ pub use env::{
 };
 pub use error::{ConfigError, Problem, Warning};
 pub use load::{Loaded, from_yaml_str, load, load_with};
+pub use parts::{
+    ByStage, EachKey, LiveLeaderElection, LiveScheduler, LiveSettings, LiveStage, LiveWorkflow,
+    RestartLeaderElection, RestartScheduler, RestartSettings, RestartStage, RestartWorkflow,
+};
 pub use render::render_redacted;
 pub use secret::Secret;
 pub use settings::*;

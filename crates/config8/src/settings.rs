@@ -454,7 +454,7 @@ pub struct LogSettings {
 
 /// The exchange a stage publishes to when neither the stage nor a service section of the
 /// same name names one.
-pub const DEFAULT_EXCHANGE: &str = "cptm8";
+pub const DEFAULT_EXCHANGE: &str = model8::routing::EXCHANGE;
 
 /// The managed-mode pipeline used when `Workflow.stages` is absent (or null): stage name
 /// and its dependencies. asmm8 (subdomain enumeration) feeds naabum8 (port scan), whose
@@ -726,7 +726,7 @@ impl StageSettings {
 
     /// `cptm8.<name>.get.scan`.
     pub fn default_routing_key(name: &str) -> String {
-        format!("cptm8.{name}.get.scan")
+        model8::routing::stage_job_key(name)
     }
 
     /// The service section `name`'s `Queue[0]`, else [`DEFAULT_EXCHANGE`].

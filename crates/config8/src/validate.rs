@@ -2,8 +2,6 @@
 //! stage routing keys that no binding matches, and numeric queue arguments written as
 //! text.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use crate::render::{scrub_str, secrets};
 use crate::settings::{
     ArgValue, ExchangeKind, Granularity, SchedulerMode, Settings, StageProtocol, StageSettings,
@@ -151,7 +149,7 @@ fn unroutable_stages(s: &Settings) -> Vec<String> {
         let routed = match kind {
             ExchangeKind::Topic => bindings
                 .iter()
-                .any(|b| topic_matches(b, &stage.routing_key)),
+                .any(|b| model8::topic::matches(b, &stage.routing_key)),
             ExchangeKind::Direct => bindings.iter().any(|b| *b == stage.routing_key),
             ExchangeKind::Fanout => !bindings.is_empty(),
             ExchangeKind::Headers => true,
@@ -185,122 +183,17 @@ fn secret_values(s: &Settings) -> Vec<&str> {
         .collect()
 }
 
-/// Whether the AMQP topic binding key `pattern` matches the routing key `key`: words
-/// are separated by `.`, `*` matches exactly one word, `#` zero or more. As RabbitMQ,
-/// an empty key has no words. Linear in the product of the word counts.
-pub(crate) fn topic_matches(pattern: &str, key: &str) -> bool {
-    let words = |t: &str| -> Vec<String> {
-        if t.is_empty() {
-            Vec::new()
-        } else {
-            t.split('.').map(str::to_owned).collect()
-        }
-    };
-    let (p, k) = (words(pattern), words(key));
-    // m[i][j]: p[i..] matches k[j..].
-    let mut m = vec![vec![false; k.len() + 1]; p.len() + 1];
-    m[p.len()][k.len()] = true;
-    for i in (0..p.len()).rev() {
-        for j in (0..=k.len()).rev() {
-            m[i][j] = match p[i].as_str() {
-                "#" => m[i + 1][j] || (j < k.len() && m[i][j + 1]),
-                "*" => j < k.len() && m[i + 1][j + 1],
-                w => j < k.len() && k[j] == w && m[i + 1][j + 1],
-            };
-        }
-    }
-    m[0][0]
-}
-
-/// Duplicate names, unknown or self dependencies and cycles, as messages.
+/// Duplicate names, unknown or self dependencies and cycles, as messages
+/// ([`model8::stage_graph`], the one check of the stage graph).
 pub(crate) fn stage_graph_problems(stages: &[StageSettings]) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut seen = BTreeSet::new();
-    for s in stages {
-        if !seen.insert(s.name.as_str()) {
-            problems.push(format!(
-                "stage name {:?} is used twice; names must be unique",
-                s.name
-            ));
-        }
-    }
-    let known: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-    for s in stages {
-        for dep in &s.depends_on {
-            if dep == &s.name {
-                problems.push(format!("stage {:?} depends on itself", s.name));
-            } else if !seen.contains(dep.as_str()) {
-                problems.push(format!(
-                    "stage {:?} depends on unknown stage {dep:?} (stages: {})",
-                    s.name,
-                    known.join(", ")
-                ));
-            }
-        }
-    }
-    if let Some(cycle) = find_cycle(stages) {
-        problems.push(format!("dependency cycle: {}", cycle.join(" -> ")));
-    }
-    problems
-}
-
-/// A dependency cycle (first name repeated at the end), ignoring self-dependencies and
-/// unknown names, which are reported on their own.
-fn find_cycle(stages: &[StageSettings]) -> Option<Vec<String>> {
-    // A duplicate name is reported on its own; its first definition counts here.
-    let mut deps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for s in stages {
-        deps.entry(s.name.as_str()).or_insert_with(|| {
-            s.depends_on
-                .iter()
-                .map(String::as_str)
-                .filter(|d| *d != s.name)
-                .collect()
-        });
-    }
-    // Depth-first search with colours: 0 unvisited, 1 on the stack, 2 done.
-    let mut colour: BTreeMap<&str, u8> = deps.keys().map(|k| (*k, 0)).collect();
-    let mut stack: Vec<&str> = Vec::new();
-
-    fn visit<'a>(
-        n: &'a str,
-        deps: &BTreeMap<&'a str, Vec<&'a str>>,
-        colour: &mut BTreeMap<&'a str, u8>,
-        stack: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        colour.insert(n, 1);
-        stack.push(n);
-        for d in deps.get(n).into_iter().flatten() {
-            match colour.get(d) {
-                Some(1) => {
-                    let start = stack.iter().position(|x| x == d).expect("on the stack");
-                    let mut cycle: Vec<String> =
-                        stack[start..].iter().map(|s| (*s).to_owned()).collect();
-                    cycle.push((*d).to_owned());
-                    return Some(cycle);
-                }
-                Some(0) => {
-                    if let Some(c) = visit(d, deps, colour, stack) {
-                        return Some(c);
-                    }
-                }
-                _ => {}
-            }
-        }
-        stack.pop();
-        colour.insert(n, 2);
-        None
-    }
-
-    let names: Vec<&str> = deps.keys().copied().collect();
-    for n in names {
-        if colour[n] == 0
-            && let Some(c) = visit(n, &deps, &mut colour, &mut stack)
-        {
-            return Some(c);
-        }
-    }
-    None
+    model8::stage_graph::problems(
+        stages
+            .iter()
+            .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+    )
+    .iter()
+    .map(ToString::to_string)
+    .collect()
 }
 
 #[cfg(test)]
@@ -340,42 +233,6 @@ mod tests {
             p.iter().any(|m| m.starts_with("dependency cycle: ")),
             "{p:?}"
         );
-    }
-
-    #[test]
-    fn topic_matching_follows_amqp() {
-        for (pattern, key, expected) in [
-            ("cptm8.num8.#", "cptm8.num8.get.scan", true),
-            ("cptm8.qnum8.#", "cptm8.num8.get.scan", false),
-            ("#", "cptm8.num8.get.scan", true),
-            ("#", "", true),
-            ("cptm8.*.get.scan", "cptm8.num8.get.scan", true),
-            ("cptm8.*.scan", "cptm8.num8.get.scan", false),
-            ("*.num8", "cptm8.num8.get.scan", false),
-            ("cptm8.num8.get.scan.#", "cptm8.num8.get.scan", true),
-            ("cptm8.#.scan", "cptm8.num8.get.scan", true),
-            ("cptm8.#.#.scan", "cptm8.scan", true),
-            ("#.get.#", "cptm8.num8.get.scan", true),
-            ("cptm8.num8.get.scan", "cptm8.num8.get.scan", true),
-            ("cptm8.num8.get", "cptm8.num8.get.scan", false),
-            ("cptm8.num8.get.scan", "cptm8.num8.get", false),
-            ("*", "", false),
-            ("*", "a", true),
-            ("a.*", "a.", true),
-            ("a.#", "a", true),
-            ("", "", true),
-            ("", "a", false),
-        ] {
-            assert_eq!(
-                topic_matches(pattern, key),
-                expected,
-                "{pattern:?} against {key:?}"
-            );
-        }
-        // Many `#` on a long key stay fast (no exponential backtracking).
-        let key = vec!["w"; 200].join(".");
-        let pattern = vec!["#"; 100].join(".") + ".x";
-        assert!(!topic_matches(&pattern, &key));
     }
 
     #[test]

@@ -68,8 +68,7 @@ impl Bootstrap {
             // as a standby before it leads.
             return Ok(Check::Standby);
         }
-        let settings = engine.settings();
-        let exchange = kickoff_exchange(&settings);
+        let exchange = kickoff_exchange(engine.start_settings());
         let body = AmqpM8Message::<()>::new(KICKOFF_ROUTING_KEY, None)
             .to_vec()
             .map_err(|e| amqp8::AmqpError::Encode(e.to_string()))?;

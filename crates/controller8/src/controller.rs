@@ -183,7 +183,7 @@ impl Controller {
 
     async fn run_until_stopped(self) -> Result<(), ControllerError> {
         let engine = self.engine.clone();
-        let settings = engine.settings();
+        let settings = engine.start_settings().clone();
         let mode = self.mode;
         tracing::info!(
             mode = ?mode, leader_election = self.leader.is_some(),

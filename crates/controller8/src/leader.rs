@@ -310,6 +310,37 @@ mod tests {
         assert_eq!(l.step().await, Role::Leader);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_check_interval_applies_live_and_is_reported_live() {
+        let store = MemoryStore::new();
+        let (role_tx, role) = watch::channel(Role::Standby);
+        let old = Settings::default();
+        let (settings_tx, settings) = watch::channel(Arc::new(old.clone()));
+        let l = Leadership::new(
+            Arc::new(store.clone()),
+            role_tx,
+            Arc::new(Metrics::new()),
+            settings,
+        );
+        let mut new = old.clone();
+        new.leader_election.check_interval = Duration::from_secs(5);
+        let r = config8::diff(&old, &new);
+        assert_eq!(r.live, ["LeaderElection.check_interval"]);
+        assert!(!r.needs_restart(), "{r:?}");
+        settings_tx.send_replace(Arc::new(new));
+        assert_eq!(l.step().await, Role::Standby, "took the lock, waits");
+        // The start-up interval's grace (1 s: 3 s) is over; the new one's (5 s: 10 s) not.
+        tokio::time::sleep(takeover_grace(INTERVAL) + INTERVAL).await;
+        assert_eq!(
+            l.step().await,
+            Role::Standby,
+            "the new interval's grace holds"
+        );
+        tokio::time::sleep(takeover_grace(Duration::from_secs(5))).await;
+        assert_eq!(l.step().await, Role::Leader);
+        assert_eq!(*role.borrow(), Role::Leader);
+    }
+
     /// A leadership over `store` with the default settings.
     fn leadership(store: &MemoryStore) -> (Leadership, RoleWatch, Arc<Metrics>) {
         let (role_tx, role) = watch::channel(Role::Standby);

@@ -6,7 +6,9 @@
 //! Architecture invariant: depends on the *traits* of `db8` and `amqp8` only
 //! (`Arc<dyn WorkflowRepository>`, `Arc<dyn Broker>`, ...), never on their PostgreSQL or
 //! RabbitMQ implementations; its unit tests run on the in-memory implementations with a
-//! controllable [`Clock`].
+//! controllable [`Clock`]. The compiler enforces it: controller8 takes db8 and amqp8
+//! without any implementation feature (the `memory` ones only as dev-dependencies), so
+//! `cargo check -p controller8 --lib` fails on a concrete type.
 
 mod bootstrap;
 mod clock;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use amqp8::{Decision, Delivery, Handler, HandlerError, PublishOutcome};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use config8::Settings;
+use config8::{Settings, StageSettings};
 use db8::{
     RingApplied, RingEvent, RingMessage, RingRepository, RingStage, RingStall, StalledStage,
 };
@@ -63,10 +63,7 @@ pub(crate) enum Seen {
 
 /// The kick-off key's stage: `cptm8.<stage>.get.scan`.
 fn kicked_stage(routing_key: &str) -> Option<&str> {
-    routing_key
-        .strip_prefix("cptm8.")?
-        .strip_suffix(".get.scan")
-        .filter(|s| !s.is_empty() && !s.contains('.'))
+    model8::routing::parse_stage_job_key(routing_key)
 }
 
 /// Classifies a delivery of [`RING_QUEUE`](crate::topology::RING_QUEUE) received at `at`.
@@ -282,12 +279,12 @@ pub(crate) enum HealPlan {
 /// the stall passed (`Workflow.stages[].backoff`, no jitter), else the next stage of
 /// the ring (after the last: the first).
 pub(crate) fn heal_plan(
-    settings: &Settings,
+    stages: &[StageSettings],
     ring: &[RingStage],
     st: &StalledStage,
     now: DateTime<Utc>,
 ) -> HealPlan {
-    let Some(cfg) = settings.stage(&st.stage) else {
+    let Some(cfg) = stages.iter().find(|s| s.name == st.stage) else {
         return HealPlan::Wait;
     };
     if st.attempt < cfg.max_attempts {
@@ -366,19 +363,20 @@ async fn heal_round(
             return;
         }
     };
-    let settings = engine.settings();
+    // The pipeline as at start, with the live `max_attempts` and `backoff`.
+    let stages = engine.stages();
     for st in stalled {
         let id = (st.cycle, st.stage.clone(), st.attempt);
         if kicked.contains(&id) {
             continue;
         }
-        let plan = heal_plan(&settings, ring, &st, engine.clock.now());
+        let plan = heal_plan(&stages, ring, &st, engine.clock.now());
         let target = match &plan {
             HealPlan::Wait => continue,
             HealPlan::Rekick(t) | HealPlan::Next(t) => t.clone(),
         };
         let key = model8::chain::kickoff_routing_key(&target);
-        let exchange = settings.stage(&target).map_or_else(
+        let exchange = stages.iter().find(|s| s.name == target).map_or_else(
             || config8::DEFAULT_EXCHANGE.to_owned(),
             |s| s.exchange.clone(),
         );

@@ -84,7 +84,7 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
                 }
             }
         }
-        let interval = engine.settings().scheduler.interval.max(MIN_INTERVAL);
+        let interval = engine.live().scheduler.interval.max(MIN_INTERVAL);
         let next_tick = plus(last_tick, interval);
         let wake_at = retry_at.map_or(next_tick, |r| r.min(next_tick));
         let sleep = until(engine.now(), wake_at);

@@ -59,7 +59,7 @@ pub(crate) fn t0() -> DateTime<Utc> {
 
 /// The queue of stage `name` in test settings.
 pub(crate) fn q(name: &str) -> String {
-    format!("q{name}")
+    model8::routing::service_queue(name)
 }
 
 /// The routing key of stage `name` in the test settings.
@@ -74,7 +74,7 @@ pub(crate) fn section(name: &str, args: &[(&str, ArgValue)]) -> ServiceQueue {
         exchange: "cptm8".into(),
         queue: q(name),
         prefetch: 1,
-        routing_keys: vec![format!("cptm8.{name}.#")],
+        routing_keys: vec![model8::routing::service_binding(name)],
         queue_arguments: args
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -391,10 +391,15 @@ impl Harness {
         self.clock.advance(d);
     }
 
-    pub(crate) fn update(&self, f: impl FnOnce(&mut Settings)) {
-        let mut s = (**self.settings.borrow()).clone();
+    /// Changes the settings as a reload does (no restart); what `config8::diff` reports
+    /// of the change.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Settings)) -> config8::ChangeReport {
+        let old = self.settings.borrow().clone();
+        let mut s = (*old).clone();
         f(&mut s);
+        let report = config8::diff(&old, &s);
         self.settings.send_replace(Arc::new(s));
+        report
     }
 
     pub(crate) fn take_jobs(&self, stage: &str) -> Vec<StageJob> {

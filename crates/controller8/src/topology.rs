@@ -10,41 +10,41 @@ use config8::{SchedulerMode, Settings};
 use model8::RESULT_QUEUE;
 
 /// The exchange stage workers report results on (CONTRACT section 3).
-pub const RESULT_EXCHANGE: &str = "cptm8";
+pub const RESULT_EXCHANGE: &str = model8::routing::EXCHANGE;
 /// The binding of [`RESULT_QUEUE`] to [`RESULT_EXCHANGE`].
-pub const RESULT_BINDING: &str = "cptm8.orchestratorm8.#";
+pub const RESULT_BINDING: &str = model8::routing::RESULT_BINDING;
 /// The exchange (`direct`) malformed results are dead-lettered to.
-pub const DEAD_LETTER_EXCHANGE: &str = "orchestratorm8.dlx";
+pub const DEAD_LETTER_EXCHANGE: &str = model8::routing::DEAD_LETTER_EXCHANGE;
 /// The queue holding dead-lettered results, bound to [`DEAD_LETTER_EXCHANGE`] with
 /// [`DEAD_LETTER_ROUTING_KEY`].
-pub const DEAD_LETTER_QUEUE: &str = "qorchestratorm8.dlq";
+pub const DEAD_LETTER_QUEUE: &str = model8::routing::DEAD_LETTER_QUEUE;
 /// The routing key dead letters are published with.
-pub const DEAD_LETTER_ROUTING_KEY: &str = "qorchestratorm8";
+pub const DEAD_LETTER_ROUTING_KEY: &str = model8::routing::DEAD_LETTER_ROUTING_KEY;
 /// The exchange workflow notifications go to.
-pub const NOTIFICATION_EXCHANGE: &str = "notification";
+pub const NOTIFICATION_EXCHANGE: &str = model8::routing::NOTIFICATION_EXCHANGE;
 /// Routing key of the notification sent when a workflow completes: the platform's
 /// `app.message.normal` (type `message`).
-pub const NOTIFY_COMPLETED_KEY: &str = "app.message.normal";
+pub const NOTIFY_COMPLETED_KEY: &str = model8::routing::NOTIFY_COMPLETED_KEY;
 /// Routing key of the notification sent when a workflow fails: the platform's
 /// `app.error.high` (type `system_error`, severity `high`, e-mailed by the platform).
-pub const NOTIFY_FAILED_KEY: &str = "app.error.high";
+pub const NOTIFY_FAILED_KEY: &str = model8::routing::NOTIFY_FAILED_KEY;
 /// The orchestrator's own queue of platform notifications (`app.#` on
 /// [`NOTIFICATION_EXCHANGE`]), declared in managed mode when a stage has `protocol:
 /// chain`. No length limit and no overflow policy (a `reject-publish` queue on a shared
 /// routing key makes the broker nack publishes other queues received); messages
 /// expire after [`CHAIN_NOTIFY_TTL_MS`], as only the last seconds matter.
-pub const CHAIN_NOTIFY_QUEUE: &str = "qorchestratorm8.notifications";
+pub const CHAIN_NOTIFY_QUEUE: &str = model8::routing::CHAIN_NOTIFY_QUEUE;
 /// `x-message-ttl` of [`CHAIN_NOTIFY_QUEUE`] (1 min): notifications waiting while no
 /// orchestrator consumes are dropped, not piled up.
 pub const CHAIN_NOTIFY_TTL_MS: i64 = 60_000;
 /// Bootstrap mode with `Scheduler.observe`: the orchestrator's own queue following the
 /// scanners' ring (durable, no length limit, so it never refuses a publish).
-pub const RING_QUEUE: &str = "qorchestratorm8.ring";
+pub const RING_QUEUE: &str = model8::routing::RING_QUEUE;
 /// The exchange the scanners' kick-offs and chain messages go through.
-pub const RING_EXCHANGE: &str = "cptm8";
+pub const RING_EXCHANGE: &str = model8::routing::EXCHANGE;
 /// The binding of [`RING_QUEUE`] on [`RING_EXCHANGE`] (and on the kick-off exchange):
 /// every scanner's kick-off.
-pub const RING_KICKOFF_BINDING: &str = "cptm8.*.get.scan";
+pub const RING_KICKOFF_BINDING: &str = model8::routing::RING_KICKOFF_BINDING;
 /// Routing key of the bootstrap kick-off.
 pub const KICKOFF_ROUTING_KEY: &str = "cptm8.asmm8.get.scan";
 /// The service section whose `Queue[0]` names the kick-off's exchange.

@@ -5,18 +5,31 @@
 //! in-memory implementation with the same behaviour (proven by one conformance suite),
 //! and embedded migrations.
 //!
+//! Features: `postgres` (the PostgreSQL implementation: `PgStore`, `PgLeaderLock`,
+//! `PgChangeFeed`, migrations) and `memory` (`MemoryStore`), both by default; each
+//! builds on its own, and without either only the traits remain (what controller8
+//! takes).
+//!
 //! Architecture invariant: depends only on `model8` and `config8` among our crates;
 //! knows nothing of AMQP or HTTP.
 
+// Helpers shared by the implementations are unused in a build with only one or none.
+#![cfg_attr(not(all(feature = "postgres", feature = "memory")), allow(dead_code))]
+
 mod error;
+#[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "postgres")]
 mod pg;
 mod plan;
 mod ring;
+mod shared;
 mod time;
 mod traits;
 
 pub use error::DbError;
+#[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use pg::{Migration, PgChangeFeed, PgLeaderLock, PgStore};
 pub use traits::*;

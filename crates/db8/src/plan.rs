@@ -7,8 +7,9 @@ use crate::error::DbError;
 use crate::traits::NewWorkflow;
 
 /// Refuses a batch holding a workflow without domains or stages, a stage name that is
-/// empty or holds control characters (the SQL batch encoding uses one), a stage named twice,
-/// a dependency on an unknown stage, or the same workflow id twice.
+/// empty or holds control characters (the SQL batch encoding uses one), a stage graph
+/// that [`model8::stage_graph`] refuses (a stage named twice, a dependency on itself or
+/// on an unknown stage, a cycle), or the same workflow id twice.
 pub(crate) fn validate_batch(batch: &[NewWorkflow]) -> Result<(), DbError> {
     let mut ids = HashSet::with_capacity(batch.len());
     for wf in batch {
@@ -27,7 +28,6 @@ pub(crate) fn validate_batch(batch: &[NewWorkflow]) -> Result<(), DbError> {
         if wf.stages.is_empty() {
             return Err(DbError::Invalid(format!("workflow {} has no stage", wf.id)));
         }
-        let mut names = HashSet::with_capacity(wf.stages.len());
         for stage in &wf.stages {
             if stage.name.is_empty() || stage.name.chars().any(char::is_control) {
                 return Err(DbError::Invalid(format!(
@@ -35,24 +35,18 @@ pub(crate) fn validate_batch(batch: &[NewWorkflow]) -> Result<(), DbError> {
                     wf.id, stage.name
                 )));
             }
-            if !names.insert(stage.name.as_str()) {
-                return Err(DbError::Invalid(format!(
-                    "workflow {}: stage {:?} appears twice",
-                    wf.id, stage.name
-                )));
-            }
         }
-        for stage in &wf.stages {
-            if let Some(dep) = stage
-                .depends_on
+        let graph = model8::stage_graph::problems(
+            wf.stages
                 .iter()
-                .find(|d| !names.contains(d.as_str()) || **d == stage.name)
-            {
-                return Err(DbError::Invalid(format!(
-                    "workflow {}: stage {:?} depends on {:?}, which is not another stage of the workflow",
-                    wf.id, stage.name, dep
-                )));
-            }
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        );
+        if let Some(p) = graph.first() {
+            return Err(DbError::Invalid(format!(
+                "workflow {}: {}: {p}",
+                wf.id,
+                p.key_path("stages")
+            )));
         }
     }
     Ok(())

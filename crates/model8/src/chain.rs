@@ -32,10 +32,10 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::{AmqpM8Message, EnvelopeError};
 
 /// The exchange scanners publish their `Publisher` message on.
-pub const CHAIN_EXCHANGE: &str = "cptm8";
+pub const CHAIN_EXCHANGE: &str = crate::routing::EXCHANGE;
 
 /// The prefix of every report routing key: `cptm8.orchestratorm8.<stage>.<word>`.
-pub const REPORT_KEY_PREFIX: &str = "cptm8.orchestratorm8.";
+pub const REPORT_KEY_PREFIX: &str = crate::routing::REPORT_KEY_PREFIX;
 
 /// The last word of the report routing key this service tells operators to configure
 /// (any word is accepted).
@@ -54,7 +54,7 @@ pub const ERROR_WINDOW: Duration = Duration::from_secs(5);
 
 /// The kick-off routing key of a chain stage: `cptm8.<stage>.get.scan`.
 pub fn kickoff_routing_key(stage: &str) -> String {
-    format!("cptm8.{stage}.get.scan")
+    crate::routing::stage_job_key(stage)
 }
 
 /// The report routing key a chain stage's scanner is configured with:

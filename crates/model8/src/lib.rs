@@ -21,6 +21,10 @@
 //! assert!(!String::from_utf8(kickoff.to_vec().unwrap()).unwrap().contains("payload"));
 //! ```
 //!
+//! The protocol's names ([`routing`]: exchanges, routing keys, queue names), the one AMQP
+//! topic matcher ([`topic`]) and the one stage-graph check ([`stage_graph`]) live here,
+//! so that every crate builds and checks them alike.
+//!
 //! Architecture invariant: this crate performs no I/O and depends on no other crate of
 //! this workspace. It may only grow types, constructors, validation and (de)serialisation.
 
@@ -29,7 +33,10 @@ mod domain;
 mod envelope;
 mod notification;
 mod replica;
+pub mod routing;
+pub mod stage_graph;
 mod time;
+pub mod topic;
 mod workflow;
 
 pub use domain::{

@@ -170,7 +170,7 @@ impl std::fmt::Display for Severity {
 
 /// The binding that receives every platform notification on the `notification`
 /// exchange.
-pub const PLATFORM_NOTIFICATION_BINDING: &str = "app.#";
+pub const PLATFORM_NOTIFICATION_BINDING: &str = crate::routing::NOTIFICATION_BINDING;
 
 /// The routing key of a platform notification (CONTRACT 3, CPTM8-PLATFORM.md):
 /// `app.error.<severity>` for `system_error`, `app.warning.<severity>` for
@@ -178,10 +178,16 @@ pub const PLATFORM_NOTIFICATION_BINDING: &str = "app.#";
 /// `app.message.normal` for `message`.
 pub fn platform_routing_key(kind: NotificationEvent, severity: Severity) -> String {
     match kind {
-        NotificationEvent::SystemError => format!("app.error.{severity}"),
-        NotificationEvent::SystemWarning => format!("app.warning.{severity}"),
-        NotificationEvent::Security => format!("app.security.{severity}"),
-        NotificationEvent::Message => "app.message.normal".to_owned(),
+        NotificationEvent::SystemError => {
+            crate::routing::notification_key("error", severity.as_str())
+        }
+        NotificationEvent::SystemWarning => {
+            crate::routing::notification_key("warning", severity.as_str())
+        }
+        NotificationEvent::Security => {
+            crate::routing::notification_key("security", severity.as_str())
+        }
+        NotificationEvent::Message => crate::routing::NOTIFY_COMPLETED_KEY.to_owned(),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::time::GoTime;
 pub type WorkflowId = Uuid;
 
 /// The durable queue orchestratorm8 consumes stage results from.
-pub const RESULT_QUEUE: &str = "qorchestratorm8";
+pub const RESULT_QUEUE: &str = crate::routing::RESULT_QUEUE;
 
 /// Lifecycle of a workflow. `completed`, `failed` and `cancelled` are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -167,13 +167,15 @@ impl StageOutcome {
     /// The routing key a worker reports this outcome of `stage` with:
     /// `cptm8.orchestratorm8.<stage>.<completed|failed>`.
     pub fn routing_key(self, stage: &str) -> String {
-        format!("cptm8.orchestratorm8.{stage}.{}", self.as_str())
+        crate::routing::report_key(stage, self.as_str())
     }
 
     /// Splits a result routing key into stage name and outcome.
     pub fn parse_routing_key(key: &str) -> Result<(String, StageOutcome), RoutingKeyError> {
         let err = || RoutingKeyError(key.to_owned());
-        let rest = key.strip_prefix("cptm8.orchestratorm8.").ok_or_else(err)?;
+        let rest = key
+            .strip_prefix(crate::routing::REPORT_KEY_PREFIX)
+            .ok_or_else(err)?;
         let (stage, outcome) = rest.rsplit_once('.').ok_or_else(err)?;
         if stage.is_empty() {
             return Err(err());

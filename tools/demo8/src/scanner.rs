@@ -65,7 +65,7 @@ impl Publisher {
             .map_or(RING[0], |i| RING[(i + 1) % RING.len()]);
         Publisher {
             exchange: CPTM8_EXCHANGE.into(),
-            routing_key: format!("cptm8.{next}.get.scan"),
+            routing_key: model8::routing::stage_job_key(next),
             source: scanner.into(),
         }
     }
@@ -321,7 +321,7 @@ pub fn go_queue(scanner: &str) -> QueueDecl {
         ArgValue::Str("reject-publish".into()),
     );
     QueueDecl {
-        name: format!("q{scanner}"),
+        name: model8::routing::service_queue(scanner),
         arguments,
     }
 }
@@ -343,7 +343,7 @@ pub fn go_topology(scanners: &[String]) -> Topology {
         t.bindings.push(amqp8::BindingDecl {
             exchange: CPTM8_EXCHANGE.into(),
             queue: q.name.clone(),
-            routing_key: format!("cptm8.{s}.#"),
+            routing_key: model8::routing::service_binding(s),
         });
         t.queues.push(q);
     }
@@ -353,7 +353,7 @@ pub fn go_topology(scanners: &[String]) -> Topology {
 /// The consumer of a Go service: prefetch 1, manual ack, no dead-letter queue.
 pub fn go_consume(scanner: &str) -> ConsumeOptions {
     ConsumeOptions {
-        queue: format!("q{scanner}"),
+        queue: model8::routing::service_queue(scanner),
         tag: format!("c{scanner}"),
         prefetch: 1,
         autoack: false,

@@ -45,9 +45,9 @@ impl WorkerQueue {
                     .map_or_else(|| format!("c{service}"), |c| c.tag.clone()),
             },
             None => WorkerQueue {
-                queue: format!("q{service}"),
+                queue: model8::routing::service_queue(service),
                 exchange: config8::DEFAULT_EXCHANGE.into(),
-                bindings: vec![format!("cptm8.{service}.#")],
+                bindings: vec![model8::routing::service_binding(service)],
                 arguments: BTreeMap::new(),
                 prefetch: 1,
                 tag: format!("c{service}"),
@@ -57,7 +57,7 @@ impl WorkerQueue {
 
     /// The dead-letter queue of this worker: `<queue>.dlq`.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.queue)
+        model8::routing::dead_letter_queue(&self.queue)
     }
 
     /// Where [`amqp8::ConsumeOptions::dead_letter`] sends unreadable jobs:
@@ -122,21 +122,8 @@ pub fn worker_topology(settings: &Settings, q: &WorkerQueue, publishes_to: &[&st
 }
 
 /// Whether the AMQP topic pattern `pattern` (`*` one word, `#` zero or more) matches
-/// `key`.
-pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    fn go(p: &[&str], k: &[&str]) -> bool {
-        match p.split_first() {
-            None => k.is_empty(),
-            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
-            Some((w, rest)) => k
-                .split_first()
-                .is_some_and(|(kw, krest)| (*w == "*" || w == kw) && go(rest, krest)),
-        }
-    }
-    let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = key.split('.').collect();
-    go(&p, &k)
-}
+/// `key`: RabbitMQ's rules, as [`model8::topic::matches`].
+pub use model8::topic::matches as topic_matches;
 
 /// A warning when the managed-mode jobs of `stage` (its configured exchange and routing
 /// key) would not reach queue `q`: e.g. the Go template binds `qnum8` with

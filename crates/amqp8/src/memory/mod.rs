@@ -11,7 +11,6 @@
 
 mod acker;
 mod consumer;
-mod routing;
 mod state;
 
 use parking_lot::{Mutex, MutexGuard};

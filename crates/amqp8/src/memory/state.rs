@@ -6,8 +6,6 @@ use crate::broker::{ArgValue, BindingDecl, ExchangeDecl, PublishOutcome, QueueDe
 use crate::error::AmqpError;
 use crate::headers;
 
-use super::routing;
-
 /// A message held by the in-memory broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -301,7 +299,7 @@ impl State {
         };
         let mut out: Vec<String> = Vec::new();
         for b in self.bindings.iter().filter(|b| b.exchange == exchange) {
-            if routing::matches(kind, &b.routing_key, routing_key) && !out.contains(&b.queue) {
+            if model8::topic::routes(kind, &b.routing_key, routing_key) && !out.contains(&b.queue) {
                 out.push(b.queue.clone());
             }
         }

@@ -457,8 +457,12 @@ async fn the_interval_is_read_live() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(confirmed(&b, &rk("a")), 1);
     // ...until the interval is shortened live.
-    let mut s = (**r.settings.borrow()).clone();
+    let old = r.settings.borrow().clone();
+    let mut s = (*old).clone();
     s.scheduler.interval = Duration::from_secs(120);
+    let report = config8::diff(&old, &s);
+    assert_eq!(report.live, ["Scheduler.interval"]);
+    assert!(!report.needs_restart(), "{report:?}");
     r.settings.send_replace(Arc::new(s));
     confirmed_n(&b, &rk("a"), 2, "second job", secs(70)).await;
     assert!(r.clock.now() > crate::testkit::t0());

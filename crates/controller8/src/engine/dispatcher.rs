@@ -317,7 +317,7 @@ impl Engine {
         want: usize,
     ) -> Result<Vec<ClaimedStage>, DbError> {
         let started = std::time::Instant::now();
-        let settings = self.settings();
+        let settings = self.live();
         let (name, now, lease) = (stage.name.as_str(), self.now(), self.tuning.claim_lease);
         let claimed = if settings.workflow.fairness == config8::Fairness::Company
             && stage.max_in_flight > 0

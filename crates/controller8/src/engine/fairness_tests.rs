@@ -80,3 +80,46 @@ async fn weights_share_the_slots_in_proportion() {
         .count();
     assert_eq!((jobs.len(), big), (4, 3), "three slots of four for BIG");
 }
+
+#[tokio::test]
+async fn fairness_applies_live_and_is_reported_live() {
+    let mut s = chain();
+    s.workflow.stages[0].max_in_flight = 2;
+    let h = Harness::new(s).await;
+    add(&h, "BIG", 60).await;
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 60);
+    h.advance(std::time::Duration::from_secs(1));
+    add(&h, "SMALL", 3).await;
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 3);
+    // Oldest first (no fairness) would run the small company's jobs last; switched on
+    // without a restart, they go within the first six.
+    let r = h.update(|s| s.workflow.fairness = config8::Fairness::Company);
+    assert_eq!(r.live, ["Workflow.fairness"]);
+    assert!(!r.needs_restart(), "{r:?}");
+    let order = publishing_order(&h, 63).await;
+    let last_small = order.iter().rposition(|c| c == "SMALL").unwrap();
+    assert!(last_small < 6, "{order:?}");
+}
+
+#[tokio::test]
+async fn company_weights_apply_live_and_are_reported_live() {
+    let mut s = chain();
+    s.workflow.stages[0].max_in_flight = 4;
+    s.workflow.fairness = config8::Fairness::Company;
+    let h = Harness::new(s).await;
+    add(&h, "BIG", 20).await;
+    add(&h, "SMALL", 20).await;
+    let r = h.update(|s| {
+        s.workflow.company_weights.insert("BIG".into(), 3);
+    });
+    assert_eq!(r.live, ["Workflow.company_weights"]);
+    assert!(!r.needs_restart(), "{r:?}");
+    h.engine.start_workflows().await.unwrap();
+    h.engine.dispatch().await.unwrap();
+    let jobs = h.take_jobs("a");
+    let big = jobs
+        .iter()
+        .filter(|j| j.domains[0].companyname == "BIG")
+        .count();
+    assert_eq!((jobs.len(), big), (4, 3), "the new weight applied");
+}

@@ -12,6 +12,8 @@ pub(crate) mod dispatcher;
 pub(crate) mod error_feed;
 #[cfg(test)]
 mod fairness_tests;
+#[cfg(test)]
+mod live_tests;
 pub(crate) mod notify;
 pub(crate) mod pipeline;
 pub(crate) mod protocol;
@@ -34,7 +36,7 @@ use std::time::Duration;
 
 use amqp8::Broker;
 use chrono::{DateTime, TimeDelta, Utc};
-use config8::{Settings, StageSettings};
+use config8::{LiveSettings, Settings, StageSettings};
 use db8::{DomainRepository, WorkflowRepository};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -124,6 +126,9 @@ pub(crate) struct Engine {
     /// The settings at start: what needs a restart to change (mode, granularity, the
     /// pipeline's stages, dependencies, exchanges and routing keys) is read from here.
     start: Arc<Settings>,
+    /// The live part of the settings last read (see [`Engine::live`]), with the
+    /// settings it was taken from.
+    live: Mutex<(Arc<Settings>, Arc<LiveSettings>)>,
     /// The pipeline at start.
     plan: Plan,
     /// Recent `app.error.*` notifications per source (chain stages' hard failures).
@@ -158,6 +163,7 @@ impl Engine {
     pub(crate) fn new(parts: EngineParts) -> Result<Engine, pipeline::PipelineError> {
         let start = parts.settings.borrow().clone();
         let plan = Plan::new(&start.workflow)?;
+        let live = Mutex::new((start.clone(), Arc::new(start.live())));
         Ok(Engine {
             domains: parts.domains,
             workflows: parts.workflows,
@@ -179,13 +185,22 @@ impl Engine {
             error_seen: Notify::new(),
             tuning: parts.tuning,
             start,
+            live,
             plan,
         })
     }
 
-    /// The settings of this moment.
-    pub(crate) fn settings(&self) -> Arc<Settings> {
-        self.settings.borrow().clone()
+    /// The live settings of this moment ([`LiveSettings`]: the keys a reload applies
+    /// without a restart). What needs a restart is read from
+    /// [`Engine::start_settings`]; the types keep the two apart.
+    pub(crate) fn live(&self) -> Arc<LiveSettings> {
+        let now = self.settings.borrow().clone();
+        let mut cached = lock(&self.live);
+        if !Arc::ptr_eq(&cached.0, &now) {
+            let live = Arc::new(now.live());
+            *cached = (now, live);
+        }
+        cached.1.clone()
     }
 
     /// The settings at start (for what needs a restart to change).
@@ -202,7 +217,7 @@ impl Engine {
     /// key as at start (changing them needs a restart, like the topology they rely
     /// on); `timeout`, `max_attempts`, `backoff` and `max_in_flight` as configured now.
     pub(crate) fn stages(&self) -> Vec<StageSettings> {
-        let live = self.settings();
+        let live = self.live();
         self.plan
             .stages()
             .iter()
@@ -214,7 +229,7 @@ impl Engine {
     /// the pipeline does not have.
     pub(crate) fn stage_settings(&self, name: &str) -> StageSettings {
         match self.plan.stage(name) {
-            Some(s) => with_live_tunables(s, &self.settings()),
+            Some(s) => with_live_tunables(s, &self.live()),
             None => StageSettings::new(name, config8::DEFAULT_EXCHANGE),
         }
     }
@@ -226,8 +241,8 @@ impl Engine {
         name: &str,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let settings = self.settings();
-        config8::window::closed_until(settings.workflow.windows_of(name), now)
+        let live = self.live();
+        config8::window::closed_until(live.workflow.windows_of(name), now)
     }
 
     /// Sets [`model8::StageView::waiting_for_window_until`] on the due (`pending`)
@@ -235,10 +250,15 @@ impl Engine {
     /// windows now.
     pub(crate) fn annotate_windows(&self, views: &mut [model8::WorkflowView]) {
         use model8::{GoTime, StageStatus, WorkflowStatus};
-        let settings = self.settings();
+        let settings = self.live();
         let now = self.now();
         if settings.workflow.windows.is_empty()
-            && settings.workflow.stages.iter().all(|s| s.windows.is_none())
+            && settings
+                .workflow
+                .stages
+                .0
+                .iter()
+                .all(|(_, s)| s.windows.is_none())
         {
             return;
         }
@@ -296,9 +316,9 @@ impl Engine {
 
 /// `start` with the live values of the settings that apply without restart.
 /// The in-flight limit is the one the stage's protocol implies (a chain stage: 1).
-fn with_live_tunables(start: &StageSettings, live: &Settings) -> StageSettings {
+fn with_live_tunables(start: &StageSettings, live: &LiveSettings) -> StageSettings {
     let mut s = start.clone();
-    if let Some(l) = live.stage(&start.name) {
+    if let Some(l) = live.workflow.stages.get(&start.name) {
         s.timeout = l.timeout;
         s.max_attempts = l.max_attempts.max(1);
         s.backoff = l.backoff.clone();

@@ -3,9 +3,8 @@
 //!
 //! config8 validates the same rules when loading the file; they are checked again here
 //! because settings can also be built in code, and a bad pipeline must never reach the
-//! database.
-
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! database. The graph rules (unique names, known dependencies, no cycle) are
+//! [`model8::stage_graph`], the one check every layer uses.
 
 use config8::{StageSettings, WorkflowSettings};
 use db8::StagePlan;
@@ -31,17 +30,10 @@ impl Plan {
         if stages.is_empty() {
             return Err(PipelineError("no stage configured".into()));
         }
-        let mut names = HashSet::with_capacity(stages.len());
         for (i, s) in stages.iter().enumerate() {
             let at = format!("Workflow.stages[{i}]");
             if s.name.trim().is_empty() {
                 return Err(PipelineError(format!("{at}.name is empty")));
-            }
-            if !names.insert(s.name.as_str()) {
-                return Err(PipelineError(format!(
-                    "{at}.name {:?} is used by another stage",
-                    s.name
-                )));
             }
             if s.exchange.is_empty() {
                 return Err(PipelineError(format!("{at}.exchange is empty")));
@@ -55,26 +47,15 @@ impl Plan {
                 )));
             }
         }
-        for (i, s) in stages.iter().enumerate() {
-            for d in &s.depends_on {
-                if d == &s.name {
-                    return Err(PipelineError(format!(
-                        "Workflow.stages[{i}] ({:?}) depends on itself",
-                        s.name
-                    )));
-                }
-                if !names.contains(d.as_str()) {
-                    return Err(PipelineError(format!(
-                        "Workflow.stages[{i}] ({:?}) depends on unknown stage {d:?}",
-                        s.name
-                    )));
-                }
-            }
-        }
-        if let Some(cycle) = find_cycle(stages) {
+        let graph = model8::stage_graph::problems(
+            stages
+                .iter()
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        );
+        if let Some(p) = graph.first() {
             return Err(PipelineError(format!(
-                "dependency cycle: {}",
-                cycle.join(" -> ")
+                "{}: {p}",
+                p.key_path("Workflow.stages")
             )));
         }
         Ok(Plan {
@@ -102,50 +83,6 @@ impl Plan {
             })
             .collect()
     }
-}
-
-/// A dependency cycle, as stage names from the first to itself again, if any.
-fn find_cycle(stages: &[StageSettings]) -> Option<Vec<String>> {
-    let deps: HashMap<&str, &[String]> = stages
-        .iter()
-        .map(|s| (s.name.as_str(), s.depends_on.as_slice()))
-        .collect();
-    // 0 unvisited, 1 on the current path, 2 done.
-    let mut mark: BTreeMap<&str, u8> = BTreeMap::new();
-    fn visit<'a>(
-        n: &'a str,
-        deps: &HashMap<&'a str, &'a [String]>,
-        mark: &mut BTreeMap<&'a str, u8>,
-        path: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match mark.get(n).copied().unwrap_or(0) {
-            2 => return None,
-            1 => {
-                let start = path.iter().position(|p| *p == n).unwrap_or(0);
-                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
-                cycle.push(n.to_owned());
-                return Some(cycle);
-            }
-            _ => {}
-        }
-        mark.insert(n, 1);
-        path.push(n);
-        for d in deps.get(n).copied().unwrap_or_default() {
-            if let Some(c) = visit(d.as_str(), deps, mark, path) {
-                return Some(c);
-            }
-        }
-        path.pop();
-        mark.insert(n, 2);
-        None
-    }
-    for s in stages {
-        let mut path = Vec::new();
-        if let Some(c) = visit(s.name.as_str(), &deps, &mut mark, &mut path) {
-            return Some(c);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -219,7 +156,7 @@ mod tests {
             (wf(vec![stage("a", &["a"])]), "depends on itself"),
             (
                 wf(vec![stage("a", &[]), stage("a", &[])]),
-                "used by another stage",
+                "\"a\" is used twice",
             ),
             (wf(vec![]), "no stage"),
             (wf(vec![stage(" ", &[])]), "name is empty"),

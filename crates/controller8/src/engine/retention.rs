@@ -23,7 +23,7 @@ impl Engine {
     /// leadership. Returns how many were deleted (counted in
     /// `orchestratorm8_workflows_pruned_total`).
     pub(crate) async fn prune(&self) -> Result<u64, DbError> {
-        let retention = self.settings().workflow.retention;
+        let retention = self.live().workflow.retention;
         if retention.is_zero() || !self.is_leader() {
             return Ok(0);
         }

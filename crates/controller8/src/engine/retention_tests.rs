@@ -63,6 +63,8 @@ async fn a_zero_retention_keeps_everything() {
     assert_eq!(h.engine.prune().await.unwrap(), 0);
     assert!(h.wf(job.workflow_id).await.is_ok());
     // A live change applies at the next pass.
-    h.update(|s| s.workflow.retention = DAY);
+    let r = h.update(|s| s.workflow.retention = DAY);
+    assert_eq!(r.live, ["Workflow.retention"]);
+    assert!(!r.needs_restart(), "{r:?}");
     assert_eq!(h.engine.prune().await.unwrap(), 1);
 }

@@ -70,7 +70,7 @@ impl Engine {
         if !self.is_leader() {
             return Ok(0);
         }
-        let settings = self.settings();
+        let settings = self.live();
         let plans = self.plan().stage_plans();
         let now = self.now();
         let ended_before = minus(now, settings.workflow.rescan_after);

@@ -523,7 +523,9 @@ async fn max_in_flight_limits_jobs_out_at_once() {
     assert_eq!(h.take_jobs("a").len(), 1);
     assert_eq!(h.take_jobs("b").len(), 1);
     // Raising the limit live applies at the next round.
-    h.update(|s| s.workflow.stages[0].max_in_flight = 0);
+    let r = h.update(|s| s.workflow.stages[0].max_in_flight = 0);
+    assert_eq!(r.live, ["Workflow.stages.a.max_in_flight"]);
+    assert!(!r.needs_restart(), "{r:?}");
     assert_eq!(h.engine.dispatch().await.unwrap().published, 2);
 }
 
@@ -553,7 +555,9 @@ async fn rescan_after_is_a_cool_down_per_domain() {
     h.engine.dispatch().await.unwrap();
     let job = h.take_jobs("a").remove(0);
     h.report(&job, StageOutcome::Completed).await;
-    h.update(|s| s.workflow.rescan_after = Duration::ZERO);
+    let r = h.update(|s| s.workflow.rescan_after = Duration::ZERO);
+    assert_eq!(r.live, ["Workflow.rescan_after"]);
+    assert!(!r.needs_restart(), "{r:?}");
     assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
 }
 
@@ -692,10 +696,18 @@ async fn live_settings_apply_to_the_next_publish() {
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
     h.create_unclaimed().await;
-    h.update(|s| {
+    let r = h.update(|s| {
         s.workflow.stages[0].timeout = Duration::from_secs(5);
         s.workflow.stages[0].max_attempts = 1;
     });
+    assert_eq!(
+        r.live,
+        [
+            "Workflow.stages.a.timeout",
+            "Workflow.stages.a.max_attempts"
+        ]
+    );
+    assert!(!r.needs_restart(), "{r:?}");
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
     h.advance(Duration::from_secs(6));
     assert_eq!(
@@ -717,10 +729,19 @@ async fn pipeline_structure_changes_wait_for_a_restart() {
     // topology is declared at start); a live edit of them changes nothing.
     let h = Harness::new(chain()).await;
     h.add_domain("example.com").await;
-    h.update(|s| {
+    let r = h.update(|s| {
         s.workflow.stages = vec![stage("a", &[])];
         s.workflow.stages[0].routing_key = "cptm8.elsewhere".into();
     });
+    assert_eq!(
+        r.restart_required,
+        [
+            "Workflow.stages.b",
+            "Workflow.stages.c",
+            "Workflow.stages.a.routing_key"
+        ]
+    );
+    assert!(r.live.is_empty(), "{r:?}");
     h.engine.start_workflows().await.unwrap();
     let names: Vec<_> = h.wfs().await.unwrap()[0]
         .stages

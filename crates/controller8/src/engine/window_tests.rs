@@ -141,7 +141,9 @@ async fn a_stage_with_windows_of_its_own_ignores_the_global_ones() {
     h.report(&job, StageOutcome::Completed).await;
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0, "b waits");
     // A live change of the windows applies at the next round.
-    h.update(|s| s.workflow.windows.clear());
+    let r = h.update(|s| s.workflow.windows.clear());
+    assert_eq!(r.live, ["Workflow.windows"]);
+    assert!(!r.needs_restart(), "{r:?}");
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
 }
 
@@ -205,4 +207,19 @@ async fn the_api_views_show_waiting_for_window_until() {
     h.advance(Duration::from_secs(30 * 60));
     let v = api.get(v.id).await.unwrap();
     assert_eq!(v.stages[0].waiting_for_window_until, None);
+}
+
+#[tokio::test]
+async fn a_stages_own_windows_apply_live_and_are_reported_live() {
+    let mut s = chain();
+    // Stage a closed now (Sunday only); the clock is on a Wednesday.
+    s.workflow.stages[0].windows = Some(vec![window(&[Weekday::Sun], "01:00", "02:00", "UTC")]);
+    let h = Harness::new(s).await;
+    h.add_domain("example.com").await;
+    assert_eq!(h.engine.start_workflows().await.unwrap(), 1);
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 0, "closed");
+    let r = h.update(|s| s.workflow.stages[0].windows = None);
+    assert_eq!(r.live, ["Workflow.stages.a.windows"]);
+    assert!(!r.needs_restart(), "{r:?}");
+    assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
 }

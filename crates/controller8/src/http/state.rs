@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp8::Broker;
+use amqp8::BrokerProbe;
 use config8::HttpSettings;
 use db8::{DbHealth, ReplicaRegistry, WorkflowRepository};
 use tokio::sync::watch;
@@ -111,8 +111,9 @@ pub struct HttpState {
     pub db: Arc<dyn DbHealth>,
     /// The replicas list (`GET /api/orchestratorm8/replicas`).
     pub replicas: Arc<dyn ReplicaRegistry>,
-    /// Broker health (`/ready`, `/metrics`) and downstream queue counts (`/ready`).
-    pub broker: Arc<dyn Broker>,
+    /// Broker health (`/ready`, `/metrics`) and downstream queue counts (`/ready`):
+    /// the probe part of the broker only.
+    pub broker: Arc<dyn BrokerProbe>,
     /// Current leadership role.
     pub role: RoleWatch,
     /// The metrics registry served on `/metrics`.

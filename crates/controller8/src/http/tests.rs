@@ -199,7 +199,7 @@ impl Fx {
             scan: scan.clone(),
             db: Arc::new(store.clone()),
             replicas: Arc::new(store.clone()),
-            broker: broker.as_dyn(),
+            broker: Arc::new(broker.clone()),
             role: role_rx,
             metrics: metrics.clone(),
             settings: settings_rx,
@@ -702,7 +702,8 @@ async fn scan_now_rejects_bad_bodies_without_calling_the_engine() {
         .await
         .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     assert!(msg.contains("1024"), "{msg}");
-    // The limit is live.
+    // The limit is live, and a reload reports it live.
+    assert_eq!(reported(|s| s.body_limit = 4096).live, ["HTTP.body_limit"]);
     fx.settings.send_modify(|s| s.body_limit = 4096);
     let r = post_json(&routes, API, &big).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
@@ -897,6 +898,11 @@ async fn list_status_with(routes: &BoxedFilter<(Response,)>, token: &str) -> Sta
 
 #[tokio::test]
 async fn token_changes_apply_to_the_next_request() {
+    let r = reported(|s| s.api_token = Some(Secret::new("first-token")));
+    assert_eq!(
+        (r.live, r.restart_required.len()),
+        (vec!["HTTP.api_token".to_owned()], 0)
+    );
     let fx = Fx::new().await;
     let routes = fx.routes();
     // Open at first.
@@ -922,6 +928,14 @@ async fn token_changes_apply_to_the_next_request() {
     // An emptied token opens the API again.
     fx.set_token(Some(""));
     assert_eq!(get(&routes, API).await.status, StatusCode::OK);
+}
+
+/// What `config8::diff` reports of the HTTP change `f` in a reload.
+fn reported(f: impl FnOnce(&mut HttpSettings)) -> config8::ChangeReport {
+    let old = config8::Settings::default();
+    let mut new = old.clone();
+    f(&mut new.http);
+    config8::diff(&old, &new)
 }
 
 // ----- real socket -----------------------------------------------------------------

@@ -7,14 +7,8 @@ use uuid::Uuid;
 
 use super::MemoryStore;
 use crate::error::DbError;
+use crate::shared::domains::{conflict, not_found, validated};
 use crate::traits::DomainRepository;
-
-/// Validates and normalises a domain as the PostgreSQL implementation does.
-pub(crate) fn validated(domain: &PostDomain8) -> Result<PostDomain8, DbError> {
-    domain
-        .validated()
-        .map_err(|e| DbError::Invalid(e.to_string()))
-}
 
 #[async_trait]
 impl DomainRepository for MemoryStore {
@@ -124,14 +118,4 @@ impl DomainRepository for MemoryStore {
         self.notify_changed();
         Ok(())
     }
-}
-
-/// The error for an absent domain (same text as PostgreSQL's).
-pub(crate) fn not_found(id: Uuid) -> DbError {
-    DbError::NotFound(format!("domain {id}"))
-}
-
-/// The error for a taken name (same text as PostgreSQL's).
-pub(crate) fn conflict(name: &str) -> DbError {
-    DbError::Conflict(format!("a domain named {name:?} already exists"))
 }

@@ -16,14 +16,12 @@ use super::MemoryStore;
 use crate::error::DbError;
 use crate::plan::{active_domain, validate_batch};
 use crate::ring::{Cycle, CycleStage};
+use crate::shared::workflows::{DEFAULT_LIST_LIMIT, invalid_state, not_found};
 use crate::time::{db_precision, plus};
 use crate::traits::{
     ClaimedStage, Created, InitialClaim, NewWorkflow, RingApplied, RingEvent, RingRepository,
     RingStage, RingStall, StageKey, StalledStage, Transition, WorkflowFilter, WorkflowRepository,
 };
-
-/// Default and largest page of [`WorkflowRepository::list`].
-pub(crate) const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// Every workflow, with the indexes the queries need.
 #[derive(Default)]
@@ -197,16 +195,6 @@ impl Workflows {
     fn get_mut(&mut self, id: WorkflowId) -> Result<&mut Wf, DbError> {
         self.by_id.get_mut(&id).ok_or_else(|| not_found(id))
     }
-}
-
-/// The error for an absent workflow (same text as PostgreSQL's).
-pub(crate) fn not_found(id: WorkflowId) -> DbError {
-    DbError::NotFound(format!("workflow {id}"))
-}
-
-/// The error for a transition the workflow's status refuses (same text as PostgreSQL's).
-pub(crate) fn invalid_state(id: WorkflowId, action: &str, status: WorkflowStatus) -> DbError {
-    DbError::InvalidState(format!("cannot {action} workflow {id}: it is {status}"))
 }
 
 impl MemoryStore {

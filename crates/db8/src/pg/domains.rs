@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use crate::error::DbError;
-use crate::memory::domains::{conflict, not_found, validated};
+use crate::shared::domains::{conflict, not_found, validated};
 use crate::traits::DomainRepository;
 
 /// Columns of a [`Domain8`]; a NULL company reads as "".

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::PgStore;
 use crate::error::DbError;
-use crate::memory::workflows::{DEFAULT_LIST_LIMIT, invalid_state, not_found};
 use crate::plan::{active_domain, validate_batch};
+use crate::shared::workflows::{DEFAULT_LIST_LIMIT, invalid_state, not_found};
 use crate::time::plus;
 use crate::traits::{
     ClaimedStage, Created, InitialClaim, NewWorkflow, StageKey, Transition, WorkflowFilter,
