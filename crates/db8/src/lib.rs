@@ -1,7 +1,7 @@
 //! `db8`: the CPTM8 data layer.
 //!
 //! Repository traits ([`DomainRepository`], [`WorkflowRepository`], [`LeaderLock`],
-//! [`ChangeFeed`], [`DbHealth`]), a PostgreSQL implementation on bb8-postgres, an
+//! [`ChangeFeed`], [`DbHealth`], [`OutboxRepository`]), a PostgreSQL implementation on bb8-postgres, an
 //! in-memory implementation with the same behaviour (proven by one conformance suite),
 //! and embedded migrations.
 //!
@@ -10,6 +10,7 @@
 
 mod error;
 mod memory;
+mod outbox;
 mod pg;
 mod plan;
 mod ring;
@@ -18,5 +19,6 @@ mod traits;
 
 pub use error::DbError;
 pub use memory::MemoryStore;
+pub use outbox::{OutboxEvent, OutboxRepository, OutboxRow, OutboxStats};
 pub use pg::{Migration, PgChangeFeed, PgLeaderLock, PgStore};
 pub use traits::*;

@@ -5,6 +5,7 @@
 pub(crate) mod domains;
 mod feed;
 mod lock;
+mod outbox;
 pub(crate) mod workflows;
 
 use std::collections::BTreeMap;
@@ -20,8 +21,8 @@ use crate::error::DbError;
 use crate::traits::{DbHealth, DomainChange, PoolStats};
 
 /// Every repository trait in memory: [`crate::DomainRepository`],
-/// [`crate::WorkflowRepository`], [`crate::LeaderLock`], [`crate::ChangeFeed`] and
-/// [`DbHealth`].
+/// [`crate::WorkflowRepository`], [`crate::LeaderLock`], [`crate::ChangeFeed`],
+/// [`crate::OutboxRepository`] and [`DbHealth`].
 ///
 /// Clones share the data and the leader identity (one process). [`MemoryStore::handle`]
 /// gives a handle on the same data with its own leader identity (another replica), so
@@ -43,6 +44,7 @@ struct Shared {
 struct State {
     domains: BTreeMap<Uuid, Domain8>,
     workflows: workflows::Workflows,
+    outbox: outbox::Outbox,
 }
 
 impl std::fmt::Debug for MemoryStore {
