@@ -18,6 +18,7 @@ async fn stores() -> Stores {
         domains: Arc::new(store.clone()),
         workflows: Arc::new(store.clone()),
         ring: Arc::new(store.clone()),
+        outbox: Arc::new(store.clone()),
         feed: Arc::new(PgChangeFeed::new(&settings).unwrap()),
         health: Arc::new(store),
         leader_a: Arc::new(PgLeaderLock::new(&settings, 42).unwrap()),
