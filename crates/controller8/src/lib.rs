@@ -16,6 +16,7 @@ mod error;
 pub mod http;
 mod leader;
 mod metrics;
+mod outbox;
 mod ring;
 mod ring_metrics;
 mod role;

@@ -318,6 +318,7 @@ impl Harness {
             Engine::new(EngineParts {
                 domains: Arc::new(store.clone()),
                 workflows: workflows.unwrap_or_else(|| Arc::new(store.clone())),
+                outbox: Arc::new(store.clone()),
                 broker: broker.as_dyn(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
