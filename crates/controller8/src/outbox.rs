@@ -151,6 +151,12 @@ pub(crate) async fn relay_loop(engine: Arc<Engine>, outbox: Arc<dyn OutboxReposi
     }
 }
 
+/// Relays every row due now (rounds until none is left or the broker is away).
+#[cfg(test)]
+pub(crate) async fn relay_due(engine: &Engine) {
+    while relay_round(engine, engine.outbox.as_ref()).await == Round::More {}
+}
+
 /// Claims a batch, publishes it, deletes what was confirmed and releases the rest.
 async fn relay_round(engine: &Engine, outbox: &dyn OutboxRepository) -> Round {
     let batch = engine.tuning.outbox_batch.max(1);
@@ -246,7 +252,7 @@ async fn relay_round(engine: &Engine, outbox: &dyn OutboxRepository) -> Round {
 }
 
 /// Refreshes the depth and oldest-age gauges.
-async fn update_gauges(engine: &Engine, outbox: &dyn OutboxRepository) {
+pub(crate) async fn update_gauges(engine: &Engine, outbox: &dyn OutboxRepository) {
     match outbox.outbox_stats().await {
         Ok(s) => {
             let age = s.oldest.map_or(0.0, |t| {

@@ -14,6 +14,8 @@ pub(crate) mod error_feed;
 #[cfg(test)]
 mod fairness_tests;
 pub(crate) mod notify;
+#[cfg(test)]
+mod outbox_tests;
 pub(crate) mod pipeline;
 pub(crate) mod protocol;
 pub(crate) mod results;
