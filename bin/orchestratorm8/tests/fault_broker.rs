@@ -200,7 +200,10 @@ async fn a_broker_restart_during_a_bulk_publish_loses_no_confirmed_message() {
     }
     // The copies still queued behind.
     eventually("the queue drained", Duration::from_secs(60), async || {
-        broker.queue_info("qbulk").await.is_ok_and(|i| i.messages == 0)
+        broker
+            .queue_info("qbulk")
+            .await
+            .is_ok_and(|i| i.messages == 0)
     })
     .await;
     consumer.stop(Duration::from_secs(5)).await;

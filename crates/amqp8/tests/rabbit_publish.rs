@@ -147,7 +147,12 @@ async fn a_message_id_set_by_the_publisher_is_the_same_on_every_copy() {
     // One logical message published twice (a re-publish), and a message without an id
     // published twice (two messages as far as amqp8 knows).
     let same = msg(&n, "cptm8.a", "job").with_message_id("job:w:a:1");
-    for m in [same.clone(), same, msg(&n, "cptm8.a", "x"), msg(&n, "cptm8.a", "x")] {
+    for m in [
+        same.clone(),
+        same,
+        msg(&n, "cptm8.a", "x"),
+        msg(&n, "cptm8.a", "x"),
+    ] {
         assert_eq!(b.publish(m).await.unwrap(), PublishOutcome::Confirmed);
     }
     let mut got = Vec::new();
@@ -164,9 +169,15 @@ async fn a_message_id_set_by_the_publisher_is_the_same_on_every_copy() {
             .map(|(_, id)| id.clone())
             .collect()
     };
-    assert_eq!(ids("job"), [Some("job:w:a:1".into()), Some("job:w:a:1".into())]);
+    assert_eq!(
+        ids("job"),
+        [Some("job:w:a:1".into()), Some("job:w:a:1".into())]
+    );
     let x = ids("x");
-    assert!(x.iter().all(|id| id.as_ref().is_some_and(|s| !s.is_empty())));
+    assert!(
+        x.iter()
+            .all(|id| id.as_ref().is_some_and(|s| !s.is_empty()))
+    );
     assert_ne!(x[0], x[1], "amqp8's own ids are unique per publish");
     // Refused like any other short string field: too long.
     let err = b

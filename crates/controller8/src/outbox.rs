@@ -92,9 +92,12 @@ pub(crate) fn message_of(row: &OutboxRow) -> Result<OutgoingMessage, String> {
     let key = n.platform_routing_key();
     let mut envelope = AmqpM8Message::new(key.as_str(), Some(n));
     envelope.timestamp = GoTime::from_utc(row.created_at);
-    let body = envelope
-        .to_vec()
-        .map_err(|e| format!("cannot encode the notification of outbox row {}: {e}", row.id))?;
+    let body = envelope.to_vec().map_err(|e| {
+        format!(
+            "cannot encode the notification of outbox row {}: {e}",
+            row.id
+        )
+    })?;
     Ok(OutgoingMessage::new(NOTIFICATION_EXCHANGE, key, body).with_message_id(row.id.to_string()))
 }
 
@@ -234,10 +237,7 @@ async fn relay_round(engine: &Engine, outbox: &dyn OutboxRepository) -> Round {
     let now = engine.now();
     for row in later {
         let due = plus(now, row_delay(row.attempts));
-        if let Err(e) = outbox
-            .outbox_release(&[row.id], engine.owner, due)
-            .await
-        {
+        if let Err(e) = outbox.outbox_release(&[row.id], engine.owner, due).await {
             tracing::warn!(row = %row.id, error = %e, "outbox: cannot release a row; it is retried when its claim ends");
             return Round::Away;
         }

@@ -402,9 +402,8 @@ async fn heal_round(
         match engine
             .broker
             .publish(
-                amqp8::OutgoingMessage::new(exchange, key.as_str(), body).with_message_id(
-                    heal_message_id(st.cycle, &st.stage, st.attempt, &target),
-                ),
+                amqp8::OutgoingMessage::new(exchange, key.as_str(), body)
+                    .with_message_id(heal_message_id(st.cycle, &st.stage, st.attempt, &target)),
             )
             .await
         {
@@ -508,7 +507,8 @@ mod tests {
             Seen::Ignored(_)
         ));
         // Notifications of a scanner; ours are not the ring's.
-        let n = Notification8::platform(NotificationEvent::SystemError, model8::Severity::High, "db");
+        let n =
+            Notification8::platform(NotificationEvent::SystemError, model8::Severity::High, "db");
         let nb = body(
             "app.error.high",
             "naabum8",

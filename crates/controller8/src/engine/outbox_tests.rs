@@ -76,7 +76,10 @@ async fn a_relay_killed_before_deleting_is_followed_by_a_copy_with_the_same_mess
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    h.broker.publish(message_of(&rows[0]).unwrap()).await.unwrap();
+    h.broker
+        .publish(message_of(&rows[0]).unwrap())
+        .await
+        .unwrap();
     // Its claim holds for the lease: nobody publishes it meanwhile.
     relay_due(&h.engine).await;
     assert_eq!(h.broker.messages_in(NOTIFY_QUEUE).len(), 1);

@@ -84,7 +84,7 @@ impl OutboxRepository for PgStore {
                 event: r.get(3),
             })
             .collect();
-        out.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+        out.sort_by_key(|r| (r.created_at, r.id));
         Ok(out)
     }
 

@@ -14,8 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use db8::{
     ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, InitialClaim, LeaderLock,
     NewWorkflow, OutboxEvent, OutboxRepository, OutboxRow, RingApplied, RingEvent, RingMessage,
-    RingRepository, RingStage, StageKey, StagePlan, Transition, WorkflowFilter,
-    WorkflowRepository,
+    RingRepository, RingStage, StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
 use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowKind, WorkflowStatus};
