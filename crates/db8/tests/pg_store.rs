@@ -90,7 +90,7 @@ async fn migrations_are_tracked_and_idempotent() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7]
+        [1, 2, 3, 4, 5, 6, 7, 8]
     );
     assert!(store.migrate().await.unwrap().is_empty());
     let admin = db.admin().await;
