@@ -223,7 +223,7 @@ async fn kill_9_at_random_points_every_workflow_completes_exactly_once() {
     );
     let text = http_get(last.port, "/metrics").await.unwrap().1;
     eprintln!(
-        "completion notifications: {} of {total} workflows notified, {} messages received,          {} copies (same message_id); last process: results_stale_total {:?}",
+        "completion notifications: {} of {total} workflows notified, {} messages received, {} copies (same message_id); last process: results_stale_total {:?}",
         notified.len(),
         notices.len(),
         notices.len() - by_id.len(),
