@@ -10,7 +10,7 @@ mod e2e_support;
 mod fault_support;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,7 @@ async fn a_broker_restart_during_a_bulk_publish_loses_no_confirmed_message() {
                 let messages = (next..next + BATCH)
                     .map(|i| {
                         OutgoingMessage::new("fault.bulk", "bulk.m", format!("{i}").into_bytes())
+                            .with_message_id(format!("bulk-{i}"))
                     })
                     .collect();
                 let started = Instant::now();
@@ -149,11 +150,19 @@ async fn a_broker_restart_during_a_bulk_publish_loses_no_confirmed_message() {
     );
     assert!(depth >= confirmed.len(), "{depth} < {}", confirmed.len());
 
-    // Read the queue back: every confirmed message is there (duplicates allowed).
+    // Read the queue back: every confirmed message is there (duplicates allowed:
+    // copies re-published after the restart, recognised by their message_id).
     let seen: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let received = Arc::new(AtomicU64::new(0));
+    let mismatched = Arc::new(AtomicU64::new(0));
     let sink = seen.clone();
+    let (count, wrong) = (received.clone(), mismatched.clone());
     let consumer = consume_each(&broker, "qbulk", "fault-bulk-reader", 1000, move |m| {
         let n = String::from_utf8_lossy(&m.body).parse().unwrap_or(u64::MAX);
+        count.fetch_add(1, Ordering::SeqCst);
+        if m.message_id.as_deref() != Some(format!("bulk-{n}").as_str()) {
+            wrong.fetch_add(1, Ordering::SeqCst);
+        }
         sink.lock().unwrap().insert(n);
     })
     .await;
@@ -189,10 +198,30 @@ async fn a_broker_restart_during_a_bulk_publish_loses_no_confirmed_message() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The copies still queued behind.
+    eventually("the queue drained", Duration::from_secs(60), async || {
+        broker
+            .queue_info("qbulk")
+            .await
+            .is_ok_and(|i| i.messages == 0)
+    })
+    .await;
     consumer.stop(Duration::from_secs(5)).await;
     assert!(
         !seen.lock().unwrap().contains(&u64::MAX),
         "a message that was never published"
+    );
+    assert_eq!(
+        mismatched.load(Ordering::SeqCst),
+        0,
+        "a message whose message_id is not the one it was published with"
+    );
+    let received = received.load(Ordering::SeqCst);
+    let distinct = seen.lock().unwrap().len() as u64;
+    eprintln!(
+        "bulk publish read back: {received} messages, {distinct} distinct message_ids, \
+         {} copies (same message_id)",
+        received - distinct
     );
     broker.close().await;
 }

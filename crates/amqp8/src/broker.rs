@@ -70,6 +70,11 @@ pub struct OutgoingMessage {
     /// The AMQP `app_id` property, when set (the Go services' hard-coded failover
     /// message carries `app_id: "asmm8"`).
     pub app_id: Option<String>,
+    /// The AMQP `message_id` property: the same for every copy of one logical message
+    /// (a re-publish after a lost confirm, a relayed outbox row), so that a consumer
+    /// can drop copies (docs/AMQP.md, "Message identity"). `None`: amqp8 gives the
+    /// message a unique id of its own.
+    pub message_id: Option<String>,
 }
 
 impl OutgoingMessage {
@@ -82,7 +87,15 @@ impl OutgoingMessage {
             mandatory: true,
             headers: BTreeMap::new(),
             app_id: None,
+            message_id: None,
         }
+    }
+
+    /// The message with the AMQP `message_id` property `id` (see
+    /// [`OutgoingMessage::message_id`]).
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
     }
 }
 
@@ -129,6 +142,9 @@ pub struct Delivery {
     pub headers: BTreeMap<String, String>,
     /// The AMQP `app_id` property, when the publisher set one.
     pub app_id: Option<String>,
+    /// The AMQP `message_id` property, when the message has one (amqp8 always sets
+    /// one; the orchestrator's is stable across copies, see docs/AMQP.md).
+    pub message_id: Option<String>,
     /// Settles the delivery; taken by [`Delivery::defer`].
     pub(crate) acker: Option<Box<dyn Acker>>,
 }
@@ -161,6 +177,7 @@ impl Delivery {
             delivery_count: None,
             headers: BTreeMap::new(),
             app_id: None,
+            message_id: None,
             acker: Some(acker),
         }
     }

@@ -25,6 +25,8 @@ pub struct Message {
     pub headers: BTreeMap<String, String>,
     /// See [`Delivery::app_id`].
     pub app_id: Option<String>,
+    /// See [`Delivery::message_id`].
+    pub message_id: Option<String>,
 }
 
 /// A [`Handler`] made of a closure; see [`handler_fn`].
@@ -65,6 +67,7 @@ where
             delivery_count: delivery.delivery_count,
             headers: delivery.headers.clone(),
             app_id: delivery.app_id.clone(),
+            message_id: delivery.message_id.clone(),
         };
         (self.0)(message).await
     }

@@ -128,3 +128,62 @@ async fn publish_many_keeps_input_order_of_outcomes() {
     assert!(eventually(WAIT, || async { ready(&n.queue).await == Some(2000) }).await);
     n.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_id_set_by_the_publisher_is_the_same_on_every_copy() {
+    let _lock = lock_shared();
+    let b = broker().await;
+    let n = Names::new("msgid");
+    b.declare(&n.topology("cptm8.#", &[])).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let h = std::sync::Arc::new(amqp8::handler_fn(move |m: amqp8::Message| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((String::from_utf8_lossy(&m.body).into_owned(), m.message_id));
+            Ok(amqp8::Decision::Ack)
+        }
+    }));
+    let _c = b.consume(n.options(8, 3), h).await.unwrap();
+    // One logical message published twice (a re-publish), and a message without an id
+    // published twice (two messages as far as amqp8 knows).
+    let same = msg(&n, "cptm8.a", "job").with_message_id("job:w:a:1");
+    for m in [
+        same.clone(),
+        same,
+        msg(&n, "cptm8.a", "x"),
+        msg(&n, "cptm8.a", "x"),
+    ] {
+        assert_eq!(b.publish(m).await.unwrap(), PublishOutcome::Confirmed);
+    }
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .expect("delivered")
+            .unwrap();
+        got.push(m);
+    }
+    let ids = |body: &str| -> Vec<Option<String>> {
+        got.iter()
+            .filter(|(b, _)| b == body)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    assert_eq!(
+        ids("job"),
+        [Some("job:w:a:1".into()), Some("job:w:a:1".into())]
+    );
+    let x = ids("x");
+    assert!(
+        x.iter()
+            .all(|id| id.as_ref().is_some_and(|s| !s.is_empty()))
+    );
+    assert_ne!(x[0], x[1], "amqp8's own ids are unique per publish");
+    // Refused like any other short string field: too long.
+    let err = b
+        .publish(msg(&n, "cptm8.a", "long").with_message_id("i".repeat(256)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("message_id"), "{err}");
+    n.cleanup().await;
+}

@@ -35,12 +35,25 @@ pub(crate) enum Check {
 pub(crate) struct Bootstrap {
     /// Whether the next check that finds domains publishes (Go's `first`).
     first: bool,
+    /// Kick-offs this detector decided on (the one being published included): part
+    /// of the kick-off's `message_id`, so a publish retried after an error is a copy.
+    kickoffs: u64,
 }
 
 impl Default for Bootstrap {
     fn default() -> Self {
-        Bootstrap { first: true }
+        Bootstrap {
+            first: true,
+            kickoffs: 0,
+        }
     }
+}
+
+/// The `message_id` of the `n`-th kick-off (from 1) decided by the process whose
+/// claim owner id is `owner` (docs/AMQP.md, "Message identity"):
+/// `kickoff:<owner>:<n>`. A kick-off retried after a publish error keeps its id.
+pub(crate) fn kickoff_message_id(owner: uuid::Uuid, n: u64) -> String {
+    format!("kickoff:{owner}:{n}")
 }
 
 impl Bootstrap {
@@ -52,6 +65,10 @@ impl Bootstrap {
                 tracing::info!(
                     "no enabled domain left; the next enabled domain triggers a new kick-off"
                 );
+            }
+            if !self.first {
+                // The previous kick-off is over; the next one is a new message.
+                self.kickoffs += 1;
             }
             self.first = true;
             return Ok(Check::NoDomains);
@@ -75,11 +92,10 @@ impl Bootstrap {
         tracing::info!(%exchange, routing_key = KICKOFF_ROUTING_KEY, "enabled domains found; publishing the asmm8 kick-off");
         let outcome = engine
             .broker
-            .publish(OutgoingMessage::new(
-                exchange.clone(),
-                KICKOFF_ROUTING_KEY,
-                body,
-            ))
+            .publish(
+                OutgoingMessage::new(exchange.clone(), KICKOFF_ROUTING_KEY, body)
+                    .with_message_id(kickoff_message_id(engine.owner, self.kickoffs + 1)),
+            )
             .await?;
         self.first = false;
         Ok(match outcome {

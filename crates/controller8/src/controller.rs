@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use amqp8::{Broker, ConsumeOptions, ConsumerHandle, Handler};
 use config8::{SchedulerMode, Settings};
-use db8::{ChangeFeed, DomainRepository, LeaderLock, RingRepository, WorkflowRepository};
+use db8::{
+    ChangeFeed, DomainRepository, LeaderLock, OutboxRepository, RingRepository, WorkflowRepository,
+};
 use model8::RESULT_QUEUE;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -40,6 +42,9 @@ pub struct Deps {
     pub domains: Arc<dyn DomainRepository>,
     /// Managed-mode workflow state.
     pub workflows: Arc<dyn WorkflowRepository>,
+    /// The outbox the workflow and ring transitions write their notifications into
+    /// (the same store as `workflows` and `ring`); every replica relays it.
+    pub outbox: Arc<dyn OutboxRepository>,
     /// RabbitMQ.
     pub broker: Arc<dyn Broker>,
     /// The leader lock, when `LeaderElection.enabled`; `None` makes this replica the
@@ -118,6 +123,7 @@ impl Controller {
         let engine = Engine::new(EngineParts {
             domains: deps.domains,
             workflows: deps.workflows,
+            outbox: deps.outbox,
             broker: deps.broker,
             clock: deps.clock,
             metrics: deps.metrics,
@@ -265,6 +271,10 @@ impl Controller {
             self.changes.clone(),
         )));
         tasks.push(tokio::spawn(scheduler::retention_loop(engine.clone())));
+        tasks.push(tokio::spawn(crate::outbox::relay_loop(
+            engine.clone(),
+            engine.outbox.clone(),
+        )));
         match mode {
             SchedulerMode::Bootstrap => {
                 tasks.push(tokio::spawn(scheduler::tick_loop(

@@ -515,6 +515,7 @@ mod tests {
             Deps {
                 domains: Arc::new(store.clone()),
                 workflows: Arc::new(store.clone()),
+                outbox: Arc::new(store.clone()),
                 broker: broker.as_dyn(),
                 leader: Some(Arc::new(store.clone())),
                 changes: Arc::new(store.clone()),

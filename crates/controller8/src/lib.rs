@@ -18,6 +18,7 @@ mod error;
 pub mod http;
 mod leader;
 mod metrics;
+mod outbox;
 pub mod replicas;
 mod ring;
 mod ring_metrics;

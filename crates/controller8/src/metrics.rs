@@ -89,6 +89,8 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     /// The observed ring's metrics (bootstrap mode).
     pub(crate) ring: crate::ring_metrics::RingMetrics,
+    /// The outbox relay's metrics.
+    pub(crate) outbox: crate::outbox::OutboxMetrics,
 }
 
 impl Default for Metrics {
@@ -106,8 +108,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let ring = crate::ring_metrics::RingMetrics::registered(&mut registry);
+        let outbox = crate::outbox::OutboxMetrics::registered(&mut registry);
         let m = Metrics {
             ring,
+            outbox,
             workflows_started: Counter::default(),
             workflows_completed: Counter::default(),
             workflows_failed: Counter::default(),

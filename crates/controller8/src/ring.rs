@@ -30,7 +30,7 @@ use db8::{
 };
 use model8::chain::{ScanPayload, is_failover};
 use model8::{
-    AmqpM8Message, Notification8, NotificationEvent, SOURCE_ORCHESTRATORM8, Severity,
+    AmqpM8Message, Notification8, NotificationEvent, SOURCE_ORCHESTRATORM8,
     parse_platform_routing_key,
 };
 
@@ -338,15 +338,25 @@ pub(crate) async fn stall_loop(
                 .map_or(Duration::ZERO, |r| r.timeout);
             let text = stall_message(&s, timeout);
             tracing::warn!(cycle = %s.cycle, stage = %s.stage, silent_for = ?s.silent_for, "{text}");
-            let n = Notification8::platform(NotificationEvent::SystemWarning, Severity::High, text);
-            engine
-                .publish_notification(n, &format!("ring stage {}", s.stage))
-                .await;
+            // Its warning is in the outbox (same transaction).
+            engine.outbox_wake.now();
         }
         if heal && !ring.is_empty() {
             heal_round(&engine, repo.as_ref(), &ring, &mut kicked).await;
         }
     }
+}
+
+/// The `message_id` of the kick-off healing sends to `target` for stalled `stage` at
+/// `attempt` of ring cycle `cycle` (docs/AMQP.md, "Message identity"):
+/// `heal:<cycle>:<stage>:<attempt>:<target>`, the same whichever leader sends it.
+pub(crate) fn heal_message_id(
+    cycle: uuid::Uuid,
+    stage: &str,
+    attempt: u32,
+    target: &str,
+) -> String {
+    format!("heal:{cycle}:{stage}:{attempt}:{target}")
 }
 
 /// One healing round over the stalled stages.
@@ -389,7 +399,10 @@ async fn heal_round(
         };
         match engine
             .broker
-            .publish(amqp8::OutgoingMessage::new(exchange, key.as_str(), body))
+            .publish(
+                amqp8::OutgoingMessage::new(exchange, key.as_str(), body)
+                    .with_message_id(heal_message_id(st.cycle, &st.stage, st.attempt, &target)),
+            )
             .await
         {
             Ok(PublishOutcome::Confirmed) => {
@@ -492,7 +505,8 @@ mod tests {
             Seen::Ignored(_)
         ));
         // Notifications of a scanner; ours are not the ring's.
-        let n = Notification8::platform(NotificationEvent::SystemError, Severity::High, "db");
+        let n =
+            Notification8::platform(NotificationEvent::SystemError, model8::Severity::High, "db");
         let nb = body(
             "app.error.high",
             "naabum8",

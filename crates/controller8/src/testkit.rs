@@ -318,6 +318,7 @@ impl Harness {
             Engine::new(EngineParts {
                 domains: Arc::new(store.clone()),
                 workflows: workflows.unwrap_or_else(|| Arc::new(store.clone())),
+                outbox: Arc::new(store.clone()),
                 broker: broker.as_dyn(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
@@ -406,7 +407,10 @@ impl Harness {
         take_jobs(&self.broker, stage)
     }
 
-    pub(crate) fn notifications(&self, routing_key: &str) -> Vec<Notification8> {
+    /// Relays the outbox (what is due now), then takes the notifications published
+    /// with `routing_key`.
+    pub(crate) async fn notifications(&self, routing_key: &str) -> Vec<Notification8> {
+        crate::outbox::relay_due(&self.engine).await;
         notifications(&self.broker, routing_key)
     }
 

@@ -39,6 +39,14 @@ pub struct Tuning {
     /// Bootstrap mode with `Scheduler.observe`: how often the leader looks for ring
     /// stages silent past their timeout (500 ms).
     pub ring_check: Duration,
+    /// How long the outbox relay's claim on a row lasts (30 s): a row a killed relay
+    /// claimed (maybe published, not deleted) is published again after this.
+    pub outbox_lease: Duration,
+    /// The outbox relay looks for due rows at least this often (1 s), besides being
+    /// woken by the transitions of its own replica.
+    pub outbox_poll: Duration,
+    /// Outbox rows claimed and published per relay round (200).
+    pub outbox_batch: usize,
 }
 
 impl Default for Tuning {
@@ -55,6 +63,9 @@ impl Default for Tuning {
             chain_error_window: model8::chain::ERROR_WINDOW,
             chain_record_wait: Duration::from_secs(5),
             ring_check: Duration::from_millis(500),
+            outbox_lease: Duration::from_secs(30),
+            outbox_poll: Duration::from_secs(1),
+            outbox_batch: 200,
         }
     }
 }

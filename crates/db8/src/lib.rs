@@ -1,7 +1,7 @@
 //! `db8`: the CPTM8 data layer.
 //!
 //! Repository traits ([`DomainRepository`], [`WorkflowRepository`], [`LeaderLock`],
-//! [`ChangeFeed`], [`DbHealth`]), a PostgreSQL implementation on bb8-postgres, an
+//! [`ChangeFeed`], [`DbHealth`], [`OutboxRepository`]), a PostgreSQL implementation on bb8-postgres, an
 //! in-memory implementation with the same behaviour (proven by one conformance suite),
 //! and embedded migrations.
 //!
@@ -19,6 +19,7 @@
 mod error;
 #[cfg(feature = "memory")]
 mod memory;
+mod outbox;
 #[cfg(feature = "postgres")]
 mod pg;
 mod plan;
@@ -30,6 +31,7 @@ mod traits;
 pub use error::DbError;
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
+pub use outbox::{OutboxEvent, OutboxRepository, OutboxRow, OutboxStats};
 #[cfg(feature = "postgres")]
 pub use pg::{Migration, PgChangeFeed, PgLeaderLock, PgStore};
 pub use traits::*;

@@ -14,6 +14,7 @@ async fn stores() -> Stores {
         workflows: Arc::new(store.clone()),
         ring: Arc::new(store.clone()),
         replicas: Arc::new(store.clone()),
+        outbox: Arc::new(store.clone()),
         feed: Arc::new(store.clone()),
         health: Arc::new(store.clone()),
         leader_a: Arc::new(store.clone()),

@@ -19,6 +19,7 @@ async fn stores() -> Stores {
         workflows: Arc::new(store.clone()),
         ring: Arc::new(store.clone()),
         replicas: Arc::new(store.clone()),
+        outbox: Arc::new(store.clone()),
         feed: Arc::new(PgChangeFeed::new(&settings).unwrap()),
         health: Arc::new(store),
         leader_a: Arc::new(PgLeaderLock::new(&settings, 42).unwrap()),

@@ -22,6 +22,7 @@
 //! crates (checked by `bin/orchestratorm8/tests/architecture.rs`); what a sibling
 //! service can do, these examples do with the public APIs alone.
 
+pub mod dedup;
 pub mod monitor;
 pub mod report;
 pub mod runner;

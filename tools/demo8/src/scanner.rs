@@ -254,6 +254,12 @@ pub struct ScannerConfig {
     /// How long to keep publishing the `Publisher` message while the next queue is full
     /// (`reject-publish`).
     pub retry: RetryPolicy,
+    /// Drop copies: a kick-off whose AMQP `message_id` matches one this scanner already
+    /// scanned to the end is acked without a scan (docs/AMQP.md, "Message identity").
+    /// Off by default: the Go scanners scan every delivery (a redelivered kick-off is
+    /// scanned again), and the stand-ins stay faithful. Copies are counted either way
+    /// ([`Scanner::copies`]).
+    pub drop_copies: bool,
 }
 
 impl Default for ScannerConfig {
@@ -269,6 +275,7 @@ impl Default for ScannerConfig {
                 give_up_after: Duration::from_secs(300),
                 ..RetryPolicy::default()
             },
+            drop_copies: false,
         }
     }
 }
@@ -300,6 +307,9 @@ pub struct Scanner {
     config: Arc<ScannerConfig>,
     runs: AtomicU64,
     records: Arc<Mutex<Vec<RunRecord>>>,
+    /// The `message_id`s of kick-offs scanned to the end, bounded.
+    scanned: Mutex<crate::dedup::SeenIds>,
+    copies: AtomicU64,
 }
 
 impl fmt::Debug for Scanner {
@@ -382,6 +392,8 @@ impl Scanner {
             config,
             runs: AtomicU64::new(0),
             records,
+            scanned: Mutex::new(crate::dedup::SeenIds::default()),
+            copies: AtomicU64::new(0),
         })
     }
 
@@ -399,8 +411,40 @@ impl Scanner {
         self.runs.load(Ordering::Relaxed)
     }
 
-    /// Handles one kick-off: whatever the body, a full scan.
+    /// Kick-offs received again after a scan of the same `message_id` ended (copies:
+    /// a redelivery, a re-published kick-off).
+    pub fn copies(&self) -> u64 {
+        self.copies.load(Ordering::Relaxed)
+    }
+
+    /// Handles one kick-off: whatever the body, a full scan (a copy of one already
+    /// scanned is counted, and dropped with [`ScannerConfig::drop_copies`]).
     pub async fn handle(&self, m: Message) -> Result<Decision, HandlerError> {
+        let id = m.message_id.clone().filter(|id| !id.is_empty());
+        if let Some(id) = &id
+            && self
+                .scanned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id)
+        {
+            self.copies.fetch_add(1, Ordering::Relaxed);
+            if self.config.drop_copies {
+                tracing::info!(scanner = %self.name, message_id = %id, "copy of a kick-off already scanned: acked without a scan");
+                return Ok(Decision::Ack);
+            }
+        }
+        let decision = self.scan(m).await;
+        if let (Some(id), Ok(Decision::Ack)) = (id, &decision) {
+            self.scanned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id);
+        }
+        decision
+    }
+
+    async fn scan(&self, m: Message) -> Result<Decision, HandlerError> {
         let run = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
         let fault = self.config.faults.fault(&self.name, run);
         tracing::info!(scanner = %self.name, run, routing_key = %m.routing_key,
@@ -625,6 +669,56 @@ impl Scanners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn copies_of_a_kick_off_are_counted_and_dropped_on_request() {
+        let broker = amqp8::memory::MemoryBroker::new();
+        broker
+            .declare(&go_topology(&["asmm8".into(), "naabum8".into()]))
+            .await
+            .unwrap();
+        let store = db8::MemoryStore::new();
+        store
+            .insert(&model8::PostDomain8 {
+                name: "example.com".into(),
+                companyname: "ACME".into(),
+                enabled: true,
+            })
+            .await
+            .unwrap();
+        let config = ScannerConfig {
+            scan: Duration::ZERO,
+            drop_copies: true,
+            ..ScannerConfig::default()
+        };
+        let s = Scanner::new(
+            "asmm8",
+            Publisher::ring("asmm8"),
+            broker.as_dyn(),
+            Arc::new(store),
+            Arc::new(config),
+            Arc::default(),
+        );
+        let kick = |id: &str| Message {
+            body: Vec::new(),
+            exchange: CPTM8_EXCHANGE.into(),
+            routing_key: "cptm8.asmm8.get.scan".into(),
+            redelivered: false,
+            delivery_count: None,
+            headers: BTreeMap::new(),
+            app_id: None,
+            message_id: Some(id.into()),
+        };
+        assert_eq!(s.handle(kick("kickoff:1")).await.unwrap(), Decision::Ack);
+        assert_eq!(broker.take("qnaabum8").len(), 1, "scanned and chained");
+        // A copy (same message_id): counted, acked, not scanned again.
+        assert_eq!(s.handle(kick("kickoff:1")).await.unwrap(), Decision::Ack);
+        assert_eq!((s.runs(), s.copies()), (1, 1));
+        assert!(broker.take("qnaabum8").is_empty());
+        // Another kick-off is scanned.
+        s.handle(kick("kickoff:2")).await.unwrap();
+        assert_eq!((s.runs(), s.copies()), (2, 1));
+    }
 
     #[test]
     fn fault_rules_parse() {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use amqp8::{Broker, Decision, Handler, HandlerError, Message, OutgoingMessage, handler_fn};
-use model8::{AmqpM8Message, StageJob, StageOutcome, StageResult, WorkflowId};
+use model8::{AmqpM8Message, StageJob, StageOutcome, StageResult};
 use rand::rngs::StdRng;
 use serde_json::json;
 
@@ -66,7 +66,8 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// Acked without a report (simulated crash).
     pub lost: u64,
-    /// Redelivered jobs already reported, acked without work.
+    /// Copies of jobs already reported (a redelivery, or a re-publish: the same AMQP
+    /// `message_id`), acked without work.
     pub duplicates: u64,
     /// Unreadable jobs dead-lettered.
     pub dead_lettered: u64,
@@ -93,20 +94,31 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The attempts whose report was confirmed, bounded (oldest forgotten first).
+/// The jobs whose report was confirmed, by AMQP `message_id` (the orchestrator's is
+/// the same for every copy of one attempt's job: docs/AMQP.md, "Message identity"),
+/// bounded (oldest forgotten first).
 #[derive(Debug, Default)]
 struct Reported {
-    set: HashSet<(WorkflowId, u32)>,
-    order: VecDeque<(WorkflowId, u32)>,
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// The identity of a job: its `message_id`, or for a publisher that sets none the
+/// orchestrator's format from the job's own fields.
+fn job_identity(message_id: Option<&str>, job: &StageJob) -> String {
+    match message_id {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => format!("job:{}:{}:{}", job.workflow_id, job.stage, job.attempt),
+    }
 }
 
 impl Reported {
-    fn contains(&self, key: &(WorkflowId, u32)) -> bool {
+    fn contains(&self, key: &str) -> bool {
         self.set.contains(key)
     }
 
-    fn insert(&mut self, key: (WorkflowId, u32)) {
-        if self.set.insert(key) {
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
             self.order.push_back(key);
             while self.order.len() > REMEMBERED_REPORTS {
                 if let Some(old) = self.order.pop_front() {
@@ -171,11 +183,11 @@ impl StageWorker {
                 return Ok(Decision::DeadLetter(reason));
             }
         };
-        let key = (job.workflow_id, job.attempt);
+        let key = job_identity(m.message_id.as_deref(), &job);
         let domains: Vec<&str> = job.domains.iter().map(|d| d.name.as_str()).collect();
         if self.reported.lock().contains(&key) {
-            tracing::info!(workflow = %job.workflow_id, attempt = job.attempt,
-                "redelivered job already reported: acking it without scanning again");
+            tracing::info!(workflow = %job.workflow_id, attempt = job.attempt, message_id = %key,
+                "copy of a job already reported (same message_id): acking it without scanning again");
             bump(&self.stats.duplicates);
             return Ok(Decision::Ack);
         }
@@ -275,7 +287,7 @@ mod tests {
     use super::*;
     use amqp8::memory::{MemoryBroker, StoredMessage};
     use amqp8::{BindingDecl, ConsumeOptions, ExchangeDecl, QueueDecl, Topology};
-    use model8::DomainRef;
+    use model8::{DomainRef, WorkflowId};
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -451,20 +463,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_redelivered_job_already_reported_is_acked_without_a_second_report() {
+    async fn copies_of_a_job_already_reported_are_acked_without_a_second_report() {
         let b = MemoryBroker::new();
         let (w, _h) = start(&b, ScanSim::new(0, 0, 0.0, 0.0, 0).unwrap()).await;
-        let (_, body) = job("asmm8", 1);
-        publish(&b, body.clone());
+        let (id, body) = job("asmm8", 1);
+        // As the orchestrator publishes it: message_id job:<workflow>:<stage>:<attempt>.
+        let message = |redelivered: bool| {
+            let mut m = StoredMessage::new("cptm8", "cptm8.asmm8.get.scan", body.clone());
+            m.message_id = format!("job:{id}:asmm8:1");
+            m.redelivered = redelivered;
+            m
+        };
+        b.inject("qasmm8", message(false)).unwrap();
         assert!(
             b.wait_until(WAIT, |b| w.stats().completed == 1
                 && b.unacked("qasmm8") == 0)
                 .await
         );
-        let mut again = StoredMessage::new("cptm8", "cptm8.asmm8.get.scan", body);
-        again.redelivered = true;
-        b.inject("qasmm8", again).unwrap();
-        assert!(b.wait_until(WAIT, |_| w.stats().duplicates == 1).await);
+        // A redelivery, and a copy re-published (not flagged redelivered): both dropped
+        // by their message_id.
+        b.inject("qasmm8", message(true)).unwrap();
+        b.inject("qasmm8", message(false)).unwrap();
+        assert!(b.wait_until(WAIT, |_| w.stats().duplicates == 2).await);
         assert!(
             b.wait_until(WAIT, |b| b.unacked("qasmm8") == 0
                 && b.messages_in("qasmm8").is_empty())

@@ -185,6 +185,7 @@ async fn serve(
     let controller = Controller::new(Deps {
         domains: store.clone(),
         workflows: store.clone(),
+        outbox: store.clone(),
         broker: broker.clone(),
         leader,
         changes,

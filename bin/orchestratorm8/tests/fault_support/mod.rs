@@ -415,6 +415,19 @@ pub fn completion_notices(got: &[amqp8::Message]) -> Vec<String> {
         .collect()
 }
 
+/// The completion notifications of `got` as (`message_id`, workflow id) pairs: copies
+/// of one notification (an outbox row published again after a kill) share the
+/// `message_id` (docs/AMQP.md, "Message identity").
+pub fn completion_notices_by_id(got: &[amqp8::Message]) -> Vec<(String, String)> {
+    got.iter()
+        .filter(|m| m.routing_key == "app.message.normal")
+        .filter_map(|m| {
+            let workflow = completion_notices(std::slice::from_ref(m)).pop()?;
+            Some((m.message_id.clone().unwrap_or_default(), workflow))
+        })
+        .collect()
+}
+
 /// A metric's value from a `/metrics` text (`None` when absent): the sample whose
 /// series is exactly `name` (see `controller8::Metrics::sample`).
 pub fn metric(text: &str, name: &str) -> Option<f64> {

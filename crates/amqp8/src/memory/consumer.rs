@@ -143,6 +143,7 @@ impl Run {
                 );
                 delivery.headers = message.headers;
                 delivery.app_id = message.app_id;
+                delivery.message_id = Some(message.message_id);
                 if quorum && message.returned > 0 {
                     delivery.delivery_count = Some(message.returned);
                 }

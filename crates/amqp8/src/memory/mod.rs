@@ -367,6 +367,7 @@ impl MemoryBroker {
             );
             stored.headers = message.headers.clone();
             stored.app_id = message.app_id.clone();
+            stored.message_id = message.message_id.clone().unwrap_or_default();
             let nack = self
                 .inner
                 .nack_publishes

@@ -376,6 +376,7 @@ impl Supervisor {
         delivery.headers = headers;
         delivery.delivery_count = delivery_count;
         delivery.app_id = props.app_id().cloned();
+        delivery.message_id = props.message_id().cloned();
         Some((delivery, key))
     }
 
@@ -515,6 +516,7 @@ impl Acker for RabbitAcker {
             mandatory: true,
             headers,
             app_id: None,
+            message_id: None,
         };
         match self.context.shared.publish(copy).await {
             Ok(PublishOutcome::Confirmed) => {

@@ -78,11 +78,18 @@ impl MessageIds {
     }
 }
 
-/// Checks and encodes a message: persistent, `application/json`, with a message id.
+/// Checks and encodes a message: persistent, `application/json`, with a message id
+/// (the caller's, else a unique one).
 pub(crate) fn prepare(ids: &MessageIds, m: OutgoingMessage) -> Result<Prepared, AmqpError> {
     fields::short("exchange name", &m.exchange)?;
     fields::short("routing key", &m.routing_key)?;
-    let message_id = ids.next();
+    let message_id = match m.message_id {
+        Some(id) if !id.is_empty() => {
+            fields::short("message_id", &id)?;
+            id
+        }
+        _ => ids.next(),
+    };
     let mut props = BasicProperties::default();
     props
         .with_content_type("application/json")
@@ -488,9 +495,16 @@ impl Lane {
             ChanEvent::Ack { tag, multiple } => self.settle(tag, multiple, true),
             ChanEvent::Nack { tag, multiple } => self.settle(tag, multiple, false),
             ChanEvent::Return { message_id } => {
-                // Returns are rare: find the message by its id among those in flight.
+                // Returns are rare: find the message by its id among those in flight
+                // (the first not returned yet: copies of one logical message share
+                // their id).
                 let Some(id) = message_id else { return };
-                if let Some((&seq, _)) = self.pending.iter().find(|(_, j)| j.msg.message_id == id) {
+                let returned = &self.returned;
+                if let Some((&seq, _)) = self
+                    .pending
+                    .iter()
+                    .find(|(s, j)| j.msg.message_id == id && !returned.contains(s))
+                {
                     self.returned.insert(seq);
                 }
             }

@@ -83,6 +83,7 @@ fn start_with_broker(
         Deps {
             domains: Arc::new(store.clone()),
             workflows: Arc::new(store.clone()),
+            outbox: Arc::new(store.clone()),
             broker: broker.as_dyn(),
             leader: leader.then(|| Arc::new(store.clone()) as Arc<dyn db8::LeaderLock>),
             changes: Arc::new(store.clone()),
@@ -648,6 +649,7 @@ async fn an_invalid_pipeline_is_a_configuration_error() {
     let e = Controller::new(Deps {
         domains: Arc::new(store.clone()),
         workflows: Arc::new(store.clone()),
+        outbox: Arc::new(store.clone()),
         broker: MemoryBroker::new().as_dyn(),
         leader: None,
         changes: Arc::new(store.clone()),

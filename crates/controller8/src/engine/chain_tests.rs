@@ -121,7 +121,7 @@ async fn a_cycle_runs_each_scanner_once_in_order() {
         status_of(&h, "naabum8").await,
         (WorkflowStatus::Completed, StageStatus::Completed, 1)
     );
-    assert_eq!(h.notifications(NOTIFY_COMPLETED_KEY).len(), 1);
+    assert_eq!(h.notifications(NOTIFY_COMPLETED_KEY).await.len(), 1);
     h.engine.dispatch().await.unwrap();
     assert_eq!(kickoffs(&h, "asmm8") + kickoffs(&h, "naabum8"), 0);
 }
@@ -218,7 +218,7 @@ async fn an_empty_report_with_an_error_of_its_scanner_is_a_hard_failure() {
         status_of(&h, "asmm8").await,
         (WorkflowStatus::Failed, StageStatus::Failed, 1)
     );
-    let n = h.notifications(NOTIFY_FAILED_KEY);
+    let n = h.notifications(NOTIFY_FAILED_KEY).await;
     assert_eq!(n.len(), 1);
     assert!(
         n[0].message.contains("stage asmm8") && n[0].message.contains("database unreachable"),

@@ -1,5 +1,6 @@
 //! The managed-mode workflow engine: workflow creation, stage dispatch (claim →
-//! publish → mark), result handling, timeouts, retries and notifications.
+//! publish → mark), result handling, timeouts, retries and notifications (written to
+//! the outbox with their transition, relayed by [`crate::outbox`]).
 //!
 //! Every operation here is one step that reads the time from the [`Clock`] and the
 //! state from the repositories; the loops that call them live in
@@ -15,6 +16,8 @@ mod fairness_tests;
 #[cfg(test)]
 mod live_tests;
 pub(crate) mod notify;
+#[cfg(test)]
+mod outbox_tests;
 pub(crate) mod pipeline;
 pub(crate) mod protocol;
 pub(crate) mod results;
@@ -37,7 +40,7 @@ use std::time::Duration;
 use amqp8::Broker;
 use chrono::{DateTime, TimeDelta, Utc};
 use config8::{LiveSettings, Settings, StageSettings};
-use db8::{DomainRepository, WorkflowRepository};
+use db8::{DomainRepository, OutboxRepository, WorkflowRepository};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -103,6 +106,9 @@ impl Wake {
 pub(crate) struct Engine {
     pub(crate) domains: Arc<dyn DomainRepository>,
     pub(crate) workflows: Arc<dyn WorkflowRepository>,
+    /// The outbox the transitions write their notifications into (relayed by
+    /// [`crate::outbox::relay_loop`]).
+    pub(crate) outbox: Arc<dyn OutboxRepository>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<Metrics>,
@@ -110,6 +116,8 @@ pub(crate) struct Engine {
     pub(crate) role: watch::Receiver<Role>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) tuning: Tuning,
+    /// Wakes the outbox relay (a transition wrote a row).
+    pub(crate) outbox_wake: Wake,
     /// This process's claim owner id (new at every start).
     pub(crate) owner: Uuid,
     /// Wakes the dispatcher (new due work).
@@ -149,6 +157,7 @@ impl std::fmt::Debug for Engine {
 pub(crate) struct EngineParts {
     pub(crate) domains: Arc<dyn DomainRepository>,
     pub(crate) workflows: Arc<dyn WorkflowRepository>,
+    pub(crate) outbox: Arc<dyn OutboxRepository>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<Metrics>,
@@ -167,6 +176,8 @@ impl Engine {
         Ok(Engine {
             domains: parts.domains,
             workflows: parts.workflows,
+            outbox: parts.outbox,
+            outbox_wake: Wake::default(),
             broker: parts.broker,
             clock: parts.clock,
             metrics: parts.metrics,

@@ -3,12 +3,12 @@
 //! `app.message.normal` when a workflow completes, a `system_error` on `app.error.high`
 //! when one fails. The body is the usual envelope with a Go `Notification8` payload,
 //! `userrole: admin`, `metadata: {severity, channeltype: "app", eventtype}`.
+//!
+//! They are not published here: the transition that ends a workflow writes the fact
+//! into the outbox in its own transaction, and [`crate::outbox`] turns it into the
+//! notification below and relays it.
 
-use amqp8::{OutgoingMessage, PublishOutcome};
-use model8::{AmqpM8Message, Notification8, NotificationEvent, Severity, WorkflowId};
-
-use super::Engine;
-use crate::topology::NOTIFICATION_EXCHANGE;
+use model8::{Notification8, NotificationEvent, Severity, WorkflowId};
 
 /// How a workflow ended, for its notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,63 +51,6 @@ pub(crate) fn notification(id: WorkflowId, domains: &[String], ending: &Ending) 
                 "orchestratorm8: workflow {id}{over} failed: stage {stage} failed at attempt {attempt} ({reason})"
             ),
         ),
-    }
-}
-
-impl Engine {
-    /// Publishes the notification that workflow `id` ended. Best effort: the
-    /// workflow's state is already committed; a failure is logged.
-    pub(crate) async fn notify_ended(&self, id: WorkflowId, ending: Ending) {
-        let domains = match self.workflows.get(id).await {
-            Ok(v) => v.domains,
-            Err(e) => {
-                tracing::debug!(workflow = %id, error = %e, "cannot read the workflow's domains for its notification");
-                Vec::new()
-            }
-        };
-        let n = notification(id, &domains, &ending);
-        self.publish_notification(n, &format!("workflow {id}"))
-            .await;
-    }
-
-    /// Publishes a platform notification on its routing key (`app.<kind>.<severity>`)
-    /// with `source: orchestratorm8`. Best effort: a failure is logged with `about`.
-    pub(crate) async fn publish_notification(&self, n: Notification8, about: &str) {
-        let key = n.platform_routing_key();
-        let key = key.as_str();
-        let body = match AmqpM8Message::new(key, Some(n)).to_vec() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(about, error = %e, "cannot encode a notification");
-                return;
-            }
-        };
-        match self
-            .broker
-            .publish(OutgoingMessage::new(NOTIFICATION_EXCHANGE, key, body))
-            .await
-        {
-            Ok(PublishOutcome::Confirmed) => {
-                tracing::debug!(about, routing_key = key, "notification sent");
-            }
-            Ok(PublishOutcome::Unroutable) => {
-                tracing::debug!(
-                    about,
-                    routing_key = key,
-                    "notification unroutable: no queue bound on the notification exchange"
-                );
-            }
-            Ok(PublishOutcome::Nacked) => {
-                tracing::warn!(
-                    about,
-                    routing_key = key,
-                    "notification refused by the broker (queue full)"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(about, routing_key = key, error = %e, "notification could not be published");
-            }
-        }
     }
 }
 

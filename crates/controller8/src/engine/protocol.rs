@@ -77,6 +77,14 @@ pub(crate) trait Protocol: Send + Sync + std::fmt::Debug {
     fn decode(&self, routing_key: &str, body: &[u8]) -> Result<Report, String>;
 }
 
+/// The AMQP `message_id` of the job of attempt `key` (docs/AMQP.md, "Message
+/// identity"): `job:<workflow id>:<stage>:<attempt>`. Every copy of the job (a
+/// re-publish after a lost confirm or an expired claim) has the same id; the next
+/// attempt has another.
+pub(crate) fn job_message_id(key: &StageKey) -> String {
+    format!("job:{}:{}:{}", key.workflow_id, key.stage, key.attempt)
+}
+
 /// The implementation of `protocol`.
 pub(crate) fn of(protocol: StageProtocol) -> &'static dyn Protocol {
     match protocol {
@@ -95,6 +103,7 @@ impl Protocol for ReportProtocol {
         stage: &StageSettings,
         claimed: ClaimedStage,
     ) -> Result<OutgoingMessage, EnvelopeError> {
+        let message_id = job_message_id(&claimed.key);
         let job = StageJob {
             workflow_id: claimed.key.workflow_id,
             stage: claimed.key.stage,
@@ -102,11 +111,10 @@ impl Protocol for ReportProtocol {
             domains: claimed.domains,
         };
         let body = AmqpM8Message::new(stage.routing_key.clone(), Some(job)).to_vec()?;
-        Ok(OutgoingMessage::new(
-            stage.exchange.clone(),
-            stage.routing_key.clone(),
-            body,
-        ))
+        Ok(
+            OutgoingMessage::new(stage.exchange.clone(), stage.routing_key.clone(), body)
+                .with_message_id(message_id),
+        )
     }
 
     fn in_flight_limit(&self, configured: u32) -> u32 {
@@ -151,14 +159,13 @@ impl Protocol for ChainProtocol {
     fn job(
         &self,
         stage: &StageSettings,
-        _claimed: ClaimedStage,
+        claimed: ClaimedStage,
     ) -> Result<OutgoingMessage, EnvelopeError> {
         let body = AmqpM8Message::<()>::new(stage.routing_key.clone(), None).to_vec()?;
-        Ok(OutgoingMessage::new(
-            stage.exchange.clone(),
-            stage.routing_key.clone(),
-            body,
-        ))
+        Ok(
+            OutgoingMessage::new(stage.exchange.clone(), stage.routing_key.clone(), body)
+                .with_message_id(job_message_id(&claimed.key)),
+        )
     }
 
     fn in_flight_limit(&self, _configured: u32) -> u32 {

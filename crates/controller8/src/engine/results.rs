@@ -23,7 +23,6 @@ use db8::{DbError, StageKey, Transition, WorkflowFilter};
 use model8::{StageOutcome, StageStatus, WorkflowStatus};
 
 use super::Engine;
-use super::notify::Ending;
 use super::protocol::{self, Match, Report, Verdict};
 
 /// Backoff of the result handler while the database is unavailable (a transient
@@ -93,7 +92,7 @@ pub(crate) fn check(routing_key: &str, body: &[u8]) -> Result<CheckedResult, Str
 }
 
 /// A short text for the failure reason of a worker's detail.
-fn reason_of(detail: Option<&serde_json::Value>) -> String {
+pub(crate) fn reason_of(detail: Option<&serde_json::Value>) -> String {
     const MAX: usize = 200;
     let text = match detail {
         None | Some(serde_json::Value::Null) => return "reported failed".into(),
@@ -152,8 +151,8 @@ impl Engine {
                 if *workflow_completed {
                     self.metrics.workflow_completed();
                     tracing::info!(workflow = %r.key.workflow_id, "workflow completed");
-                    self.notify_ended(r.key.workflow_id, Ending::Completed)
-                        .await;
+                    // Its notification is in the outbox (same transaction).
+                    self.outbox_wake.now();
                 }
             }
             Transition::Retrying { .. } | Transition::WorkflowFailed => {

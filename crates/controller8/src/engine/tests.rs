@@ -183,7 +183,7 @@ async fn a_three_stage_pipeline_runs_to_completion_with_a_notification() {
     let all = h.wfs().await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].status, WorkflowStatus::Completed);
-    let n = h.notifications(NOTIFY_COMPLETED_KEY);
+    let n = h.notifications(NOTIFY_COMPLETED_KEY).await;
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].kind, NotificationEvent::Message);
     assert!(n[0].message.contains("example.com"), "{}", n[0].message);
@@ -343,7 +343,7 @@ async fn timeouts_retry_then_fail_the_workflow_with_a_notification() {
     assert_eq!(v.status, WorkflowStatus::Failed);
     assert_eq!(stage_status(&v, "a"), (StageStatus::Failed, 2));
     assert_eq!(stage_status(&v, "b"), (StageStatus::Cancelled, 0));
-    let n = h.notifications(NOTIFY_FAILED_KEY);
+    let n = h.notifications(NOTIFY_FAILED_KEY).await;
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].kind, NotificationEvent::SystemError);
     assert!(
@@ -373,7 +373,7 @@ async fn reported_failures_exhaust_max_attempts() {
     h.report(&b, StageOutcome::Failed).await;
     let v = h.wf(a.workflow_id).await.unwrap();
     assert_eq!(v.status, WorkflowStatus::Failed);
-    let n = h.notifications(NOTIFY_FAILED_KEY);
+    let n = h.notifications(NOTIFY_FAILED_KEY).await;
     assert_eq!(n.len(), 1);
     assert!(n[0].message.contains("stage b"), "{}", n[0].message);
 }
@@ -503,7 +503,7 @@ async fn pause_resume_and_cancel() {
     let v = h.wf(w2).await.unwrap();
     assert_eq!(v.status, WorkflowStatus::Cancelled);
     assert_eq!(h.engine.dispatch().await.unwrap().published, 0);
-    assert!(h.notifications(NOTIFY_COMPLETED_KEY).is_empty());
+    assert!(h.notifications(NOTIFY_COMPLETED_KEY).await.is_empty());
 }
 
 #[tokio::test]

@@ -6,13 +6,12 @@ use chrono::{DateTime, Utc};
 use db8::{DbError, StageKey, Transition};
 
 use super::backoff::{draw, retry_delay};
-use super::notify::Ending;
 use super::{Engine, plus};
 
 impl Engine {
     /// Records that attempt `key` failed (reported by a worker, or timed out):
     /// pending again after a backoff while attempts remain, else the workflow fails
-    /// and a notification is sent. Returns the transition applied.
+    /// (its notification written to the outbox by the same transaction). Returns the transition applied.
     pub(crate) async fn fail_attempt(
         &self,
         key: &StageKey,
@@ -49,15 +48,8 @@ impl Engine {
                     max_attempts = stage.max_attempts, reason,
                     "stage failed with no attempt left; workflow failed"
                 );
-                self.notify_ended(
-                    key.workflow_id,
-                    Ending::Failed {
-                        stage: key.stage.clone(),
-                        attempt: key.attempt,
-                        reason: reason.to_owned(),
-                    },
-                )
-                .await;
+                // Its notification is in the outbox (same transaction).
+                self.outbox_wake.now();
                 // A freed max_in_flight slot.
                 self.dispatch_wake.now();
             }

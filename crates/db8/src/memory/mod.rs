@@ -5,6 +5,7 @@
 pub(crate) mod domains;
 mod feed;
 mod lock;
+mod outbox;
 mod replicas;
 pub(crate) mod workflows;
 
@@ -22,8 +23,8 @@ use crate::error::DbError;
 use crate::traits::{DbHealth, DomainChange, PoolStats};
 
 /// Every repository trait in memory: [`crate::DomainRepository`],
-/// [`crate::WorkflowRepository`], [`crate::LeaderLock`], [`crate::ChangeFeed`] and
-/// [`DbHealth`].
+/// [`crate::WorkflowRepository`], [`crate::LeaderLock`], [`crate::ChangeFeed`],
+/// [`crate::OutboxRepository`] and [`DbHealth`].
 ///
 /// Clones share the data and the leader identity (one process). [`MemoryStore::handle`]
 /// gives a handle on the same data with its own leader identity (another replica), so
@@ -46,6 +47,7 @@ struct State {
     domains: BTreeMap<Uuid, Domain8>,
     workflows: workflows::Workflows,
     replicas: std::collections::HashMap<Uuid, model8::ReplicaView>,
+    outbox: outbox::Outbox,
 }
 
 impl std::fmt::Debug for MemoryStore {

@@ -608,7 +608,14 @@ impl WorkflowRepository for MemoryStore {
         wf.updated_at = now;
         let done = completed.len() == wf.stages.len();
         if done {
+            let domains = wf.domains.iter().map(|d| d.name.clone()).collect();
             wfs.finish(key.workflow_id, WorkflowStatus::Completed, now);
+            // Its notification, with the transition (the outbox).
+            let event = crate::OutboxEvent::WorkflowCompleted {
+                workflow_id: key.workflow_id,
+                domains,
+            };
+            state.outbox.insert(&event, now);
         }
         Ok(Transition::StageCompleted {
             workflow_completed: done,
@@ -632,7 +639,7 @@ impl WorkflowRepository for MemoryStore {
             return Ok(Transition::Stale);
         };
         if detail.is_some() {
-            s.detail = detail;
+            s.detail = detail.clone();
         }
         s.deadline = None;
         s.finished_at = Some(now);
@@ -646,7 +653,11 @@ impl WorkflowRepository for MemoryStore {
             }
             None => {
                 s.status = StageStatus::Failed;
+                let domains = wf.domains.iter().map(|d| d.name.clone()).collect();
                 wfs.finish(key.workflow_id, WorkflowStatus::Failed, now);
+                // Its notification, with the transition (the outbox).
+                let event = crate::outbox::failed_event(key, domains, detail);
+                state.outbox.insert(&event, now);
                 Ok(Transition::WorkflowFailed)
             }
         }
@@ -976,8 +987,15 @@ impl RingRepository for MemoryStore {
         let mut state = self.state()?;
         let wfs = &mut state.workflows;
         let mut cycles = wfs.ring_load(ring);
-        let stalls = crate::ring::stall(&mut cycles, db_precision(now));
+        let now = db_precision(now);
+        let stalls = crate::ring::stall(&mut cycles, now);
         wfs.ring_store(cycles);
+        // Their warnings, with the transition (the outbox).
+        for s in &stalls {
+            state
+                .outbox
+                .insert(&crate::outbox::ring_stall_event(s, ring), now);
+        }
         Ok(stalls)
     }
 

@@ -54,6 +54,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0007_retention.sql"),
     },
     Migration {
+        version: 8,
+        name: "transactional outbox",
+        sql: include_str!("migrations/0008_outbox.sql"),
+    },
+    Migration {
         version: 10,
         name: "replicas",
         sql: include_str!("migrations/0010_replicas.sql"),

@@ -6,6 +6,7 @@ mod domains;
 mod feed;
 mod lock;
 mod migrate;
+mod outbox;
 mod replicas;
 mod ring;
 mod workflows;

@@ -207,9 +207,15 @@ impl RingRepository for PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(|e| self.err(e))?;
         let mut cycles = self.ring_load(&tx, ring).await?;
-        let stalls = ring::stall(&mut cycles, db_precision(now));
+        let now = db_precision(now);
+        let stalls = ring::stall(&mut cycles, now);
         if !stalls.is_empty() {
             self.ring_store(&tx, &cycles).await?;
+            // Their warnings, in the same transaction (the outbox).
+            for s in &stalls {
+                self.outbox_insert(&tx, &crate::outbox::ring_stall_event(s, ring), now)
+                    .await?;
+            }
         }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(stalls)

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use crate::error::DbError;
+use crate::outbox::{OutboxEvent, failed_event};
 use crate::plan::{active_domain, validate_batch};
 use crate::shared::workflows::{DEFAULT_LIST_LIMIT, invalid_state, not_found};
 use crate::time::plus;
@@ -969,6 +970,13 @@ impl WorkflowRepository for PgStore {
             .get(0);
         if done {
             self.finish(&tx, id, WorkflowStatus::Completed, now).await?;
+            // Its notification, in the same transaction (the outbox).
+            let domains = self.domain_names(&tx, id).await?;
+            let event = OutboxEvent::WorkflowCompleted {
+                workflow_id: id,
+                domains,
+            };
+            self.outbox_insert(&tx, &event, now).await?;
         } else {
             tx.execute(
                 "UPDATE orchestratorm8_workflow SET updated_at = $2 WHERE id = $1",
@@ -1022,6 +1030,10 @@ impl WorkflowRepository for PgStore {
             }
             None => {
                 self.finish(&tx, id, WorkflowStatus::Failed, now).await?;
+                // Its notification, in the same transaction (the outbox).
+                let domains = self.domain_names(&tx, id).await?;
+                let event = failed_event(key, domains, detail);
+                self.outbox_insert(&tx, &event, now).await?;
                 Transition::WorkflowFailed
             }
         };

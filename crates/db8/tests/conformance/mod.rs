@@ -13,8 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use db8::{
     ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, InitialClaim, LeaderLock,
-    NewWorkflow, ReplicaRegistry, RingApplied, RingEvent, RingMessage, RingRepository, RingStage,
-    StageKey, StagePlan, Transition, WorkflowFilter, WorkflowRepository,
+    NewWorkflow, OutboxEvent, OutboxRepository, OutboxRow, ReplicaRegistry, RingApplied,
+    RingEvent, RingMessage, RingRepository, RingStage, StageKey, StagePlan, Transition,
+    WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
 use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowKind, WorkflowStatus};
@@ -26,6 +27,8 @@ pub struct Stores {
     pub workflows: Arc<dyn WorkflowRepository>,
     pub ring: Arc<dyn RingRepository>,
     pub replicas: Arc<dyn ReplicaRegistry>,
+    /// The same store's outbox.
+    pub outbox: Arc<dyn OutboxRepository>,
     pub feed: Arc<dyn ChangeFeed>,
     pub health: Arc<dyn DbHealth>,
     /// Two contenders for the same leader lock.
@@ -74,6 +77,9 @@ macro_rules! conformance_suite {
             ring_observed_cycles,
             ring_heal_gives_up_on_a_stalled_stage,
             ring_keys_pruned_with_the_retention,
+            outbox_rows_come_with_their_transitions,
+            outbox_claim_release_delete,
+            outbox_concurrent_claims_do_not_overlap,
             leader_lock_contention,
             replicas_listed_while_alive,
             health_ping,
@@ -2123,4 +2129,221 @@ pub async fn workflow_prune_finished_keeps_the_cool_down(s: &Stores) {
         w.last_ended_at().await.unwrap(),
         Some(t0_stored() + secs(40))
     );
+}
+
+// ---------------------------------------------------------------- outbox
+
+/// Every row due at `now`, claimed by a new owner; their events.
+async fn outbox_events(s: &Stores, now: DateTime<Utc>) -> Vec<OutboxEvent> {
+    s.outbox
+        .outbox_claim(Uuid::new_v4(), now, Duration::from_secs(3600), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| OutboxEvent::from_json(&r.event).unwrap())
+        .collect()
+}
+
+/// A one-stage workflow (`a`) of domain `name`, created at `t0` and running.
+async fn one_stage_running(s: &Stores, name: &str) -> (Uuid, StageKey) {
+    let x = wf(vec![dref(name)], vec![stage("a", &[])]);
+    create(s, &x).await;
+    let k = start(s, x.id, "a", t0()).await;
+    (x.id, k)
+}
+
+pub async fn outbox_rows_come_with_their_transitions(s: &Stores) {
+    let w = &s.workflows;
+    assert!(outbox_events(s, t0()).await.is_empty());
+    // A stage that completes without ending its workflow, a retry, a stale report:
+    // no row.
+    let x = diamond_wf("d.example");
+    create(s, &x).await;
+    let ka = start(s, x.id, "a", t0()).await;
+    w.complete_stage(&ka, None, t0()).await.unwrap();
+    let kb = start(s, x.id, "b", t0()).await;
+    w.fail_stage(&kb, None, Some(t0()), t0()).await.unwrap();
+    assert_eq!(
+        w.complete_stage(&ka, None, t0()).await.unwrap(),
+        Transition::Stale
+    );
+    assert!(outbox_events(s, t0() + secs(1)).await.is_empty());
+    // The last stage completes: one row, written with the transition.
+    let (id, k) = one_stage_running(s, "c.example").await;
+    assert_eq!(
+        w.complete_stage(&k, None, t0() + secs(2)).await.unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: true
+        }
+    );
+    let stats = s.outbox.outbox_stats().await.unwrap();
+    assert_eq!(stats.depth, 1);
+    assert_eq!(stats.oldest, Some(t0_stored() + secs(2)));
+    assert_eq!(
+        outbox_events(s, t0() + secs(2)).await,
+        [OutboxEvent::WorkflowCompleted {
+            workflow_id: id,
+            domains: vec!["c.example".into()],
+        }]
+    );
+    // Its duplicate report: no second row.
+    assert_eq!(
+        w.complete_stage(&k, None, t0() + secs(3)).await.unwrap(),
+        Transition::Stale
+    );
+    // The last attempt fails: one row naming the stage, attempt and detail.
+    let (id, k) = one_stage_running(s, "f.example").await;
+    let detail = serde_json::json!({"error": "timed out: no result within 2h"});
+    assert_eq!(
+        w.fail_stage(&k, Some(detail.clone()), None, t0() + secs(4))
+            .await
+            .unwrap(),
+        Transition::WorkflowFailed
+    );
+    assert_eq!(
+        w.fail_stage(&k, None, None, t0() + secs(5)).await.unwrap(),
+        Transition::Stale
+    );
+    assert_eq!(
+        outbox_events(s, t0() + secs(5)).await,
+        [OutboxEvent::WorkflowFailed {
+            workflow_id: id,
+            domains: vec!["f.example".into()],
+            stage: "a".into(),
+            attempt: 1,
+            detail: Some(detail),
+        }]
+    );
+    // A ring stall: one row per stall, once.
+    let r = ring4();
+    let kick = RingMessage::Kick {
+        stage: "asmm8".into(),
+    };
+    s.ring
+        .ring_apply(&r, &ring_event("k0", 0, kick))
+        .await
+        .unwrap();
+    let stalls = s.ring.ring_stalls(&r, t0() + secs(61)).await.unwrap();
+    assert_eq!(stalls.len(), 1);
+    assert!(
+        s.ring
+            .ring_stalls(&r, t0() + secs(62))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        outbox_events(s, t0() + secs(62)).await,
+        [OutboxEvent::RingStalled {
+            cycle: stalls[0].cycle,
+            stage: "asmm8".into(),
+            attempt: stalls[0].attempt,
+            silent_for_secs: 61,
+            timeout_secs: 60,
+            message: None,
+        }]
+    );
+    assert_eq!(s.outbox.outbox_stats().await.unwrap().depth, 3);
+}
+
+pub async fn outbox_claim_release_delete(s: &Stores) {
+    let o = &s.outbox;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, k) = one_stage_running(s, &format!("o{i}.example")).await;
+        s.workflows
+            .complete_stage(&k, None, t0() + secs(i))
+            .await
+            .unwrap();
+        ids.push(k.workflow_id);
+    }
+    let a = Uuid::new_v4();
+    let b = Uuid::new_v4();
+    let lease = Duration::from_secs(30);
+    // Oldest first, at most `limit`.
+    let first = o.outbox_claim(a, t0() + secs(10), lease, 2).await.unwrap();
+    let workflow_of = |r: &OutboxRow| match OutboxEvent::from_json(&r.event).unwrap() {
+        OutboxEvent::WorkflowCompleted { workflow_id, .. } => workflow_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        first.iter().map(workflow_of).collect::<Vec<_>>(),
+        ids[..2].to_vec()
+    );
+    assert_eq!(first[0].created_at, t0_stored());
+    assert!(first.iter().all(|r| r.attempts == 0));
+    // Claimed rows are not claimed again while the lease lasts.
+    let second = o.outbox_claim(b, t0() + secs(10), lease, 10).await.unwrap();
+    assert_eq!(second.iter().map(workflow_of).collect::<Vec<_>>(), [ids[2]]);
+    assert!(
+        o.outbox_claim(b, t0() + secs(39), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Only the claimer releases; a released row is due again at `not_before`, its
+    // attempt counted.
+    let row0 = first[0].id;
+    assert_eq!(
+        o.outbox_release(&[row0], b, t0() + secs(20)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        o.outbox_release(&[row0], a, t0() + secs(20)).await.unwrap(),
+        1
+    );
+    assert!(
+        o.outbox_claim(b, t0() + secs(19), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = o.outbox_claim(b, t0() + secs(20), lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (row0, 1));
+    // A claimer that died: its rows are claimable once the lease is over (published
+    // again: at least once).
+    let taken_over = o.outbox_claim(b, t0() + secs(40), lease, 10).await.unwrap();
+    assert_eq!(taken_over.len(), 2, "{taken_over:?}");
+    // Deleted once confirmed, whoever holds the claim; an unknown id is ignored.
+    assert_eq!(
+        o.outbox_delete(&[row0, first[1].id, Uuid::new_v4()])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(o.outbox_delete(&[]).await.unwrap(), 0);
+    let stats = o.outbox_stats().await.unwrap();
+    assert_eq!(stats.depth, 1);
+    assert_eq!(stats.oldest, Some(t0_stored() + secs(2)));
+    o.outbox_delete(&[second[0].id]).await.unwrap();
+    assert_eq!(
+        o.outbox_stats().await.unwrap(),
+        db8::OutboxStats {
+            depth: 0,
+            oldest: None
+        }
+    );
+}
+
+pub async fn outbox_concurrent_claims_do_not_overlap(s: &Stores) {
+    const N: usize = 40;
+    for i in 0..N {
+        let (_, k) = one_stage_running(s, &format!("c{i}.example")).await;
+        s.workflows.complete_stage(&k, None, t0()).await.unwrap();
+    }
+    let claim = |limit| {
+        let o = s.outbox.clone();
+        async move {
+            o.outbox_claim(Uuid::new_v4(), t0(), Duration::from_secs(60), limit)
+                .await
+                .unwrap()
+        }
+    };
+    let (x, y, z) = tokio::join!(claim(15), claim(15), claim(15));
+    let mut seen = HashSet::new();
+    for r in x.iter().chain(&y).chain(&z) {
+        assert!(seen.insert(r.id), "row {} claimed twice", r.id);
+    }
+    assert_eq!(seen.len(), N);
 }
