@@ -13,10 +13,12 @@ mod memory;
 mod pg;
 mod plan;
 mod ring;
+mod term;
 mod time;
 mod traits;
 
 pub use error::DbError;
 pub use memory::MemoryStore;
 pub use pg::{Migration, PgChangeFeed, PgLeaderLock, PgStore};
+pub use term::LeaderTerm;
 pub use traits::*;

@@ -53,6 +53,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "retention and scan-now mark",
         sql: include_str!("migrations/0007_retention.sql"),
     },
+    Migration {
+        version: 9,
+        name: "leader term",
+        sql: include_str!("migrations/0009_leader_term.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).
