@@ -79,7 +79,7 @@ async fn a_stray_full_queue_on_the_stage_key_is_named_and_costs_bounded_copies()
             "SELECT status || ' ' || (not_before > now() + interval '50 minutes') \
              FROM orchestratorm8_stage_run WHERE stage = 'a'"
         ),
-        "pending t"
+        "pending true"
     );
     assert_eq!(client.ready("qa").await, MAX_NACKED_PUBLISHES);
 }
