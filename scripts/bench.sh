@@ -7,7 +7,7 @@
 #   bash scripts/bench.sh [--quick] [--strict] [--reps N] [NAME...]     (= just bench ...)
 #
 #   NAME         run only these benchmarks (db_stream db_create amqp_publish amqp_consume
-#                amqp_recovery managed fairness retention); default: all
+#                amqp_recovery managed fairness failover retention); default: all
 #   --quick      smoke test: ten times fewer rows and messages, one repetition (for CI)
 #   --strict     exit 1 when a goal is missed, too
 #   --reps N     repetitions of each measured pair (default 5); the median is reported

@@ -65,6 +65,9 @@ pub(crate) fn check(ctx: &mut Ctx, s: &Settings) {
         for message in unroutable_stages(s) {
             ctx.warn(&stages_path, message);
         }
+        for message in stages_routed_to_several_queues(s) {
+            ctx.warn(&stages_path, message);
+        }
     }
     for (path, message) in numeric_arguments_as_text(s) {
         ctx.warn(&path, message);
@@ -169,6 +172,58 @@ fn unroutable_stages(s: &Settings) -> Vec<String> {
             safe(&stage.routing_key),
             kind.as_str(),
             safe(&stage.exchange),
+        ));
+    }
+    out
+}
+
+/// A warning for each stage whose routing key reaches more than one queue declared in
+/// this configuration (matched as in [`unroutable_stages`]). RabbitMQ confirms a
+/// publish only when every queue it reaches accepts it: when another of them is full
+/// and rejects (`x-overflow: reject-publish`), the stage's jobs are nacked although the
+/// stage's queue received them, and each re-publish adds a copy (docs/ENGINE.md,
+/// "Nacks").
+fn stages_routed_to_several_queues(s: &Settings) -> Vec<String> {
+    let secrets = secret_values(s);
+    let safe = |t: &str| scrub_str(t, &secrets);
+    let mut out = Vec::new();
+    for stage in &s.workflow.stages {
+        let Some(kind) = s.orchestrator.exchanges.get(&stage.exchange).copied() else {
+            continue;
+        };
+        // Queue name -> the first of its bindings that routes the stage's key.
+        let mut reached: BTreeMap<&str, &str> = BTreeMap::new();
+        for q in s
+            .orchestrator
+            .queues
+            .values()
+            .filter(|q| q.exchange == stage.exchange)
+        {
+            let hit = q.routing_keys.iter().find(|b| match kind {
+                ExchangeKind::Topic => topic_matches(b, &stage.routing_key),
+                ExchangeKind::Direct => **b == stage.routing_key,
+                ExchangeKind::Fanout => true,
+                ExchangeKind::Headers => false,
+            });
+            if let Some(b) = hit {
+                reached.entry(q.queue.as_str()).or_insert(b.as_str());
+            }
+        }
+        if reached.len() < 2 {
+            continue;
+        }
+        let shown: Vec<String> = reached
+            .iter()
+            .map(|(q, b)| format!("{} (binding {})", safe(q), safe(b)))
+            .collect();
+        out.push(format!(
+            "stage {:?} publishes with routing key {:?} to {} exchange {:?}, which reaches {} queues in this configuration: {}; RabbitMQ confirms a job only when every one of them accepts it, so if one is full and rejects (x-overflow: reject-publish) the job is nacked although the others received it, and every re-publish adds a copy (the engine re-publishes a nacked job at most 5 times in a row, then once per stage timeout)",
+            safe(&stage.name),
+            safe(&stage.routing_key),
+            kind.as_str(),
+            safe(&stage.exchange),
+            reached.len(),
+            shown.join(", "),
         ));
     }
     out

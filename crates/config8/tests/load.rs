@@ -802,3 +802,37 @@ Workflow:
         "{p:?}"
     );
 }
+
+#[test]
+fn a_stage_routing_key_that_reaches_several_queues_is_a_warning() {
+    // A second queue bound to asmm8's key: a full reject-publish one would make every
+    // asmm8 job nacked although qasmm8 received it.
+    let yaml = r#"
+ORCHESTRATORM8:
+  Exchanges: {cptm8: topic, notification: topic}
+  asmm8: {Queue: [cptm8, qasmm8, 1], Routing-keys: ["cptm8.asmm8.#"]}
+  audit: {Queue: [cptm8, qaudit, 1], Routing-keys: ["cptm8.*.get.scan"], Queue-arguments: {x-max-length: 0, x-overflow: reject-publish}}
+Database: {}
+RabbitMQ: {}
+Scheduler: {mode: managed}
+Workflow: {stages: [{name: asmm8}]}
+"#;
+    let loaded = load_ok(yaml, &Env::empty());
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let w = &warnings[0];
+    assert!(w.starts_with("Workflow.stages: stage \"asmm8\""), "{w}");
+    assert!(w.contains("routing key \"cptm8.asmm8.get.scan\""), "{w}");
+    assert!(w.contains("reaches 2 queues"), "{w}");
+    assert!(w.contains("qasmm8 (binding cptm8.asmm8.#)"), "{w}");
+    assert!(w.contains("qaudit (binding cptm8.*.get.scan)"), "{w}");
+    assert!(w.contains("reject-publish"), "{w}");
+    // One queue bound twice to the key is one queue: no warning.
+    let once = yaml
+        .replace("[cptm8, qaudit, 1]", "[cptm8, qasmm8, 1]")
+        .replace(
+            ", Queue-arguments: {x-max-length: 0, x-overflow: reject-publish}",
+            "",
+        );
+    assert_eq!(load_ok(&once, &Env::empty()).warnings, []);
+}

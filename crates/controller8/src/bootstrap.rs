@@ -78,7 +78,7 @@ impl Bootstrap {
         }
         if !engine.is_leader() {
             // The leader sees the same change and kicks off. `first` stays as it is: a
-            // standby that becomes the leader (at start-up, after the takeover grace, or
+            // standby that becomes the leader (at start-up, on taking the lock, or
             // after a failover) does what a freshly started Go orchestrator does and
             // kicks off once while domains are enabled. Consuming `first` here lost the
             // kick-off of a replica that starts alone, because it waits out the grace

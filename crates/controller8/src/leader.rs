@@ -5,26 +5,25 @@
 //!   is lost, or when a check gets no answer within [`check_timeout`] (its lock session
 //!   is then kept: while it lives nobody else can lead, and when it has ended the lock
 //!   has gone with it).
-//! - A standby tries to take the lock at the same pace. Having taken it, it does not
-//!   lead at once: it waits [`takeover_grace`], the longest a previous leader can take
-//!   to notice that its lock is gone (its next check, plus that check's time-out), and
-//!   verifies the lock again. So the previous leader has stopped taking new work before
-//!   the new one starts: two replicas never lead at once (unless one of them is frozen
-//!   longer than that; the claims on stage attempts still keep it from doing anything
-//!   twice, docs/DATABASE.md *Concurrency*).
+//! - A standby tries to take the lock at the same pace, and leads as soon as it has it.
+//!   Taking the lock increments the leader term in the database (fencing,
+//!   docs/ENGINE.md): every write only a leader may make carries the term of its
+//!   replica and fails, changing nothing, once a newer term exists. So a previous
+//!   leader that has not yet noticed its lock is gone (until its next check, plus that
+//!   check's time-out) cannot act any more: the new leader need not wait for it. What
+//!   it may still do in that window is publish jobs it claimed before (at-least-once:
+//!   they are published again after their claim lease, and carry the same identity).
 //! - After a database outage (every session ended) the leader has stepped down at its
 //!   first check; the first replica whose attempt succeeds once the server answers again
-//!   leads after the grace.
+//!   leads.
 //!
 //! The role is published on a watch channel for the engine, `/ready` and `/metrics`.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
 use db8::LeaderLock;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::role::Role;
@@ -33,13 +32,6 @@ use crate::role::Role;
 /// 2 s.
 pub(crate) fn check_timeout(check_interval: Duration) -> Duration {
     check_interval.max(Duration::from_secs(2))
-}
-
-/// How long a replica that took the lock waits before it leads: one `check_interval`
-/// (the previous leader's next check) plus [`check_timeout`] (that check not
-/// answering). 3 s with the default 1 s interval.
-pub(crate) fn takeover_grace(check_interval: Duration) -> Duration {
-    check_interval + check_timeout(check_interval)
 }
 
 /// The shortest `check_interval` used (a zero in the file would spin).
@@ -51,8 +43,6 @@ pub(crate) struct Leadership {
     role: watch::Sender<Role>,
     metrics: Arc<Metrics>,
     settings: watch::Receiver<Arc<config8::Settings>>,
-    /// While a standby holds the lock but waits out the grace: since when.
-    acquired: Mutex<Option<Instant>>,
 }
 
 impl Leadership {
@@ -67,7 +57,6 @@ impl Leadership {
             role,
             metrics,
             settings,
-            acquired: Mutex::new(None),
         }
     }
 
@@ -98,18 +87,16 @@ impl Leadership {
     }
 
     /// One check, bounded by [`check_timeout`]: the leader verifies it holds the lock; a
-    /// standby tries to take it, or, holding it, verifies it and leads once the
-    /// [`takeover_grace`] has passed. A check that fails or gets no answer makes this
-    /// replica a standby (and restarts the grace of one waiting to lead).
+    /// standby tries to take it (which starts a new leader term) and leads when it has
+    /// it. A check that fails or gets no answer makes this replica a standby.
     pub(crate) async fn step(&self) -> Role {
         let interval = self.interval();
         let limit = check_timeout(interval);
         let current = *self.role.borrow();
-        let waiting_since = *self.acquired.lock();
         let check = async {
-            match (current, waiting_since) {
-                (Role::Leader, _) | (Role::Standby, Some(_)) => self.lock.is_held().await,
-                (Role::Standby, None) => self.lock.try_acquire().await,
+            match current {
+                Role::Leader => self.lock.is_held().await,
+                Role::Standby => self.lock.try_acquire().await,
             }
         };
         let outcome = tokio::time::timeout(limit, check).await;
@@ -127,41 +114,14 @@ impl Leadership {
                 tracing::warn!(timeout = ?limit, "leader lock check timed out; stepping down");
                 Role::Standby
             }
-            (Role::Standby, Ok(Ok(true))) => {
-                let grace = takeover_grace(interval);
-                let now = Instant::now();
-                match waiting_since {
-                    Some(since) if now.duration_since(since) >= grace => {
-                        *self.acquired.lock() = None;
-                        Role::Leader
-                    }
-                    Some(_) => Role::Standby,
-                    None if grace.is_zero() => Role::Leader,
-                    None => {
-                        tracing::info!(
-                            ?grace,
-                            "leader lock taken; leading once a previous leader must have stepped down"
-                        );
-                        *self.acquired.lock() = Some(now);
-                        Role::Standby
-                    }
-                }
-            }
-            (Role::Standby, Ok(Ok(false))) => {
-                if waiting_since.is_some() {
-                    tracing::warn!("leader lock lost while waiting to lead");
-                }
-                *self.acquired.lock() = None;
-                Role::Standby
-            }
+            (Role::Standby, Ok(Ok(true))) => Role::Leader,
+            (Role::Standby, Ok(Ok(false))) => Role::Standby,
             (Role::Standby, Ok(Err(e))) => {
                 tracing::debug!(error = %e, "cannot try the leader lock");
-                *self.acquired.lock() = None;
                 Role::Standby
             }
             (Role::Standby, Err(_)) => {
                 tracing::debug!(timeout = ?limit, "leader lock attempt timed out");
-                *self.acquired.lock() = None;
                 Role::Standby
             }
         };
@@ -173,11 +133,10 @@ impl Leadership {
     /// the engine stops before another replica can take the lock.
     pub(crate) async fn resign(&self) {
         let was = *self.role.borrow();
-        let waiting = self.acquired.lock().take().is_some();
         self.role
             .send_if_modified(|r| std::mem::replace(r, Role::Standby) != Role::Standby);
         self.metrics.set_role(Role::Standby);
-        if was == Role::Leader || waiting {
+        if was == Role::Leader {
             if let Err(e) = self.lock.release().await {
                 tracing::warn!(error = %e, "cannot release the leader lock; it ends with the database session");
             } else {
@@ -201,23 +160,23 @@ impl Leadership {
 }
 #[cfg(test)]
 mod tests {
-    //! Leadership on the in-memory lock in tokio's paused time: the grace before
-    //! leading, never two leaders, stepping down and leading again around a database
-    //! outage; and, with the whole controller, what a batch caught by the outage
-    //! becomes.
+    //! Leadership on the in-memory lock in tokio's paused time: leading at once with a
+    //! new term, never two leaders acting (fencing), stepping down and leading again
+    //! around a database outage; and, with the whole controller, what a batch caught by
+    //! the outage becomes.
 
     use std::sync::Arc;
     use std::time::Duration;
 
     use amqp8::memory::MemoryBroker;
     use config8::Settings;
-    use db8::{LeaderLock, MemoryStore, WorkflowRepository};
+    use db8::{DbError, LeaderLock, MemoryStore, WorkflowRepository};
     use model8::{StageStatus, WorkflowView};
     use tokio::sync::{oneshot, watch};
     use tokio::task::JoinHandle;
     use tokio::time::Instant;
 
-    use super::{Leadership, takeover_grace};
+    use super::Leadership;
     use crate::controller::{Controller, Deps};
     use crate::error::ControllerError;
     use crate::metrics::Metrics;
@@ -241,6 +200,8 @@ mod tests {
         role: RoleWatch,
         stop: watch::Sender<bool>,
         task: JoinHandle<()>,
+        /// Its store, fenced by its term.
+        fenced: MemoryStore,
     }
 
     impl Replica {
@@ -255,11 +216,26 @@ mod tests {
                 settings,
             );
             let task = tokio::spawn(leadership.run(stopped));
-            Replica { role, stop, task }
+            Replica {
+                role,
+                stop,
+                task,
+                fenced: lock.fenced(lock.term()),
+            }
         }
 
         fn leads(&self) -> bool {
             *self.role.borrow() == Role::Leader
+        }
+
+        /// Whether a leader-only write of this replica succeeds now (`false`: refused
+        /// for its term).
+        async fn acts(&self) -> bool {
+            match self.fenced.prune_finished(chrono::Utc::now(), 1).await {
+                Ok(_) => true,
+                Err(DbError::StaleTerm { .. }) => false,
+                Err(e) => panic!("unexpected error: {e}"),
+            }
         }
 
         async fn stop(self) {
@@ -268,46 +244,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_grace_covers_the_previous_leaders_next_check_and_its_time_out() {
-        assert_eq!(
-            takeover_grace(Duration::from_secs(1)),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            takeover_grace(Duration::from_secs(5)),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            takeover_grace(Duration::from_millis(100)),
-            Duration::from_millis(2_100)
-        );
-    }
-
     #[tokio::test(start_paused = true)]
-    async fn a_replica_that_takes_the_lock_leads_only_after_the_grace() {
+    async fn a_replica_that_takes_the_lock_leads_at_once_with_a_new_term() {
         let store = MemoryStore::new();
         let (l, role, _) = leadership(&store);
-        let started = Instant::now();
-        assert_eq!(l.step().await, Role::Standby, "took the lock, waits");
-        assert!(LeaderLock::is_held(&store).await.unwrap());
+        assert_eq!(store.term().get(), None);
+        assert_eq!(l.step().await, Role::Leader, "took the lock, leads");
+        assert_eq!(*role.borrow(), Role::Leader);
+        let first = store.term().get().expect("a term");
         // Another replica cannot take it meanwhile.
         assert!(!LeaderLock::try_acquire(&store.handle()).await.unwrap());
-        while started.elapsed() < takeover_grace(INTERVAL) {
-            assert_eq!(*role.borrow(), Role::Standby);
-            tokio::time::sleep(INTERVAL).await;
-            l.step().await;
-        }
-        assert_eq!(*role.borrow(), Role::Leader);
-        // Lost during the grace: it starts again from the beginning.
-        l.resign().await;
-        assert_eq!(l.step().await, Role::Standby);
+        // Lost (the session ended): steps down, and takes it again with a newer term.
         store.revoke_leadership();
-        tokio::time::sleep(takeover_grace(INTERVAL)).await;
-        assert_eq!(l.step().await, Role::Standby, "lost while waiting");
-        assert_eq!(l.step().await, Role::Standby, "taken again, waits again");
-        tokio::time::sleep(takeover_grace(INTERVAL)).await;
+        assert_eq!(l.step().await, Role::Standby);
+        assert_eq!(store.term().get(), None, "a lost lock holds no term");
         assert_eq!(l.step().await, Role::Leader);
+        assert!(store.term().get().expect("a term") > first);
+        l.resign().await;
+        assert_eq!(store.term().get(), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -350,14 +304,11 @@ mod tests {
         (l, role, metrics)
     }
 
-    /// Steps until this replica leads (the grace), failing after twice the grace.
+    /// Steps until this replica leads, failing after a few intervals.
     async fn lead(l: &Leadership) {
         let started = Instant::now();
         while l.step().await != Role::Leader {
-            assert!(
-                started.elapsed() < 2 * takeover_grace(INTERVAL),
-                "never leads"
-            );
+            assert!(started.elapsed() < 3 * INTERVAL, "never leads");
             tokio::time::sleep(INTERVAL).await;
         }
     }
@@ -405,12 +356,6 @@ mod tests {
             other.try_acquire().await.unwrap(),
             "resigning released the lock"
         );
-        // Resigning while waiting out the grace releases the lock too.
-        LeaderLock::release(&other).await.unwrap();
-        assert_eq!(l.step().await, Role::Standby);
-        assert!(LeaderLock::is_held(&store).await.unwrap());
-        l.resign().await;
-        assert!(other.try_acquire().await.unwrap());
     }
 
     /// Samples both roles every 10 ms of virtual time for `how_long`; panics if both
@@ -427,11 +372,22 @@ mod tests {
         }
     }
 
+    /// Samples every 10 ms of virtual time for `how_long`: panics if both replicas'
+    /// leader-only writes succeed at once.
+    async fn never_both_act(a: &Replica, b: &Replica, how_long: Duration) {
+        let end = Instant::now() + how_long;
+        while Instant::now() < end {
+            let (x, y) = (a.acts().await, b.acts().await);
+            assert!(!(x && y), "two leaders acting at {:?}", Instant::now());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn after_the_lock_session_ends_the_new_leader_starts_only_after_the_old_one_stopped() {
+    async fn after_the_lock_session_ends_the_old_leader_cannot_act_once_the_new_one_leads() {
         let store = MemoryStore::new();
         let t0 = Instant::now();
-        // a checks at t0 + 1 s, 2 s, ...: it takes the lock at 1 s and leads from 4 s.
+        // a checks at t0 + 1 s, 2 s, ...: it takes the lock and leads from 1 s.
         let a = Replica::start(&store);
         // b checks half an interval later (t0 + 6.5 s, 7.5 s, ...).
         tokio::time::sleep_until(t0 + Duration::from_millis(5_500)).await;
@@ -439,10 +395,16 @@ mod tests {
         let b = Replica::start(&store.handle());
         tokio::time::sleep_until(t0 + Duration::from_millis(8_100)).await;
         assert!(a.leads() && !b.leads());
+        assert!(a.acts().await && !b.acts().await);
         // Just after a's check at 8 s its session ends (pg_terminate_backend): b takes
-        // the free lock at 8.5 s, half a second before a's next check notices.
+        // the free lock at 8.5 s and leads at once, half a second before a's next check
+        // notices. Meanwhile a still believes it leads, but its writes fail.
         store.revoke_leadership();
-        never_both(&a, &b, Duration::from_secs(10)).await;
+        eventually("b leads", Duration::from_secs(1), || b.leads()).await;
+        assert!(a.leads(), "a has not noticed yet");
+        assert!(!a.acts().await, "the old leader's write is refused");
+        assert!(b.acts().await);
+        never_both_act(&a, &b, Duration::from_secs(10)).await;
         assert!(b.leads() && !a.leads(), "b leads, a follows");
         a.stop().await;
         b.stop().await;
@@ -481,7 +443,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        tokio::time::timeout(INTERVAL + takeover_grace(INTERVAL) + INTERVAL, both)
+        tokio::time::timeout(3 * INTERVAL, both)
             .await
             .expect("a leader again promptly");
         eprintln!(
@@ -514,7 +476,7 @@ mod tests {
         let controller = Controller::with_tuning(
             Deps {
                 domains: Arc::new(store.clone()),
-                workflows: Arc::new(store.clone()),
+                workflows: Arc::new(store.fenced(store.term())),
                 outbox: Arc::new(store.clone()),
                 broker: broker.as_dyn(),
                 leader: Some(Arc::new(store.clone())),
@@ -582,12 +544,7 @@ mod tests {
 
         store.set_available(true);
         let back = Instant::now();
-        eventually(
-            "leads again",
-            INTERVAL + takeover_grace(INTERVAL) + INTERVAL,
-            || r.leads(),
-        )
-        .await;
+        eventually("leads again", 3 * INTERVAL, || r.leads()).await;
         // Recorded at once, not after the 60 s claim lease.
         let limit = Duration::from_secs(10);
         loop {
@@ -631,7 +588,7 @@ mod tests {
         // Published at once, not after the 60 s claim lease.
         eventually(
             "published after the outage",
-            INTERVAL + takeover_grace(INTERVAL) + Duration::from_secs(5),
+            2 * INTERVAL + Duration::from_secs(5),
             || confirmed(&broker, &rk("a")) == 1,
         )
         .await;

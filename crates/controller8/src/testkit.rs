@@ -658,6 +658,16 @@ impl WorkflowRepository for FailingResults {
         self.call()?;
         self.inner.fail_stage(key, detail, retry_at, now).await
     }
+    async fn time_out(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        self.call()?;
+        self.inner.time_out(key, detail, retry_at, now).await
+    }
     async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError> {
         self.inner.timed_out(now, limit).await
     }

@@ -149,6 +149,16 @@ impl WorkflowRepository for WakingWorkflows {
         self.repo().fail_stage(key, detail, retry_at, now).await
     }
 
+    async fn time_out(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        self.repo().time_out(key, detail, retry_at, now).await
+    }
+
     async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError> {
         self.repo().timed_out(now, limit).await
     }

@@ -43,6 +43,21 @@ pub enum DbError {
         /// Why.
         reason: String,
     },
+    /// A write only the leader may make came from a replica whose leader term is not
+    /// the current one (another replica took the leader lock since, or this one holds
+    /// none): nothing was changed. Not transient: this replica must stop acting as the
+    /// leader (its next lock check finds the lock gone).
+    #[error(
+        "not the leader: this replica holds leader term {held:?} but the current term of lock key {key} is {current}; nothing was changed"
+    )]
+    StaleTerm {
+        /// The leader lock key (`LeaderElection.lock_key`).
+        key: i64,
+        /// The term this replica holds (`None`: none).
+        held: Option<i64>,
+        /// The term stored in the database (0: nobody ever took the lock).
+        current: i64,
+    },
     /// Any other database error (the server's message, without credentials).
     #[error("database error: {0}")]
     Query(String),

@@ -25,6 +25,7 @@ mod pg;
 mod plan;
 mod ring;
 mod shared;
+mod term;
 mod time;
 mod traits;
 
@@ -34,4 +35,5 @@ pub use memory::MemoryStore;
 pub use outbox::{OutboxEvent, OutboxRepository, OutboxRow, OutboxStats};
 #[cfg(feature = "postgres")]
 pub use pg::{Migration, PgChangeFeed, PgLeaderLock, PgStore};
+pub use term::LeaderTerm;
 pub use traits::*;

@@ -305,6 +305,21 @@ pub trait WorkflowRepository: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Transition, DbError>;
 
+    /// A time-out found by the leader: [`WorkflowRepository::fail_stage`] as a
+    /// leader-only write, which a fenced store (`PgStore::fenced`,
+    /// `MemoryStore::fenced`) refuses with [`DbError::StaleTerm`] unless the caller holds
+    /// the current leader term. By default (a store without fencing) the same as
+    /// `fail_stage`.
+    async fn time_out(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        self.fail_stage(key, detail, retry_at, now).await
+    }
+
     /// Running attempts whose deadline is before `now`, at most `limit`.
     async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError>;
 

@@ -4,11 +4,13 @@ mod conformance;
 
 use std::sync::Arc;
 
-use conformance::Stores;
+use conformance::{Fenced, Stores};
 use db8::MemoryStore;
 
 async fn stores() -> Stores {
     let store = MemoryStore::new();
+    let other = store.handle();
+    let fenced = store.clone();
     Stores {
         domains: Arc::new(store.clone()),
         workflows: Arc::new(store.clone()),
@@ -18,7 +20,16 @@ async fn stores() -> Stores {
         feed: Arc::new(store.clone()),
         health: Arc::new(store.clone()),
         leader_a: Arc::new(store.clone()),
-        leader_b: Arc::new(store.handle()),
+        leader_b: Arc::new(other.clone()),
+        term_a: store.term(),
+        term_b: other.term(),
+        fence: Box::new(move |t| {
+            let f = fenced.fenced(t);
+            Fenced {
+                workflows: Arc::new(f.clone()),
+                ring: Arc::new(f),
+            }
+        }),
         guard: Box::new(()),
     }
 }

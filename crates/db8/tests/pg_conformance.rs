@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Arc;
 
-use conformance::Stores;
+use conformance::{Fenced, Stores};
 use db8::{PgChangeFeed, PgLeaderLock, PgStore};
 
 async fn stores() -> Stores {
@@ -14,6 +14,11 @@ async fn stores() -> Stores {
     let settings = db.settings();
     let store = PgStore::connect(&settings).await.expect("connect");
     store.migrate().await.expect("migrate");
+    let (a, b) = (
+        PgLeaderLock::new(&settings, 42).unwrap(),
+        PgLeaderLock::new(&settings, 42).unwrap(),
+    );
+    let fenced = store.clone();
     Stores {
         domains: Arc::new(store.clone()),
         workflows: Arc::new(store.clone()),
@@ -22,8 +27,17 @@ async fn stores() -> Stores {
         outbox: Arc::new(store.clone()),
         feed: Arc::new(PgChangeFeed::new(&settings).unwrap()),
         health: Arc::new(store),
-        leader_a: Arc::new(PgLeaderLock::new(&settings, 42).unwrap()),
-        leader_b: Arc::new(PgLeaderLock::new(&settings, 42).unwrap()),
+        term_a: a.term(),
+        term_b: b.term(),
+        leader_a: Arc::new(a),
+        leader_b: Arc::new(b),
+        fence: Box::new(move |t| {
+            let f = fenced.fenced(t);
+            Fenced {
+                workflows: Arc::new(f.clone()),
+                ring: Arc::new(f),
+            }
+        }),
         guard: Box::new(db),
     }
 }

@@ -7,7 +7,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use db8::{LeaderLock, PgLeaderLock};
+use db8::{LeaderLock, PgLeaderLock, PgStore};
 use support::TestDb;
 
 /// A key no other test uses at the same time.
@@ -75,6 +75,7 @@ fn keepalive_timer(ss: &str) -> Option<f64> {
 #[tokio::test]
 async fn the_lock_session_has_short_keepalives_on_both_ends() {
     let db = TestDb::create().await;
+    migrate(&db).await;
     let key = key();
     let lock = PgLeaderLock::new(&db.settings(), key).unwrap();
     assert_eq!(
@@ -204,6 +205,7 @@ fn ss_timers_are_read_in_seconds() {
 #[tokio::test]
 async fn calls_dropped_half_way_never_leave_the_lock_behind() {
     let db = TestDb::create().await;
+    migrate(&db).await;
     let key = key();
     let lock = PgLeaderLock::new(&db.settings(), key).unwrap();
     let other = PgLeaderLock::new(&db.settings(), key).unwrap();
@@ -251,4 +253,14 @@ async fn calls_dropped_half_way_never_leave_the_lock_behind() {
     assert!(lock.is_held().await.unwrap());
     lock.release().await.unwrap();
     assert!(other.try_acquire().await.unwrap());
+}
+
+/// Applies the migrations (the lock increments its term in `orchestratorm8_leader_term`).
+async fn migrate(db: &TestDb) {
+    PgStore::connect(&db.settings())
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
 }

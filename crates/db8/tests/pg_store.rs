@@ -90,7 +90,7 @@ async fn migrations_are_tracked_and_idempotent() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert!(store.migrate().await.unwrap().is_empty());
     let admin = db.admin().await;
@@ -100,7 +100,7 @@ async fn migrations_are_tracked_and_idempotent() {
         &[],
     )
     .await;
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     // A fresh table gets the contract's shape, primary key included.
     let pk: i64 = value(
         &admin,
@@ -126,7 +126,7 @@ async fn concurrent_migrations_apply_each_version_once() {
         versions.extend(t.await.unwrap().unwrap().into_iter().map(|m| m.version));
     }
     versions.sort();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
 }
 
 /// The platform's own dump: uuid-ossp default, no primary key, duplicate names, a
@@ -256,7 +256,9 @@ async fn a_configured_schema_is_created_and_used() {
         [
             "cptm8 \"orch\".cptm8domain",
             "cptm8 \"orch\".orchestratorm8_domain_last_ended",
+            "cptm8 \"orch\".orchestratorm8_leader_term",
             "cptm8 \"orch\".orchestratorm8_outbox",
+            "cptm8 \"orch\".orchestratorm8_replica",
             "cptm8 \"orch\".orchestratorm8_ring_message",
             "cptm8 \"orch\".orchestratorm8_schema_migrations",
             "cptm8 \"orch\".orchestratorm8_stage_run",
@@ -375,6 +377,13 @@ async fn terminate(pid: i32) {
 #[tokio::test]
 async fn a_lost_lock_session_is_detected() {
     let db = TestDb::create().await;
+    // The lock's term table.
+    PgStore::connect(&db.settings())
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
     let key = -0x1234_5678_9abc_def0_i64; // high bits set: classid and objid both used
     let a = PgLeaderLock::new(&db.settings(), key).unwrap();
     let b = PgLeaderLock::new(&db.settings(), key).unwrap();

@@ -167,14 +167,17 @@ async fn serve(
     let store = Arc::new(store);
     let broker = Arc::new(broker);
 
-    let leader: Option<Arc<dyn LeaderLock>> = if settings.leader_election.enabled {
-        Some(Arc::new(
-            PgLeaderLock::new(&settings.database, settings.leader_election.lock_key)
-                .map_err(db_failure)?,
-        ))
-    } else {
-        None
-    };
+    // With leader election, the leader-only writes are fenced by the lock's term
+    // (docs/ENGINE.md, "Fencing"): a replica that lost the lock cannot act any more.
+    let (leader, store): (Option<Arc<dyn LeaderLock>>, Arc<PgStore>) =
+        if settings.leader_election.enabled {
+            let lock = PgLeaderLock::new(&settings.database, settings.leader_election.lock_key)
+                .map_err(db_failure)?;
+            let fenced = Arc::new(store.fenced(lock.term()));
+            (Some(Arc::new(lock)), fenced)
+        } else {
+            (None, store)
+        };
     let changes: Arc<dyn ChangeFeed> =
         Arc::new(PgChangeFeed::new(&settings.database).map_err(db_failure)?);
 

@@ -117,6 +117,8 @@ struct BatchOutcome {
 pub(super) struct Published {
     confirmed: Vec<StageKey>,
     refused: Vec<StageKey>,
+    /// Of `refused`, those nacked.
+    nacked: Vec<StageKey>,
     unroutable: bool,
 }
 
@@ -396,6 +398,7 @@ impl Engine {
                 Some(PublishOutcome::Confirmed) => published.confirmed.push(key),
                 Some(PublishOutcome::Nacked) => {
                     self.metrics.stage_publish_nacked(&stage.name);
+                    published.nacked.push(key.clone());
                     published.refused.push(key);
                 }
                 Some(PublishOutcome::Unroutable) => {
@@ -450,12 +453,26 @@ impl Engine {
                     .at(plus(deadline, Duration::from_millis(1)));
             }
         }
+        self.nacks.confirmed(&p.confirmed);
         if p.refused.is_empty() {
             if !p.confirmed.is_empty() {
                 self.confirmed_all(&stage.name);
             }
         } else {
-            self.release(&stage.name, &p.refused, now).await;
+            // An attempt nacked too often waits for the stage's timeout (super::nacks).
+            let (held, due) = self.nacked(stage, &p.nacked, now);
+            if held.is_empty() {
+                self.release(&stage.name, &p.refused, now).await;
+            } else {
+                let now_keys: Vec<StageKey> = p
+                    .refused
+                    .iter()
+                    .filter(|k| !held.contains(k))
+                    .cloned()
+                    .collect();
+                self.release(&stage.name, &now_keys, now).await;
+                self.release(&stage.name, &held, due).await;
+            }
             let cause = if p.unroutable {
                 Refusal::Unroutable
             } else {

@@ -15,6 +15,7 @@ pub(crate) mod error_feed;
 mod fairness_tests;
 #[cfg(test)]
 mod live_tests;
+pub(crate) mod nacks;
 pub(crate) mod notify;
 #[cfg(test)]
 mod outbox_tests;
@@ -126,6 +127,8 @@ pub(crate) struct Engine {
     pub(crate) start_wake: Wake,
     /// Per-stage backpressure state.
     pub(crate) pressure: Mutex<HashMap<String, StagePressure>>,
+    /// Nacks per attempt ([`nacks`]).
+    pub(crate) nacks: nacks::NackCounts,
     /// Sequence of the workflow ids this process made (see [`Engine::new_workflow_id`]).
     id_seq: AtomicU64,
     /// Claimed attempts whose outcome could not be recorded (database away), recorded
@@ -188,6 +191,7 @@ impl Engine {
             dispatch_wake: Wake::default(),
             start_wake: Wake::default(),
             pressure: Mutex::new(HashMap::new()),
+            nacks: nacks::NackCounts::default(),
             unsettled: Mutex::new(Vec::new()),
             id_seq: AtomicU64::new(0),
             recent_errors: Mutex::new(model8::chain::RecentErrors::new(

@@ -23,10 +23,15 @@ impl Engine {
         let stage = self.stage_settings(&key.stage);
         let retry_at = (key.attempt < stage.max_attempts)
             .then(|| plus(now, retry_delay(&stage.backoff, key.attempt, draw())));
-        let t = self
-            .workflows
-            .fail_stage(key, detail, retry_at, now)
-            .await?;
+        // A time-out is a leader-only write (fenced by the leader term); a worker's
+        // report is not.
+        let t = if timed_out {
+            self.workflows.time_out(key, detail, retry_at, now).await?
+        } else {
+            self.workflows
+                .fail_stage(key, detail, retry_at, now)
+                .await?
+        };
         if timed_out && t != Transition::Stale {
             // Counted before the notification goes out.
             self.metrics.stage_timed_out(&key.stage);

@@ -16,18 +16,28 @@ impl LeaderLock for MemoryStore {
             Some(h) => Ok(h == self.identity),
             None => {
                 *holder = Some(self.identity);
+                // A new term, as PostgreSQL's increment (under the state's lock: after
+                // every leader-only write in progress).
+                let mut state = lock(&self.shared.state);
+                state.leader_term += 1;
+                self.term.set(Some(state.leader_term));
                 Ok(true)
             }
         }
     }
 
     async fn is_held(&self) -> Result<bool, DbError> {
-        Ok(*self.shared.leader.lock() == Some(self.identity))
+        let held = *self.shared.leader.lock() == Some(self.identity);
+        if !held {
+            self.term.set(None);
+        }
+        Ok(held)
     }
 
     async fn release(&self) -> Result<(), DbError> {
         let mut holder = self.shared.leader.lock();
         if *holder == Some(self.identity) {
+            self.term.set(None);
             *holder = None;
         }
         Ok(())

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::error::DbError;
+use crate::term::LeaderTerm;
 use crate::traits::{DbHealth, DomainChange, PoolStats};
 
 /// Every repository trait in memory: [`crate::DomainRepository`],
@@ -33,6 +34,10 @@ use crate::traits::{DbHealth, DomainChange, PoolStats};
 pub struct MemoryStore {
     shared: Arc<Shared>,
     identity: Uuid,
+    /// The leader term this identity holds (shared by clones).
+    term: LeaderTerm,
+    /// The term that fences the leader-only writes (`None`: not fenced).
+    fence: Option<LeaderTerm>,
 }
 
 struct Shared {
@@ -48,6 +53,8 @@ struct State {
     workflows: workflows::Workflows,
     replicas: std::collections::HashMap<Uuid, model8::ReplicaView>,
     outbox: outbox::Outbox,
+    /// The current leader term (`orchestratorm8_leader_term`; 0: never taken).
+    leader_term: i64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -81,6 +88,27 @@ impl MemoryStore {
                 leader: Mutex::new(None),
             }),
             identity: Uuid::new_v4(),
+            term: LeaderTerm::new(Self::LOCK_KEY),
+            fence: None,
+        }
+    }
+
+    /// The lock key of the in-memory leader lock (there is one per data set).
+    pub const LOCK_KEY: i64 = 0;
+
+    /// The leader term this handle holds (set when its leader lock is taken, cleared
+    /// when found lost or given up), as `PgLeaderLock::term`.
+    pub fn term(&self) -> LeaderTerm {
+        self.term.clone()
+    }
+
+    /// The same handle whose leader-only writes are fenced by `term`, as
+    /// [`crate::PgStore::fenced`]: they fail with [`DbError::StaleTerm`], changing
+    /// nothing, unless `term` holds the current term.
+    pub fn fenced(&self, term: LeaderTerm) -> MemoryStore {
+        MemoryStore {
+            fence: Some(term),
+            ..self.clone()
         }
     }
 
@@ -90,6 +118,8 @@ impl MemoryStore {
         MemoryStore {
             shared: Arc::clone(&self.shared),
             identity: Uuid::new_v4(),
+            term: LeaderTerm::new(Self::LOCK_KEY),
+            fence: None,
         }
     }
 
@@ -134,6 +164,15 @@ impl MemoryStore {
     fn state(&self) -> Result<MutexGuard<'_, State>, DbError> {
         self.check_available()?;
         Ok(self.shared.state.lock())
+    }
+
+    /// The state for a leader-only write: after checking the term when fenced.
+    fn leader_state(&self) -> Result<MutexGuard<'_, State>, DbError> {
+        let state = self.state()?;
+        if let Some(term) = &self.fence {
+            term.check(state.leader_term)?;
+        }
+        Ok(state)
     }
 
     fn notify_changed(&self) {

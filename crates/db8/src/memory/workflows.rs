@@ -198,6 +198,54 @@ impl Workflows {
 }
 
 impl MemoryStore {
+    /// A failed attempt (`leader`: a time-out, fenced): see
+    /// [`WorkflowRepository::fail_stage`].
+    fn fail(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        leader: bool,
+    ) -> Result<Transition, DbError> {
+        let now = db_precision(now);
+        let mut state = if leader {
+            self.leader_state()?
+        } else {
+            self.state()?
+        };
+        let wfs = &mut state.workflows;
+        let Some(wf) = wfs.by_id.get_mut(&key.workflow_id) else {
+            return Ok(Transition::Stale);
+        };
+        let Some(s) = wf.running_stage(key) else {
+            return Ok(Transition::Stale);
+        };
+        if detail.is_some() {
+            s.detail = detail.clone();
+        }
+        s.deadline = None;
+        s.finished_at = Some(now);
+        match retry_at {
+            Some(at) => {
+                let at = db_precision(at);
+                s.status = StageStatus::Pending;
+                s.not_before = Some(at);
+                wf.updated_at = now;
+                Ok(Transition::Retrying { at })
+            }
+            None => {
+                s.status = StageStatus::Failed;
+                let domains = wf.domains.iter().map(|d| d.name.clone()).collect();
+                wfs.finish(key.workflow_id, WorkflowStatus::Failed, now);
+                // Its notification, with the transition (the outbox).
+                let event = crate::outbox::failed_event(key, domains, detail);
+                state.outbox.insert(&event, now);
+                Ok(Transition::WorkflowFailed)
+            }
+        }
+    }
+
     /// Creates the workflows of `batch` that do not conflict, claiming the first
     /// attempts `claim` names (see [`WorkflowRepository::create_claimed`]).
     fn create(
@@ -209,7 +257,7 @@ impl MemoryStore {
         validate_batch(batch)?;
         let now = db_precision(now);
         let until = claim.map(|c| db_precision(plus(now, c.lease)));
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let wfs = &mut state.workflows;
         let mut created = Created::default();
         for new in batch {
@@ -373,7 +421,7 @@ impl WorkflowRepository for MemoryStore {
         limit: usize,
     ) -> Result<u64, DbError> {
         let ended_before = db_precision(ended_before);
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let wfs = &mut state.workflows;
         let mut old: Vec<(DateTime<Utc>, WorkflowId)> = wfs
             .by_id
@@ -432,7 +480,7 @@ impl WorkflowRepository for MemoryStore {
     ) -> Result<Vec<ClaimedStage>, DbError> {
         let now = db_precision(now);
         let until = db_precision(plus(now, lease));
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let wfs = &mut state.workflows;
         let mut due: Vec<(DateTime<Utc>, WorkflowId)> = wfs
             .by_id
@@ -463,7 +511,7 @@ impl WorkflowRepository for MemoryStore {
     ) -> Result<Vec<ClaimedStage>, DbError> {
         let now = db_precision(now);
         let until = db_precision(plus(now, lease));
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let wfs = &mut state.workflows;
         let company = |w: &Wf| {
             w.domains
@@ -528,7 +576,7 @@ impl WorkflowRepository for MemoryStore {
     ) -> Result<u64, DbError> {
         let now = db_precision(now);
         let deadline = db_precision(deadline);
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let mut changed = 0;
         for key in keys {
             let Some(wf) = state.workflows.by_id.get_mut(&key.workflow_id) else {
@@ -559,7 +607,7 @@ impl WorkflowRepository for MemoryStore {
         not_before: DateTime<Utc>,
     ) -> Result<u64, DbError> {
         let not_before = db_precision(not_before);
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let mut changed = 0;
         for key in keys {
             let Some(wf) = state.workflows.by_id.get_mut(&key.workflow_id) else {
@@ -629,38 +677,17 @@ impl WorkflowRepository for MemoryStore {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Transition, DbError> {
-        let now = db_precision(now);
-        let mut state = self.state()?;
-        let wfs = &mut state.workflows;
-        let Some(wf) = wfs.by_id.get_mut(&key.workflow_id) else {
-            return Ok(Transition::Stale);
-        };
-        let Some(s) = wf.running_stage(key) else {
-            return Ok(Transition::Stale);
-        };
-        if detail.is_some() {
-            s.detail = detail.clone();
-        }
-        s.deadline = None;
-        s.finished_at = Some(now);
-        match retry_at {
-            Some(at) => {
-                let at = db_precision(at);
-                s.status = StageStatus::Pending;
-                s.not_before = Some(at);
-                wf.updated_at = now;
-                Ok(Transition::Retrying { at })
-            }
-            None => {
-                s.status = StageStatus::Failed;
-                let domains = wf.domains.iter().map(|d| d.name.clone()).collect();
-                wfs.finish(key.workflow_id, WorkflowStatus::Failed, now);
-                // Its notification, with the transition (the outbox).
-                let event = crate::outbox::failed_event(key, domains, detail);
-                state.outbox.insert(&event, now);
-                Ok(Transition::WorkflowFailed)
-            }
-        }
+        self.fail(key, detail, retry_at, now, false)
+    }
+
+    async fn time_out(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        self.fail(key, detail, retry_at, now, true)
     }
 
     async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError> {
@@ -984,7 +1011,7 @@ impl RingRepository for MemoryStore {
         ring: &[RingStage],
         now: DateTime<Utc>,
     ) -> Result<Vec<RingStall>, DbError> {
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let wfs = &mut state.workflows;
         let mut cycles = wfs.ring_load(ring);
         let now = db_precision(now);
@@ -1012,7 +1039,7 @@ impl RingRepository for MemoryStore {
         message: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
-        let mut state = self.state()?;
+        let mut state = self.leader_state()?;
         let wfs = &mut state.workflows;
         let mut cycles = wfs.ring_load(ring);
         let changed = crate::ring::give_up(&mut cycles, cycle, stage, message, db_precision(at));

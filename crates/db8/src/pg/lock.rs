@@ -10,6 +10,15 @@
 //! session. Either end gives the session up about [`PgLeaderLock::DEAD_PEER_AFTER`]
 //! after the other went silent, instead of the operating system's default of two hours.
 //!
+//! Fencing: taking the lock increments the lock key's term in
+//! `orchestratorm8_leader_term` on the lock's session before [`LeaderLock::try_acquire`]
+//! answers `true`; the new term is held in [`PgLeaderLock::term`] (cleared when the lock
+//! is found lost or given up), which fences the leader-only writes of a
+//! [`crate::PgStore::fenced`] store. The increment waits for the previous leader's
+//! leader-only transactions in flight; every later one fails
+//! ([`DbError::StaleTerm`]). A lock taken whose term cannot be incremented is given up
+//! (the session ends).
+//!
 //! Cancellation: a call dropped while it waits for the server ([`LeaderLock::is_held`]
 //! under a caller's time-out) keeps the session, so a leader unsure of its lock still
 //! holds it and nobody else can lead until the session really ends. A dropped
@@ -26,6 +35,7 @@ use tokio_postgres::Client;
 
 use crate::error::DbError;
 use crate::pg::conn::ConnectParams;
+use crate::term::LeaderTerm;
 use crate::traits::LeaderLock;
 
 /// The server-side settings of the lock session, as `(name, value)`.
@@ -56,6 +66,7 @@ pub struct PgLeaderLock {
     params: ConnectParams,
     key: i64,
     session: Mutex<Option<Session>>,
+    term: LeaderTerm,
 }
 
 impl std::fmt::Debug for PgLeaderLock {
@@ -110,7 +121,28 @@ impl PgLeaderLock {
             params,
             key,
             session: Mutex::new(None),
+            term: LeaderTerm::new(key),
         })
+    }
+
+    /// The term this lock holds (shared: it follows the lock), to fence a store with
+    /// [`crate::PgStore::fenced`].
+    pub fn term(&self) -> LeaderTerm {
+        self.term.clone()
+    }
+
+    /// Increments the lock key's term on `session` (which has just taken the lock) and
+    /// returns the new term. Waits for the leader-only transactions of older terms in
+    /// flight (they hold the term's row `FOR SHARE`).
+    async fn next_term(&self, session: &Session) -> Result<i64, DbError> {
+        let row = self
+            .timed(session.client.query_one(
+                "INSERT INTO orchestratorm8_leader_term AS t (lock_key, term) VALUES ($1, 1) \
+                 ON CONFLICT (lock_key) DO UPDATE SET term = t.term + 1 RETURNING term",
+                &[&self.key],
+            ))
+            .await?;
+        Ok(row.get(0))
     }
 
     /// The value of the server setting `name` (e.g. `tcp_keepalives_idle`) on the lock's
@@ -206,6 +238,7 @@ impl LeaderLock for PgLeaderLock {
     async fn try_acquire(&self) -> Result<bool, DbError> {
         let mut guard = self.session.lock().await;
         if guard.as_ref().is_some_and(|s| s.client.is_closed()) {
+            self.term.set(None);
             *guard = None;
         }
         if let Some(session) = guard.as_mut()
@@ -215,9 +248,11 @@ impl LeaderLock for PgLeaderLock {
                 Ok(true) => return Ok(true),
                 Ok(false) => {
                     tracing::warn!(database = %self.params.label, key = self.key, "leader lock was lost by its session");
+                    self.term.set(None);
                     session.locked = false;
                 }
                 Err(e) => {
+                    self.term.set(None);
                     *guard = None;
                     return Err(e);
                 }
@@ -236,8 +271,15 @@ impl LeaderLock for PgLeaderLock {
                     .query_one("SELECT pg_try_advisory_lock($1)", &[&self.key]),
             )
             .await?;
-        session.locked = got.get(0);
-        let locked = session.locked;
+        let locked: bool = got.get(0);
+        if locked {
+            // Fencing: a new term before leading. On failure the session (and with it
+            // the lock) ends here.
+            let term = self.next_term(&session).await?;
+            self.term.set(Some(term));
+            tracing::info!(database = %self.params.label, key = self.key, term, "leader lock taken; new leader term");
+        }
+        session.locked = locked;
         *guard = Some(session);
         Ok(locked)
     }
@@ -251,19 +293,25 @@ impl LeaderLock for PgLeaderLock {
             return Ok(false);
         }
         if session.client.is_closed() {
+            self.term.set(None);
             *guard = None;
             return Ok(false);
         }
         match self.server_says_held(session).await {
             Ok(held) => {
+                if !held {
+                    self.term.set(None);
+                }
                 session.locked = held;
                 Ok(held)
             }
             Err(_) if session.client.is_closed() => {
+                self.term.set(None);
                 *guard = None;
                 Ok(false)
             }
             Err(e) => {
+                self.term.set(None);
                 // Unsure: drop the session, which releases the lock if it still exists,
                 // so that "not known to be held" becomes "not held".
                 *guard = None;
@@ -281,6 +329,7 @@ impl LeaderLock for PgLeaderLock {
             *guard = Some(session);
             return Ok(());
         }
+        self.term.set(None);
         // Out of the mutex while asking: if the unlock fails or this call is dropped
         // half-way, the session ends, which releases the lock in any case.
         let unlocked = self

@@ -59,6 +59,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0008_outbox.sql"),
     },
     Migration {
+        version: 9,
+        name: "leader term",
+        sql: include_str!("migrations/0009_leader_term.sql"),
+    },
+    Migration {
         version: 10,
         name: "replicas",
         sql: include_str!("migrations/0010_replicas.sql"),

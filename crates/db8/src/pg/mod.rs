@@ -21,6 +21,7 @@ use config8::DatabaseSettings;
 use postgres_native_tls::MakeTlsConnector;
 
 use crate::error::DbError;
+use crate::term::LeaderTerm;
 use crate::traits::{DbHealth, PoolStats};
 use conn::ConnectParams;
 
@@ -37,6 +38,8 @@ pub struct PgStore {
     pool: Pool<Manager>,
     params: Arc<ConnectParams>,
     failures: Arc<Failures>,
+    /// The leader term that fences the leader-only writes (`None`: not fenced).
+    fence: Option<LeaderTerm>,
 }
 
 /// The pool's connection failures, which it reports only to its error sink: waiting
@@ -160,6 +163,7 @@ impl PgStore {
             pool,
             params,
             failures,
+            fence: None,
         })
     }
 
@@ -167,6 +171,49 @@ impl PgStore {
     /// replicas run it at once) and returns those it applied.
     pub async fn migrate(&self) -> Result<Vec<Migration>, DbError> {
         migrate::run(&self.params).await
+    }
+
+    /// The same store (sharing the pool) whose leader-only writes are fenced by
+    /// `term` (usually [`PgLeaderLock::term`]): each runs in a transaction that first
+    /// reads the lock key's stored term `FOR SHARE` and fails with
+    /// [`DbError::StaleTerm`], changing nothing, unless it is the term held. The
+    /// leader-only writes are `create_workflows`, `create_claimed`, `claim_due`,
+    /// `claim_due_fair`, `mark_running`, `release`, `time_out`, `prune_finished`,
+    /// `ring_stalls` and `ring_give_up` (docs/ENGINE.md, "Fencing"); every other call
+    /// is unchanged. A store not fenced (leader election off) checks nothing.
+    pub fn fenced(&self, term: LeaderTerm) -> PgStore {
+        PgStore {
+            fence: Some(term),
+            ..self.clone()
+        }
+    }
+
+    /// Begins a transaction for a leader-only write on `conn`: fenced, it first checks
+    /// the term (see [`PgStore::fenced`]).
+    async fn leader_tx<'c>(
+        &self,
+        conn: &'c mut tokio_postgres::Client,
+    ) -> Result<tokio_postgres::Transaction<'c>, DbError> {
+        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        self.check_term(&tx).await?;
+        Ok(tx)
+    }
+
+    /// Within `tx`: when fenced, locks the lock key's term row `FOR SHARE` (a new
+    /// leader's increment waits for `tx`) and fails unless it holds the term held.
+    async fn check_term(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {
+        let Some(term) = &self.fence else {
+            return Ok(());
+        };
+        let row = tx
+            .query_opt(
+                "SELECT term FROM orchestratorm8_leader_term WHERE lock_key = $1 FOR SHARE",
+                &[&term.key()],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let current = row.map_or(0, |r| r.get::<_, i64>(0));
+        term.check(current)
     }
 
     /// `host:port/database`, for messages.

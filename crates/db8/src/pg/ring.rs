@@ -205,7 +205,7 @@ impl RingRepository for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<RingStall>, DbError> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let tx = self.leader_tx(&mut conn).await?;
         let mut cycles = self.ring_load(&tx, ring).await?;
         let now = db_precision(now);
         let stalls = ring::stall(&mut cycles, now);
@@ -238,7 +238,7 @@ impl RingRepository for PgStore {
         at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let tx = self.leader_tx(&mut conn).await?;
         let mut cycles = self.ring_load(&tx, ring).await?;
         let changed = ring::give_up(&mut cycles, cycle, stage, message, db_precision(at));
         self.ring_store(&tx, &cycles).await?;

@@ -149,19 +149,80 @@ impl PgStore {
     /// a time-out): a transaction on `conn` with the attempt's workflow locked. `None`
     /// (stale: nothing to do) when the attempt number cannot exist or the workflow is
     /// absent or terminal; otherwise the transaction and the attempt as stored.
+    ///
+    /// `leader`: a leader-only write (a time-out), whose term is checked first
+    /// ([`PgStore::fenced`]).
     async fn begin_guarded<'c>(
         &self,
         conn: &'c mut tokio_postgres::Client,
         key: &StageKey,
+        leader: bool,
     ) -> Result<Option<(Transaction<'c>, i32)>, DbError> {
         let Some(attempt) = attempt_sql(key.attempt) else {
             return Ok(None);
         };
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let tx = if leader {
+            self.leader_tx(conn).await?
+        } else {
+            conn.transaction().await.map_err(|e| self.err(e))?
+        };
         match self.lock_workflow(&tx, key.workflow_id).await? {
             Some(s) if !s.is_terminal() => Ok(Some((tx, attempt))),
             _ => Ok(None),
         }
+    }
+
+    /// A failed attempt (`leader`: a time-out, fenced): see
+    /// [`WorkflowRepository::fail_stage`].
+    async fn fail(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        leader: bool,
+    ) -> Result<Transition, DbError> {
+        let id = key.workflow_id;
+        let mut conn = self.conn().await?;
+        let Some((tx, attempt)) = self.begin_guarded(&mut conn, key, leader).await? else {
+            return Ok(Transition::Stale);
+        };
+        let row = tx
+            .query_opt(
+                "UPDATE orchestratorm8_stage_run SET \
+                   status = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, \
+                   not_before = coalesce($4, not_before), deadline = NULL, \
+                   detail = coalesce($5, detail), updated_at = $6, finished_at = $6 \
+                 WHERE workflow_id = $1 AND stage = $2 AND status = 'running' AND attempt = $3 \
+                 RETURNING not_before",
+                &[&id, &key.stage, &attempt, &retry_at, &detail, &now],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(row) = row else {
+            return Ok(Transition::Stale);
+        };
+        let transition = match retry_at {
+            Some(_) => {
+                tx.execute(
+                    "UPDATE orchestratorm8_workflow SET updated_at = $2 WHERE id = $1",
+                    &[&id, &now],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+                Transition::Retrying { at: row.get(0) }
+            }
+            None => {
+                self.finish(&tx, id, WorkflowStatus::Failed, now).await?;
+                // Its notification, in the same transaction (the outbox).
+                let domains = self.domain_names(&tx, id).await?;
+                let event = failed_event(key, domains, detail);
+                self.outbox_insert(&tx, &event, now).await?;
+                Transition::WorkflowFailed
+            }
+        };
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(transition)
     }
 
     /// Ends a workflow within `tx`: terminal status, unfinished stages cancelled,
@@ -358,8 +419,9 @@ impl PgStore {
              SELECT id FROM wf",
             rs = PLAN_SEPARATOR as u32
         );
-        let conn = self.conn().await?;
-        let rows = conn
+        let mut conn = self.conn().await?;
+        let tx = self.leader_tx(&mut conn).await?;
+        let rows = tx
             .query(
                 &sql,
                 &[
@@ -369,6 +431,7 @@ impl PgStore {
             )
             .await
             .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         let created: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
         let mut out = Created::default();
         for wf in batch.iter().filter(|w| created.contains(&w.id)) {
@@ -665,12 +728,13 @@ impl WorkflowRepository for PgStore {
         if limit == 0 {
             return Ok(0);
         }
-        let conn = self.conn().await?;
+        let mut conn = self.conn().await?;
+        let tx = self.leader_tx(&mut conn).await?;
         // One statement, one short transaction: the oldest finished workflows are
         // locked (skipping any being changed now: a result, a retry), their domains'
         // latest end is kept, then their rows go. The row lock re-checks `ended_at`,
         // so a workflow made active again meanwhile (retried) is left alone.
-        let row = conn
+        let row = tx
             .query_one(
                 "WITH victim AS ( \
                    SELECT id, ended_at FROM orchestratorm8_workflow \
@@ -701,7 +765,7 @@ impl WorkflowRepository for PgStore {
             .map_err(|e| self.err(e))?;
         // The ring's message keys (redeliveries come within minutes, retention is
         // days), as many at most, in a statement of their own.
-        conn.execute(
+        tx.execute(
             "DELETE FROM orchestratorm8_ring_message WHERE key IN ( \
                SELECT key FROM orchestratorm8_ring_message WHERE received_at < $1 \
                ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
@@ -709,6 +773,7 @@ impl WorkflowRepository for PgStore {
         )
         .await
         .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
@@ -741,12 +806,13 @@ impl WorkflowRepository for PgStore {
             return Ok(Vec::new());
         }
         let until = plus(now, lease);
-        let conn = self.conn().await?;
+        let mut conn = self.conn().await?;
+        let tx = self.leader_tx(&mut conn).await?;
         // The workflow rows are locked too (shared, skipped when taken): a pause or
         // cancel holds its workflow's row until it commits, so a claim skips a
         // workflow being changed, and re-checks the status of one changed since the
         // statement's snapshot instead of claiming on the status it had before.
-        let rows = conn
+        let rows = tx
             .query(
                 "WITH due AS ( \
                    SELECT s.workflow_id FROM orchestratorm8_stage_run s \
@@ -766,6 +832,7 @@ impl WorkflowRepository for PgStore {
             )
             .await
             .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         self.claimed_with_domains(&conn, &rows, stage).await
     }
 
@@ -786,11 +853,12 @@ impl WorkflowRepository for PgStore {
             .iter()
             .map(|(c, w)| (c.as_str(), f64::from((*w).max(1))))
             .unzip();
-        let conn = self.conn().await?;
+        let mut conn = self.conn().await?;
+        let tx = self.leader_tx(&mut conn).await?;
         // Ranked without locks (window functions cannot lock), then the picked rows
         // are locked and re-checked as in `claim_due`; a row taken meanwhile is
         // skipped (the claim returns fewer).
-        let rows = conn
+        let rows = tx
             .query(
                 "WITH due AS ( \
                    SELECT s.workflow_id, s.not_before, d.companyname AS company, w.requested, \
@@ -846,6 +914,7 @@ impl WorkflowRepository for PgStore {
             )
             .await
             .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
         self.claimed_with_domains(&conn, &rows, stage).await
     }
 
@@ -861,7 +930,7 @@ impl WorkflowRepository for PgStore {
             return Ok(0);
         }
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let tx = self.leader_tx(&mut conn).await?;
         self.by_key_lookups(&tx).await?;
         // First the workflows of the attempts still claimed by `owner`, locked in id
         // order and updated in the same statement (a one-workflow transition locks its
@@ -913,7 +982,7 @@ impl WorkflowRepository for PgStore {
             return Ok(0);
         }
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        let tx = self.leader_tx(&mut conn).await?;
         self.by_key_lookups(&tx).await?;
         self.lock_workflows(&tx, &ids).await?;
         let n = tx
@@ -939,7 +1008,7 @@ impl WorkflowRepository for PgStore {
     ) -> Result<Transition, DbError> {
         let id = key.workflow_id;
         let mut conn = self.conn().await?;
-        let Some((tx, attempt)) = self.begin_guarded(&mut conn, key).await? else {
+        let Some((tx, attempt)) = self.begin_guarded(&mut conn, key, false).await? else {
             return Ok(Transition::Stale);
         };
         let n = tx
@@ -998,47 +1067,17 @@ impl WorkflowRepository for PgStore {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Transition, DbError> {
-        let id = key.workflow_id;
-        let mut conn = self.conn().await?;
-        let Some((tx, attempt)) = self.begin_guarded(&mut conn, key).await? else {
-            return Ok(Transition::Stale);
-        };
-        let row = tx
-            .query_opt(
-                "UPDATE orchestratorm8_stage_run SET \
-                   status = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, \
-                   not_before = coalesce($4, not_before), deadline = NULL, \
-                   detail = coalesce($5, detail), updated_at = $6, finished_at = $6 \
-                 WHERE workflow_id = $1 AND stage = $2 AND status = 'running' AND attempt = $3 \
-                 RETURNING not_before",
-                &[&id, &key.stage, &attempt, &retry_at, &detail, &now],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let Some(row) = row else {
-            return Ok(Transition::Stale);
-        };
-        let transition = match retry_at {
-            Some(_) => {
-                tx.execute(
-                    "UPDATE orchestratorm8_workflow SET updated_at = $2 WHERE id = $1",
-                    &[&id, &now],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
-                Transition::Retrying { at: row.get(0) }
-            }
-            None => {
-                self.finish(&tx, id, WorkflowStatus::Failed, now).await?;
-                // Its notification, in the same transaction (the outbox).
-                let domains = self.domain_names(&tx, id).await?;
-                let event = failed_event(key, domains, detail);
-                self.outbox_insert(&tx, &event, now).await?;
-                Transition::WorkflowFailed
-            }
-        };
-        tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(transition)
+        self.fail(key, detail, retry_at, now, false).await
+    }
+
+    async fn time_out(
+        &self,
+        key: &StageKey,
+        detail: Option<serde_json::Value>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DbError> {
+        self.fail(key, detail, retry_at, now, true).await
     }
 
     async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError> {

@@ -13,9 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use db8::{
     ChangeFeed, DbError, DbHealth, DomainChange, DomainRepository, InitialClaim, LeaderLock,
-    NewWorkflow, OutboxEvent, OutboxRepository, OutboxRow, ReplicaRegistry, RingApplied,
-    RingEvent, RingMessage, RingRepository, RingStage, StageKey, StagePlan, Transition,
-    WorkflowFilter, WorkflowRepository,
+    LeaderTerm, NewWorkflow, OutboxEvent, OutboxRepository, OutboxRow, ReplicaRegistry,
+    RingApplied, RingEvent, RingMessage, RingRepository, RingStage, StageKey, StagePlan,
+    Transition, WorkflowFilter, WorkflowRepository,
 };
 use futures::StreamExt;
 use model8::{DomainRef, GoTime, PostDomain8, StageStatus, WorkflowKind, WorkflowStatus};
@@ -34,8 +34,19 @@ pub struct Stores {
     /// Two contenders for the same leader lock.
     pub leader_a: Arc<dyn LeaderLock>,
     pub leader_b: Arc<dyn LeaderLock>,
+    /// The terms `leader_a` and `leader_b` hold.
+    pub term_a: LeaderTerm,
+    pub term_b: LeaderTerm,
+    /// The same stores with their leader-only writes fenced by a term.
+    pub fence: Box<dyn Fn(LeaderTerm) -> Fenced + Send + Sync>,
     /// Dropped last: releases whatever the fixture holds (a test database...).
     pub guard: Box<dyn Any + Send>,
+}
+
+/// Stores fenced by one leader term (`PgStore::fenced`, `MemoryStore::fenced`).
+pub struct Fenced {
+    pub workflows: Arc<dyn WorkflowRepository>,
+    pub ring: Arc<dyn RingRepository>,
 }
 
 /// Expands to one test per conformance case, each on fresh stores from `$make`.
@@ -82,6 +93,7 @@ macro_rules! conformance_suite {
             outbox_concurrent_claims_do_not_overlap,
             leader_lock_contention,
             replicas_listed_while_alive,
+            leader_term_fences_leader_only_writes,
             health_ping,
         );
     };
@@ -1729,6 +1741,236 @@ pub async fn leader_lock_contention(s: &Stores) {
     a.release().await.unwrap();
     assert!(b.try_acquire().await.unwrap());
     b.release().await.unwrap();
+}
+
+/// Taking the lock starts a new term; every leader-only write of a replica that still
+/// holds an older term (the planted violation: a leader that lost its lock and has not
+/// noticed) fails with the typed error and changes nothing; the new leader's writes and
+/// the unfenced store's go through.
+pub async fn leader_term_fences_leader_only_writes(s: &Stores) {
+    let w = &s.workflows;
+    let r = ring4();
+    // No term held yet: refused.
+    let a = (s.fence)(s.term_a.clone());
+    let err = a
+        .workflows
+        .create_workflows(&[diamond_wf("n.example")], t0())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DbError::StaleTerm { held: None, .. }),
+        "{err}"
+    );
+    // a leads with a new term: its writes go through.
+    assert!(s.leader_a.try_acquire().await.unwrap());
+    let t1 = s.term_a.get().expect("a holds a term");
+    let x = diamond_wf("x.example");
+    assert_eq!(
+        a.workflows
+            .create_workflows(std::slice::from_ref(&x), t0())
+            .await
+            .unwrap(),
+        vec![x.id]
+    );
+    let oa = Uuid::new_v4();
+    let kx = a
+        .workflows
+        .claim_due("a", oa, t0(), LEASE, 10)
+        .await
+        .unwrap()[0]
+        .key
+        .clone();
+    assert_eq!(
+        a.workflows
+            .mark_running(std::slice::from_ref(&kx), oa, t0(), t0() + secs(10))
+            .await
+            .unwrap(),
+        1
+    );
+    // Unfenced writes (leader election off; the API's): never checked.
+    let z = diamond_wf("z.example");
+    let done = diamond_wf("done.example");
+    w.create_workflows(&[z.clone(), done.clone()], t0())
+        .await
+        .unwrap();
+    w.cancel(done.id, t0()).await.unwrap();
+    s.ring
+        .ring_apply(
+            &r,
+            &ring_event(
+                "k0",
+                0,
+                RingMessage::Kick {
+                    stage: "asmm8".into(),
+                },
+            ),
+        )
+        .await
+        .unwrap();
+
+    // b takes over (a's session ended); a replica still holding t1 is planted.
+    s.leader_a.release().await.unwrap();
+    assert!(s.leader_b.try_acquire().await.unwrap());
+    let t2 = s.term_b.get().expect("b holds a term");
+    assert!(t2 > t1, "a new term: {t2} after {t1}");
+    let b = (s.fence)(s.term_b.clone());
+    let stale = (s.fence)(LeaderTerm::fixed(s.term_a.key(), t1));
+    let refused = |what: &str, e: DbError| match e {
+        DbError::StaleTerm { held, current, .. } => {
+            assert_eq!((held, current), (Some(t1), t2), "{what}");
+            assert!(e.to_string().contains("not the leader"), "{what}: {e}");
+        }
+        e => panic!("{what}: {e}"),
+    };
+    let y = diamond_wf("y.example");
+    let ys = std::slice::from_ref(&y);
+    refused(
+        "create_workflows",
+        stale
+            .workflows
+            .create_workflows(ys, t0())
+            .await
+            .unwrap_err(),
+    );
+    let claim = InitialClaim {
+        owner: oa,
+        lease: LEASE,
+        stages: vec!["a".into()],
+    };
+    refused(
+        "create_claimed",
+        stale
+            .workflows
+            .create_claimed(ys, t0(), &claim)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(w.get(y.id).await, Err(DbError::NotFound(_))));
+    refused(
+        "claim_due",
+        stale
+            .workflows
+            .claim_due("a", oa, t0() + secs(1), LEASE, 10)
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        "claim_due_fair",
+        stale
+            .workflows
+            .claim_due_fair("a", oa, t0() + secs(1), LEASE, 10, &Default::default())
+            .await
+            .unwrap_err(),
+    );
+    // Nothing was claimed: the new leader claims z.
+    let ob = Uuid::new_v4();
+    let kz = b
+        .workflows
+        .claim_due("a", ob, t0() + secs(1), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(kz.len(), 1);
+    let kz = kz[0].key.clone();
+    assert_eq!(kz.workflow_id, z.id);
+    refused(
+        "mark_running",
+        stale
+            .workflows
+            .mark_running(std::slice::from_ref(&kz), ob, t0(), t0() + secs(10))
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        "release",
+        stale
+            .workflows
+            .release(std::slice::from_ref(&kz), ob, t0())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(w.in_flight_counts(t0() + secs(1)).await.unwrap()["a"], 2);
+    refused(
+        "time_out",
+        stale
+            .workflows
+            .time_out(&kx, None, None, t0() + secs(20))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Running);
+    refused(
+        "prune_finished",
+        stale
+            .workflows
+            .prune_finished(t0() + secs(100), 10)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(wf_status(s, done.id).await, WorkflowStatus::Cancelled);
+    refused(
+        "ring_stalls",
+        stale
+            .ring
+            .ring_stalls(&r, t0() + secs(61))
+            .await
+            .unwrap_err(),
+    );
+    assert!(s.ring.ring_stalled(&r).await.unwrap().is_empty());
+    // a itself, having given the lock up, holds no term.
+    let err = a
+        .workflows
+        .prune_finished(t0() + secs(100), 10)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DbError::StaleTerm { held: None, .. }),
+        "{err}"
+    );
+
+    // The new leader's writes go through.
+    assert_eq!(
+        b.ring.ring_stalls(&r, t0() + secs(61)).await.unwrap().len(),
+        1
+    );
+    let cycle = s.ring.ring_stalled(&r).await.unwrap()[0].cycle;
+    refused(
+        "ring_give_up",
+        stale
+            .ring
+            .ring_give_up(&r, cycle, "asmm8", "gave up", t0() + secs(62))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        b.ring
+            .ring_give_up(&r, cycle, "asmm8", "gave up", t0() + secs(62))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.workflows
+            .time_out(&kx, None, None, t0() + secs(20))
+            .await
+            .unwrap(),
+        Transition::WorkflowFailed
+    );
+    assert_eq!(
+        b.workflows
+            .mark_running(std::slice::from_ref(&kz), ob, t0(), t0() + secs(10))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        b.workflows
+            .prune_finished(t0() + secs(100), 10)
+            .await
+            .unwrap()
+            >= 1
+    );
+    assert!(matches!(w.get(done.id).await, Err(DbError::NotFound(_))));
+    s.leader_b.release().await.unwrap();
+    assert_eq!(s.term_b.get(), None);
 }
 
 pub async fn health_ping(s: &Stores) {

@@ -7,6 +7,7 @@ pub mod amqp_publish;
 pub mod amqp_recovery;
 pub mod db_create;
 pub mod db_stream;
+pub mod failover;
 pub mod fairness;
 pub mod managed;
 pub mod retention;
@@ -66,6 +67,11 @@ pub const ALL: &[Bench] = &[
         specs: fairness::SPECS,
     },
     Bench {
+        name: "failover",
+        about: "two replicas under load: median time from kill -9 of the leader to the new leader acting (10 rounds), vs the 2 s budget",
+        specs: failover::SPECS,
+    },
+    Bench {
         name: "retention",
         about: "db8 prune_finished of 1,000,000 finished workflows beside a 10,000-workflow fan-out vs the fan-out alone; tables afterwards",
         specs: retention::SPECS,
@@ -83,6 +89,7 @@ pub async fn run(bench: &Bench, ctx: &Ctx) -> Vec<Row> {
         "managed" => managed::run(ctx).await,
         "fairness" => fairness::run(ctx).await,
         "retention" => retention::run(ctx).await,
+        "failover" => failover::run(ctx).await,
         other => Err(Failure::Error(format!("no runner for {other}"))),
     };
     rows(bench.specs, outcomes)
