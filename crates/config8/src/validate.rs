@@ -192,7 +192,7 @@ fn stages_routed_to_several_queues(s: &Settings) -> Vec<String> {
             continue;
         };
         // Queue name -> the first of its bindings that routes the stage's key.
-        let mut reached: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut reached: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
         for q in s
             .orchestrator
             .queues
@@ -200,7 +200,7 @@ fn stages_routed_to_several_queues(s: &Settings) -> Vec<String> {
             .filter(|q| q.exchange == stage.exchange)
         {
             let hit = q.routing_keys.iter().find(|b| match kind {
-                ExchangeKind::Topic => topic_matches(b, &stage.routing_key),
+                ExchangeKind::Topic => model8::topic::matches(b, &stage.routing_key),
                 ExchangeKind::Direct => **b == stage.routing_key,
                 ExchangeKind::Fanout => true,
                 ExchangeKind::Headers => false,

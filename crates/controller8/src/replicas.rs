@@ -42,7 +42,7 @@ pub async fn beacon(
                 Role::Standby => ReplicaRole::Standby,
             },
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at: started.clone(),
+            started_at: started,
             seen_at: GoTime::from_utc(clock.now()),
         };
         match registry.replica_beat(&row).await {

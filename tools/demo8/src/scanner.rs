@@ -422,11 +422,7 @@ impl Scanner {
     pub async fn handle(&self, m: Message) -> Result<Decision, HandlerError> {
         let id = m.message_id.clone().filter(|id| !id.is_empty());
         if let Some(id) = &id
-            && self
-                .scanned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(id)
+            && self.scanned.lock().contains(id)
         {
             self.copies.fetch_add(1, Ordering::Relaxed);
             if self.config.drop_copies {
@@ -436,10 +432,7 @@ impl Scanner {
         }
         let decision = self.scan(m).await;
         if let (Some(id), Ok(Decision::Ack)) = (id, &decision) {
-            self.scanned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id);
+            self.scanned.lock().insert(id);
         }
         decision
     }

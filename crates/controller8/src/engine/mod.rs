@@ -210,7 +210,7 @@ impl Engine {
     /// [`Engine::start_settings`]; the types keep the two apart.
     pub(crate) fn live(&self) -> Arc<LiveSettings> {
         let now = self.settings.borrow().clone();
-        let mut cached = lock(&self.live);
+        let mut cached = self.live.lock();
         if !Arc::ptr_eq(&cached.0, &now) {
             let live = Arc::new(now.live());
             *cached = (now, live);

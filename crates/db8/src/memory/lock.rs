@@ -18,7 +18,7 @@ impl LeaderLock for MemoryStore {
                 *holder = Some(self.identity);
                 // A new term, as PostgreSQL's increment (under the state's lock: after
                 // every leader-only write in progress).
-                let mut state = lock(&self.shared.state);
+                let mut state = self.shared.state.lock();
                 state.leader_term += 1;
                 self.term.set(Some(state.leader_term));
                 Ok(true)
