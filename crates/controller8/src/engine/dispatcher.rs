@@ -453,14 +453,22 @@ impl Engine {
                     .at(plus(deadline, Duration::from_millis(1)));
             }
         }
-        self.nacks.confirmed(&p.confirmed);
+        self.nacks.forget(&p.confirmed);
         if p.refused.is_empty() {
             if !p.confirmed.is_empty() {
                 self.confirmed_all(&stage.name);
             }
         } else {
-            // An attempt nacked too often waits for the stage's timeout (super::nacks).
-            let (held, due) = self.nacked(stage, &p.nacked, now);
+            // An attempt nacked too often waits for the stage's timeout (super::nacks),
+            // unless its own full queue explains the nacks (backpressure).
+            let (held, due) = if p.nacked.is_empty() {
+                (Vec::new(), now)
+            } else if self.own_queue_full(&stage.name).await {
+                self.nacks.forget(&p.nacked);
+                (Vec::new(), now)
+            } else {
+                self.nacked(stage, &p.nacked, now)
+            };
             if held.is_empty() {
                 self.release(&stage.name, &p.refused, now).await;
             } else {

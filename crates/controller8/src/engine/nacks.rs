@@ -13,8 +13,13 @@
 //!   passed (given back due then, not at once), so it costs one more copy per
 //!   `timeout` at most, until a publish is confirmed (which forgets the count).
 //!
-//! A plain full stage queue (backpressure) is nacked the same way; its attempts are
-//! delayed by the same rule once nacked that often.
+//! A plain full stage queue (backpressure) is nacked the same way, but there the nack
+//! is the stage's own queue saying "not now", and re-publishing later adds no copy. So
+//! before counting, the engine reads the stage's own queue (its service section's
+//! `queue`, when `x-max-length` is configured): when it holds its maximum, the nacks
+//! are backpressure and the count is forgotten instead. Only nacks the stage's own
+//! queue does not explain (it is unbounded, below its maximum, or cannot be read) are
+//! counted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +38,9 @@ pub(crate) const NACK_WARN_AFTER: u32 = 3;
 /// the stage's `timeout` after each further nack.
 pub(crate) const MAX_NACKED_PUBLISHES: u32 = 5;
 
+/// How long reading the stage's own queue after a nack may take.
+const OWN_QUEUE_READ: Duration = Duration::from_secs(2);
+
 /// Counts older than this without a new nack are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -48,8 +56,9 @@ impl NackCounts {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets the counts of attempts whose publish was confirmed.
-    pub(crate) fn confirmed(&self, keys: &[StageKey]) {
+    /// Forgets the counts of `keys`: their publish was confirmed, or their own full
+    /// queue explains their nacks.
+    pub(crate) fn forget(&self, keys: &[StageKey]) {
         let mut all = self.lock();
         if all.is_empty() {
             return;
@@ -78,6 +87,25 @@ impl NackCounts {
 }
 
 impl Engine {
+    /// Whether stage `stage`'s own queue holds its configured `x-max-length` now (its
+    /// nacks are backpressure). `false` when it has no maximum or cannot be read.
+    pub(super) async fn own_queue_full(&self, stage: &str) -> bool {
+        let Some(section) = self.start_settings().orchestrator.queues.get(stage) else {
+            return false;
+        };
+        let Some(config8::ArgValue::Int(max)) = section.queue_arguments.get("x-max-length") else {
+            return false;
+        };
+        match tokio::time::timeout(OWN_QUEUE_READ, self.broker.queue_info(&section.queue)).await {
+            Ok(Ok(info)) => i64::from(info.messages) >= *max,
+            Ok(Err(e)) => {
+                tracing::debug!(stage, queue = %section.queue, error = %e, "stage queue unreadable after a nack; the nack is counted");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Counts the nacks of `nacked` (attempts of `stage` just nacked), warns about
     /// those nacked [`NACK_WARN_AFTER`] times, and returns those to hold back (nacked
     /// at least [`MAX_NACKED_PUBLISHES`] times) with the time they are due again.
@@ -177,6 +205,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_own_queue_is_backpressure_and_never_holds_an_attempt_back() {
+        let mut s = chain();
+        s.orchestrator
+            .queues
+            .insert("a".into(), section("a", &bounded(1)));
+        let h = Harness::new(s).await;
+        h.add_domain("first.example.com").await;
+        h.add_domain("second.example.com").await;
+        h.create_unclaimed().await;
+        // The first job fills a's queue; the second is nacked by it again and again.
+        past_the_pause(&h);
+        let r = h.engine.dispatch().await.unwrap();
+        assert_eq!((r.published, r.refused), (1, 1));
+        for i in 1..=MAX_NACKED_PUBLISHES + 2 {
+            past_the_pause(&h);
+            let r = h.engine.dispatch().await.unwrap();
+            assert_eq!((r.published, r.refused), (0, 1), "publish {i} nacked");
+        }
+        // No copy reached the full queue, and once the worker takes the first job the
+        // second goes out at the next round, not a stage timeout later.
+        assert_eq!(h.broker.take(&q("a")).len(), 1);
+        past_the_pause(&h);
+        let r = h.engine.dispatch().await.unwrap();
+        assert_eq!((r.published, r.refused), (1, 0));
+        assert_eq!(h.broker.messages_in(&q("a")).len(), 1);
+    }
+
+    #[tokio::test]
     async fn a_confirmed_publish_forgets_the_count() {
         let h = Harness::new(chain()).await;
         let k = db8::StageKey {
@@ -191,7 +247,7 @@ mod tests {
                 .nacked(&stage, std::slice::from_ref(&k), h.clock_now());
             assert!(held.is_empty());
         }
-        h.engine.nacks.confirmed(std::slice::from_ref(&k));
+        h.engine.nacks.forget(std::slice::from_ref(&k));
         let (held, _) = h
             .engine
             .nacked(&stage, std::slice::from_ref(&k), h.clock_now());
