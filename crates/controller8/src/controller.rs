@@ -91,6 +91,9 @@ pub struct Controller {
     shutdown: watch::Sender<bool>,
 }
 
+/// The ring a bootstrap controller follows: where it is recorded, and its stages.
+type Ring = (Arc<dyn RingRepository>, Vec<db8::RingStage>);
+
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")
@@ -187,19 +190,18 @@ impl Controller {
         result
     }
 
+    /// Declares the topology, takes leadership (when elected), starts the consumers
+    /// and the loops of the mode, then waits for shutdown and winds them down.
     async fn run_until_stopped(self) -> Result<(), ControllerError> {
         let engine = self.engine.clone();
         let settings = engine.start_settings().clone();
-        let mode = self.mode;
         tracing::info!(
-            mode = ?mode, leader_election = self.leader.is_some(),
+            mode = ?self.mode, leader_election = self.leader.is_some(),
             "orchestrator starting"
         );
-
         if !self.declare_topology(&settings).await? {
             return Ok(());
         }
-
         // Leadership first, so the first checks know their role.
         let leadership = self.leader.clone().map(|lock| {
             Leadership::new(
@@ -212,22 +214,56 @@ impl Controller {
         if let Some(l) = &leadership {
             l.step().await;
         }
-
-        // Managed mode consumes the results; bootstrap mode follows the ring
-        // (CONTRACT 3c) when it observes.
-        let ring = match (&self.ring, mode) {
+        // Bootstrap mode follows the ring (CONTRACT 3c) when it observes.
+        let ring = match (&self.ring, self.mode) {
             (Some(repo), SchedulerMode::Bootstrap) if settings.scheduler.observe => {
                 Some((repo.clone(), ring_stages(&settings)))
             }
             _ => None,
         };
-        let consumer = if mode == SchedulerMode::Managed {
-            match self.start_consumer(&settings).await? {
-                Some(c) => Some(c),
-                None => return Ok(()),
+        let Some(consumers) = self.start_consumers(&settings, ring.as_ref()).await? else {
+            return Ok(());
+        };
+        // Leadership is given up last, after the work in progress is finished.
+        let (resign, resign_rx) = watch::channel(false);
+        let leader_task = leadership.map(|l| tokio::spawn(l.run(resign_rx)));
+        let tasks = self.spawn_loops(&settings, ring);
+        tracing::info!(mode = ?self.mode, "orchestrator running");
+
+        let mut stop = engine.shutdown.clone();
+        let _ = stop.wait_for(|s| *s).await;
+        self.wind_down(consumers, tasks).await;
+        resign.send_replace(true);
+        if let Some(t) = leader_task {
+            // It resigns (releases the lock).
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("leader lock release did not finish in time");
             }
-        } else if let Some((repo, stages)) = &ring {
-            let handler = RingHandler::new(engine.clone(), repo.clone(), stages.clone());
+        }
+        self.role.send_replace(Role::Standby);
+        tracing::info!("orchestrator stopped");
+        Ok(())
+    }
+
+    /// The consumers of the mode: managed mode consumes the results (and, with a
+    /// chain stage, the platform's error notifications, for empty reports); bootstrap
+    /// mode the ring when it observes. `None` when shutdown came first.
+    async fn start_consumers(
+        &self,
+        settings: &Settings,
+        ring: Option<&Ring>,
+    ) -> Result<Option<Vec<ConsumerHandle>>, ControllerError> {
+        let mut consumers = Vec::new();
+        if self.mode == SchedulerMode::Managed {
+            match self.start_consumer(settings).await? {
+                Some(c) => consumers.push(c),
+                None => return Ok(None),
+            }
+        } else if let Some((repo, stages)) = ring {
+            let handler = RingHandler::new(self.engine.clone(), repo.clone(), stages.clone());
             let options = ConsumeOptions {
                 queue: RING_QUEUE.into(),
                 tag: "corchestratorm8.ring".into(),
@@ -237,14 +273,11 @@ impl Controller {
                 dead_letter: None,
             };
             match self.consume_retrying(options, Arc::new(handler)).await? {
-                Some(c) => Some(c),
-                None => return Ok(()),
+                Some(c) => consumers.push(c),
+                None => return Ok(None),
             }
-        } else {
-            None
-        };
-        // Chain stages: the platform's error notifications, for empty reports.
-        let error_feed = if mode == SchedulerMode::Managed && has_chain_stage(&settings) {
+        }
+        if self.mode == SchedulerMode::Managed && has_chain_stage(settings) {
             let options = ConsumeOptions {
                 queue: CHAIN_NOTIFY_QUEUE.into(),
                 tag: "corchestratorm8-notifications".into(),
@@ -255,27 +288,26 @@ impl Controller {
             };
             let handler = Arc::new(ErrorFeedHandler::new(self.engine.clone()));
             match self.consume_retrying(options, handler).await? {
-                Some(c) => Some(c),
-                None => return Ok(()),
+                Some(c) => consumers.push(c),
+                None => return Ok(None),
             }
-        } else {
-            None
-        };
+        }
+        Ok(Some(consumers))
+    }
 
-        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        // Leadership is given up last, after the work in progress is finished.
-        let (resign, resign_rx) = watch::channel(false);
-        let leader_task = leadership.map(|l| tokio::spawn(l.run(resign_rx)));
-        tasks.push(tokio::spawn(scheduler::feed_loop(
-            engine.clone(),
-            self.changes.clone(),
-        )));
-        tasks.push(tokio::spawn(scheduler::retention_loop(engine.clone())));
-        tasks.push(tokio::spawn(crate::outbox::relay_loop(
-            engine.clone(),
-            engine.outbox.clone(),
-        )));
-        match mode {
+    /// Spawns the loops every mode runs (domain changes, retention, outbox relay) and
+    /// those of this mode.
+    fn spawn_loops(&self, settings: &Settings, ring: Option<Ring>) -> Vec<JoinHandle<()>> {
+        let engine = &self.engine;
+        let mut tasks = vec![
+            tokio::spawn(scheduler::feed_loop(engine.clone(), self.changes.clone())),
+            tokio::spawn(scheduler::retention_loop(engine.clone())),
+            tokio::spawn(crate::outbox::relay_loop(
+                engine.clone(),
+                engine.outbox.clone(),
+            )),
+        ];
+        match self.mode {
             SchedulerMode::Bootstrap => {
                 tasks.push(tokio::spawn(scheduler::tick_loop(
                     engine.clone(),
@@ -291,18 +323,16 @@ impl Controller {
                 tasks.push(tokio::spawn(scheduler::dispatch_loop(engine.clone())));
             }
         }
-        tracing::info!(mode = ?mode, "orchestrator running");
+        tasks
+    }
 
-        let mut stop = engine.shutdown.clone();
-        let _ = stop.wait_for(|s| *s).await;
-        tracing::info!(grace = ?engine.tuning.shutdown_grace, "orchestrator stopping");
-
-        let grace = engine.tuning.shutdown_grace;
-        let stop_consumer = async {
-            if let Some(c) = &consumer {
-                c.stop(grace).await;
-            }
-            if let Some(c) = &error_feed {
+    /// Stops the consumers (their unacknowledged deliveries go back) and waits for the
+    /// loops, within the shutdown grace; what is still running after it is abandoned.
+    async fn wind_down(&self, consumers: Vec<ConsumerHandle>, mut tasks: Vec<JoinHandle<()>>) {
+        let grace = self.engine.tuning.shutdown_grace;
+        tracing::info!(?grace, "orchestrator stopping");
+        let stop_consumers = async {
+            for c in &consumers {
                 c.stop(grace).await;
             }
         };
@@ -313,7 +343,7 @@ impl Controller {
         };
         let finished = tokio::time::timeout(
             grace + Duration::from_secs(1),
-            futures::future::join(stop_consumer, join_tasks),
+            futures::future::join(stop_consumers, join_tasks),
         )
         .await;
         if finished.is_err() {
@@ -326,19 +356,6 @@ impl Controller {
                 t.abort();
             }
         }
-        resign.send_replace(true);
-        if let Some(t) = leader_task {
-            // It resigns (releases the lock).
-            if tokio::time::timeout(Duration::from_secs(5), t)
-                .await
-                .is_err()
-            {
-                tracing::warn!("leader lock release did not finish in time");
-            }
-        }
-        self.role.send_replace(Role::Standby);
-        tracing::info!("orchestrator stopped");
-        Ok(())
     }
 
     /// Declares the topology, retrying while RabbitMQ is unavailable. `Ok(false)` when

@@ -29,6 +29,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
+use uuid::Uuid;
 
 use crate::engine::notify::{Ending, notification};
 use crate::engine::results::reason_of;
@@ -178,10 +179,37 @@ async fn relay_round(engine: &Engine, outbox: &dyn OutboxRepository) -> Round {
         return Round::Idle;
     }
     let full = rows.len() >= batch;
+    let (messages, sent, mut later) = encode(&rows);
+    let outcomes = if messages.is_empty() {
+        Ok(Vec::new())
+    } else {
+        engine.broker.publish_many(messages).await
+    };
+    let (done, away) = match outcomes {
+        Ok(outcomes) => (sort_outcomes(engine, &sent, outcomes, &mut later), false),
+        Err(e) => {
+            engine.metrics.outbox.relay_failed("broker_away");
+            tracing::warn!(rows = sent.len(), error = %e, "outbox: cannot publish; the rows stay in the outbox and are retried");
+            later.extend(sent.iter().copied());
+            (Vec::new(), true)
+        }
+    };
+    if !settle(engine, outbox, &done, &later).await || away {
+        Round::Away
+    } else if full {
+        Round::More
+    } else {
+        Round::Idle
+    }
+}
+
+/// The messages of `rows`, with the rows they come from, and the rows this version
+/// cannot relay (left for a newer one).
+fn encode(rows: &[OutboxRow]) -> (Vec<OutgoingMessage>, Vec<&OutboxRow>, Vec<&OutboxRow>) {
     let mut messages = Vec::with_capacity(rows.len());
-    let mut sent: Vec<&OutboxRow> = Vec::with_capacity(rows.len());
-    let mut later: Vec<&OutboxRow> = Vec::new();
-    for row in &rows {
+    let mut sent = Vec::with_capacity(rows.len());
+    let mut later = Vec::new();
+    for row in rows {
         match message_of(row) {
             Ok(m) => {
                 messages.push(m);
@@ -193,62 +221,62 @@ async fn relay_round(engine: &Engine, outbox: &dyn OutboxRepository) -> Round {
             }
         }
     }
-    let outcomes = if messages.is_empty() {
-        Ok(Vec::new())
-    } else {
-        engine.broker.publish_many(messages).await
-    };
+    (messages, sent, later)
+}
+
+/// The rows of `sent` that are done (confirmed, or unroutable: no queue wants them);
+/// those the broker refused go to `later`.
+fn sort_outcomes<'a>(
+    engine: &Engine,
+    sent: &[&'a OutboxRow],
+    outcomes: Vec<PublishOutcome>,
+    later: &mut Vec<&'a OutboxRow>,
+) -> Vec<Uuid> {
     let mut done = Vec::with_capacity(sent.len());
-    let away = match outcomes {
-        Ok(outcomes) => {
-            for (row, outcome) in sent.iter().zip(outcomes) {
-                match outcome {
-                    PublishOutcome::Confirmed => {
-                        engine.metrics.outbox.relayed("confirmed");
-                        done.push(row.id);
-                    }
-                    PublishOutcome::Unroutable => {
-                        engine.metrics.outbox.relayed("unroutable");
-                        tracing::debug!(row = %row.id, "outbox: notification unroutable: no queue bound on the notification exchange");
-                        done.push(row.id);
-                    }
-                    PublishOutcome::Nacked => {
-                        engine.metrics.outbox.relay_failed("nacked");
-                        tracing::warn!(row = %row.id, attempts = row.attempts + 1, "outbox: notification refused by the broker (queue full); retrying later");
-                        later.push(row);
-                    }
-                }
+    for (row, outcome) in sent.iter().zip(outcomes) {
+        match outcome {
+            PublishOutcome::Confirmed => {
+                engine.metrics.outbox.relayed("confirmed");
+                done.push(row.id);
             }
-            false
+            PublishOutcome::Unroutable => {
+                engine.metrics.outbox.relayed("unroutable");
+                tracing::debug!(row = %row.id, "outbox: notification unroutable: no queue bound on the notification exchange");
+                done.push(row.id);
+            }
+            PublishOutcome::Nacked => {
+                engine.metrics.outbox.relay_failed("nacked");
+                tracing::warn!(row = %row.id, attempts = row.attempts + 1, "outbox: notification refused by the broker (queue full); retrying later");
+                later.push(row);
+            }
         }
-        Err(e) => {
-            engine.metrics.outbox.relay_failed("broker_away");
-            tracing::warn!(rows = sent.len(), error = %e, "outbox: cannot publish; the rows stay in the outbox and are retried");
-            later.extend(sent.iter().copied());
-            true
-        }
-    };
-    if let Err(e) = outbox.outbox_delete(&done).await {
+    }
+    done
+}
+
+/// Deletes the rows `done` and releases `later` (due again after their backoff).
+/// `false` when the database failed (what is left is retried when its claim ends).
+async fn settle(
+    engine: &Engine,
+    outbox: &dyn OutboxRepository,
+    done: &[Uuid],
+    later: &[&OutboxRow],
+) -> bool {
+    if let Err(e) = outbox.outbox_delete(done).await {
         // Published but still there: published again once the lease ends (a copy
         // with the same message_id).
         tracing::warn!(rows = done.len(), error = %e, "outbox: cannot delete relayed rows; they will be published again");
-        return Round::Away;
+        return false;
     }
     let now = engine.now();
     for row in later {
         let due = plus(now, row_delay(row.attempts));
         if let Err(e) = outbox.outbox_release(&[row.id], engine.owner, due).await {
             tracing::warn!(row = %row.id, error = %e, "outbox: cannot release a row; it is retried when its claim ends");
-            return Round::Away;
+            return false;
         }
     }
-    if away {
-        Round::Away
-    } else if full {
-        Round::More
-    } else {
-        Round::Idle
-    }
+    true
 }
 
 /// Refreshes the depth and oldest-age gauges.

@@ -112,6 +112,41 @@ struct BatchOutcome {
     refused: u64,
 }
 
+/// One stage's dispatch round in progress ([`Engine::dispatch_stage`]).
+struct Round<'a> {
+    /// Batch size (shrunk under backpressure).
+    limit: usize,
+    /// Attempts the round may still claim.
+    remaining: usize,
+    /// Whether more may be due (the last claim was full).
+    more: bool,
+    /// The size the pending claim asked for.
+    want: usize,
+    total: BatchOutcome,
+    error: Option<StepError>,
+    claiming: Option<BoxFuture<'a, Result<Vec<ClaimedStage>, DbError>>>,
+    publishing: FuturesOrdered<BoxFuture<'a, Result<Published, StepError>>>,
+    recording: FuturesOrdered<BoxFuture<'a, Result<u64, StepError>>>,
+}
+
+impl Round<'_> {
+    /// Whether the next batch may be claimed: none is being claimed, more may be
+    /// due, nothing was refused or failed, and the publish and record steps have room.
+    fn may_claim(&self) -> bool {
+        self.claiming.is_none()
+            && self.more
+            && self.error.is_none()
+            && self.total.refused == 0
+            && self.remaining > 0
+            && self.publishing.len() < PIPELINE_DEPTH
+            && self.recording.len() < PIPELINE_DEPTH
+    }
+
+    fn drained(&self) -> bool {
+        self.claiming.is_none() && self.publishing.is_empty() && self.recording.is_empty()
+    }
+}
+
 /// A published batch, to record.
 #[derive(Debug, Default)]
 pub(super) struct Published {
@@ -213,6 +248,11 @@ impl Engine {
             .clamp(1, self.tuning.publish_batch.max(1))
     }
 
+    /// One dispatch round of `stage`: claims, publishes and records batches of its
+    /// due attempts (at most `budget`) until nothing more is due, a batch is refused,
+    /// or an error. Three steps overlap: claiming the next batch, publishing (at most
+    /// [`PIPELINE_DEPTH`] batches, which hold the messages), and recording the outcome
+    /// of published batches (which hold only their keys).
     async fn dispatch_stage(
         &self,
         stage: &StageSettings,
@@ -221,91 +261,92 @@ impl Engine {
         if self.paused_until(&stage.name, self.now()).is_some() {
             return Ok(BatchOutcome::default());
         }
-        let limit = self.batch_limit(&stage.name);
-        let mut remaining = budget.unwrap_or(usize::MAX);
-        let mut more = true;
-        let mut total = BatchOutcome::default();
-        let mut error: Option<StepError> = None;
-        // Three stages overlap: claiming the next batch, publishing (at most
-        // PIPELINE_DEPTH batches, which hold the messages), and recording the outcome
-        // of published batches (which hold only their keys).
-        let mut publishing: FuturesOrdered<BoxFuture<'_, Result<Published, StepError>>> =
-            FuturesOrdered::new();
-        let mut recording: FuturesOrdered<BoxFuture<'_, Result<u64, StepError>>> =
-            FuturesOrdered::new();
-        let mut claiming: Option<BoxFuture<'_, Result<Vec<ClaimedStage>, DbError>>> = None;
-        let mut want = 0;
+        let mut round = Round {
+            limit: self.batch_limit(&stage.name),
+            remaining: budget.unwrap_or(usize::MAX),
+            more: true,
+            want: 0,
+            total: BatchOutcome::default(),
+            error: None,
+            claiming: None,
+            publishing: FuturesOrdered::new(),
+            recording: FuturesOrdered::new(),
+        };
         loop {
-            let can_claim = claiming.is_none()
-                && more
-                && error.is_none()
-                && total.refused == 0
-                && remaining > 0
-                && publishing.len() < PIPELINE_DEPTH
-                && recording.len() < PIPELINE_DEPTH
-                && !self.stopping()
-                && self.is_leader();
-            if can_claim {
-                want = limit.min(remaining);
-                claiming = Some(Box::pin(self.claim(stage, want)));
+            if round.may_claim() && !self.stopping() && self.is_leader() {
+                round.want = round.limit.min(round.remaining);
+                round.claiming = Some(Box::pin(self.claim(stage, round.want)));
             }
-            if claiming.is_none() && publishing.is_empty() && recording.is_empty() {
+            if round.drained() {
                 break;
             }
+            let claiming = &mut round.claiming;
             tokio::select! {
                 // Outcomes first: a refusal known before a claim returns keeps the
                 // claimed batch from being published into a full queue.
                 biased;
-                Some(p) = publishing.next(), if !publishing.is_empty() => match p {
+                Some(p) = round.publishing.next(), if !round.publishing.is_empty() => match p {
                     Ok(p) => {
-                        total.refused += p.refused.len() as u64;
-                        recording.push_back(Box::pin(self.record(stage, p)));
+                        round.total.refused += p.refused.len() as u64;
+                        round.recording.push_back(Box::pin(self.record(stage, p)));
                     }
                     Err(e) => {
-                        error.get_or_insert(e);
+                        round.error.get_or_insert(e);
                     }
                 },
-                Some(r) = recording.next(), if !recording.is_empty() => match r {
-                    Ok(n) => total.confirmed += n,
+                Some(r) = round.recording.next(), if !round.recording.is_empty() => match r {
+                    Ok(n) => round.total.confirmed += n,
                     Err(e) => {
-                        error.get_or_insert(e);
+                        round.error.get_or_insert(e);
                     }
                 },
                 c = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
-                    claiming = None;
-                    match c {
-                        Err(e) => {
-                            more = false;
-                            error.get_or_insert(e.into());
-                        }
-                        Ok(batch) if batch.is_empty() => more = false,
-                        Ok(batch) => {
-                            remaining = remaining.saturating_sub(batch.len());
-                            if batch.len() < want {
-                                // Nothing more is due now.
-                                more = false;
-                            }
-                            if error.is_some() || total.refused > 0 {
-                                // A batch before it was refused: give this one back
-                                // unpublished.
-                                let keys: Vec<StageKey> =
-                                    batch.into_iter().map(|c| c.key).collect();
-                                self.release(&stage.name, &keys, self.now()).await;
-                            } else {
-                                publishing.push_back(Box::pin(self.publish_batch(stage, batch)));
-                            }
-                        }
-                    }
+                    round.claiming = None;
+                    self.on_claimed(stage, &mut round, c).await;
                 }
             }
         }
-        match error {
-            Some(e) if total.confirmed == 0 => Err(e),
+        match round.error {
+            Some(e) if round.total.confirmed == 0 => Err(e),
             Some(e) => {
                 tracing::warn!(stage = %stage.name, error = %e, "some stage jobs could not be published");
-                Ok(total)
+                Ok(round.total)
             }
-            None => Ok(total),
+            None => Ok(round.total),
+        }
+    }
+
+    /// A claim of the round returned: its batch is published, or given back
+    /// unpublished when a batch before it was refused or failed.
+    async fn on_claimed<'a>(
+        &'a self,
+        stage: &'a StageSettings,
+        round: &mut Round<'a>,
+        claimed: Result<Vec<ClaimedStage>, DbError>,
+    ) {
+        let batch = match claimed {
+            Err(e) => {
+                round.more = false;
+                round.error.get_or_insert(e.into());
+                return;
+            }
+            Ok(batch) => batch,
+        };
+        if batch.len() < round.want {
+            // Nothing more is due now.
+            round.more = false;
+        }
+        if batch.is_empty() {
+            return;
+        }
+        round.remaining = round.remaining.saturating_sub(batch.len());
+        if round.error.is_some() || round.total.refused > 0 {
+            let keys: Vec<StageKey> = batch.into_iter().map(|c| c.key).collect();
+            self.release(&stage.name, &keys, self.now()).await;
+        } else {
+            round
+                .publishing
+                .push_back(Box::pin(self.publish_batch(stage, batch)));
         }
     }
 

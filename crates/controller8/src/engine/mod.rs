@@ -9,6 +9,7 @@
 pub(crate) mod backoff;
 #[cfg(test)]
 mod chain_tests;
+pub(crate) mod creation;
 pub(crate) mod dispatcher;
 pub(crate) mod error_feed;
 #[cfg(test)]

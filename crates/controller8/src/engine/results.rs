@@ -204,86 +204,139 @@ impl Engine {
     /// the delivery is returned to the queue at once.
     async fn apply_result_patiently(&self, r: &CheckedResult) -> Result<Transition, DbError> {
         let started = tokio::time::Instant::now();
-        let db_give_up = started + self.tuning.db_outage_patience;
-        let record_give_up = started + self.tuning.claim_lease + Duration::from_secs(5);
-        let mut unavailable = Backoff::new(UNAVAILABLE_RETRY);
-        let mut failing = Backoff::new(DB_ERROR_RETRY);
-        let mut record_delay = Duration::from_millis(20);
-        let mut reapplied = false;
-        let mut shutdown = self.shutdown.clone();
-        let stopping = || DbError::Unavailable {
-            host: "orchestratorm8".into(),
-            reason: "shutting down".into(),
+        let mut patience = Patience {
+            db_give_up: started + self.tuning.db_outage_patience,
+            record_give_up: started + self.tuning.claim_lease + Duration::from_secs(5),
+            unavailable: Backoff::new(UNAVAILABLE_RETRY),
+            failing: Backoff::new(DB_ERROR_RETRY),
+            record_delay: Duration::from_millis(20),
+            reapplied: false,
+            shutdown: self.shutdown.clone(),
         };
         loop {
-            let outcome = match self.apply_result(r).await {
-                Ok(Transition::Stale) => match self.recording(&r.key).await {
-                    // Recorded between the two looks: the result applies now (once:
-                    // were it stale again, something else is going on).
-                    Ok(Recording::JustRecorded) if !reapplied => {
-                        reapplied = true;
-                        continue;
-                    }
-                    Ok(Recording::Pending) if tokio::time::Instant::now() < record_give_up => {
-                        tracing::debug!(
-                            workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                            "result arrived before its job was recorded as running; waiting"
-                        );
-                        tokio::select! {
-                            _ = tokio::time::sleep(record_delay) => {}
-                            _ = shutdown.wait_for(|s| *s) => return Err(stopping()),
-                        }
-                        record_delay = (record_delay * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                    Ok(_) => Ok(Transition::Stale),
-                    Err(e) => Err(e),
-                },
-                other => other,
+            let next = match self.apply_result(r).await {
+                Ok(Transition::Stale) => self.on_stale(r, &mut patience).await,
+                Err(e) => Next::DbFailed(e),
+                other => Next::Return(other),
             };
-            match outcome {
-                Ok(Transition::Stale) => {
-                    self.metrics.result_stale();
-                    tracing::debug!(
-                        workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                        outcome = %r.outcome, "duplicate or stale result ignored"
-                    );
-                    return Ok(Transition::Stale);
-                }
-                Err(e) => {
-                    let now = tokio::time::Instant::now();
-                    if now >= db_give_up {
-                        return Err(e);
-                    }
-                    // Never past the patience: the last wait is cut short, then one
-                    // more try.
-                    let delay = if e.is_transient() {
-                        unavailable.step()
-                    } else {
-                        failing.step()
-                    }
-                    .min(db_give_up - now);
-                    if e.is_transient() {
-                        tracing::warn!(
-                            workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                            error = %e, retry_in = ?delay,
-                            "cannot apply a stage result (database unavailable); holding it and retrying"
-                        );
-                    } else {
-                        tracing::error!(
-                            workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                            error = %e, retry_in = ?delay,
-                            "cannot apply a stage result (database error); holding it and retrying"
-                        );
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Err(e),
-                    }
-                }
-                other => return other,
+            match next {
+                Next::Again => {}
+                Next::Return(outcome) => return outcome,
+                Next::DbFailed(e) => self.hold_after_db_error(r, e, &mut patience).await?,
             }
         }
+    }
+
+    /// A result found stale: applied again when its attempt was recorded as running
+    /// meanwhile (once) or once it is (waiting while it is still being recorded);
+    /// otherwise a duplicate or stale result, counted and ignored.
+    async fn on_stale(&self, r: &CheckedResult, p: &mut Patience) -> Next {
+        match self.recording(&r.key).await {
+            // Recorded between the two looks: the result applies now (once: were it
+            // stale again, something else is going on).
+            Ok(Recording::JustRecorded) if !p.reapplied => {
+                p.reapplied = true;
+                Next::Again
+            }
+            Ok(Recording::Pending) if tokio::time::Instant::now() < p.record_give_up => {
+                tracing::debug!(
+                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                    "result arrived before its job was recorded as running; waiting"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(p.record_delay) => {}
+                    _ = p.shutdown.wait_for(|s| *s) => return Next::Return(Err(shutting_down())),
+                }
+                p.record_delay = (p.record_delay * 2).min(Duration::from_secs(1));
+                Next::Again
+            }
+            Ok(_) => {
+                self.metrics.result_stale();
+                tracing::debug!(
+                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                    outcome = %r.outcome, "duplicate or stale result ignored"
+                );
+                Next::Return(Ok(Transition::Stale))
+            }
+            Err(e) => Next::DbFailed(e),
+        }
+    }
+
+    /// Holds a result the database failed to apply for the next backoff step (never
+    /// past the patience: the last wait is cut short, then one more try). `Err` when
+    /// the patience is over or shutdown began.
+    async fn hold_after_db_error(
+        &self,
+        r: &CheckedResult,
+        e: DbError,
+        p: &mut Patience,
+    ) -> Result<(), DbError> {
+        let now = tokio::time::Instant::now();
+        if now >= p.db_give_up {
+            return Err(e);
+        }
+        let delay = if e.is_transient() {
+            p.unavailable.step()
+        } else {
+            p.failing.step()
+        }
+        .min(p.db_give_up - now);
+        if e.is_transient() {
+            tracing::warn!(
+                workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                error = %e, retry_in = ?delay,
+                "cannot apply a stage result (database unavailable); holding it and retrying"
+            );
+        } else {
+            tracing::error!(
+                workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                error = %e, retry_in = ?delay,
+                "cannot apply a stage result (database error); holding it and retrying"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = p.shutdown.wait_for(|s| *s) => Err(e),
+        }
+    }
+}
+
+/// How long, and how, [`Engine::apply_result_patiently`] still holds one result.
+struct Patience {
+    db_give_up: tokio::time::Instant,
+    record_give_up: tokio::time::Instant,
+    unavailable: Backoff,
+    failing: Backoff,
+    record_delay: Duration,
+    /// Whether the result was applied again once after it was recorded meanwhile.
+    reapplied: bool,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The next step of [`Engine::apply_result_patiently`].
+enum Next {
+    /// Apply the result again.
+    Again,
+    /// Done: this is the outcome.
+    Return(Result<Transition, DbError>),
+    /// The database failed: hold the result, then apply it again.
+    DbFailed(DbError),
+}
+
+/// The key of attempt `attempt` of `stage` in workflow `workflow_id`.
+fn running_key(workflow_id: uuid::Uuid, stage: &str, attempt: u32) -> StageKey {
+    StageKey {
+        workflow_id,
+        stage: stage.to_owned(),
+        attempt,
+    }
+}
+
+/// The error a wait ended by shutdown returns (the delivery goes back to the queue).
+fn shutting_down() -> DbError {
+    DbError::Unavailable {
+        host: "orchestratorm8".into(),
+        reason: "shutting down".into(),
     }
 }
 
@@ -315,38 +368,48 @@ impl Engine {
         let give_up = tokio::time::Instant::now() + self.tuning.chain_record_wait;
         let mut delay = Duration::from_millis(20);
         loop {
-            let mut pending = false;
-            for status in [
-                WorkflowStatus::Running,
-                WorkflowStatus::Paused,
-                WorkflowStatus::Pending,
-            ] {
-                let filter = WorkflowFilter {
-                    status: Some(status),
-                    ..WorkflowFilter::default()
-                };
-                for w in self.workflows.list(&filter).await? {
-                    for s in w.stages.iter().filter(|s| s.name == stage) {
-                        match s.status {
-                            StageStatus::Running => {
-                                return Ok(Some(StageKey {
-                                    workflow_id: w.id,
-                                    stage: stage.to_owned(),
-                                    attempt: s.attempt,
-                                }));
-                            }
-                            StageStatus::Pending => pending = true,
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            if !pending || tokio::time::Instant::now() >= give_up || self.stopping() {
-                return Ok(None);
+            let (running, pending) = self.look_for_running(stage).await?;
+            if running.is_some()
+                || !pending
+                || tokio::time::Instant::now() >= give_up
+                || self.stopping()
+            {
+                return Ok(running);
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// One look for the running attempt of `stage` in the active workflows; also
+    /// whether the stage is pending in one of them.
+    async fn look_for_running(&self, stage: &str) -> Result<(Option<StageKey>, bool), DbError> {
+        let mut pending = false;
+        for status in [
+            WorkflowStatus::Running,
+            WorkflowStatus::Paused,
+            WorkflowStatus::Pending,
+        ] {
+            let filter = WorkflowFilter {
+                status: Some(status),
+                ..WorkflowFilter::default()
+            };
+            let workflows = self.workflows.list(&filter).await?;
+            let stages = workflows
+                .iter()
+                .flat_map(|w| w.stages.iter().map(move |s| (w.id, s)))
+                .filter(|(_, s)| s.name == stage);
+            for (workflow_id, s) in stages {
+                match s.status {
+                    StageStatus::Running => {
+                        return Ok((Some(running_key(workflow_id, stage, s.attempt)), pending));
+                    }
+                    StageStatus::Pending => pending = true,
+                    _ => {}
+                }
+            }
+        }
+        Ok((None, pending))
     }
 
     /// The message of an `app.error.*` notification from `source` that arrived within
