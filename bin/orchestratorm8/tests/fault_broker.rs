@@ -448,3 +448,98 @@ async fn a_memory_alarm_pauses_publishing_ready_stays_200_with_a_warning_then_jo
         "orchestratorm8_amqp_blocked never 1 during the alarm"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault injection (stops RabbitMQ for 10 s): bash scripts/fault.sh"]
+async fn a_notification_written_while_the_broker_is_away_is_relayed_once_it_returns() {
+    let (env, _timing) = fault_support::env(
+        "a_notification_written_while_the_broker_is_away_is_relayed_once_it_returns",
+        true,
+    );
+    // One stage whose worker takes the job and never reports: the attempt times out
+    // after 5 s with none left, and the workflow fails.
+    let stages = stage("a", &[], "5s", 1);
+    let config = env.config(&[("a", NO_ARGS)], &managed_once(&stages));
+    let mut svc = Service::start(&config, env.dir.path(), "svc").await;
+    svc.ready().await;
+    let client = env.client().await;
+    let (notes, _hn) = client.notifications().await;
+    let (a_jobs, _ha) = client
+        .worker("a", Duration::from_millis(20), |_| Act::Ignore)
+        .await;
+    env.insert_domains("relay", 1);
+    eventually(
+        "the stage-1 job taken",
+        Duration::from_secs(30),
+        async || !a_jobs.lock().unwrap().is_empty(),
+    )
+    .await;
+    let workflow = a_jobs.lock().unwrap()[0].workflow_id.to_string();
+
+    let app = RabbitApp::stop();
+    let stopped = Instant::now();
+    // The time-out fails the workflow while the broker is away (a database-only
+    // transition); its notification is written to the outbox in the same transaction.
+    let failed = format!(
+        "SELECT count(*) FROM orchestratorm8_workflow WHERE id = '{workflow}' AND status = 'failed'"
+    );
+    eventually(
+        "the workflow failed during the outage",
+        Duration::from_secs(30),
+        async || fault_support::count(&env, &failed) == 1,
+    )
+    .await;
+    let row = env.psql("SELECT id FROM orchestratorm8_outbox");
+    assert_eq!(
+        row.lines().count(),
+        1,
+        "one outbox row, the failure notification: {row:?}"
+    );
+    // It stays there while the broker is away (the relay keeps trying).
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
+    assert_eq!(env.psql("SELECT id FROM orchestratorm8_outbox"), row);
+
+    app.start();
+    let started = Instant::now();
+    svc.ready().await;
+    eventually(
+        "the outbox relayed and emptied",
+        Duration::from_secs(60),
+        async || fault_support::count(&env, "SELECT count(*) FROM orchestratorm8_outbox") == 0,
+    )
+    .await;
+    let of_workflow = || {
+        notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| String::from_utf8_lossy(&m.body).contains(&workflow))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        "the failure notification received",
+        Duration::from_secs(30),
+        async || !of_workflow().is_empty(),
+    )
+    .await;
+    eprintln!(
+        "failure notification relayed {:.1?} after start_app",
+        started.elapsed()
+    );
+    let got = of_workflow();
+    assert_eq!(got.len(), 1, "exactly one copy: {got:?}");
+    assert!(
+        got[0].routing_key.starts_with("app.error."),
+        "{}",
+        got[0].routing_key
+    );
+    assert_eq!(
+        got[0].message_id.as_deref(),
+        Some(row.as_str()),
+        "its message_id is the outbox row's id"
+    );
+    let (code, _) = svc.terminate();
+    assert_eq!(code, Some(0), "{}", svc.logs());
+    fault_support::keep_logs(&env, "relay_broker_away");
+}

@@ -152,6 +152,52 @@ mod tests {
         assert_eq!(MessageKey::of(Some(""), "x", "a", b"1"), k("a", b"1"));
     }
 
+    fn key(i: u32) -> MessageKey {
+        MessageKey::of(Some(&i.to_string()), "", "", b"")
+    }
+
+    #[test]
+    fn a_full_table_is_not_pruned_and_one_more_keeps_exactly_the_newest_half() {
+        let r = Redeliveries::with_capacity(100);
+        for i in 0..100 {
+            assert_eq!(r.record(key(i), true), 1);
+        }
+        // At capacity: nothing forgotten yet (the oldest counts on).
+        assert_eq!(r.len(), 100);
+        assert_eq!(r.record(key(0), true), 2);
+        // key 0 is now the newest (seq 101). One entry more than the capacity (seq
+        // 102): the newest half (seq 53..=102, 50 entries) is kept, the rest forgotten.
+        assert_eq!(r.record(key(100), true), 1);
+        assert_eq!(r.len(), 50);
+        assert_eq!(r.record(key(0), true), 3, "recently counted: kept");
+        assert_eq!(r.record(key(99), true), 2, "recent: kept");
+        assert_eq!(r.record(key(52), true), 2, "seq 53: the oldest kept");
+        assert_eq!(r.record(key(51), true), 1, "seq 52: forgotten");
+        assert_eq!(r.record(key(1), true), 1, "old: forgotten");
+    }
+
+    #[test]
+    fn counts_under_capacity_are_never_pruned() {
+        let r = Redeliveries::with_capacity(100);
+        for i in 0..80 {
+            r.record(key(i), true);
+        }
+        assert_eq!(r.len(), 80);
+        assert_eq!(r.record(key(0), true), 2);
+    }
+
+    #[test]
+    fn empty_until_a_redelivery_is_counted_and_again_once_forgotten() {
+        let r = Redeliveries::default();
+        assert!(r.is_empty());
+        assert_eq!(r.record(key(1), false), 0);
+        assert!(r.is_empty(), "a first delivery is not counted");
+        r.record(key(1), true);
+        assert!(!r.is_empty());
+        r.forget(key(1));
+        assert!(r.is_empty());
+    }
+
     #[test]
     fn table_stays_bounded_and_keeps_recent_entries() {
         let r = Redeliveries::with_capacity(100);

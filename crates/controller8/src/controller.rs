@@ -164,7 +164,7 @@ impl Controller {
 
     /// The workflow repository for the HTTP layer: the engine's, waking the engine
     /// after a resume or a cancel so that it acts at once.
-    pub fn workflows(&self) -> Arc<dyn WorkflowRepository> {
+    pub fn workflows(&self) -> Arc<dyn crate::http::WorkflowApi> {
         Arc::new(WakingWorkflows {
             engine: self.engine.clone(),
         })

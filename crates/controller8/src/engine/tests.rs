@@ -483,7 +483,9 @@ async fn pause_resume_and_cancel() {
     let repo = crate::waking::WakingWorkflows {
         engine: h.engine.clone(),
     };
-    repo.resume(w1, now).await.unwrap();
+    crate::http::WorkflowApi::resume(&repo, w1, now)
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(5), h.engine.dispatch_wake.notified())
         .await
         .expect("resume wakes the dispatcher");
@@ -498,7 +500,9 @@ async fn pause_resume_and_cancel() {
     assert_eq!(h.engine.dispatch().await.unwrap().published, 1);
     let b = h.take_jobs("b").remove(0);
     // Cancel: the running stage's later report changes nothing; nothing is published.
-    repo.cancel(w2, now).await.unwrap();
+    crate::http::WorkflowApi::cancel(&repo, w2, now)
+        .await
+        .unwrap();
     assert_eq!(h.report(&b, StageOutcome::Completed).await, Settlement::Ack);
     let v = h.wf(w2).await.unwrap();
     assert_eq!(v.status, WorkflowStatus::Cancelled);

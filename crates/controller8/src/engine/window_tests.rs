@@ -181,7 +181,6 @@ async fn a_window_across_midnight_on_a_daylight_saving_day() {
 
 #[tokio::test]
 async fn the_api_views_show_waiting_for_window_until() {
-    use db8::WorkflowRepository as _;
     let mut s = chain();
     s.workflow.windows = vec![window(&[Weekday::Wed], "10:30", "11:00", "UTC")];
     let h = Harness::new(s).await;
@@ -190,7 +189,9 @@ async fn the_api_views_show_waiting_for_window_until() {
     let api = crate::waking::WakingWorkflows {
         engine: h.engine.clone(),
     };
-    let v = &api.list(&Default::default()).await.unwrap()[0];
+    let v = &crate::http::WorkflowApi::list(&api, &Default::default())
+        .await
+        .unwrap()[0];
     let until = v.stages[0]
         .waiting_for_window_until
         .as_ref()
@@ -205,7 +206,7 @@ async fn the_api_views_show_waiting_for_window_until() {
     assert!(json["stages"][1].get("waiting_for_window_until").is_none());
     // Inside the window (and once published) the field is gone.
     h.advance(Duration::from_secs(30 * 60));
-    let v = api.get(v.id).await.unwrap();
+    let v = crate::http::WorkflowApi::get(&api, v.id).await.unwrap();
     assert_eq!(v.stages[0].waiting_for_window_until, None);
 }
 

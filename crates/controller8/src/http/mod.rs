@@ -23,6 +23,7 @@ mod stages;
 mod state;
 #[cfg(test)]
 mod tests;
+mod workflow_api;
 mod workflows;
 
 use std::convert::Infallible;
@@ -37,6 +38,7 @@ use warp::reply::Response;
 pub use error::ApiError;
 pub use server::{HttpError, serve};
 pub use state::{HttpState, HttpTimeouts, StageInfo, api_is_open, follow_settings};
+pub use workflow_api::WorkflowApi;
 
 use body::BodyStream;
 use workflows::Action;

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use amqp8::BrokerProbe;
 use config8::HttpSettings;
-use db8::{DbHealth, ReplicaRegistry, WorkflowRepository};
+use db8::{DbHealth, ReplicaRegistry};
 use tokio::sync::watch;
 
+use super::WorkflowApi;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::role::RoleWatch;
@@ -103,8 +104,10 @@ impl StageInfo {
 /// [`routes`](super::routes) and [`serve`](super::serve).
 #[derive(Clone)]
 pub struct HttpState {
-    /// Workflow state for the API.
-    pub workflows: Arc<dyn WorkflowRepository>,
+    /// Workflow state for the API: reads and the operator's controls (any
+    /// `db8::WorkflowRepository` is one; the orchestrator's is
+    /// [`Controller::workflows`](crate::Controller::workflows)).
+    pub workflows: Arc<dyn WorkflowApi>,
     /// "Scan now" (`POST /api/orchestratorm8/workflows`).
     pub scan: Arc<dyn ScanNow>,
     /// Database liveness (`/ready`) and pool statistics (`/metrics`).

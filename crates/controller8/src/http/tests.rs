@@ -122,7 +122,7 @@ impl ScanNow for TestScan {
         let mut out = Vec::new();
         for d in ids {
             let id = new_workflow(&self.store, d, &format!("d{}.example.com", d.as_u128())).await;
-            out.push(self.store.get(id).await?);
+            out.push(WorkflowRepository::get(&self.store, id).await?);
         }
         Ok(out)
     }
@@ -548,7 +548,7 @@ async fn list_returns_workflows_and_filters_by_status() {
     assert_eq!(get(&routes, API).await.json(), json!([]));
     let a = new_workflow(&fx.store, Uuid::new_v4(), "a.example.com").await;
     let b = new_workflow(&fx.store, Uuid::new_v4(), "b.example.com").await;
-    fx.store.pause(b, t0()).await.unwrap();
+    WorkflowRepository::pause(&fx.store, b, t0()).await.unwrap();
 
     let r = get(&routes, API).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -638,7 +638,7 @@ async fn scan_now_creates_workflows() {
     let created: Vec<WorkflowView> = serde_json::from_str(&r.text).unwrap();
     assert_eq!(created.len(), 2);
     for w in &created {
-        assert_eq!(fx.store.get(w.id).await.unwrap(), *w);
+        assert_eq!(WorkflowRepository::get(&fx.store, w.id).await.unwrap(), *w);
     }
 
     let body = json!({"domain_ids": [a, b, a]}).to_string();
@@ -772,7 +772,7 @@ async fn pause_resume_cancel_follow_the_state_machine() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json()["status"], "cancelled");
     assert_eq!(
-        fx.store.get(id).await.unwrap().status,
+        WorkflowRepository::get(&fx.store, id).await.unwrap().status,
         WorkflowStatus::Cancelled
     );
     for action in ["cancel", "pause", "resume"] {
@@ -854,7 +854,7 @@ async fn token_protects_the_api_but_not_the_probes() {
     }
     assert!(fx.calls().is_empty());
     assert_eq!(
-        fx.store.get(id).await.unwrap().status,
+        WorkflowRepository::get(&fx.store, id).await.unwrap().status,
         WorkflowStatus::Pending
     );
 
@@ -1725,8 +1725,7 @@ async fn events_stream_workflow_changes_and_resume_with_last_event_id() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/event-stream"), "{head}");
     // Created before the stream's start (the clock's now): not sent. Paused after: sent.
-    store
-        .pause(id, t0() + chrono::Duration::minutes(6))
+    WorkflowRepository::pause(&store, id, t0() + chrono::Duration::minutes(6))
         .await
         .unwrap();
     let got = read_until(&mut s, "\"status\":\"paused\"").await;
@@ -1741,8 +1740,7 @@ async fn events_stream_workflow_changes_and_resume_with_last_event_id() {
     // Resuming from that id sends the change again (at least once), then the next.
     let mut s = open_events(served.addr, &format!("Last-Event-ID: {event_id}\r\n")).await;
     read_until(&mut s, "\"status\":\"paused\"").await;
-    store
-        .resume(id, t0() + chrono::Duration::minutes(7))
+    WorkflowRepository::resume(&store, id, t0() + chrono::Duration::minutes(7))
         .await
         .unwrap();
     read_until(&mut s, "\"status\":\"pending\"").await;

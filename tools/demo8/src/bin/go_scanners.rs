@@ -52,6 +52,11 @@ struct Args {
     /// severity of a hard error's app.error notification (default high)
     #[argh(option, default = "String::from(\"high\")")]
     severity: String,
+    /// ack without a scan a kick-off whose message_id this scanner already scanned to
+    /// the end (a copy). Off by default: the real Go scanners scan every delivery,
+    /// and the stand-ins stay faithful (they count copies either way)
+    #[argh(switch)]
+    drop_copies: bool,
     /// configuration file (default: $ORCHESTRATORM8_CONFIG, else configs/configuration.yaml)
     #[argh(option)]
     config: Option<std::path::PathBuf>,
@@ -108,6 +113,7 @@ fn run(args: Args) -> Result<(), Failure> {
             ))
         })?,
         faults: FaultPlan(faults),
+        drop_copies: args.drop_copies,
         ..ScannerConfig::default()
     };
     let settings = runner::load_settings(PROGRAM, args.config.clone())?;
