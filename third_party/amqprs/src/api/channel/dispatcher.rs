@@ -278,7 +278,10 @@ impl ChannelDispatcher {
                             }
                             DispatcherManagementCommand::RegisterOneshotResponder(cmd) => {
                                 self.responders.insert(cmd.method_header, cmd.responder);
-                                cmd.acker.send(()).unwrap();
+                                // orchestratorm8 patch: the caller may have given up (its
+                                // future dropped: a timeout, a shutdown); that is no reason
+                                // to kill the channel's dispatcher.
+                                let _ = cmd.acker.send(());
                             }
                             DispatcherManagementCommand::RegisterChannelCallback(cmd) => {
                                 self.callback.replace(cmd.callback);
@@ -309,7 +312,9 @@ impl ChannelDispatcher {
                                 self.channel.set_is_open(false);
 
                                 match self.responders.remove(method_header) {
-                                    Some(responder) => responder.send(close_channel_ok.into_frame()).unwrap(),
+                                    // orchestratorm8 patch: a caller that gave up on the close
+                                    // (dropped its future) is not an error.
+                                    Some(responder) => { let _ = responder.send(close_channel_ok.into_frame()); }
                                     None => unreachable!("responder must be registered for {} on channel {}",
                                     close_channel_ok.into_frame(), self.channel),
                                 }
