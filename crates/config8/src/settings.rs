@@ -130,6 +130,17 @@ pub struct ServiceQueue {
     pub consumer: Option<ConsumerSpec>,
 }
 
+impl ServiceQueue {
+    /// The queue's `x-max-length` (the ready messages it holds at most, the Go
+    /// services' backpressure), when `Queue-arguments` sets it as an integer.
+    pub fn max_length(&self) -> Option<i64> {
+        match self.queue_arguments.get("x-max-length") {
+            Some(ArgValue::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
 /// A queue argument value, typed as written in the YAML.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -834,6 +845,35 @@ impl Serialize for ConsumerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_length_is_the_integer_x_max_length_only() {
+        let queue = |args: &[(&str, ArgValue)]| ServiceQueue {
+            exchange: "cptm8".into(),
+            queue: "qasmm8".into(),
+            prefetch: 1,
+            routing_keys: Vec::new(),
+            queue_arguments: args.iter().map(|(k, v)| ((*k).into(), v.clone())).collect(),
+            consumer: None,
+        };
+        assert_eq!(
+            queue(&[("x-max-length", ArgValue::Int(1))]).max_length(),
+            Some(1)
+        );
+        assert_eq!(
+            queue(&[("x-max-length", ArgValue::Int(0))]).max_length(),
+            Some(0)
+        );
+        assert_eq!(queue(&[]).max_length(), None);
+        assert_eq!(
+            queue(&[("x-max-length-bytes", ArgValue::Int(10))]).max_length(),
+            None
+        );
+        assert_eq!(
+            queue(&[("x-max-length", ArgValue::Str("1".into()))]).max_length(),
+            None
+        );
+    }
 
     #[test]
     fn rabbit_pool_defaults_are_the_go_originals() {

@@ -65,6 +65,7 @@ fn the_go_originals_template_loads_unchanged() {
     );
     assert_eq!(asmm8.routing_keys, ["cptm8.asmm8.#"]);
     assert_eq!(asmm8.queue_arguments["x-max-length"], ArgValue::Int(1));
+    assert_eq!(asmm8.max_length(), Some(1));
     assert_eq!(
         asmm8.queue_arguments["x-overflow"],
         ArgValue::Str("reject-publish".into())

@@ -22,12 +22,12 @@
 //! counted.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use config8::StageSettings;
 use db8::StageKey;
+use parking_lot::Mutex;
 
 use super::{Engine, plus};
 
@@ -52,14 +52,10 @@ const PRUNE_ABOVE: usize = 10_000;
 pub(crate) struct NackCounts(Mutex<HashMap<StageKey, (u32, DateTime<Utc>)>>);
 
 impl NackCounts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StageKey, (u32, DateTime<Utc>)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Forgets the counts of `keys`: their publish was confirmed, or their own full
     /// queue explains their nacks.
     pub(crate) fn forget(&self, keys: &[StageKey]) {
-        let mut all = self.lock();
+        let mut all = self.0.lock();
         if all.is_empty() {
             return;
         }
@@ -70,7 +66,7 @@ impl NackCounts {
 
     /// Counts one nack of each of `keys` at `now`; returns each key's count.
     fn count(&self, keys: &[StageKey], now: DateTime<Utc>) -> Vec<u32> {
-        let mut all = self.lock();
+        let mut all = self.0.lock();
         if all.len() > PRUNE_ABOVE {
             let horizon = now - chrono::Duration::from_std(FORGET_AFTER).unwrap_or_default();
             all.retain(|_, (_, at)| *at >= horizon);
@@ -93,11 +89,11 @@ impl Engine {
         let Some(section) = self.start_settings().orchestrator.queues.get(stage) else {
             return false;
         };
-        let Some(config8::ArgValue::Int(max)) = section.queue_arguments.get("x-max-length") else {
+        let Some(max) = section.max_length() else {
             return false;
         };
         match tokio::time::timeout(OWN_QUEUE_READ, self.broker.queue_info(&section.queue)).await {
-            Ok(Ok(info)) => i64::from(info.messages) >= *max,
+            Ok(Ok(info)) => i64::from(info.messages) >= max,
             Ok(Err(e)) => {
                 tracing::debug!(stage, queue = %section.queue, error = %e, "stage queue unreadable after a nack; the nack is counted");
                 false

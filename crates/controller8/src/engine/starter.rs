@@ -4,53 +4,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use config8::{Granularity, SchedulerMode};
 use db8::{DbError, NewWorkflow, StagePlan};
 use futures::TryStreamExt;
-use model8::{DomainRef, GoTime, StageStatus, StageView, WorkflowStatus, WorkflowView};
+use model8::{DomainRef, WorkflowView};
 use uuid::Uuid;
 
-use super::creation::created_views;
+use super::creation::{created_view, created_views};
 use super::{Engine, minus};
 use crate::scan_now::{ScanNow, ScanNowError};
-
-/// The view of a workflow just created from `new` at `now`, as the repository would
-/// return it (saves a round trip per workflow).
-pub(super) fn created_view(new: &NewWorkflow, now: DateTime<Utc>) -> WorkflowView {
-    let at = GoTime::from_utc(micros(now));
-    WorkflowView {
-        kind: model8::WorkflowKind::Managed,
-        id: new.id,
-        status: WorkflowStatus::Pending,
-        created_at: at,
-        updated_at: at,
-        domains: new.domains.iter().map(|d| d.name.clone()).collect(),
-        stages: new
-            .stages
-            .iter()
-            .map(|s| StageView {
-                name: s.name.clone(),
-                status: if s.depends_on.is_empty() {
-                    StageStatus::Pending
-                } else {
-                    StageStatus::Waiting
-                },
-                attempt: 0,
-                started_at: None,
-                finished_at: None,
-                detail: None,
-                waiting_for_window_until: None,
-            })
-            .collect(),
-    }
-}
-
-/// `t` truncated to microseconds, the database's precision.
-fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    let us = t.timestamp_subsec_micros();
-    t.with_nanosecond(us * 1000).unwrap_or(t)
-}
 
 impl Engine {
     /// One scheduler check (leader only): starts workflows for the enabled domains

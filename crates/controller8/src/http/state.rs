@@ -89,10 +89,9 @@ impl StageInfo {
                 StageInfo {
                     name: st.name.clone(),
                     queue: q.map(|q| q.queue.clone()),
-                    queue_max_length: q.and_then(|q| match q.queue_arguments.get("x-max-length") {
-                        Some(config8::ArgValue::Int(n)) => u32::try_from(*n).ok(),
-                        _ => None,
-                    }),
+                    queue_max_length: q
+                        .and_then(|q| q.max_length())
+                        .and_then(|n| u32::try_from(n).ok()),
                     max_in_flight: st.max_in_flight,
                 }
             })
