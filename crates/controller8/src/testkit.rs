@@ -140,7 +140,6 @@ pub(crate) fn tuning() -> Tuning {
         publish_batch: 3,
         db_outage_patience: Duration::from_millis(50),
         chain_error_window: Duration::from_millis(200),
-        chain_record_wait: Duration::from_millis(200),
         ..Tuning::default()
     }
 }

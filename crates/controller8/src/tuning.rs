@@ -33,9 +33,6 @@ pub struct Tuning {
     /// same scanner may arrive and still make one hard failure (5 s,
     /// `model8::chain::ERROR_WINDOW`); an empty report waits this long for one.
     pub chain_error_window: Duration,
-    /// How long a chain report with no running attempt waits while its stage's job may
-    /// be on its way to being recorded as running (5 s) before it counts as unsolicited.
-    pub chain_record_wait: Duration,
     /// Bootstrap mode with `Scheduler.observe`: how often the leader looks for ring
     /// stages silent past their timeout (500 ms).
     pub ring_check: Duration,
@@ -61,7 +58,6 @@ impl Default for Tuning {
             max_redeliveries: 20,
             db_outage_patience: Duration::from_secs(60),
             chain_error_window: model8::chain::ERROR_WINDOW,
-            chain_record_wait: Duration::from_secs(5),
             ring_check: Duration::from_millis(500),
             outbox_lease: Duration::from_secs(30),
             outbox_poll: Duration::from_secs(1),

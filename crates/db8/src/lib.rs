@@ -28,6 +28,7 @@ mod shared;
 mod term;
 mod time;
 mod traits;
+pub mod transitions;
 
 pub use error::DbError;
 #[cfg(feature = "memory")]

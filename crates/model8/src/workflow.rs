@@ -52,6 +52,11 @@ pub enum StageStatus {
     Waiting,
     /// Ready to be published (possibly not before a retry time).
     Pending,
+    /// Claimed by a publisher (an owner and a lease) and published or being
+    /// published, not yet known to be running; its attempt number is the one
+    /// published. A result of that attempt applies at once. When the lease ends
+    /// unrecorded, the attempt is claimed and published again (same number).
+    Dispatched,
     /// Published and confirmed; a result is awaited until the stage's deadline.
     Running,
     /// An observed ring stage (bootstrap mode) with no chain message within its
@@ -69,7 +74,7 @@ macro_rules! str_enum {
     ($t:ty, $err:literal, $($v:ident => $s:literal),+ $(,)?) => {
         impl $t {
             /// The lower-case name used in JSON, SQL and URLs.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self { $(Self::$v => $s),+ }
             }
         }
@@ -95,7 +100,8 @@ str_enum!(WorkflowStatus, "workflow status",
     Pending => "pending", Running => "running", Paused => "paused",
     Completed => "completed", Failed => "failed", Cancelled => "cancelled");
 str_enum!(StageStatus, "stage status",
-    Waiting => "waiting", Pending => "pending", Running => "running", Stalled => "stalled",
+    Waiting => "waiting", Pending => "pending", Dispatched => "dispatched",
+    Running => "running", Stalled => "stalled",
     Completed => "completed", Failed => "failed", Cancelled => "cancelled");
 str_enum!(WorkflowKind, "workflow kind", Managed => "managed", Observed => "observed");
 str_enum!(StageOutcome, "stage outcome", Completed => "completed", Failed => "failed");
@@ -253,6 +259,7 @@ mod tests {
         for (s, terminal) in [
             (S::Waiting, false),
             (S::Pending, false),
+            (S::Dispatched, false),
             (S::Running, false),
             (S::Completed, true),
             (S::Failed, true),

@@ -553,7 +553,7 @@ impl Engine {
                         tracing::debug!(
                             marked = n,
                             published = keys.len(),
-                            "some published attempts were no longer claimed (cancelled meanwhile); their results will be ignored"
+                            "some published attempts were no longer dispatched (reported early, or cancelled meanwhile)"
                         );
                     }
                     return Ok(());

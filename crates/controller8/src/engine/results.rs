@@ -3,10 +3,10 @@
 //!
 //! - malformed (bad routing key, body, payload, or a payload naming another stage than
 //!   the routing key) → dead-lettered with the reason, counted;
-//! - duplicate or stale (the attempt is not running) → acknowledged, nothing changes;
-//!   except a report that arrives before its job was recorded as running (a fast
-//!   worker can answer before the publisher's confirm and record): it waits for the
-//!   record (at most the claim lease) and then applies;
+//! - duplicate or stale (the attempt is not in flight) → acknowledged, nothing
+//!   changes. A report that arrives before its job was recorded as running (a fast
+//!   worker can answer before the publisher's confirm and record) applies at once: its
+//!   attempt is `dispatched`, which a result moves like `running` (db8::transitions);
 //! - the database fails → retried in place with backoff for a while (the delivery is
 //!   held, unacknowledged, meanwhile), then returned to the queue (requeue), so a
 //!   result is never lost to an outage and never bounces through the queue in a busy
@@ -20,7 +20,7 @@ use std::time::Duration;
 use amqp8::{Decision, Delivery, Handler, HandlerError};
 use async_trait::async_trait;
 use db8::{DbError, StageKey, Transition, WorkflowFilter};
-use model8::{StageOutcome, StageStatus, WorkflowStatus};
+use model8::{StageOutcome, WorkflowStatus};
 
 use super::Engine;
 use super::protocol::{self, Match, Report, Verdict};
@@ -112,17 +112,6 @@ pub(crate) fn reason_of(detail: Option<&serde_json::Value>) -> String {
     }
 }
 
-/// See [`Engine::recording`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Recording {
-    /// Claimed and published, not yet recorded as running: wait for the record.
-    Pending,
-    /// Recorded as running since the result was found stale: apply it again.
-    JustRecorded,
-    /// Anything else: the result is a duplicate or stale.
-    No,
-}
-
 impl Engine {
     /// Applies a checked result (one guarded transaction) and its follow-ups.
     pub(crate) async fn apply_result(&self, r: &CheckedResult) -> Result<Transition, DbError> {
@@ -167,98 +156,36 @@ impl Engine {
         Ok(t)
     }
 
-    /// Where the attempt `key` reports on stands, for a result found stale: still on
-    /// its way to `running` (its stage is pending at the attempt before: claimed and
-    /// published but not yet recorded, as a worker can answer before the publisher's
-    /// confirm and record), or recorded just now (`running` at that attempt: the record
-    /// committed between the result's transaction and this look), or neither.
-    async fn recording(&self, key: &StageKey) -> Result<Recording, DbError> {
-        let view = match self.workflows.get(key.workflow_id).await {
-            Ok(v) => v,
-            Err(DbError::NotFound(_)) => return Ok(Recording::No),
-            Err(e) => return Err(e),
-        };
-        if view.status.is_terminal() {
-            return Ok(Recording::No);
-        }
-        let stage = view.stages.iter().find(|s| s.name == key.stage);
-        Ok(match stage {
-            Some(s)
-                if s.status == StageStatus::Pending
-                    && s.attempt.checked_add(1) == Some(key.attempt) =>
-            {
-                Recording::Pending
-            }
-            Some(s) if s.status == StageStatus::Running && s.attempt == key.attempt => {
-                Recording::JustRecorded
-            }
-            _ => Recording::No,
-        })
-    }
-
     /// [`Engine::apply_result`], retrying while the database fails (for at most
     /// `db_outage_patience`, with the backoff of [`UNAVAILABLE_RETRY`] or
-    /// [`DB_ERROR_RETRY`]), and while the reported attempt is still being recorded as
-    /// running (for at most the claim lease, after which an unrecorded publish is
-    /// claimed and published again). A shutdown ends the waits with an error, so that
-    /// the delivery is returned to the queue at once.
+    /// [`DB_ERROR_RETRY`]). A shutdown ends the wait with an error, so that the
+    /// delivery is returned to the queue at once.
+    ///
+    /// A result found stale is final: nothing is awaited. Its attempt is applied in
+    /// one transaction guarded by its status (`dispatched` or `running` at that
+    /// attempt), which the publisher's record (`mark_running`) only moves from one to
+    /// the other: a result racing the record finds one of the two.
     async fn apply_result_patiently(&self, r: &CheckedResult) -> Result<Transition, DbError> {
         let started = tokio::time::Instant::now();
         let mut patience = Patience {
             db_give_up: started + self.tuning.db_outage_patience,
-            record_give_up: started + self.tuning.claim_lease + Duration::from_secs(5),
             unavailable: Backoff::new(UNAVAILABLE_RETRY),
             failing: Backoff::new(DB_ERROR_RETRY),
-            record_delay: Duration::from_millis(20),
-            reapplied: false,
             shutdown: self.shutdown.clone(),
         };
         loop {
-            let next = match self.apply_result(r).await {
-                Ok(Transition::Stale) => self.on_stale(r, &mut patience).await,
-                Err(e) => Next::DbFailed(e),
-                other => Next::Return(other),
-            };
-            match next {
-                Next::Again => {}
-                Next::Return(outcome) => return outcome,
-                Next::DbFailed(e) => self.hold_after_db_error(r, e, &mut patience).await?,
-            }
-        }
-    }
-
-    /// A result found stale: applied again when its attempt was recorded as running
-    /// meanwhile (once) or once it is (waiting while it is still being recorded);
-    /// otherwise a duplicate or stale result, counted and ignored.
-    async fn on_stale(&self, r: &CheckedResult, p: &mut Patience) -> Next {
-        match self.recording(&r.key).await {
-            // Recorded between the two looks: the result applies now (once: were it
-            // stale again, something else is going on).
-            Ok(Recording::JustRecorded) if !p.reapplied => {
-                p.reapplied = true;
-                Next::Again
-            }
-            Ok(Recording::Pending) if tokio::time::Instant::now() < p.record_give_up => {
-                tracing::debug!(
-                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                    "result arrived before its job was recorded as running; waiting"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(p.record_delay) => {}
-                    _ = p.shutdown.wait_for(|s| *s) => return Next::Return(Err(shutting_down())),
+            match self.apply_result(r).await {
+                Ok(Transition::Stale) => {
+                    self.metrics.result_stale();
+                    tracing::debug!(
+                        workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                        outcome = %r.outcome, "duplicate or stale result ignored"
+                    );
+                    return Ok(Transition::Stale);
                 }
-                p.record_delay = (p.record_delay * 2).min(Duration::from_secs(1));
-                Next::Again
+                Err(e) => self.hold_after_db_error(r, e, &mut patience).await?,
+                other => return other,
             }
-            Ok(_) => {
-                self.metrics.result_stale();
-                tracing::debug!(
-                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                    outcome = %r.outcome, "duplicate or stale result ignored"
-                );
-                Next::Return(Ok(Transition::Stale))
-            }
-            Err(e) => Next::DbFailed(e),
         }
     }
 
@@ -304,23 +231,9 @@ impl Engine {
 /// How long, and how, [`Engine::apply_result_patiently`] still holds one result.
 struct Patience {
     db_give_up: tokio::time::Instant,
-    record_give_up: tokio::time::Instant,
     unavailable: Backoff,
     failing: Backoff,
-    record_delay: Duration,
-    /// Whether the result was applied again once after it was recorded meanwhile.
-    reapplied: bool,
     shutdown: tokio::sync::watch::Receiver<bool>,
-}
-
-/// The next step of [`Engine::apply_result_patiently`].
-enum Next {
-    /// Apply the result again.
-    Again,
-    /// Done: this is the outcome.
-    Return(Result<Transition, DbError>),
-    /// The database failed: hold the result, then apply it again.
-    DbFailed(DbError),
 }
 
 /// The key of attempt `attempt` of `stage` in workflow `workflow_id`.
@@ -329,14 +242,6 @@ fn running_key(workflow_id: uuid::Uuid, stage: &str, attempt: u32) -> StageKey {
         workflow_id,
         stage: stage.to_owned(),
         attempt,
-    }
-}
-
-/// The error a wait ended by shutdown returns (the delivery goes back to the queue).
-fn shutting_down() -> DbError {
-    DbError::Unavailable {
-        host: "orchestratorm8".into(),
-        reason: "shutting down".into(),
     }
 }
 
@@ -360,31 +265,10 @@ impl Engine {
         protocol::of(protocol)
     }
 
-    /// The running attempt of `stage`, in a running or paused workflow (a chain stage
-    /// has at most one). While none runs but the stage is pending in an active
-    /// workflow (its job may be published and not yet recorded as running), looks
-    /// again, for at most `Tuning::chain_record_wait`.
+    /// The attempt of `stage` in flight (dispatched or running) in an active
+    /// workflow (a chain stage has at most one): a report of the stage's scanner is
+    /// about it, even before the publisher recorded it as running.
     pub(crate) async fn running_attempt(&self, stage: &str) -> Result<Option<StageKey>, DbError> {
-        let give_up = tokio::time::Instant::now() + self.tuning.chain_record_wait;
-        let mut delay = Duration::from_millis(20);
-        loop {
-            let (running, pending) = self.look_for_running(stage).await?;
-            if running.is_some()
-                || !pending
-                || tokio::time::Instant::now() >= give_up
-                || self.stopping()
-            {
-                return Ok(running);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    /// One look for the running attempt of `stage` in the active workflows; also
-    /// whether the stage is pending in one of them.
-    async fn look_for_running(&self, stage: &str) -> Result<(Option<StageKey>, bool), DbError> {
-        let mut pending = false;
         for status in [
             WorkflowStatus::Running,
             WorkflowStatus::Paused,
@@ -394,22 +278,17 @@ impl Engine {
                 status: Some(status),
                 ..WorkflowFilter::default()
             };
-            let workflows = self.workflows.list(&filter).await?;
-            let stages = workflows
-                .iter()
-                .flat_map(|w| w.stages.iter().map(move |s| (w.id, s)))
-                .filter(|(_, s)| s.name == stage);
-            for (workflow_id, s) in stages {
-                match s.status {
-                    StageStatus::Running => {
-                        return Ok((Some(running_key(workflow_id, stage, s.attempt)), pending));
-                    }
-                    StageStatus::Pending => pending = true,
-                    _ => {}
+            for w in self.workflows.list(&filter).await? {
+                if let Some(s) = w
+                    .stages
+                    .iter()
+                    .find(|s| s.name == stage && db8::transitions::in_flight(s.status))
+                {
+                    return Ok(Some(running_key(w.id, stage, s.attempt)));
                 }
             }
         }
-        Ok((None, pending))
+        Ok(None)
     }
 
     /// The message of an `app.error.*` notification from `source` that arrived within

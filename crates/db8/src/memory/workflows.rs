@@ -22,6 +22,7 @@ use crate::traits::{
     ClaimedStage, Created, InitialClaim, NewWorkflow, RingApplied, RingEvent, RingRepository,
     RingStage, RingStall, StageKey, StalledStage, Transition, WorkflowFilter, WorkflowRepository,
 };
+use crate::transitions::{self, StageEvent};
 
 /// Every workflow, with the indexes the queries need.
 #[derive(Default)]
@@ -52,13 +53,19 @@ impl Workflows {
         ids.map(|id| {
             let wf = self.by_id.get_mut(&id).expect("listed by the caller");
             let s = wf.stage_mut(stage).expect("listed by the caller");
+            // A due attempt gets the next number; an expired one keeps its own.
+            if StageEvent::Claim.apply(&mut s.status) {
+                s.attempt += 1;
+            } else {
+                StageEvent::Reclaim.apply(&mut s.status);
+            }
             s.claim_owner = Some(owner);
             s.claim_until = Some(until);
             ClaimedStage {
                 key: StageKey {
                     workflow_id: id,
                     stage: stage.to_owned(),
-                    attempt: s.attempt + 1,
+                    attempt: s.attempt,
                 },
                 domains: wf.domains.clone(),
             }
@@ -103,16 +110,43 @@ impl Stage {
         self.claim_until = None;
     }
 
-    /// Whether `key` is the attempt this stage is running.
+    /// Whether `key` is the attempt this stage has in flight (dispatched or running).
     fn runs(&self, key: &StageKey) -> bool {
-        self.status == StageStatus::Running && self.attempt == key.attempt
+        transitions::in_flight(self.status) && self.attempt == key.attempt
     }
 
-    /// Whether `key` is the attempt `owner` claimed.
+    /// Whether `key` is the attempt `owner` dispatched.
     fn claimed(&self, key: &StageKey, owner: Uuid) -> bool {
-        self.status == StageStatus::Pending
+        self.status == StageStatus::Dispatched
             && self.claim_owner == Some(owner)
-            && self.attempt.checked_add(1) == Some(key.attempt)
+            && self.attempt == key.attempt
+    }
+
+    /// Whether a claim at `now` takes this stage: due, or dispatched under a lease
+    /// that ended.
+    fn claimable(&self, now: DateTime<Utc>) -> bool {
+        let lease_over = self.claim_until.is_none_or(|u| u <= now);
+        (StageEvent::Claim.allows(self.status)
+            || StageEvent::Reclaim.allows(self.status) && lease_over)
+            && self.not_before.is_some_and(|nb| nb <= now)
+    }
+
+    /// Whether this stage's attempt is in flight at `now`: dispatched under a live
+    /// lease, or running.
+    fn busy(&self, now: DateTime<Utc>) -> bool {
+        self.status == StageStatus::Running
+            || self.status == StageStatus::Dispatched && self.claim_until.is_some_and(|u| u > now)
+    }
+
+    /// A result of its in-flight attempt: ends the claim (an early result, before the
+    /// publisher's record, also starts the attempt now).
+    fn settle(&mut self, now: DateTime<Utc>) {
+        if self.status == StageStatus::Dispatched {
+            self.started_at = Some(now);
+        }
+        self.clear_claim();
+        self.deadline = None;
+        self.finished_at = Some(now);
     }
 }
 
@@ -154,12 +188,17 @@ impl Wf {
         self.stages.iter_mut().find(|s| s.name == name)
     }
 
-    /// The running stage `key` names, when the workflow is not terminal.
-    fn running_stage(&mut self, key: &StageKey) -> Option<&mut Stage> {
-        if self.status.is_terminal() {
+    /// The stage `key` names when it has that attempt in flight and the workflow is
+    /// not terminal. A result applies to it: the workflow has started.
+    fn running_stage(&mut self, key: &StageKey, now: DateTime<Utc>) -> Option<&mut Stage> {
+        if self.status.is_terminal() || !self.stage_mut(&key.stage)?.runs(key) {
             return None;
         }
-        self.stage_mut(&key.stage).filter(|s| s.runs(key))
+        if self.status == WorkflowStatus::Pending {
+            self.status = WorkflowStatus::Running;
+        }
+        self.updated_at = now;
+        self.stage_mut(&key.stage)
     }
 }
 
@@ -173,8 +212,7 @@ impl Workflows {
         wf.updated_at = now;
         wf.ended_at = Some(now);
         for s in &mut wf.stages {
-            if !s.status.is_terminal() {
-                s.status = StageStatus::Cancelled;
+            if StageEvent::Cancel.apply(&mut s.status) {
                 s.deadline = None;
                 s.clear_claim();
                 // A stage the PostgreSQL store has a row for (one that was ever due).
@@ -218,24 +256,22 @@ impl MemoryStore {
         let Some(wf) = wfs.by_id.get_mut(&key.workflow_id) else {
             return Ok(Transition::Stale);
         };
-        let Some(s) = wf.running_stage(key) else {
+        let Some(s) = wf.running_stage(key, now) else {
             return Ok(Transition::Stale);
         };
         if detail.is_some() {
             s.detail = detail.clone();
         }
-        s.deadline = None;
-        s.finished_at = Some(now);
+        s.settle(now);
         match retry_at {
             Some(at) => {
                 let at = db_precision(at);
-                s.status = StageStatus::Pending;
+                StageEvent::FailRetry.apply(&mut s.status);
                 s.not_before = Some(at);
-                wf.updated_at = now;
                 Ok(Transition::Retrying { at })
             }
             None => {
-                s.status = StageStatus::Failed;
+                StageEvent::FailFinal.apply(&mut s.status);
                 let domains = wf.domains.iter().map(|d| d.name.clone()).collect();
                 wfs.finish(key.workflow_id, WorkflowStatus::Failed, now);
                 // Its notification, with the transition (the outbox).
@@ -290,15 +326,19 @@ impl MemoryStore {
                             domains: new.domains.clone(),
                         });
                     }
+                    let mut status = if ready {
+                        StageStatus::Pending
+                    } else {
+                        StageStatus::Waiting
+                    };
+                    if claimed {
+                        StageEvent::Claim.apply(&mut status);
+                    }
                     Stage {
                         name: p.name.clone(),
                         depends_on: p.depends_on.clone(),
-                        status: if ready {
-                            StageStatus::Pending
-                        } else {
-                            StageStatus::Waiting
-                        },
-                        attempt: 0,
+                        status,
+                        attempt: u32::from(claimed),
                         not_before: ready.then_some(now),
                         deadline: None,
                         claim_owner: claim.filter(|_| claimed).map(|c| c.owner),
@@ -461,9 +501,7 @@ impl WorkflowRepository for MemoryStore {
         let state = self.state()?;
         let mut counts = HashMap::new();
         for s in state.workflows.by_id.values().flat_map(|w| &w.stages) {
-            let claimed =
-                s.status == StageStatus::Pending && s.claim_until.is_some_and(|u| u > now);
-            if s.status == StageStatus::Running || claimed {
+            if s.busy(now) {
                 *counts.entry(s.name.clone()).or_insert(0) += 1;
             }
         }
@@ -488,11 +526,7 @@ impl WorkflowRepository for MemoryStore {
             .filter(|w| matches!(w.status, WorkflowStatus::Pending | WorkflowStatus::Running))
             .filter_map(|w| {
                 let s = w.stages.iter().find(|s| s.name == stage)?;
-                let nb = s.not_before?;
-                (s.status == StageStatus::Pending
-                    && nb <= now
-                    && s.claim_until.is_none_or(|u| u <= now))
-                .then_some((nb, w.id))
+                s.claimable(now).then_some((s.not_before?, w.id))
             })
             .collect();
         due.sort();
@@ -526,15 +560,12 @@ impl WorkflowRepository for MemoryStore {
             let Some(s) = w.stages.iter().find(|s| s.name == stage) else {
                 continue;
             };
-            let claimed =
-                s.status == StageStatus::Pending && s.claim_until.is_some_and(|u| u > now);
-            if s.status == StageStatus::Running || claimed {
+            if s.busy(now) {
                 *busy.entry(company(w)).or_insert(0) += 1;
             }
             if matches!(w.status, WorkflowStatus::Pending | WorkflowStatus::Running)
-                && s.status == StageStatus::Pending
-                && !claimed
-                && let Some(nb) = s.not_before.filter(|nb| *nb <= now)
+                && s.claimable(now)
+                && let Some(nb) = s.not_before
             {
                 due.entry(company(w))
                     .or_default()
@@ -585,8 +616,7 @@ impl WorkflowRepository for MemoryStore {
             let Some(s) = wf.stage_mut(&key.stage).filter(|s| s.claimed(key, owner)) else {
                 continue;
             };
-            s.status = StageStatus::Running;
-            s.attempt = key.attempt;
+            StageEvent::PublishConfirmed.apply(&mut s.status);
             s.deadline = Some(deadline);
             s.clear_claim();
             s.started_at = Some(now);
@@ -616,6 +646,8 @@ impl WorkflowRepository for MemoryStore {
             let Some(s) = wf.stage_mut(&key.stage).filter(|s| s.claimed(key, owner)) else {
                 continue;
             };
+            StageEvent::Release.apply(&mut s.status);
+            s.attempt -= 1;
             s.clear_claim();
             s.not_before = Some(not_before);
             changed += 1;
@@ -635,25 +667,22 @@ impl WorkflowRepository for MemoryStore {
         let Some(wf) = wfs.by_id.get_mut(&key.workflow_id) else {
             return Ok(Transition::Stale);
         };
-        let Some(s) = wf.running_stage(key) else {
+        let Some(s) = wf.running_stage(key, now) else {
             return Ok(Transition::Stale);
         };
-        s.status = StageStatus::Completed;
-        s.deadline = None;
-        s.finished_at = Some(now);
+        s.settle(now);
+        StageEvent::Complete.apply(&mut s.status);
         if detail.is_some() {
             s.detail = detail;
         }
         let completed = wf.completed_stages();
         for s in &mut wf.stages {
-            if s.status == StageStatus::Waiting
-                && s.depends_on.iter().all(|d| completed.contains(d))
+            if s.depends_on.iter().all(|d| completed.contains(d))
+                && StageEvent::Due.apply(&mut s.status)
             {
-                s.status = StageStatus::Pending;
                 s.not_before = Some(now);
             }
         }
-        wf.updated_at = now;
         let done = completed.len() == wf.stages.len();
         if done {
             let domains = wf.domains.iter().map(|d| d.name.clone()).collect();
@@ -788,7 +817,9 @@ impl WorkflowRepository for MemoryStore {
         if wf.status != WorkflowStatus::Paused {
             return Err(invalid_state(id, "resume", wf.status));
         }
-        wf.status = if wf.stages.iter().any(|s| s.attempt > 0) {
+        // Started: an attempt was confirmed once (a dispatched one is not yet).
+        let started = |s: &Stage| s.attempt > u32::from(s.status == StageStatus::Dispatched);
+        wf.status = if wf.stages.iter().any(started) {
             WorkflowStatus::Running
         } else {
             WorkflowStatus::Pending
@@ -841,11 +872,11 @@ impl WorkflowRepository for MemoryStore {
             .filter(|s| s.status != StageStatus::Completed)
         {
             let due = s.depends_on.iter().all(|d| completed.contains(d));
-            s.status = if due {
-                StageStatus::Pending
+            if due {
+                StageEvent::RetryDue.apply(&mut s.status);
             } else {
-                StageStatus::Waiting
-            };
+                StageEvent::RetryWaiting.apply(&mut s.status);
+            }
             s.attempt = 0;
             s.not_before = due.then_some(now);
             s.deadline = None;

@@ -68,6 +68,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "replicas",
         sql: include_str!("migrations/0010_replicas.sql"),
     },
+    Migration {
+        version: 12,
+        name: "dispatched stage status",
+        sql: include_str!("migrations/0012_dispatched.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).

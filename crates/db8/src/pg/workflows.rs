@@ -28,6 +28,7 @@ use crate::traits::{
     ClaimedStage, Created, InitialClaim, NewWorkflow, StageKey, Transition, WorkflowFilter,
     WorkflowRepository,
 };
+use crate::transitions::StageEvent;
 
 /// Separates a stage's name from its dependencies, and the dependencies, in an element
 /// of a workflow's `plan` (stage names hold no control characters; see
@@ -68,6 +69,41 @@ const LIST_FILTER: &str = "($1::text IS NULL OR w.status = $1) \
 /// The columns of a workflow row its view starts from, in the order
 /// [`PgStore::views`] reads them.
 const HEAD: &str = "id, status, created_at, updated_at, kind";
+
+/// The stage status of a confirmed attempt ([`StageEvent::PublishConfirmed`]).
+const RUNNING: &str = StageStatus::Running.as_str();
+
+/// The stage status of a claimed attempt ([`StageEvent::Claim`]).
+const DISPATCHED: &str = StageStatus::Dispatched.as_str();
+
+/// The stages of `s` a claim at `$2` takes: in a status of `$6` ([`claimable`]) and
+/// due; a dispatched one only when its lease ended.
+const CLAIMABLE: &str = "s.status = ANY($6) AND s.not_before <= $2 \
+     AND (s.claim_until IS NULL OR s.claim_until <= $2)";
+
+/// The claim of a stage for `$4` until `$5`: dispatched (`$7`), with the next attempt
+/// number when it was due (a status of `$8`), its own when its lease ended.
+const CLAIM: &str = "status = $7, \
+     attempt = CASE WHEN s.status = ANY($8) THEN s.attempt + 1 ELSE s.attempt END, \
+     claim_owner = $4, claim_until = $5";
+
+/// The attempts in flight at `$1`: running (`$2`), or dispatched (`$3`) under a live
+/// lease.
+const BUSY: &str = "status = $2 OR (status = $3 AND claim_until > $1)";
+
+/// [`BUSY`] in the fair claim: at `$2`, running `$11`, dispatched `$7`.
+const BUSY_FAIR: &str = "s.status = $11 OR (s.status = $7 AND s.claim_until > $2)";
+
+/// The statuses a claim takes a stage from: due, or dispatched (its lease ended).
+fn claimable() -> Vec<&'static str> {
+    StageEvent::Claim.from_strs_with(&[StageEvent::Reclaim])
+}
+
+/// A stage's columns as a result of its in-flight attempt leaves them at `$6`: no
+/// claim, no deadline, finished (an early result, before the publisher's record,
+/// also starts it: only a dispatched attempt has a claim).
+const SETTLE: &str = "started_at = CASE WHEN claim_owner IS NULL THEN started_at ELSE $6 END, \
+     claim_owner = NULL, claim_until = NULL, deadline = NULL, updated_at = $6, finished_at = $6";
 
 /// Statuses of a workflow that is not over.
 const ACTIVE: &str = "('pending', 'running', 'paused')";
@@ -187,15 +223,29 @@ impl PgStore {
         let Some((tx, attempt)) = self.begin_guarded(&mut conn, key, leader).await? else {
             return Ok(Transition::Stale);
         };
+        let (retry, last) = (StageEvent::FailRetry, StageEvent::FailFinal);
         let row = tx
             .query_opt(
-                "UPDATE orchestratorm8_stage_run SET \
-                   status = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END, \
-                   not_before = coalesce($4, not_before), deadline = NULL, \
-                   detail = coalesce($5, detail), updated_at = $6, finished_at = $6 \
-                 WHERE workflow_id = $1 AND stage = $2 AND status = 'running' AND attempt = $3 \
-                 RETURNING not_before",
-                &[&id, &key.stage, &attempt, &retry_at, &detail, &now],
+                &format!(
+                    "UPDATE orchestratorm8_stage_run SET \
+                       status = CASE WHEN $4::timestamptz IS NULL THEN $7::text ELSE $8::text END, \
+                       not_before = coalesce($4, not_before), \
+                       detail = coalesce($5, detail), {SETTLE} \
+                     WHERE workflow_id = $1 AND stage = $2 AND status = ANY($9) \
+                       AND attempt = $3 \
+                     RETURNING not_before"
+                ),
+                &[
+                    &id,
+                    &key.stage,
+                    &attempt,
+                    &retry_at,
+                    &detail,
+                    &now,
+                    &last.to().as_str(),
+                    &retry.to().as_str(),
+                    &retry.from_strs_with(&[last]),
+                ],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -204,12 +254,7 @@ impl PgStore {
         };
         let transition = match retry_at {
             Some(_) => {
-                tx.execute(
-                    "UPDATE orchestratorm8_workflow SET updated_at = $2 WHERE id = $1",
-                    &[&id, &now],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
+                self.touch_started(&tx, id, now).await?;
                 Transition::Retrying { at: row.get(0) }
             }
             None => {
@@ -241,10 +286,30 @@ impl PgStore {
         )
         .await
         .map_err(|e| self.err(e))?;
+        let cancel = StageEvent::Cancel;
         tx.execute(
-            "UPDATE orchestratorm8_stage_run SET status = 'cancelled', deadline = NULL, \
+            "UPDATE orchestratorm8_stage_run SET status = $3, deadline = NULL, \
              claim_owner = NULL, claim_until = NULL, updated_at = $2, finished_at = $2 \
-             WHERE workflow_id = $1 AND status IN ('waiting', 'pending', 'running')",
+             WHERE workflow_id = $1 AND status = ANY($4)",
+            &[&id, &now, &cancel.to().as_str(), &cancel.from_strs()],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Within `tx`: a result applied to workflow `id` (not finished by it): changed
+    /// now, and started (an early result, before the publisher's record, starts it).
+    async fn touch_started(
+        &self,
+        tx: &Transaction<'_>,
+        id: WorkflowId,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        tx.execute(
+            "UPDATE orchestratorm8_workflow SET updated_at = $2, \
+               status = CASE WHEN status = 'pending' THEN 'running' ELSE status END \
+             WHERE id = $1",
             &[&id, &now],
         )
         .await
@@ -407,9 +472,10 @@ impl PgStore {
                WHERE u.wf IN (SELECT id FROM wf) \
              ), s AS ( \
                INSERT INTO orchestratorm8_stage_run \
-                 (workflow_id, stage, position, depends_on, status, not_before, claim_owner, \
-                  claim_until, updated_at) \
-               SELECT u.wf, u.name, u.pos, '{{}}', 'pending', $1, \
+                 (workflow_id, stage, position, depends_on, status, attempt, not_before, \
+                  claim_owner, claim_until, updated_at) \
+               SELECT u.wf, u.name, u.pos, '{{}}', \
+                      CASE WHEN u.claim THEN $16::text ELSE 'pending' END, u.claim::int, $1, \
                       CASE WHEN u.claim THEN $13::uuid END, \
                       CASE WHEN u.claim THEN $14::timestamptz END, $1 \
                FROM unnest($10::uuid[], $11::int[], $12::text[], $15::bool[]) \
@@ -425,8 +491,22 @@ impl PgStore {
             .query(
                 &sql,
                 &[
-                    &now, &ids, &actives, &plans, &d_wf, &d_pos, &d_id, &d_name, &d_company, &s_wf,
-                    &s_pos, &s_name, &owner, &until, &s_claim,
+                    &now,
+                    &ids,
+                    &actives,
+                    &plans,
+                    &d_wf,
+                    &d_pos,
+                    &d_id,
+                    &d_name,
+                    &d_company,
+                    &s_wf,
+                    &s_pos,
+                    &s_name,
+                    &owner,
+                    &until,
+                    &s_claim,
+                    &StageEvent::Claim.to().as_str(),
                 ],
             )
             .await
@@ -589,11 +669,13 @@ impl PgStore {
             }
             _ => {
                 tx.execute(
+                    // Started: an attempt was confirmed once (a dispatched one is
+                    // not yet).
                     "UPDATE orchestratorm8_workflow SET updated_at = $2, status = CASE \
-                     WHEN EXISTS (SELECT 1 FROM orchestratorm8_stage_run \
-                                  WHERE workflow_id = $1 AND attempt > 0) \
+                     WHEN EXISTS (SELECT 1 FROM orchestratorm8_stage_run WHERE workflow_id = $1 \
+                                  AND attempt > CASE WHEN status = $3 THEN 1 ELSE 0 END) \
                      THEN 'running' ELSE 'pending' END WHERE id = $1",
-                    &[&id, &now],
+                    &[&id, &now, &StageEvent::Claim.to().as_str()],
                 )
                 .await
                 .map_err(|e| self.err(e))?;
@@ -781,10 +863,8 @@ impl WorkflowRepository for PgStore {
         let conn = self.conn().await?;
         let rows = conn
             .query(
-                "SELECT stage, count(*) FROM orchestratorm8_stage_run \
-                 WHERE status = 'running' OR (status = 'pending' AND claim_until > $1) \
-                 GROUP BY stage",
-                &[&now],
+                &format!("SELECT stage, count(*) FROM orchestratorm8_stage_run WHERE {BUSY} GROUP BY stage"),
+                &[&now, &RUNNING, &DISPATCHED],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -814,21 +894,31 @@ impl WorkflowRepository for PgStore {
         // statement's snapshot instead of claiming on the status it had before.
         let rows = tx
             .query(
-                "WITH due AS ( \
+                &format!(
+                    "WITH due AS ( \
                    SELECT s.workflow_id FROM orchestratorm8_stage_run s \
                    JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
-                   WHERE s.stage = $1 AND s.status = 'pending' AND s.not_before <= $2 \
-                     AND (s.claim_until IS NULL OR s.claim_until <= $2) \
+                   WHERE s.stage = $1 AND {CLAIMABLE} \
                      AND w.status IN ('pending', 'running') \
                    ORDER BY s.not_before, s.workflow_id \
                    LIMIT $3 \
                    FOR UPDATE OF s SKIP LOCKED \
                    FOR SHARE OF w SKIP LOCKED \
                  ) \
-                 UPDATE orchestratorm8_stage_run s SET claim_owner = $4, claim_until = $5 \
+                 UPDATE orchestratorm8_stage_run s SET {CLAIM} \
                  FROM due WHERE s.workflow_id = due.workflow_id AND s.stage = $1 \
-                 RETURNING s.workflow_id, s.attempt, s.not_before",
-                &[&stage, &now, &sql_limit(limit), &owner, &until],
+                 RETURNING s.workflow_id, s.attempt, s.not_before"
+                ),
+                &[
+                    &stage,
+                    &now,
+                    &sql_limit(limit),
+                    &owner,
+                    &until,
+                    &claimable(),
+                    &DISPATCHED,
+                    &StageEvent::Claim.from_strs(),
+                ],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -860,7 +950,8 @@ impl WorkflowRepository for PgStore {
         // skipped (the claim returns fewer).
         let rows = tx
             .query(
-                "WITH due AS ( \
+                &format!(
+                    "WITH due AS ( \
                    SELECT s.workflow_id, s.not_before, d.companyname AS company, w.requested, \
                           row_number() OVER (PARTITION BY d.companyname \
                                              ORDER BY s.not_before, s.workflow_id) - 1 AS k \
@@ -868,19 +959,17 @@ impl WorkflowRepository for PgStore {
                    JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
                    JOIN orchestratorm8_workflow_domain d \
                      ON d.workflow_id = s.workflow_id AND d.position = 0 \
-                   WHERE s.stage = $1 AND s.status = 'pending' AND s.not_before <= $2 \
-                     AND (s.claim_until IS NULL OR s.claim_until <= $2) \
+                   WHERE s.stage = $1 AND {CLAIMABLE} \
                      AND w.status IN ('pending', 'running') \
                  ), busy AS ( \
                    SELECT d.companyname AS company, count(*) AS n \
                    FROM orchestratorm8_stage_run s \
                    JOIN orchestratorm8_workflow_domain d \
                      ON d.workflow_id = s.workflow_id AND d.position = 0 \
-                   WHERE s.stage = $1 \
-                     AND (s.status = 'running' OR (s.status = 'pending' AND s.claim_until > $2)) \
+                   WHERE s.stage = $1 AND ({BUSY_FAIR}) \
                    GROUP BY d.companyname \
                  ), weight AS ( \
-                   SELECT * FROM unnest($6::text[], $7::float8[]) AS t(company, w) \
+                   SELECT * FROM unnest($9::text[], $10::float8[]) AS t(company, w) \
                  ), pick AS ( \
                    SELECT due.workflow_id FROM due \
                    LEFT JOIN busy ON busy.company = due.company \
@@ -893,23 +982,27 @@ impl WorkflowRepository for PgStore {
                    SELECT s.workflow_id FROM orchestratorm8_stage_run s \
                    JOIN pick ON pick.workflow_id = s.workflow_id \
                    JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
-                   WHERE s.stage = $1 AND s.status = 'pending' AND s.not_before <= $2 \
-                     AND (s.claim_until IS NULL OR s.claim_until <= $2) \
+                   WHERE s.stage = $1 AND {CLAIMABLE} \
                      AND w.status IN ('pending', 'running') \
                    FOR UPDATE OF s SKIP LOCKED \
                    FOR SHARE OF w SKIP LOCKED \
                  ) \
-                 UPDATE orchestratorm8_stage_run s SET claim_owner = $4, claim_until = $5 \
+                 UPDATE orchestratorm8_stage_run s SET {CLAIM} \
                  FROM locked WHERE s.workflow_id = locked.workflow_id AND s.stage = $1 \
-                 RETURNING s.workflow_id, s.attempt, s.not_before",
+                 RETURNING s.workflow_id, s.attempt, s.not_before"
+                ),
                 &[
                     &stage,
                     &now,
                     &sql_limit(limit),
                     &owner,
                     &until,
+                    &claimable(),
+                    &DISPATCHED,
+                    &StageEvent::Claim.from_strs(),
                     &companies,
                     &factors,
+                    &RUNNING,
                 ],
             )
             .await
@@ -932,18 +1025,17 @@ impl WorkflowRepository for PgStore {
         let mut conn = self.conn().await?;
         let tx = self.leader_tx(&mut conn).await?;
         self.by_key_lookups(&tx).await?;
-        // First the workflows of the attempts still claimed by `owner`, locked in id
-        // order and updated in the same statement (a one-workflow transition locks its
-        // workflow before its stages, so this order never deadlocks with it); then the
-        // stages. A claimed stage is always pending (every change of status clears the
-        // claim), so `claim_owner` alone guards it: no status test, which also keeps
-        // the planner on the primary key.
+        // First the workflows of the attempts still dispatched by `owner`, locked in
+        // id order and updated in the same statement (a one-workflow transition locks
+        // its workflow before its stages, so this order never deadlocks with it); then
+        // the stages (found by primary key; the status is tested after the lookup).
+        let confirmed = StageEvent::PublishConfirmed;
         tx.execute(
             "WITH c AS ( \
                SELECT DISTINCT k.wf FROM unnest($1::uuid[], $2::text[], $3::int[]) \
                  AS k(wf, stage, attempt) \
                JOIN orchestratorm8_stage_run s ON s.workflow_id = k.wf AND s.stage = k.stage \
-               WHERE s.claim_owner = $5 AND s.attempt + 1 = k.attempt \
+               WHERE s.claim_owner = $5 AND s.attempt = k.attempt AND s.status = ANY($6) \
              ), l AS ( \
                SELECT w.id FROM orchestratorm8_workflow w WHERE w.id IN (SELECT wf FROM c) \
                ORDER BY w.id FOR UPDATE \
@@ -951,19 +1043,35 @@ impl WorkflowRepository for PgStore {
              UPDATE orchestratorm8_workflow w SET updated_at = $4, \
                status = CASE WHEN w.status = 'pending' THEN 'running' ELSE w.status END \
              FROM l WHERE w.id = l.id",
-            &[&ids, &stages, &attempts, &now, &owner],
+            &[
+                &ids,
+                &stages,
+                &attempts,
+                &now,
+                &owner,
+                &confirmed.from_strs(),
+            ],
         )
         .await
         .map_err(|e| self.err(e))?;
         let n = tx
             .execute(
-                "UPDATE orchestratorm8_stage_run s SET status = 'running', \
-                   attempt = k.attempt, deadline = $5, claim_owner = NULL, \
+                "UPDATE orchestratorm8_stage_run s SET status = $7, \
+                   deadline = $5, claim_owner = NULL, \
                    claim_until = NULL, updated_at = $4, started_at = $4, finished_at = NULL \
                  FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(wf, stage, attempt) \
                  WHERE s.workflow_id = k.wf AND s.stage = k.stage \
-                   AND s.claim_owner = $6 AND s.attempt + 1 = k.attempt",
-                &[&ids, &stages, &attempts, &now, &deadline, &owner],
+                   AND s.claim_owner = $6 AND s.attempt = k.attempt AND s.status = ANY($8)",
+                &[
+                    &ids,
+                    &stages,
+                    &attempts,
+                    &now,
+                    &deadline,
+                    &owner,
+                    &confirmed.to().as_str(),
+                    &confirmed.from_strs(),
+                ],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -987,12 +1095,20 @@ impl WorkflowRepository for PgStore {
         self.lock_workflows(&tx, &ids).await?;
         let n = tx
             .execute(
-                "UPDATE orchestratorm8_stage_run s SET claim_owner = NULL, claim_until = NULL, \
-                   not_before = $5 \
+                "UPDATE orchestratorm8_stage_run s SET status = $6, attempt = s.attempt - 1, \
+                   claim_owner = NULL, claim_until = NULL, not_before = $5 \
                  FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(wf, stage, attempt) \
                  WHERE s.workflow_id = k.wf AND s.stage = k.stage \
-                   AND s.claim_owner = $4 AND s.attempt + 1 = k.attempt",
-                &[&ids, &stages, &attempts, &owner, &not_before],
+                   AND s.claim_owner = $4 AND s.attempt = k.attempt AND s.status = ANY($7)",
+                &[
+                    &ids,
+                    &stages,
+                    &attempts,
+                    &owner,
+                    &not_before,
+                    &StageEvent::Release.to().as_str(),
+                    &StageEvent::Release.from_strs(),
+                ],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -1011,12 +1127,23 @@ impl WorkflowRepository for PgStore {
         let Some((tx, attempt)) = self.begin_guarded(&mut conn, key, false).await? else {
             return Ok(Transition::Stale);
         };
+        let complete = StageEvent::Complete;
         let n = tx
             .execute(
-                "UPDATE orchestratorm8_stage_run SET status = 'completed', deadline = NULL, \
-                   detail = coalesce($4, detail), updated_at = $5, finished_at = $5 \
-                 WHERE workflow_id = $1 AND stage = $2 AND status = 'running' AND attempt = $3",
-                &[&id, &key.stage, &attempt, &detail, &now],
+                &format!(
+                    "UPDATE orchestratorm8_stage_run SET status = $5, \
+                       detail = coalesce($4, detail), {SETTLE} \
+                     WHERE workflow_id = $1 AND stage = $2 AND status = ANY($7) AND attempt = $3"
+                ),
+                &[
+                    &id,
+                    &key.stage,
+                    &attempt,
+                    &detail,
+                    &complete.to().as_str(),
+                    &now,
+                    &complete.from_strs(),
+                ],
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -1047,12 +1174,7 @@ impl WorkflowRepository for PgStore {
             };
             self.outbox_insert(&tx, &event, now).await?;
         } else {
-            tx.execute(
-                "UPDATE orchestratorm8_workflow SET updated_at = $2 WHERE id = $1",
-                &[&id, &now],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
+            self.touch_started(&tx, id, now).await?;
         }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Transition::StageCompleted {
@@ -1226,7 +1348,7 @@ impl PgStore {
     ) -> Result<Vec<ClaimedStage>, DbError> {
         let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
             .iter()
-            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1)) + 1))
+            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1))))
             .collect();
         claimed.sort();
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();

@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             workflow_claim_fair_takes_companies_in_turn,
             workflow_claim_fair_follows_weights,
             workflow_release,
+            workflow_results_of_dispatched_attempts,
             workflow_retry_then_fail,
             workflow_timed_out,
             workflow_cancel_pause_resume,
@@ -594,12 +595,12 @@ pub async fn workflow_create_claimed(s: &Stores) {
             (key(y.id, "a", 1), y.domains.clone()),
         ]
     );
-    // Just as if claim_due had claimed them: pending, in flight, not claimable by
-    // anyone until the lease ends; the unclaimed root r is due as usual.
+    // Just as if claim_due had claimed them: dispatched at attempt 1, in flight, not
+    // claimable by anyone until the lease ends; the unclaimed root r is due as usual.
     assert_eq!(
         stage_status(s, x.id).await,
         [
-            ("a".into(), StageStatus::Pending, 0),
+            ("a".into(), StageStatus::Dispatched, 1),
             ("r".into(), StageStatus::Pending, 0),
             ("b".into(), StageStatus::Waiting, 0)
         ]
@@ -1007,6 +1008,83 @@ pub async fn workflow_release(s: &Stores) {
     let c = w.claim_due("a", owner, later, LEASE, 10).await.unwrap();
     assert_eq!(c[0].key, key(x.id, "a", 1));
     assert_eq!(wf_status(s, x.id).await, WorkflowStatus::Pending);
+}
+
+pub async fn workflow_results_of_dispatched_attempts(s: &Stores) {
+    // A claimed attempt is dispatched at the number being published; a result of it
+    // (a fast worker, before the publisher's record) applies at once, and the late
+    // record or release then changes nothing.
+    let w = &s.workflows;
+    let xs = diamond_wfs("d", 3);
+    w.create_workflows(&xs, t0()).await.unwrap();
+    let owner = Uuid::new_v4();
+    assert_eq!(claimed_ids(s, owner, t0(), 10).await.len(), 3);
+    assert_eq!(
+        stage_status(s, xs[0].id).await[0],
+        ("a".into(), StageStatus::Dispatched, 1)
+    );
+    assert_eq!(
+        w.in_flight_counts(t0()).await.unwrap(),
+        HashMap::from([("a".to_string(), 3)])
+    );
+    let now = t0() + secs(1);
+    assert_eq!(
+        w.complete_stage(&key(xs[0].id, "a", 2), None, now)
+            .await
+            .unwrap(),
+        Transition::Stale,
+        "not the attempt dispatched"
+    );
+    assert_eq!(
+        w.complete_stage(&key(xs[0].id, "a", 1), None, now)
+            .await
+            .unwrap(),
+        Transition::StageCompleted {
+            workflow_completed: false
+        }
+    );
+    let v = w.get(xs[0].id).await.unwrap();
+    assert_eq!(v.status, WorkflowStatus::Running, "the workflow started");
+    assert_eq!(
+        v.stages[0].started_at.map(|t| t.to_utc()),
+        Some(t0_stored() + secs(1))
+    );
+    assert_eq!(
+        w.fail_stage(&key(xs[1].id, "a", 1), None, Some(now + secs(9)), now)
+            .await
+            .unwrap(),
+        Transition::Retrying {
+            at: t0_stored() + secs(10)
+        }
+    );
+    assert_eq!(
+        stage_status(s, xs[1].id).await[0],
+        ("a".into(), StageStatus::Pending, 1)
+    );
+    let all: Vec<StageKey> = xs.iter().map(|x| key(x.id, "a", 1)).collect();
+    assert_eq!(w.release(&all[..2], owner, now).await.unwrap(), 0);
+    assert_eq!(
+        w.mark_running(&all, owner, now, now + secs(60))
+            .await
+            .unwrap(),
+        1,
+        "only the one still dispatched"
+    );
+    // A cancel cancels a dispatched attempt; its result is then stale.
+    let c = w
+        .claim_due("a", owner, now + secs(9), LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(c[0].key, key(xs[1].id, "a", 2));
+    let v = w.cancel(xs[1].id, now + secs(9)).await.unwrap();
+    assert_eq!(v.stages[0].status, StageStatus::Cancelled);
+    assert_eq!(
+        w.complete_stage(&c[0].key, None, now + secs(9))
+            .await
+            .unwrap(),
+        Transition::Stale
+    );
+    assert!(w.in_flight_counts(now + secs(9)).await.unwrap()["a"] == 1);
 }
 
 pub async fn workflow_retry_then_fail(s: &Stores) {

@@ -100,6 +100,7 @@ fn stage_event(name: &str, before: Option<&StageView>, s: &StageView) -> Option<
             s.attempt,
             s.attempt + 1
         ),
+        StageStatus::Dispatched => format!("attempt {} published", s.attempt),
         StageStatus::Running if retry => format!("running attempt {} (retry)", s.attempt),
         StageStatus::Running => format!("running attempt {}", s.attempt),
         StageStatus::Stalled => format!("STALLED (attempt {}, silent past its timeout)", s.attempt),
@@ -124,7 +125,7 @@ pub fn short(id: WorkflowId) -> String {
     id.to_string().chars().take(8).collect()
 }
 
-/// A stage cell: `wait`, `ready`, `run #2`, `retry #3` (backoff before attempt 3),
+/// A stage cell: `wait`, `ready`, `sent #1` (published, not yet confirmed), `run #2`, `retry #3` (backoff before attempt 3),
 /// `STALL #1` (an observed ring stage silent past its timeout), `done` or `done (2)`,
 /// `FAILED (3)`, `cancel`.
 pub fn cell(s: &StageView) -> String {
@@ -132,6 +133,7 @@ pub fn cell(s: &StageView) -> String {
         StageStatus::Waiting => "wait".into(),
         StageStatus::Pending if s.attempt == 0 => "ready".into(),
         StageStatus::Pending => format!("retry #{}", s.attempt + 1),
+        StageStatus::Dispatched => format!("sent #{}", s.attempt),
         StageStatus::Running => format!("run #{}", s.attempt),
         StageStatus::Stalled => format!("STALL #{}", s.attempt),
         StageStatus::Completed if s.attempt <= 1 => "done".into(),
