@@ -68,6 +68,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "replicas",
         sql: include_str!("migrations/0010_replicas.sql"),
     },
+    Migration {
+        version: 11,
+        name: "plan as jsonb",
+        sql: include_str!("migrations/0011_plan_jsonb.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).
