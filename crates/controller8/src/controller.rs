@@ -116,7 +116,7 @@ impl Controller {
         let mode = settings.scheduler.mode;
         let leader = deps.leader.filter(|_| settings.leader_election.enabled);
         let initial = if leader.is_some() {
-            Role::Standby
+            Role::Candidate
         } else {
             Role::Leader
         };

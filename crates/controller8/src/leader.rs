@@ -26,7 +26,7 @@ use db8::LeaderLock;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::role::Role;
+use crate::role::{LockCheck, Role};
 
 /// How long one check may take before it counts as failed: `check_interval`, at least
 /// 2 s.
@@ -82,13 +82,17 @@ impl Leadership {
             match role {
                 Role::Leader => tracing::info!("this replica is now the leader"),
                 Role::Standby => tracing::warn!("this replica is now a standby"),
+                Role::Candidate => {
+                    tracing::warn!("this replica is now a candidate (the leader lock is unknown)")
+                }
             }
         }
     }
 
     /// One check, bounded by [`check_timeout`]: the leader verifies it holds the lock; a
-    /// standby tries to take it (which starts a new leader term) and leads when it has
-    /// it. A check that fails or gets no answer makes this replica a standby.
+    /// candidate or standby tries to take it (which starts a new leader term). The role
+    /// after it follows from what it found ([`LockCheck::role`], the table in
+    /// `role.rs`).
     pub(crate) async fn step(&self) -> Role {
         let interval = self.interval();
         let limit = check_timeout(interval);
@@ -96,35 +100,25 @@ impl Leadership {
         let check = async {
             match current {
                 Role::Leader => self.lock.is_held().await,
-                Role::Standby => self.lock.try_acquire().await,
+                Role::Candidate | Role::Standby => self.lock.try_acquire().await,
             }
         };
-        let outcome = tokio::time::timeout(limit, check).await;
-        let next = match (current, outcome) {
-            (Role::Leader, Ok(Ok(true))) => Role::Leader,
-            (Role::Leader, Ok(Ok(false))) => {
-                tracing::warn!("leader lock lost (database session ended); stepping down");
-                Role::Standby
+        let found = match tokio::time::timeout(limit, check).await {
+            Ok(Ok(true)) => LockCheck::Ours,
+            Ok(Ok(false)) => LockCheck::NotOurs,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, role = current.as_str(), "leader lock check failed");
+                LockCheck::NoAnswer
             }
-            (Role::Leader, Ok(Err(e))) => {
-                tracing::warn!(error = %e, "cannot verify the leader lock; stepping down");
-                Role::Standby
-            }
-            (Role::Leader, Err(_)) => {
-                tracing::warn!(timeout = ?limit, "leader lock check timed out; stepping down");
-                Role::Standby
-            }
-            (Role::Standby, Ok(Ok(true))) => Role::Leader,
-            (Role::Standby, Ok(Ok(false))) => Role::Standby,
-            (Role::Standby, Ok(Err(e))) => {
-                tracing::debug!(error = %e, "cannot try the leader lock");
-                Role::Standby
-            }
-            (Role::Standby, Err(_)) => {
-                tracing::debug!(timeout = ?limit, "leader lock attempt timed out");
-                Role::Standby
+            Err(_) => {
+                tracing::debug!(timeout = ?limit, role = current.as_str(), "leader lock check timed out");
+                LockCheck::NoAnswer
             }
         };
+        if current == Role::Leader && found != LockCheck::Ours {
+            tracing::warn!(found = ?found, "leader lock lost or unverifiable; stepping down");
+        }
+        let next = found.role();
         self.set(next);
         next
     }
@@ -176,7 +170,7 @@ mod tests {
     use tokio::task::JoinHandle;
     use tokio::time::Instant;
 
-    use super::Leadership;
+    use super::{Leadership, check_timeout};
     use crate::controller::{Controller, Deps};
     use crate::error::ControllerError;
     use crate::metrics::Metrics;
@@ -307,6 +301,55 @@ mod tests {
         }
     }
 
+    /// A lock whose checks never answer (a database that accepts and then hangs),
+    /// after answering `held` to the first `answers` calls.
+    struct Hanging {
+        answers: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl LeaderLock for Hanging {
+        async fn try_acquire(&self) -> Result<bool, DbError> {
+            self.answer().await
+        }
+        async fn is_held(&self) -> Result<bool, DbError> {
+            self.answer().await
+        }
+        async fn release(&self) -> Result<(), DbError> {
+            Ok(())
+        }
+    }
+
+    impl Hanging {
+        async fn answer(&self) -> Result<bool, DbError> {
+            use std::sync::atomic::Ordering;
+            let left = self.answers.load(Ordering::SeqCst);
+            if left == 0 {
+                return std::future::pending().await;
+            }
+            self.answers.store(left - 1, Ordering::SeqCst);
+            Ok(true)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_without_an_answer_makes_a_candidate_after_the_check_time_out() {
+        let (role_tx, role) = watch::channel(Role::Candidate);
+        let (_settings_tx, settings) = watch::channel(Arc::new(Settings::default()));
+        let lock = Arc::new(Hanging { answers: 1.into() });
+        let l = Leadership::new(lock, role_tx, Arc::new(Metrics::new()), settings);
+        assert_eq!(l.step().await, Role::Leader, "the first attempt answers");
+        let started = Instant::now();
+        assert_eq!(l.step().await, Role::Candidate, "the leader's check hangs");
+        assert_eq!(started.elapsed(), check_timeout(l.interval()));
+        assert_eq!(*role.borrow(), Role::Candidate);
+        assert_eq!(
+            l.step().await,
+            Role::Candidate,
+            "and so does the next attempt"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn leadership_follows_the_lock() {
         let store = MemoryStore::new();
@@ -337,11 +380,21 @@ mod tests {
         assert_eq!(l.step().await, Role::Standby);
         assert!(other.try_acquire().await.unwrap());
         assert_eq!(l.step().await, Role::Standby);
-        // Unverifiable (database down) counts as lost.
+        // A database outage ends the lock's session: the leader finds its lock gone
+        // (a standby), then its attempts to take it get no answer: a candidate (the
+        // lock's state unknown) as long as the database does not answer.
         LeaderLock::release(&other).await.unwrap();
         lead(&l).await;
         store.set_available(false);
         assert_eq!(l.step().await, Role::Standby);
+        assert_eq!(l.step().await, Role::Candidate);
+        assert_eq!(l.step().await, Role::Candidate);
+        assert!(
+            metrics
+                .encode(&Default::default())
+                .unwrap()
+                .contains("orchestratorm8_leader 0")
+        );
         store.set_available(true);
         lead(&l).await;
         l.resign().await;

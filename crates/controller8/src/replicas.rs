@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use db8::ReplicaRegistry;
-use model8::{GoTime, ReplicaRole, ReplicaView};
+use model8::{GoTime, ReplicaView};
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::role::{Role, RoleWatch};
+use crate::role::RoleWatch;
 
 /// How often a replica writes its row.
 pub const BEAT: Duration = Duration::from_secs(5);
@@ -37,10 +37,7 @@ pub async fn beacon(
         let row = ReplicaView {
             id,
             name: name.clone(),
-            role: match *role.borrow_and_update() {
-                Role::Leader => ReplicaRole::Leader,
-                Role::Standby => ReplicaRole::Standby,
-            },
+            role: role.borrow_and_update().contract_role(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: started,
             seen_at: GoTime::from_utc(clock.now()),
@@ -89,8 +86,10 @@ pub fn host_name() -> String {
 mod tests {
     use super::*;
     use crate::clock::Clock;
+    use crate::role::Role;
     use chrono::{DateTime, Utc};
     use db8::MemoryStore;
+    use model8::ReplicaRole;
     use tokio::sync::watch;
 
     struct Fixed(DateTime<Utc>);

@@ -90,7 +90,7 @@ async fn migrations_are_tracked_and_idempotent() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     );
     assert!(store.migrate().await.unwrap().is_empty());
     let admin = db.admin().await;
@@ -100,7 +100,7 @@ async fn migrations_are_tracked_and_idempotent() {
         &[],
     )
     .await;
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     // A fresh table gets the contract's shape, primary key included.
     let pk: i64 = value(
         &admin,
@@ -126,7 +126,7 @@ async fn concurrent_migrations_apply_each_version_once() {
         versions.extend(t.await.unwrap().unwrap().into_iter().map(|m| m.version));
     }
     versions.sort();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 }
 
 /// The platform's own dump: uuid-ossp default, no primary key, duplicate names, a
@@ -691,41 +691,79 @@ async fn a_claim_skips_a_workflow_whose_pause_is_committing() {
 }
 
 #[tokio::test]
-async fn a_workflow_created_before_plans_were_recorded_runs_as_before() {
-    // Before migration 4 a workflow had a stage-run row for every stage (waiting ones
-    // included) and no plan; such workflows are read, promoted and completed from
-    // their rows.
+async fn workflows_stored_before_the_jsonb_plan_are_migrated_and_run_as_before() {
+    // Before migration 11 the plan was `text[]` (name, then dependencies, separated by
+    // U+001F), and a workflow created before migration 4 had no plan but a stage-run
+    // row for every stage (waiting ones included). Migration 11 turns both into the
+    // jsonb plan; they are then read, promoted and completed as any other.
     let db = TestDb::create().await;
     let store = migrated(&db).await;
     let admin = db.admin().await;
-    let id = Uuid::new_v4();
+    admin
+        .batch_execute(
+            "ALTER TABLE orchestratorm8_workflow DROP COLUMN plan; \
+             ALTER TABLE orchestratorm8_workflow ADD COLUMN plan text[]; \
+             ALTER TABLE orchestratorm8_stage_run ADD COLUMN depends_on text[] NOT NULL DEFAULT '{}'; \
+             DELETE FROM orchestratorm8_schema_migrations WHERE version = 11",
+        )
+        .await
+        .unwrap();
+    let (id, text_plan) = (Uuid::new_v4(), Uuid::new_v4());
     let now = Utc::now();
-    admin
-        .execute(
-            "INSERT INTO orchestratorm8_workflow (id, status, created_at, updated_at, active_domain) \
-             VALUES ($1, 'pending', $2, $2, $3)",
-            &[&id, &now, &Uuid::new_v4()],
-        )
-        .await
-        .unwrap();
-    admin
-        .execute(
-            "INSERT INTO orchestratorm8_workflow_domain VALUES ($1, 0, $2, 'old.example', 'ACME')",
-            &[&id, &Uuid::new_v4()],
-        )
-        .await
-        .unwrap();
+    for (wf, plan) in [
+        (id, None),
+        (text_plan, Some(vec!["a", "b\u{1f}a", "c\u{1f}a\u{1f}b"])),
+    ] {
+        admin
+            .execute(
+                "INSERT INTO orchestratorm8_workflow \
+                   (id, status, created_at, updated_at, active_domain, plan) \
+                 VALUES ($1, 'pending', $2, $2, $3, $4)",
+                &[&wf, &now, &Uuid::new_v4(), &plan],
+            )
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "INSERT INTO orchestratorm8_workflow_domain VALUES ($1, 0, $2, 'old.example', 'ACME')",
+                &[&wf, &Uuid::new_v4()],
+            )
+            .await
+            .unwrap();
+    }
     admin
         .execute(
             "INSERT INTO orchestratorm8_stage_run \
                (workflow_id, stage, position, depends_on, status, not_before, updated_at) \
-             VALUES ($1, 'a', 0, '{}', 'pending', $2, $2), \
-                    ($1, 'b', 1, '{a}', 'waiting', NULL, $2), \
-                    ($1, 'c', 2, '{a,b}', 'waiting', NULL, $2)",
-            &[&id, &now],
+             VALUES ($1, 'a', 0, '{}', 'pending', $3, $3), \
+                    ($1, 'b', 1, '{a}', 'waiting', NULL, $3), \
+                    ($1, 'c', 2, '{a,b}', 'waiting', NULL, $3), \
+                    ($2, 'a', 0, '{}', 'pending', $3, $3)",
+            &[&id, &text_plan, &now],
         )
         .await
         .unwrap();
+    let applied = store.migrate().await.unwrap();
+    assert_eq!(applied.len(), 1, "migration 11 applied: {applied:?}");
+    for wf in [id, text_plan] {
+        let plan: serde_json::Value = admin
+            .query_one(
+                "SELECT plan FROM orchestratorm8_workflow WHERE id = $1",
+                &[&wf],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            plan,
+            serde_json::json!([
+                {"name": "a", "depends_on": []},
+                {"name": "b", "depends_on": ["a"]},
+                {"name": "c", "depends_on": ["a", "b"]},
+            ]),
+            "the plan of {wf}"
+        );
+    }
     let stages = |v: model8::WorkflowView| {
         v.stages
             .into_iter()
@@ -735,34 +773,43 @@ async fn a_workflow_created_before_plans_were_recorded_runs_as_before() {
     use model8::StageStatus::*;
     let owner = Uuid::new_v4();
     let lease = Duration::from_secs(60);
+    // Both workflows are due at every step: each claim takes both.
     let run = |stage: &'static str| {
         let store = store.clone();
         async move {
             let c = store.claim_due(stage, owner, now, lease, 10).await.unwrap();
-            assert_eq!(c.len(), 1, "{stage} due");
-            assert_eq!(c[0].domains[0].name, "old.example");
-            store
-                .mark_running(&[c[0].key.clone()], owner, now, now)
-                .await
-                .unwrap();
-            store.complete_stage(&c[0].key, None, now).await.unwrap()
+            assert_eq!(c.len(), 2, "{stage} due in both");
+            assert!(c.iter().all(|c| c.domains[0].name == "old.example"));
+            let keys: Vec<_> = c.iter().map(|c| c.key.clone()).collect();
+            store.mark_running(&keys, owner, now, now).await.unwrap();
+            let mut out = Vec::new();
+            for key in &keys {
+                out.push(store.complete_stage(key, None, now).await.unwrap());
+            }
+            out
         }
     };
     let assert_stages = async |want: [(&str, model8::StageStatus, u32); 3]| {
-        let got = stages(WorkflowRepository::get(&store, id).await.unwrap());
-        assert_eq!(got, want.map(|(name, s, a)| (name.to_owned(), s, a)));
+        for wf in [id, text_plan] {
+            let got = stages(WorkflowRepository::get(&store, wf).await.unwrap());
+            assert_eq!(
+                got,
+                want.map(|(name, s, a)| (name.to_owned(), s, a)),
+                "{wf}"
+            );
+        }
     };
     assert_stages([("a", Pending, 0), ("b", Waiting, 0), ("c", Waiting, 0)]).await;
     run("a").await;
     assert_stages([("a", Completed, 1), ("b", Pending, 0), ("c", Waiting, 0)]).await;
     run("b").await;
-    assert_eq!(
-        run("c").await,
-        db8::Transition::StageCompleted {
-            workflow_completed: true
-        }
-    );
-    let v = WorkflowRepository::get(&store, id).await.unwrap();
-    assert_eq!(v.status, model8::WorkflowStatus::Completed);
-    assert!(stages(v).iter().all(|s| s.1 == Completed));
+    let done = db8::Transition::StageCompleted {
+        workflow_completed: true,
+    };
+    assert_eq!(run("c").await, [done.clone(), done]);
+    for wf in [id, text_plan] {
+        let v = WorkflowRepository::get(&store, wf).await.unwrap();
+        assert_eq!(v.status, model8::WorkflowStatus::Completed);
+        assert!(stages(v).iter().all(|s| s.1 == Completed));
+    }
 }

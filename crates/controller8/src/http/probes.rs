@@ -56,7 +56,10 @@ struct Ready {
     status: &'static str,
     timestamp: GoTime,
     service: &'static str,
-    role: Role,
+    /// The contract's two roles (a candidate is a standby there).
+    role: model8::ReplicaRole,
+    /// The leadership state: `leader`, `candidate` or `standby`.
+    leadership: Role,
     checks: BTreeMap<&'static str, Check>,
     /// Consumers on each downstream queue; `null` when the queue could not be checked.
     consumers: BTreeMap<String, Option<u32>>,
@@ -142,7 +145,8 @@ pub(crate) async fn ready(state: &HttpState) -> Response {
         status: if ready { "ready" } else { "not ready" },
         timestamp: GoTime::now(),
         service: SERVICE,
-        role,
+        role: role.contract_role(),
+        leadership: role,
         checks,
         consumers: consumers.into_iter().collect(),
         warnings,

@@ -417,7 +417,16 @@ async fn standby_with_healthy_connections_is_ready() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let v = r.json();
     assert_eq!(v["role"], "standby");
+    assert_eq!(v["leadership"], "standby");
     assert_eq!(v["checks"]["result_consumer"], "unhealthy");
+    // A candidate (the lock unknown) is a standby for the contract's role, and ready.
+    fx.role.send(Role::Candidate).unwrap();
+    let r = get(&fx.routes(), "/ready").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (r.json()["role"].clone(), r.json()["leadership"].clone()),
+        (serde_json::json!("standby"), serde_json::json!("candidate"))
+    );
     // The same replica as leader must consume results to be ready.
     fx.role.send(Role::Leader).unwrap();
     let r = get(&fx.routes(), "/ready").await;

@@ -69,6 +69,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0010_replicas.sql"),
     },
     Migration {
+        version: 11,
+        name: "plan as jsonb",
+        sql: include_str!("migrations/0011_plan_jsonb.sql"),
+    },
+    Migration {
         version: 12,
         name: "dispatched stage status",
         sql: include_str!("migrations/0012_dispatched.sql"),

@@ -106,7 +106,11 @@ impl PgStore {
     async fn ring_store(&self, tx: &Transaction<'_>, cycles: &[Cycle]) -> Result<(), DbError> {
         for c in cycles.iter().filter(|c| c.dirty) {
             if c.new {
-                let plan: Vec<&str> = c.stages.iter().map(|s| s.name.as_str()).collect();
+                // The ring's stages in order, each after the one before it.
+                let plan = super::workflows::plan_doc(c.stages.iter().enumerate().map(|(i, s)| {
+                    let before = i.checked_sub(1).map(|p| c.stages[p].name.as_str());
+                    (s.name.as_str(), before.into_iter().collect())
+                }));
                 tx.execute(
                     "INSERT INTO orchestratorm8_workflow \
                      (id, status, created_at, updated_at, ended_at, plan, kind) \
@@ -133,15 +137,11 @@ impl PgStore {
             }
             for (i, s) in c.stages.iter().enumerate().filter(|(_, s)| s.dirty) {
                 let position = i32::try_from(i).unwrap_or(i32::MAX);
-                let depends_on: Vec<&str> = i
-                    .checked_sub(1)
-                    .map(|p| vec![c.stages[p].name.as_str()])
-                    .unwrap_or_default();
                 let attempt = i32::try_from(s.attempt).unwrap_or(i32::MAX);
                 tx.execute(
-                    "INSERT INTO orchestratorm8_stage_run (workflow_id, stage, position, depends_on, \
+                    "INSERT INTO orchestratorm8_stage_run (workflow_id, stage, position, \
                        status, attempt, detail, updated_at, started_at, finished_at, stall_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (workflow_id, stage) DO UPDATE SET status = EXCLUDED.status, \
                        attempt = EXCLUDED.attempt, detail = EXCLUDED.detail, \
                        updated_at = EXCLUDED.updated_at, started_at = EXCLUDED.started_at, \
@@ -150,7 +150,6 @@ impl PgStore {
                         &c.id,
                         &s.name,
                         &position,
-                        &depends_on,
                         &s.status.as_str(),
                         &attempt,
                         &s.detail,

@@ -30,30 +30,17 @@ use crate::traits::{
 };
 use crate::transitions::StageEvent;
 
-/// Separates a stage's name from its dependencies, and the dependencies, in an element
-/// of a workflow's `plan` (stage names hold no control characters; see
-/// `plan::validate_batch`).
-const DEP_SEPARATOR: char = '\u{1f}';
-
-/// Separates the stages of a workflow's plan in the batch encoding of `create`.
-const PLAN_SEPARATOR: char = '\u{1e}';
-
-/// A workflow's pipeline as `create` sends it: per stage, in order, its name followed by
-/// its dependencies (`DEP_SEPARATOR` between them), the stages joined by
-/// `PLAN_SEPARATOR`. Stored as `plan text[]`, one element per stage.
-fn plan_text(wf: &NewWorkflow) -> String {
-    let mut out = String::new();
-    for (i, st) in wf.stages.iter().enumerate() {
-        if i > 0 {
-            out.push(PLAN_SEPARATOR);
-        }
-        out.push_str(&st.name);
-        for d in &st.depends_on {
-            out.push(DEP_SEPARATOR);
-            out.push_str(d);
-        }
-    }
-    out
+/// A workflow's pipeline as stored in `plan jsonb`: per stage, in order,
+/// `{"name": <stage>, "depends_on": [<stage>...]}`.
+pub(crate) fn plan_doc<'a>(
+    stages: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>,
+) -> serde_json::Value {
+    serde_json::Value::Array(
+        stages
+            .into_iter()
+            .map(|(name, depends_on)| serde_json::json!({"name": name, "depends_on": depends_on}))
+            .collect(),
+    )
 }
 
 /// The filters of the API's listing, `$1` to `$6` (status, kind, domain, company,
@@ -338,28 +325,18 @@ impl PgStore {
             domains.entry(r.get(0)).or_default().push(r.get(1));
         }
         let mut stages: HashMap<Uuid, Vec<StageView>> = HashMap::new();
-        // A workflow with a plan: its stages in plan order, each as its stage-run row
-        // says, or `waiting` (`cancelled` once the workflow is over) before it has one.
-        // A workflow created before plans were recorded: its rows.
-        let sql = format!(
-            "SELECT w.id, split_part(p.e, E'\\x{us:02x}', 1), \
+        // Its stages in plan order, each as its stage-run row says, or `waiting`
+        // (`cancelled` once the workflow is over) before it has one.
+        let sql = "SELECT w.id, p.e->>'name', \
                coalesce(s.status, CASE WHEN w.ended_at IS NULL THEN 'waiting' ELSE 'cancelled' END), \
                coalesce(s.attempt, 0), p.pos::int, s.started_at, s.finished_at, s.detail \
              FROM orchestratorm8_workflow w \
-             CROSS JOIN LATERAL unnest(w.plan) WITH ORDINALITY AS p(e, pos) \
+             CROSS JOIN LATERAL jsonb_array_elements(w.plan) WITH ORDINALITY AS p(e, pos) \
              LEFT JOIN orchestratorm8_stage_run s \
-               ON s.workflow_id = w.id AND s.stage = split_part(p.e, E'\\x{us:02x}', 1) \
+               ON s.workflow_id = w.id AND s.stage = p.e->>'name' \
              WHERE w.id = ANY($1) \
-             UNION ALL \
-             SELECT s.workflow_id, s.stage, s.status, s.attempt, s.position + 1, \
-               s.started_at, s.finished_at, s.detail \
-             FROM orchestratorm8_stage_run s \
-             JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
-             WHERE w.id = ANY($1) AND w.plan IS NULL \
-             ORDER BY 1, 5",
-            us = DEP_SEPARATOR as u32
-        );
-        for r in tx.query(&sql, &[&ids]).await.map_err(|e| self.err(e))? {
+             ORDER BY 1, 5";
+        for r in tx.query(sql, &[&ids]).await.map_err(|e| self.err(e))? {
             stages.entry(r.get(0)).or_default().push(StageView {
                 name: r.get(1),
                 status: parse::<StageStatus>(r.get(2))?,
@@ -422,7 +399,7 @@ impl PgStore {
         let n = batch.len();
         let mut ids = Vec::with_capacity(n);
         let mut actives: Vec<Option<Uuid>> = Vec::with_capacity(n);
-        let mut plans: Vec<String> = Vec::with_capacity(n);
+        let mut plans: Vec<serde_json::Value> = Vec::with_capacity(n);
         let (mut d_wf, mut d_pos, mut d_id, mut d_name, mut d_company) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut s_wf, mut s_pos, mut s_name, mut s_claim) =
@@ -433,7 +410,12 @@ impl PgStore {
         for wf in batch {
             ids.push(wf.id);
             actives.push(active_domain(wf));
-            plans.push(plan_text(wf));
+            plans.push(plan_doc(wf.stages.iter().map(|st| {
+                (
+                    st.name.as_str(),
+                    st.depends_on.iter().map(String::as_str).collect(),
+                )
+            })));
             for (i, d) in wf.domains.iter().enumerate() {
                 d_wf.push(wf.id);
                 d_pos.push(i32::try_from(i).unwrap_or(i32::MAX));
@@ -456,12 +438,11 @@ impl PgStore {
         // already has an active one-domain workflow) are inserted with their domains
         // and their stages without dependencies (pending, and claimed when asked); the
         // others are skipped.
-        let sql = format!(
-            "WITH wf AS ( \
+        let sql = "WITH wf AS ( \
                INSERT INTO orchestratorm8_workflow \
                  (id, status, created_at, updated_at, active_domain, plan) \
-               SELECT u.id, 'pending', $1, $1, u.active, string_to_array(u.plan, E'\\x{rs:02x}') \
-               FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, active, plan) \
+               SELECT u.id, 'pending', $1, $1, u.active, u.plan \
+               FROM unnest($2::uuid[], $3::uuid[], $4::jsonb[]) AS u(id, active, plan) \
                ON CONFLICT DO NOTHING \
                RETURNING id \
              ), d AS ( \
@@ -472,9 +453,9 @@ impl PgStore {
                WHERE u.wf IN (SELECT id FROM wf) \
              ), s AS ( \
                INSERT INTO orchestratorm8_stage_run \
-                 (workflow_id, stage, position, depends_on, status, attempt, not_before, \
-                  claim_owner, claim_until, updated_at) \
-               SELECT u.wf, u.name, u.pos, '{{}}', \
+                 (workflow_id, stage, position, status, attempt, not_before, claim_owner, \
+                  claim_until, updated_at) \
+               SELECT u.wf, u.name, u.pos, \
                       CASE WHEN u.claim THEN $16::text ELSE 'pending' END, u.claim::int, $1, \
                       CASE WHEN u.claim THEN $13::uuid END, \
                       CASE WHEN u.claim THEN $14::timestamptz END, $1 \
@@ -482,14 +463,12 @@ impl PgStore {
                     AS u(wf, pos, name, claim) \
                WHERE u.wf IN (SELECT id FROM wf) \
              ) \
-             SELECT id FROM wf",
-            rs = PLAN_SEPARATOR as u32
-        );
+             SELECT id FROM wf";
         let mut conn = self.conn().await?;
         let tx = self.leader_tx(&mut conn).await?;
         let rows = tx
             .query(
-                &sql,
+                sql,
                 &[
                     &now,
                     &ids,
@@ -539,37 +518,21 @@ impl PgStore {
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
         // The stages whose dependencies are all completed become due: a row is
-        // created for each (a workflow with a plan), or its waiting row is updated (one
-        // created before plans were recorded).
+        // created for each.
         tx.execute(
-            &format!(
-                "INSERT INTO orchestratorm8_stage_run \
-                   (workflow_id, stage, position, depends_on, status, not_before, updated_at) \
-                 SELECT $1, p.parts[1], (p.pos - 1)::int, p.parts[2:], 'pending', $2, $2 \
-                 FROM orchestratorm8_workflow w \
-                 CROSS JOIN LATERAL ( \
-                   SELECT string_to_array(u.e, E'\\x{us:02x}') AS parts, u.pos \
-                   FROM unnest(w.plan) WITH ORDINALITY AS u(e, pos)) p \
-                 WHERE w.id = $1 \
-                   AND NOT EXISTS (SELECT 1 FROM orchestratorm8_stage_run s \
-                                   WHERE s.workflow_id = $1 AND s.stage = p.parts[1]) \
-                   AND NOT EXISTS ( \
-                     SELECT 1 FROM unnest(p.parts[2:]) AS d(name) WHERE NOT EXISTS ( \
-                       SELECT 1 FROM orchestratorm8_stage_run c WHERE c.workflow_id = $1 \
-                         AND c.stage = d.name AND c.status = 'completed'))",
-                us = DEP_SEPARATOR as u32
-            ),
-            &[&id, &now],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE orchestratorm8_stage_run s SET status = 'pending', not_before = $2, \
-               updated_at = $2 \
-             WHERE s.workflow_id = $1 AND s.status = 'waiting' AND NOT EXISTS ( \
-               SELECT 1 FROM orchestratorm8_stage_run d \
-               WHERE d.workflow_id = $1 AND d.stage = ANY(s.depends_on) \
-                 AND d.status <> 'completed')",
+            "INSERT INTO orchestratorm8_stage_run \
+               (workflow_id, stage, position, status, not_before, updated_at) \
+             SELECT $1, p.e->>'name', (p.pos - 1)::int, 'pending', $2, $2 \
+             FROM orchestratorm8_workflow w \
+             CROSS JOIN LATERAL jsonb_array_elements(w.plan) WITH ORDINALITY AS p(e, pos) \
+             WHERE w.id = $1 \
+               AND NOT EXISTS (SELECT 1 FROM orchestratorm8_stage_run s \
+                               WHERE s.workflow_id = $1 AND s.stage = p.e->>'name') \
+               AND NOT EXISTS ( \
+                 SELECT 1 FROM jsonb_array_elements_text(p.e->'depends_on') AS d(name) \
+                 WHERE NOT EXISTS ( \
+                   SELECT 1 FROM orchestratorm8_stage_run c WHERE c.workflow_id = $1 \
+                     AND c.stage = d.name AND c.status = 'completed'))",
             &[&id, &now],
         )
         .await
@@ -616,22 +579,11 @@ impl PgStore {
             )),
             other => other,
         })?;
-        // A workflow with a plan keeps rows for its completed stages only; one
-        // created before plans were recorded has a row per stage, reset to waiting.
+        // Only its completed stages keep their rows; the others are due again as
+        // their dependencies are completed.
         tx.execute(
-            "DELETE FROM orchestratorm8_stage_run s USING orchestratorm8_workflow w \
-             WHERE s.workflow_id = $1 AND w.id = $1 AND w.plan IS NOT NULL \
-               AND s.status <> 'completed'",
+            "DELETE FROM orchestratorm8_stage_run WHERE workflow_id = $1 AND status <> 'completed'",
             &[&id],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE orchestratorm8_stage_run SET status = 'waiting', attempt = 0, \
-               not_before = NULL, deadline = NULL, claim_owner = NULL, claim_until = NULL, \
-               detail = NULL, started_at = NULL, finished_at = NULL, updated_at = $2 \
-             WHERE workflow_id = $1 AND status <> 'completed'",
-            &[&id, &now],
         )
         .await
         .map_err(|e| self.err(e))?;
@@ -1151,11 +1103,10 @@ impl WorkflowRepository for PgStore {
             return Ok(Transition::Stale);
         }
         self.promote_due(&tx, id, now).await?;
-        // Completed when every stage of the plan (of the rows, without a plan) is.
+        // Completed when every stage of the plan is.
         let done: bool = tx
             .query_one(
-                "SELECT coalesce(cardinality(w.plan), \
-                   (SELECT count(*) FROM orchestratorm8_stage_run WHERE workflow_id = $1)) \
+                "SELECT jsonb_array_length(w.plan) \
                  = (SELECT count(*) FROM orchestratorm8_stage_run \
                     WHERE workflow_id = $1 AND status = 'completed') \
                  FROM orchestratorm8_workflow w WHERE w.id = $1",

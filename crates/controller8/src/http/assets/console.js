@@ -247,8 +247,9 @@
     try { r = await api('GET', '/ready'); } catch (e) { return; }
     if (!r.data) return;
     const badge = $('replica');
-    badge.textContent = 'this replica: ' + r.data.role + ', ' + r.data.status;
-    badge.className = 'badge ' + r.data.role;
+    const leadership = r.data.leadership || r.data.role;
+    badge.textContent = 'this replica: ' + leadership + ', ' + r.data.status;
+    badge.className = 'badge ' + leadership;
     const q = $('queue-rows');
     q.textContent = '';
     for (const [name, n] of Object.entries(r.data.consumers || {})) {
@@ -257,7 +258,7 @@
       tr.appendChild(el('td', n === null ? 'unknown' : n));
       q.appendChild(tr);
     }
-    $('this-replica').textContent = 'This replica (' + location.host + '): ' + r.data.role + ', ' +
+    $('this-replica').textContent = 'This replica (' + location.host + '): ' + leadership + ', ' +
       r.data.status + '; ' + Object.entries(r.data.checks || {}).map(([k, v]) => k + ': ' + v).join(', ');
   }
   // Every live replica (GET /api/orchestratorm8/replicas, with the token).
