@@ -3,7 +3,7 @@
 //! are published and recorded, all four steps overlapping
 //! ([`Engine::create_per_domain`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Timelike, Utc};
 use config8::StageSettings;
@@ -98,6 +98,23 @@ pub(super) fn created_view(new: &NewWorkflow, now: DateTime<Utc>) -> WorkflowVie
                 waiting_for_window_until: None,
             })
             .collect(),
+    }
+}
+
+/// The stages of `views` claimed at creation read as the repository has them:
+/// `dispatched` at their attempt.
+fn mark_dispatched(views: &mut [WorkflowView], claimed: &[db8::ClaimedStage]) {
+    let claimed: HashMap<(Uuid, &str), u32> = claimed
+        .iter()
+        .map(|c| ((c.key.workflow_id, c.key.stage.as_str()), c.key.attempt))
+        .collect();
+    for v in views.iter_mut() {
+        for st in &mut v.stages {
+            if let Some(&attempt) = claimed.get(&(v.id, st.name.as_str())) {
+                st.status = StageStatus::Dispatched;
+                st.attempt = attempt;
+            }
+        }
     }
 }
 
@@ -220,6 +237,11 @@ impl Engine {
                 return;
             }
         };
+        if let Some(views) = views {
+            let first = views.len();
+            views.extend(created_views(batch, &created.ids, inputs.now));
+            mark_dispatched(&mut views[first..], &created.claimed);
+        }
         let claimed_stages = self
             .group_claimed(inputs.stages, created.claimed, &mut steps.ready)
             .await;
@@ -233,9 +255,6 @@ impl Engine {
         if claimed_stages < inputs.roots {
             // Due stages that this run does not publish.
             self.dispatch_wake.now();
-        }
-        if let Some(views) = views {
-            views.extend(created_views(batch, &created.ids, inputs.now));
         }
     }
 

@@ -648,6 +648,12 @@ async fn scan_now_creates_workflows_on_request() {
     let views = h.engine.scan(None).await.unwrap();
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].domains, ["b.example.com"]);
+    // Its first stage was claimed as it was created: the view says so, as the store
+    // did then (it is running by now: published before the scan answered).
+    assert_eq!(
+        (views[0].stages[0].status, views[0].stages[0].attempt),
+        (model8::StageStatus::Dispatched, 1)
+    );
     assert!(h.engine.scan(Some(vec![d2.id])).await.unwrap().is_empty());
     // d2's job went out as its workflow was created (a per_domain scan of every
     // idle domain creates like the scheduler); d1's (a scan of chosen domains) is
