@@ -124,7 +124,6 @@ enum Round {
 /// ([`Engine::outbox_wake`]) and at least every [`crate::Tuning::outbox_poll`] (rows of
 /// other replicas, rows of a dead relay whose lease ended, rows due after a backoff).
 pub(crate) async fn relay_loop(engine: Arc<Engine>, outbox: Arc<dyn OutboxRepository>) {
-    let mut shutdown = engine.shutdown.clone();
     let mut away = AWAY_BACKOFF.0;
     loop {
         let round = relay_round(&engine, outbox.as_ref()).await;
@@ -147,7 +146,7 @@ pub(crate) async fn relay_loop(engine: Arc<Engine>, outbox: Arc<dyn OutboxReposi
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = engine.outbox_wake.notified(), if round == Round::Idle => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         }
         if engine.stopping() {
             return;

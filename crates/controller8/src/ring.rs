@@ -225,7 +225,6 @@ impl Handler for RingHandler {
         };
         let mut wait = Duration::from_millis(200);
         let started = tokio::time::Instant::now();
-        let mut shutdown = self.engine.shutdown.clone();
         loop {
             match self.repo.ring_apply(&self.ring, &event).await {
                 Ok(applied) => {
@@ -240,7 +239,7 @@ impl Handler for RingHandler {
                     tracing::warn!(error = %e, retry_in = ?wait, "ring: cannot record a ring message; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Ok(Decision::Requeue),
+                        _ = self.engine.shutdown.cancelled() => return Ok(Decision::Requeue),
                     }
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
@@ -313,12 +312,11 @@ pub(crate) async fn stall_loop(
     ring: Vec<RingStage>,
     heal: bool,
 ) {
-    let mut shutdown = engine.shutdown.clone();
     let mut kicked: HashSet<(uuid::Uuid, String, u32)> = HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(engine.tuning.ring_check) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         }
         if !engine.is_leader() {
             continue;

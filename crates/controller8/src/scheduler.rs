@@ -42,7 +42,6 @@ fn log_step_error(what: &str, e: &StepError, retry_in: Duration) {
 pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstrap>) {
     let mut settings = engine.settings.clone();
     let mut role = engine.role.clone();
-    let mut shutdown = engine.shutdown.clone();
     let (mut settings_open, mut role_open) = (true, true);
     let mut last_tick = engine.now();
     let mut failures = Pressure::default();
@@ -107,7 +106,7 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
                     run_now = true;
                 }
             }
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = engine.shutdown.cancelled() => break,
         }
     }
 }
@@ -115,7 +114,6 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
 /// The dispatch loop (managed mode).
 pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
     let mut role = engine.role.clone();
-    let mut shutdown = engine.shutdown.clone();
     let mut role_open = true;
     let mut failures = Pressure::default();
     loop {
@@ -125,7 +123,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
         if !engine.is_leader() {
             tokio::select! {
                 r = role.changed(), if role_open => role_open = r.is_ok(),
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = engine.shutdown.cancelled() => break,
                 // Without a role sender there is nothing to wait for but shutdown.
                 _ = std::future::pending::<()>(), if !role_open => {}
             }
@@ -167,7 +165,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
             _ = tokio::time::sleep(until(now, next)) => {}
             _ = engine.dispatch_wake.notified() => {}
             r = role.changed(), if role_open => role_open = r.is_ok(),
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = engine.shutdown.cancelled() => break,
         }
     }
 }
@@ -177,7 +175,6 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
 /// logged and retried at the next pass.
 pub(crate) async fn retention_loop(engine: Arc<Engine>) {
     let mut role = engine.role.clone();
-    let mut shutdown = engine.shutdown.clone();
     let mut role_open = true;
     loop {
         if engine.stopping() {
@@ -191,7 +188,7 @@ pub(crate) async fn retention_loop(engine: Arc<Engine>) {
         tokio::select! {
             _ = tokio::time::sleep(crate::engine::retention::RETENTION_EVERY) => {}
             r = role.changed(), if role_open => role_open = r.is_ok(),
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = engine.shutdown.cancelled() => break,
         }
     }
 }
@@ -199,12 +196,11 @@ pub(crate) async fn retention_loop(engine: Arc<Engine>) {
 /// The feed loop: domain changes wake the tick loop (and, after a resync, the
 /// dispatcher too).
 pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
-    let mut shutdown = engine.shutdown.clone();
     let mut failures = Pressure::default();
     loop {
         let subscribed = tokio::select! {
             s = feed.subscribe() => s,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         };
         let mut stream = match subscribed {
             Ok(s) => s,
@@ -213,7 +209,7 @@ pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
                 tracing::warn!(error = %e, retry_in = ?d, "cannot subscribe to domain changes; retrying (the periodic check still runs)");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => continue,
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = engine.shutdown.cancelled() => return,
                 }
             }
         };
@@ -224,7 +220,7 @@ pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
         loop {
             let event = tokio::select! {
                 e = stream.next() => e,
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = engine.shutdown.cancelled() => return,
             };
             match event {
                 Some(DomainChange::Changed) => engine.start_wake.now(),
@@ -242,7 +238,7 @@ pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
         let d = failures.refused();
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         }
     }
 }

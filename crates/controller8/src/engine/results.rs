@@ -211,7 +211,6 @@ impl Engine {
             failing: Backoff::new(DB_ERROR_RETRY),
             record_delay: Duration::from_millis(20),
             reapplied: false,
-            shutdown: self.shutdown.clone(),
         };
         loop {
             let next = match self.apply_result(r).await {
@@ -245,7 +244,7 @@ impl Engine {
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(p.record_delay) => {}
-                    _ = p.shutdown.wait_for(|s| *s) => return Next::Return(Err(shutting_down())),
+                    _ = self.shutdown.cancelled() => return Next::Return(Err(shutting_down())),
                 }
                 p.record_delay = (p.record_delay * 2).min(Duration::from_secs(1));
                 Next::Again
@@ -296,7 +295,7 @@ impl Engine {
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => Ok(()),
-            _ = p.shutdown.wait_for(|s| *s) => Err(e),
+            _ = self.shutdown.cancelled() => Err(e),
         }
     }
 }
@@ -310,7 +309,6 @@ struct Patience {
     record_delay: Duration,
     /// Whether the result was applied again once after it was recorded meanwhile.
     reapplied: bool,
-    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The next step of [`Engine::apply_result_patiently`].
@@ -418,7 +416,6 @@ impl Engine {
     pub(crate) async fn error_near_now(&self, source: &str) -> Result<Option<String>, ()> {
         let arrived = self.now();
         let give_up = tokio::time::Instant::now() + self.tuning.chain_error_window;
-        let mut shutdown = self.shutdown.clone();
         loop {
             let seen = self.error_seen.notified();
             if let Some(m) = self.recent_errors.lock().find(source, arrived) {
@@ -429,7 +426,7 @@ impl Engine {
                 () = tokio::time::sleep_until(give_up) => {
                     return Ok(self.recent_errors.lock().find(source, arrived).map(str::to_owned));
                 }
-                _ = shutdown.wait_for(|s| *s) => return Err(()),
+                _ = self.shutdown.cancelled() => return Err(()),
             }
         }
     }
