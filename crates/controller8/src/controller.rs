@@ -9,16 +9,16 @@ use config8::{SchedulerMode, Settings};
 use db8::{
     ChangeFeed, DomainRepository, LeaderLock, OutboxRepository, RingRepository, WorkflowRepository,
 };
-use model8::RESULT_QUEUE;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use model8::RESULT_QUEUE;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bootstrap::Bootstrap;
 use crate::clock::Clock;
-use crate::engine::backoff::Pressure;
+use crate::engine::backoff::{Doubling, PRESSURE};
 use crate::engine::error_feed::ErrorFeedHandler;
 use crate::engine::results::ResultHandler;
 use crate::engine::starter::EngineScanNow;
@@ -362,7 +362,7 @@ impl Controller {
     /// shutdown came first.
     async fn declare_topology(&self, settings: &Settings) -> Result<bool, ControllerError> {
         let t = topology(settings);
-        let mut failures = Pressure::default();
+        let mut failures = Doubling::new(PRESSURE);
         loop {
             let attempt = tokio::select! {
                 r = self.engine.broker.declare(&t) => r,
@@ -379,7 +379,7 @@ impl Controller {
                     return Ok(true);
                 }
                 Err(e) if e.is_transient() => {
-                    let d = failures.refused();
+                    let d = failures.next_delay();
                     tracing::warn!(error = %e, retry_in = ?d, "cannot declare the RabbitMQ topology; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
@@ -426,7 +426,7 @@ impl Controller {
         options: ConsumeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Option<ConsumerHandle>, ControllerError> {
-        let mut failures = Pressure::default();
+        let mut failures = Doubling::new(PRESSURE);
         loop {
             let attempt = tokio::select! {
                 r = self.engine.broker.consume(options.clone(), handler.clone()) => r,
@@ -442,7 +442,7 @@ impl Controller {
                     return Ok(Some(c));
                 }
                 Err(e) if e.is_transient() => {
-                    let d = failures.refused();
+                    let d = failures.next_delay();
                     tracing::warn!(queue = %options.queue, error = %e, retry_in = ?d, "cannot start a consumer; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}

@@ -21,7 +21,7 @@ use db8::DomainChange;
 use futures::StreamExt;
 
 use crate::bootstrap::Bootstrap;
-use crate::engine::backoff::Pressure;
+use crate::engine::backoff::{Doubling, PRESSURE};
 use crate::engine::dispatcher::StepError;
 use crate::engine::{Engine, plus, until};
 use crate::role::Role;
@@ -44,7 +44,7 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
     let mut role = engine.role.clone();
     let (mut settings_open, mut role_open) = (true, true);
     let mut last_tick = engine.now();
-    let mut failures = Pressure::default();
+    let mut failures = Doubling::new(PRESSURE);
     let mut retry_at: Option<DateTime<Utc>> = None;
     let mut run_now = true;
     loop {
@@ -65,11 +65,11 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
             engine.metrics.tick_finished(started.elapsed());
             match result {
                 Ok(()) => {
-                    failures = Pressure::default();
+                    failures.reset();
                     retry_at = None;
                 }
                 Err(e) => {
-                    let d = failures.refused();
+                    let d = failures.next_delay();
                     log_step_error(
                         if bootstrap.is_some() {
                             "bootstrap check"
@@ -115,7 +115,7 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
 pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
     let mut role = engine.role.clone();
     let mut role_open = true;
-    let mut failures = Pressure::default();
+    let mut failures = Doubling::new(PRESSURE);
     loop {
         if engine.stopping() {
             break;
@@ -139,7 +139,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
         let mut retry_at = None;
         match result {
             Ok((expired, report)) => {
-                failures = Pressure::default();
+                failures.reset();
                 if report.published > 0 || report.refused > 0 || expired > 0 {
                     tracing::debug!(
                         published = report.published, refused = report.refused, expired,
@@ -148,7 +148,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
                 }
             }
             Err(e) => {
-                let d = failures.refused();
+                let d = failures.next_delay();
                 log_step_error("dispatch", &e, d);
                 retry_at = Some(plus(engine.now(), d));
             }
@@ -196,7 +196,7 @@ pub(crate) async fn retention_loop(engine: Arc<Engine>) {
 /// The feed loop: domain changes wake the tick loop (and, after a resync, the
 /// dispatcher too).
 pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
-    let mut failures = Pressure::default();
+    let mut failures = Doubling::new(PRESSURE);
     loop {
         let subscribed = tokio::select! {
             s = feed.subscribe() => s,
@@ -205,7 +205,7 @@ pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
         let mut stream = match subscribed {
             Ok(s) => s,
             Err(e) => {
-                let d = failures.refused();
+                let d = failures.next_delay();
                 tracing::warn!(error = %e, retry_in = ?d, "cannot subscribe to domain changes; retrying (the periodic check still runs)");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => continue,
@@ -213,7 +213,7 @@ pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
                 }
             }
         };
-        failures = Pressure::default();
+        failures.reset();
         // Changes may have been missed before subscribing (or while unsubscribed).
         engine.start_wake.now();
         engine.dispatch_wake.now();
@@ -235,7 +235,7 @@ pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
                 }
             }
         }
-        let d = failures.refused();
+        let d = failures.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
             _ = engine.shutdown.cancelled() => return,

@@ -23,6 +23,7 @@ use db8::{DbError, StageKey, Transition, WorkflowFilter};
 use model8::{StageOutcome, StageStatus, WorkflowStatus};
 
 use super::Engine;
+use super::backoff::Doubling;
 use super::protocol::{self, Match, Report, Verdict};
 
 /// Backoff of the result handler while the database is unavailable (a transient
@@ -35,25 +36,8 @@ pub(crate) const UNAVAILABLE_RETRY: (Duration, Duration) =
 pub(crate) const DB_ERROR_RETRY: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(30));
 
-/// Exponential backoff of one class of database error.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new((first, max): (Duration, Duration)) -> Self {
-        Backoff { next: first, max }
-    }
-
-    /// The delay to wait now; the following one doubles, up to the cap.
-    fn step(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-}
+/// Looking again for a job being recorded as running: first delay and cap.
+const RECORD_WAIT: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
 
 /// Handles deliveries of the result queue.
 #[derive(Debug, Clone)]
@@ -207,9 +191,9 @@ impl Engine {
         let mut patience = Patience {
             db_give_up: started + self.tuning.db_outage_patience,
             record_give_up: started + self.tuning.claim_lease + Duration::from_secs(5),
-            unavailable: Backoff::new(UNAVAILABLE_RETRY),
-            failing: Backoff::new(DB_ERROR_RETRY),
-            record_delay: Duration::from_millis(20),
+            unavailable: Doubling::new(UNAVAILABLE_RETRY),
+            failing: Doubling::new(DB_ERROR_RETRY),
+            record_delay: Doubling::new(RECORD_WAIT),
             reapplied: false,
         };
         loop {
@@ -243,10 +227,9 @@ impl Engine {
                     "result arrived before its job was recorded as running; waiting"
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(p.record_delay) => {}
+                    _ = tokio::time::sleep(p.record_delay.next_delay()) => {}
                     _ = self.shutdown.cancelled() => return Next::Return(Err(shutting_down())),
                 }
-                p.record_delay = (p.record_delay * 2).min(Duration::from_secs(1));
                 Next::Again
             }
             Ok(_) => {
@@ -275,9 +258,9 @@ impl Engine {
             return Err(e);
         }
         let delay = if e.is_transient() {
-            p.unavailable.step()
+            p.unavailable.next_delay()
         } else {
-            p.failing.step()
+            p.failing.next_delay()
         }
         .min(p.db_give_up - now);
         if e.is_transient() {
@@ -304,9 +287,9 @@ impl Engine {
 struct Patience {
     db_give_up: tokio::time::Instant,
     record_give_up: tokio::time::Instant,
-    unavailable: Backoff,
-    failing: Backoff,
-    record_delay: Duration,
+    unavailable: Doubling,
+    failing: Doubling,
+    record_delay: Doubling,
     /// Whether the result was applied again once after it was recorded meanwhile.
     reapplied: bool,
 }
@@ -364,7 +347,7 @@ impl Engine {
     /// again, for at most `Tuning::chain_record_wait`.
     pub(crate) async fn running_attempt(&self, stage: &str) -> Result<Option<StageKey>, DbError> {
         let give_up = tokio::time::Instant::now() + self.tuning.chain_record_wait;
-        let mut delay = Duration::from_millis(20);
+        let mut delay = Doubling::new(RECORD_WAIT);
         loop {
             let (running, pending) = self.look_for_running(stage).await?;
             if running.is_some()
@@ -374,8 +357,7 @@ impl Engine {
             {
                 return Ok(running);
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(delay.next_delay()).await;
         }
     }
 

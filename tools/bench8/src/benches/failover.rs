@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-
 use super::{Outcomes, free_port, http_get};
 use crate::ctx::{Ctx, list, median};
 use crate::report::{Better, Failure, Measured, Spec};

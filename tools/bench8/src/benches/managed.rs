@@ -21,7 +21,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-
 use super::{Outcomes, free_port, http_get};
 use crate::ctx::{Ctx, list, median};
 use crate::floors::raw_amqp::{QueueProbe, declare_queue, delete_queue, publish_confirmed};

@@ -29,7 +29,10 @@ impl FromStr for Endpoint {
         }
         // An IPv6 address comes bracketed: `[::1]`.
         let host = url.host_str().ok_or_else(|| bad("no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         match url.port_or_known_default() {
             Some(0) | None => Err(bad("port 0")),
             Some(port) => Ok(Endpoint { host, port }),
