@@ -209,21 +209,19 @@ fn database_commands_show_no_password_at_debug_level() {
     }
 }
 
-/// A blocking HTTP GET on 127.0.0.1; `None` while nothing answers.
+/// A blocking `GET` on 127.0.0.1 (reqwest); `None` while nothing answers.
 fn get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
         .ok()?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_owned()))
+    let mut request = client.get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().ok()?;
+    Some((response.status().as_u16(), response.text().ok()?))
 }
 
 /// A running `launch`, its stdout and stderr in files under `dir`. Killed on drop

@@ -24,7 +24,6 @@ use controller8::{Metrics, Role, ScanNow, ScanNowError, SystemClock};
 use db8::PgStore;
 use model8::WorkflowView;
 use security_support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -44,24 +43,18 @@ impl ScanNow for NoScan {
     }
 }
 
-/// One HTTP/1.1 request on a new connection; returns the status code and the body.
+/// One `GET` (reqwest); returns the status code and the body.
 async fn http(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out))
-        .await
-        .expect("a response within 30 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = client
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().await.expect("a response within 30 s");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
 /// Serves `state` on a free port of 127.0.0.1 until the returned sender is dropped.

@@ -9,13 +9,16 @@ use config8::{SchedulerMode, Settings};
 use db8::{
     ChangeFeed, DomainRepository, LeaderLock, OutboxRepository, RingRepository, WorkflowRepository,
 };
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use model8::RESULT_QUEUE;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bootstrap::Bootstrap;
 use crate::clock::Clock;
-use crate::engine::backoff::Pressure;
+use crate::engine::backoff::{Doubling, PRESSURE};
 use crate::engine::error_feed::ErrorFeedHandler;
 use crate::engine::results::ResultHandler;
 use crate::engine::starter::EngineScanNow;
@@ -88,7 +91,6 @@ pub struct Controller {
     changes: Arc<dyn ChangeFeed>,
     ring: Option<Arc<dyn RingRepository>>,
     role: watch::Sender<Role>,
-    shutdown: watch::Sender<bool>,
 }
 
 /// The ring a bootstrap controller follows: where it is recorded, and its stages.
@@ -122,7 +124,6 @@ impl Controller {
         };
         let (role, role_rx) = watch::channel(initial);
         deps.metrics.set_role(initial);
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let engine = Engine::new(EngineParts {
             domains: deps.domains,
             workflows: deps.workflows,
@@ -132,7 +133,7 @@ impl Controller {
             metrics: deps.metrics,
             settings: deps.settings,
             role: role_rx,
-            shutdown: shutdown_rx,
+            shutdown: CancellationToken::new(),
             tuning,
         })
         .map_err(|e| ControllerError::Config(e.to_string()))?;
@@ -148,7 +149,6 @@ impl Controller {
             changes: deps.changes,
             ring: deps.ring,
             role,
-            shutdown,
         })
     }
 
@@ -180,10 +180,10 @@ impl Controller {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let signal = self.shutdown.clone();
+        let signal = self.engine.shutdown.clone();
         let watcher = tokio::spawn(async move {
             shutdown.await;
-            signal.send_replace(true);
+            signal.cancel();
         });
         let result = self.run_until_stopped().await;
         watcher.abort();
@@ -225,15 +225,15 @@ impl Controller {
             return Ok(());
         };
         // Leadership is given up last, after the work in progress is finished.
-        let (resign, resign_rx) = watch::channel(false);
-        let leader_task = leadership.map(|l| tokio::spawn(l.run(resign_rx)));
-        let tasks = self.spawn_loops(&settings, ring);
+        let resign = CancellationToken::new();
+        let leader_task = leadership.map(|l| tokio::spawn(l.run(resign.clone())));
+        let abandon = CancellationToken::new();
+        let tasks = self.spawn_loops(&settings, ring, &abandon);
         tracing::info!(mode = ?self.mode, "orchestrator running");
 
-        let mut stop = engine.shutdown.clone();
-        let _ = stop.wait_for(|s| *s).await;
-        self.wind_down(consumers, tasks).await;
-        resign.send_replace(true);
+        engine.shutdown.cancelled().await;
+        self.wind_down(consumers, tasks, abandon).await;
+        resign.cancel();
         if let Some(t) = leader_task {
             // It resigns (releases the lock).
             if tokio::time::timeout(Duration::from_secs(5), t)
@@ -296,39 +296,46 @@ impl Controller {
     }
 
     /// Spawns the loops every mode runs (domain changes, retention, outbox relay) and
-    /// those of this mode.
-    fn spawn_loops(&self, settings: &Settings, ring: Option<Ring>) -> Vec<JoinHandle<()>> {
-        let engine = &self.engine;
-        let mut tasks = vec![
-            tokio::spawn(scheduler::feed_loop(engine.clone(), self.changes.clone())),
-            tokio::spawn(scheduler::retention_loop(engine.clone())),
-            tokio::spawn(crate::outbox::relay_loop(
-                engine.clone(),
-                engine.outbox.clone(),
-            )),
-        ];
+    /// those of this mode, tracked; cancelling `abandon` drops them where they wait.
+    fn spawn_loops(
+        &self,
+        settings: &Settings,
+        ring: Option<Ring>,
+        abandon: &CancellationToken,
+    ) -> TaskTracker {
+        let (engine, tasks) = (&self.engine, TaskTracker::new());
+        let spawn = |task: BoxFuture<'static, ()>| {
+            tasks.spawn(abandon.clone().run_until_cancelled_owned(task));
+        };
+        spawn(scheduler::feed_loop(engine.clone(), self.changes.clone()).boxed());
+        spawn(scheduler::retention_loop(engine.clone()).boxed());
+        spawn(crate::outbox::relay_loop(engine.clone(), engine.outbox.clone()).boxed());
         match self.mode {
             SchedulerMode::Bootstrap => {
-                tasks.push(tokio::spawn(scheduler::tick_loop(
-                    engine.clone(),
-                    Some(Bootstrap::default()),
-                )));
+                spawn(scheduler::tick_loop(engine.clone(), Some(Bootstrap::default())).boxed());
                 if let Some((repo, stages)) = ring {
                     let heal = settings.scheduler.heal;
-                    tasks.push(tokio::spawn(stall_loop(engine.clone(), repo, stages, heal)));
+                    spawn(stall_loop(engine.clone(), repo, stages, heal).boxed());
                 }
             }
             SchedulerMode::Managed => {
-                tasks.push(tokio::spawn(scheduler::tick_loop(engine.clone(), None)));
-                tasks.push(tokio::spawn(scheduler::dispatch_loop(engine.clone())));
+                spawn(scheduler::tick_loop(engine.clone(), None).boxed());
+                spawn(scheduler::dispatch_loop(engine.clone()).boxed());
             }
         }
+        tasks.close();
         tasks
     }
 
     /// Stops the consumers (their unacknowledged deliveries go back) and waits for the
-    /// loops, within the shutdown grace; what is still running after it is abandoned.
-    async fn wind_down(&self, consumers: Vec<ConsumerHandle>, mut tasks: Vec<JoinHandle<()>>) {
+    /// loops, within the shutdown grace; what is still running after it is abandoned
+    /// (`abandon` cancelled).
+    async fn wind_down(
+        &self,
+        consumers: Vec<ConsumerHandle>,
+        tasks: TaskTracker,
+        abandon: CancellationToken,
+    ) {
         let grace = self.engine.tuning.shutdown_grace;
         tracing::info!(?grace, "orchestrator stopping");
         let stop_consumers = async {
@@ -336,14 +343,9 @@ impl Controller {
                 c.stop(grace).await;
             }
         };
-        let join_tasks = async {
-            for t in &mut tasks {
-                let _ = t.await;
-            }
-        };
         let finished = tokio::time::timeout(
             grace + Duration::from_secs(1),
-            futures::future::join(stop_consumers, join_tasks),
+            futures::future::join(stop_consumers, tasks.wait()),
         )
         .await;
         if finished.is_err() {
@@ -352,9 +354,7 @@ impl Controller {
                 "work still in progress at the end of the shutdown grace period was abandoned; \
                  claims expire and unacknowledged results are redelivered"
             );
-            for t in &tasks {
-                t.abort();
-            }
+            abandon.cancel();
         }
     }
 
@@ -362,12 +362,11 @@ impl Controller {
     /// shutdown came first.
     async fn declare_topology(&self, settings: &Settings) -> Result<bool, ControllerError> {
         let t = topology(settings);
-        let mut shutdown = self.engine.shutdown.clone();
-        let mut failures = Pressure::default();
+        let mut failures = Doubling::new(PRESSURE);
         loop {
             let attempt = tokio::select! {
                 r = self.engine.broker.declare(&t) => r,
-                _ = shutdown.wait_for(|s| *s) => return Ok(false),
+                _ = self.engine.shutdown.cancelled() => return Ok(false),
             };
             match attempt {
                 Ok(()) => {
@@ -380,11 +379,11 @@ impl Controller {
                     return Ok(true);
                 }
                 Err(e) if e.is_transient() => {
-                    let d = failures.refused();
+                    let d = failures.next_delay();
                     tracing::warn!(error = %e, retry_in = ?d, "cannot declare the RabbitMQ topology; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Ok(false),
+                        _ = self.engine.shutdown.cancelled() => return Ok(false),
                     }
                 }
                 Err(e) => return Err(ControllerError::Topology(e)),
@@ -427,12 +426,11 @@ impl Controller {
         options: ConsumeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Option<ConsumerHandle>, ControllerError> {
-        let mut shutdown = self.engine.shutdown.clone();
-        let mut failures = Pressure::default();
+        let mut failures = Doubling::new(PRESSURE);
         loop {
             let attempt = tokio::select! {
                 r = self.engine.broker.consume(options.clone(), handler.clone()) => r,
-                _ = shutdown.wait_for(|s| *s) => return Ok(None),
+                _ = self.engine.shutdown.cancelled() => return Ok(None),
             };
             match attempt {
                 Ok(c) => {
@@ -444,11 +442,11 @@ impl Controller {
                     return Ok(Some(c));
                 }
                 Err(e) if e.is_transient() => {
-                    let d = failures.refused();
+                    let d = failures.next_delay();
                     tracing::warn!(queue = %options.queue, error = %e, retry_in = ?d, "cannot start a consumer; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Ok(None),
+                        _ = self.engine.shutdown.cancelled() => return Ok(None),
                     }
                 }
                 Err(source) => {

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use db8::LeaderLock;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::role::{LockCheck, Role};
@@ -141,11 +142,11 @@ impl Leadership {
 
     /// Checks every `LeaderElection.check_interval` (read live) until shutdown, then
     /// resigns.
-    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval()) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = shutdown.cancelled() => break,
             }
             self.step().await;
         }
@@ -169,6 +170,7 @@ mod tests {
     use tokio::sync::{oneshot, watch};
     use tokio::task::JoinHandle;
     use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
 
     use super::{Leadership, check_timeout};
     use crate::controller::{Controller, Deps};
@@ -192,7 +194,7 @@ mod tests {
     /// One replica's leadership loop on `lock`.
     struct Replica {
         role: RoleWatch,
-        stop: watch::Sender<bool>,
+        stop: CancellationToken,
         task: JoinHandle<()>,
         /// Its store, fenced by its term.
         fenced: MemoryStore,
@@ -202,14 +204,14 @@ mod tests {
         fn start(lock: &MemoryStore) -> Replica {
             let (role_tx, role) = watch::channel(Role::Standby);
             let (_settings_tx, settings) = watch::channel(Arc::new(Settings::default()));
-            let (stop, stopped) = watch::channel(false);
+            let stop = CancellationToken::new();
             let leadership = Leadership::new(
                 Arc::new(lock.clone()),
                 role_tx,
                 Arc::new(Metrics::new()),
                 settings,
             );
-            let task = tokio::spawn(leadership.run(stopped));
+            let task = tokio::spawn(leadership.run(stop.clone()));
             Replica {
                 role,
                 stop,
@@ -233,7 +235,7 @@ mod tests {
         }
 
         async fn stop(self) {
-            self.stop.send_replace(true);
+            self.stop.cancel();
             self.task.await.unwrap();
         }
     }

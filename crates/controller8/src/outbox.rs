@@ -31,6 +31,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 use uuid::Uuid;
 
+use crate::engine::backoff::Doubling;
 use crate::engine::notify::{Ending, notification};
 use crate::engine::results::reason_of;
 use crate::engine::{Engine, plus};
@@ -124,30 +125,25 @@ enum Round {
 /// ([`Engine::outbox_wake`]) and at least every [`crate::Tuning::outbox_poll`] (rows of
 /// other replicas, rows of a dead relay whose lease ended, rows due after a backoff).
 pub(crate) async fn relay_loop(engine: Arc<Engine>, outbox: Arc<dyn OutboxRepository>) {
-    let mut shutdown = engine.shutdown.clone();
-    let mut away = AWAY_BACKOFF.0;
+    let mut away = Doubling::new(AWAY_BACKOFF);
     loop {
         let round = relay_round(&engine, outbox.as_ref()).await;
         update_gauges(&engine, outbox.as_ref()).await;
         let delay = match round {
             Round::More => {
-                away = AWAY_BACKOFF.0;
+                away.reset();
                 continue;
             }
             Round::Idle => {
-                away = AWAY_BACKOFF.0;
+                away.reset();
                 engine.tuning.outbox_poll
             }
-            Round::Away => {
-                let d = away;
-                away = (away * 2).min(AWAY_BACKOFF.1);
-                d
-            }
+            Round::Away => away.next_delay(),
         };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = engine.outbox_wake.notified(), if round == Round::Idle => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         }
         if engine.stopping() {
             return;

@@ -35,6 +35,7 @@ use model8::{
 };
 
 use crate::engine::Engine;
+use crate::engine::backoff::Doubling;
 use crate::topology::NOTIFICATION_EXCHANGE;
 
 /// The ring: `Workflow.stages` in order, with their timeouts.
@@ -223,9 +224,8 @@ impl Handler for RingHandler {
                 return Ok(Decision::Ack);
             }
         };
-        let mut wait = Duration::from_millis(200);
+        let mut wait = Doubling::new((Duration::from_millis(200), Duration::from_secs(10)));
         let started = tokio::time::Instant::now();
-        let mut shutdown = self.engine.shutdown.clone();
         loop {
             match self.repo.ring_apply(&self.ring, &event).await {
                 Ok(applied) => {
@@ -237,12 +237,12 @@ impl Handler for RingHandler {
                         tracing::warn!(error = %e, "ring: cannot record a ring message; returning it to the queue");
                         return Ok(Decision::Requeue);
                     }
-                    tracing::warn!(error = %e, retry_in = ?wait, "ring: cannot record a ring message; retrying");
+                    let d = wait.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?d, "ring: cannot record a ring message; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Ok(Decision::Requeue),
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.engine.shutdown.cancelled() => return Ok(Decision::Requeue),
                     }
-                    wait = (wait * 2).min(Duration::from_secs(10));
                 }
             }
         }
@@ -313,12 +313,11 @@ pub(crate) async fn stall_loop(
     ring: Vec<RingStage>,
     heal: bool,
 ) {
-    let mut shutdown = engine.shutdown.clone();
     let mut kicked: HashSet<(uuid::Uuid, String, u32)> = HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(engine.tuning.ring_check) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         }
         if !engine.is_leader() {
             continue;

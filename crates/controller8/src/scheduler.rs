@@ -21,7 +21,7 @@ use db8::DomainChange;
 use futures::StreamExt;
 
 use crate::bootstrap::Bootstrap;
-use crate::engine::backoff::Pressure;
+use crate::engine::backoff::{Doubling, PRESSURE};
 use crate::engine::dispatcher::StepError;
 use crate::engine::{Engine, plus, until};
 use crate::role::Role;
@@ -42,10 +42,9 @@ fn log_step_error(what: &str, e: &StepError, retry_in: Duration) {
 pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstrap>) {
     let mut settings = engine.settings.clone();
     let mut role = engine.role.clone();
-    let mut shutdown = engine.shutdown.clone();
     let (mut settings_open, mut role_open) = (true, true);
     let mut last_tick = engine.now();
-    let mut failures = Pressure::default();
+    let mut failures = Doubling::new(PRESSURE);
     let mut retry_at: Option<DateTime<Utc>> = None;
     let mut run_now = true;
     loop {
@@ -66,11 +65,11 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
             engine.metrics.tick_finished(started.elapsed());
             match result {
                 Ok(()) => {
-                    failures = Pressure::default();
+                    failures.reset();
                     retry_at = None;
                 }
                 Err(e) => {
-                    let d = failures.refused();
+                    let d = failures.next_delay();
                     log_step_error(
                         if bootstrap.is_some() {
                             "bootstrap check"
@@ -107,7 +106,7 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
                     run_now = true;
                 }
             }
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = engine.shutdown.cancelled() => break,
         }
     }
 }
@@ -115,9 +114,8 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
 /// The dispatch loop (managed mode).
 pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
     let mut role = engine.role.clone();
-    let mut shutdown = engine.shutdown.clone();
     let mut role_open = true;
-    let mut failures = Pressure::default();
+    let mut failures = Doubling::new(PRESSURE);
     loop {
         if engine.stopping() {
             break;
@@ -125,7 +123,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
         if !engine.is_leader() {
             tokio::select! {
                 r = role.changed(), if role_open => role_open = r.is_ok(),
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = engine.shutdown.cancelled() => break,
                 // Without a role sender there is nothing to wait for but shutdown.
                 _ = std::future::pending::<()>(), if !role_open => {}
             }
@@ -141,7 +139,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
         let mut retry_at = None;
         match result {
             Ok((expired, report)) => {
-                failures = Pressure::default();
+                failures.reset();
                 if report.published > 0 || report.refused > 0 || expired > 0 {
                     tracing::debug!(
                         published = report.published, refused = report.refused, expired,
@@ -150,7 +148,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
                 }
             }
             Err(e) => {
-                let d = failures.refused();
+                let d = failures.next_delay();
                 log_step_error("dispatch", &e, d);
                 retry_at = Some(plus(engine.now(), d));
             }
@@ -167,7 +165,7 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
             _ = tokio::time::sleep(until(now, next)) => {}
             _ = engine.dispatch_wake.notified() => {}
             r = role.changed(), if role_open => role_open = r.is_ok(),
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = engine.shutdown.cancelled() => break,
         }
     }
 }
@@ -177,7 +175,6 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
 /// logged and retried at the next pass.
 pub(crate) async fn retention_loop(engine: Arc<Engine>) {
     let mut role = engine.role.clone();
-    let mut shutdown = engine.shutdown.clone();
     let mut role_open = true;
     loop {
         if engine.stopping() {
@@ -191,7 +188,7 @@ pub(crate) async fn retention_loop(engine: Arc<Engine>) {
         tokio::select! {
             _ = tokio::time::sleep(crate::engine::retention::RETENTION_EVERY) => {}
             r = role.changed(), if role_open => role_open = r.is_ok(),
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = engine.shutdown.cancelled() => break,
         }
     }
 }
@@ -199,32 +196,31 @@ pub(crate) async fn retention_loop(engine: Arc<Engine>) {
 /// The feed loop: domain changes wake the tick loop (and, after a resync, the
 /// dispatcher too).
 pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
-    let mut shutdown = engine.shutdown.clone();
-    let mut failures = Pressure::default();
+    let mut failures = Doubling::new(PRESSURE);
     loop {
         let subscribed = tokio::select! {
             s = feed.subscribe() => s,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         };
         let mut stream = match subscribed {
             Ok(s) => s,
             Err(e) => {
-                let d = failures.refused();
+                let d = failures.next_delay();
                 tracing::warn!(error = %e, retry_in = ?d, "cannot subscribe to domain changes; retrying (the periodic check still runs)");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => continue,
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = engine.shutdown.cancelled() => return,
                 }
             }
         };
-        failures = Pressure::default();
+        failures.reset();
         // Changes may have been missed before subscribing (or while unsubscribed).
         engine.start_wake.now();
         engine.dispatch_wake.now();
         loop {
             let event = tokio::select! {
                 e = stream.next() => e,
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = engine.shutdown.cancelled() => return,
             };
             match event {
                 Some(DomainChange::Changed) => engine.start_wake.now(),
@@ -239,10 +235,10 @@ pub(crate) async fn feed_loop(engine: Arc<Engine>, feed: Arc<dyn ChangeFeed>) {
                 }
             }
         }
-        let d = failures.refused();
+        let d = failures.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = engine.shutdown.cancelled() => return,
         }
     }
 }

@@ -255,7 +255,7 @@ pub(crate) struct Harness {
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) settings: watch::Sender<Arc<Settings>>,
     pub(crate) role: watch::Sender<Role>,
-    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) engine: Arc<Engine>,
     handler: ResultHandler,
@@ -311,7 +311,7 @@ impl Harness {
         declare(&broker, &settings).await;
         let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
         let (role, role_rx) = watch::channel(Role::Leader);
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = tokio_util::sync::CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(
             Engine::new(EngineParts {
@@ -323,7 +323,7 @@ impl Harness {
                 metrics: metrics.clone(),
                 settings: settings_rx,
                 role: role_rx,
-                shutdown: shutdown_rx,
+                shutdown: shutdown.clone(),
                 tuning,
             })
             .expect("valid pipeline"),

@@ -13,7 +13,7 @@
 //!   arguments, payload ignored, targets read from PostgreSQL, the `Publisher` message
 //!   at the end (the ring by default), failures on demand ([`scanner`]).
 //! - `demo_monitor`: polls the workflow API and draws the demo's progress table
-//!   ([`monitor`]); std and `serde_json` only, with a raw HTTP/1.1 GET.
+//!   ([`monitor`]), reading it with `reqwest`'s blocking client.
 //!
 //! `docs/EMBEDDING.md` walks through this code step by step.
 //!

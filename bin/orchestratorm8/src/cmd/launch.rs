@@ -22,6 +22,7 @@ use controller8::http::{self, HttpState, HttpTimeouts};
 use controller8::{Clock, Controller, ControllerError, Deps, Metrics, SystemClock};
 use db8::{ChangeFeed, LeaderLock, PgChangeFeed, PgLeaderLock, PgStore};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use crate::cli::LaunchArgs;
@@ -121,24 +122,17 @@ async fn serve(
     }
 
     // A signal during start-up (e.g. while waiting for the database) stops at once.
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let stop_tx = stop.clone();
     let signal_task = tokio::spawn(async move {
         signalled().await;
-        stop_tx.send_replace(true);
+        stop_tx.cancel();
         // A second signal: stop now.
         signalled().await;
         tracing::warn!("second signal: exiting at once");
         std::process::exit(1);
     });
-    let stopped = {
-        let rx = stop_rx.clone();
-        move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        }
-    };
+    let stopped = || stop.clone().cancelled_owned();
 
     let start = async {
         let store = PgStore::connect(&settings.database)

@@ -171,72 +171,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A minimal HTTP/1.1 GET on 127.0.0.1:`port`: status and body.
+/// `GET` on 127.0.0.1:`port` (reqwest): status and body.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_request(port, "GET", path, None).await
 }
 
-/// A minimal HTTP/1.1 request on 127.0.0.1:`port` (`body`: JSON): status and body.
+/// A request on 127.0.0.1:`port` (`body`: JSON) with reqwest: status and body; at
+/// most 5 s to connect, 15 s for the whole exchange.
 pub async fn http_request(
     port: u16,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("connect timed out"))??;
-    let content = body.map_or_else(String::new, |b| {
-        format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        )
-    });
-    let head_end = if body.is_some() { "" } else { "\r\n" };
-    s.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{head_end}{content}"
-        )
-        .as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("response timed out"))??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(std::io::Error::other)?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(std::io::Error::other)?;
+    let mut request = client.request(method, format!("http://127.0.0.1:{port}{path}"));
+    if let Some(b) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(b.to_owned());
     }
-    out
+    let response = request.send().await.map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let text = response.text().await.map_err(std::io::Error::other)?;
+    Ok((status, text))
 }
 
 /// `GET /ready` on `port`: the status and the JSON body; `None` when the request

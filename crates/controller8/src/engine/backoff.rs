@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use config8::BackoffSettings;
 
 /// The delay before attempt `failed_attempt + 1` after attempt `failed_attempt` (1 for
@@ -45,33 +46,49 @@ pub(crate) fn draw() -> f64 {
     rand::random::<f64>()
 }
 
-/// Backpressure backoff of one stage: a full or unroutable stage queue is tried again
-/// after [`Pressure::FIRST`], doubling up to [`Pressure::MAX`] while it stays full,
-/// and reset by a publish that is confirmed. Never zero, so a full queue is never
-/// retried in a busy loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pressure {
-    next: Duration,
+/// Backpressure: a full or unroutable stage queue, or a broker that refuses the
+/// topology or a consumer, is tried again after 1 s, doubling up to 30 s while it
+/// keeps refusing; reset by a success. Never zero, so never a busy loop.
+pub(crate) const PRESSURE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Doubling delays from a first one up to a cap: `backon`'s exponential steps (no
+/// jitter), each rounded to whole milliseconds, because backon multiplies in `f32`
+/// (200 ms doubled would be 400.000006 ms, in the logs and in the paused-clock tests).
+/// The one backoff of controller8's retry loops.
+#[derive(Debug)]
+pub(crate) struct Doubling {
+    builder: ExponentialBuilder,
+    steps: ExponentialBackoff,
+    max: Duration,
 }
 
-impl Default for Pressure {
-    fn default() -> Self {
-        Pressure { next: Self::FIRST }
+impl Doubling {
+    /// Starts at `first`, doubles, never above `max` (nor below `first`).
+    pub(crate) fn new((first, max): (Duration, Duration)) -> Self {
+        let max = max.max(first);
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(first)
+            .with_max_delay(max)
+            .with_factor(2.0)
+            .without_max_times();
+        let steps = builder.build();
+        Doubling {
+            builder,
+            steps,
+            max,
+        }
     }
-}
 
-impl Pressure {
-    /// The first delay after a refused publish.
-    pub(crate) const FIRST: Duration = Duration::from_secs(1);
-    /// The largest delay.
-    pub(crate) const MAX: Duration = Duration::from_secs(30);
+    /// The delay to wait now; the following one doubles, up to the cap.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.steps.next().unwrap_or(self.max);
+        let millis = (d.as_nanos() + 500_000) / 1_000_000;
+        Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX)).min(self.max)
+    }
 
-    /// The delay to wait after one more refused publish, and the doubled delay for the
-    /// time after.
-    pub(crate) fn refused(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        d
+    /// After a success: start again from the first delay.
+    pub(crate) fn reset(&mut self) {
+        self.steps = self.builder.build();
     }
 }
 
@@ -155,8 +172,24 @@ mod tests {
 
     #[test]
     fn pressure_doubles_to_thirty_seconds() {
-        let mut p = Pressure::default();
-        let got: Vec<u64> = (0..7).map(|_| p.refused().as_secs()).collect();
+        let mut p = Doubling::new(PRESSURE);
+        let got: Vec<u64> = (0..7).map(|_| p.next_delay().as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 16, 30, 30]);
+    }
+
+    #[test]
+    fn doubling_steps_are_exact_and_reset() {
+        let mut d = Doubling::new((Duration::from_millis(200), Duration::from_secs(10)));
+        let got: Vec<Duration> = (0..8).map(|_| d.next_delay()).collect();
+        let ms = [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000];
+        assert_eq!(got, ms.map(Duration::from_millis));
+        d.reset();
+        assert_eq!(d.next_delay(), Duration::from_millis(200));
+        let mut odd = Doubling::new((Duration::from_millis(20), Duration::from_secs(1)));
+        let got: Vec<u128> = (0..8).map(|_| odd.next_delay().as_millis()).collect();
+        assert_eq!(got, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        let mut capped = Doubling::new((Duration::from_secs(30), Duration::from_secs(10)));
+        assert_eq!(capped.next_delay(), Duration::from_secs(30));
+        assert_eq!(capped.next_delay(), Duration::from_secs(30));
     }
 }

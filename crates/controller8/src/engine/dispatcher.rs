@@ -4,7 +4,7 @@
 //! Batches are pipelined: the next batch is claimed while the previous one is being
 //! published. A stage whose queue refused a job (`x-overflow: reject-publish` nack) or
 //! had no queue bound (unroutable) is paused in memory for a short, doubling delay
-//! ([`Pressure`]); its refused attempts stay pending in the database (never lost), and
+//! ([`PRESSURE`]); its refused attempts stay pending in the database (never lost), and
 //! the batch size shrinks to what the queue accepted, growing again as it drains.
 
 use std::collections::HashMap;
@@ -18,16 +18,16 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 
-use super::backoff::Pressure;
+use super::backoff::{Doubling, PRESSURE};
 use super::{Engine, plus};
 
 /// Batches of one stage published at once (each up to `Tuning::publish_batch` jobs).
 const PIPELINE_DEPTH: usize = 2;
 
 /// Backpressure state of one stage.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct StagePressure {
-    backoff: Pressure,
+    backoff: Doubling,
     /// No claims for this stage before this time.
     until: Option<DateTime<Utc>>,
     /// Attempts claimed per batch now.
@@ -225,7 +225,7 @@ impl Engine {
     /// there is room again. Ends the backpressure pause and wakes the dispatcher.
     pub(crate) fn stage_has_room(&self, stage: &str) {
         if let Some(p) = self.pressure.lock().get_mut(stage) {
-            p.backoff = Pressure::default();
+            p.backoff.reset();
             p.until = None;
         }
         self.dispatch_wake.now();
@@ -540,7 +540,7 @@ impl Engine {
         now: DateTime<Utc>,
         deadline: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        let mut delay = Duration::from_millis(100);
+        let mut delay = Doubling::new((Duration::from_millis(100), Duration::from_secs(2)));
         let mut tries = 0;
         loop {
             match self
@@ -560,8 +560,7 @@ impl Engine {
                 }
                 Err(e) if e.is_transient() && tries < 5 => {
                     tries += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(delay.next_delay()).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -658,12 +657,12 @@ impl Engine {
         let p = all
             .entry(stage.to_owned())
             .or_insert_with(|| StagePressure {
-                backoff: Pressure::default(),
+                backoff: Doubling::new(PRESSURE),
                 until: None,
                 batch: self.tuning.publish_batch,
                 logged: false,
             });
-        let delay = p.backoff.refused();
+        let delay = p.backoff.next_delay();
         let until = plus(now, delay);
         p.until = Some(until);
         p.batch = accepted.max(1);
@@ -708,7 +707,7 @@ impl Engine {
             if p.logged {
                 tracing::info!(stage, "stage jobs are accepted again");
             }
-            p.backoff = Pressure::default();
+            p.backoff.reset();
             p.until = None;
             p.logged = false;
             p.batch = p.batch.saturating_mul(2).min(self.tuning.publish_batch);

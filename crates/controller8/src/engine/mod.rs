@@ -44,6 +44,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use config8::{LiveSettings, Settings, StageSettings};
 use db8::{DomainRepository, OutboxRepository, WorkflowRepository};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::Clock;
@@ -116,7 +117,8 @@ pub(crate) struct Engine {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) settings: watch::Receiver<Arc<Settings>>,
     pub(crate) role: watch::Receiver<Role>,
-    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Cancelled when shutdown begins.
+    pub(crate) shutdown: CancellationToken,
     pub(crate) tuning: Tuning,
     /// Wakes the outbox relay (a transition wrote a row).
     pub(crate) outbox_wake: Wake,
@@ -167,7 +169,7 @@ pub(crate) struct EngineParts {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) settings: watch::Receiver<Arc<Settings>>,
     pub(crate) role: watch::Receiver<Role>,
-    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: CancellationToken,
     pub(crate) tuning: Tuning,
 }
 
@@ -302,7 +304,7 @@ impl Engine {
 
     /// Whether shutdown has begun.
     pub(crate) fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.is_cancelled()
     }
 
     /// Now, from the engine's clock.

@@ -23,6 +23,7 @@ use db8::{DbError, StageKey, Transition, WorkflowFilter};
 use model8::{StageOutcome, WorkflowStatus};
 
 use super::Engine;
+use super::backoff::Doubling;
 use super::protocol::{self, Match, Report, Verdict};
 
 /// Backoff of the result handler while the database is unavailable (a transient
@@ -34,26 +35,6 @@ pub(crate) const UNAVAILABLE_RETRY: (Duration, Duration) =
 /// at once does not fix, e.g. a full disk): first delay and cap.
 pub(crate) const DB_ERROR_RETRY: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(30));
-
-/// Exponential backoff of one class of database error.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new((first, max): (Duration, Duration)) -> Self {
-        Backoff { next: first, max }
-    }
-
-    /// The delay to wait now; the following one doubles, up to the cap.
-    fn step(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-}
 
 /// Handles deliveries of the result queue.
 #[derive(Debug, Clone)]
@@ -169,9 +150,8 @@ impl Engine {
         let started = tokio::time::Instant::now();
         let mut patience = Patience {
             db_give_up: started + self.tuning.db_outage_patience,
-            unavailable: Backoff::new(UNAVAILABLE_RETRY),
-            failing: Backoff::new(DB_ERROR_RETRY),
-            shutdown: self.shutdown.clone(),
+            unavailable: Doubling::new(UNAVAILABLE_RETRY),
+            failing: Doubling::new(DB_ERROR_RETRY),
         };
         loop {
             match self.apply_result(r).await {
@@ -203,9 +183,9 @@ impl Engine {
             return Err(e);
         }
         let delay = if e.is_transient() {
-            p.unavailable.step()
+            p.unavailable.next_delay()
         } else {
-            p.failing.step()
+            p.failing.next_delay()
         }
         .min(p.db_give_up - now);
         if e.is_transient() {
@@ -223,7 +203,7 @@ impl Engine {
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => Ok(()),
-            _ = p.shutdown.wait_for(|s| *s) => Err(e),
+            _ = self.shutdown.cancelled() => Err(e),
         }
     }
 }
@@ -231,9 +211,8 @@ impl Engine {
 /// How long, and how, [`Engine::apply_result_patiently`] still holds one result.
 struct Patience {
     db_give_up: tokio::time::Instant,
-    unavailable: Backoff,
-    failing: Backoff,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    unavailable: Doubling,
+    failing: Doubling,
 }
 
 /// The key of attempt `attempt` of `stage` in workflow `workflow_id`.
@@ -297,7 +276,6 @@ impl Engine {
     pub(crate) async fn error_near_now(&self, source: &str) -> Result<Option<String>, ()> {
         let arrived = self.now();
         let give_up = tokio::time::Instant::now() + self.tuning.chain_error_window;
-        let mut shutdown = self.shutdown.clone();
         loop {
             let seen = self.error_seen.notified();
             if let Some(m) = self.recent_errors.lock().find(source, arrived) {
@@ -308,7 +286,7 @@ impl Engine {
                 () = tokio::time::sleep_until(give_up) => {
                     return Ok(self.recent_errors.lock().find(source, arrived).map(str::to_owned));
                 }
-                _ = shutdown.wait_for(|s| *s) => return Err(()),
+                _ = self.shutdown.cancelled() => return Err(()),
             }
         }
     }

@@ -1025,7 +1025,7 @@ async fn shutdown_returns_a_held_result_at_once() {
     let stop = async {
         // During the second wait (1 s to 3 s after the delivery).
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        h.shutdown.send_replace(true);
+        h.shutdown.cancel();
     };
     let (settled, ()) = tokio::join!(h.report(&job, StageOutcome::Completed), stop);
     assert_eq!(settled, Settlement::Nack { requeue: true });

@@ -949,6 +949,9 @@ fn reported(f: impl FnOnce(&mut HttpSettings)) -> config8::ChangeReport {
 
 // ----- real socket -----------------------------------------------------------------
 
+/// One request as raw bytes, the whole response as text. Raw on purpose, not reqwest:
+/// these tests send malformed, oversized, chunked and slow requests a client library
+/// refuses to send, and read the exact status line and headers.
 async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = connect(addr).await;
     stream.write_all(request).await.unwrap();

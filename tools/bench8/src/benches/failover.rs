@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use super::Outcomes;
+use super::{Outcomes, free_port, http_get};
 use crate::ctx::{Ctx, list, median};
 use crate::report::{Better, Failure, Measured, Spec};
 use crate::services::{TempDatabase, TempVhost, lock_shared};
@@ -112,39 +110,6 @@ LeaderElection:
   enabled: true
 "#
     )
-}
-
-fn free_port() -> Result<u16, Failure> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Failure::Error(format!("finding a free port: {e}")))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| Failure::Error(e.to_string()))?
-        .port())
-}
-
-/// `GET path` over plain HTTP/1.1; returns (status, body).
-async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// One replica; killed when dropped.

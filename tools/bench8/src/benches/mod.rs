@@ -12,8 +12,33 @@ pub mod fairness;
 pub mod managed;
 pub mod retention;
 
+use std::time::Duration;
+
 use crate::ctx::Ctx;
 use crate::report::{Failure, Measured, Row, Spec};
+
+/// A TCP port of 127.0.0.1 nothing listens on at the time of the call.
+fn free_port() -> Result<u16, Failure> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Failure::Error(format!("finding a free port: {e}")))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| Failure::Error(e.to_string()))?
+        .port())
+}
+
+/// `GET path` on 127.0.0.1:`port` (reqwest, at most 10 s); returns (status, body).
+async fn http_get(port: u16, path: &str) -> reqwest::Result<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
 
 /// What a benchmark returns: a result per row name, or a failure for all its rows.
 pub type Outcomes = Result<Vec<(&'static str, Result<Measured, Failure>)>, Failure>;

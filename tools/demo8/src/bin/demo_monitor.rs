@@ -14,7 +14,7 @@
 //! until interrupted. `--watch NAME=PID` names a process of the demo: when it exits,
 //! the monitor stops with status 3. `--summary` prints the summary table once.
 //!
-//! std and `serde_json` (through `model8`) only: a raw HTTP/1.1 GET, no HTTP client.
+//! Synchronous: `reqwest`'s blocking client reads the API.
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};

@@ -1,11 +1,13 @@
-//! A minimal HTTP/1.1 GET over a plain TCP socket (std only): enough to read the
-//! orchestrator's JSON API without an HTTP client dependency. `Connection: close`,
-//! `Content-Length` or chunked bodies, no TLS, no redirects.
+//! A blocking `GET` of the orchestrator's JSON API with `reqwest` (the workspace's one
+//! HTTP client): plain `http://` only, no redirects followed.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::str::FromStr;
 use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::blocking::Client;
+use reqwest::header::{ACCEPT, AUTHORIZATION, USER_AGENT};
+use reqwest::redirect::Policy;
 
 /// Where the API listens: `http://host:port` (port 80 when omitted).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,39 +23,20 @@ impl FromStr for Endpoint {
 
     fn from_str(s: &str) -> Result<Self, HttpError> {
         let bad = |why: &str| HttpError::Url(format!("{s:?}: {why}"));
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("only http:// URLs are supported"))?;
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.is_empty() {
-            return Err(bad("no host"));
+        let url = Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+        if url.scheme() != "http" {
+            return Err(bad("only http:// URLs are supported"));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, Some(p)),
-                None if after.is_empty() => (h, None),
-                None => return Err(bad("junk after ]")),
-            }
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            Some(p) => p
-                .parse()
-                .map_err(|_| bad("the port is not a number 1-65535"))?,
-            None => 80,
-        };
-        if host.is_empty() || port == 0 {
-            return Err(bad("no host or port 0"));
+        // An IPv6 address comes bracketed: `[::1]`.
+        let host = url.host_str().ok_or_else(|| bad("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        match url.port_or_known_default() {
+            Some(0) | None => Err(bad("port 0")),
+            Some(port) => Ok(Endpoint { host, port }),
         }
-        Ok(Endpoint {
-            host: host.to_owned(),
-            port,
-        })
     }
 }
 
@@ -82,156 +65,61 @@ pub enum HttpError {
     /// The URL cannot be used.
     #[error("bad URL {0}")]
     Url(String),
-    /// Connecting, writing or reading failed.
+    /// Connecting, sending or reading failed.
     #[error("{endpoint}: {reason}")]
     Io {
         /// The server.
         endpoint: String,
-        /// Why.
-        reason: String,
-    },
-    /// The answer is not HTTP/1.x as expected.
-    #[error("{endpoint}: malformed HTTP response: {reason}")]
-    Malformed {
-        /// The server.
-        endpoint: String,
-        /// Why.
+        /// Why (the client's error and its causes).
         reason: String,
     },
 }
 
-/// `GET path` with an optional bearer token; waits at most `timeout` for each step.
+/// `GET path` with an optional bearer token; waits at most `timeout` to connect and
+/// at most `timeout` for the whole exchange.
 pub fn get(
     endpoint: &Endpoint,
     path: &str,
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    let io = |reason: String| HttpError::Io {
-        endpoint: endpoint.to_string(),
-        reason,
-    };
-    let addrs: Vec<_> = (endpoint.host.as_str(), endpoint.port)
-        .to_socket_addrs()
-        .map_err(|e| io(format!("cannot resolve: {e}")))?
-        .collect();
-    let mut last = String::from("no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e.to_string(),
+    let io = |e: reqwest::Error| {
+        let mut reason = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            reason.push_str(&format!(": {c}"));
+            cause = c.source();
         }
-    }
-    let mut stream = stream.ok_or_else(|| io(format!("cannot connect: {last}")))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| io(e.to_string()))?;
-    let host = if endpoint.host.contains(':') {
-        format!("[{}]:{}", endpoint.host, endpoint.port)
-    } else {
-        format!("{}:{}", endpoint.host, endpoint.port)
+        HttpError::Io {
+            endpoint: endpoint.to_string(),
+            reason,
+        }
     };
-    let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: cptm8-demo-monitor\r\nConnection: close\r\n"
-    );
+    let client = Client::builder()
+        .no_proxy()
+        .redirect(Policy::none())
+        .http1_title_case_headers()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+        .map_err(io)?;
+    let mut request = client
+        .get(format!("{endpoint}{path}"))
+        .header(ACCEPT, "application/json")
+        .header(USER_AGENT, "cptm8-demo-monitor");
     if let Some(t) = token {
-        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        request = request.header(AUTHORIZATION, format!("Bearer {t}"));
     }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| io(format!("cannot send the request: {e}")))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| io(format!("cannot read the response: {e}")))?;
-    parse_response(&raw).map_err(|reason| HttpError::Malformed {
-        endpoint: endpoint.to_string(),
-        reason,
-    })
-}
-
-/// Parses a whole HTTP/1.x response (the connection was closed after it).
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not UTF-8")?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("status line {status_line:?}"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length: Option<usize> = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse()
-                    .map_err(|_| format!("Content-Length {value:?}"))?,
-            );
-        }
-    }
-    let body = if chunked {
-        dechunk(body)?
-    } else if let Some(n) = length {
-        body.get(..n)
-            .ok_or_else(|| format!("body shorter ({}) than Content-Length {n}", body.len()))?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
+    let response = request.send().map_err(io)?;
+    let status = response.status().as_u16();
+    let body = response.bytes().map_err(io)?.to_vec();
     Ok(Response { status, body })
-}
-
-/// Decodes a chunked body.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line not terminated")?;
-        let size_text = std::str::from_utf8(&data[..eol]).map_err(|_| "chunk size not UTF-8")?;
-        let size_hex = size_text.split(';').next().unwrap_or_default().trim();
-        let size =
-            usize::from_str_radix(size_hex, 16).map_err(|_| format!("chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = data.get(..size).ok_or("chunk shorter than its size")?;
-        out.extend_from_slice(chunk);
-        data = data
-            .get(size..)
-            .and_then(|d| d.strip_prefix(b"\r\n"))
-            .ok_or("chunk not followed by CRLF")?;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     #[test]
@@ -254,25 +142,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn content_length_and_chunked_bodies() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"[]"[..]));
-        let r = parse_response(
-            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (404, &br#"{"a":1}"#[..]));
-        assert!(parse_response(b"garbage").is_err());
-        assert!(parse_response(b"SMTP 220\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n[]").is_err());
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
-        );
-    }
-
-    #[test]
-    fn a_real_socket_round_trip_sends_the_token() {
+    /// Serves one canned `response` on a free port of 127.0.0.1 (a raw socket on
+    /// purpose: it sends malformed answers no server library would); the request
+    /// it read, once answered.
+    fn serve_once(response: &'static [u8]) -> (Endpoint, std::thread::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
@@ -284,14 +157,44 @@ mod tests {
                 assert!(n > 0, "client closed early");
                 req.extend_from_slice(&buf[..n]);
             }
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]")
-                .unwrap();
+            s.write_all(response).unwrap();
             String::from_utf8(req).unwrap()
         });
         let e = Endpoint {
             host: "127.0.0.1".into(),
             port,
         };
+        (e, server)
+    }
+
+    fn get_canned(response: &'static [u8]) -> Result<Response, HttpError> {
+        let (e, server) = serve_once(response);
+        let r = get(&e, "/", None, Duration::from_secs(10));
+        server.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn content_length_and_chunked_bodies() {
+        let r = get_canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"[]"[..]));
+        let r = get_canned(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (404, &br#"{"a":1}"#[..]));
+        assert!(get_canned(b"garbage").is_err());
+        assert!(get_canned(b"SMTP 220\r\n\r\n").is_err());
+        assert!(get_canned(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n[]").is_err());
+        assert!(
+            get_canned(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
+    }
+
+    #[test]
+    fn a_real_socket_round_trip_sends_the_token() {
+        let (e, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]");
         let r = get(
             &e,
             "/api/x?status=running",
