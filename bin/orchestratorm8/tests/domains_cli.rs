@@ -78,7 +78,8 @@ fn migrate_then_add_list_disable_enable_remove() {
          applied migration 5: workflow kind and stage times\napplied migration 6: observed ring\n\
          applied migration 7: retention and scan-now mark\napplied migration 8: transactional outbox\n\
          applied migration 9: leader term\napplied migration 10: replicas\n\
-         applied migration 11: plan as jsonb\n"
+         applied migration 11: plan as jsonb\n\
+         applied migration 12: dispatched stage status\n"
     );
     let out = ok(&run(&cfg, &["migrate"]));
     assert_eq!(

@@ -90,7 +90,7 @@ async fn migrations_are_tracked_and_idempotent() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     );
     assert!(store.migrate().await.unwrap().is_empty());
     let admin = db.admin().await;
@@ -100,7 +100,7 @@ async fn migrations_are_tracked_and_idempotent() {
         &[],
     )
     .await;
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     // A fresh table gets the contract's shape, primary key included.
     let pk: i64 = value(
         &admin,
@@ -126,7 +126,7 @@ async fn concurrent_migrations_apply_each_version_once() {
         versions.extend(t.await.unwrap().unwrap().into_iter().map(|m| m.version));
     }
     versions.sort();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
 }
 
 /// The platform's own dump: uuid-ossp default, no primary key, duplicate names, a
