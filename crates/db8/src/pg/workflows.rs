@@ -43,6 +43,25 @@ pub(crate) fn plan_doc<'a>(
     )
 }
 
+/// A workflow's plan as [`plan_doc`] has it, as JSON text: serialised straight from the
+/// stages, without building a document per workflow (a batch holds thousands).
+fn plan_text(stages: &[crate::traits::StagePlan]) -> String {
+    /// One stage of the stored plan.
+    #[derive(serde::Serialize)]
+    struct Stage<'a> {
+        name: &'a str,
+        depends_on: &'a [String],
+    }
+    let stages: Vec<Stage<'_>> = stages
+        .iter()
+        .map(|s| Stage {
+            name: &s.name,
+            depends_on: &s.depends_on,
+        })
+        .collect();
+    serde_json::to_string(&stages).expect("strings serialise")
+}
+
 /// The filters of the API's listing, `$1` to `$6` (status, kind, domain, company,
 /// cursor time, cursor id), on the workflow row `w`.
 const LIST_FILTER: &str = "($1::text IS NULL OR w.status = $1) \
@@ -399,7 +418,7 @@ impl PgStore {
         let n = batch.len();
         let mut ids = Vec::with_capacity(n);
         let mut actives: Vec<Option<Uuid>> = Vec::with_capacity(n);
-        let mut plans: Vec<serde_json::Value> = Vec::with_capacity(n);
+        let mut plans: Vec<String> = Vec::with_capacity(n);
         let (mut d_wf, mut d_pos, mut d_id, mut d_name, mut d_company) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut s_wf, mut s_pos, mut s_name, mut s_claim) =
@@ -410,12 +429,7 @@ impl PgStore {
         for wf in batch {
             ids.push(wf.id);
             actives.push(active_domain(wf));
-            plans.push(plan_doc(wf.stages.iter().map(|st| {
-                (
-                    st.name.as_str(),
-                    st.depends_on.iter().map(String::as_str).collect(),
-                )
-            })));
+            plans.push(plan_text(&wf.stages));
             for (i, d) in wf.domains.iter().enumerate() {
                 d_wf.push(wf.id);
                 d_pos.push(i32::try_from(i).unwrap_or(i32::MAX));
@@ -441,8 +455,8 @@ impl PgStore {
         let sql = "WITH wf AS ( \
                INSERT INTO orchestratorm8_workflow \
                  (id, status, created_at, updated_at, active_domain, plan) \
-               SELECT u.id, 'pending', $1, $1, u.active, u.plan \
-               FROM unnest($2::uuid[], $3::uuid[], $4::jsonb[]) AS u(id, active, plan) \
+               SELECT u.id, 'pending', $1, $1, u.active, u.plan::jsonb \
+               FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, active, plan) \
                ON CONFLICT DO NOTHING \
                RETURNING id \
              ), d AS ( \
