@@ -276,10 +276,6 @@ fn new_cycle(ring: &[RingStage], first: &str, at: DateTime<Utc>) -> Cycle {
     }
 }
 
-fn is_nothing_to_scan(d: &Option<serde_json::Value>) -> bool {
-    d.as_ref().and_then(|v| v.as_str()) == Some(NOTHING_TO_SCAN)
-}
-
 /// The message of an `app.error.*` recorded on a stage within the window around `at`.
 fn recorded_error(s: &CycleStage, at: DateTime<Utc>) -> Option<String> {
     let d = s.detail.as_ref()?;
@@ -439,7 +435,7 @@ pub(crate) fn apply(cycles: &mut Vec<Cycle>, ring: &[RingStage], event: &RingEve
                 for c in cycles.iter_mut() {
                     let Some(s) = c.stage(source) else { continue };
                     if s.status == StageStatus::Completed
-                        && is_nothing_to_scan(&s.detail)
+                        && s.detail.as_ref().and_then(|v| v.as_str()) == Some(NOTHING_TO_SCAN)
                         && s.finished_at.is_some_and(|f| (f - at).abs() <= window)
                     {
                         s.status = StageStatus::Failed;

@@ -18,7 +18,7 @@ use crate::error::DbError;
 pub(crate) struct ConnectParams {
     pub(crate) config: Config,
     pub(crate) tls: MakeTlsConnector,
-    /// `host:port/database`, for messages.
+    /// `host:port/database`, for messages (never with credentials).
     pub(crate) label: String,
     pub(crate) settings: DatabaseSettings,
 }
@@ -53,7 +53,10 @@ impl ConnectParams {
         Ok(ConnectParams {
             config,
             tls: tls_connector(settings)?,
-            label: label(settings),
+            label: format!(
+                "{}:{}/{}",
+                settings.location, settings.port, settings.database
+            ),
             settings: settings.clone(),
         })
     }
@@ -93,14 +96,6 @@ impl ConnectParams {
     pub(crate) fn error(&self, e: tokio_postgres::Error) -> DbError {
         map_error(&self.label, &e)
     }
-}
-
-/// `host:port/database`, never with credentials.
-pub(crate) fn label(settings: &DatabaseSettings) -> String {
-    format!(
-        "{}:{}/{}",
-        settings.location, settings.port, settings.database
-    )
 }
 
 /// The `-c search_path=...` startup option putting `schema` first (then `public`, where

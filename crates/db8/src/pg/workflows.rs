@@ -142,18 +142,6 @@ impl PgStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Locks the workflows `ids` (in id order) within `tx`.
-    async fn lock_workflows(&self, tx: &Transaction<'_>, ids: &[Uuid]) -> Result<(), DbError> {
-        tx.execute(
-            "SELECT 1 FROM (SELECT id FROM orchestratorm8_workflow WHERE id = ANY($1) \
-             ORDER BY id FOR UPDATE) locked",
-            &[&ids],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
     /// Locks one workflow within `tx` and returns its status (`None`: absent).
     async fn lock_workflow(
         &self,
@@ -1014,7 +1002,14 @@ impl WorkflowRepository for PgStore {
         let mut conn = self.conn().await?;
         let tx = self.leader_tx(&mut conn).await?;
         self.by_key_lookups(&tx).await?;
-        self.lock_workflows(&tx, &ids).await?;
+        // Their workflows locked first, in id order.
+        tx.execute(
+            "SELECT 1 FROM (SELECT id FROM orchestratorm8_workflow WHERE id = ANY($1) \
+             ORDER BY id FOR UPDATE) locked",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
         let n = tx
             .execute(
                 "UPDATE orchestratorm8_stage_run s SET status = $6, attempt = s.attempt - 1, \
@@ -1229,7 +1224,8 @@ impl PgStore {
     /// Runs claim statement `sql` of `stage` as a leader-only write: `$1` to `$8` are
     /// the stage, `now`, `limit`, `owner`, the lease's end, the statuses of
     /// [`claimable`], [`DISPATCHED`] and those a claim takes a due stage from, then
-    /// `extra`. Returns the attempts claimed, with their domains.
+    /// `extra` (its `RETURNING`: `workflow_id, attempt, not_before`). Returns the
+    /// attempts claimed, oldest first, with their domains.
     async fn claim(
         &self,
         stage: &str,
@@ -1259,7 +1255,25 @@ impl PgStore {
         let tx = self.leader_tx(&mut conn).await?;
         let rows = tx.query(sql, &params).await.map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
-        self.claimed_with_domains(&conn, &rows, stage).await
+        // Oldest first, with their workflows' domains.
+        let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
+            .iter()
+            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1))))
+            .collect();
+        claimed.sort();
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
+        let mut domains = self.domains_of(&*conn, &ids).await?;
+        Ok(claimed
+            .into_iter()
+            .map(|(_, id, attempt)| ClaimedStage {
+                key: StageKey {
+                    workflow_id: id,
+                    stage: stage.to_owned(),
+                    attempt,
+                },
+                domains: domains.remove(&id).unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// The domains of the workflows `ids`, each workflow's in order.
@@ -1289,33 +1303,5 @@ impl PgStore {
             });
         }
         Ok(domains)
-    }
-
-    /// The claimed attempts of `stage` (rows of `workflow_id, attempt, not_before`),
-    /// oldest first, with their workflows' domains.
-    async fn claimed_with_domains(
-        &self,
-        conn: &tokio_postgres::Client,
-        rows: &[Row],
-        stage: &str,
-    ) -> Result<Vec<ClaimedStage>, DbError> {
-        let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
-            .iter()
-            .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1))))
-            .collect();
-        claimed.sort();
-        let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
-        let mut domains = self.domains_of(conn, &ids).await?;
-        Ok(claimed
-            .into_iter()
-            .map(|(_, id, attempt)| ClaimedStage {
-                key: StageKey {
-                    workflow_id: id,
-                    stage: stage.to_owned(),
-                    attempt,
-                },
-                domains: domains.remove(&id).unwrap_or_default(),
-            })
-            .collect())
     }
 }
