@@ -138,23 +138,14 @@ fn tls_connector(settings: &DatabaseSettings) -> Result<MakeTlsConnector, DbErro
     builder.danger_accept_invalid_hostnames(settings.sslmode != SslMode::VerifyFull);
     match &settings.sslrootcert {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                DbError::Invalid(format!(
-                    "Database.sslrootcert {}: cannot read: {e}",
-                    path.display()
-                ))
-            })?;
-            let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
-                DbError::Invalid(format!(
-                    "Database.sslrootcert {}: not a PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
+            let invalid = |why: String| {
+                DbError::Invalid(format!("Database.sslrootcert {}: {why}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+            let certs = native_tls::Certificate::stack_from_pem(&pem)
+                .map_err(|e| invalid(format!("not a PEM certificate: {e}")))?;
             if certs.is_empty() {
-                return Err(DbError::Invalid(format!(
-                    "Database.sslrootcert {}: holds no PEM certificate",
-                    path.display()
-                )));
+                return Err(invalid("holds no PEM certificate".into()));
             }
             builder.disable_built_in_roots(true);
             for cert in certs {
