@@ -52,10 +52,10 @@ pub(crate) fn validate_batch(batch: &[NewWorkflow]) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The domain a workflow keeps busy while active, when it has exactly one: at most one
-/// active workflow may exist per such domain (the `per_domain` rule).
-pub(crate) fn active_domain(wf: &NewWorkflow) -> Option<uuid::Uuid> {
-    match wf.domains.as_slice() {
+/// The domain a workflow of `domains` keeps busy while active, when it has exactly
+/// one: at most one active workflow may exist per such domain (the `per_domain` rule).
+pub(crate) fn active_domain(domains: &[model8::DomainRef]) -> Option<uuid::Uuid> {
+    match domains {
         [only] => Some(only.id),
         _ => None,
     }

@@ -176,8 +176,6 @@ pub(crate) struct CycleStage {
     pub(crate) finished_at: Option<DateTime<Utc>>,
     pub(crate) stall_at: Option<DateTime<Utc>>,
     pub(crate) detail: Option<serde_json::Value>,
-    /// Stored (it has a row).
-    pub(crate) stored: bool,
     pub(crate) dirty: bool,
 }
 
@@ -270,17 +268,12 @@ fn new_cycle(ring: &[RingStage], first: &str, at: DateTime<Utc>) -> Cycle {
                         "not observed: the orchestrator joined the ring later".into(),
                     )
                 }),
-                stored: false,
                 dirty: i < before,
             })
             .collect(),
         new: true,
         dirty: true,
     }
-}
-
-fn is_nothing_to_scan(d: &Option<serde_json::Value>) -> bool {
-    d.as_ref().and_then(|v| v.as_str()) == Some(NOTHING_TO_SCAN)
 }
 
 /// The message of an `app.error.*` recorded on a stage within the window around `at`.
@@ -308,25 +301,18 @@ pub(crate) fn apply(cycles: &mut Vec<Cycle>, ring: &[RingStage], event: &RingEve
             if !in_ring(stage) {
                 return RingApplied::Ignored;
             }
-            if !open {
-                let mut c = new_cycle(ring, stage, at);
-                let attempt = c.start(ring, stage, at).unwrap_or(1);
-                let id = c.id;
-                cycles.insert(0, c);
-                return RingApplied::StageStarted {
-                    cycle: id,
-                    stage: stage.clone(),
-                    attempt,
-                    new_cycle: true,
-                };
-            }
-            let c = &mut cycles[0];
-            let status = c.stage(stage).map(|s| s.status);
-            // A kick-off of the first stage after it ended starts the next cycle
-            // (healing after the last stage gave up, or a new bootstrap kick-off).
+            let status = cycles
+                .first_mut()
+                .and_then(|c| c.stage(stage))
+                .map(|s| s.status);
+            // Without an open cycle, or a kick-off of the first stage after it ended
+            // (healing after the last stage gave up, or a new bootstrap kick-off): the
+            // next cycle starts.
             let first = ring.first().is_some_and(|r| r.name == *stage);
-            if first && status.is_some_and(StageStatus::is_terminal) {
-                c.end(at);
+            if !open || (first && status.is_some_and(StageStatus::is_terminal)) {
+                if open {
+                    cycles[0].end(at);
+                }
                 let mut n = new_cycle(ring, stage, at);
                 let attempt = n.start(ring, stage, at).unwrap_or(1);
                 let id = n.id;
@@ -338,6 +324,7 @@ pub(crate) fn apply(cycles: &mut Vec<Cycle>, ring: &[RingStage], event: &RingEve
                     new_cycle: true,
                 };
             }
+            let c = &mut cycles[0];
             match status {
                 Some(StageStatus::Running) => RingApplied::AlreadyRunning {
                     stage: stage.clone(),
@@ -386,11 +373,7 @@ pub(crate) fn apply(cycles: &mut Vec<Cycle>, ring: &[RingStage], event: &RingEve
             let c = &mut cycles[0];
             let last = ring.last().is_some_and(|r| r.name == *from);
             let s = c.stage(from).expect("running stage exists");
-            let error = if payload.is_none() {
-                recorded_error(s, at)
-            } else {
-                None
-            };
+            let error = payload.is_none().then(|| recorded_error(s, at)).flatten();
             let (status, detail) = match outcome(payload.as_ref(), error.as_deref()) {
                 ChainOutcome::Completed { detail } => (StageStatus::Completed, detail),
                 ChainOutcome::Failed { message } => (StageStatus::Failed, Some(message)),
@@ -452,7 +435,7 @@ pub(crate) fn apply(cycles: &mut Vec<Cycle>, ring: &[RingStage], event: &RingEve
                 for c in cycles.iter_mut() {
                     let Some(s) = c.stage(source) else { continue };
                     if s.status == StageStatus::Completed
-                        && is_nothing_to_scan(&s.detail)
+                        && s.detail.as_ref().and_then(|v| v.as_str()) == Some(NOTHING_TO_SCAN)
                         && s.finished_at.is_some_and(|f| (f - at).abs() <= window)
                     {
                         s.status = StageStatus::Failed;
@@ -478,12 +461,10 @@ pub(crate) fn stall(cycles: &mut [Cycle], now: DateTime<Utc>) -> Vec<RingStall> 
         return out;
     };
     let id = c.id;
-    let mut changed = false;
     for s in &mut c.stages {
         if s.status == StageStatus::Running && s.stall_at.is_some_and(|t| t <= now) {
             s.status = StageStatus::Stalled;
             s.dirty = true;
-            changed = true;
             out.push(RingStall {
                 cycle: id,
                 stage: s.name.clone(),
@@ -498,7 +479,7 @@ pub(crate) fn stall(cycles: &mut [Cycle], now: DateTime<Utc>) -> Vec<RingStall> 
             });
         }
     }
-    if changed {
+    if !out.is_empty() {
         c.touch(now);
     }
     out

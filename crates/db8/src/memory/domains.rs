@@ -16,12 +16,7 @@ impl DomainRepository for MemoryStore {
         let state = self.state()?;
         let mut all: Vec<Domain8> = state.domains.values().cloned().collect();
         // Byte order, as PostgreSQL's `COLLATE "C"`.
-        all.sort_by(|a, b| {
-            a.name
-                .as_bytes()
-                .cmp(b.name.as_bytes())
-                .then(a.id.cmp(&b.id))
-        });
+        all.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
         Ok(all)
     }
 

@@ -35,13 +35,7 @@ impl ReplicaRegistry for MemoryStore {
             .filter(|r| r.seen_at.to_utc() >= after)
             .cloned()
             .collect();
-        out.sort_by(|a, b| {
-            (a.role != ReplicaRole::Leader, &a.name, a.id).cmp(&(
-                b.role != ReplicaRole::Leader,
-                &b.name,
-                b.id,
-            ))
-        });
+        out.sort_by_key(|r| (r.role != ReplicaRole::Leader, r.name.clone(), r.id));
         Ok(out)
     }
 

@@ -2,6 +2,7 @@
 //! `crate::pg::workflows`, written in Rust.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -300,7 +301,7 @@ impl MemoryStore {
             if wfs.by_id.contains_key(&new.id) {
                 continue;
             }
-            let single = active_domain(new);
+            let single = active_domain(&new.domains);
             if let Some(d) = single {
                 if wfs.active_single.contains_key(&d) {
                     continue;
@@ -409,13 +410,10 @@ impl WorkflowRepository for MemoryStore {
                     })
                 })
         };
-        let start = match after {
-            Some(a) => std::ops::Bound::Excluded(a),
-            None => std::ops::Bound::Unbounded,
-        };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(state
             .domains
-            .range((start, std::ops::Bound::Unbounded))
+            .range((start, Bound::Unbounded))
             .map(|(_, d)| d)
             .filter(|d| d.enabled && !busy(&d.id))
             .take(limit)
@@ -722,33 +720,26 @@ impl WorkflowRepository for MemoryStore {
     async fn timed_out(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StageKey>, DbError> {
         let now = db_precision(now);
         let state = self.state()?;
-        let mut late: Vec<(DateTime<Utc>, StageKey)> = state
+        // By deadline, workflow and stage name in byte order (`COLLATE "C"`).
+        let mut late: Vec<(DateTime<Utc>, WorkflowId, &str, u32)> = state
             .workflows
             .by_id
             .values()
             .filter(|w| !w.status.is_terminal())
-            .flat_map(|w| {
-                w.stages.iter().filter_map(move |s| {
-                    let d = s.deadline?;
-                    (s.status == StageStatus::Running && d < now).then(|| {
-                        (
-                            d,
-                            StageKey {
-                                workflow_id: w.id,
-                                stage: s.name.clone(),
-                                attempt: s.attempt,
-                            },
-                        )
-                    })
-                })
-            })
+            .flat_map(|w| w.stages.iter().map(move |s| (w.id, s)))
+            .filter(|(_, s)| s.status == StageStatus::Running)
+            .filter_map(|(id, s)| Some((s.deadline.filter(|d| *d < now)?, id, &*s.name, s.attempt)))
             .collect();
-        late.sort_by(|(da, a), (db, b)| {
-            da.cmp(db)
-                .then(a.workflow_id.cmp(&b.workflow_id))
-                .then(a.stage.as_bytes().cmp(b.stage.as_bytes()))
-        });
-        Ok(late.into_iter().take(limit).map(|(_, k)| k).collect())
+        late.sort();
+        Ok(late
+            .into_iter()
+            .take(limit)
+            .map(|(_, workflow_id, stage, attempt)| StageKey {
+                workflow_id,
+                stage: stage.to_owned(),
+                attempt,
+            })
+            .collect())
     }
 
     async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError> {
@@ -844,10 +835,7 @@ impl WorkflowRepository for MemoryStore {
                 "cannot retry workflow {id}: it is an observed cycle"
             )));
         }
-        let single = match wf.domains.as_slice() {
-            [only] => Some(only.id),
-            _ => None,
-        };
+        let single = active_domain(&wf.domains);
         if let Some(d) = single {
             if wfs.active_single.contains_key(&d) {
                 return Err(DbError::Conflict(format!(
@@ -940,7 +928,6 @@ impl Workflows {
                             finished_at: s.and_then(|s| s.finished_at),
                             stall_at: s.and_then(|s| s.stall_at),
                             detail: s.and_then(|s| s.detail.clone()),
-                            stored: s.is_some(),
                             dirty: false,
                         }
                     })

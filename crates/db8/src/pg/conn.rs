@@ -18,7 +18,7 @@ use crate::error::DbError;
 pub(crate) struct ConnectParams {
     pub(crate) config: Config,
     pub(crate) tls: MakeTlsConnector,
-    /// `host:port/database`, for messages.
+    /// `host:port/database`, for messages (never with credentials).
     pub(crate) label: String,
     pub(crate) settings: DatabaseSettings,
 }
@@ -53,7 +53,10 @@ impl ConnectParams {
         Ok(ConnectParams {
             config,
             tls: tls_connector(settings)?,
-            label: label(settings),
+            label: format!(
+                "{}:{}/{}",
+                settings.location, settings.port, settings.database
+            ),
             settings: settings.clone(),
         })
     }
@@ -93,14 +96,6 @@ impl ConnectParams {
     pub(crate) fn error(&self, e: tokio_postgres::Error) -> DbError {
         map_error(&self.label, &e)
     }
-}
-
-/// `host:port/database`, never with credentials.
-pub(crate) fn label(settings: &DatabaseSettings) -> String {
-    format!(
-        "{}:{}/{}",
-        settings.location, settings.port, settings.database
-    )
 }
 
 /// The `-c search_path=...` startup option putting `schema` first (then `public`, where
@@ -143,23 +138,14 @@ fn tls_connector(settings: &DatabaseSettings) -> Result<MakeTlsConnector, DbErro
     builder.danger_accept_invalid_hostnames(settings.sslmode != SslMode::VerifyFull);
     match &settings.sslrootcert {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                DbError::Invalid(format!(
-                    "Database.sslrootcert {}: cannot read: {e}",
-                    path.display()
-                ))
-            })?;
-            let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| {
-                DbError::Invalid(format!(
-                    "Database.sslrootcert {}: not a PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
+            let invalid = |why: String| {
+                DbError::Invalid(format!("Database.sslrootcert {}: {why}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+            let certs = native_tls::Certificate::stack_from_pem(&pem)
+                .map_err(|e| invalid(format!("not a PEM certificate: {e}")))?;
             if certs.is_empty() {
-                return Err(DbError::Invalid(format!(
-                    "Database.sslrootcert {}: holds no PEM certificate",
-                    path.display()
-                )));
+                return Err(invalid("holds no PEM certificate".into()));
             }
             builder.disable_built_in_roots(true);
             for cert in certs {

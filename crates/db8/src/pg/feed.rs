@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use config8::DatabaseSettings;
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{Notify, mpsc, watch};
@@ -55,6 +56,7 @@ impl PgChangeFeed {
 }
 
 /// The one-event mailbox between a listener and its subscriber.
+#[derive(Default)]
 struct Mailbox {
     slot: Mutex<Option<DomainChange>>,
     closed: Mutex<bool>,
@@ -101,11 +103,7 @@ struct Subscription {
 #[async_trait]
 impl ChangeFeed for PgChangeFeed {
     async fn subscribe(&self) -> Result<BoxStream<'static, DomainChange>, DbError> {
-        let mailbox = Arc::new(Mailbox {
-            slot: Mutex::new(None),
-            closed: Mutex::new(false),
-            wake: Notify::new(),
-        });
+        let mailbox = Arc::new(Mailbox::default());
         let (gone_tx, gone_rx) = mpsc::channel::<()>(1);
         let first = Session::open(&self.params).await?;
         tokio::spawn(listen(
@@ -172,6 +170,25 @@ fn relevant(channel: &str, payload: &str, schema: &str) -> bool {
     channel == CHANNEL && payload == schema
 }
 
+/// The reconnection delays: from [`FIRST_BACKOFF`], doubling, up to `max`.
+fn doubling(max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(FIRST_BACKOFF)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .without_max_times()
+}
+
+/// A step of backon's doubling (computed in `f32`: 200.000003 ms) in whole milliseconds,
+/// as the reconnection delays were before (100 ms, 200 ms, ...); the cap `max` as it is.
+fn whole_ms(step: Duration, max: Duration) -> Duration {
+    if step >= max {
+        return max;
+    }
+    let millis = (step.as_nanos() + 500_000) / 1_000_000;
+    Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
 async fn listen(
     params: Arc<ConnectParams>,
     first: Session,
@@ -181,8 +198,9 @@ async fn listen(
 ) {
     let schema = params.settings.schema.clone();
     let mut session = Some(first);
-    let mut backoff = FIRST_BACKOFF;
     let max_backoff = params.settings.retry_delay.max(FIRST_BACKOFF);
+    let doubling = doubling(max_backoff);
+    let mut delays = doubling.build();
     loop {
         let current = match session.take() {
             Some(s) => s,
@@ -193,18 +211,18 @@ async fn listen(
                     opened = Session::open(&params) => match opened {
                         Ok(s) => {
                             tracing::info!(database = %params.label, "domain change feed reconnected; resyncing");
-                            backoff = FIRST_BACKOFF;
+                            delays = doubling.build();
                             mailbox.put(DomainChange::Resync);
                             s
                         }
                         Err(e) => {
+                            let backoff = whole_ms(delays.next().unwrap_or(max_backoff), max_backoff);
                             tracing::warn!(database = %params.label, error = %e, "domain change feed cannot reconnect; retrying in {backoff:?}");
                             tokio::select! {
                                 _ = shutdown.changed() => break,
                                 _ = gone.recv() => break,
                                 _ = tokio::time::sleep(backoff) => {}
                             }
-                            backoff = (backoff * 2).min(max_backoff);
                             continue;
                         }
                     },
@@ -267,13 +285,19 @@ mod tests {
         assert!(!relevant("elsewhere", "public", "public"));
     }
 
+    #[test]
+    fn reconnect_delays_double_in_whole_milliseconds_up_to_the_cap() {
+        let max = Duration::from_millis(1_000);
+        let mut delays = doubling(max).build();
+        let got: Vec<u128> = (0..6)
+            .map(|_| whole_ms(delays.next().unwrap(), max).as_millis())
+            .collect();
+        assert_eq!(got, [100, 200, 400, 800, 1_000, 1_000]);
+    }
+
     #[tokio::test]
     async fn the_mailbox_coalesces_and_resync_wins() {
-        let m = Mailbox {
-            slot: Mutex::new(None),
-            closed: Mutex::new(false),
-            wake: Notify::new(),
-        };
+        let m = Mailbox::default();
         m.put(DomainChange::Changed);
         m.put(DomainChange::Changed);
         assert_eq!(m.next().await, Some(DomainChange::Changed));

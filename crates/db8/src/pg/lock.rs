@@ -194,12 +194,6 @@ impl PgLeaderLock {
         Ok(session)
     }
 
-    /// The lock's `(classid, objid)` as `pg_locks` shows a one-key advisory lock.
-    fn lock_ids(&self) -> (u32, u32) {
-        let k = self.key as u64;
-        ((k >> 32) as u32, k as u32)
-    }
-
     /// Runs a query with the connect timeout: a silent network counts as a lost
     /// session.
     async fn timed<T>(
@@ -220,7 +214,9 @@ impl PgLeaderLock {
 
     /// Whether `session` holds the lock, asking the server.
     async fn server_says_held(&self, session: &Session) -> Result<bool, DbError> {
-        let (classid, objid) = self.lock_ids();
+        // The lock's `(classid, objid)` as `pg_locks` shows a one-key advisory lock.
+        let k = self.key as u64;
+        let (classid, objid) = ((k >> 32) as u32, k as u32);
         let row = self
             .timed(session.client.query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \

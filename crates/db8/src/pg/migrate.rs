@@ -14,70 +14,37 @@ pub struct Migration {
     sql: &'static str,
 }
 
+/// A [`Migration`] from its version, what it does and its file under `migrations/`.
+macro_rules! migration {
+    ($version:literal, $name:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("migrations/", $file)),
+        }
+    };
+}
+
 /// Every migration, in order. Each one only creates what is missing (or, for
 /// version 4, replaces indexes of the orchestrator's own tables): none drops or rewrites
 /// data.
 pub(crate) const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "domain table",
-        sql: include_str!("migrations/0001_domain_table.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "workflow tables",
-        sql: include_str!("migrations/0002_workflow_tables.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "domain change trigger",
-        sql: include_str!("migrations/0003_domain_change_trigger.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "cheaper dispatch",
-        sql: include_str!("migrations/0004_cheaper_dispatch.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "workflow kind and stage times",
-        sql: include_str!("migrations/0005_workflow_kind_stage_times.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "observed ring",
-        sql: include_str!("migrations/0006_observed_ring.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "retention and scan-now mark",
-        sql: include_str!("migrations/0007_retention.sql"),
-    },
-    Migration {
-        version: 8,
-        name: "transactional outbox",
-        sql: include_str!("migrations/0008_outbox.sql"),
-    },
-    Migration {
-        version: 9,
-        name: "leader term",
-        sql: include_str!("migrations/0009_leader_term.sql"),
-    },
-    Migration {
-        version: 10,
-        name: "replicas",
-        sql: include_str!("migrations/0010_replicas.sql"),
-    },
-    Migration {
-        version: 11,
-        name: "plan as jsonb",
-        sql: include_str!("migrations/0011_plan_jsonb.sql"),
-    },
-    Migration {
-        version: 12,
-        name: "dispatched stage status",
-        sql: include_str!("migrations/0012_dispatched.sql"),
-    },
+    migration!(1, "domain table", "0001_domain_table.sql"),
+    migration!(2, "workflow tables", "0002_workflow_tables.sql"),
+    migration!(3, "domain change trigger", "0003_domain_change_trigger.sql"),
+    migration!(4, "cheaper dispatch", "0004_cheaper_dispatch.sql"),
+    migration!(
+        5,
+        "workflow kind and stage times",
+        "0005_workflow_kind_stage_times.sql"
+    ),
+    migration!(6, "observed ring", "0006_observed_ring.sql"),
+    migration!(7, "retention and scan-now mark", "0007_retention.sql"),
+    migration!(8, "transactional outbox", "0008_outbox.sql"),
+    migration!(9, "leader term", "0009_leader_term.sql"),
+    migration!(10, "replicas", "0010_replicas.sql"),
+    migration!(11, "plan as jsonb", "0011_plan_jsonb.sql"),
+    migration!(12, "dispatched stage status", "0012_dispatched.sql"),
 ];
 
 /// The advisory lock key that serialises migrations (ASCII `orchm8mg`).

@@ -188,32 +188,26 @@ impl PgStore {
         }
     }
 
-    /// Begins a transaction for a leader-only write on `conn`: fenced, it first checks
-    /// the term (see [`PgStore::fenced`]).
+    /// Begins a transaction for a leader-only write on `conn`. Fenced (see
+    /// [`PgStore::fenced`]), it first locks the lock key's term row `FOR SHARE` (a new
+    /// leader's increment waits for the transaction) and fails unless it holds the term
+    /// held.
     async fn leader_tx<'c>(
         &self,
         conn: &'c mut tokio_postgres::Client,
     ) -> Result<tokio_postgres::Transaction<'c>, DbError> {
         let tx = conn.transaction().await.map_err(|e| self.err(e))?;
-        self.check_term(&tx).await?;
+        if let Some(term) = &self.fence {
+            let row = tx
+                .query_opt(
+                    "SELECT term FROM orchestratorm8_leader_term WHERE lock_key = $1 FOR SHARE",
+                    &[&term.key()],
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            term.check(row.map_or(0, |r| r.get::<_, i64>(0)))?;
+        }
         Ok(tx)
-    }
-
-    /// Within `tx`: when fenced, locks the lock key's term row `FOR SHARE` (a new
-    /// leader's increment waits for `tx`) and fails unless it holds the term held.
-    async fn check_term(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {
-        let Some(term) = &self.fence else {
-            return Ok(());
-        };
-        let row = tx
-            .query_opt(
-                "SELECT term FROM orchestratorm8_leader_term WHERE lock_key = $1 FOR SHARE",
-                &[&term.key()],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let current = row.map_or(0, |r| r.get::<_, i64>(0));
-        term.check(current)
     }
 
     /// `host:port/database`, for messages.

@@ -39,15 +39,8 @@ impl PgStore {
         tx: &Transaction<'_>,
         id: WorkflowId,
     ) -> Result<Vec<String>, DbError> {
-        let rows = tx
-            .query(
-                "SELECT name FROM orchestratorm8_workflow_domain WHERE workflow_id = $1 \
-                 ORDER BY position",
-                &[&id],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        let domains = self.domains_of(tx, &[id]).await?.remove(&id);
+        Ok(domains.into_iter().flatten().map(|d| d.name).collect())
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::PgStore;
+use super::workflows::{attempt_of, parse};
 use crate::error::DbError;
 use crate::ring::{self, Cycle, CycleStage};
 use crate::time::db_precision;
@@ -18,11 +19,6 @@ use crate::traits::{RingApplied, RingEvent, RingRepository, RingStage, RingStall
 
 /// The advisory lock that serialises ring changes (ASCII `orchm8rg`).
 const RING_LOCK_KEY: i64 = 0x6f72_6368_6d38_7267;
-
-fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, DbError> {
-    s.parse()
-        .map_err(|e: String| DbError::Query(format!("unexpected value in the database: {e}")))
-}
 
 impl PgStore {
     /// Takes the ring lock within `tx` and loads the latest two observed cycles,
@@ -59,32 +55,19 @@ impl PgStore {
                 let stages = ring
                     .iter()
                     .map(|r| {
+                        // Its row, if it has one (else it is waiting, never run).
                         let row = rows
                             .iter()
                             .find(|s| s.get::<_, Uuid>(0) == id && s.get::<_, &str>(1) == r.name);
-                        Ok(match row {
-                            Some(s) => CycleStage {
-                                name: r.name.clone(),
-                                status: parse(s.get::<_, &str>(2))?,
-                                attempt: u32::try_from(s.get::<_, i32>(3)).unwrap_or(0),
-                                started_at: s.get(4),
-                                finished_at: s.get(5),
-                                stall_at: s.get(6),
-                                detail: s.get(7),
-                                stored: true,
-                                dirty: false,
-                            },
-                            None => CycleStage {
-                                name: r.name.clone(),
-                                status: StageStatus::Waiting,
-                                attempt: 0,
-                                started_at: None,
-                                finished_at: None,
-                                stall_at: None,
-                                detail: None,
-                                stored: false,
-                                dirty: false,
-                            },
+                        Ok(CycleStage {
+                            name: r.name.clone(),
+                            status: row.map_or(Ok(StageStatus::Waiting), |s| parse(s.get(2)))?,
+                            attempt: row.map_or(0, |s| attempt_of(s.get(3))),
+                            started_at: row.and_then(|s| s.get(4)),
+                            finished_at: row.and_then(|s| s.get(5)),
+                            stall_at: row.and_then(|s| s.get(6)),
+                            detail: row.and_then(|s| s.get(7)),
+                            dirty: false,
                         })
                     })
                     .collect::<Result<Vec<_>, DbError>>()?;

@@ -15,7 +15,8 @@ use model8::{
     DomainRef, GoTime, StageStatus, StageView, WorkflowId, WorkflowKind, WorkflowStatus,
     WorkflowView,
 };
-use tokio_postgres::{IsolationLevel, Row, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, IsolationLevel, Row, Transaction};
 use uuid::Uuid;
 
 use super::PgStore;
@@ -76,6 +77,11 @@ const LIST_FILTER: &str = "($1::text IS NULL OR w.status = $1) \
 /// [`PgStore::views`] reads them.
 const HEAD: &str = "id, status, created_at, updated_at, kind";
 
+/// The [`HEAD`] of workflow `$1`.
+fn one_head() -> String {
+    format!("SELECT {HEAD} FROM orchestratorm8_workflow WHERE id = $1")
+}
+
 /// The stage status of a confirmed attempt ([`StageEvent::PublishConfirmed`]).
 const RUNNING: &str = StageStatus::Running.as_str();
 
@@ -123,27 +129,23 @@ fn attempt_sql(a: u32) -> Option<i32> {
     i32::try_from(a).ok()
 }
 
-fn attempt_of(v: i32) -> u32 {
+/// An attempt number as stored.
+pub(super) fn attempt_of(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, DbError> {
+/// A status or kind as stored.
+pub(super) fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, DbError> {
     s.parse()
         .map_err(|e: String| DbError::Query(format!("unexpected value in the database: {e}")))
 }
 
 /// Keys as three parallel arrays for `unnest`, dropping attempts that cannot exist.
 fn key_arrays(keys: &[StageKey]) -> (Vec<Uuid>, Vec<&str>, Vec<i32>) {
-    let mut ids = Vec::with_capacity(keys.len());
-    let mut stages = Vec::with_capacity(keys.len());
-    let mut attempts = Vec::with_capacity(keys.len());
-    for k in keys {
-        if let Some(a) = attempt_sql(k.attempt) {
-            ids.push(k.workflow_id);
-            stages.push(k.stage.as_str());
-            attempts.push(a);
-        }
-    }
+    let (ids, (stages, attempts)) = keys
+        .iter()
+        .filter_map(|k| Some((k.workflow_id, (k.stage.as_str(), attempt_sql(k.attempt)?))))
+        .unzip();
     (ids, stages, attempts)
 }
 
@@ -157,18 +159,6 @@ impl PgStore {
         tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
             .await
             .map_err(|e| self.err(e))
-    }
-
-    /// Locks the workflows `ids` (in id order) within `tx`.
-    async fn lock_workflows(&self, tx: &Transaction<'_>, ids: &[Uuid]) -> Result<(), DbError> {
-        tx.execute(
-            "SELECT 1 FROM (SELECT id FROM orchestratorm8_workflow WHERE id = ANY($1) \
-             ORDER BY id FOR UPDATE) locked",
-            &[&ids],
-        )
-        .await
-        .map_err(|e| self.err(e))?;
-        Ok(())
     }
 
     /// Locks one workflow within `tx` and returns its status (`None`: absent).
@@ -331,18 +321,7 @@ impl PgStore {
         heads: &[Row],
     ) -> Result<Vec<WorkflowView>, DbError> {
         let ids: Vec<Uuid> = heads.iter().map(|r| r.get(0)).collect();
-        let mut domains: HashMap<Uuid, Vec<String>> = HashMap::new();
-        for r in tx
-            .query(
-                "SELECT workflow_id, name FROM orchestratorm8_workflow_domain \
-                 WHERE workflow_id = ANY($1) ORDER BY workflow_id, position",
-                &[&ids],
-            )
-            .await
-            .map_err(|e| self.err(e))?
-        {
-            domains.entry(r.get(0)).or_default().push(r.get(1));
-        }
+        let mut domains = self.domains_of(tx, &ids).await?;
         let mut stages: HashMap<Uuid, Vec<StageView>> = HashMap::new();
         // Its stages in plan order, each as its stage-run row says, or `waiting`
         // (`cancelled` once the workflow is over) before it has one.
@@ -376,7 +355,12 @@ impl PgStore {
                     status: parse(r.get::<_, &str>(1))?,
                     created_at: GoTime::from_utc(r.get(2)),
                     updated_at: GoTime::from_utc(r.get(3)),
-                    domains: domains.remove(&id).unwrap_or_default(),
+                    domains: domains
+                        .remove(&id)
+                        .into_iter()
+                        .flatten()
+                        .map(|d| d.name)
+                        .collect(),
                     stages: stages.remove(&id).unwrap_or_default(),
                 })
             })
@@ -386,16 +370,34 @@ impl PgStore {
     /// The view of one workflow within `tx`.
     async fn view(&self, tx: &Transaction<'_>, id: WorkflowId) -> Result<WorkflowView, DbError> {
         let heads = tx
-            .query(
-                &format!("SELECT {HEAD} FROM orchestratorm8_workflow WHERE id = $1"),
-                &[&id],
-            )
+            .query(&one_head(), &[&id])
             .await
             .map_err(|e| self.err(e))?;
         self.views(tx, &heads)
             .await?
             .pop()
             .ok_or_else(|| not_found(id))
+    }
+
+    /// The views of the workflow rows `sql` selects ([`HEAD`]), in its order, read in
+    /// one read-only snapshot.
+    async fn read_views(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<WorkflowView>, DbError> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.err(e))?;
+        let heads = tx.query(sql, params).await.map_err(|e| self.err(e))?;
+        let views = self.views(&tx, &heads).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(views)
     }
 
     /// Creates the workflows of `batch` that do not conflict, in one statement, claiming
@@ -428,7 +430,7 @@ impl PgStore {
         };
         for wf in batch {
             ids.push(wf.id);
-            actives.push(active_domain(wf));
+            actives.push(active_domain(&wf.domains));
             plans.push(plan_text(&wf.stages));
             for (i, d) in wf.domains.iter().enumerate() {
                 d_wf.push(wf.id);
@@ -848,20 +850,12 @@ impl WorkflowRepository for PgStore {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<ClaimedStage>, DbError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let until = plus(now, lease);
-        let mut conn = self.conn().await?;
-        let tx = self.leader_tx(&mut conn).await?;
         // The workflow rows are locked too (shared, skipped when taken): a pause or
         // cancel holds its workflow's row until it commits, so a claim skips a
         // workflow being changed, and re-checks the status of one changed since the
         // statement's snapshot instead of claiming on the status it had before.
-        let rows = tx
-            .query(
-                &format!(
-                    "WITH due AS ( \
+        let sql = format!(
+            "WITH due AS ( \
                    SELECT s.workflow_id FROM orchestratorm8_stage_run s \
                    JOIN orchestratorm8_workflow w ON w.id = s.workflow_id \
                    WHERE s.stage = $1 AND {CLAIMABLE} \
@@ -874,22 +868,9 @@ impl WorkflowRepository for PgStore {
                  UPDATE orchestratorm8_stage_run s SET {CLAIM} \
                  FROM due WHERE s.workflow_id = due.workflow_id AND s.stage = $1 \
                  RETURNING s.workflow_id, s.attempt, s.not_before"
-                ),
-                &[
-                    &stage,
-                    &now,
-                    &sql_limit(limit),
-                    &owner,
-                    &until,
-                    &claimable(),
-                    &DISPATCHED,
-                    &StageEvent::Claim.from_strs(),
-                ],
-            )
+        );
+        self.claim(stage, owner, now, lease, limit, (&sql, &[]))
             .await
-            .map_err(|e| self.err(e))?;
-        tx.commit().await.map_err(|e| self.err(e))?;
-        self.claimed_with_domains(&conn, &rows, stage).await
     }
 
     async fn claim_due_fair(
@@ -901,23 +882,15 @@ impl WorkflowRepository for PgStore {
         limit: usize,
         weights: &BTreeMap<String, u32>,
     ) -> Result<Vec<ClaimedStage>, DbError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let until = plus(now, lease);
         let (companies, factors): (Vec<&str>, Vec<f64>) = weights
             .iter()
             .map(|(c, w)| (c.as_str(), f64::from((*w).max(1))))
             .unzip();
-        let mut conn = self.conn().await?;
-        let tx = self.leader_tx(&mut conn).await?;
         // Ranked without locks (window functions cannot lock), then the picked rows
         // are locked and re-checked as in `claim_due`; a row taken meanwhile is
         // skipped (the claim returns fewer).
-        let rows = tx
-            .query(
-                &format!(
-                    "WITH due AS ( \
+        let sql = format!(
+            "WITH due AS ( \
                    SELECT s.workflow_id, s.not_before, d.companyname AS company, w.requested, \
                           row_number() OVER (PARTITION BY d.companyname \
                                              ORDER BY s.not_before, s.workflow_id) - 1 AS k \
@@ -956,25 +929,10 @@ impl WorkflowRepository for PgStore {
                  UPDATE orchestratorm8_stage_run s SET {CLAIM} \
                  FROM locked WHERE s.workflow_id = locked.workflow_id AND s.stage = $1 \
                  RETURNING s.workflow_id, s.attempt, s.not_before"
-                ),
-                &[
-                    &stage,
-                    &now,
-                    &sql_limit(limit),
-                    &owner,
-                    &until,
-                    &claimable(),
-                    &DISPATCHED,
-                    &StageEvent::Claim.from_strs(),
-                    &companies,
-                    &factors,
-                    &RUNNING,
-                ],
-            )
+        );
+        let extra: [&(dyn ToSql + Sync); 3] = [&companies, &factors, &RUNNING];
+        self.claim(stage, owner, now, lease, limit, (&sql, &extra))
             .await
-            .map_err(|e| self.err(e))?;
-        tx.commit().await.map_err(|e| self.err(e))?;
-        self.claimed_with_domains(&conn, &rows, stage).await
     }
 
     async fn mark_running(
@@ -1058,7 +1016,14 @@ impl WorkflowRepository for PgStore {
         let mut conn = self.conn().await?;
         let tx = self.leader_tx(&mut conn).await?;
         self.by_key_lookups(&tx).await?;
-        self.lock_workflows(&tx, &ids).await?;
+        // Their workflows locked first, in id order.
+        tx.execute(
+            "SELECT 1 FROM (SELECT id FROM orchestratorm8_workflow WHERE id = ANY($1) \
+             ORDER BY id FOR UPDATE) locked",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| self.err(e))?;
         let n = tx
             .execute(
                 "UPDATE orchestratorm8_stage_run s SET status = $6, attempt = s.attempt - 1, \
@@ -1192,54 +1157,34 @@ impl WorkflowRepository for PgStore {
     }
 
     async fn list(&self, filter: &WorkflowFilter) -> Result<Vec<WorkflowView>, DbError> {
-        let mut conn = self.conn().await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| self.err(e))?;
         let status = filter.status.map(|s| s.as_str());
         let kind = filter.kind.map(|k| k.as_str());
         let after_at = filter.after.map(|c| c.created_at);
         let after_id = filter.after.map(|c| c.id);
         let limit = sql_limit(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT));
-        let heads = tx
-            .query(
-                &format!(
-                    "SELECT {HEAD} FROM orchestratorm8_workflow w WHERE {LIST_FILTER} \
-                     ORDER BY w.created_at DESC, w.id DESC LIMIT $7"
-                ),
-                &[
-                    &status,
-                    &kind,
-                    &filter.domain,
-                    &filter.company,
-                    &after_at,
-                    &after_id,
-                    &limit,
-                ],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let views = self.views(&tx, &heads).await?;
-        tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(views)
+        self.read_views(
+            &format!(
+                "SELECT {HEAD} FROM orchestratorm8_workflow w WHERE {LIST_FILTER} \
+                 ORDER BY w.created_at DESC, w.id DESC LIMIT $7"
+            ),
+            &[
+                &status,
+                &kind,
+                &filter.domain,
+                &filter.company,
+                &after_at,
+                &after_id,
+                &limit,
+            ],
+        )
+        .await
     }
 
     async fn get(&self, id: WorkflowId) -> Result<WorkflowView, DbError> {
-        let mut conn = self.conn().await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| self.err(e))?;
-        let view = self.view(&tx, id).await?;
-        tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(view)
+        self.read_views(&one_head(), &[&id])
+            .await?
+            .pop()
+            .ok_or_else(|| not_found(id))
     }
 
     async fn cancel(&self, id: WorkflowId, now: DateTime<Utc>) -> Result<WorkflowView, DbError> {
@@ -1271,71 +1216,67 @@ impl WorkflowRepository for PgStore {
         after: Option<WorkflowId>,
         limit: usize,
     ) -> Result<Vec<WorkflowView>, DbError> {
-        let mut conn = self.conn().await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| self.err(e))?;
         // The active workflows (partial index on id) and those that ended since
         // (index on ended_at: a terminal workflow's last change is its end).
-        let heads = tx
-            .query(
-                &format!(
-                    "SELECT {HEAD} FROM ( \
-                       SELECT * FROM orchestratorm8_workflow \
-                       WHERE ended_at IS NULL AND updated_at >= $1 \
-                       UNION ALL \
-                       SELECT * FROM orchestratorm8_workflow WHERE ended_at >= $1) w \
-                     WHERE $3::uuid IS NULL OR (updated_at, id) > ($1, $3) \
-                     ORDER BY updated_at, id LIMIT $2"
-                ),
-                &[&since, &sql_limit(limit), &after],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let views = self.views(&tx, &heads).await?;
-        tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(views)
+        self.read_views(
+            &format!(
+                "SELECT {HEAD} FROM ( \
+                   SELECT * FROM orchestratorm8_workflow \
+                   WHERE ended_at IS NULL AND updated_at >= $1 \
+                   UNION ALL \
+                   SELECT * FROM orchestratorm8_workflow WHERE ended_at >= $1) w \
+                 WHERE $3::uuid IS NULL OR (updated_at, id) > ($1, $3) \
+                 ORDER BY updated_at, id LIMIT $2"
+            ),
+            &[&since, &sql_limit(limit), &after],
+        )
+        .await
     }
 }
 
 impl PgStore {
-    /// The claimed attempts of `stage` (rows of `workflow_id, attempt, not_before`),
-    /// oldest first, with their workflows' domains.
-    async fn claimed_with_domains(
+    /// Runs claim statement `sql` of `stage` as a leader-only write: `$1` to `$8` are
+    /// the stage, `now`, `limit`, `owner`, the lease's end, the statuses of
+    /// [`claimable`], [`DISPATCHED`] and those a claim takes a due stage from, then
+    /// `extra` (its `RETURNING`: `workflow_id, attempt, not_before`). Returns the
+    /// attempts claimed, oldest first, with their domains.
+    async fn claim(
         &self,
-        conn: &tokio_postgres::Client,
-        rows: &[Row],
         stage: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+        (sql, extra): (&str, &[&(dyn ToSql + Sync)]),
     ) -> Result<Vec<ClaimedStage>, DbError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (until, limit) = (plus(now, lease), sql_limit(limit));
+        let (claimable, due) = (claimable(), StageEvent::Claim.from_strs());
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &stage,
+            &now,
+            &limit,
+            &owner,
+            &until,
+            &claimable,
+            &DISPATCHED,
+            &due,
+        ];
+        params.extend_from_slice(extra);
+        let mut conn = self.conn().await?;
+        let tx = self.leader_tx(&mut conn).await?;
+        let rows = tx.query(sql, &params).await.map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        // Oldest first, with their workflows' domains.
         let mut claimed: Vec<(DateTime<Utc>, Uuid, u32)> = rows
             .iter()
             .map(|r| (r.get(2), r.get(0), attempt_of(r.get(1))))
             .collect();
         claimed.sort();
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
-        let mut domains: HashMap<Uuid, Vec<DomainRef>> = HashMap::new();
-        if !ids.is_empty() {
-            for r in conn
-                .query(
-                    "SELECT workflow_id, domain_id, name, companyname \
-                     FROM orchestratorm8_workflow_domain WHERE workflow_id = ANY($1) \
-                     ORDER BY workflow_id, position",
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.err(e))?
-            {
-                domains.entry(r.get(0)).or_default().push(DomainRef {
-                    id: r.get(1),
-                    name: r.get(2),
-                    companyname: r.get(3),
-                });
-            }
-        }
+        let mut domains = self.domains_of(&*conn, &ids).await?;
         Ok(claimed
             .into_iter()
             .map(|(_, id, attempt)| ClaimedStage {
@@ -1347,5 +1288,34 @@ impl PgStore {
                 domains: domains.remove(&id).unwrap_or_default(),
             })
             .collect())
+    }
+
+    /// The domains of the workflows `ids`, each workflow's in order.
+    pub(super) async fn domains_of(
+        &self,
+        client: &(impl GenericClient + Sync),
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<DomainRef>>, DbError> {
+        let mut domains: HashMap<Uuid, Vec<DomainRef>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(domains);
+        }
+        for r in client
+            .query(
+                "SELECT workflow_id, domain_id, name, companyname \
+                 FROM orchestratorm8_workflow_domain WHERE workflow_id = ANY($1) \
+                 ORDER BY workflow_id, position",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            domains.entry(r.get(0)).or_default().push(DomainRef {
+                id: r.get(1),
+                name: r.get(2),
+                companyname: r.get(3),
+            });
+        }
+        Ok(domains)
     }
 }
