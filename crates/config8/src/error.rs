@@ -16,11 +16,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        path_message(f, &self.path, &self.message)
     }
 }
 
@@ -35,11 +31,7 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        path_message(f, &self.path, &self.message)
     }
 }
 
@@ -90,6 +82,15 @@ impl ConfigError {
             ConfigError::Invalid { problems, .. } => problems,
             _ => &[],
         }
+    }
+}
+
+/// `path: message`, or the message alone when the path is empty (the top level).
+fn path_message(f: &mut fmt::Formatter<'_>, path: &str, message: &str) -> fmt::Result {
+    if path.is_empty() {
+        f.write_str(message)
+    } else {
+        write!(f, "{path}: {message}")
     }
 }
 

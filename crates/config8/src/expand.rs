@@ -14,20 +14,15 @@ use crate::tree::{Ctx, KeyPath, key_text};
 
 /// Expands every string value below `value` (mapping keys are left alone).
 pub(crate) fn expand_tree(value: &mut Value, path: &KeyPath, env: &Env, ctx: &mut Ctx) {
-    if let Value::String(s) = value {
-        if s.contains('$') {
-            match expand(s, env) {
-                Ok(out) => *s = out,
-                Err(e) => {
-                    ctx.problem(path, e);
-                    // Read on as if absent, so the one problem is reported once.
-                    *value = Value::Null;
-                }
-            }
-        }
-        return;
-    }
     match value {
+        Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok(out) => *s = out,
+            Err(e) => {
+                ctx.problem(path, e);
+                // Read on as if absent, so the one problem is reported once.
+                *value = Value::Null;
+            }
+        },
         Value::String(_) => {}
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -28,128 +28,82 @@ pub(crate) fn settings(ctx: &mut Ctx, root: Value) -> Settings {
     let mut top = Section::new(ctx, KeyPath::default(), Some(root));
     let d = Settings::default();
 
-    let app_env = top.get(
-        ctx,
-        "APP_ENV",
-        d.app_env,
-        one_of(&[
-            ("DEV", AppEnv::Dev),
-            ("TEST", AppEnv::Test),
-            ("PROD", AppEnv::Prod),
-        ]),
-    );
+    let app_env = top.get(ctx, "APP_ENV", d.app_env, one_of(AppEnv::NAMES));
     let log_level = top.get(ctx, "LOG_LEVEL", d.log_level, |v| {
         int(0, 3)(v)
             .map(|n| LogLevel::from_number(n).expect("in range"))
             .map_err(|_| "0 (debug), 1 (info), 2 (warn) or 3 (error)".to_owned())
     });
 
-    let mut orch_section = top.section(ctx, "ORCHESTRATORM8");
-    if !orch_section.present {
-        ctx.warn(
-            &orch_section.path,
-            "section absent: no service queues; exchanges cptm8, scheduler and notification (topic)",
-        );
-    }
-    let orchestrator = orchestrator(ctx, &mut orch_section);
-
-    let mut db_section = top.section(ctx, "Database");
-    if !db_section.present {
-        ctx.warn(
-            &db_section.path,
-            "section absent: using postgres@127.0.0.1:5432/cptm8 without password",
-        );
-    }
-    let database = database(ctx, &mut db_section);
-    db_section.finish(ctx);
-
-    let mut mq_section = top.section(ctx, "RabbitMQ");
-    if !mq_section.present {
-        ctx.warn(
-            &mq_section.path,
-            "section absent: using guest@127.0.0.1:5672",
-        );
-    }
-    let rabbitmq = rabbitmq(ctx, &mut mq_section);
-    mq_section.finish(ctx);
-
-    let mut sched = top.section(ctx, "Scheduler");
-    let scheduler = SchedulerSettings {
-        mode: sched.get(
-            ctx,
-            "mode",
-            d.scheduler.mode,
-            one_of(&[
-                ("bootstrap", SchedulerMode::Bootstrap),
-                ("managed", SchedulerMode::Managed),
-            ]),
-        ),
-        interval: sched.get(
-            ctx,
-            "interval",
-            d.scheduler.interval,
-            duration_at_least(Duration::from_secs(1)),
-        ),
-        observe: sched.get(ctx, "observe", d.scheduler.observe, boolean),
-        heal: sched.get(ctx, "heal", d.scheduler.heal, boolean),
-    };
-    sched.finish(ctx);
-
-    let mut wf = top.section(ctx, "Workflow");
-    let workflow = workflow(ctx, &mut wf, &orchestrator);
-    wf.finish(ctx);
-
-    let mut http_section = top.section(ctx, "HTTP");
-    let http = HttpSettings {
-        api_token: optional_secret(ctx, &mut http_section, "api_token"),
-        body_limit: http_section.get(ctx, "body_limit", d.http.body_limit, uint(1, 64 << 20)),
-    };
-    http_section.finish(ctx);
-
-    let mut le = top.section(ctx, "LeaderElection");
-    let leader_election = LeaderElectionSettings {
-        enabled: le.get(ctx, "enabled", d.leader_election.enabled, boolean),
-        lock_key: le.get(
-            ctx,
-            "lock_key",
-            d.leader_election.lock_key,
-            int(i64::MIN, i64::MAX),
-        ),
-        check_interval: le.get(
-            ctx,
-            "check_interval",
-            d.leader_election.check_interval,
-            duration_at_least(Duration::from_millis(10)),
-        ),
-    };
-    le.finish(ctx);
-
-    let mut log_section = top.section(ctx, "Log");
-    let log = log(ctx, &mut log_section);
-    log_section.finish(ctx);
-
-    top.finish(ctx);
-    Settings {
+    let orchestrator = top.read(
+        ctx,
+        "ORCHESTRATORM8",
+        Some("section absent: no service queues; exchanges cptm8, scheduler and notification (topic)"),
+        orchestrator,
+    );
+    let settings = Settings {
         app_env,
         log_level,
+        database: top.read(
+            ctx,
+            "Database",
+            Some("section absent: using postgres@127.0.0.1:5432/cptm8 without password"),
+            database,
+        ),
+        rabbitmq: top.read(
+            ctx,
+            "RabbitMQ",
+            Some("section absent: using guest@127.0.0.1:5672"),
+            rabbitmq,
+        ),
+        scheduler: top.read(ctx, "Scheduler", None, |ctx, s| SchedulerSettings {
+            mode: s.get(ctx, "mode", d.scheduler.mode, one_of(SchedulerMode::NAMES)),
+            interval: s.get(
+                ctx,
+                "interval",
+                d.scheduler.interval,
+                duration_at_least(Duration::from_secs(1)),
+            ),
+            observe: s.get(ctx, "observe", d.scheduler.observe, boolean),
+            heal: s.get(ctx, "heal", d.scheduler.heal, boolean),
+        }),
+        workflow: top.read(ctx, "Workflow", None, |ctx, s| {
+            workflow(ctx, s, &orchestrator)
+        }),
+        http: top.read(ctx, "HTTP", None, |ctx, s| HttpSettings {
+            api_token: optional_secret(ctx, s, "api_token"),
+            body_limit: s.get(ctx, "body_limit", d.http.body_limit, uint(1, 64 << 20)),
+        }),
+        leader_election: top.read(ctx, "LeaderElection", None, |ctx, s| {
+            LeaderElectionSettings {
+                enabled: s.get(ctx, "enabled", d.leader_election.enabled, boolean),
+                lock_key: s.get(
+                    ctx,
+                    "lock_key",
+                    d.leader_election.lock_key,
+                    int(i64::MIN, i64::MAX),
+                ),
+                check_interval: s.get(
+                    ctx,
+                    "check_interval",
+                    d.leader_election.check_interval,
+                    duration_at_least(Duration::from_millis(10)),
+                ),
+            }
+        }),
+        log: top.read(ctx, "Log", None, log),
         orchestrator,
-        database,
-        rabbitmq,
-        scheduler,
-        workflow,
-        http,
-        leader_election,
-        log,
-    }
+    };
+    top.finish(ctx);
+    settings
 }
 
 fn orchestrator(ctx: &mut Ctx, s: &mut Section) -> OrchestratorSettings {
     let d = OrchestratorSettings::default();
 
-    let services = match s.take(ctx, "Services") {
-        None => BTreeMap::new(),
-        Some((path, value)) => string_map(ctx, &path, value, "a URL string", string),
-    };
+    let services = s.take_or(ctx, "Services", BTreeMap::new(), |ctx, path, value| {
+        string_map(ctx, path, value, "a URL string", string)
+    });
     let exchanges = match s.take(ctx, "Exchanges") {
         None | Some((_, Value::Null)) => d.exchanges,
         Some((path, value)) => string_map(
@@ -157,12 +111,7 @@ fn orchestrator(ctx: &mut Ctx, s: &mut Section) -> OrchestratorSettings {
             &path,
             value,
             "an exchange kind",
-            one_of(&[
-                ("topic", ExchangeKind::Topic),
-                ("direct", ExchangeKind::Direct),
-                ("fanout", ExchangeKind::Fanout),
-                ("headers", ExchangeKind::Headers),
-            ]),
+            one_of(ExchangeKind::NAMES),
         ),
     };
 
@@ -273,10 +222,7 @@ fn service_queue(ctx: &mut Ctx, s: &mut Section) -> Option<ServiceQueue> {
         }
         Some((path, value)) => list(ctx, &path, value, "binding keys", non_empty),
     };
-    let queue_arguments = match s.take(ctx, "Queue-arguments") {
-        None => BTreeMap::new(),
-        Some((path, value)) => queue_args(ctx, &path, value),
-    };
+    let queue_arguments = s.take_or(ctx, "Queue-arguments", BTreeMap::new(), queue_args);
     let consumer = match s.take(ctx, "Consumer") {
         None | Some((_, Value::Null)) => None,
         Some((path, value)) => consumer(ctx, &path, value),
@@ -295,13 +241,7 @@ fn service_queue(ctx: &mut Ctx, s: &mut Section) -> Option<ServiceQueue> {
 /// `[exchange, queue, prefetch]`.
 fn queue_triple(ctx: &mut Ctx, path: &KeyPath, value: Value) -> Option<(String, String, u16)> {
     const SHAPE: &str = "[exchange, queue, prefetch count], e.g. [\"cptm8\", \"qasmm8\", 1]";
-    let items = match structured(value) {
-        Value::Sequence(items) if items.len() == 3 => items,
-        other => {
-            ctx.bad(path, &other, SHAPE);
-            return None;
-        }
-    };
+    let items = triple(ctx, path, value, SHAPE)?;
     let exchange = read_at(ctx, path, &items, 0, "an exchange name", non_empty);
     let queue = read_at(ctx, path, &items, 1, "a queue name", non_empty);
     let prefetch = read_at(
@@ -313,6 +253,17 @@ fn queue_triple(ctx: &mut Ctx, path: &KeyPath, value: Value) -> Option<(String, 
         uint::<u16>(0, i64::from(u16::MAX)),
     );
     Some((exchange?, queue?, prefetch?))
+}
+
+/// A list of three values; anything else is a problem (`shape` is what is expected).
+fn triple(ctx: &mut Ctx, path: &KeyPath, value: Value, shape: &str) -> Option<Vec<Value>> {
+    match structured(value) {
+        Value::Sequence(items) if items.len() == 3 => Some(items),
+        other => {
+            ctx.bad(path, &other, shape);
+            None
+        }
+    }
 }
 
 fn read_at<T>(
@@ -335,13 +286,7 @@ fn read_at<T>(
 /// `[queue, consumer tag, autoack]`.
 fn consumer(ctx: &mut Ctx, path: &KeyPath, value: Value) -> Option<ConsumerSpec> {
     const SHAPE: &str = "[queue, consumer tag, autoack], e.g. [\"qasmm8\", \"casmm8\", \"false\"]";
-    let items = match structured(value) {
-        Value::Sequence(items) if items.len() == 3 => items,
-        other => {
-            ctx.bad(path, &other, SHAPE);
-            return None;
-        }
-    };
+    let items = triple(ctx, path, value, SHAPE)?;
     let queue = read_at(ctx, path, &items, 0, "a queue name", non_empty);
     let tag = read_at(ctx, path, &items, 1, "a consumer tag", non_empty);
     let autoack = read_at(ctx, path, &items, 2, "the autoack flag", boolean);
@@ -407,18 +352,7 @@ fn database(ctx: &mut Ctx, s: &mut Section) -> DatabaseSettings {
     let database = s.get(ctx, "database", d.database, non_empty);
     let username = s.get(ctx, "username", d.username, non_empty);
     let password = s.get(ctx, "password", d.password, |v| string(v).map(Secret::new));
-    let sslmode = s.get(
-        ctx,
-        "sslmode",
-        d.sslmode,
-        one_of(&[
-            ("disable", SslMode::Disable),
-            ("prefer", SslMode::Prefer),
-            ("require", SslMode::Require),
-            ("verify-ca", SslMode::VerifyCa),
-            ("verify-full", SslMode::VerifyFull),
-        ]),
-    );
+    let sslmode = s.get(ctx, "sslmode", d.sslmode, one_of(SslMode::NAMES));
     let sslrootcert = optional_path(ctx, s, "sslrootcert");
     let max_connections = s.get(
         ctx,
@@ -432,12 +366,7 @@ fn database(ctx: &mut Ctx, s: &mut Section) -> DatabaseSettings {
         d.min_connections,
         uint(0, COUNT_MAX),
     );
-    if min_connections > max_connections {
-        ctx.problem(
-            &s.path.key("min_connections"),
-            format!("got {min_connections}, expected at most max_connections ({max_connections})"),
-        );
-    }
+    connections_in_order(ctx, s, min_connections, max_connections);
     DatabaseSettings {
         location,
         port,
@@ -463,102 +392,85 @@ fn database(ctx: &mut Ctx, s: &mut Section) -> DatabaseSettings {
 
 fn rabbitmq(ctx: &mut Ctx, s: &mut Section) -> RabbitMqSettings {
     let d = RabbitMqSettings::default();
-    let location = s.get(ctx, "location", d.location, non_empty);
-    let port = s.get(ctx, "port", d.port, uint(1, PORT_MAX));
-    let username = s.get(ctx, "username", d.username, non_empty);
-    let password = s.get(ctx, "password", d.password, |v| string(v).map(Secret::new));
-    let vhost = s.get(ctx, "vhost", d.vhost, non_empty);
-    let tls = s.get(ctx, "tls", d.tls, boolean);
-    let tls_ca = optional_path(ctx, s, "tls_ca");
-    let heartbeat = s.get(
-        ctx,
-        "heartbeat",
-        d.heartbeat,
-        duration_at_least(Duration::from_secs(2)),
-    );
-    let mut p = s.section(ctx, "pool");
-    let pool = pool(ctx, &mut p);
-    p.finish(ctx);
     RabbitMqSettings {
-        location,
-        port,
-        username,
-        password,
-        vhost,
-        tls,
-        tls_ca,
-        heartbeat,
-        pool,
+        location: s.get(ctx, "location", d.location, non_empty),
+        port: s.get(ctx, "port", d.port, uint(1, PORT_MAX)),
+        username: s.get(ctx, "username", d.username, non_empty),
+        password: s.get(ctx, "password", d.password, |v| string(v).map(Secret::new)),
+        vhost: s.get(ctx, "vhost", d.vhost, non_empty),
+        tls: s.get(ctx, "tls", d.tls, boolean),
+        tls_ca: optional_path(ctx, s, "tls_ca"),
+        heartbeat: s.get(
+            ctx,
+            "heartbeat",
+            d.heartbeat,
+            duration_at_least(Duration::from_secs(2)),
+        ),
+        pool: s.read(ctx, "pool", None, pool),
     }
 }
 
 /// `RabbitMQ.pool`. As in the Go original, 0 (like null) means "the default".
 fn pool(ctx: &mut Ctx, s: &mut Section) -> RabbitPoolSettings {
     let d = RabbitPoolSettings::default();
-    let count = |n: u32, dflt: u32| if n == 0 { dflt } else { n };
-    let dur = |x: Duration, dflt: Duration| if x.is_zero() { dflt } else { x };
-    let max_connections = count(
-        s.get(
+    let count = || uint(0, COUNT_MAX);
+    let max_connections = non_zero(ctx, s, "max_connections", d.max_connections, count());
+    let min_connections = non_zero(ctx, s, "min_connections", d.min_connections, count());
+    connections_in_order(ctx, s, min_connections, max_connections);
+    RabbitPoolSettings {
+        max_connections,
+        min_connections,
+        max_idle_time: match s.get_any(
             ctx,
-            "max_connections",
-            d.max_connections,
-            uint(0, COUNT_MAX),
-        ),
-        d.max_connections,
-    );
-    let min_connections = count(
-        s.get(
+            "pool.max_idle_time",
+            &["max_idle_time"],
+            d.max_idle_time,
+            go_duration,
+        ) {
+            Duration::ZERO => d.max_idle_time,
+            t => t,
+        },
+        max_lifetime: non_zero(ctx, s, "max_lifetime", d.max_lifetime, go_duration),
+        health_check_period: non_zero(
             ctx,
-            "min_connections",
-            d.min_connections,
-            uint(0, COUNT_MAX),
+            s,
+            "health_check_period",
+            d.health_check_period,
+            go_duration,
         ),
-        d.min_connections,
-    );
+        connection_timeout: non_zero(
+            ctx,
+            s,
+            "connection_timeout",
+            d.connection_timeout,
+            go_duration,
+        ),
+        retry_attempts: non_zero(ctx, s, "retry_attempts", d.retry_attempts, count()),
+        retry_delay: non_zero(ctx, s, "retry_delay", d.retry_delay, go_duration),
+    }
+}
+
+/// [`Section::get`], where 0 (like null) gives `default`.
+fn non_zero<T: Copy + Default + PartialEq>(
+    ctx: &mut Ctx,
+    s: &mut Section,
+    name: &str,
+    default: T,
+    read: impl FnOnce(&Value) -> Result<T, String>,
+) -> T {
+    match s.get(ctx, name, default, read) {
+        v if v == T::default() => default,
+        v => v,
+    }
+}
+
+/// Records a problem when `min_connections` is above `max_connections`.
+fn connections_in_order(ctx: &mut Ctx, s: &Section, min_connections: u32, max_connections: u32) {
     if min_connections > max_connections {
         ctx.problem(
             &s.path.key("min_connections"),
             format!("got {min_connections}, expected at most max_connections ({max_connections})"),
         );
-    }
-    RabbitPoolSettings {
-        max_connections,
-        min_connections,
-        max_idle_time: dur(
-            s.get_any(
-                ctx,
-                "pool.max_idle_time",
-                &["max_idle_time"],
-                d.max_idle_time,
-                go_duration,
-            ),
-            d.max_idle_time,
-        ),
-        max_lifetime: dur(
-            s.get(ctx, "max_lifetime", d.max_lifetime, go_duration),
-            d.max_lifetime,
-        ),
-        health_check_period: dur(
-            s.get(
-                ctx,
-                "health_check_period",
-                d.health_check_period,
-                go_duration,
-            ),
-            d.health_check_period,
-        ),
-        connection_timeout: dur(
-            s.get(ctx, "connection_timeout", d.connection_timeout, go_duration),
-            d.connection_timeout,
-        ),
-        retry_attempts: count(
-            s.get(ctx, "retry_attempts", d.retry_attempts, uint(0, COUNT_MAX)),
-            d.retry_attempts,
-        ),
-        retry_delay: dur(
-            s.get(ctx, "retry_delay", d.retry_delay, go_duration),
-            d.retry_delay,
-        ),
     }
 }
 
@@ -568,63 +480,44 @@ fn workflow(
     orchestrator: &OrchestratorSettings,
 ) -> WorkflowSettings {
     let d = WorkflowSettings::default_for(orchestrator);
-    let granularity = s.get(
-        ctx,
-        "granularity",
-        d.granularity,
-        one_of(&[
-            ("per_domain", Granularity::PerDomain),
-            ("per_cycle", Granularity::PerCycle),
-        ]),
-    );
-    let rescan_after = s.get(ctx, "rescan_after", d.rescan_after, go_duration);
-    let stages = match s.take(ctx, "stages") {
-        None | Some((_, Value::Null)) => d.stages,
-        Some((path, value)) => match structured(value) {
-            Value::Sequence(items) => items
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, item)| stage(ctx, path.index(i), item, orchestrator))
-                .collect(),
-            other => {
-                ctx.bad(
-                    &path,
-                    &other,
-                    "a list of stages (each with at least a name)",
-                );
-                Vec::new()
-            }
-        },
-    };
-    let fairness = s.get(
-        ctx,
-        "fairness",
-        d.fairness,
-        one_of(&[("none", Fairness::None), ("company", Fairness::Company)]),
-    );
-    let company_weights = match s.take(ctx, "company_weights") {
-        None => BTreeMap::new(),
-        Some((path, value)) => string_map(
-            ctx,
-            &path,
-            value,
-            "a weight (a whole number from 1 to 1000)",
-            |v| uint(1, 1000)(v),
-        ),
-    };
-    let windows = match s.take(ctx, "windows") {
-        None => Vec::new(),
-        Some((path, value)) => windows(ctx, &path, value),
-    };
-    let retention = s.get(ctx, "retention", d.retention, days_or_go_duration);
     WorkflowSettings {
-        granularity,
-        rescan_after,
-        stages,
-        fairness,
-        company_weights,
-        windows,
-        retention,
+        granularity: s.get(
+            ctx,
+            "granularity",
+            d.granularity,
+            one_of(Granularity::NAMES),
+        ),
+        rescan_after: s.get(ctx, "rescan_after", d.rescan_after, go_duration),
+        stages: match s.take(ctx, "stages") {
+            None | Some((_, Value::Null)) => d.stages,
+            Some((path, value)) => match structured(value) {
+                Value::Sequence(items) => items
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| stage(ctx, path.index(i), item, orchestrator))
+                    .collect(),
+                other => {
+                    ctx.bad(
+                        &path,
+                        &other,
+                        "a list of stages (each with at least a name)",
+                    );
+                    Vec::new()
+                }
+            },
+        },
+        fairness: s.get(ctx, "fairness", d.fairness, one_of(Fairness::NAMES)),
+        company_weights: s.take_or(ctx, "company_weights", BTreeMap::new(), |ctx, p, v| {
+            string_map(
+                ctx,
+                p,
+                v,
+                "a weight (a whole number from 1 to 1000)",
+                uint(1, 1000),
+            )
+        }),
+        windows: s.take_or(ctx, "windows", Vec::new(), windows),
+        retention: s.get(ctx, "retention", d.retention, days_or_go_duration),
     }
 }
 
@@ -679,26 +572,26 @@ fn windows(ctx: &mut Ctx, path: &KeyPath, value: Value) -> Vec<ScanWindow> {
             ctx.problem(&wpath, "a window needs at least from and to");
             continue;
         }
-        let days = match s.take(ctx, "days") {
-            None => Vec::new(),
-            Some((p, v)) => {
-                let given = match &v {
-                    Value::Sequence(items) => items.len(),
-                    _ => 0,
-                };
-                let days = list(ctx, &p, v, "days", |d| {
-                    match d {
-                        Value::String(t) => crate::window::parse_day(t),
-                        _ => None,
-                    }
-                    .ok_or_else(|| "a day: mon, tue, wed, thu, fri, sat or sun".to_owned())
-                });
-                if given == 0 && days.is_empty() {
-                    ctx.problem(&p, "an empty list of days never opens: list days, or leave days out for every day");
+        let days = s.take_or(ctx, "days", Vec::new(), |ctx, p, v| {
+            let given = match &v {
+                Value::Sequence(items) => items.len(),
+                _ => 0,
+            };
+            let days = list(ctx, p, v, "days", |d| {
+                match d {
+                    Value::String(t) => crate::window::parse_day(t),
+                    _ => None,
                 }
-                days
+                .ok_or_else(|| "a day: mon, tue, wed, thu, fri, sat or sun".to_owned())
+            });
+            if given == 0 && days.is_empty() {
+                ctx.problem(
+                    p,
+                    "an empty list of days never opens: list days, or leave days out for every day",
+                );
             }
-        };
+            days
+        });
         let time = |s: &mut Section, ctx: &mut Ctx, name: &str| match s.take(ctx, name) {
             None | Some((_, Value::Null)) => {
                 ctx.problem(&wpath.key(name), format!("missing: expected {TIME}"));
@@ -775,78 +668,59 @@ fn stage(
             }
         },
     };
-    let display_name = name.clone().unwrap_or_default();
-    let dflt = StageSettings::new(
-        display_name.clone(),
-        StageSettings::default_exchange(&display_name, orchestrator),
-    );
-    let exchange = s.get(ctx, "exchange", dflt.exchange, non_empty);
-    let routing_key = s.get(ctx, "routing_key", dflt.routing_key, non_empty);
-    let depends_on = match s.take(ctx, "depends_on") {
-        None => Vec::new(),
-        Some((p, v)) => list(ctx, &p, v, "stage names", non_empty),
-    };
-    let timeout = s.get(
-        ctx,
-        "timeout",
-        dflt.timeout,
-        duration_at_least(Duration::from_secs(1)),
-    );
-    let max_attempts = s.get(ctx, "max_attempts", dflt.max_attempts, uint(1, COUNT_MAX));
-    let mut b = s.section(ctx, "backoff");
-    let initial = b.get(ctx, "initial", dflt.backoff.initial, go_duration);
-    let max = b.get(ctx, "max", dflt.backoff.max, go_duration);
-    let multiplier = b.get(ctx, "multiplier", dflt.backoff.multiplier, |v| {
-        float(v).and_then(|f| {
-            if (1.0..=1000.0).contains(&f) {
-                Ok(f)
-            } else {
-                Err("a number between 1.0 and 1000".into())
+    let exchange = StageSettings::default_exchange(name.as_deref().unwrap_or(""), orchestrator);
+    let dflt = StageSettings::new(name.clone().unwrap_or_default(), exchange);
+    let stage = StageSettings {
+        exchange: s.get(ctx, "exchange", dflt.exchange, non_empty),
+        routing_key: s.get(ctx, "routing_key", dflt.routing_key, non_empty),
+        depends_on: s.take_or(ctx, "depends_on", Vec::new(), |ctx, p, v| {
+            list(ctx, p, v, "stage names", non_empty)
+        }),
+        timeout: s.get(
+            ctx,
+            "timeout",
+            dflt.timeout,
+            duration_at_least(Duration::from_secs(1)),
+        ),
+        max_attempts: s.get(ctx, "max_attempts", dflt.max_attempts, uint(1, COUNT_MAX)),
+        backoff: s.read(ctx, "backoff", None, |ctx, b| {
+            let initial = b.get(ctx, "initial", dflt.backoff.initial, go_duration);
+            let max = b.get(ctx, "max", dflt.backoff.max, go_duration);
+            let multiplier = b.get(ctx, "multiplier", dflt.backoff.multiplier, |v| {
+                float(v).and_then(|f| {
+                    if (1.0..=1000.0).contains(&f) {
+                        Ok(f)
+                    } else {
+                        Err("a number between 1.0 and 1000".into())
+                    }
+                })
+            });
+            if max < initial {
+                ctx.problem(
+                    &b.path.key("max"),
+                    format!(
+                        "got {}, expected at least backoff.initial ({})",
+                        crate::duration::format(max),
+                        crate::duration::format(initial)
+                    ),
+                );
             }
-        })
-    });
-    if max < initial {
-        ctx.problem(
-            &b.path.key("max"),
-            format!(
-                "got {}, expected at least backoff.initial ({})",
-                crate::duration::format(max),
-                crate::duration::format(initial)
-            ),
-        );
-    }
-    b.finish(ctx);
-    let max_in_flight = s.get(ctx, "max_in_flight", dflt.max_in_flight, uint(0, COUNT_MAX));
-    let protocol = s.get(
-        ctx,
-        "protocol",
-        dflt.protocol,
-        one_of(&[
-            ("report", StageProtocol::Report),
-            ("chain", StageProtocol::Chain),
-        ]),
-    );
-    let windows = match s.take(ctx, "windows") {
-        None | Some((_, Value::Null)) => None,
-        Some((p, v)) => Some(windows(ctx, &p, v)),
+            BackoffSettings {
+                initial,
+                max,
+                multiplier,
+            }
+        }),
+        max_in_flight: s.get(ctx, "max_in_flight", dflt.max_in_flight, uint(0, COUNT_MAX)),
+        protocol: s.get(ctx, "protocol", dflt.protocol, one_of(StageProtocol::NAMES)),
+        windows: match s.take(ctx, "windows") {
+            None | Some((_, Value::Null)) => None,
+            Some((p, v)) => Some(windows(ctx, &p, v)),
+        },
+        name: dflt.name,
     };
     s.finish(ctx);
-    Some(StageSettings {
-        name: name?,
-        exchange,
-        routing_key,
-        depends_on,
-        timeout,
-        max_attempts,
-        backoff: BackoffSettings {
-            initial,
-            max,
-            multiplier,
-        },
-        max_in_flight,
-        protocol,
-        windows,
-    })
+    name.map(|_| stage)
 }
 
 fn valid_stage_name(name: &str) -> bool {
@@ -856,23 +730,20 @@ fn valid_stage_name(name: &str) -> bool {
 
 fn log(ctx: &mut Ctx, s: &mut Section) -> LogSettings {
     let d = LogSettings::default();
-    let file = optional_path(ctx, s, "file");
-    let apm_server_url = s.get(ctx, "apm_server_url", None, |v| {
-        let url = string(v)?;
-        let url = url.trim();
-        if url.is_empty() {
-            Ok(None)
-        } else if url.starts_with("http://") || url.starts_with("https://") {
-            Ok(Some(url.trim_end_matches('/').to_owned()))
-        } else {
-            Err("an http:// or https:// URL".into())
-        }
-    });
-    let apm_secret_token = optional_secret(ctx, s, "apm_secret_token");
     LogSettings {
-        file,
-        apm_server_url,
-        apm_secret_token,
+        file: optional_path(ctx, s, "file"),
+        apm_server_url: s.get(ctx, "apm_server_url", None, |v| {
+            let url = string(v)?;
+            let url = url.trim();
+            if url.is_empty() {
+                Ok(None)
+            } else if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(Some(url.trim_end_matches('/').to_owned()))
+            } else {
+                Err("an http:// or https:// URL".into())
+            }
+        }),
+        apm_secret_token: optional_secret(ctx, s, "apm_secret_token"),
         apm_service_name: s.get(ctx, "apm_service_name", d.apm_service_name, non_empty),
         apm_flush_timeout: s.get(ctx, "apm_flush_timeout", d.apm_flush_timeout, go_duration),
         console: s.get(ctx, "console", d.console, boolean),

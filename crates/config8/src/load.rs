@@ -49,14 +49,12 @@ pub(crate) fn parse(text: &str, origin: Option<&Path>, env: &Env) -> Result<Load
         path: origin.map(Path::to_path_buf),
         problems,
     };
-    let mut root: Value = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+    let not_yaml = |e: serde_norway::Error| ConfigError::Parse {
         path: origin.map(Path::to_path_buf),
         message: e.to_string(),
-    })?;
-    root.apply_merge().map_err(|e| ConfigError::Parse {
-        path: origin.map(Path::to_path_buf),
-        message: e.to_string(),
-    })?;
+    };
+    let mut root: Value = serde_norway::from_str(text).map_err(not_yaml)?;
+    root.apply_merge().map_err(not_yaml)?;
     let mut ctx = Ctx::default();
     leftover_merge_keys(&root, &KeyPath::default(), &mut ctx);
     if !ctx.problems.is_empty() {

@@ -31,10 +31,11 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// Settings values compared whole: a change reports the key itself.
+/// Settings values compared whole: a change reports the key itself. Generic types
+/// take their parameters in brackets: `[T] Option<T>`.
 macro_rules! leaf {
-    ($($t:ty),* $(,)?) => {$(
-        impl Changes for $t {
+    ($([$($g:ident),*] $t:ty),* $(,)?) => {$(
+        impl<$($g: PartialEq),*> Changes for $t {
             fn changes(&self, new: &Self, path: &str, out: &mut Vec<String>) {
                 if self != new {
                     out.push(path.to_owned());
@@ -45,47 +46,10 @@ macro_rules! leaf {
 }
 
 leaf!(
-    bool,
-    u16,
-    u32,
-    u64,
-    i64,
-    f64,
-    String,
-    Duration,
-    Secret,
-    AppEnv,
-    LogLevel,
-    SslMode,
-    SchedulerMode,
-    Granularity,
-    Fairness,
-    StageProtocol,
+    [] bool, [] u16, [] u32, [] u64, [] i64, [] f64, [] String, [] Duration, [] Secret,
+    [] AppEnv, [] LogLevel, [] SslMode, [] SchedulerMode, [] Granularity, [] Fairness,
+    [] StageProtocol, [T] Option<T>, [T] Vec<T>, [V] BTreeMap<String, V>,
 );
-
-impl<T: PartialEq> Changes for Option<T> {
-    fn changes(&self, new: &Self, path: &str, out: &mut Vec<String>) {
-        if self != new {
-            out.push(path.to_owned());
-        }
-    }
-}
-
-impl<T: PartialEq> Changes for Vec<T> {
-    fn changes(&self, new: &Self, path: &str, out: &mut Vec<String>) {
-        if self != new {
-            out.push(path.to_owned());
-        }
-    }
-}
-
-impl<V: PartialEq> Changes for BTreeMap<String, V> {
-    fn changes(&self, new: &Self, path: &str, out: &mut Vec<String>) {
-        if self != new {
-            out.push(path.to_owned());
-        }
-    }
-}
 
 /// A map whose entries are reported one by one (`ORCHESTRATORM8.Exchanges.<name>`): a
 /// key added, removed or with another value.
@@ -95,17 +59,9 @@ pub struct EachKey<V>(pub BTreeMap<String, V>);
 impl<V: PartialEq> Changes for EachKey<V> {
     fn changes(&self, new: &Self, path: &str, out: &mut Vec<String>) {
         let (old, new) = (&self.0, &new.0);
-        let mut changed = std::collections::BTreeSet::new();
-        for (k, v) in old {
-            if new.get(k) != Some(v) {
-                changed.insert(k.as_str());
-            }
-        }
-        changed.extend(
-            new.keys()
-                .filter(|k| !old.contains_key(*k))
-                .map(String::as_str),
-        );
+        let changed: std::collections::BTreeSet<&String> = (old.keys().chain(new.keys()))
+            .filter(|k| old.get(*k) != new.get(*k))
+            .collect();
         out.extend(changed.into_iter().map(|k| join(path, k)));
     }
 }
@@ -138,13 +94,23 @@ impl<T: Changes> Changes for ByStage<T> {
     }
 }
 
+/// The key of a field: the one given, else the field's name.
+macro_rules! key {
+    ($field:ident) => {
+        stringify!($field)
+    };
+    ($field:ident $key:literal) => {
+        $key
+    };
+}
+
 /// A settings part: a struct whose fields are compared key by key, each under its key
-/// name in the file.
+/// name in the file: the field's name unless given `"key" => field`.
 macro_rules! part {
     (
         $(#[$m:meta])*
         pub struct $name:ident {
-            $( $(#[$fm:meta])* $key:literal => $field:ident : $ty:ty ),* $(,)?
+            $( $(#[$fm:meta])* $($key:literal =>)? $field:ident : $ty:ty ),* $(,)?
         }
     ) => {
         $(#[$m])*
@@ -154,86 +120,44 @@ macro_rules! part {
         }
         impl Changes for $name {
             fn changes(&self, new: &Self, path: &str, out: &mut Vec<String>) {
-                $( self.$field.changes(&new.$field, &join(path, $key), out); )*
+                $( self.$field.changes(&new.$field, &join(path, key!($field $($key)?)), out); )*
             }
         }
     };
 }
 
-/// Key-by-key comparison of an existing settings struct that sits whole in one part.
-/// The pattern names every field (no `..`): a new field does not compile until listed.
+/// Key-by-key comparison of an existing settings struct that sits whole in one part,
+/// each field under its own name unless given `field => "key"`. The pattern names every
+/// field (no `..`): a new field does not compile until listed.
 macro_rules! fields {
-    ($t:ident { $($field:ident => $key:literal),* $(,)? }) => {
+    ($t:ident [$($field:ident $(=> $key:literal)?),* $(,)?]) => {
         impl Changes for $t {
             fn changes(&self, new: &Self, path: &str, out: &mut Vec<String>) {
                 let $t { $($field),* } = self;
-                $( $field.changes(&new.$field, &join(path, $key), out); )*
+                $( $field.changes(&new.$field, &join(path, key!($field $($key)?)), out); )*
             }
         }
     };
 }
 
-fields!(DatabaseSettings {
-    location => "location",
-    port => "port",
-    schema => "schema",
-    database => "database",
-    username => "username",
-    password => "password",
-    sslmode => "sslmode",
-    sslrootcert => "sslrootcert",
-    max_connections => "max_connections",
-    min_connections => "min_connections",
-    connection_timeout => "connection_timeout",
-    retry_attempts => "retry_attempts",
-    retry_delay => "retry_delay",
-    migrate_on_start => "migrate_on_start",
-});
-
-fields!(RabbitMqSettings {
-    location => "location",
-    port => "port",
-    username => "username",
-    password => "password",
-    vhost => "vhost",
-    tls => "tls",
-    tls_ca => "tls_ca",
-    heartbeat => "heartbeat",
-    pool => "pool",
-});
-
-fields!(RabbitPoolSettings {
-    max_connections => "max_connections",
-    min_connections => "min_connections",
-    max_idle_time => "pool.max_idle_time",
-    max_lifetime => "max_lifetime",
-    health_check_period => "health_check_period",
-    connection_timeout => "connection_timeout",
-    retry_attempts => "retry_attempts",
-    retry_delay => "retry_delay",
-});
-
-fields!(BackoffSettings {
-    initial => "initial",
-    max => "max",
-    multiplier => "multiplier",
-});
-
-fields!(HttpSettings {
-    api_token => "api_token",
-    body_limit => "body_limit",
-});
-
-fields!(LogSettings {
-    file => "file",
-    apm_server_url => "apm_server_url",
-    apm_secret_token => "apm_secret_token",
-    apm_service_name => "apm_service_name",
-    apm_flush_timeout => "apm_flush_timeout",
-    console => "console",
-    max_size_mb => "max_size_mb",
-    max_backups => "max_backups",
-});
+fields!(DatabaseSettings [
+    location, port, schema, database, username, password, sslmode, sslrootcert,
+    max_connections, min_connections, connection_timeout, retry_attempts, retry_delay,
+    migrate_on_start,
+]);
+fields!(RabbitMqSettings [
+    location, port, username, password, vhost, tls, tls_ca, heartbeat, pool,
+]);
+fields!(RabbitPoolSettings [
+    max_connections, min_connections, max_idle_time => "pool.max_idle_time", max_lifetime,
+    health_check_period, connection_timeout, retry_attempts, retry_delay,
+]);
+fields!(BackoffSettings [initial, max, multiplier]);
+fields!(HttpSettings [api_token, body_limit]);
+fields!(LogSettings [
+    file, apm_server_url, apm_secret_token, apm_service_name, apm_flush_timeout, console,
+    max_size_mb, max_backups,
+]);
 
 part! {
     /// The settings the running service applies on reload, without a restart. Each key
@@ -259,7 +183,7 @@ part! {
     /// The live part of `Scheduler`.
     pub struct LiveScheduler {
         /// `interval`.
-        "interval" => interval: Duration,
+        interval: Duration,
     }
 }
 
@@ -267,17 +191,17 @@ part! {
     /// The live part of `Workflow`.
     pub struct LiveWorkflow {
         /// `rescan_after`: read when workflows are started.
-        "rescan_after" => rescan_after: Duration,
+        rescan_after: Duration,
         /// `fairness`: read at every dispatch round.
-        "fairness" => fairness: Fairness,
+        fairness: Fairness,
         /// `company_weights`: read at every dispatch round.
-        "company_weights" => company_weights: BTreeMap<String, u32>,
+        company_weights: BTreeMap<String, u32>,
         /// `windows`: read before every publish.
-        "windows" => windows: Vec<ScanWindow>,
+        windows: Vec<ScanWindow>,
         /// `retention`: read at every retention pass.
-        "retention" => retention: Duration,
+        retention: Duration,
         /// The live part of each stage.
-        "stages" => stages: ByStage<LiveStage>,
+        stages: ByStage<LiveStage>,
     }
 }
 
@@ -285,15 +209,15 @@ part! {
     /// The live part of one stage: read at every publish, timeout check and retry.
     pub struct LiveStage {
         /// `timeout`.
-        "timeout" => timeout: Duration,
+        timeout: Duration,
         /// `max_attempts`.
-        "max_attempts" => max_attempts: u32,
+        max_attempts: u32,
         /// `max_in_flight`.
-        "max_in_flight" => max_in_flight: u32,
+        max_in_flight: u32,
         /// `windows`.
-        "windows" => windows: Option<Vec<ScanWindow>>,
+        windows: Option<Vec<ScanWindow>>,
         /// `backoff`.
-        "backoff" => backoff: BackoffSettings,
+        backoff: BackoffSettings,
     }
 }
 
@@ -301,7 +225,7 @@ part! {
     /// The live part of `LeaderElection`.
     pub struct LiveLeaderElection {
         /// `check_interval`: read before every lock check.
-        "check_interval" => check_interval: Duration,
+        check_interval: Duration,
     }
 }
 
@@ -334,11 +258,11 @@ part! {
     /// The restart part of `Scheduler`.
     pub struct RestartScheduler {
         /// `mode`.
-        "mode" => mode: SchedulerMode,
+        mode: SchedulerMode,
         /// `observe`.
-        "observe" => observe: bool,
+        observe: bool,
         /// `heal`.
-        "heal" => heal: bool,
+        heal: bool,
     }
 }
 
@@ -346,9 +270,9 @@ part! {
     /// The restart part of `Workflow`: the pipeline's shape.
     pub struct RestartWorkflow {
         /// `granularity`.
-        "granularity" => granularity: Granularity,
+        granularity: Granularity,
         /// The restart part of each stage; a stage added or removed.
-        "stages" => stages: ByStage<RestartStage>,
+        stages: ByStage<RestartStage>,
     }
 }
 
@@ -356,13 +280,13 @@ part! {
     /// The restart part of one stage (the topology and the plan depend on it).
     pub struct RestartStage {
         /// `exchange`.
-        "exchange" => exchange: String,
+        exchange: String,
         /// `routing_key`.
-        "routing_key" => routing_key: String,
+        routing_key: String,
         /// `depends_on`.
-        "depends_on" => depends_on: Vec<String>,
+        depends_on: Vec<String>,
         /// `protocol`.
-        "protocol" => protocol: StageProtocol,
+        protocol: StageProtocol,
     }
 }
 
@@ -370,9 +294,9 @@ part! {
     /// The restart part of `LeaderElection`.
     pub struct RestartLeaderElection {
         /// `enabled`.
-        "enabled" => enabled: bool,
+        enabled: bool,
         /// `lock_key`.
-        "lock_key" => lock_key: i64,
+        lock_key: i64,
     }
 }
 

@@ -13,21 +13,19 @@ use crate::settings::Settings;
 /// (`scheme://user:password@host`) are redacted wherever they appear.
 pub fn render_redacted(settings: &Settings) -> String {
     let mut value = serde_norway::to_value(settings).expect("settings serialise to YAML");
-    let secrets: Vec<&str> = secrets(settings)
-        .into_iter()
-        .map(Secret::expose)
-        .filter(|s| !s.is_empty())
-        .collect();
-    scrub(&mut value, &secrets);
+    scrub(&mut value, &secrets(settings));
     serde_norway::to_string(&value).expect("a YAML value serialises")
 }
 
-/// Every secret of `s` (possibly empty ones).
-pub(crate) fn secrets(s: &Settings) -> Vec<&Secret> {
+/// The values of the non-empty secrets of `s`, for keeping them out of messages.
+pub(crate) fn secrets(s: &Settings) -> Vec<&str> {
     let mut v = vec![&s.database.password, &s.rabbitmq.password];
     v.extend(s.http.api_token.as_ref());
     v.extend(s.log.apm_secret_token.as_ref());
-    v
+    v.into_iter()
+        .map(Secret::expose)
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 fn scrub(value: &mut Value, secrets: &[&str]) {

@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::secret::Secret;
 use crate::window::ScanWindow;
 
-/// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The whole configuration. `Settings::default()` is what an empty file loads to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Settings {
     /// `APP_ENV`: DEV and TEST log human-readable text, PROD logs JSON.
     #[serde(rename = "APP_ENV")]
@@ -46,26 +46,66 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
+/// Implements, for a settings enum, `as_str` (its name in the file), `NAMES` (every
+/// variant with that name, for reading) and `Serialize` (as that name): each name is
+/// written once.
+macro_rules! file_names {
+    ($($t:ident { $($v:ident => $n:literal),+ $(,)? })+) => {$(
+        impl $t {
+            /// Every variant with its name in the file, in declaration order.
+            pub const NAMES: &'static [(&'static str, $t)] = &[$(($n, $t::$v)),+];
+
+            /// The name used in the file.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($t::$v => $n,)+
+                }
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    )+};
+}
+
+file_names! {
+    AppEnv { Dev => "DEV", Test => "TEST", Prod => "PROD" }
+    ExchangeKind {
+        Topic => "topic", Direct => "direct", Fanout => "fanout", Headers => "headers",
+    }
+    SslMode {
+        Disable => "disable", Prefer => "prefer", Require => "require",
+        VerifyCa => "verify-ca", VerifyFull => "verify-full",
+    }
+    SchedulerMode { Bootstrap => "bootstrap", Managed => "managed" }
+    Fairness { None => "none", Company => "company" }
+    Granularity { PerDomain => "per_domain", PerCycle => "per_cycle" }
+    StageProtocol { Report => "report", Chain => "chain" }
+}
+
 /// `APP_ENV`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AppEnv {
-    /// Development: human-readable console logs.
-    #[serde(rename = "DEV")]
+    /// Development: human-readable console logs. The default: the Go original treats
+    /// anything but PROD as development.
+    #[default]
     Dev,
     /// Test: human-readable console logs.
-    #[serde(rename = "TEST")]
     Test,
     /// Production: JSON logs.
-    #[serde(rename = "PROD")]
     Prod,
 }
 
 /// `LOG_LEVEL` as the Go original reads it (zerolog numbering); serialised as the number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
     /// 0.
     Debug,
-    /// 1 (the Go original's fallback).
+    /// 1 (the Go original's fallback when `LOG_LEVEL` is missing).
+    #[default]
     Info,
     /// 2.
     Warn,
@@ -86,8 +126,7 @@ pub struct OrchestratorSettings {
 }
 
 /// An AMQP exchange kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExchangeKind {
     /// `topic`.
     #[default]
@@ -98,18 +137,6 @@ pub enum ExchangeKind {
     Fanout,
     /// `headers`.
     Headers,
-}
-
-impl ExchangeKind {
-    /// The AMQP name of the kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExchangeKind::Topic => "topic",
-            ExchangeKind::Direct => "direct",
-            ExchangeKind::Fanout => "fanout",
-            ExchangeKind::Headers => "headers",
-        }
-    }
 }
 
 /// One service section of `ORCHESTRATORM8` (e.g. `asmm8`). Serialised in the file's
@@ -203,10 +230,10 @@ pub struct DatabaseSettings {
 }
 
 /// PostgreSQL `sslmode`, as libpq's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SslMode {
-    /// No TLS.
+    /// No TLS: the default, as the Go original's connection string.
+    #[default]
     Disable,
     /// TLS when the server offers it.
     Prefer,
@@ -289,8 +316,7 @@ pub struct SchedulerSettings {
 }
 
 /// `Scheduler.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SchedulerMode {
     /// The Go original's behaviour: one kick-off message.
     #[default]
@@ -325,8 +351,7 @@ pub struct WorkflowSettings {
 }
 
 /// `Workflow.fairness`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Fairness {
     /// Oldest first (the due time, then the workflow id).
     #[default]
@@ -338,8 +363,7 @@ pub enum Fairness {
 }
 
 /// `Workflow.granularity`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Granularity {
     /// One workflow per enabled domain.
     #[default]
@@ -376,8 +400,7 @@ pub struct StageSettings {
 }
 
 /// `Workflow.stages[].protocol`: how a stage's worker is driven.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum StageProtocol {
     /// A worker of CONTRACT section 3: a job with a payload, reports naming the
     /// workflow and attempt.
@@ -386,16 +409,6 @@ pub enum StageProtocol {
     /// An unmodified CPTM8 Go scanner (CONTRACT 3b): the Go kick-off without payload,
     /// its `Publisher` message as the report, at most one job in flight.
     Chain,
-}
-
-impl StageProtocol {
-    /// The configuration value (`report`, `chain`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StageProtocol::Report => "report",
-            StageProtocol::Chain => "chain",
-        }
-    }
 }
 
 /// `backoff` of a stage.
@@ -477,25 +490,6 @@ pub const DEFAULT_PIPELINE: &[(&str, &[&str])] = &[
     ("num8", &["naabum8"]),
 ];
 
-impl Default for Settings {
-    fn default() -> Self {
-        let orchestrator = OrchestratorSettings::default();
-        let workflow = WorkflowSettings::default_for(&orchestrator);
-        Settings {
-            app_env: AppEnv::default(),
-            log_level: LogLevel::default(),
-            orchestrator,
-            database: DatabaseSettings::default(),
-            rabbitmq: RabbitMqSettings::default(),
-            scheduler: SchedulerSettings::default(),
-            workflow,
-            http: HttpSettings::default(),
-            leader_election: LeaderElectionSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
-}
-
 impl Settings {
     /// The stage called `name`, if configured.
     pub fn stage(&self, name: &str) -> Option<&StageSettings> {
@@ -503,51 +497,16 @@ impl Settings {
     }
 }
 
-impl Default for AppEnv {
-    /// DEV: the Go original treats anything but PROD as development.
-    fn default() -> Self {
-        AppEnv::Dev
-    }
-}
-
-impl AppEnv {
-    /// The name used in the file: `DEV`, `TEST` or `PROD`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppEnv::Dev => "DEV",
-            AppEnv::Test => "TEST",
-            AppEnv::Prod => "PROD",
-        }
-    }
-}
-
-impl Default for LogLevel {
-    /// Info: the Go original's fallback when `LOG_LEVEL` is missing.
-    fn default() -> Self {
-        LogLevel::Info
-    }
-}
-
 impl LogLevel {
-    /// The number used in the file (0 debug ... 3 error).
+    /// The number used in the file (0 debug ... 3 error): the declaration order.
     pub fn as_number(self) -> u8 {
-        match self {
-            LogLevel::Debug => 0,
-            LogLevel::Info => 1,
-            LogLevel::Warn => 2,
-            LogLevel::Error => 3,
-        }
+        self as u8
     }
 
     /// The level for a number 0-3.
     pub fn from_number(n: i64) -> Option<Self> {
-        Some(match n {
-            0 => LogLevel::Debug,
-            1 => LogLevel::Info,
-            2 => LogLevel::Warn,
-            3 => LogLevel::Error,
-            _ => return None,
-        })
+        let all = [Self::Debug, Self::Info, Self::Warn, Self::Error];
+        all.get(usize::try_from(n).ok()?).copied()
     }
 }
 
@@ -590,26 +549,6 @@ impl Default for DatabaseSettings {
             retry_attempts: 10,
             retry_delay: Duration::from_secs(5),
             migrate_on_start: true,
-        }
-    }
-}
-
-impl Default for SslMode {
-    /// `disable`, as the Go original's connection string.
-    fn default() -> Self {
-        SslMode::Disable
-    }
-}
-
-impl SslMode {
-    /// The libpq name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
         }
     }
 }
@@ -680,17 +619,7 @@ impl WorkflowSettings {
             .copied()
             .unwrap_or(1)
     }
-}
 
-impl Default for WorkflowSettings {
-    /// per_domain, no cool-down, the [`DEFAULT_PIPELINE`] publishing to `cptm8`, no
-    /// fairness, no windows, [`DEFAULT_RETENTION`].
-    fn default() -> Self {
-        WorkflowSettings::default_for(&OrchestratorSettings::default())
-    }
-}
-
-impl WorkflowSettings {
     /// The defaults with the [`DEFAULT_PIPELINE`] stages, whose exchanges come from the
     /// service sections of `orchestrator` (see [`StageSettings::default_exchange`]).
     pub fn default_for(orchestrator: &OrchestratorSettings) -> Self {
@@ -713,6 +642,14 @@ impl WorkflowSettings {
             windows: Vec::new(),
             retention: DEFAULT_RETENTION,
         }
+    }
+}
+
+impl Default for WorkflowSettings {
+    /// per_domain, no cool-down, the [`DEFAULT_PIPELINE`] publishing to `cptm8`, no
+    /// fairness, no windows, [`DEFAULT_RETENTION`].
+    fn default() -> Self {
+        WorkflowSettings::default_for(&OrchestratorSettings::default())
     }
 }
 

@@ -280,6 +280,39 @@ impl Section {
         }
     }
 
+    /// Reads the sub-section `name` with `read`, then warns about its unknown keys.
+    /// `absent`, if given, is warned when the section is absent or null.
+    pub(crate) fn read<T>(
+        &mut self,
+        ctx: &mut Ctx,
+        name: &str,
+        absent: Option<&str>,
+        read: impl FnOnce(&mut Ctx, &mut Section) -> T,
+    ) -> T {
+        let mut s = self.section(ctx, name);
+        if let (false, Some(message)) = (s.present, absent) {
+            ctx.warn(&s.path, message);
+        }
+        let t = read(ctx, &mut s);
+        s.finish(ctx);
+        t
+    }
+
+    /// Reads `name` with `read`, given its path and value (null included); absent gives
+    /// `default`.
+    pub(crate) fn take_or<T>(
+        &mut self,
+        ctx: &mut Ctx,
+        name: &str,
+        default: T,
+        read: impl FnOnce(&mut Ctx, &KeyPath, Value) -> T,
+    ) -> T {
+        match self.take(ctx, name) {
+            None => default,
+            Some((path, value)) => read(ctx, &path, value),
+        }
+    }
+
     /// Reads `name` with `read`; absent or null gives `default`, an error records a
     /// problem and gives `default`.
     pub(crate) fn get<T>(

@@ -62,10 +62,8 @@ pub(crate) fn check(ctx: &mut Ctx, s: &Settings) {
                 );
             }
         }
-        for message in unroutable_stages(s) {
-            ctx.warn(&stages_path, message);
-        }
-        for message in stages_routed_to_several_queues(s) {
+        let (unroutable, several_queues) = stage_routing(s);
+        for message in unroutable.into_iter().chain(several_queues) {
             ctx.warn(&stages_path, message);
         }
     }
@@ -95,7 +93,7 @@ pub(crate) const NUMERIC_QUEUE_ARGUMENTS: &[&str] = &[
 /// at its key path, naming the queue and the argument. The value is not changed: a
 /// text is sent as a text, as written.
 fn numeric_arguments_as_text(s: &Settings) -> Vec<(KeyPath, String)> {
-    let secrets = secret_values(s);
+    let secrets = secrets(s);
     let mut out = Vec::new();
     for (section, q) in &s.orchestrator.queues {
         for (key, value) in &q.queue_arguments {
@@ -129,83 +127,50 @@ fn numeric_arguments_as_text(s: &Settings) -> Vec<(KeyPath, String)> {
     out
 }
 
-/// A warning for each stage whose routing key matches no binding, in this
-/// configuration, of the exchange it publishes to (AMQP matching: exact for `direct`,
-/// `*` one word and `#` zero or more for `topic`, any binding for `fanout`; `headers`
-/// exchanges and undeclared ones are not judged). The broker would return such jobs
-/// as unroutable, and the engine would retry them until a matching queue is bound.
-fn unroutable_stages(s: &Settings) -> Vec<String> {
-    let secrets = secret_values(s);
+/// The warnings about where the stages' jobs are routed, in two lists:
+///
+/// - each stage whose routing key matches no binding, in this configuration, of the
+///   exchange it publishes to (AMQP matching: exact for `direct`, `*` one word and `#`
+///   zero or more for `topic`, any binding for `fanout`; `headers` exchanges and
+///   undeclared ones are not judged). The broker would return such jobs as unroutable,
+///   and the engine would retry them until a matching queue is bound;
+/// - each stage whose routing key reaches more than one queue declared in this
+///   configuration. RabbitMQ confirms a publish only when every queue it reaches
+///   accepts it: when another of them is full and rejects (`x-overflow:
+///   reject-publish`), the stage's jobs are nacked although the stage's queue received
+///   them, and each re-publish adds a copy (docs/ENGINE.md, "Nacks").
+fn stage_routing(s: &Settings) -> (Vec<String>, Vec<String>) {
+    let secrets = secrets(s);
     let safe = |t: &str| scrub_str(t, &secrets);
-    let mut out = Vec::new();
+    let (mut unroutable, mut several_queues) = (Vec::new(), Vec::new());
     for stage in &s.workflow.stages {
         let Some(kind) = s.orchestrator.exchanges.get(&stage.exchange).copied() else {
             continue;
         };
-        let bindings: Vec<&str> = s
-            .orchestrator
-            .queues
-            .values()
-            .filter(|q| q.exchange == stage.exchange)
+        let routes = |b: &str| model8::topic::routes(kind.as_str(), b, &stage.routing_key);
+        let queues = || (s.orchestrator.queues.values()).filter(|q| q.exchange == stage.exchange);
+        let bindings: Vec<&str> = queues()
             .flat_map(|q| q.routing_keys.iter().map(String::as_str))
             .collect();
-        let routed = match kind {
-            ExchangeKind::Topic => bindings
-                .iter()
-                .any(|b| model8::topic::matches(b, &stage.routing_key)),
-            ExchangeKind::Direct => bindings.iter().any(|b| *b == stage.routing_key),
-            ExchangeKind::Fanout => !bindings.is_empty(),
-            ExchangeKind::Headers => true,
-        };
-        if routed {
-            continue;
+        if kind != ExchangeKind::Headers && !bindings.iter().any(|b| routes(b)) {
+            let known = if bindings.is_empty() {
+                "it has no bindings here".to_owned()
+            } else {
+                let shown: Vec<String> = bindings.iter().map(|b| safe(b)).collect();
+                format!("its bindings here: {}", shown.join(", "))
+            };
+            unroutable.push(format!(
+                "stage {:?} publishes with routing key {:?} to {} exchange {:?}, which matches no binding of that exchange in this configuration ({known}); its jobs would be returned unroutable and retried until a matching queue is bound",
+                safe(&stage.name),
+                safe(&stage.routing_key),
+                kind.as_str(),
+                safe(&stage.exchange),
+            ));
         }
-        let known = if bindings.is_empty() {
-            "it has no bindings here".to_owned()
-        } else {
-            let shown: Vec<String> = bindings.iter().map(|b| safe(b)).collect();
-            format!("its bindings here: {}", shown.join(", "))
-        };
-        out.push(format!(
-            "stage {:?} publishes with routing key {:?} to {} exchange {:?}, which matches no binding of that exchange in this configuration ({known}); its jobs would be returned unroutable and retried until a matching queue is bound",
-            safe(&stage.name),
-            safe(&stage.routing_key),
-            kind.as_str(),
-            safe(&stage.exchange),
-        ));
-    }
-    out
-}
-
-/// A warning for each stage whose routing key reaches more than one queue declared in
-/// this configuration (matched as in [`unroutable_stages`]). RabbitMQ confirms a
-/// publish only when every queue it reaches accepts it: when another of them is full
-/// and rejects (`x-overflow: reject-publish`), the stage's jobs are nacked although the
-/// stage's queue received them, and each re-publish adds a copy (docs/ENGINE.md,
-/// "Nacks").
-fn stages_routed_to_several_queues(s: &Settings) -> Vec<String> {
-    let secrets = secret_values(s);
-    let safe = |t: &str| scrub_str(t, &secrets);
-    let mut out = Vec::new();
-    for stage in &s.workflow.stages {
-        let Some(kind) = s.orchestrator.exchanges.get(&stage.exchange).copied() else {
-            continue;
-        };
         // Queue name -> the first of its bindings that routes the stage's key.
-        let mut reached: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
-        for q in s
-            .orchestrator
-            .queues
-            .values()
-            .filter(|q| q.exchange == stage.exchange)
-        {
-            let hit = q.routing_keys.iter().find(|b| match kind {
-                ExchangeKind::Topic => model8::topic::matches(b, &stage.routing_key),
-                ExchangeKind::Direct => **b == stage.routing_key,
-                ExchangeKind::Fanout => true,
-                ExchangeKind::Headers => false,
-            });
-            if let Some(b) = hit {
+        let mut reached = std::collections::BTreeMap::new();
+        for q in queues() {
+            if let Some(b) = q.routing_keys.iter().find(|b| routes(b)) {
                 reached.entry(q.queue.as_str()).or_insert(b.as_str());
             }
         }
@@ -216,7 +181,7 @@ fn stages_routed_to_several_queues(s: &Settings) -> Vec<String> {
             .iter()
             .map(|(q, b)| format!("{} (binding {})", safe(q), safe(b)))
             .collect();
-        out.push(format!(
+        several_queues.push(format!(
             "stage {:?} publishes with routing key {:?} to {} exchange {:?}, which reaches {} queues in this configuration: {}; RabbitMQ confirms a job only when every one of them accepts it, so if one is full and rejects (x-overflow: reject-publish) the job is nacked although the others received it, and every re-publish adds a copy (the engine re-publishes a nacked job at most 5 times in a row, then once per stage timeout)",
             safe(&stage.name),
             safe(&stage.routing_key),
@@ -226,16 +191,7 @@ fn stages_routed_to_several_queues(s: &Settings) -> Vec<String> {
             shown.join(", "),
         ));
     }
-    out
-}
-
-/// The non-empty secret values, for keeping them out of messages.
-fn secret_values(s: &Settings) -> Vec<&str> {
-    secrets(s)
-        .into_iter()
-        .map(|x| x.expose())
-        .filter(|x| !x.is_empty())
-        .collect()
+    (unroutable, several_queues)
 }
 
 /// Duplicate names, unknown or self dependencies and cycles, as messages

@@ -69,19 +69,8 @@ pub fn day_name(d: Weekday) -> &'static str {
 
 /// Reads a day: `mon` ... `sun` or the full English name, any case.
 pub fn parse_day(text: &str) -> Option<Weekday> {
-    let t = text.trim().to_ascii_lowercase();
-    let all = [
-        (Weekday::Mon, "monday"),
-        (Weekday::Tue, "tuesday"),
-        (Weekday::Wed, "wednesday"),
-        (Weekday::Thu, "thursday"),
-        (Weekday::Fri, "friday"),
-        (Weekday::Sat, "saturday"),
-        (Weekday::Sun, "sunday"),
-    ];
-    all.iter()
-        .find(|(d, full)| t == day_name(*d) || t == *full)
-        .map(|(d, _)| *d)
+    // chrono reads exactly these: the three-letter or the full name, any case.
+    text.trim().parse().ok()
 }
 
 /// Reads a local time `HH:MM` or `HH:MM:SS` (24-hour clock).

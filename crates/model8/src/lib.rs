@@ -28,6 +28,34 @@
 //! Architecture invariant: this crate performs no I/O and depends on no other crate of
 //! this workspace. It may only grow types, constructors, validation and (de)serialisation.
 
+/// `as_str`, `Display` and `FromStr` (an error naming `$err` and the accepted names) of
+/// an enum from its variants' wire names.
+macro_rules! str_enum {
+    ($t:ty, $err:literal, $($v:ident => $s:literal),+ $(,)?) => {
+        impl $t {
+            /// The lower-case name used on the wire (JSON, SQL, URLs, routing keys).
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+        }
+        impl ::std::fmt::Display for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl ::std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    other => Err(format!(concat!("unknown ", $err, " {:?} (expected one of: {})"),
+                        other, [$($s),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
 pub mod chain;
 mod domain;
 mod envelope;

@@ -7,18 +7,15 @@ use crate::time::GoTime;
 
 /// What a notification is about (Go `Notificationevent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NotificationEvent {
     /// A chat-style message.
-    #[serde(rename = "message")]
     Message,
     /// A security discovery.
-    #[serde(rename = "security")]
     Security,
     /// An application error.
-    #[serde(rename = "system_error")]
     SystemError,
     /// An application warning.
-    #[serde(rename = "system_warning")]
     SystemWarning,
 }
 
@@ -146,27 +143,14 @@ impl Severity {
         Severity::Critical,
     ];
 
-    /// The lower-case name used on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Normal => "normal",
-            Severity::High => "high",
-            Severity::Urgent => "urgent",
-            Severity::Critical => "critical",
-        }
-    }
-
     /// Parses a wire name (`normal`, `high`, `urgent`, `critical`).
     pub fn parse(s: &str) -> Option<Severity> {
-        Severity::ALL.into_iter().find(|v| v.as_str() == s)
+        s.parse().ok()
     }
 }
 
-impl std::fmt::Display for Severity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+str_enum!(Severity, "severity",
+    Normal => "normal", High => "high", Urgent => "urgent", Critical => "critical");
 
 /// The binding that receives every platform notification on the `notification`
 /// exchange.

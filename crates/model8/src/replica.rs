@@ -15,15 +15,7 @@ pub enum ReplicaRole {
     Standby,
 }
 
-impl ReplicaRole {
-    /// `"leader"` or `"standby"`, as on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplicaRole::Leader => "leader",
-            ReplicaRole::Standby => "standby",
-        }
-    }
-}
+str_enum!(ReplicaRole, "replica role", Leader => "leader", Standby => "standby");
 
 /// A replica that reported itself alive recently (each replica writes its row every
 /// few seconds; see docs/HTTP.md "Replicas").

@@ -13,14 +13,14 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 /// One problem of a stage graph. `Display` gives the message; [`key_path`] where it is.
 ///
 /// [`key_path`]: StageGraphProblem::key_path
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StageGraphProblem {
     /// Stage `index` has the name of an earlier stage.
+    #[error("stage name {name:?} is used twice; names must be unique")]
     Duplicate {
         /// Position of the second use.
         index: usize,
@@ -28,6 +28,7 @@ pub enum StageGraphProblem {
         name: String,
     },
     /// Stage `index` depends on itself.
+    #[error("stage {name:?} depends on itself")]
     SelfDependency {
         /// Position of the stage.
         index: usize,
@@ -35,6 +36,7 @@ pub enum StageGraphProblem {
         name: String,
     },
     /// Stage `index` depends on a stage that does not exist.
+    #[error("stage {name:?} depends on unknown stage {dependency:?} (stages: {})", .known.join(", "))]
     UnknownDependency {
         /// Position of the stage.
         index: usize,
@@ -46,6 +48,7 @@ pub enum StageGraphProblem {
         known: Vec<String>,
     },
     /// A dependency cycle: names from the first to itself again.
+    #[error("dependency cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
 }
 
@@ -61,30 +64,6 @@ impl StageGraphProblem {
                 format!("{stages}[{index}].depends_on")
             }
             StageGraphProblem::Cycle(_) => stages.to_owned(),
-        }
-    }
-}
-
-impl fmt::Display for StageGraphProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StageGraphProblem::Duplicate { name, .. } => {
-                write!(f, "stage name {name:?} is used twice; names must be unique")
-            }
-            StageGraphProblem::SelfDependency { name, .. } => {
-                write!(f, "stage {name:?} depends on itself")
-            }
-            StageGraphProblem::UnknownDependency {
-                name,
-                dependency,
-                known,
-                ..
-            } => write!(
-                f,
-                "stage {name:?} depends on unknown stage {dependency:?} (stages: {})",
-                known.join(", ")
-            ),
-            StageGraphProblem::Cycle(path) => write!(f, "dependency cycle: {}", path.join(" -> ")),
         }
     }
 }

@@ -1,9 +1,6 @@
 //! Managed-mode workflow types: stage jobs, stage results and the API's views
 //! (CONTRACT section 3 and 5).
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -68,32 +65,6 @@ pub enum StageStatus {
     Failed,
     /// Not run because the workflow was cancelled or failed.
     Cancelled,
-}
-
-macro_rules! str_enum {
-    ($t:ty, $err:literal, $($v:ident => $s:literal),+ $(,)?) => {
-        impl $t {
-            /// The lower-case name used in JSON, SQL and URLs.
-            pub const fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),+ }
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($s => Ok(Self::$v),)+
-                    other => Err(format!(concat!("unknown ", $err, " {:?} (expected one of: {})"),
-                        other, [$($s),+].join(", "))),
-                }
-            }
-        }
-    };
 }
 
 str_enum!(WorkflowStatus, "workflow status",
