@@ -76,22 +76,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         k as f64 / serial.as_secs_f64()
     );
     let t = Instant::now();
-    let tasks: Vec<_> = (0..50)
+    let broker = std::sync::Arc::new(broker);
+    let joins: Vec<_> = (0..50)
         .map(|_| {
-            let b = std::sync::Arc::new(messages(k / 50));
-            (b, ())
+            let (b, ms) = (broker.clone(), messages(k / 50));
+            tokio::spawn(async move {
+                for m in ms {
+                    b.publish(m).await.unwrap();
+                }
+            })
         })
         .collect();
-    let broker = std::sync::Arc::new(broker);
-    let mut joins = Vec::new();
-    for (ms, ()) in tasks {
-        let b = broker.clone();
-        joins.push(tokio::spawn(async move {
-            for m in ms.iter().cloned() {
-                b.publish(m).await.unwrap();
-            }
-        }));
-    }
     for j in joins {
         j.await?;
     }

@@ -187,11 +187,6 @@ impl Delivery {
     pub fn defer(&mut self) -> Option<Box<dyn Acker>> {
         self.acker.take()
     }
-
-    /// Takes the acker; used by broker implementations to carry out a [`Decision`].
-    pub fn take_acker(&mut self) -> Option<Box<dyn Acker>> {
-        self.acker.take()
-    }
 }
 
 /// Settles one delivery. Dropping it unsettled leaves the message unacked until the

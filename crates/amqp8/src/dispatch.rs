@@ -2,14 +2,50 @@
 //! part of a consumer shared by the RabbitMQ and in-memory brokers, so both behave
 //! the same way.
 
+use parking_lot::Mutex;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::FutureExt;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::broker::{Decision, Delivery, Handler};
+use crate::broker::{ConsumerControl, Decision, Delivery, Handler};
 use crate::health::ConsumerStats;
 use crate::redelivery::{MessageKey, Redeliveries};
+
+/// Control of one consumer, shared by its handle and its task.
+pub(crate) struct Control {
+    /// Cancelled to stop the consumer.
+    pub(crate) stop: CancellationToken,
+    /// How long handlers in flight may run on once stopped.
+    pub(crate) grace: Mutex<Duration>,
+    /// Cancelled when the consumer's task ends.
+    done: CancellationToken,
+}
+
+impl Control {
+    /// The control of a consumer stopped by `stop`, and the guard its task holds
+    /// until it ends.
+    pub(crate) fn new(stop: CancellationToken) -> (Arc<Control>, DropGuard) {
+        let done = CancellationToken::new();
+        let guard = done.clone().drop_guard();
+        let grace = Mutex::new(Duration::ZERO);
+        (Arc::new(Control { stop, grace, done }), guard)
+    }
+}
+
+#[async_trait]
+impl ConsumerControl for Control {
+    async fn stop(&self, grace: Duration) {
+        if !self.stop.is_cancelled() {
+            *self.grace.lock() = grace;
+            self.stop.cancel();
+        }
+        self.done.cancelled().await;
+    }
+}
 
 /// What a consumer runs for each delivery.
 pub(crate) struct Dispatch {
@@ -83,7 +119,7 @@ impl Dispatch {
     }
 
     async fn settle(&self, delivery: &mut Delivery, settle: Settle, key: MessageKey) {
-        let Some(acker) = delivery.take_acker() else {
+        let Some(acker) = delivery.defer() else {
             tracing::warn!(queue = %self.queue,
                 "handler took the acker (Delivery::defer) but returned a decision; the handler settles it");
             return;

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::broker::ConsumerHealth;
 
 /// The live counters of one consumer.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct ConsumerStats {
     id: u64,
     name: String,
@@ -23,7 +23,7 @@ pub(crate) struct ConsumerStats {
     panics: AtomicU64,
     dead_lettered: AtomicU64,
     restarts: AtomicU64,
-    /// Unix time of the last delivery in microseconds; `i64::MIN` for never.
+    /// Unix time of the last delivery in microseconds; 0 for never.
     last_seen: AtomicI64,
 }
 
@@ -35,13 +35,7 @@ impl ConsumerStats {
             queue: queue.to_owned(),
             autoack,
             created_at: Utc::now(),
-            active: AtomicBool::new(false),
-            messages: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            panics: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            restarts: AtomicU64::new(0),
-            last_seen: AtomicI64::new(i64::MIN),
+            ..ConsumerStats::default()
         }
     }
 
@@ -92,7 +86,7 @@ impl ConsumerStats {
             autoack: self.autoack,
             active: self.active.load(Ordering::Relaxed),
             last_seen: match self.last_seen.load(Ordering::Relaxed) {
-                i64::MIN => None,
+                0 => None,
                 us => DateTime::from_timestamp_micros(us),
             },
             messages: self.messages.load(Ordering::Relaxed),

@@ -102,14 +102,6 @@ impl Machine {
                 .unwrap_or_else(|_| "unknown".into()),
             Err(_) => "unreachable".into(),
         };
-        let rabbitmq = Command::new("rabbitmqctl")
-            .args(["-q", "version"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|| "unknown".into());
         Machine {
             nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_mib,
@@ -117,7 +109,7 @@ impl Machine {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
             loadavg_start: loadavg(),
             postgresql,
-            rabbitmq,
+            rabbitmq: first_line_of("rabbitmqctl", &["-q", "version"]),
             rustc: first_line_of("rustc", &["--version"]),
             revision: revision(),
         }

@@ -130,14 +130,13 @@ pub struct Row {
 impl Row {
     /// The row for `spec` from its outcome.
     pub fn new(spec: &Spec, outcome: Result<Measured, Failure>) -> Row {
-        let goal = format!("ratio >= {}", trim_float(spec.goal));
-        match outcome {
+        let (value, floor, ratio, status, detail) = match outcome {
             Ok(m) => {
                 let ratio = match spec.better {
                     Better::Higher => m.value / m.floor,
                     Better::Lower => m.floor / m.value.max(spec.resolution),
                 };
-                let ratio = if ratio.is_finite() { Some(ratio) } else { None };
+                let ratio = ratio.is_finite().then_some(ratio);
                 let status = match ratio {
                     Some(r) if r >= spec.goal => Status::Pass,
                     Some(_) => Status::Miss,
@@ -148,33 +147,24 @@ impl Row {
                 } else {
                     m.detail
                 };
-                Row {
-                    name: spec.name.into(),
-                    value: Some(round_sig(m.value)),
-                    unit: spec.unit.into(),
-                    floor: Some(round_sig(m.floor)),
-                    ratio: ratio.map(|r| (r * 1000.0).round() / 1000.0),
-                    goal,
-                    status,
-                    detail,
-                }
+                let ratio = ratio.map(|r| (r * 1000.0).round() / 1000.0);
+                let (value, floor) = (Some(round_sig(m.value)), Some(round_sig(m.floor)));
+                (value, floor, ratio, status, detail)
             }
-            Err(f) => {
-                let (status, detail) = match f {
-                    Failure::NotRun(why) => (Status::NotRun, format!("not run: {why}")),
-                    Failure::Error(why) => (Status::Error, format!("failed: {why}")),
-                };
-                Row {
-                    name: spec.name.into(),
-                    value: None,
-                    unit: spec.unit.into(),
-                    floor: None,
-                    ratio: None,
-                    goal,
-                    status,
-                    detail,
-                }
+            Err(Failure::NotRun(why)) => {
+                (None, None, None, Status::NotRun, format!("not run: {why}"))
             }
+            Err(Failure::Error(why)) => (None, None, None, Status::Error, format!("failed: {why}")),
+        };
+        Row {
+            name: spec.name.into(),
+            value,
+            unit: spec.unit.into(),
+            floor,
+            ratio,
+            goal: format!("ratio >= {}", trim_float(spec.goal)),
+            status,
+            detail,
         }
     }
 }
@@ -219,19 +209,11 @@ pub fn markdown_table(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str("| benchmark | value | floor | ratio | goal | result |\n");
     s.push_str("|---|---:|---:|---:|---|---|\n");
+    let dash = |cell: Option<String>| cell.unwrap_or_else(|| "—".into());
     for r in rows {
-        let value = r
-            .value
-            .map(|v| format!("{} {}", human(v), r.unit))
-            .unwrap_or_else(|| "—".into());
-        let floor = r
-            .floor
-            .map(|v| format!("{} {}", human(v), r.unit))
-            .unwrap_or_else(|| "—".into());
-        let ratio = r
-            .ratio
-            .map(|v| format!("{v:.3}"))
-            .unwrap_or_else(|| "—".into());
+        let value = dash(r.value.map(|v| format!("{} {}", human(v), r.unit)));
+        let floor = dash(r.floor.map(|v| format!("{} {}", human(v), r.unit)));
+        let ratio = dash(r.ratio.map(|v| format!("{v:.3}")));
         let _ = writeln!(
             s,
             "| `{}` | {} | {} | {} | {} | **{}** |",

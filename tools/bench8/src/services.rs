@@ -35,52 +35,45 @@ pub struct ServiceLock {
     _file: File,
 }
 
-fn open_lock() -> Result<File, Failure> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(LOCK_FILE)
-        .map_err(|e| Failure::Error(format!("cannot open {LOCK_FILE}: {e}")))
-}
-
 /// Takes the shared lock, waiting at most `wait` for a disruptive test to finish.
 pub async fn lock_shared(wait: Duration) -> Result<ServiceLock, Failure> {
-    let file = open_lock()?;
-    let deadline = Instant::now() + wait;
-    loop {
-        match file.try_lock_shared() {
-            Ok(()) => return Ok(ServiceLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Failure::Error(format!(
-                    "{LOCK_FILE} stayed locked exclusively for {}s (a test restarting a service?)",
-                    wait.as_secs()
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Failure::Error(format!("locking {LOCK_FILE}: {e}")));
-            }
-        }
-    }
+    lock(false, wait).await
 }
 
 /// Takes the exclusive lock, waiting at most `wait` for the tests holding it shared.
 pub async fn lock_exclusive(wait: Duration) -> Result<ServiceLock, Failure> {
-    let file = open_lock()?;
+    lock(true, wait).await
+}
+
+async fn lock(exclusive: bool, wait: Duration) -> Result<ServiceLock, Failure> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LOCK_FILE)
+        .map_err(|e| Failure::Error(format!("cannot open {LOCK_FILE}: {e}")))?;
     let deadline = Instant::now() + wait;
     loop {
-        match file.try_lock() {
+        let locked = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match locked {
             Ok(()) => return Ok(ServiceLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Failure::Error(format!(
-                    "could not take {LOCK_FILE} exclusively within {}s (tests are using the services)",
-                    wait.as_secs()
-                )));
+                let secs = wait.as_secs();
+                return Err(Failure::Error(if exclusive {
+                    format!(
+                        "could not take {LOCK_FILE} exclusively within {secs}s (tests are using the services)"
+                    )
+                } else {
+                    format!(
+                        "{LOCK_FILE} stayed locked exclusively for {secs}s (a test restarting a service?)"
+                    )
+                }));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(Failure::Error(format!("locking {LOCK_FILE}: {e}")));

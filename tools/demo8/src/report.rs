@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use amqp8::{AmqpError, Broker, OutgoingMessage, PublishOutcome};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
 /// How long and how often to retry a publish.
@@ -73,7 +74,12 @@ pub async fn publish_confirmed(
     policy: RetryPolicy,
 ) -> Result<(), PublishError> {
     let start = Instant::now();
-    let mut wait = policy.initial;
+    let mut delays = ExponentialBuilder::new()
+        .with_min_delay(policy.initial)
+        .with_max_delay(policy.max)
+        .with_factor(2.0)
+        .without_max_times()
+        .build();
     let mut tries = 0u32;
     loop {
         tries += 1;
@@ -96,6 +102,7 @@ pub async fn publish_confirmed(
             }
         };
         let waited = start.elapsed();
+        let wait = delays.next().unwrap_or(policy.max);
         if waited + wait > policy.give_up_after {
             return Err(PublishError::GaveUp {
                 exchange: message.exchange,
@@ -108,7 +115,6 @@ pub async fn publish_confirmed(
         tracing::warn!(exchange = %message.exchange, routing_key = %message.routing_key,
             tries, retry_in = ?wait, "publish not confirmed, retrying: {last}");
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(policy.max);
     }
 }
 

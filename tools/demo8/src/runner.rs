@@ -183,11 +183,6 @@ pub fn serve_worker<W>(
     })
 }
 
-/// Parses a millisecond count flag into a duration.
-pub fn millis(ms: u64) -> Duration {
-    Duration::from_millis(ms)
-}
-
 /// A multi-threaded tokio runtime for the worker.
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()

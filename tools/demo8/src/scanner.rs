@@ -362,14 +362,11 @@ pub fn go_topology(scanners: &[String]) -> Topology {
 
 /// The consumer of a Go service: prefetch 1, manual ack, no dead-letter queue.
 pub fn go_consume(scanner: &str) -> ConsumeOptions {
+    let queue = model8::routing::service_queue(scanner);
     ConsumeOptions {
-        queue: model8::routing::service_queue(scanner),
-        tag: format!("c{scanner}"),
-        prefetch: 1,
-        autoack: false,
         // The Go services have no redelivery limit.
         max_redeliveries: u32::MAX,
-        dead_letter: None,
+        ..ConsumeOptions::new(queue, format!("c{scanner}"), 1)
     }
 }
 
@@ -474,13 +471,10 @@ impl Scanner {
             (Ok(0), _) => Some(Fault::Empty),
             (_, f) => f,
         };
-        let took = if fault == Some(Fault::Slow) {
-            self.config.slow
-        } else {
-            self.config.scan
-        };
-        if !matches!(fault, Some(Fault::Hard | Fault::Empty)) {
-            tokio::time::sleep(took).await;
+        match fault {
+            Some(Fault::Hard | Fault::Empty) => {}
+            Some(Fault::Slow) => tokio::time::sleep(self.config.slow).await,
+            _ => tokio::time::sleep(self.config.scan).await,
         }
         let n = targets.as_ref().copied().unwrap_or(0);
         let status = |status: ScanStatus, message: String| Some(ScanPayload { status, message });

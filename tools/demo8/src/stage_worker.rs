@@ -14,16 +14,15 @@
 //!    done again later; the orchestrator ignores a duplicate report, so that is safe.
 
 use parking_lot::Mutex;
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use amqp8::{Broker, Decision, Handler, HandlerError, Message, OutgoingMessage, handler_fn};
 use model8::{AmqpM8Message, StageJob, StageOutcome, StageResult};
 use rand::rngs::StdRng;
 use serde_json::json;
 
+use crate::dedup::SeenIds;
 use crate::report::{RetryPolicy, publish_confirmed};
 use crate::scan::{ScanEnd, ScanSim};
 
@@ -94,15 +93,6 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The jobs whose report was confirmed, by AMQP `message_id` (the orchestrator's is
-/// the same for every copy of one attempt's job: docs/AMQP.md, "Message identity"),
-/// bounded (oldest forgotten first).
-#[derive(Debug, Default)]
-struct Reported {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-}
-
 /// The identity of a job: its `message_id`, or for a publisher that sets none the
 /// orchestrator's format from the job's own fields.
 fn job_identity(message_id: Option<&str>, job: &StageJob) -> String {
@@ -112,29 +102,14 @@ fn job_identity(message_id: Option<&str>, job: &StageJob) -> String {
     }
 }
 
-impl Reported {
-    fn contains(&self, key: &str) -> bool {
-        self.set.contains(key)
-    }
-
-    fn insert(&mut self, key: String) {
-        if self.set.insert(key.clone()) {
-            self.order.push_back(key);
-            while self.order.len() > REMEMBERED_REPORTS {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// The worker: turn it into an [`amqp8::Handler`] with [`StageWorker::handler`].
 pub struct StageWorker {
     broker: Arc<dyn Broker>,
     config: StageWorkerConfig,
     rng: Mutex<StdRng>,
-    reported: Mutex<Reported>,
+    /// The jobs whose report was confirmed, by [`job_identity`], bounded (oldest
+    /// forgotten first).
+    reported: Mutex<SeenIds>,
     stats: WorkerStats,
 }
 
@@ -154,7 +129,7 @@ impl StageWorker {
             broker,
             config,
             rng: Mutex::new(rng),
-            reported: Mutex::new(Reported::default()),
+            reported: Mutex::new(SeenIds::with_capacity(REMEMBERED_REPORTS)),
             stats: WorkerStats::default(),
         })
     }
@@ -279,15 +254,13 @@ impl StageWorker {
     }
 }
 
-/// Default grace period for in-flight jobs at shutdown.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use amqp8::memory::{MemoryBroker, StoredMessage};
     use amqp8::{BindingDecl, ConsumeOptions, ExchangeDecl, QueueDecl, Topology};
     use model8::{DomainRef, WorkflowId};
+    use std::time::Duration;
 
     const WAIT: Duration = Duration::from_secs(10);
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use amqp8::{ArgValue, BindingDecl, ExchangeDecl, QueueDecl, Topology};
 use config8::Settings;
+use model8::topic::matches as topic_matches;
 
 /// The exchange (`direct`) the example workers dead-letter unreadable jobs to.
 pub const DEAD_LETTER_EXCHANGE: &str = "cptm8.examples.dlx";
@@ -120,10 +121,6 @@ pub fn worker_topology(settings: &Settings, q: &WorkerQueue, publishes_to: &[&st
     });
     t
 }
-
-/// Whether the AMQP topic pattern `pattern` (`*` one word, `#` zero or more) matches
-/// `key`: RabbitMQ's rules, as [`model8::topic::matches`].
-pub use model8::topic::matches as topic_matches;
 
 /// A warning when the managed-mode jobs of `stage` (its configured exchange and routing
 /// key) would not reach queue `q`: e.g. the Go template binds `qnum8` with

@@ -1,9 +1,5 @@
-//! The command line the simulated stage workers share (`stage_worker`).
-//!
-//! argh has no `flatten`, so the shared options come into each worker's own
-//! `#[derive(FromArgs)]` struct through [`worker_args!`](crate::worker_args!), next to the
-//! worker's own options; [`WorkerOptions`] is what the shared options hold, and turns
-//! them into the queue and the consumer the worker serves.
+//! The command line of the simulated stage worker (`stage_worker`): [`WorkerOptions`]
+//! is parsed by argh and turns into the queue and the consumer the worker serves.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,104 +10,52 @@ use config8::Settings;
 use crate::runner::{Failure, Serve};
 use crate::topology::{self, WorkerQueue};
 
-/// Defines a worker's command line: a `#[derive(argh::FromArgs)]` struct with the options
-/// every simulated worker takes (`--stage`, `--name`, `--queue`, `--config`, `--min-ms`,
-/// `--max-ms`, `--prefetch`, `--grace-ms`, `--max-redeliveries`, `--seed`), then the
-/// fields written inside, and a method `options()` returning the shared ones as
-/// [`WorkerOptions`].
-///
-/// ```ignore
-/// demo8::worker_args! {
-///     /// What `--help` says this worker is.
-///     struct Args {
-///         /// share of scans that fail, 0 to 1 (default 0.1)
-///         #[argh(option, default = "0.1")]
-///         failure_rate: f64,
-///     }
-/// }
-/// ```
-#[macro_export]
-macro_rules! worker_args {
-    ($(#[$meta:meta])* struct $name:ident { $($own:tt)* }) => {
-        $(#[$meta])*
-        #[derive(argh::FromArgs, Debug)]
-        struct $name {
-            /// stage served, e.g. asmm8
-            #[argh(option)]
-            stage: String,
-            /// worker name, the `source` of what it publishes (default: the stage name)
-            #[argh(option)]
-            name: Option<String>,
-            /// queue consumed (default: the stage's service section `Queue[1]`, else `q<stage>`)
-            #[argh(option)]
-            queue: Option<String>,
-            /// configuration file (default: $ORCHESTRATORM8_CONFIG, else configs/configuration.yaml)
-            #[argh(option)]
-            config: Option<std::path::PathBuf>,
-            /// shortest simulated scan, in milliseconds (default 500)
-            #[argh(option, default = "500")]
-            min_ms: u64,
-            /// longest simulated scan, in milliseconds (default 3000)
-            #[argh(option, default = "3000")]
-            max_ms: u64,
-            /// jobs handled at once (default: the service section's prefetch, else 1)
-            #[argh(option)]
-            prefetch: Option<u16>,
-            /// at shutdown, how long in-flight jobs may run on before they are requeued (default 10000)
-            #[argh(option, default = "10000")]
-            grace_ms: u64,
-            /// a job delivered more often than this is dead-lettered (default 10)
-            #[argh(option, default = "10")]
-            max_redeliveries: u32,
-            /// random seed, for reproducible runs
-            #[argh(option)]
-            seed: Option<u64>,
-            $($own)*
-        }
-
-        impl $name {
-            /// The options every simulated worker takes.
-            fn options(&self) -> $crate::worker_args::WorkerOptions {
-                $crate::worker_args::WorkerOptions {
-                    stage: self.stage.clone(),
-                    name: self.name.clone(),
-                    queue: self.queue.clone(),
-                    config: self.config.clone(),
-                    min_ms: self.min_ms,
-                    max_ms: self.max_ms,
-                    prefetch: self.prefetch,
-                    grace_ms: self.grace_ms,
-                    max_redeliveries: self.max_redeliveries,
-                    seed: self.seed,
-                }
-            }
-        }
-    };
-}
-
-/// The options every simulated worker takes, as given on the command line.
-#[derive(Debug, Clone, PartialEq)]
+/// Simulated CPTM8 stage worker for managed mode: consumes a stage's jobs, simulates a
+/// scan and reports the outcome to orchestratorm8.
+#[derive(argh::FromArgs, Debug, Clone, PartialEq)]
 pub struct WorkerOptions {
-    /// `--stage`: the stage served.
+    /// stage served, e.g. asmm8
+    #[argh(option)]
     pub stage: String,
-    /// `--name`: the `source` of what the worker publishes.
+    /// worker name, the `source` of what it publishes (default: the stage name)
+    #[argh(option)]
     pub name: Option<String>,
-    /// `--queue`: the queue consumed, instead of the service section's.
+    /// queue consumed (default: the stage's service section `Queue[1]`, else `q<stage>`)
+    #[argh(option)]
     pub queue: Option<String>,
-    /// `--config`: the configuration file.
+    /// configuration file (default: $ORCHESTRATORM8_CONFIG, else configs/configuration.yaml)
+    #[argh(option)]
     pub config: Option<PathBuf>,
-    /// `--min-ms`: shortest simulated scan.
+    /// shortest simulated scan, in milliseconds (default 500)
+    #[argh(option, default = "500")]
     pub min_ms: u64,
-    /// `--max-ms`: longest simulated scan.
+    /// longest simulated scan, in milliseconds (default 3000)
+    #[argh(option, default = "3000")]
     pub max_ms: u64,
-    /// `--prefetch`: jobs handled at once, instead of the service section's.
+    /// jobs handled at once (default: the service section's prefetch, else 1)
+    #[argh(option)]
     pub prefetch: Option<u16>,
-    /// `--grace-ms`: how long in-flight jobs may run on at shutdown.
+    /// at shutdown, how long in-flight jobs may run on before they are requeued (default 10000)
+    #[argh(option, default = "10000")]
     pub grace_ms: u64,
-    /// `--max-redeliveries`: a job delivered more often is dead-lettered.
+    /// a job delivered more often than this is dead-lettered (default 10)
+    #[argh(option, default = "10")]
     pub max_redeliveries: u32,
-    /// `--seed`: the random seed.
+    /// random seed, for reproducible runs
+    #[argh(option)]
     pub seed: Option<u64>,
+    /// share of scans that fail, 0 to 1 (default 0.1)
+    #[argh(option, default = "0.1")]
+    pub failure_rate: f64,
+    /// share of jobs "lost": acked without a report, so the stage times out (default 0)
+    #[argh(option, default = "0.0")]
+    pub lost_rate: f64,
+    /// from this attempt on every scan succeeds; 0: never forced (default 0)
+    #[argh(option, default = "0")]
+    pub succeed_at_attempt: u32,
+    /// the error message of a simulated failure (default: a fixed text)
+    #[argh(option)]
+    pub failure_message: Option<String>,
 }
 
 impl WorkerOptions {
@@ -154,12 +98,9 @@ impl WorkerOptions {
         Serve {
             topology: topology::worker_topology(settings, q, publishes_to),
             consume: ConsumeOptions {
-                queue: q.queue.clone(),
-                tag: q.tag.clone(),
-                prefetch: q.prefetch,
-                autoack: false,
                 max_redeliveries: self.max_redeliveries,
                 dead_letter: Some(q.dead_letter_route()),
+                ..ConsumeOptions::new(&q.queue, &q.tag, q.prefetch)
             },
             grace: Duration::from_millis(self.grace_ms),
             health_every: Duration::from_secs(5),
@@ -183,6 +124,10 @@ mod tests {
             grace_ms: 10_000,
             max_redeliveries: 10,
             seed: None,
+            failure_rate: 0.1,
+            lost_rate: 0.0,
+            succeed_at_attempt: 0,
+            failure_message: None,
         }
     }
 

@@ -22,12 +22,17 @@ pub(crate) struct MemAcker {
 }
 
 impl MemAcker {
+    /// Runs `f` on the broker's state, then wakes consumers and waiters.
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let out = f(&mut self.inner.lock());
+        self.inner.changed();
+        out
+    }
+
     fn gone(&self) -> AmqpError {
-        AmqpError::Unavailable {
-            host: "memory".into(),
-            reason: "the delivery is no longer held (its channel closed); the broker redelivers it"
-                .into(),
-        }
+        Inner::unavailable(
+            "the delivery is no longer held (its channel closed); the broker redelivers it",
+        )
     }
 }
 
@@ -37,8 +42,7 @@ impl Acker for MemAcker {
         if self.autoacked.is_some() {
             return Ok(());
         }
-        let settled = self.inner.lock().settle(self.id);
-        self.inner.changed();
+        let settled = self.with_state(|s| s.settle(self.id));
         settled.map(|_| ()).ok_or_else(|| self.gone())
     }
 
@@ -46,61 +50,46 @@ impl Acker for MemAcker {
         if self.autoacked.is_some() {
             return Ok(());
         }
-        let result = {
-            let mut s = self.inner.lock();
-            match s.settle(self.id) {
-                None => Err(self.gone()),
-                Some(u) if requeue => {
-                    s.requeue(u);
-                    Ok(())
-                }
-                Some(u) => {
-                    s.dead_letter_by_queue(&u.queue, u.message, "rejected");
-                    Ok(())
-                }
+        self.with_state(|s| {
+            let u = s.settle(self.id).ok_or_else(|| self.gone())?;
+            if requeue {
+                s.requeue(u);
+            } else {
+                s.dead_letter_by_queue(&u.queue, u.message, "rejected");
             }
-        };
-        self.inner.changed();
-        result
+            Ok(())
+        })
     }
 
     async fn dead_letter(self: Box<Self>, reason: String) -> Result<(), AmqpError> {
-        let result = {
-            let mut s = self.inner.lock();
+        self.with_state(|s| {
             let message = match &self.autoacked {
-                Some(m) => Some(m.clone()),
-                None => s.unacked.get(&self.id).map(|u| u.message.clone()),
+                Some(m) => m.clone(),
+                None => s
+                    .unacked
+                    .get(&self.id)
+                    .ok_or_else(|| self.gone())?
+                    .message
+                    .clone(),
             };
-            match message {
-                None => Err(self.gone()),
-                Some(message) => {
-                    let outcome = match &self.dead_letter {
-                        Some((exchange, key)) => {
-                            let copy = State::dead_letter_copy(
-                                &message,
-                                &self.queue,
-                                exchange,
-                                key,
-                                &reason,
-                            );
-                            s.publish(copy, true)
-                        }
-                        None => Ok(PublishOutcome::Unroutable),
-                    };
-                    let settled = s.settle(self.id);
-                    if outcome.as_ref().ok() != Some(&PublishOutcome::Confirmed) {
-                        tracing::error!(queue = %self.queue, %reason, outcome = ?outcome,
-                            "dead-letter queue did not take the message; rejecting it instead");
-                        if let Some(u) = settled {
-                            s.dead_letter_by_queue(&u.queue, u.message, "rejected");
-                        }
-                    }
-                    Ok(())
+            let outcome = match &self.dead_letter {
+                Some((exchange, key)) => {
+                    let copy =
+                        State::dead_letter_copy(&message, &self.queue, exchange, key, &reason);
+                    s.publish(copy, true)
+                }
+                None => Ok(PublishOutcome::Unroutable),
+            };
+            let settled = s.settle(self.id);
+            if outcome.as_ref().ok() != Some(&PublishOutcome::Confirmed) {
+                tracing::error!(queue = %self.queue, %reason, outcome = ?outcome,
+                    "dead-letter queue did not take the message; rejecting it instead");
+                if let Some(u) = settled {
+                    s.dead_letter_by_queue(&u.queue, u.message, "rejected");
                 }
             }
-        };
-        self.inner.changed();
-        result
+            Ok(())
+        })
     }
 }
 

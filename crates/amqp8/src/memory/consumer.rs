@@ -1,40 +1,19 @@
 //! In-memory consumers: one task per consumer taking messages as prefetch allows and
 //! running them through the shared [`Dispatch`].
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::broker::{ConsumeOptions, ConsumerControl, ConsumerHandle, Delivery, Handler};
-use crate::dispatch::Dispatch;
+use crate::broker::{ConsumeOptions, ConsumerHandle, Delivery, Handler};
+use crate::dispatch::{Control, Dispatch};
 use crate::health::ConsumerStats;
 use crate::redelivery::MessageKey;
 
 use super::Inner;
 use super::acker::MemAcker;
-
-/// Control of one in-memory consumer.
-struct MemConsumer {
-    stop: CancellationToken,
-    grace: Arc<Mutex<Duration>>,
-    done: CancellationToken,
-}
-
-#[async_trait]
-impl ConsumerControl for MemConsumer {
-    async fn stop(&self, grace: Duration) {
-        if !self.stop.is_cancelled() {
-            *self.grace.lock() = grace;
-            self.stop.cancel();
-        }
-        self.done.cancelled().await;
-    }
-}
 
 /// Starts a consumer; the queue exists and the broker is up.
 pub(crate) fn spawn(
@@ -46,11 +25,7 @@ pub(crate) fn spawn(
         .consumers
         .add(&options.tag, &options.queue, options.autoack);
     stats.set_active(true, false);
-    let control = MemConsumer {
-        stop: CancellationToken::new(),
-        grace: Arc::new(Mutex::new(Duration::ZERO)),
-        done: CancellationToken::new(),
-    };
+    let (control, done) = Control::new(CancellationToken::new());
     let id = inner.next_consumer.fetch_add(1, Ordering::Relaxed);
     let dispatch = Arc::new(Dispatch {
         handler,
@@ -65,12 +40,11 @@ pub(crate) fn spawn(
         stats,
         dispatch,
         id,
-        stop: control.stop.clone(),
-        grace: control.grace.clone(),
-        done: control.done.clone(),
+        control: control.clone(),
+        _done: done,
     };
     tokio::spawn(run.run());
-    ConsumerHandle(Arc::new(control))
+    ConsumerHandle(control)
 }
 
 struct Run {
@@ -79,9 +53,9 @@ struct Run {
     stats: Arc<ConsumerStats>,
     dispatch: Arc<Dispatch>,
     id: u64,
-    stop: CancellationToken,
-    grace: Arc<Mutex<Duration>>,
-    done: CancellationToken,
+    control: Arc<Control>,
+    /// Tells the consumer's handle that it has stopped, when dropped.
+    _done: DropGuard,
 }
 
 impl Run {
@@ -93,27 +67,21 @@ impl Run {
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.stop.is_cancelled() {
+            if self.control.stop.is_cancelled() {
                 break;
             }
             while tasks.try_join_next().is_some() {}
             let up = self.inner.is_up();
             let (exists, taken) = {
                 let mut s = self.inner.lock();
-                let exists = s.queues.contains_key(&self.options.queue);
-                let taken = if up && tasks.len() < limit {
-                    let quorum = s.queues.get(&self.options.queue).is_some_and(|q| q.quorum);
-                    s.take(
-                        &self.options.queue,
-                        self.id,
-                        self.options.prefetch,
-                        self.options.autoack,
-                    )
-                    .map(|t| (t, quorum))
-                } else {
-                    None
-                };
-                (exists, taken)
+                let o = &self.options;
+                // Whether the queue exists, and whether it is a quorum queue.
+                let quorum = s.queues.get(&o.queue).map(|q| q.quorum);
+                let taken = (up && tasks.len() < limit)
+                    .then(|| s.take(&o.queue, self.id, o.prefetch, o.autoack))
+                    .flatten()
+                    .map(|t| (t, quorum == Some(true)));
+                (quorum.is_some(), taken)
             };
             let now_active = up && exists;
             if now_active != active {
@@ -134,31 +102,29 @@ impl Run {
                     autoacked: self.options.autoack.then(|| message.clone()),
                     dead_letter: self.options.dead_letter.clone(),
                 };
-                let mut delivery = Delivery::new(
-                    message.body,
-                    message.exchange,
-                    message.routing_key,
-                    message.redelivered,
-                    Box::new(acker),
-                );
-                delivery.headers = message.headers;
-                delivery.app_id = message.app_id;
-                delivery.message_id = Some(message.message_id);
-                if quorum && message.returned > 0 {
-                    delivery.delivery_count = Some(message.returned);
-                }
+                let delivery = Delivery {
+                    body: message.body,
+                    exchange: message.exchange,
+                    routing_key: message.routing_key,
+                    redelivered: message.redelivered,
+                    delivery_count: (quorum && message.returned > 0).then_some(message.returned),
+                    headers: message.headers,
+                    app_id: message.app_id,
+                    message_id: Some(message.message_id),
+                    acker: Some(Box::new(acker)),
+                };
                 let dispatch = self.dispatch.clone();
                 tasks.spawn(async move { dispatch.run(delivery, key).await });
                 continue;
             }
             tokio::select! {
                 _ = &mut notified => {}
-                _ = self.stop.cancelled() => {}
+                _ = self.control.stop.cancelled() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
         self.stats.set_active(false, false);
-        let grace = *self.grace.lock();
+        let grace = *self.control.grace.lock();
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -170,6 +136,5 @@ impl Run {
         self.inner.lock().return_unacked(Some(self.id));
         self.inner.changed();
         self.inner.consumers.remove(&self.stats);
-        self.done.cancel();
     }
 }

@@ -34,7 +34,7 @@ pub use state::StoredMessage;
 
 use state::State;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Status {
     up: bool,
     blocked: bool,
@@ -43,6 +43,7 @@ struct Status {
 }
 
 /// Shared by the broker handle, its consumers and ackers.
+#[derive(Default)]
 pub(crate) struct Inner {
     state: Mutex<State>,
     pub(crate) notify: Notify,
@@ -159,25 +160,18 @@ impl MemoryBroker {
     /// during an outage fail at once unless [`MemoryBroker::set_outage_wait`] says to
     /// wait.
     pub fn new() -> Self {
-        let (status, _) = watch::channel(Status {
-            up: true,
-            blocked: false,
-            refused: None,
-        });
-        MemoryBroker {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State::new()),
-                notify: Notify::new(),
-                status,
-                consumers: ConsumerRegistry::default(),
-                redeliveries: Arc::new(Redeliveries::default()),
-                next_consumer: AtomicU64::new(1),
-                outage_wait_ms: AtomicU64::new(0),
-                fail_publishes: AtomicU32::new(0),
-                nack_publishes: AtomicU32::new(0),
-                connections: AtomicU64::new(1),
-                published: Mutex::new(Vec::new()),
+        let inner = Inner {
+            state: Mutex::new(State::new()),
+            status: watch::Sender::new(Status {
+                up: true,
+                ..Status::default()
             }),
+            next_consumer: AtomicU64::new(1),
+            connections: AtomicU64::new(1),
+            ..Inner::default()
+        };
+        MemoryBroker {
+            inner: Arc::new(inner),
         }
     }
 
@@ -350,39 +344,36 @@ impl MemoryBroker {
 
     async fn publish_one(&self, message: OutgoingMessage) -> Result<PublishOutcome, AmqpError> {
         self.inner.wait_available(true).await?;
-        let failing = self
-            .inner
-            .fail_publishes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok();
-        if failing {
+        if take_one(&self.inner.fail_publishes) {
             return Err(Inner::unavailable("simulated publish failure"));
         }
-        let outcome = {
-            let mut s = self.inner.lock();
-            let mut stored = StoredMessage::new(
-                message.exchange.clone(),
-                message.routing_key.clone(),
-                message.body.clone(),
-            );
-            stored.headers = message.headers.clone();
-            stored.app_id = message.app_id.clone();
-            stored.message_id = message.message_id.clone().unwrap_or_default();
-            let nack = self
-                .inner
-                .nack_publishes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok();
-            if nack {
-                PublishOutcome::Nacked
-            } else {
-                s.publish(stored, message.mandatory)?
-            }
+        let outcome = if take_one(&self.inner.nack_publishes) {
+            PublishOutcome::Nacked
+        } else {
+            let stored = StoredMessage {
+                headers: message.headers.clone(),
+                app_id: message.app_id.clone(),
+                message_id: message.message_id.clone().unwrap_or_default(),
+                ..StoredMessage::new(
+                    &message.exchange,
+                    &message.routing_key,
+                    message.body.clone(),
+                )
+            };
+            self.inner.lock().publish(stored, message.mandatory)?
         };
         self.inner.published.lock().push((message, outcome));
         self.inner.changed();
         Ok(outcome)
     }
+}
+
+/// Takes one from `counter` unless it is zero; whether it did.
+fn take_one(counter: &AtomicU32) -> bool {
+    let minus_one = |n: u32| n.checked_sub(1);
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, minus_one)
+        .is_ok()
 }
 
 #[async_trait]

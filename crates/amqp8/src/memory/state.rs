@@ -151,7 +151,7 @@ const KINDS: [&str; 4] = ["topic", "direct", "fanout", "headers"];
 impl State {
     pub(crate) fn new() -> Self {
         let mut s = State::default();
-        for kind in ["direct", "topic", "fanout", "headers"] {
+        for kind in KINDS {
             s.exchanges.insert(format!("amq.{kind}"), kind.to_owned());
         }
         s
@@ -173,54 +173,50 @@ impl State {
     }
 
     fn declare_exchange(&mut self, e: &ExchangeDecl) -> Result<(), AmqpError> {
-        let op = || format!("exchange.declare {}", e.name);
+        let refuse = |reason: String| {
+            Err(AmqpError::Refused {
+                operation: format!("exchange.declare {}", e.name),
+                reason,
+            })
+        };
         if e.name.is_empty() || e.name.starts_with("amq.") {
-            return Err(AmqpError::Refused {
-                operation: op(),
-                reason: format!(
-                    "ACCESS_REFUSED - exchange name '{}' contains reserved prefix 'amq.'",
-                    e.name
-                ),
-            });
+            return refuse(format!(
+                "ACCESS_REFUSED - exchange name '{}' contains reserved prefix 'amq.'",
+                e.name
+            ));
         }
         if !KINDS.contains(&e.kind.as_str()) {
-            return Err(AmqpError::Refused {
-                operation: op(),
-                reason: format!("COMMAND_INVALID - unknown exchange type '{}'", e.kind),
-            });
+            return refuse(format!(
+                "COMMAND_INVALID - unknown exchange type '{}'",
+                e.kind
+            ));
         }
-        match self.exchanges.get(&e.name) {
-            Some(kind) if *kind != e.kind => Err(AmqpError::Refused {
-                operation: op(),
-                reason: format!(
-                    "PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{}': received '{}' but current is '{kind}'",
-                    e.name, e.kind
-                ),
-            }),
-            Some(_) => Ok(()),
-            None => {
-                self.exchanges.insert(e.name.clone(), e.kind.clone());
-                Ok(())
-            }
+        let kind = self
+            .exchanges
+            .entry(e.name.clone())
+            .or_insert_with(|| e.kind.clone());
+        if *kind != e.kind {
+            return refuse(format!(
+                "PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{}': received '{}' but current is '{kind}'",
+                e.name, e.kind
+            ));
         }
+        Ok(())
     }
 
     fn declare_queue(&mut self, q: &QueueDecl) -> Result<(), AmqpError> {
         let fresh = MemQueue::new(q)?;
-        match self.queues.get(&q.name) {
-            Some(existing) if existing.decl.arguments != q.arguments => Err(AmqpError::Refused {
+        let existing = self.queues.entry(q.name.clone()).or_insert(fresh);
+        if existing.decl.arguments != q.arguments {
+            return Err(AmqpError::Refused {
                 operation: format!("queue.declare {}", q.name),
                 reason: format!(
                     "PRECONDITION_FAILED - inequivalent arguments for queue '{}': received {:?} but current is {:?}",
                     q.name, q.arguments, existing.decl.arguments
                 ),
-            }),
-            Some(_) => Ok(()),
-            None => {
-                self.queues.insert(q.name.clone(), fresh);
-                Ok(())
-            }
+            });
         }
+        Ok(())
     }
 
     fn bind(&mut self, b: &BindingDecl) -> Result<(), AmqpError> {
@@ -269,13 +265,7 @@ impl State {
     pub(crate) fn delete_queue(&mut self, name: &str) -> Option<u32> {
         let q = self.queues.remove(name)?;
         self.bindings.retain(|b| b.queue != name);
-        let ids: Vec<u64> = self
-            .unacked
-            .iter()
-            .filter(|(_, u)| u.queue == name)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        for id in self.unacked_ids(|u| u.queue == name) {
             self.settle(id);
         }
         Some(q.ready.len() as u32)
@@ -427,6 +417,12 @@ impl State {
         Some((id, message))
     }
 
+    /// The delivery ids of the unacked deliveries `pick` picks.
+    fn unacked_ids(&self, pick: impl Fn(&Unacked) -> bool) -> Vec<u64> {
+        let picked = self.unacked.iter().filter(|(_, u)| pick(u));
+        picked.map(|(id, _)| *id).collect()
+    }
+
     /// Removes an unacked delivery.
     pub(crate) fn settle(&mut self, id: u64) -> Option<Unacked> {
         let u = self.unacked.remove(&id)?;
@@ -449,12 +445,7 @@ impl State {
     /// Returns every unacked delivery (of one consumer, or of all) to its queue, as a
     /// broker does when a channel or connection closes.
     pub(crate) fn return_unacked(&mut self, consumer: Option<u64>) {
-        let mut ids: Vec<u64> = self
-            .unacked
-            .iter()
-            .filter(|(_, u)| consumer.is_none_or(|c| u.consumer == c))
-            .map(|(id, _)| *id)
-            .collect();
+        let mut ids = self.unacked_ids(|u| consumer.is_none_or(|c| u.consumer == c));
         // Newest first, so that pushing each to the front restores the original order.
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids {

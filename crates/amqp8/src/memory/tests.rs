@@ -745,10 +745,6 @@ async fn handler_fn_and_quorum_delivery_count() {
 #[tokio::test]
 async fn test_acker_records_the_settlement() {
     let (mut d, settled) = TestAcker::delivery("cptm8", "k", b"x".to_vec());
-    d.take_acker()
-        .unwrap()
-        .dead_letter("bad".into())
-        .await
-        .unwrap();
+    d.defer().unwrap().dead_letter("bad".into()).await.unwrap();
     assert_eq!(settled.get(), Some(Settlement::DeadLetter("bad".into())));
 }

@@ -12,7 +12,6 @@
 //! cheaper, and what the consume benchmark measures); a handler with CPU-heavy work
 //! should move it to `tokio::task::spawn_blocking`.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,18 +24,17 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+use tokio_util::sync::DropGuard;
 
 use super::Shared;
 use super::channel::{self, ChanEvent, CloseSlot};
 use super::fields;
 use super::pool::Manager;
 use crate::broker::{
-    Acker, ConsumeOptions, ConsumerControl, ConsumerHandle, Delivery, Handler, OutgoingMessage,
-    PublishOutcome,
+    Acker, ConsumeOptions, ConsumerHandle, Delivery, Handler, OutgoingMessage, PublishOutcome,
 };
-use crate::dispatch::Dispatch;
+use crate::dispatch::{Control, Dispatch};
 use crate::error::AmqpError;
 use crate::headers;
 use crate::health::ConsumerStats;
@@ -120,25 +118,6 @@ async fn subscribe(
     }
 }
 
-/// Control of one consumer.
-struct Control {
-    stop: CancellationToken,
-    grace: Mutex<Duration>,
-    done: watch::Receiver<bool>,
-}
-
-#[async_trait]
-impl ConsumerControl for Control {
-    async fn stop(&self, grace: Duration) {
-        if !self.stop.is_cancelled() {
-            *self.grace.lock() = grace;
-            self.stop.cancel();
-        }
-        let mut done = self.done.clone();
-        let _ = done.wait_for(|d| *d).await;
-    }
-}
-
 /// Starts a consumer: subscribes once (failing with [`AmqpError::NoSuchQueue`],
 /// [`AmqpError::Refused`], a refused login or virtual host, or, after the deadline,
 /// [`AmqpError::Unavailable`]), then supervises it.
@@ -165,13 +144,8 @@ pub(crate) async fn start(
     stats.set_active(true, false);
     tracing::info!(queue = %options.queue, tag = %first.tag, prefetch = options.prefetch,
         autoack = options.autoack, "consumer subscribed");
-    let (done_tx, done_rx) = watch::channel(false);
-    let control = Arc::new(Control {
-        // Closing the broker handle stops its consumers too.
-        stop: shared.shutdown.child_token(),
-        grace: Mutex::new(Duration::ZERO),
-        done: done_rx,
-    });
+    // Closing the broker handle stops its consumers too.
+    let (control, done) = Control::new(shared.shutdown.child_token());
     let dispatch = Arc::new(Dispatch {
         handler,
         stats: stats.clone(),
@@ -192,7 +166,7 @@ pub(crate) async fn start(
         stats,
         dispatch,
         control: control.clone(),
-        done: done_tx,
+        _done: done,
     };
     tokio::spawn(supervisor.run(first));
     Ok(ConsumerHandle(control))
@@ -210,7 +184,8 @@ struct Supervisor {
     dispatch: Arc<Dispatch>,
     ack_context: Arc<AckContext>,
     control: Arc<Control>,
-    done: watch::Sender<bool>,
+    /// Tells the consumer's handle that it has stopped, when dropped.
+    _done: DropGuard,
 }
 
 type InFlight = FuturesUnordered<BoxFuture<'static, ()>>;
@@ -237,24 +212,13 @@ impl Supervisor {
             // Subscribe again, until it works or the consumer is stopped; handlers in
             // flight keep running meanwhile.
             loop {
-                let pause = tokio::time::sleep(self.shared.retry_delay(&mut backoff));
-                tokio::pin!(pause);
-                let stopped = loop {
-                    tokio::select! {
-                        _ = &mut pause => break false,
-                        _ = self.control.stop.cancelled() => break true,
-                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                    }
+                let pause = self.shared.retry_delay(&mut backoff);
+                let (shared, options) = (self.shared.clone(), self.options.clone());
+                let attempt = async move {
+                    tokio::time::sleep(pause).await;
+                    let deadline = Instant::now() + shared.deadline;
+                    tokio::spawn(subscribe(shared, options, deadline)).await
                 };
-                if stopped {
-                    break;
-                }
-                let deadline = Instant::now() + self.shared.deadline;
-                let attempt = tokio::spawn(subscribe(
-                    self.shared.clone(),
-                    self.options.clone(),
-                    deadline,
-                ));
                 tokio::pin!(attempt);
                 let result = loop {
                     tokio::select! {
@@ -293,7 +257,6 @@ impl Supervisor {
         }
         self.stats.set_active(false, false);
         self.shared.consumers.remove(&self.stats);
-        let _ = self.done.send(true);
     }
 
     async fn serve(&self, sub: &mut Subscription, in_flight: &mut InFlight) -> End {
@@ -463,6 +426,17 @@ impl RabbitAcker {
         }
     }
 
+    async fn accept(&self) -> Result<(), AmqpError> {
+        if self.context.autoack {
+            return Ok(());
+        }
+        self.usable()?;
+        self.channel
+            .basic_ack(BasicAckArguments::new(self.tag, false))
+            .await
+            .map_err(|e| self.context.shared.unavailable(format!("basic.ack: {e}")))
+    }
+
     async fn reject(&self, requeue: bool) -> Result<(), AmqpError> {
         if self.context.autoack {
             return Ok(());
@@ -478,14 +452,7 @@ impl RabbitAcker {
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(self: Box<Self>) -> Result<(), AmqpError> {
-        if self.context.autoack {
-            return Ok(());
-        }
-        self.usable()?;
-        self.channel
-            .basic_ack(BasicAckArguments::new(self.tag, false))
-            .await
-            .map_err(|e| self.context.shared.unavailable(format!("basic.ack: {e}")))
+        self.accept().await
     }
 
     async fn nack(self: Box<Self>, requeue: bool) -> Result<(), AmqpError> {
@@ -509,26 +476,10 @@ impl Acker for RabbitAcker {
             self.copy.routing_key.clone(),
         );
         headers.insert(headers::ORIGINAL_QUEUE.into(), self.context.queue.clone());
-        let copy = OutgoingMessage {
-            exchange: exchange.clone(),
-            routing_key: routing_key.clone(),
-            body: self.copy.body.clone(),
-            mandatory: true,
-            headers,
-            app_id: None,
-            message_id: None,
-        };
+        let mut copy = OutgoingMessage::new(&exchange, &routing_key, self.copy.body.clone());
+        copy.headers = headers;
         match self.context.shared.publish(copy).await {
-            Ok(PublishOutcome::Confirmed) => {
-                if self.context.autoack {
-                    return Ok(());
-                }
-                self.usable()?;
-                self.channel
-                    .basic_ack(BasicAckArguments::new(self.tag, false))
-                    .await
-                    .map_err(|e| self.context.shared.unavailable(format!("basic.ack: {e}")))
-            }
+            Ok(PublishOutcome::Confirmed) => self.accept().await,
             Err(e) if e.is_transient() => {
                 tracing::warn!(queue = %self.context.queue, error = %e,
                     "cannot publish to the dead-letter exchange now; requeueing the message");

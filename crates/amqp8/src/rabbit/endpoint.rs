@@ -98,20 +98,17 @@ fn tls(s: &RabbitMqSettings) -> Result<TlsAdaptor, AmqpError> {
     let mut roots = rustls::RootCertStore::empty();
     match &s.tls_ca {
         Some(path) => {
+            let bad =
+                |e: &dyn std::fmt::Display| invalid("tls_ca", format!("{}: {e}", path.display()));
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| invalid("tls_ca", format!("{}: {e}", path.display())))?
+                .map_err(|e| bad(&e))?
                 .collect::<Result<_, _>>()
-                .map_err(|e| invalid("tls_ca", format!("{}: {e}", path.display())))?;
+                .map_err(|e| bad(&e))?;
             if certs.is_empty() {
-                return Err(invalid(
-                    "tls_ca",
-                    format!("{}: no PEM certificate in it", path.display()),
-                ));
+                return Err(bad(&"no PEM certificate in it"));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| invalid("tls_ca", format!("{}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| bad(&e))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

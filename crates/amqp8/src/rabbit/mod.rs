@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use amqprs::channel::{ExchangeDeclareArguments, QueueDeclareArguments, QueueDeleteArguments};
+use amqprs::error::Error::ChannelUseError;
 use async_trait::async_trait;
 use config8::RabbitMqSettings;
 use tokio_util::sync::CancellationToken;
@@ -160,23 +161,16 @@ impl Shared {
         if name.is_empty() || self.exchanges.lock().contains(name) {
             return Ok(());
         }
-        let n = name.to_owned();
-        let checked = rpc::run(
-            self,
-            format!("exchange.declare passive {name}"),
-            move |ch| {
-                let n = n.clone();
-                async move {
-                    ch.exchange_declare(
-                        ExchangeDeclareArguments::new(&n, "topic")
-                            .passive(true)
-                            .finish(),
-                    )
-                    .await
-                    .map_err(|e| (format!("exchange.declare passive {n}"), e))
-                }
-            },
-        )
+        let (n, op) = (name.to_owned(), format!("exchange.declare passive {name}"));
+        let checked = rpc::run(self, op.clone(), move |ch| {
+            let (n, op) = (n.clone(), op.clone());
+            async move {
+                let args = ExchangeDeclareArguments::new(&n, "topic")
+                    .passive(true)
+                    .finish();
+                ch.exchange_declare(args).await.map_err(|e| (op, e))
+            }
+        })
         .await;
         match checked {
             Ok(()) => {
@@ -276,11 +270,7 @@ impl RabbitBroker {
         let max = p.max_connections.max(1);
         let stats = Arc::new(ConnStats::default());
         let registry = Arc::new(Registry::default());
-        let deadline = if p.connection_timeout.is_zero() {
-            Duration::from_secs(30)
-        } else {
-            p.connection_timeout
-        };
+        let deadline = nonzero(p.connection_timeout).unwrap_or(Duration::from_secs(30));
         let manager = Manager {
             endpoint: endpoint.clone(),
             stats: stats.clone(),
@@ -379,17 +369,15 @@ impl Broker for RabbitBroker {
         for item in &items {
             item.check()?;
         }
-        let registry = self.shared.registry.clone();
         let shared = self.shared.clone();
         let items = Arc::new(items);
         rpc::run(&self.shared, "declare".into(), move |ch| {
             let items = items.clone();
-            let registry = registry.clone();
             let shared = shared.clone();
             async move {
                 for item in items.iter() {
                     item.declare(&ch).await.map_err(|e| (item.operation(), e))?;
-                    registry.remember(item);
+                    shared.registry.remember(item);
                     if let topology::Item::Exchange(e) = item {
                         shared.know_exchange(&e.name);
                     }
@@ -438,25 +426,18 @@ impl Broker for RabbitBroker {
     async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
         fields::short("queue name", queue)?;
         let q = queue.to_owned();
-        let info = rpc::run(
-            &self.shared,
-            format!("queue.declare passive {queue}"),
-            move |ch| {
-                let q = q.clone();
-                async move {
-                    let op = || format!("queue.declare passive {q}");
-                    ch.queue_declare(QueueDeclareArguments::new(&q).passive(true).finish())
-                        .await
-                        .map_err(|e| (op(), e))?
-                        .ok_or_else(|| {
-                            (
-                                op(),
-                                amqprs::error::Error::ChannelUseError("no declare-ok".into()),
-                            )
-                        })
+        let op = format!("queue.declare passive {queue}");
+        let info = rpc::run(&self.shared, op.clone(), move |ch| {
+            let (q, op) = (q.clone(), op.clone());
+            async move {
+                let args = QueueDeclareArguments::new(&q).passive(true).finish();
+                match ch.queue_declare(args).await {
+                    Ok(Some(declared)) => Ok(declared),
+                    Ok(None) => Err((op, ChannelUseError("no declare-ok".into()))),
+                    Err(e) => Err((op, e)),
                 }
-            },
-        )
+            }
+        })
         .await;
         match info {
             Ok((_, messages, consumers)) => Ok(QueueInfo {

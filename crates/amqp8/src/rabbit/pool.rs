@@ -68,13 +68,9 @@ impl ConnStats {
     fn set_blocked(&self, id: u64, reason: Option<String>) {
         let mut b = self.blocked.lock();
         match reason {
-            Some(r) => {
-                b.insert(id, r);
-            }
-            None => {
-                b.remove(&id);
-            }
-        }
+            Some(r) => b.insert(id, r),
+            None => b.remove(&id),
+        };
     }
 }
 
@@ -261,20 +257,18 @@ fn spawn_watcher(
 
 /// Resolves when the connection's I/O ended or the pool dropped it.
 async fn watch_connection(conn: &Connection, dropped: &CancellationToken) {
-    {
-        let failure = conn.listen_network_io_failure();
-        tokio::pin!(failure);
-        // Subscribe first (the first poll does), then check: a failure that happened
-        // before the subscription is not announced again.
-        let announced = futures::poll!(failure.as_mut()).is_ready();
-        if !announced && conn.is_open() {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = &mut failure => break,
-                    _ = dropped.cancelled() => break,
-                    _ = tick.tick() => if !conn.is_open() { break },
-                }
+    let failure = conn.listen_network_io_failure();
+    tokio::pin!(failure);
+    // Subscribe first (the first poll does), then check: a failure that happened
+    // before the subscription is not announced again.
+    let announced = futures::poll!(failure.as_mut()).is_ready();
+    if !announced && conn.is_open() {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = &mut failure => break,
+                _ = dropped.cancelled() => break,
+                _ = tick.tick() => if !conn.is_open() { break },
             }
         }
     }

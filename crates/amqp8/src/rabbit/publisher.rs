@@ -332,60 +332,40 @@ impl Lane {
         backoff: &mut Backoff,
     ) -> Option<bb8::PooledConnection<'static, Manager>> {
         let shared = self.shared.clone();
-        let mut buf = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
-            let get = shared.pool.get_owned();
-            tokio::pin!(get);
-            let got = loop {
-                tokio::select! {
-                    r = &mut get => break r,
-                    n = self.rx.recv_many(&mut buf, 1024) => {
-                        if n == 0 { return None; }
-                        self.queue.extend(buf.drain(..));
-                        self.fail_if_refused();
-                    }
-                    _ = tick.tick() => self.expire(),
-                    _ = shared.shutdown.cancelled() => return None,
-                }
-            };
-            if let Ok(c) = got
+            if let Ok(c) = self.meanwhile(shared.pool.get_owned(), true).await?
                 && c.is_usable()
             {
                 return Some(c);
             }
             self.fail_if_refused();
             let pause = tokio::time::sleep(shared.retry_delay(backoff));
-            tokio::pin!(pause);
-            loop {
-                tokio::select! {
-                    _ = &mut pause => break,
-                    n = self.rx.recv_many(&mut buf, 1024) => {
-                        if n == 0 { return None; }
-                        self.queue.extend(buf.drain(..));
-                        self.fail_if_refused();
-                    }
-                    _ = tick.tick() => self.expire(),
-                    _ = shared.shutdown.cancelled() => return None,
-                }
-            }
+            self.meanwhile(pause, true).await?;
         }
     }
 
-    /// Sleeps, taking in and expiring jobs; `false` on shutdown.
+    /// Sleeps, taking in jobs; `false` on shutdown.
     async fn pause(&mut self, d: Duration) -> bool {
-        let shared = self.shared.clone();
-        let pause = tokio::time::sleep(d);
-        tokio::pin!(pause);
+        self.meanwhile(tokio::time::sleep(d), false).await.is_some()
+    }
+
+    /// Waits for `until`, taking in jobs meanwhile and, when `expiring`, failing those
+    /// the broker refuses or that waited too long. `None` on shutdown.
+    async fn meanwhile<T>(&mut self, until: impl Future<Output = T>, expiring: bool) -> Option<T> {
+        tokio::pin!(until);
+        let shutdown = self.shared.shutdown.clone();
         let mut buf = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = &mut pause => return true,
+                r = &mut until => return Some(r),
                 n = self.rx.recv_many(&mut buf, 1024) => {
-                    if n == 0 { return false; }
+                    if n == 0 { return None; }
                     self.queue.extend(buf.drain(..));
+                    if expiring { self.fail_if_refused(); }
                 }
-                _ = shared.shutdown.cancelled() => return false,
+                _ = tick.tick(), if expiring => self.expire(),
+                _ = shutdown.cancelled() => return None,
             }
         }
     }
@@ -564,18 +544,18 @@ impl Lane {
         if let Some(ex) = &bad_exchange {
             self.shared.forget_exchange(ex);
         }
-        let queue = std::mem::take(&mut self.queue);
-        for job in queue {
-            let refused = bad_exchange.as_deref() == Some(job.msg.exchange.as_str())
-                || job.closes >= MAX_CHANNEL_CLOSES;
-            if refused {
-                job.reply.send(Err(AmqpError::Refused {
-                    operation: format!("basic.publish to exchange {:?}", job.msg.exchange),
-                    reason: text.clone(),
-                }));
-            } else {
-                self.queue.push_back(job);
-            }
+        let (refused, kept): (VecDeque<Job>, _) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|job| {
+                bad_exchange.as_deref() == Some(job.msg.exchange.as_str())
+                    || job.closes >= MAX_CHANNEL_CLOSES
+            });
+        self.queue = kept;
+        for job in refused {
+            job.reply.send(Err(AmqpError::Refused {
+                operation: format!("basic.publish to exchange {:?}", job.msg.exchange),
+                reason: text.clone(),
+            }));
         }
     }
 
@@ -606,40 +586,30 @@ impl Lane {
         if !self.queue.iter().any(expired) && !self.pending.values().any(expired) {
             return;
         }
-        let host = &self.shared.endpoint.display;
         let error = match self.shared.stats.blocked_reason() {
             Some(reason) => AmqpError::Blocked {
-                host: host.clone(),
+                host: self.shared.endpoint.display.clone(),
                 reason,
                 waited: deadline,
             },
-            None => AmqpError::Unavailable {
-                host: host.clone(),
-                reason: format!(
-                    "not published within {deadline:?} (RabbitMQ.pool.connection_timeout): {}",
-                    self.shared
-                        .stats
-                        .last_error()
-                        .unwrap_or_else(|| "no connection".into())
-                ),
-            },
+            None => self.shared.unavailable(format!(
+                "not published within {deadline:?} (RabbitMQ.pool.connection_timeout): {}",
+                self.shared
+                    .stats
+                    .last_error()
+                    .unwrap_or_else(|| "no connection".into())
+            )),
         };
-        let error = || error.clone();
-        let queue = std::mem::take(&mut self.queue);
-        for job in queue {
-            if expired(&job) {
-                job.reply.send(Err(error()));
-            } else {
-                self.queue.push_back(job);
-            }
-        }
-        let pending = std::mem::take(&mut self.pending);
-        for (seq, job) in pending {
-            if expired(&job) {
-                job.reply.send(Err(error()));
-            } else {
-                self.pending.insert(seq, job);
-            }
+        let (waited, kept): (VecDeque<Job>, _) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(expired);
+        self.queue = kept;
+        let (sent, kept): (BTreeMap<u64, Job>, _) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, j)| expired(j));
+        self.pending = kept;
+        for job in waited.into_iter().chain(sent.into_values()) {
+            job.reply.send(Err(error.clone()));
         }
     }
 
@@ -651,10 +621,10 @@ impl Lane {
         {
             return false;
         }
-        let error = AmqpError::Unavailable {
-            host: self.shared.endpoint.display.clone(),
-            reason: format!("no publisher confirm within {:?}", self.shared.deadline),
-        };
+        let error = self.shared.unavailable(format!(
+            "no publisher confirm within {:?}",
+            self.shared.deadline
+        ));
         tracing::error!(unconfirmed = self.pending.len(), %error, "publisher: the broker stopped confirming");
         for (_, job) in std::mem::take(&mut self.pending) {
             job.reply.send(Err(error.clone()));
@@ -668,10 +638,7 @@ impl Lane {
         while let Ok(job) = self.rx.try_recv() {
             self.queue.push_back(job);
         }
-        for (_, job) in std::mem::take(&mut self.pending) {
-            job.reply.send(Err(AmqpError::Closed));
-        }
-        for job in self.queue.drain(..) {
+        for job in self.pending.into_values().chain(self.queue) {
             job.reply.send(Err(AmqpError::Closed));
         }
     }

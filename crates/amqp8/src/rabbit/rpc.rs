@@ -58,15 +58,12 @@ where
     F: Fn(Channel) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<T, (String, amqprs::error::Error)>> + Send,
 {
-    let shared = shared.clone();
-    let task = tokio::spawn(async move { run_inner(&shared, &what, op).await });
-    match task.await {
-        Ok(r) => r,
-        Err(e) => Err(RpcFailure::Other(AmqpError::Unavailable {
-            host: String::new(),
-            reason: format!("RabbitMQ operation task failed: {e}"),
-        })),
-    }
+    let inner = shared.clone();
+    let task = tokio::spawn(async move { run_inner(&inner, &what, op).await });
+    task.await.unwrap_or_else(|e| {
+        let why = format!("RabbitMQ operation task failed: {e}");
+        Err(RpcFailure::Other(shared.unavailable(why)))
+    })
 }
 
 async fn run_inner<T, F, Fut>(shared: &Arc<Shared>, what: &str, op: F) -> Result<T, RpcFailure>

@@ -19,44 +19,25 @@ use demo8::runner::{self, Failure};
 use demo8::scan::{self, ScanSim};
 use demo8::stage_worker::{RESULT_EXCHANGE, StageWorker, StageWorkerConfig};
 use demo8::topology;
+use demo8::worker_args::WorkerOptions;
 
 const PROGRAM: &str = "stage_worker";
-
-demo8::worker_args! {
-    /// Simulated CPTM8 stage worker for managed mode: consumes a stage's jobs, simulates a
-    /// scan and reports the outcome to orchestratorm8.
-    struct Args {
-        /// share of scans that fail, 0 to 1 (default 0.1)
-        #[argh(option, default = "0.1")]
-        failure_rate: f64,
-        /// share of jobs "lost": acked without a report, so the stage times out (default 0)
-        #[argh(option, default = "0.0")]
-        lost_rate: f64,
-        /// from this attempt on every scan succeeds; 0: never forced (default 0)
-        #[argh(option, default = "0")]
-        succeed_at_attempt: u32,
-        /// the error message of a simulated failure (default: a fixed text)
-        #[argh(option)]
-        failure_message: Option<String>,
-    }
-}
 
 fn main() -> ExitCode {
     runner::main(PROGRAM, run)
 }
 
-fn run(args: Args) -> Result<(), Failure> {
-    let o = args.options();
+fn run(o: WorkerOptions) -> Result<(), Failure> {
     o.check()?;
     let sim = ScanSim::new(
         o.min_ms,
         o.max_ms,
-        args.failure_rate,
-        args.lost_rate,
-        args.succeed_at_attempt,
+        o.failure_rate,
+        o.lost_rate,
+        o.succeed_at_attempt,
     )
     .map_err(|e| Failure::Usage(e.to_string()))?
-    .with_failure_message(args.failure_message.clone());
+    .with_failure_message(o.failure_message.clone());
     let settings = runner::load_settings(PROGRAM, o.config.clone())?;
     let _log = runner::init_logging(&settings)?;
 
