@@ -187,6 +187,12 @@ impl Delivery {
     pub fn defer(&mut self) -> Option<Box<dyn Acker>> {
         self.acker.take()
     }
+
+    /// Takes the acker: the same as [`Delivery::defer`], kept for existing callers.
+    #[deprecated(since = "0.1.0", note = "use Delivery::defer")]
+    pub fn take_acker(&mut self) -> Option<Box<dyn Acker>> {
+        self.defer()
+    }
 }
 
 /// Settles one delivery. Dropping it unsettled leaves the message unacked until the
