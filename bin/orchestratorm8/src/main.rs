@@ -41,25 +41,22 @@ fn hoist_config(args: Vec<&str>) -> Result<Vec<&str>, String> {
     };
     let mut rest = Vec::with_capacity(args.len());
     let mut config: Vec<&str> = Vec::new();
-    let mut i = owner.len();
-    while i < args.len() {
-        let a = args[i];
+    let mut options = args[owner.len()..].iter().copied();
+    while let Some(a) = options.next() {
         if a == "--" {
-            rest.extend_from_slice(&args[i..]);
+            rest.push(a);
+            rest.extend(options);
             break;
         }
-        if a == "--config" && i + 1 < args.len() {
-            config.push(args[i + 1]);
-            i += 2;
-            continue;
+        match a.strip_prefix("--config=") {
+            Some(v) => config.push(v),
+            None if a != "--config" => rest.push(a),
+            // Without a value it is left for argh to report.
+            None => match options.next() {
+                Some(v) => config.push(v),
+                None => rest.push(a),
+            },
         }
-        if let Some(v) = a.strip_prefix("--config=") {
-            config.push(v);
-            i += 1;
-            continue;
-        }
-        rest.push(a);
-        i += 1;
     }
     if config.len() > 1 {
         return Err("--config given more than once".into());
@@ -80,19 +77,15 @@ fn hoist_config(args: Vec<&str>) -> Result<Vec<&str>, String> {
 /// exits 2.
 fn parse(args: Vec<OsString>) -> Result<cli::Cli, ExitCode> {
     let usage_error = ExitCode::from(2);
-    let mut strings = Vec::with_capacity(args.len());
-    for a in args {
-        match a.into_string() {
-            Ok(s) => strings.push(s),
-            Err(bad) => {
-                eprintln!(
-                    "orchestratorm8: error: argument {:?} is not valid UTF-8",
-                    bad.to_string_lossy()
-                );
-                return Err(usage_error);
-            }
-        }
-    }
+    let strings = args
+        .into_iter()
+        .map(OsString::into_string)
+        .collect::<Result<Vec<String>, OsString>>()
+        .map_err(|bad| {
+            let bad = bad.to_string_lossy();
+            eprintln!("orchestratorm8: error: argument {bad:?} is not valid UTF-8");
+            usage_error
+        })?;
     let cmd = strings
         .first()
         .and_then(|p| std::path::Path::new(p).file_name())

@@ -3,11 +3,11 @@
 //! and again only after there were none. Unlike the original, checked at start and
 //! on every domain change as well as on every tick.
 
-use amqp8::{OutgoingMessage, PublishOutcome};
-use model8::AmqpM8Message;
+use amqp8::PublishOutcome;
 
 use crate::engine::Engine;
 use crate::engine::dispatcher::StepError;
+use crate::engine::protocol::kickoff;
 use crate::topology::{KICKOFF_ROUTING_KEY, kickoff_exchange};
 
 /// What one bootstrap check did.
@@ -31,22 +31,14 @@ pub(crate) enum Check {
 }
 
 /// The none → some detector.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Bootstrap {
-    /// Whether the next check that finds domains publishes (Go's `first`).
-    first: bool,
+    /// Whether the domains found were kicked off already (the complement of Go's
+    /// `first`): the next check that finds domains publishes while it is `false`.
+    kicked: bool,
     /// Kick-offs this detector decided on (the one being published included): part
     /// of the kick-off's `message_id`, so a publish retried after an error is a copy.
     kickoffs: u64,
-}
-
-impl Default for Bootstrap {
-    fn default() -> Self {
-        Bootstrap {
-            first: true,
-            kickoffs: 0,
-        }
-    }
 }
 
 /// The `message_id` of the `n`-th kick-off (from 1) decided by the process whose
@@ -61,43 +53,35 @@ impl Bootstrap {
     /// check is simply retried.
     pub(crate) async fn check(&mut self, engine: &Engine) -> Result<Check, StepError> {
         if !engine.domains.exists_enabled().await? {
-            if !self.first {
+            if self.kicked {
                 tracing::info!(
                     "no enabled domain left; the next enabled domain triggers a new kick-off"
                 );
-            }
-            if !self.first {
                 // The previous kick-off is over; the next one is a new message.
                 self.kickoffs += 1;
             }
-            self.first = true;
+            self.kicked = false;
             return Ok(Check::NoDomains);
         }
-        if !self.first {
+        if self.kicked {
             return Ok(Check::AlreadyKicked);
         }
         if !engine.is_leader() {
-            // The leader sees the same change and kicks off. `first` stays as it is: a
+            // The leader sees the same change and kicks off. `kicked` stays as it is: a
             // standby that becomes the leader (at start-up, on taking the lock, or
             // after a failover) does what a freshly started Go orchestrator does and
-            // kicks off once while domains are enabled. Consuming `first` here lost the
+            // kicks off once while domains are enabled. Setting `kicked` here lost the
             // kick-off of a replica that starts alone, because it waits out the grace
             // as a standby before it leads.
             return Ok(Check::Standby);
         }
         let exchange = kickoff_exchange(engine.start_settings());
-        let body = AmqpM8Message::<()>::new(KICKOFF_ROUTING_KEY, None)
-            .to_vec()
+        let id = kickoff_message_id(engine.owner, self.kickoffs + 1);
+        let message = kickoff(exchange.clone(), KICKOFF_ROUTING_KEY, id)
             .map_err(|e| amqp8::AmqpError::Encode(e.to_string()))?;
         tracing::info!(%exchange, routing_key = KICKOFF_ROUTING_KEY, "enabled domains found; publishing the asmm8 kick-off");
-        let outcome = engine
-            .broker
-            .publish(
-                OutgoingMessage::new(exchange.clone(), KICKOFF_ROUTING_KEY, body)
-                    .with_message_id(kickoff_message_id(engine.owner, self.kickoffs + 1)),
-            )
-            .await?;
-        self.first = false;
+        let outcome = engine.broker.publish(message).await?;
+        self.kicked = true;
         Ok(match outcome {
             PublishOutcome::Confirmed => {
                 engine.metrics.bootstrap_kickoff_sent();

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amqp8::{Broker, ConsumeOptions, ConsumerHandle, Handler};
+use amqp8::{AmqpError, Broker, ConsumeOptions, ConsumerHandle, Handler};
 use config8::{SchedulerMode, Settings};
 use db8::{
     ChangeFeed, DomainRepository, LeaderLock, OutboxRepository, RingRepository, WorkflowRepository,
@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use model8::RESULT_QUEUE;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::bootstrap::Bootstrap;
 use crate::clock::Clock;
@@ -181,13 +181,11 @@ impl Controller {
         F: Future<Output = ()> + Send + 'static,
     {
         let signal = self.engine.shutdown.clone();
-        let watcher = tokio::spawn(async move {
+        let _watcher = AbortOnDropHandle::new(tokio::spawn(async move {
             shutdown.await;
             signal.cancel();
-        });
-        let result = self.run_until_stopped().await;
-        watcher.abort();
-        result
+        }));
+        self.run_until_stopped().await
     }
 
     /// Declares the topology, takes leadership (when elected), starts the consumers
@@ -256,37 +254,32 @@ impl Controller {
         settings: &Settings,
         ring: Option<&Ring>,
     ) -> Result<Option<Vec<ConsumerHandle>>, ControllerError> {
-        let mut consumers = Vec::new();
+        let (engine, tuning) = (&self.engine, &self.engine.tuning);
+        let mut wanted: Vec<(ConsumeOptions, Arc<dyn Handler>)> = Vec::new();
         if self.mode == SchedulerMode::Managed {
-            match self.start_consumer(settings).await? {
-                Some(c) => consumers.push(c),
-                None => return Ok(None),
+            let handler = Arc::new(ResultHandler {
+                engine: engine.clone(),
+            });
+            wanted.push((result_options(settings, tuning), handler));
+            if has_chain_stage(settings) {
+                let tag = "corchestratorm8-notifications";
+                let options = ConsumeOptions::new(CHAIN_NOTIFY_QUEUE, tag, tuning.result_prefetch);
+                let handler = Arc::new(ErrorFeedHandler {
+                    engine: engine.clone(),
+                });
+                wanted.push((options, handler));
             }
         } else if let Some((repo, stages)) = ring {
-            let handler = RingHandler::new(self.engine.clone(), repo.clone(), stages.clone());
-            let options = ConsumeOptions {
-                queue: RING_QUEUE.into(),
-                tag: "corchestratorm8.ring".into(),
-                prefetch: 1,
-                autoack: false,
-                max_redeliveries: self.engine.tuning.max_redeliveries,
-                dead_letter: None,
-            };
-            match self.consume_retrying(options, Arc::new(handler)).await? {
-                Some(c) => consumers.push(c),
-                None => return Ok(None),
-            }
+            let handler = RingHandler::new(engine.clone(), repo.clone(), stages.clone());
+            let options = ConsumeOptions::new(RING_QUEUE, "corchestratorm8.ring", 1);
+            wanted.push((options, Arc::new(handler)));
         }
-        if self.mode == SchedulerMode::Managed && has_chain_stage(settings) {
+        let mut consumers = Vec::new();
+        for (options, handler) in wanted {
             let options = ConsumeOptions {
-                queue: CHAIN_NOTIFY_QUEUE.into(),
-                tag: "corchestratorm8-notifications".into(),
-                prefetch: self.engine.tuning.result_prefetch,
-                autoack: false,
-                max_redeliveries: self.engine.tuning.max_redeliveries,
-                dead_letter: None,
+                max_redeliveries: tuning.max_redeliveries,
+                ..options
             };
-            let handler = Arc::new(ErrorFeedHandler::new(self.engine.clone()));
             match self.consume_retrying(options, handler).await? {
                 Some(c) => consumers.push(c),
                 None => return Ok(None),
@@ -362,61 +355,22 @@ impl Controller {
     /// shutdown came first.
     async fn declare_topology(&self, settings: &Settings) -> Result<bool, ControllerError> {
         let t = topology(settings);
-        let mut failures = Doubling::new(PRESSURE);
-        loop {
-            let attempt = tokio::select! {
-                r = self.engine.broker.declare(&t) => r,
-                _ = self.engine.shutdown.cancelled() => return Ok(false),
-            };
-            match attempt {
-                Ok(()) => {
-                    tracing::info!(
-                        exchanges = t.exchanges.len(),
-                        queues = t.queues.len(),
-                        bindings = t.bindings.len(),
-                        "RabbitMQ topology declared"
-                    );
-                    return Ok(true);
-                }
-                Err(e) if e.is_transient() => {
-                    let d = failures.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?d, "cannot declare the RabbitMQ topology; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = self.engine.shutdown.cancelled() => return Ok(false),
-                    }
-                }
-                Err(e) => return Err(ControllerError::Topology(e)),
-            }
+        let declared = self
+            .retrying(
+                || self.engine.broker.declare(&t),
+                |e, d| tracing::warn!(error = %e, retry_in = ?d, "cannot declare the RabbitMQ topology; retrying"),
+            )
+            .await
+            .map_err(ControllerError::Topology)?;
+        if declared.is_some() {
+            tracing::info!(
+                exchanges = t.exchanges.len(),
+                queues = t.queues.len(),
+                bindings = t.bindings.len(),
+                "RabbitMQ topology declared"
+            );
         }
-    }
-
-    /// Starts the result consumer, retrying while RabbitMQ is unavailable. `Ok(None)`
-    /// when shutdown came first.
-    async fn start_consumer(
-        &self,
-        settings: &Settings,
-    ) -> Result<Option<ConsumerHandle>, ControllerError> {
-        let section = settings
-            .orchestrator
-            .queues
-            .values()
-            .find(|q| q.queue == RESULT_QUEUE);
-        let options = ConsumeOptions {
-            queue: RESULT_QUEUE.into(),
-            tag: section
-                .and_then(|s| s.consumer.as_ref())
-                .map_or_else(|| "corchestratorm8".to_owned(), |c| c.tag.clone()),
-            prefetch: section
-                .map(|s| s.prefetch)
-                .filter(|p| *p > 0)
-                .unwrap_or(self.engine.tuning.result_prefetch),
-            autoack: false,
-            max_redeliveries: self.engine.tuning.max_redeliveries,
-            dead_letter: Some((DEAD_LETTER_EXCHANGE.into(), DEAD_LETTER_ROUTING_KEY.into())),
-        };
-        let handler = Arc::new(ResultHandler::new(self.engine.clone()));
-        self.consume_retrying(options, handler).await
+        Ok(declared.is_some())
     }
 
     /// Starts a consumer, retrying while RabbitMQ is unavailable. `Ok(None)` when
@@ -426,38 +380,72 @@ impl Controller {
         options: ConsumeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Option<ConsumerHandle>, ControllerError> {
+        let queue = &options.queue;
+        let consumer = self
+            .retrying(
+                || self.engine.broker.consume(options.clone(), handler.clone()),
+                |e, d| tracing::warn!(%queue, error = %e, retry_in = ?d, "cannot start a consumer; retrying"),
+            )
+            .await
+            .map_err(|source| ControllerError::Consume {
+                queue: queue.clone(),
+                source,
+            })?;
+        if consumer.is_some() {
+            tracing::info!(%queue, prefetch = options.prefetch, "consuming");
+        }
+        Ok(consumer)
+    }
+
+    /// `op` until it succeeds, its transient failures (each `logged`) retried after
+    /// [`PRESSURE`] delays. `Ok(None)` when shutdown came first.
+    async fn retrying<T, F>(
+        &self,
+        op: impl Fn() -> F,
+        logged: impl Fn(&AmqpError, Duration),
+    ) -> Result<Option<T>, AmqpError>
+    where
+        F: Future<Output = Result<T, AmqpError>>,
+    {
         let mut failures = Doubling::new(PRESSURE);
         loop {
             let attempt = tokio::select! {
-                r = self.engine.broker.consume(options.clone(), handler.clone()) => r,
+                r = op() => r,
                 _ = self.engine.shutdown.cancelled() => return Ok(None),
             };
             match attempt {
-                Ok(c) => {
-                    tracing::info!(
-                        queue = %options.queue,
-                        prefetch = options.prefetch,
-                        "consuming"
-                    );
-                    return Ok(Some(c));
-                }
+                Ok(v) => return Ok(Some(v)),
                 Err(e) if e.is_transient() => {
                     let d = failures.next_delay();
-                    tracing::warn!(queue = %options.queue, error = %e, retry_in = ?d, "cannot start a consumer; retrying");
+                    logged(&e, d);
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
                         _ = self.engine.shutdown.cancelled() => return Ok(None),
                     }
                 }
-                Err(source) => {
-                    return Err(ControllerError::Consume {
-                        queue: options.queue.clone(),
-                        source,
-                    });
-                }
+                Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// The options of the result consumer: the tag and prefetch of the service section of
+/// [`RESULT_QUEUE`] when there is one, its dead letters to [`DEAD_LETTER_EXCHANGE`].
+fn result_options(settings: &Settings, tuning: &Tuning) -> ConsumeOptions {
+    let section = settings
+        .orchestrator
+        .queues
+        .values()
+        .find(|q| q.queue == RESULT_QUEUE);
+    let tag = section
+        .and_then(|s| s.consumer.as_ref())
+        .map_or("corchestratorm8", |c| c.tag.as_str());
+    let prefetch = section
+        .map(|s| s.prefetch)
+        .filter(|p| *p > 0)
+        .unwrap_or(tuning.result_prefetch);
+    ConsumeOptions::new(RESULT_QUEUE, tag, prefetch)
+        .dead_letter_to(DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY)
 }
 
 #[cfg(test)]

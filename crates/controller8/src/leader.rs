@@ -72,12 +72,9 @@ impl Leadership {
 
     fn set(&self, role: Role) {
         // Only a real change notifies the watchers (the loops wake on role changes).
-        let mut old = role;
-        self.role.send_if_modified(|r| {
-            old = *r;
-            *r = role;
-            old != role
-        });
+        let old = *self.role.borrow();
+        self.role
+            .send_if_modified(|r| std::mem::replace(r, role) != role);
         self.metrics.set_role(role);
         if old != role {
             match role {

@@ -25,21 +25,23 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::role::Role;
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "orchestratorm8";
 
+/// The label of a series by stage (also the observed ring's, by scanner).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StageLabel {
+pub(crate) struct StageLabel {
     stage: String,
 }
 
+/// The label of a series by outcome (also the outbox relay's).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: String,
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,131 +109,105 @@ impl Metrics {
     /// A registry with every metric at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
-        let ring = crate::ring_metrics::RingMetrics::registered(&mut registry);
-        let outbox = crate::outbox::OutboxMetrics::registered(&mut registry);
-        let m = Metrics {
-            ring,
-            outbox,
-            workflows_started: Counter::default(),
-            workflows_completed: Counter::default(),
-            workflows_failed: Counter::default(),
-            workflows_cancelled: Counter::default(),
-            workflows_pruned: Counter::default(),
-            stage_publishes: Family::default(),
-            stage_publish_nacks: Family::default(),
-            stage_publish_unroutable: Family::default(),
-            stage_retries: Family::default(),
-            stage_timeouts: Family::default(),
-            stage_reports_unsolicited: Family::default(),
-            results_consumed: Family::default(),
-            results_stale: Counter::default(),
-            messages_dead_lettered: Counter::default(),
-            bootstrap_kickoffs: Counter::default(),
-            config_reloads: Family::default(),
-            // 1 ms .. ~33 s
-            tick_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            leader: Gauge::default(),
-            http_requests: Family::default(),
-            registry: Registry::default(),
-        };
         let r = &mut registry;
-        r.register(
-            "workflows_started",
-            "Workflows created",
-            m.workflows_started.clone(),
-        );
-        r.register(
-            "workflows_pruned",
-            "Finished workflows deleted by retention (Workflow.retention)",
-            m.workflows_pruned.clone(),
-        );
-        r.register(
-            "workflows_completed",
-            "Workflows whose every stage completed",
-            m.workflows_completed.clone(),
-        );
-        r.register(
-            "workflows_failed",
-            "Workflows failed because a stage ran out of attempts",
-            m.workflows_failed.clone(),
-        );
-        r.register(
-            "workflows_cancelled",
-            "Workflows cancelled by an operator",
-            m.workflows_cancelled.clone(),
-        );
-        r.register(
-            "stage_publishes",
-            "Stage jobs published and confirmed by the broker",
-            m.stage_publishes.clone(),
-        );
-        r.register(
-            "stage_publish_nacks",
-            "Stage job publishes nacked by the broker (backpressure: a full queue with x-overflow reject-publish)",
-            m.stage_publish_nacks.clone(),
-        );
-        r.register(
-            "stage_publish_unroutable",
-            "Stage job publishes returned unroutable (no queue bound for the routing key)",
-            m.stage_publish_unroutable.clone(),
-        );
-        r.register(
-            "stage_retries",
-            "Stage attempts that failed or timed out and were scheduled again",
-            m.stage_retries.clone(),
-        );
-        r.register(
-            "stage_timeouts",
-            "Stage attempts that passed their deadline without a result",
-            m.stage_timeouts.clone(),
-        );
-        r.register(
-            "stage_reports_unsolicited",
-            "Reports of a chain stage that arrived while none of its attempts was running (acked, never applied)",
-            m.stage_reports_unsolicited.clone(),
-        );
-        r.register(
-            "results_consumed",
-            "Stage results applied, by reported outcome",
-            m.results_consumed.clone(),
-        );
-        r.register(
-            "results_stale",
-            "Stage results that were duplicates or stale and changed nothing",
-            m.results_stale.clone(),
-        );
-        r.register(
-            "messages_dead_lettered",
-            "Messages sent to the dead-letter queue (malformed or redelivered too often)",
-            m.messages_dead_lettered.clone(),
-        );
-        r.register(
-            "bootstrap_kickoffs",
-            "Bootstrap kick-off messages published (cptm8.asmm8.get.scan)",
-            m.bootstrap_kickoffs.clone(),
-        );
-        r.register(
-            "config_reloads",
-            "Configuration file changes, by outcome (applied or rejected)",
-            m.config_reloads.clone(),
-        );
-        r.register_with_unit(
-            "tick_duration",
-            "Duration of one scheduler tick",
-            Unit::Seconds,
-            m.tick_duration.clone(),
-        );
-        r.register(
-            "leader",
-            "1 when this replica is the leader, 0 when standby",
-            m.leader.clone(),
-        );
-        r.register(
-            "http_requests",
-            "HTTP requests answered, by route and status code",
-            m.http_requests.clone(),
-        );
-        Metrics { registry, ..m }
+        Metrics {
+            ring: crate::ring_metrics::RingMetrics::registered(r),
+            outbox: crate::outbox::OutboxMetrics::registered(r),
+            workflows_started: registered(r, "workflows_started", "Workflows created"),
+            workflows_pruned: registered(
+                r,
+                "workflows_pruned",
+                "Finished workflows deleted by retention (Workflow.retention)",
+            ),
+            workflows_completed: registered(
+                r,
+                "workflows_completed",
+                "Workflows whose every stage completed",
+            ),
+            workflows_failed: registered(
+                r,
+                "workflows_failed",
+                "Workflows failed because a stage ran out of attempts",
+            ),
+            workflows_cancelled: registered(
+                r,
+                "workflows_cancelled",
+                "Workflows cancelled by an operator",
+            ),
+            stage_publishes: registered(
+                r,
+                "stage_publishes",
+                "Stage jobs published and confirmed by the broker",
+            ),
+            stage_publish_nacks: registered(
+                r,
+                "stage_publish_nacks",
+                "Stage job publishes nacked by the broker (backpressure: a full queue with x-overflow reject-publish)",
+            ),
+            stage_publish_unroutable: registered(
+                r,
+                "stage_publish_unroutable",
+                "Stage job publishes returned unroutable (no queue bound for the routing key)",
+            ),
+            stage_retries: registered(
+                r,
+                "stage_retries",
+                "Stage attempts that failed or timed out and were scheduled again",
+            ),
+            stage_timeouts: registered(
+                r,
+                "stage_timeouts",
+                "Stage attempts that passed their deadline without a result",
+            ),
+            stage_reports_unsolicited: registered(
+                r,
+                "stage_reports_unsolicited",
+                "Reports of a chain stage that arrived while none of its attempts was running (acked, never applied)",
+            ),
+            results_consumed: registered(
+                r,
+                "results_consumed",
+                "Stage results applied, by reported outcome",
+            ),
+            results_stale: registered(
+                r,
+                "results_stale",
+                "Stage results that were duplicates or stale and changed nothing",
+            ),
+            messages_dead_lettered: registered(
+                r,
+                "messages_dead_lettered",
+                "Messages sent to the dead-letter queue (malformed or redelivered too often)",
+            ),
+            bootstrap_kickoffs: registered(
+                r,
+                "bootstrap_kickoffs",
+                "Bootstrap kick-off messages published (cptm8.asmm8.get.scan)",
+            ),
+            config_reloads: registered(
+                r,
+                "config_reloads",
+                "Configuration file changes, by outcome (applied or rejected)",
+            ),
+            tick_duration: registered_seconds(
+                r,
+                "tick_duration",
+                "Duration of one scheduler tick",
+                // 1 ms .. ~33 s
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            leader: registered(
+                r,
+                "leader",
+                "1 when this replica is the leader, 0 when standby",
+            ),
+            http_requests: registered(
+                r,
+                "http_requests",
+                "HTTP requests answered, by route and status code",
+            ),
+            registry,
+        }
     }
 
     /// Pre-creates the per-stage series at zero so that dashboards show every
@@ -317,10 +293,9 @@ impl Metrics {
 
     /// A stage result with this outcome was applied.
     pub fn result_consumed(&self, outcome: StageOutcome) {
+        let outcome = outcome.as_str();
         self.results_consumed
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.as_str().to_owned(),
-            })
+            .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 
@@ -343,9 +318,7 @@ impl Metrics {
     pub fn config_reload(&self, applied: bool) {
         let outcome = if applied { "applied" } else { "rejected" };
         self.config_reloads
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.to_owned(),
-            })
+            .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 
@@ -376,125 +349,7 @@ impl Metrics {
         encode_eof(&mut out)?;
         Ok(out)
     }
-}
 
-fn stage_label(stage: &str) -> StageLabel {
-    StageLabel {
-        stage: stage.to_owned(),
-    }
-}
-
-fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
-    let g: Gauge = Gauge::default();
-    g.set(v);
-    r.register(name, help, g);
-}
-
-fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
-    let c: Counter = Counter::default();
-    c.inc_by(v);
-    r.register(name, help, c);
-}
-
-/// A throw-away registry holding this scrape's pool and consumer values.
-fn scrape_registry(s: &ScrapeSnapshot) -> Registry {
-    let mut r = Registry::with_prefix(PREFIX);
-    if let Some(db) = s.db_pool {
-        gauge(
-            &mut r,
-            "db_pool_connections",
-            "Database connections open",
-            i64::from(db.connections),
-        );
-        gauge(
-            &mut r,
-            "db_pool_idle_connections",
-            "Database connections open and idle",
-            i64::from(db.idle),
-        );
-    }
-    if let Some(b) = &s.broker {
-        gauge(
-            &mut r,
-            "amqp_connected",
-            "1 when a RabbitMQ connection is open",
-            i64::from(b.connected),
-        );
-        gauge(
-            &mut r,
-            "amqp_blocked",
-            "1 when RabbitMQ blocks publishers (memory or disk alarm)",
-            i64::from(b.blocked),
-        );
-        gauge(
-            &mut r,
-            "amqp_pool_connections",
-            "RabbitMQ connections open",
-            i64::from(b.pool.size),
-        );
-        gauge(
-            &mut r,
-            "amqp_pool_idle_connections",
-            "RabbitMQ connections open and idle",
-            i64::from(b.pool.idle),
-        );
-        gauge(
-            &mut r,
-            "amqp_pool_in_use_connections",
-            "RabbitMQ connections open and in use",
-            i64::from(b.pool.in_use),
-        );
-        counter(
-            &mut r,
-            "amqp_pool_connections_created",
-            "RabbitMQ connections created since start",
-            b.pool.created,
-        );
-        counter(
-            &mut r,
-            "amqp_pool_connect_failures",
-            "RabbitMQ connection attempts that failed since start",
-            b.pool.failed,
-        );
-        let messages = Family::<ConsumerLabels, Counter>::default();
-        let errors = Family::<ConsumerLabels, Counter>::default();
-        let restarts = Family::<ConsumerLabels, Counter>::default();
-        let active = Family::<ConsumerLabels, Gauge>::default();
-        for c in &b.consumers {
-            let l = ConsumerLabels {
-                consumer: c.name.clone(),
-                queue: c.queue.clone(),
-            };
-            messages.get_or_create(&l).inc_by(c.messages);
-            errors.get_or_create(&l).inc_by(c.errors);
-            restarts.get_or_create(&l).inc_by(c.restarts);
-            active.get_or_create(&l).set(i64::from(c.active));
-        }
-        r.register(
-            "consumer_messages",
-            "Deliveries handled by each consumer",
-            messages,
-        );
-        r.register(
-            "consumer_errors",
-            "Handler errors and panics of each consumer",
-            errors,
-        );
-        r.register(
-            "consumer_restarts",
-            "Times each consumer was subscribed again after the first",
-            restarts,
-        );
-        r.register(
-            "consumer_active",
-            "1 when the consumer is subscribed now",
-            active,
-        );
-    }
-    r
-}
-
-impl Metrics {
     /// The value of one sample of an exposition `text` (what [`Metrics::encode`] writes):
     /// the line whose series, `name` or `name{labels}` exactly as written, is `series`.
     /// `None` when there is no such line or its value is not a number. An exact match,
@@ -507,6 +362,134 @@ impl Metrics {
             .find(|(s, _)| *s == series)
             .and_then(|(_, v)| v.trim().parse().ok())
     }
+}
+
+/// A new `M`, registered in `r` as `name` with `help`.
+pub(crate) fn registered<M: Metric + Clone + Default>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let m = M::default();
+    r.register(name, help, m.clone());
+    m
+}
+
+/// `metric`, registered in `r` as `name` with `help`, in seconds.
+pub(crate) fn registered_seconds<M: Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    r.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
+}
+
+/// The label of `stage`.
+pub(crate) fn stage_label(stage: &str) -> StageLabel {
+    StageLabel {
+        stage: stage.to_owned(),
+    }
+}
+
+/// A throw-away registry holding this scrape's pool and consumer values.
+fn scrape_registry(s: &ScrapeSnapshot) -> Registry {
+    let mut r = Registry::with_prefix(PREFIX);
+    let mut gauges: Vec<(&str, &str, i64)> = Vec::new();
+    if let Some(db) = s.db_pool {
+        gauges.extend([
+            (
+                "db_pool_connections",
+                "Database connections open",
+                i64::from(db.connections),
+            ),
+            (
+                "db_pool_idle_connections",
+                "Database connections open and idle",
+                i64::from(db.idle),
+            ),
+        ]);
+    }
+    if let Some(b) = &s.broker {
+        gauges.extend([
+            (
+                "amqp_connected",
+                "1 when a RabbitMQ connection is open",
+                i64::from(b.connected),
+            ),
+            (
+                "amqp_blocked",
+                "1 when RabbitMQ blocks publishers (memory or disk alarm)",
+                i64::from(b.blocked),
+            ),
+            (
+                "amqp_pool_connections",
+                "RabbitMQ connections open",
+                i64::from(b.pool.size),
+            ),
+            (
+                "amqp_pool_idle_connections",
+                "RabbitMQ connections open and idle",
+                i64::from(b.pool.idle),
+            ),
+            (
+                "amqp_pool_in_use_connections",
+                "RabbitMQ connections open and in use",
+                i64::from(b.pool.in_use),
+            ),
+        ]);
+    }
+    for (name, help, v) in gauges {
+        registered::<Gauge>(&mut r, name, help).set(v);
+    }
+    if let Some(b) = &s.broker {
+        for (name, help, v) in [
+            (
+                "amqp_pool_connections_created",
+                "RabbitMQ connections created since start",
+                b.pool.created,
+            ),
+            (
+                "amqp_pool_connect_failures",
+                "RabbitMQ connection attempts that failed since start",
+                b.pool.failed,
+            ),
+        ] {
+            registered::<Counter>(&mut r, name, help).inc_by(v);
+        }
+        let messages: Family<ConsumerLabels, Counter> = registered(
+            &mut r,
+            "consumer_messages",
+            "Deliveries handled by each consumer",
+        );
+        let errors: Family<ConsumerLabels, Counter> = registered(
+            &mut r,
+            "consumer_errors",
+            "Handler errors and panics of each consumer",
+        );
+        let restarts: Family<ConsumerLabels, Counter> = registered(
+            &mut r,
+            "consumer_restarts",
+            "Times each consumer was subscribed again after the first",
+        );
+        let active: Family<ConsumerLabels, Gauge> = registered(
+            &mut r,
+            "consumer_active",
+            "1 when the consumer is subscribed now",
+        );
+        for c in &b.consumers {
+            let l = ConsumerLabels {
+                consumer: c.name.clone(),
+                queue: c.queue.clone(),
+            };
+            messages.get_or_create(&l).inc_by(c.messages);
+            errors.get_or_create(&l).inc_by(c.errors);
+            restarts.get_or_create(&l).inc_by(c.restarts);
+            active.get_or_create(&l).set(i64::from(c.active));
+        }
+    }
+    r
 }
 
 #[cfg(test)]

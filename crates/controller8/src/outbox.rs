@@ -27,7 +27,7 @@ use model8::{AmqpM8Message, GoTime, Notification8, NotificationEvent, Severity};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use uuid::Uuid;
 
@@ -35,6 +35,7 @@ use crate::engine::backoff::Doubling;
 use crate::engine::notify::{Ending, notification};
 use crate::engine::results::reason_of;
 use crate::engine::{Engine, plus};
+use crate::metrics::{OutcomeLabel, registered, registered_seconds};
 use crate::topology::NOTIFICATION_EXCHANGE;
 
 /// The relay's backoff while the broker (or the database) is away: first delay, cap.
@@ -298,41 +299,32 @@ pub(crate) struct OutboxMetrics {
     failures: Family<OutcomeLabel, Counter>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
-}
-
 impl OutboxMetrics {
     /// The outbox metrics, registered in `r`.
     pub(crate) fn registered(r: &mut Registry) -> OutboxMetrics {
         let m = OutboxMetrics {
-            depth: Gauge::default(),
-            oldest_age: Gauge::default(),
-            relayed: Family::default(),
-            failures: Family::default(),
+            depth: registered(
+                r,
+                "outbox_depth",
+                "Outbox rows (notifications written with their state change) not yet relayed to RabbitMQ, as last read by this replica",
+            ),
+            oldest_age: registered_seconds(
+                r,
+                "outbox_oldest_age",
+                "Age of the oldest outbox row, as last read by this replica (0 when empty)",
+                Gauge::default(),
+            ),
+            relayed: registered(
+                r,
+                "outbox_relayed",
+                "Outbox rows relayed and deleted, by outcome (confirmed, or unroutable: no queue bound)",
+            ),
+            failures: registered(
+                r,
+                "outbox_relay_failures",
+                "Outbox relay attempts that left the row for later, by cause (nacked, broker_away)",
+            ),
         };
-        r.register(
-            "outbox_depth",
-            "Outbox rows (notifications written with their state change) not yet relayed to RabbitMQ, as last read by this replica",
-            m.depth.clone(),
-        );
-        r.register_with_unit(
-            "outbox_oldest_age",
-            "Age of the oldest outbox row, as last read by this replica (0 when empty)",
-            Unit::Seconds,
-            m.oldest_age.clone(),
-        );
-        r.register(
-            "outbox_relayed",
-            "Outbox rows relayed and deleted, by outcome (confirmed, or unroutable: no queue bound)",
-            m.relayed.clone(),
-        );
-        r.register(
-            "outbox_relay_failures",
-            "Outbox relay attempts that left the row for later, by cause (nacked, broker_away)",
-            m.failures.clone(),
-        );
         for outcome in ["confirmed", "unroutable"] {
             let _ = m.relayed.get_or_create(&OutcomeLabel { outcome });
         }

@@ -36,6 +36,7 @@ use model8::{
 
 use crate::engine::Engine;
 use crate::engine::backoff::Doubling;
+use crate::engine::protocol::kickoff;
 use crate::topology::NOTIFICATION_EXCHANGE;
 
 /// The ring: `Workflow.stages` in order, with their timeouts.
@@ -60,11 +61,6 @@ pub(crate) enum Seen {
     Failover,
     /// Nothing for the ring (why).
     Ignored(String),
-}
-
-/// The kick-off key's stage: `cptm8.<stage>.get.scan`.
-fn kicked_stage(routing_key: &str) -> Option<&str> {
-    model8::routing::parse_stage_job_key(routing_key)
 }
 
 /// Classifies a delivery of [`RING_QUEUE`](crate::topology::RING_QUEUE) received at `at`.
@@ -111,22 +107,24 @@ pub(crate) fn classify(
             _ => Seen::Ignored("neither an error nor a warning".into()),
         };
     }
-    let Some(stage) = kicked_stage(routing_key) else {
+    // The kick-off key's stage: `cptm8.<stage>.get.scan`.
+    let Some(stage) = model8::routing::parse_stage_job_key(routing_key) else {
         return Seen::Ignored("not a kick-off key".into());
     };
     let stage = stage.to_owned();
     if envelope.source != SOURCE_ORCHESTRATORM8 && in_ring(&envelope.source) {
-        let payload = match envelope.payload {
-            None | Some(serde_json::Value::Null) => None,
-            Some(p) => match serde_json::from_value::<ScanPayload>(p) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    return Seen::Ignored(format!(
-                        "chain message of {} with an unreadable payload: {e}",
-                        envelope.source
-                    ));
-                }
-            },
+        let payload = envelope.payload.filter(|p| !p.is_null());
+        let payload = match payload
+            .map(serde_json::from_value::<ScanPayload>)
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return Seen::Ignored(format!(
+                    "chain message of {} with an unreadable payload: {e}",
+                    envelope.source
+                ));
+            }
         };
         return event(RingMessage::Chain {
             from: envelope.source,
@@ -142,14 +140,6 @@ pub(crate) struct RingHandler {
     engine: Arc<Engine>,
     repo: Arc<dyn RingRepository>,
     ring: Vec<RingStage>,
-}
-
-impl std::fmt::Debug for RingHandler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingHandler")
-            .field("ring", &self.ring)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RingHandler {
@@ -389,21 +379,15 @@ async fn heal_round(
             || config8::DEFAULT_EXCHANGE.to_owned(),
             |s| s.exchange.clone(),
         );
-        let body = match AmqpM8Message::<()>::new(key.as_str(), None).to_vec() {
-            Ok(b) => b,
+        let message_id = heal_message_id(st.cycle, &st.stage, st.attempt, &target);
+        let message = match kickoff(exchange, &key, message_id) {
+            Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "ring: cannot encode a kick-off");
                 return;
             }
         };
-        match engine
-            .broker
-            .publish(
-                amqp8::OutgoingMessage::new(exchange, key.as_str(), body)
-                    .with_message_id(heal_message_id(st.cycle, &st.stage, st.attempt, &target)),
-            )
-            .await
-        {
+        match engine.broker.publish(message).await {
             Ok(PublishOutcome::Confirmed) => {
                 kicked.insert(id);
                 engine.metrics.ring.healed(&target);

@@ -5,12 +5,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ScannerLabels {
-    stage: String,
-}
+use crate::metrics::{StageLabel, registered, registered_seconds, stage_label};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
@@ -26,63 +23,56 @@ fn stage_histogram() -> Histogram {
 /// failover messages.
 #[derive(Debug)]
 pub(crate) struct RingMetrics {
-    stage_duration: Family<ScannerLabels, Histogram, fn() -> Histogram>,
+    stage_duration: Family<StageLabel, Histogram, fn() -> Histogram>,
     cycles: Family<StatusLabels, Counter>,
-    stalls: Family<ScannerLabels, Counter>,
-    heals: Family<ScannerLabels, Counter>,
-    reruns: Family<ScannerLabels, Counter>,
+    stalls: Family<StageLabel, Counter>,
+    heals: Family<StageLabel, Counter>,
+    reruns: Family<StageLabel, Counter>,
     failover_kicks: Counter,
 }
 
 impl RingMetrics {
     /// The ring metrics, registered in `r`.
     pub(crate) fn registered(r: &mut Registry) -> RingMetrics {
-        let m = RingMetrics {
-            stage_duration: Family::new_with_constructor(stage_histogram),
-            cycles: Family::default(),
-            stalls: Family::default(),
-            heals: Family::default(),
-            reruns: Family::default(),
-            failover_kicks: Counter::default(),
-        };
-        r.register_with_unit(
-            "ring_stage_duration",
-            "Observed ring: how long each scanner's stage ran, from its kick-off to its chain message",
-            Unit::Seconds,
-            m.stage_duration.clone(),
-        );
-        r.register(
-            "ring_cycles",
-            "Observed ring: cycles ended, by status (completed or failed)",
-            m.cycles.clone(),
-        );
-        r.register(
-            "ring_stalls",
-            "Observed ring: stages found silent past their timeout, by scanner",
-            m.stalls.clone(),
-        );
-        r.register(
-            "ring_heals",
-            "Observed ring: kick-offs published by healing, by scanner kicked",
-            m.heals.clone(),
-        );
-        r.register(
-            "ring_reruns",
-            "Observed ring: chain messages of a stage not running (a redelivered kick-off scanned again), by scanner",
-            m.reruns.clone(),
-        );
-        r.register(
-            "ring_failover_kicks",
-            "Observed ring: the Go services' hard-coded empty-body failover messages seen",
-            m.failover_kicks.clone(),
-        );
-        m
+        RingMetrics {
+            stage_duration: registered_seconds(
+                r,
+                "ring_stage_duration",
+                "Observed ring: how long each scanner's stage ran, from its kick-off to its chain message",
+                Family::new_with_constructor(stage_histogram),
+            ),
+            cycles: registered(
+                r,
+                "ring_cycles",
+                "Observed ring: cycles ended, by status (completed or failed)",
+            ),
+            stalls: registered(
+                r,
+                "ring_stalls",
+                "Observed ring: stages found silent past their timeout, by scanner",
+            ),
+            heals: registered(
+                r,
+                "ring_heals",
+                "Observed ring: kick-offs published by healing, by scanner kicked",
+            ),
+            reruns: registered(
+                r,
+                "ring_reruns",
+                "Observed ring: chain messages of a stage not running (a redelivered kick-off scanned again), by scanner",
+            ),
+            failover_kicks: registered(
+                r,
+                "ring_failover_kicks",
+                "Observed ring: the Go services' hard-coded empty-body failover messages seen",
+            ),
+        }
     }
 
     /// Pre-creates the per-scanner series at zero.
     pub(crate) fn declare(&self, stages: &[String]) {
         for s in stages {
-            let l = ScannerLabels { stage: s.clone() };
+            let l = stage_label(s);
             drop(self.stage_duration.get_or_create(&l));
             for f in [&self.stalls, &self.heals, &self.reruns] {
                 drop(f.get_or_create(&l));
@@ -98,9 +88,7 @@ impl RingMetrics {
     /// A stage of `stage` ran for `seconds`.
     pub(crate) fn stage_ended(&self, stage: &str, seconds: f64) {
         self.stage_duration
-            .get_or_create(&ScannerLabels {
-                stage: stage.into(),
-            })
+            .get_or_create(&stage_label(stage))
             .observe(seconds);
     }
 
@@ -115,29 +103,17 @@ impl RingMetrics {
 
     /// A stage of `stage` stalled.
     pub(crate) fn stalled(&self, stage: &str) {
-        self.stalls
-            .get_or_create(&ScannerLabels {
-                stage: stage.into(),
-            })
-            .inc();
+        self.stalls.get_or_create(&stage_label(stage)).inc();
     }
 
     /// Healing kicked `stage`.
     pub(crate) fn healed(&self, stage: &str) {
-        self.heals
-            .get_or_create(&ScannerLabels {
-                stage: stage.into(),
-            })
-            .inc();
+        self.heals.get_or_create(&stage_label(stage)).inc();
     }
 
     /// A chain message of `stage` came while it was not running.
     pub(crate) fn rerun(&self, stage: &str) {
-        self.reruns
-            .get_or_create(&ScannerLabels {
-                stage: stage.into(),
-            })
-            .inc();
+        self.reruns.get_or_create(&stage_label(stage)).inc();
     }
 
     /// A failover message was seen.

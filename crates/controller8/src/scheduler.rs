@@ -47,6 +47,10 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
     let mut failures = Doubling::new(PRESSURE);
     let mut retry_at: Option<DateTime<Utc>> = None;
     let mut run_now = true;
+    let what = match bootstrap {
+        Some(_) => "bootstrap check",
+        None => "scheduler check",
+    };
     loop {
         if engine.stopping() {
             break;
@@ -70,15 +74,7 @@ pub(crate) async fn tick_loop(engine: Arc<Engine>, mut bootstrap: Option<Bootstr
                 }
                 Err(e) => {
                     let d = failures.next_delay();
-                    log_step_error(
-                        if bootstrap.is_some() {
-                            "bootstrap check"
-                        } else {
-                            "scheduler check"
-                        },
-                        &e,
-                        d,
-                    );
+                    log_step_error(what, &e, d);
                     retry_at = Some(plus(engine.now(), d));
                 }
             }
@@ -154,13 +150,11 @@ pub(crate) async fn dispatch_loop(engine: Arc<Engine>) {
             }
         }
         let now = engine.now();
-        let mut next = plus(now, engine.tuning.due_poll.max(MIN_INTERVAL));
-        if let Some(t) = engine.dispatch_wake.next_after(now) {
-            next = next.min(t);
-        }
-        if let Some(t) = retry_at {
-            next = next.min(t);
-        }
+        let poll = plus(now, engine.tuning.due_poll.max(MIN_INTERVAL));
+        let next = [engine.dispatch_wake.next_after(now), retry_at]
+            .into_iter()
+            .flatten()
+            .fold(poll, Ord::min);
         tokio::select! {
             _ = tokio::time::sleep(until(now, next)) => {}
             _ = engine.dispatch_wake.notified() => {}

@@ -336,7 +336,9 @@ impl Harness {
             role,
             shutdown,
             metrics,
-            handler: ResultHandler::new(engine.clone()),
+            handler: ResultHandler {
+                engine: engine.clone(),
+            },
             engine,
         }
     }

@@ -90,131 +90,123 @@ pub fn has_chain_stage(settings: &Settings) -> bool {
 ///   with `app.#` on [`NOTIFICATION_EXCHANGE`].
 pub fn topology(settings: &Settings) -> Topology {
     let o = &settings.orchestrator;
-    let managed = settings.scheduler.mode == SchedulerMode::Managed;
-    let mut t = Topology::default();
-    let mut exchanges: BTreeMap<String, String> = o
-        .exchanges
-        .iter()
-        .map(|(n, k)| (n.clone(), k.as_str().to_owned()))
-        .collect();
-    let mut queues: BTreeSet<String> = BTreeSet::new();
-    let mut bindings: BTreeSet<(String, String, String)> = BTreeSet::new();
-
+    let mut d = Decls {
+        exchanges: o
+            .exchanges
+            .iter()
+            .map(|(n, k)| (n.clone(), k.as_str().to_owned()))
+            .collect(),
+        ..Decls::default()
+    };
     for section in o.queues.values() {
-        exchanges
-            .entry(section.exchange.clone())
-            .or_insert_with(|| "topic".into());
-        if queues.insert(section.queue.clone()) {
-            t.queues.push(QueueDecl {
-                name: section.queue.clone(),
-                arguments: section.queue_arguments.clone(),
-            });
-        }
+        d.topic(&section.exchange);
+        d.queue(&section.queue, section.queue_arguments.clone());
         for key in &section.routing_keys {
-            bindings.insert((section.exchange.clone(), section.queue.clone(), key.clone()));
+            d.bind(&section.exchange, &section.queue, key);
         }
     }
-
-    if managed {
+    if settings.scheduler.mode == SchedulerMode::Managed {
         for s in &settings.workflow.stages {
-            exchanges
-                .entry(s.exchange.clone())
-                .or_insert_with(|| "topic".into());
+            d.topic(&s.exchange);
         }
-        exchanges
-            .entry(RESULT_EXCHANGE.into())
-            .or_insert_with(|| "topic".into());
-        exchanges
-            .entry(NOTIFICATION_EXCHANGE.into())
-            .or_insert_with(|| "topic".into());
-        exchanges.insert(DEAD_LETTER_EXCHANGE.into(), "direct".into());
-        if queues.insert(RESULT_QUEUE.into()) {
-            t.queues.push(QueueDecl {
-                name: RESULT_QUEUE.into(),
-                arguments: BTreeMap::from([
-                    (
-                        "x-dead-letter-exchange".to_owned(),
-                        ArgValue::Str(DEAD_LETTER_EXCHANGE.into()),
-                    ),
-                    (
-                        "x-dead-letter-routing-key".to_owned(),
-                        ArgValue::Str(DEAD_LETTER_ROUTING_KEY.into()),
-                    ),
-                ]),
-            });
-        }
-        bindings.insert((
-            RESULT_EXCHANGE.into(),
-            RESULT_QUEUE.into(),
-            RESULT_BINDING.into(),
-        ));
-        if queues.insert(DEAD_LETTER_QUEUE.into()) {
-            t.queues.push(QueueDecl {
-                name: DEAD_LETTER_QUEUE.into(),
-                arguments: BTreeMap::new(),
-            });
-        }
-        bindings.insert((
-            DEAD_LETTER_EXCHANGE.into(),
-            DEAD_LETTER_QUEUE.into(),
-            DEAD_LETTER_ROUTING_KEY.into(),
-        ));
-        if has_chain_stage(settings) && queues.insert(CHAIN_NOTIFY_QUEUE.into()) {
-            t.queues.push(QueueDecl {
-                name: CHAIN_NOTIFY_QUEUE.into(),
-                arguments: BTreeMap::from([(
-                    "x-message-ttl".to_owned(),
-                    ArgValue::Int(CHAIN_NOTIFY_TTL_MS),
-                )]),
-            });
-            bindings.insert((
-                NOTIFICATION_EXCHANGE.into(),
-                CHAIN_NOTIFY_QUEUE.into(),
-                model8::PLATFORM_NOTIFICATION_BINDING.into(),
-            ));
+        d.topic(RESULT_EXCHANGE);
+        d.topic(NOTIFICATION_EXCHANGE);
+        d.exchanges
+            .insert(DEAD_LETTER_EXCHANGE.into(), "direct".into());
+        let dead_letters = [
+            ("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),
+            ("x-dead-letter-routing-key", DEAD_LETTER_ROUTING_KEY),
+        ];
+        d.queue(
+            RESULT_QUEUE,
+            dead_letters
+                .map(|(k, v)| (k.to_owned(), ArgValue::Str(v.into())))
+                .into(),
+        );
+        d.bind(RESULT_EXCHANGE, RESULT_QUEUE, RESULT_BINDING);
+        d.queue(DEAD_LETTER_QUEUE, BTreeMap::new());
+        d.bind(
+            DEAD_LETTER_EXCHANGE,
+            DEAD_LETTER_QUEUE,
+            DEAD_LETTER_ROUTING_KEY,
+        );
+        if has_chain_stage(settings) {
+            let ttl = (
+                "x-message-ttl".to_owned(),
+                ArgValue::Int(CHAIN_NOTIFY_TTL_MS),
+            );
+            if d.queue(CHAIN_NOTIFY_QUEUE, BTreeMap::from([ttl])) {
+                let all = model8::PLATFORM_NOTIFICATION_BINDING;
+                d.bind(NOTIFICATION_EXCHANGE, CHAIN_NOTIFY_QUEUE, all);
+            }
         }
     } else {
-        exchanges
-            .entry(kickoff_exchange(settings))
-            .or_insert_with(|| "topic".into());
+        let kickoff = kickoff_exchange(settings);
+        d.topic(&kickoff);
         if settings.scheduler.observe {
-            let on = BTreeSet::from([RING_EXCHANGE.to_owned(), kickoff_exchange(settings)]);
-            for e in &on {
-                exchanges.entry(e.clone()).or_insert_with(|| "topic".into());
+            d.topic(RING_EXCHANGE);
+            d.topic(NOTIFICATION_EXCHANGE);
+            d.queue(RING_QUEUE, BTreeMap::new());
+            for e in BTreeSet::from([RING_EXCHANGE, kickoff.as_str()]) {
+                d.bind(e, RING_QUEUE, RING_KICKOFF_BINDING);
             }
-            exchanges
-                .entry(NOTIFICATION_EXCHANGE.into())
-                .or_insert_with(|| "topic".into());
-            if queues.insert(RING_QUEUE.into()) {
-                t.queues.push(QueueDecl {
-                    name: RING_QUEUE.into(),
-                    arguments: BTreeMap::new(),
-                });
-            }
-            for e in on {
-                bindings.insert((e, RING_QUEUE.into(), RING_KICKOFF_BINDING.into()));
-            }
-            bindings.insert((
-                NOTIFICATION_EXCHANGE.into(),
-                RING_QUEUE.into(),
-                model8::PLATFORM_NOTIFICATION_BINDING.into(),
-            ));
+            let all = model8::PLATFORM_NOTIFICATION_BINDING;
+            d.bind(NOTIFICATION_EXCHANGE, RING_QUEUE, all);
         }
     }
+    Topology {
+        exchanges: d
+            .exchanges
+            .into_iter()
+            .map(|(name, kind)| ExchangeDecl { name, kind })
+            .collect(),
+        queues: d.queues,
+        bindings: d
+            .bindings
+            .into_iter()
+            .map(|(exchange, queue, routing_key)| BindingDecl {
+                exchange,
+                queue,
+                routing_key,
+            })
+            .collect(),
+    }
+}
 
-    t.exchanges = exchanges
-        .into_iter()
-        .map(|(name, kind)| ExchangeDecl { name, kind })
-        .collect();
-    t.bindings = bindings
-        .into_iter()
-        .map(|(exchange, queue, routing_key)| BindingDecl {
-            exchange,
-            queue,
-            routing_key,
-        })
-        .collect();
-    t
+/// The declarations of [`topology`] being gathered: exchanges and bindings sorted and
+/// once each, queues in the order first named.
+#[derive(Default)]
+struct Decls {
+    exchanges: BTreeMap<String, String>,
+    queues: Vec<QueueDecl>,
+    bindings: BTreeSet<(String, String, String)>,
+}
+
+impl Decls {
+    /// Exchange `name`, as `topic` unless it is already known.
+    fn topic(&mut self, name: &str) {
+        self.exchanges
+            .entry(name.to_owned())
+            .or_insert_with(|| "topic".into());
+    }
+
+    /// Queue `name` with `arguments`, unless it is already declared (`false`).
+    fn queue(&mut self, name: &str, arguments: BTreeMap<String, ArgValue>) -> bool {
+        let new = self.queues.iter().all(|q| q.name != name);
+        if new {
+            self.queues.push(QueueDecl {
+                name: name.to_owned(),
+                arguments,
+            });
+        }
+        new
+    }
+
+    /// Binding of `queue` to `exchange` by `routing_key`.
+    fn bind(&mut self, exchange: &str, queue: &str, routing_key: &str) {
+        self.bindings
+            .insert((exchange.into(), queue.into(), routing_key.into()));
+    }
 }
 
 #[cfg(test)]

@@ -3,29 +3,19 @@
 //! naming the file, and for each `protocol: chain` stage the `Publisher` line its
 //! scanner's configuration needs (as YAML comments). Touches no server. Exit 0 when valid, 2 with the error otherwise (CONTRACT section 4).
 
-use std::io::Write;
-
 use super::Failure;
+use super::migrate::{load_settings, print};
 use crate::cli::ConfigCheckArgs;
 
 /// Runs the command.
 pub fn run(args: ConfigCheckArgs) -> Result<(), Failure> {
-    let path = config8::resolve_path(args.config);
-    let loaded = config8::load(&path).map_err(|e| Failure::Usage(e.to_string()))?;
-    let mut err = std::io::stderr().lock();
-    for w in &loaded.warnings {
-        let _ = writeln!(err, "orchestratorm8: warning: {}: {w}", path.display());
-    }
-    let text = config8::render_redacted(&loaded.settings);
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "# effective configuration of {} (secrets redacted)\n{text}",
-        path.display()
-    )
-    .and_then(|()| write!(out, "{}", publisher_lines(&loaded.settings)))
-    .and_then(|()| out.flush())
-    .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))
+    let (path, settings) = load_settings(args.config)?;
+    print(&format!(
+        "# effective configuration of {} (secrets redacted)\n{}\n{}",
+        path.display(),
+        config8::render_redacted(&settings),
+        publisher_lines(&settings)
+    ))
 }
 
 /// For each chain stage, the exact `Publisher` line its scanner needs (CONTRACT 3b), as

@@ -5,14 +5,12 @@
 //! touches nothing, not even the configuration; an unknown id and a name that already
 //! exists are run-time failures (1) with a message naming them.
 
-use std::io::Write;
-
 use db8::{DbError, DomainRepository, PgStore};
 use model8::{Domain8, PostDomain8};
 use uuid::Uuid;
 
 use super::Failure;
-use super::migrate::{connect, console_logging, db_failure, load_settings, runtime};
+use super::migrate::{connect, console_logging, db_failure, load_settings, print, runtime};
 use crate::cli::{DomainsArgs, DomainsCommand};
 
 /// Runs the command.
@@ -30,7 +28,7 @@ pub fn run(args: DomainsArgs) -> Result<(), Failure> {
         ),
         _ => None,
     };
-    let settings = load_settings(args.config)?;
+    let (_, settings) = load_settings(args.config)?;
     let _log = console_logging(&settings)?;
     runtime()?.block_on(async {
         let store = connect(&settings).await?;
@@ -67,10 +65,7 @@ pub fn run(args: DomainsArgs) -> Result<(), Failure> {
                 format!("removed {}\n", describe(&d))
             }
         };
-        let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))
+        print(&text)
     })
 }
 

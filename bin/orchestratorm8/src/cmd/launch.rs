@@ -22,11 +22,12 @@ use controller8::http::{self, HttpState, HttpTimeouts};
 use controller8::{Clock, Controller, ControllerError, Deps, Metrics, SystemClock};
 use db8::{ChangeFeed, LeaderLock, PgChangeFeed, PgLeaderLock, PgStore};
 use tokio::sync::watch;
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use crate::cli::LaunchArgs;
-use crate::cmd::migrate::db_failure;
+use crate::cmd::migrate::{connect, db_failure};
 
 /// Longest time between the shutdown signal and the end of the process.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);
@@ -63,27 +64,19 @@ async fn signalled() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                    _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-                }
+        let kinds = (SignalKind::terminate(), SignalKind::interrupt());
+        if let (Ok(mut term), Ok(mut int)) = (signal(kinds.0), signal(kinds.1)) {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
             }
-            _ => {
-                tracing::warn!("cannot install the SIGTERM handler; only Ctrl-C stops the service");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
+        tracing::warn!("cannot install the SIGTERM handler; only Ctrl-C stops the service");
     }
+    let _ = tokio::signal::ctrl_c().await;
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("Ctrl-C received; shutting down");
-    }
+    tracing::info!("Ctrl-C received; shutting down");
 }
 
 fn amqp_failure(e: AmqpError) -> Failure {
@@ -100,6 +93,14 @@ fn controller_failure(e: ControllerError) -> Failure {
     match e {
         ControllerError::Config(_) => Failure::Usage(e.to_string()),
         other => Failure::Runtime(other.to_string()),
+    }
+}
+
+/// What the controller's task returned, as the command's outcome.
+fn controller_ended(r: Result<Result<(), ControllerError>, JoinError>) -> Result<(), Failure> {
+    match r {
+        Ok(r) => r.map_err(controller_failure),
+        Err(e) => Err(Failure::Runtime(format!("the controller crashed: {e}"))),
     }
 }
 
@@ -135,9 +136,7 @@ async fn serve(
     let stopped = || stop.clone().cancelled_owned();
 
     let start = async {
-        let store = PgStore::connect(&settings.database)
-            .await
-            .map_err(db_failure)?;
+        let store = connect(&settings).await?;
         if settings.database.migrate_on_start {
             let applied = store.migrate().await.map_err(db_failure)?;
             for m in &applied {
@@ -232,41 +231,29 @@ async fn serve(
     // Run until a signal, or until the controller fails.
     // `biased`: on a signal the controller ends too, and both branches can be ready at
     // once; the signal must win so that a clean stop is not taken for a failure.
-    let outcome = tokio::select! {
+    let result = tokio::select! {
         biased;
-        () = stopped() => None,
-        r = &mut controller_task => Some(r),
-    };
-    let result = match outcome {
-        Some(r) => {
-            // The controller ended on its own: a fatal error (or a panic).
-            let failure = match r {
-                Ok(Ok(())) => Failure::Runtime("the controller stopped unexpectedly".into()),
-                Ok(Err(e)) => controller_failure(e),
-                Err(e) => Failure::Runtime(format!("the controller crashed: {e}")),
-            };
-            Err(failure)
-        }
-        None => {
+        () = stopped() => {
             let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
                 let c = (&mut controller_task).await;
                 let _ = (&mut http_task).await;
                 c
-            })
-            .await;
-            match drained {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(e))) => Err(controller_failure(e)),
-                Ok(Err(e)) => Err(Failure::Runtime(format!("the controller crashed: {e}"))),
-                Err(_) => {
+            });
+            drained.await.map_or_else(
+                |_| {
                     tracing::warn!(
                         deadline = ?SHUTDOWN_DEADLINE,
                         "shutdown did not finish in time; exiting anyway"
                     );
                     Ok(())
-                }
-            }
+                },
+                controller_ended,
+            )
         }
+        // The controller ended on its own: a fatal error (or a panic).
+        r = &mut controller_task => controller_ended(r).and(Err(Failure::Runtime(
+            "the controller stopped unexpectedly".into(),
+        ))),
     };
     // The replica's row goes from the list (a short wait: the database may be away).
     let _ = tokio::time::timeout(Duration::from_secs(2), beacon_task).await;

@@ -13,37 +13,41 @@ use crate::cli::MigrateArgs;
 
 /// Runs the command.
 pub fn run(args: MigrateArgs) -> Result<(), Failure> {
-    let settings = load_settings(args.config)?;
+    let (_, settings) = load_settings(args.config)?;
     let _log = console_logging(&settings)?;
     runtime()?.block_on(async {
         let store = connect(&settings).await?;
         let applied = store.migrate().await.map_err(db_failure)?;
-        let mut out = std::io::stdout().lock();
-        let text = if applied.is_empty() {
+        print(&if applied.is_empty() {
             format!("database {} is up to date\n", store.label())
         } else {
             applied
                 .iter()
                 .map(|m| format!("applied migration {}: {}\n", m.version, m.name))
                 .collect()
-        };
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))
+        })
     })
 }
 
+/// Writes `text` on stdout.
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))
+}
+
 /// Loads the configuration (`--config`, else `$ORCHESTRATORM8_CONFIG`, else
-/// `configs/configuration.yaml`) and prints its warnings on stderr. A configuration
-/// error is a usage failure (exit 2).
-pub(crate) fn load_settings(config: Option<PathBuf>) -> Result<Settings, Failure> {
+/// `configs/configuration.yaml`) and prints its warnings on stderr; returns its path
+/// with it. A configuration error is a usage failure (exit 2).
+pub(crate) fn load_settings(config: Option<PathBuf>) -> Result<(PathBuf, Settings), Failure> {
     let path = config8::resolve_path(config);
     let loaded = config8::load(&path).map_err(|e| Failure::Usage(e.to_string()))?;
     let mut err = std::io::stderr().lock();
     for w in &loaded.warnings {
         let _ = writeln!(err, "orchestratorm8: warning: {}: {w}", path.display());
     }
-    Ok(loaded.settings)
+    Ok((path, loaded.settings))
 }
 
 /// Warnings and errors (connection attempts being retried...) on stderr as text; a

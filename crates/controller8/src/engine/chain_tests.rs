@@ -56,7 +56,9 @@ async fn platform_error(h: &Harness, source: &str, message: &str) {
         .to_vec()
         .unwrap();
     let (mut d, _) = TestAcker::delivery(NOTIFICATION_EXCHANGE, "app.error.high", body);
-    let handler = ErrorFeedHandler::new(h.engine.clone());
+    let handler = ErrorFeedHandler {
+        engine: h.engine.clone(),
+    };
     assert!(matches!(handler.handle(&mut d).await, Ok(Decision::Ack)));
 }
 

@@ -39,6 +39,7 @@ struct Inputs<'a> {
 }
 
 /// The batches in each step of one run, and what it has done so far.
+#[derive(Default)]
 struct Steps<'a> {
     /// The next page of idle domains, while there may be one.
     paging: Option<Paging<'a>>,
@@ -70,72 +71,56 @@ impl Steps<'_> {
     }
 }
 
-/// The view of a workflow just created from `new` at `now`, as the repository would
-/// return it (saves a round trip per workflow).
-pub(super) fn created_view(new: &NewWorkflow, now: DateTime<Utc>) -> WorkflowView {
-    let at = GoTime::from_utc(micros(now));
-    WorkflowView {
-        kind: model8::WorkflowKind::Managed,
-        id: new.id,
-        status: WorkflowStatus::Pending,
-        created_at: at,
-        updated_at: at,
-        domains: new.domains.iter().map(|d| d.name.clone()).collect(),
-        stages: new
-            .stages
-            .iter()
-            .map(|s| StageView {
-                name: s.name.clone(),
-                status: if s.depends_on.is_empty() {
-                    StageStatus::Pending
-                } else {
-                    StageStatus::Waiting
-                },
-                attempt: 0,
-                started_at: None,
-                finished_at: None,
-                detail: None,
-                waiting_for_window_until: None,
-            })
-            .collect(),
-    }
-}
-
-/// The stages of `views` claimed at creation read as the repository has them:
-/// `dispatched` at their attempt.
-fn mark_dispatched(views: &mut [WorkflowView], claimed: &[db8::ClaimedStage]) {
+/// The views of the workflows of `batch` that were created (`ids`) at `now`, as the
+/// repository would return them (saves a round trip per workflow): the stages
+/// `claimed` at creation read `dispatched` at their attempt.
+pub(super) fn created_views(
+    batch: &[NewWorkflow],
+    ids: &[Uuid],
+    claimed: &[ClaimedStage],
+    now: DateTime<Utc>,
+) -> Vec<WorkflowView> {
+    let ids: HashSet<Uuid> = ids.iter().copied().collect();
     let claimed: HashMap<(Uuid, &str), u32> = claimed
         .iter()
         .map(|c| ((c.key.workflow_id, c.key.stage.as_str()), c.key.attempt))
         .collect();
-    for v in views.iter_mut() {
-        for st in &mut v.stages {
-            if let Some(&attempt) = claimed.get(&(v.id, st.name.as_str())) {
-                st.status = StageStatus::Dispatched;
-                st.attempt = attempt;
-            }
+    let at = GoTime::from_utc(micros(now));
+    let stage = |id: Uuid, s: &StagePlan| {
+        let (status, attempt) = match claimed.get(&(id, s.name.as_str())) {
+            Some(&attempt) => (StageStatus::Dispatched, attempt),
+            None if s.depends_on.is_empty() => (StageStatus::Pending, 0),
+            None => (StageStatus::Waiting, 0),
+        };
+        StageView {
+            name: s.name.clone(),
+            status,
+            attempt,
+            started_at: None,
+            finished_at: None,
+            detail: None,
+            waiting_for_window_until: None,
         }
-    }
+    };
+    batch
+        .iter()
+        .filter(|w| ids.contains(&w.id))
+        .map(|w| WorkflowView {
+            kind: model8::WorkflowKind::Managed,
+            id: w.id,
+            status: WorkflowStatus::Pending,
+            created_at: at,
+            updated_at: at,
+            domains: w.domains.iter().map(|d| d.name.clone()).collect(),
+            stages: w.stages.iter().map(|s| stage(w.id, s)).collect(),
+        })
+        .collect()
 }
 
 /// `t` truncated to microseconds, the database's precision.
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     let us = t.timestamp_subsec_micros();
     t.with_nanosecond(us * 1000).unwrap_or(t)
-}
-
-/// The views of the workflows of `batch` that were created (`ids`), at `now`.
-pub(super) fn created_views(
-    batch: &[NewWorkflow],
-    ids: &[Uuid],
-    now: DateTime<Utc>,
-) -> Vec<WorkflowView> {
-    let ids: HashSet<Uuid> = ids.iter().copied().collect();
-    batch
-        .iter()
-        .filter(|w| ids.contains(&w.id))
-        .map(|w| created_view(w, now))
-        .collect()
 }
 
 impl Engine {
@@ -175,12 +160,7 @@ impl Engine {
                 None,
                 inputs.batch_size,
             ))),
-            creating: FuturesOrdered::new(),
-            ready: VecDeque::new(),
-            publishing: FuturesOrdered::new(),
-            recording: FuturesOrdered::new(),
-            created: 0,
-            error: None,
+            ..Steps::default()
         };
         loop {
             if self.stopping() || !self.is_leader() || steps.error.is_some() {
@@ -238,9 +218,12 @@ impl Engine {
             }
         };
         if let Some(views) = views {
-            let first = views.len();
-            views.extend(created_views(batch, &created.ids, inputs.now));
-            mark_dispatched(&mut views[first..], &created.claimed);
+            views.extend(created_views(
+                batch,
+                &created.ids,
+                &created.claimed,
+                inputs.now,
+            ));
         }
         let claimed_stages = self
             .group_claimed(inputs.stages, created.claimed, &mut steps.ready)
@@ -285,11 +268,7 @@ impl Engine {
         }
         let batch: Vec<NewWorkflow> = page
             .into_iter()
-            .map(|d| NewWorkflow {
-                id: self.new_workflow_id(),
-                domains: vec![d],
-                stages: inputs.plans.to_vec(),
-            })
+            .map(|d| self.new_workflow(vec![d], inputs.plans))
             .collect();
         let claim = self.initial_claim(inputs.stages);
         steps
@@ -322,6 +301,15 @@ impl Engine {
             "workflow batch created"
         );
         (batch, created)
+    }
+
+    /// A new workflow of stages `plans` over `domains`.
+    pub(super) fn new_workflow(&self, domains: Vec<DomainRef>, plans: &[StagePlan]) -> NewWorkflow {
+        NewWorkflow {
+            id: self.new_workflow_id(),
+            domains,
+            stages: plans.to_vec(),
+        }
     }
 
     /// One page of idle domains (see [`db8::WorkflowRepository::idle_domains`]).

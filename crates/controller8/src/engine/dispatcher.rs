@@ -105,14 +105,8 @@ pub(crate) enum Refusal<'a> {
     Failed(&'a AmqpError),
 }
 
-/// What happened to one stage's dispatch.
-#[derive(Debug, Default)]
-struct BatchOutcome {
-    confirmed: u64,
-    refused: u64,
-}
-
 /// One stage's dispatch round in progress ([`Engine::dispatch_stage`]).
+#[derive(Default)]
 struct Round<'a> {
     /// Batch size (shrunk under backpressure).
     limit: usize,
@@ -122,7 +116,8 @@ struct Round<'a> {
     more: bool,
     /// The size the pending claim asked for.
     want: usize,
-    total: BatchOutcome,
+    /// What the round did so far.
+    total: DispatchReport,
     error: Option<StepError>,
     claiming: Option<BoxFuture<'a, Result<Vec<ClaimedStage>, DbError>>>,
     publishing: FuturesOrdered<BoxFuture<'a, Result<Published, StepError>>>,
@@ -193,7 +188,7 @@ impl Engine {
             }
             match self.dispatch_stage(stage, budget).await {
                 Ok(o) => {
-                    report.published += o.confirmed;
+                    report.published += o.published;
                     report.refused += o.refused;
                 }
                 Err(e) => {
@@ -257,20 +252,15 @@ impl Engine {
         &self,
         stage: &StageSettings,
         budget: Option<usize>,
-    ) -> Result<BatchOutcome, StepError> {
+    ) -> Result<DispatchReport, StepError> {
         if self.paused_until(&stage.name, self.now()).is_some() {
-            return Ok(BatchOutcome::default());
+            return Ok(DispatchReport::default());
         }
         let mut round = Round {
             limit: self.batch_limit(&stage.name),
             remaining: budget.unwrap_or(usize::MAX),
             more: true,
-            want: 0,
-            total: BatchOutcome::default(),
-            error: None,
-            claiming: None,
-            publishing: FuturesOrdered::new(),
-            recording: FuturesOrdered::new(),
+            ..Round::default()
         };
         loop {
             if round.may_claim() && !self.stopping() && self.is_leader() {
@@ -295,7 +285,7 @@ impl Engine {
                     }
                 },
                 Some(r) = round.recording.next(), if !round.recording.is_empty() => match r {
-                    Ok(n) => round.total.confirmed += n,
+                    Ok(n) => round.total.published += n,
                     Err(e) => {
                         round.error.get_or_insert(e);
                     }
@@ -307,7 +297,7 @@ impl Engine {
             }
         }
         match round.error {
-            Some(e) if round.total.confirmed == 0 => Err(e),
+            Some(e) if round.total.published == 0 => Err(e),
             Some(e) => {
                 tracing::warn!(stage = %stage.name, error = %e, "some stage jobs could not be published");
                 Ok(round.total)
@@ -426,7 +416,7 @@ impl Engine {
             Ok(o) => o,
             Err(e) => {
                 self.release(&stage.name, &keys, self.now()).await;
-                self.refused(&stage.name, 0, Refusal::Failed(&e), stage);
+                self.refused(stage, 0, Refusal::Failed(&e));
                 return Err(e.into());
             }
         };
@@ -510,24 +500,16 @@ impl Engine {
             } else {
                 self.nacked(stage, &p.nacked, now)
             };
-            if held.is_empty() {
-                self.release(&stage.name, &p.refused, now).await;
-            } else {
-                let now_keys: Vec<StageKey> = p
-                    .refused
-                    .iter()
-                    .filter(|k| !held.contains(k))
-                    .cloned()
-                    .collect();
-                self.release(&stage.name, &now_keys, now).await;
-                self.release(&stage.name, &held, due).await;
-            }
+            let (later, now_keys): (Vec<StageKey>, Vec<StageKey>) =
+                p.refused.into_iter().partition(|k| held.contains(k));
+            self.release(&stage.name, &now_keys, now).await;
+            self.release(&stage.name, &later, due).await;
             let cause = if p.unroutable {
                 Refusal::Unroutable
             } else {
                 Refusal::Full
             };
-            self.refused(&stage.name, p.confirmed.len(), cause, stage);
+            self.refused(stage, p.confirmed.len(), cause);
         }
         tracing::debug!(stage = %stage.name, jobs = p.confirmed.len(), elapsed = ?started.elapsed(), "stage batch recorded");
         result
@@ -592,18 +574,10 @@ impl Engine {
     /// (the database is still away) and keeps the rest. Entries older than the claim
     /// lease are dropped: their claims expired and the attempts are claimed again.
     async fn settle(&self) -> Result<(), DbError> {
+        let (now, lease) = (self.now(), self.tuning.claim_lease);
         let pending = std::mem::take(&mut *self.unsettled.lock());
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let now = self.now();
-        let lease = self.tuning.claim_lease;
-        let mut rest = pending.into_iter();
-        let mut failed = None;
-        for u in rest.by_ref() {
-            if plus(u.since(), lease) <= now {
-                continue;
-            }
+        let mut rest = pending.into_iter().filter(|u| plus(u.since(), lease) > now);
+        while let Some(u) = rest.next() {
             let r = match &u {
                 Unsettled::Running { keys, deadline, .. } => self
                     .workflows
@@ -632,27 +606,21 @@ impl Engine {
                     }),
             };
             if let Err(e) = r {
-                failed = Some((u, e));
-                break;
-            }
-        }
-        match failed {
-            None => Ok(()),
-            Some((u, e)) => {
-                let mut keep: Vec<Unsettled> = std::iter::once(u).chain(rest).collect();
+                // Still away: kept, ahead of what failed meanwhile.
                 let mut all = self.unsettled.lock();
-                keep.append(&mut all);
-                *all = keep;
-                Err(e)
+                let newer = std::mem::take(&mut *all);
+                all.extend(std::iter::once(u).chain(rest).chain(newer));
+                return Err(e);
             }
         }
+        Ok(())
     }
 
-    /// The broker did not take (all of) a batch of `stage`: pauses the stage (1 s,
+    /// The broker did not take (all of) a batch of a stage: pauses the stage (1 s,
     /// doubling to 30 s while it keeps happening) and shrinks its batch to what was
     /// `accepted`. The first occurrence of an episode is logged with its real cause.
-    fn refused(&self, stage: &str, accepted: usize, cause: Refusal<'_>, settings: &StageSettings) {
-        let now = self.now();
+    fn refused(&self, settings: &StageSettings, accepted: usize, cause: Refusal<'_>) {
+        let (stage, now) = (settings.name.as_str(), self.now());
         let mut all = self.pressure.lock();
         let p = all
             .entry(stage.to_owned())

@@ -17,13 +17,7 @@ use super::Engine;
 /// Handles deliveries of the notification queue.
 #[derive(Debug, Clone)]
 pub(crate) struct ErrorFeedHandler {
-    engine: Arc<Engine>,
-}
-
-impl ErrorFeedHandler {
-    pub(crate) fn new(engine: Arc<Engine>) -> Self {
-        ErrorFeedHandler { engine }
-    }
+    pub(crate) engine: Arc<Engine>,
 }
 
 /// The source and message of an `app.error.*` notification from another service;

@@ -85,6 +85,17 @@ pub(crate) fn job_message_id(key: &StageKey) -> String {
     format!("job:{}:{}:{}", key.workflow_id, key.stage, key.attempt)
 }
 
+/// A CPTM8 kick-off (the envelope without payload the Go scanners start on) to
+/// `exchange` with `routing_key`, identified by `message_id`.
+pub(crate) fn kickoff(
+    exchange: String,
+    routing_key: &str,
+    message_id: String,
+) -> Result<OutgoingMessage, EnvelopeError> {
+    let body = AmqpM8Message::<()>::new(routing_key, None).to_vec()?;
+    Ok(OutgoingMessage::new(exchange, routing_key, body).with_message_id(message_id))
+}
+
 /// The implementation of `protocol`.
 pub(crate) fn of(protocol: StageProtocol) -> &'static dyn Protocol {
     match protocol {
@@ -161,11 +172,8 @@ impl Protocol for ChainProtocol {
         stage: &StageSettings,
         claimed: ClaimedStage,
     ) -> Result<OutgoingMessage, EnvelopeError> {
-        let body = AmqpM8Message::<()>::new(stage.routing_key.clone(), None).to_vec()?;
-        Ok(
-            OutgoingMessage::new(stage.exchange.clone(), stage.routing_key.clone(), body)
-                .with_message_id(job_message_id(&claimed.key)),
-        )
+        let id = job_message_id(&claimed.key);
+        kickoff(stage.exchange.clone(), &stage.routing_key, id)
     }
 
     fn in_flight_limit(&self, _configured: u32) -> u32 {

@@ -39,13 +39,7 @@ pub(crate) const DB_ERROR_RETRY: (Duration, Duration) =
 /// Handles deliveries of the result queue.
 #[derive(Debug, Clone)]
 pub(crate) struct ResultHandler {
-    engine: Arc<Engine>,
-}
-
-impl ResultHandler {
-    pub(crate) fn new(engine: Arc<Engine>) -> Self {
-        ResultHandler { engine }
-    }
+    pub(crate) engine: Arc<Engine>,
 }
 
 /// A result as checked, ready to apply.
@@ -109,31 +103,26 @@ impl Engine {
                     .await?
             }
         };
-        match &t {
+        if t == Transition::Stale {
             // Counted by the caller, once it is sure (see `apply_result_patiently`).
-            Transition::Stale => {}
-            Transition::StageCompleted { workflow_completed } => {
-                self.metrics.result_consumed(r.outcome);
-                tracing::debug!(
-                    workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
-                    "stage completed"
-                );
-                if *workflow_completed {
-                    self.metrics.workflow_completed();
-                    tracing::info!(workflow = %r.key.workflow_id, "workflow completed");
-                    // Its notification is in the outbox (same transaction).
-                    self.outbox_wake.now();
-                }
-            }
-            Transition::Retrying { .. } | Transition::WorkflowFailed => {
-                self.metrics.result_consumed(r.outcome);
+            return Ok(t);
+        }
+        self.metrics.result_consumed(r.outcome);
+        if let Transition::StageCompleted { workflow_completed } = &t {
+            tracing::debug!(
+                workflow = %r.key.workflow_id, stage = %r.key.stage, attempt = r.key.attempt,
+                "stage completed"
+            );
+            if *workflow_completed {
+                self.metrics.workflow_completed();
+                tracing::info!(workflow = %r.key.workflow_id, "workflow completed");
+                // Its notification is in the outbox (same transaction).
+                self.outbox_wake.now();
             }
         }
-        if t != Transition::Stale {
-            // A worker of this stage took a job off its queue (room for the next), and
-            // dependents may be due.
-            self.stage_has_room(&r.key.stage);
-        }
+        // A worker of this stage took a job off its queue (room for the next), and
+        // dependents may be due.
+        self.stage_has_room(&r.key.stage);
         Ok(t)
     }
 
@@ -215,15 +204,6 @@ struct Patience {
     failing: Doubling,
 }
 
-/// The key of attempt `attempt` of `stage` in workflow `workflow_id`.
-fn running_key(workflow_id: uuid::Uuid, stage: &str, attempt: u32) -> StageKey {
-    StageKey {
-        workflow_id,
-        stage: stage.to_owned(),
-        attempt,
-    }
-}
-
 /// Why a report could not be resolved to an attempt and an outcome.
 #[derive(Debug)]
 enum Unresolved {
@@ -263,7 +243,11 @@ impl Engine {
                     .iter()
                     .find(|s| s.name == stage && db8::transitions::in_flight(s.status))
                 {
-                    return Ok(Some(running_key(w.id, stage, s.attempt)));
+                    return Ok(Some(StageKey {
+                        workflow_id: w.id,
+                        stage: stage.to_owned(),
+                        attempt: s.attempt,
+                    }));
                 }
             }
         }

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use model8::{DomainRef, WorkflowView};
 use uuid::Uuid;
 
-use super::creation::{created_view, created_views};
+use super::creation::created_views;
 use super::{Engine, minus};
 use crate::scan_now::{ScanNow, ScanNowError};
 
@@ -71,11 +71,7 @@ impl Engine {
         if domains.is_empty() {
             return Ok(None);
         }
-        let new = NewWorkflow {
-            id: self.new_workflow_id(),
-            domains,
-            stages: plans.to_vec(),
-        };
+        let new = self.new_workflow(domains, plans);
         let created = self
             .workflows
             .create_workflows(std::slice::from_ref(&new), now)
@@ -86,7 +82,7 @@ impl Engine {
         self.metrics.workflows_started(1);
         tracing::info!(workflow = %new.id, domains = new.domains.len(), "workflow started");
         self.dispatch_wake.now();
-        Ok(Some(created_view(&new, now)))
+        Ok(created_views(std::slice::from_ref(&new), &created, &[], now).pop())
     }
 
     /// "Scan now": see [`ScanNow::scan_now`].
@@ -105,10 +101,7 @@ impl Engine {
         }
         match domain_ids {
             None => self.scan_all().await,
-            Some(ids) => {
-                let domains = self.requested_domains(ids).await?;
-                self.scan_these(domains).await
-            }
+            Some(ids) => self.scan_these(self.requested_domains(ids).await?).await,
         }
     }
 
@@ -176,15 +169,11 @@ impl Engine {
         for chunk in domains.chunks(self.tuning.create_batch.max(1)) {
             let batch: Vec<NewWorkflow> = chunk
                 .iter()
-                .map(|d| NewWorkflow {
-                    id: self.new_workflow_id(),
-                    domains: vec![d.clone()],
-                    stages: plans.clone(),
-                })
+                .map(|d| self.new_workflow(vec![d.clone()], &plans))
                 .collect();
             let created = self.workflows.create_workflows(&batch, now).await?;
             self.metrics.workflows_started(created.len() as u64);
-            views.extend(created_views(&batch, &created, now));
+            views.extend(created_views(&batch, &created, &[], now));
         }
         if !views.is_empty() {
             tracing::info!(created = views.len(), "workflows started on request");

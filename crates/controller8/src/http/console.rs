@@ -11,7 +11,8 @@
 //! `textContent` only.
 
 use model8::WorkflowView;
-use warp::http::{HeaderValue, StatusCode, header};
+use warp::Reply;
+use warp::http::header;
 use warp::reply::Response;
 
 use super::error::ApiError;
@@ -38,14 +39,10 @@ pub(crate) fn escape(s: &str) -> String {
     out
 }
 
+/// 200 with `body` of `content_type`, not cached.
 fn text(body: String, content_type: &'static str) -> Response {
-    let mut res = Response::new(body.into());
-    *res.status_mut() = StatusCode::OK;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    res
+    let res = warp::reply::with_header(body, header::CONTENT_TYPE, content_type);
+    warp::reply::with_header(res, header::CACHE_CONTROL, "no-cache").into_response()
 }
 
 /// `GET /console.js`.

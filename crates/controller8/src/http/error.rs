@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 
 use serde::Serialize;
+use warp::Reply;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
@@ -175,19 +176,12 @@ impl ApiError {
 pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
-            let mut res = Response::new(bytes.into());
-            *res.status_mut() = status;
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            res
+            let res = warp::reply::with_header(bytes, header::CONTENT_TYPE, "application/json");
+            warp::reply::with_status(res, status).into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode HTTP response body");
-            let mut res = Response::new(Vec::<u8>::new().into());
-            *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            res
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 }

@@ -77,8 +77,6 @@ struct Follow {
     since: DateTime<Utc>,
     /// What this connection sent within the look-back window: id -> `updated_at`.
     sent: HashMap<WorkflowId, DateTime<Utc>>,
-    /// Events read and not sent yet.
-    queue: std::collections::VecDeque<Event>,
 }
 
 /// The events from `since` on. A task of its own polls and feeds a small channel
@@ -93,12 +91,10 @@ fn changes(
         state,
         since,
         sent: HashMap::new(),
-        queue: Default::default(),
     };
     tokio::spawn(async move {
         loop {
-            follow.poll().await;
-            while let Some(ev) = follow.queue.pop_front() {
+            for ev in follow.poll().await {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
@@ -113,19 +109,20 @@ fn changes(
 }
 
 impl Follow {
-    /// Reads every change from the look-back window on, page by page, and queues
+    /// Reads every change from the look-back window on, page by page: the events of
     /// those not sent yet.
-    async fn poll(&mut self) {
+    async fn poll(&mut self) -> Vec<Event> {
         let overlap = TimeDelta::from_std(OVERLAP).unwrap_or(TimeDelta::zero());
         let newest_sent = self.sent.values().max().copied();
         let mut from = newest_sent.map_or(self.since, |t| (t - overlap).max(self.since));
         let mut after = None;
+        let mut events = Vec::new();
         loop {
             let views = match self.state.workflows.changed_since(from, after, PAGE).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream: reading changes failed; retrying");
-                    return;
+                    return events;
                 }
             };
             let full = views.len() == PAGE;
@@ -144,7 +141,7 @@ impl Follow {
                     .id(at.timestamp_micros().to_string())
                     .json_data(&v)
                 {
-                    Ok(ev) => self.queue.push_back(ev),
+                    Ok(ev) => events.push(ev),
                     Err(e) => {
                         tracing::error!(error = %e, "event stream: cannot encode a workflow")
                     }
@@ -159,6 +156,7 @@ impl Follow {
             let keep = newest - overlap - overlap;
             self.sent.retain(|_, t| *t >= keep);
         }
+        events
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use amqp8::Refusal;
 use model8::{GoTime, RESULT_QUEUE};
 use serde::Serialize;
-use warp::http::{HeaderValue, StatusCode, header};
+use warp::Reply;
+use warp::http::{StatusCode, header};
 use warp::reply::Response;
 
 use super::error::{ApiError, json_response};
@@ -168,12 +169,8 @@ pub(crate) fn metrics(state: &HttpState) -> Response {
     };
     match state.metrics.encode(&snapshot) {
         Ok(text) => {
-            let mut res = Response::new(text.into());
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::Metrics::CONTENT_TYPE),
-            );
-            res
+            warp::reply::with_header(text, header::CONTENT_TYPE, crate::Metrics::CONTENT_TYPE)
+                .into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode metrics");

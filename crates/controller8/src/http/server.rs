@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::routes;
 use super::state::{HttpState, HttpTimeouts};
@@ -102,7 +103,8 @@ where
     let limits = state.timeouts;
     let drain = limits.drain;
     let shutdown = shutdown.boxed().shared();
-    let mut server = AbortOnDrop(tokio::spawn(run(
+    // Aborted when the serving future is dropped or finishes.
+    let mut server = AbortOnDropHandle::new(tokio::spawn(run(
         listener,
         routes(state),
         limits,
@@ -120,7 +122,7 @@ where
             tokio::time::sleep(drain).await;
         };
         tokio::select! {
-            res = &mut server.0 => match res {
+            res = &mut server => match res {
                 Ok(()) => tracing::info!(address = %local, "HTTP server stopped"),
                 Err(e) => tracing::error!(address = %local, error = %e, "HTTP server task failed"),
             },
@@ -189,10 +191,12 @@ async fn run(listener: TcpListener, routes: Routes, limits: HttpTimeouts, mut sh
                 }
             },
         };
-        let conn = http.serve_connection(
-            TokioIo::new(WriteTimeout::new(stream, limits.write)),
-            service.clone(),
-        );
+        let stream = WriteTimeout {
+            inner: stream,
+            limit: limits.write,
+            stalled: None,
+        };
+        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
         let stop = shutdown.clone();
         connections.spawn(async move {
             drive(conn, stop, limits, remote).await;
@@ -257,15 +261,6 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Aborts the server task when the serving future is dropped or finishes.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A socket whose writes fail with `TimedOut` after making no progress for `limit`
 /// (the client does not read what it asked for). Reads are bounded elsewhere: the
 /// request head by hyper's header read timeout, a body by the request time limit.
@@ -277,14 +272,6 @@ struct WriteTimeout {
 }
 
 impl WriteTimeout {
-    fn new(inner: TcpStream, limit: Duration) -> Self {
-        WriteTimeout {
-            inner,
-            limit,
-            stalled: None,
-        }
-    }
-
     fn watch<T>(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if res.is_ready() {
             self.stalled = None;

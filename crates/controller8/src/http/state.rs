@@ -178,14 +178,10 @@ where
     tokio::spawn(async move {
         while source.changed().await.is_ok() {
             let next = project(&source.borrow_and_update());
-            tx.send_if_modified(|cur| {
-                if *cur == next {
-                    false
-                } else {
-                    *cur = next;
-                    true
-                }
-            });
+            // Only this task sends: no change can come in between.
+            if *tx.borrow() != next {
+                tx.send_replace(next);
+            }
             if tx.is_closed() {
                 break;
             }

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 
 use db8::{ListCursor, WorkflowFilter};
-use model8::{WorkflowId, WorkflowKind, WorkflowStatus, WorkflowView};
+use model8::{WorkflowId, WorkflowView};
 use serde::Deserialize;
 use uuid::Uuid;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
@@ -78,20 +78,10 @@ pub(crate) fn parse_filter(query: &[(String, String)]) -> Result<WorkflowFilter,
             )));
         }
         match key.as_str() {
-            "status" => {
-                filter.status = Some(
-                    value
-                        .parse::<WorkflowStatus>()
-                        .map_err(|e| invalid(key, e))?,
-                );
-            }
-            "kind" => {
-                filter.kind = Some(value.parse::<WorkflowKind>().map_err(|e| invalid(key, e))?);
-            }
-            "domain" => {
-                // Names are stored canonical (lower case).
-                filter.domain = Some(non_empty(key, value)?.to_lowercase());
-            }
+            "status" => filter.status = Some(value.parse().map_err(|e| invalid(key, e))?),
+            "kind" => filter.kind = Some(value.parse().map_err(|e| invalid(key, e))?),
+            // Names are stored canonical (lower case).
+            "domain" => filter.domain = Some(non_empty(key, value)?.to_lowercase()),
             "company" => filter.company = Some(non_empty(key, value)?.to_owned()),
             "cursor" => filter.after = Some(decode_cursor(value)?),
             "limit" => {
@@ -285,6 +275,7 @@ pub(crate) async fn act(state: &HttpState, id: &str, action: Action) -> Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use model8::{WorkflowKind, WorkflowStatus};
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
